@@ -1,0 +1,56 @@
+# bellbuild — `make demo` and `make test` do all set-up on a fresh Debian
+# bookworm machine (as root): they install what they need first.
+
+GO        ?= go
+BIN       := bin/bellbuild
+# The applier is embedded in images as a static binary: never cgo.
+export CGO_ENABLED := 0
+export GOFLAGS := -mod=mod
+# Tests that boot VMs and build images find the binary here.
+export BELLBUILD_BIN := $(CURDIR)/$(BIN)
+
+# Debian packages the product and its tests use (see docs/architecture.md).
+PKGS := qemu-system-x86 ipxe-qemu ovmf linux-image-amd64 busybox-static ipxe \
+	systemd-boot-efi debootstrap squashfs-tools gdisk dosfstools mtools cpio \
+	dnsmasq-base tftp-hpa bash-static apparmor ethtool zstd xz-utils iproute2 \
+	kea-admin kea-dhcp4-server
+
+.PHONY: all build deps test test-short bench demo clean fmt vet
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN) ./cmd/bellbuild
+
+# deps installs the Debian packages that are missing (nothing when all are there).
+deps:
+	@missing=$$(for p in $(PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "deps: all present"; fi
+
+vet:
+	$(GO) vet ./...
+
+# test runs every test: VM boots, network namespaces and root-only tests included.
+test: deps build vet
+	$(GO) test -count=1 -timeout 60m ./...
+
+# test-short is the quick inner loop: no VM boots.
+test-short: build
+	$(GO) test -short -count=1 ./...
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+
+demo: deps build
+	$(BIN) image demo -o out
+	$(BIN) run demo -o out --timeout 120s --expect 'bellbuild: node='
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin out

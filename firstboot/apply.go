@@ -1,0 +1,187 @@
+// Package firstboot is the applier: it enforces one node's rendered
+// configuration (package nodeconf) on a root filesystem, idempotently, and
+// puts back what was there before when an item leaves the configuration.
+// The same code runs inside a baked image at first boot and on day 2 from a
+// config volume or a Kubernetes DaemonSet; it never reads the site model.
+package firstboot
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/bellbuild/bellbuild/firstboot/host"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// Module enforces one part of the configuration. Apply brings the host to
+// conf (recording every change through h.Record, touching nothing when
+// h.Plan is set) and reverts items the ledger says it owns that conf no
+// longer has. It returns every error it met, after doing what it could.
+type Module interface {
+	Name() string
+	Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error
+}
+
+// modules is the registry, filled by each module's init, run in
+// nodeconf.Modules order.
+var modules = map[string]Module{}
+
+func register(m Module) { modules[m.Name()] = m }
+
+// Options configure one run.
+type Options = host.Options
+
+// Report is what a run did, written to ROOT/var/lib/bellbuild/last-run.json.
+type Report struct {
+	Node    string        `json:"node"`
+	Profile string        `json:"profile"`
+	Plan    bool          `json:"plan,omitempty"`
+	Changes []host.Change `json:"changes"`
+	Errors  []string      `json:"errors"`
+}
+
+// Summary is the one line a run prints.
+func (r *Report) Summary() string {
+	return fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ErrLocked means another applier holds the root's lock.
+var ErrLocked = errors.New("another bellbuild apply is running on this root")
+
+// ValidateFunc checks a configuration before anything changes; package
+// nodeconf provides it. It is a variable so the applier does not depend on
+// how validation is implemented.
+var ValidateFunc func(*nodeconf.Conf) []error
+
+// Apply enforces node on opts.RootDir:
+//  1. validate the whole configuration (nothing changes if it is invalid);
+//  2. take the root's lock;
+//  3. run every module in order, each reverting what left the config;
+//  4. write the run report (not under Plan).
+//
+// The returned error is non-nil only when the run could not start (invalid
+// configuration, lock, unreadable ledger); per-item errors are in the Report.
+func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, error) {
+	rep := &Report{Node: node.Node, Profile: node.Profile, Plan: opts.Plan, Changes: []host.Change{}, Errors: []string{}}
+	if ValidateFunc != nil {
+		if errs := ValidateFunc(&node.Conf); len(errs) > 0 {
+			return rep, errors.Join(errs...)
+		}
+	}
+	h, err := host.Open(opts)
+	if err != nil {
+		return rep, err
+	}
+	defer h.Close()
+	unlock, err := lock(h, opts.Plan)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+
+	for _, name := range nodeconf.Modules {
+		m, ok := modules[name]
+		if !ok {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+			break
+		}
+		for _, err := range m.Apply(ctx, h, &node.Conf) {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))
+		}
+		if err := h.SaveLedger(); err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
+	}
+	rep.Changes = append(rep.Changes, h.Changes()...)
+	if !opts.Plan {
+		data, _ := json.MarshalIndent(rep, "", "  ")
+		if err := h.WriteFile("var/lib/bellbuild/last-run.json", append(data, '\n'), 0o600, 0, 0); err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
+	}
+	return rep, nil
+}
+
+// lock takes an exclusive flock on ROOT/var/lib/bellbuild/lock (a plan only
+// needs the directory to exist to read, so it takes the lock shared).
+func lock(h *host.Host, shared bool) (func(), error) {
+	if err := h.Root().MkdirAll("var/lib/bellbuild", 0o700); err != nil {
+		if shared {
+			return func() {}, nil
+		}
+		return nil, err
+	}
+	f, err := h.Root().OpenFile("var/lib/bellbuild/lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	how := syscall.LOCK_EX
+	if shared {
+		how = syscall.LOCK_SH
+	}
+	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, ErrLocked
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// PlanText renders a report's changes grouped by module, for --plan.
+func PlanText(r *Report) string {
+	var b strings.Builder
+	by := map[string][]host.Change{}
+	for _, c := range r.Changes {
+		by[c.Module] = append(by[c.Module], c)
+	}
+	names := make([]string, 0, len(by))
+	for n := range by {
+		names = append(names, n)
+	}
+	sort.SliceStable(names, func(i, j int) bool { return moduleIndex(names[i]) < moduleIndex(names[j]) })
+	for _, n := range names {
+		fmt.Fprintf(&b, "%s:\n", n)
+		for _, c := range by[n] {
+			mark := "~"
+			switch c.Action {
+			case "create", "install", "add":
+				mark = "+"
+			case "remove", "revert", "purge", "expire", "unload":
+				mark = "-"
+			}
+			fmt.Fprintf(&b, "  %s %s %s", mark, c.Action, c.Item)
+			if c.From != "" || c.To != "" {
+				fmt.Fprintf(&b, ": %q -> %q", c.From, c.To)
+			}
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+func moduleIndex(name string) int {
+	for i, n := range nodeconf.Modules {
+		if n == name {
+			return i
+		}
+	}
+	return len(nodeconf.Modules)
+}

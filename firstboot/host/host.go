@@ -1,0 +1,358 @@
+// Package host is the applier's only way to touch a target root: every file
+// operation goes through an os.Root, so a symlink planted in the target
+// cannot send a write outside it; every write is atomic (temp file in the
+// same directory, fsync, rename, fsync of the directory); and every change
+// is recorded, so that `--plan` and the run report say exactly what happened.
+//
+// Modules (package firstboot) get a *Host, and an item they manage follows
+// one rule: record first (Ledger.Put + SaveLedger), then change.
+package host
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Options say how to treat the target root.
+type Options struct {
+	// RootDir is the target root: "/" for the live host, else a mounted
+	// host root.
+	RootDir string
+	// Live allows touching the running kernel and services (sysctl values,
+	// mounts, ethtool, apparmor loads, systemctl). It defaults to RootDir == "/".
+	Live bool
+	// Plan records changes without making them.
+	Plan bool
+	// Log receives progress; secrets are never passed to it.
+	Log *slog.Logger
+	// Now is the clock (tests set it); time.Now when nil.
+	Now func() time.Time
+}
+
+// Change is one thing a module did (or, under Plan, would do).
+type Change struct {
+	Module string `json:"module"`
+	Item   string `json:"item"`
+	// Action is "create", "update", "remove", "revert", "run", ...
+	Action string `json:"action"`
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
+}
+
+// Host is an open target root.
+type Host struct {
+	Options
+	root    *os.Root
+	Ledger  *Ledger
+	changes []Change
+}
+
+// Open opens dir as a target root and loads its ledger.
+func Open(opts Options) (*Host, error) {
+	if opts.RootDir == "" {
+		return nil, errors.New("host: no root directory")
+	}
+	abs, err := filepath.Abs(opts.RootDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.RootDir = abs
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	r, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("host: %w", err)
+	}
+	h := &Host{Options: opts, root: r}
+	if h.Ledger, err = loadLedger(h); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// Close releases the root.
+func (h *Host) Close() error { return h.root.Close() }
+
+// Root is the confined handle, for modules that need an operation this
+// package does not wrap.
+func (h *Host) Root() *os.Root { return h.root }
+
+// Record notes a change. Under Plan it is all that happens.
+func (h *Host) Record(c Change) {
+	h.changes = append(h.changes, c)
+	h.Log.Info("change", "module", c.Module, "item", c.Item, "action", c.Action)
+}
+
+// Changes returns what was recorded so far.
+func (h *Host) Changes() []Change { return h.changes }
+
+// rel turns an absolute in-root path ("/etc/passwd") into a root-relative one.
+func rel(p string) string {
+	p = path.Clean("/" + p)
+	if p == "/" {
+		return "."
+	}
+	return strings.TrimPrefix(p, "/")
+}
+
+// ReadFile reads p (absolute or root-relative) inside the root.
+func (h *Host) ReadFile(p string) ([]byte, error) { return h.root.ReadFile(rel(p)) }
+
+// Lstat stats p inside the root without following a final symlink.
+func (h *Host) Lstat(p string) (fs.FileInfo, error) { return h.root.Lstat(rel(p)) }
+
+// Stat stats p inside the root.
+func (h *Host) Stat(p string) (fs.FileInfo, error) { return h.root.Stat(rel(p)) }
+
+// Exists reports whether p exists (without following a final symlink).
+func (h *Host) Exists(p string) bool {
+	_, err := h.Lstat(p)
+	return err == nil
+}
+
+// Hash is the hex sha256 of data: what the ledger stores.
+func Hash(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+// WriteFile atomically replaces p with data, owned by uid:gid with mode:
+// temp file in the same directory, fsync, chown/chmod, rename, fsync of the
+// directory. Parent directories are created 0755. A reader sees the old
+// file or the new one, never a part.
+func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) error {
+	r := rel(p)
+	dir := path.Dir(r)
+	if err := h.root.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-"+strconv.Itoa(os.Getpid()))
+	f, err := h.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Chown(uid, gid)
+	}
+	if werr == nil {
+		werr = f.Chmod(mode)
+	}
+	if werr == nil {
+		werr = f.Sync()
+	}
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = h.root.Rename(tmp, r)
+	}
+	if werr != nil {
+		h.root.Remove(tmp)
+		return fmt.Errorf("write %s: %w", p, werr)
+	}
+	return h.syncDir(dir)
+}
+
+func (h *Host) syncDir(dir string) error {
+	d, err := h.root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return err
+	}
+	return nil
+}
+
+// Remove deletes p; a missing p is not an error.
+func (h *Host) Remove(p string) error {
+	err := h.root.Remove(rel(p))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return h.syncDir(path.Dir(rel(p)))
+}
+
+// SaveLedger writes the ledger atomically (mode 0600: it may name secrets'
+// hashes). It is a no-op under Plan or when nothing changed.
+func (h *Host) SaveLedger() error {
+	if h.Plan || !h.Ledger.dirty {
+		return nil
+	}
+	data, err := marshalLedger(h.Ledger)
+	if err != nil {
+		return err
+	}
+	if err := h.root.MkdirAll("var/lib/bellbuild", 0o700); err != nil {
+		return err
+	}
+	if err := h.WriteFile(LedgerPath, data, 0o600, 0, 0); err != nil {
+		return fmt.Errorf("ledger: %w", err)
+	}
+	h.Ledger.dirty = false
+	return nil
+}
+
+// backupDir holds the original contents of files bellbuild replaced.
+const backupDir = "var/lib/bellbuild/backup"
+
+// ErrConflict means a managed item was changed by someone else since
+// bellbuild wrote it; bellbuild leaves it alone.
+var ErrConflict = errors.New("changed outside bellbuild")
+
+// FileSpec is a whole file a module wants in place.
+type FileSpec struct {
+	Path     string
+	Data     []byte
+	Mode     fs.FileMode
+	UID, GID int
+	// Secret hides the content from plans and logs.
+	Secret bool
+}
+
+// EnsureFile makes spec.Path hold spec.Data with the given owner and mode,
+// recording ownership under module/key. A file that already exists and is
+// not bellbuild's is backed up first so that ReleaseFile can restore it. A
+// managed file someone else changed is a conflict (ErrConflict) and is left
+// as it is. It reports whether anything changed.
+func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
+	want := Hash(spec.Data)
+	cur, err := h.ReadFile(spec.Path)
+	exists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, err
+	}
+	rec, owned := h.Ledger.Get(module, key)
+	if owned && exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != want {
+		return false, fmt.Errorf("%s: %w", spec.Path, ErrConflict)
+	}
+	contentOK := exists && Hash(cur) == want
+	metaOK := false
+	if exists {
+		if fi, err := h.Lstat(spec.Path); err == nil {
+			st, _ := fi.Sys().(*syscall.Stat_t)
+			metaOK = fi.Mode().Perm()|(fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)) == spec.Mode &&
+				st != nil && int(st.Uid) == spec.UID && int(st.Gid) == spec.GID
+		}
+	}
+	if contentOK && metaOK && owned && rec.Hash == want {
+		return false, nil
+	}
+	action := "create"
+	if exists {
+		action = "update"
+	}
+	c := Change{Module: module, Item: spec.Path, Action: action}
+	if !spec.Secret && len(spec.Data) < 200 && exists && len(cur) < 200 {
+		c.From, c.To = string(cur), string(spec.Data)
+	}
+	h.Record(c)
+	if h.Plan {
+		return true, nil
+	}
+	if !owned {
+		rec = Record{}
+		if exists {
+			name := Hash([]byte(module+"\x00"+key)) + ".orig"
+			if err := h.root.MkdirAll(backupDir, 0o700); err != nil {
+				return false, err
+			}
+			if err := h.WriteFile(path.Join(backupDir, name), cur, 0o600, 0, 0); err != nil {
+				return false, err
+			}
+			rec.HadOriginal, rec.Original = true, name
+		}
+	}
+	rec.Hash = want
+	h.Ledger.Put(module, key, rec)
+	if err := h.SaveLedger(); err != nil {
+		return false, err
+	}
+	return true, h.WriteFile(spec.Path, spec.Data, spec.Mode, spec.UID, spec.GID)
+}
+
+// ReleaseFile undoes EnsureFile for module/key at p: the original (if there
+// was one) comes back, else the file is removed. A file someone changed
+// since bellbuild wrote it is a conflict and is left in place.
+func (h *Host) ReleaseFile(module, key, p string) (bool, error) {
+	rec, owned := h.Ledger.Get(module, key)
+	if !owned {
+		return false, nil
+	}
+	cur, err := h.ReadFile(p)
+	exists := err == nil
+	if exists && rec.Hash != "" && Hash(cur) != rec.Hash {
+		if !rec.HadOriginal {
+			return false, fmt.Errorf("%s: %w; not removed", p, ErrConflict)
+		}
+		if orig, err := h.ReadFile(path.Join(backupDir, rec.Original)); err != nil || !bytes.Equal(orig, cur) {
+			return false, fmt.Errorf("%s: %w; not reverted", p, ErrConflict)
+		}
+	}
+	h.Record(Change{Module: module, Item: p, Action: "revert"})
+	if h.Plan {
+		return true, nil
+	}
+	if rec.HadOriginal {
+		bp := path.Join(backupDir, rec.Original)
+		orig, err := h.ReadFile(bp)
+		if err != nil {
+			return false, fmt.Errorf("revert %s: backup: %w", p, err)
+		}
+		mode, uid, gid := fs.FileMode(0o644), 0, 0
+		if fi, err := h.Lstat(p); err == nil {
+			mode = fi.Mode().Perm()
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				uid, gid = int(st.Uid), int(st.Gid)
+			}
+		}
+		if err := h.WriteFile(p, orig, mode, uid, gid); err != nil {
+			return false, err
+		}
+		h.Remove(bp)
+	} else if exists {
+		if err := h.Remove(p); err != nil {
+			return false, err
+		}
+	}
+	h.Ledger.Delete(module, key)
+	return true, h.SaveLedger()
+}
+
+// Command runs name with args in the target: directly when the root is
+// "/", else under chroot(ROOT). Stdout and stderr are returned together.
+func (h *Host) Command(ctx context.Context, env []string, name string, args ...string) *exec.Cmd {
+	var cmd *exec.Cmd
+	if h.RootDir == "/" {
+		cmd = exec.CommandContext(ctx, name, args...)
+	} else {
+		cmd = exec.CommandContext(ctx, "chroot", append([]string{h.RootDir, name}, args...)...)
+	}
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}, env...)
+	return cmd
+}
+
+func marshalLedger(l *Ledger) ([]byte, error) {
+	return jsonMarshalIndent(l)
+}

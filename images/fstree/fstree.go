@@ -1,0 +1,252 @@
+// Package fstree holds a root filesystem as an in-memory tree of entries:
+// paths, types, modes, owners, link targets, device numbers and extended
+// attributes, with file contents opened lazily. Stage readers (a directory,
+// a tarball, an OCI layout, busybox) fill a Tree; image writers (cpio,
+// squashfs) stream it out. Nothing here needs root or extracts anything onto
+// the build host.
+package fstree
+
+import (
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+)
+
+// Type is the kind of an entry.
+type Type uint8
+
+const (
+	Regular Type = iota
+	Dir
+	Symlink
+	CharDev
+	BlockDev
+	FIFO
+	Socket
+)
+
+func (t Type) String() string {
+	switch t {
+	case Regular:
+		return "file"
+	case Dir:
+		return "dir"
+	case Symlink:
+		return "symlink"
+	case CharDev:
+		return "chardev"
+	case BlockDev:
+		return "blockdev"
+	case FIFO:
+		return "fifo"
+	case Socket:
+		return "socket"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Content opens a regular file's bytes. It is called lazily, possibly more
+// than once, so that a tree of gigabytes never sits in memory.
+type Content interface {
+	Open() (io.ReadCloser, error)
+}
+
+// Entry is one node of the tree.
+type Entry struct {
+	// Path is clean, relative to the root, without a leading slash ("etc/passwd").
+	// The root itself is ".".
+	Path string
+	Type Type
+	// Mode holds the permission bits, including setuid, setgid and sticky
+	// (fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky); never type bits.
+	Mode fs.FileMode
+	UID  uint32
+	GID  uint32
+	// MTime in seconds since the epoch; writers normally replace it with the
+	// source date (see Reproducible).
+	MTime int64
+	// Size of a regular file's content.
+	Size int64
+	// Data opens a regular file's content (nil for an empty file).
+	Data Content
+	// Target of a symlink.
+	Target string
+	// LinkTo names an earlier regular-file entry this one is a hardlink of.
+	LinkTo string
+	// Major and Minor device numbers of a device node.
+	Major, Minor uint32
+	// Xattrs are extended attributes ("security.capability" -> raw value).
+	Xattrs map[string][]byte
+}
+
+// Tree is a root filesystem. The zero value is an empty tree (with an
+// implicit root directory).
+type Tree struct {
+	entries map[string]*Entry
+}
+
+// New returns an empty tree whose root is a 0755 directory owned by root.
+func New() *Tree {
+	t := &Tree{entries: map[string]*Entry{}}
+	t.entries["."] = &Entry{Path: ".", Type: Dir, Mode: 0o755}
+	return t
+}
+
+// Clean turns p into the tree's path form: slash separated, relative, no
+// "..", "." for the root.
+func Clean(p string) string {
+	p = path.Clean("/" + p)
+	if p == "/" {
+		return "."
+	}
+	return strings.TrimPrefix(p, "/")
+}
+
+func (t *Tree) init() {
+	if t.entries == nil {
+		*t = *New()
+	}
+}
+
+// Add inserts or replaces e (its Path is cleaned). Missing parent
+// directories are created as 0755 root-owned directories. Replacing a
+// directory with a non-directory removes everything below it.
+func (t *Tree) Add(e Entry) {
+	t.init()
+	e.Path = Clean(e.Path)
+	if e.LinkTo != "" {
+		e.LinkTo = Clean(e.LinkTo)
+	}
+	if old, ok := t.entries[e.Path]; ok && old.Type == Dir && e.Type != Dir {
+		t.Remove(e.Path)
+	}
+	t.mkParents(e.Path)
+	ne := e
+	t.entries[e.Path] = &ne
+}
+
+func (t *Tree) mkParents(p string) {
+	for dir := path.Dir(p); dir != "." && dir != "/"; dir = path.Dir(dir) {
+		if old, ok := t.entries[dir]; ok {
+			if old.Type == Dir {
+				return
+			}
+			delete(t.entries, dir)
+		}
+		t.entries[dir] = &Entry{Path: dir, Type: Dir, Mode: 0o755}
+	}
+}
+
+// Get returns the entry at p, or nil.
+func (t *Tree) Get(p string) *Entry {
+	t.init()
+	return t.entries[Clean(p)]
+}
+
+// Remove deletes p and, for a directory, everything below it.
+func (t *Tree) Remove(p string) {
+	t.init()
+	p = Clean(p)
+	if p == "." {
+		*t = *New()
+		return
+	}
+	delete(t.entries, p)
+	prefix := p + "/"
+	for k := range t.entries {
+		if strings.HasPrefix(k, prefix) {
+			delete(t.entries, k)
+		}
+	}
+}
+
+// Len is the number of entries, the root included.
+func (t *Tree) Len() int {
+	t.init()
+	return len(t.entries)
+}
+
+// Walk returns every entry in a deterministic order: sorted by path
+// components, so a directory comes before its children and the root first.
+// Hardlinks (LinkTo) always come after their target in this order unless a
+// caller built them otherwise; writers check.
+func (t *Tree) Walk() []*Entry {
+	t.init()
+	out := make([]*Entry, 0, len(t.entries))
+	for _, e := range t.entries {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return Less(out[i].Path, out[j].Path) })
+	return out
+}
+
+// Less orders paths component by component ("a/b" < "a-c"), the root first.
+func Less(a, b string) bool {
+	if a == "." {
+		return b != "."
+	}
+	if b == "." {
+		return false
+	}
+	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] != bs[i] {
+			return as[i] < bs[i]
+		}
+	}
+	return len(as) < len(bs)
+}
+
+// Children returns the direct children of directory p, sorted by name.
+func (t *Tree) Children(p string) []*Entry {
+	t.init()
+	p = Clean(p)
+	var out []*Entry
+	for k, e := range t.entries {
+		if k == "." {
+			continue
+		}
+		if path.Dir(k) == p {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out
+}
+
+// Reproducible is the one transform that makes a tree's output stable: every
+// mtime becomes epoch. Entry order is already fixed by Walk; writers derive
+// inode numbers from that order.
+func (t *Tree) Reproducible(epoch int64) {
+	t.init()
+	for _, e := range t.entries {
+		e.MTime = epoch
+	}
+}
+
+// Bytes is in-memory Content, for small generated files (configs, scripts).
+type Bytes []byte
+
+// Open implements Content.
+func (b Bytes) Open() (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader(string(b))), nil
+}
+
+// AddFile is a shorthand for adding a small regular file held in memory.
+func (t *Tree) AddFile(p string, data []byte, mode fs.FileMode, uid, gid uint32) {
+	t.Add(Entry{Path: p, Type: Regular, Mode: mode, UID: uid, GID: gid, Size: int64(len(data)), Data: Bytes(data)})
+}
+
+// Merge copies every entry of o over t, in o's walk order (an upper layer
+// over a lower one).
+func (t *Tree) Merge(o *Tree) {
+	for _, e := range o.Walk() {
+		if e.Path == "." {
+			continue
+		}
+		t.Add(*e)
+	}
+}

@@ -1,0 +1,205 @@
+// Package nodeconf defines the rendered, per-node host configuration: the
+// one schema that the site model produces (package profiles) and that the
+// applier consumes (package firstboot), so that a node configured at first
+// boot and one reconfigured on day 2 read exactly the same thing.
+//
+// Field names follow Airship Divingbell's values schema (conf.sysctl,
+// conf.uamlite.users[].user_name, ...); Files and Units go beyond it.
+//
+// A rendered node is plain data: it can be written as JSON or YAML, and it
+// never refers back to the site it was rendered from.
+package nodeconf
+
+// Node is the effective configuration of one machine, as `bellbuild render`
+// prints it and as the applier reads it.
+type Node struct {
+	// Node is the inventory name of the machine ("" when rendered from a
+	// profile alone).
+	Node string `json:"node" yaml:"node"`
+	// Profile is the profile the node boots.
+	Profile string `json:"profile" yaml:"profile"`
+	// Profiles is the resolved inheritance chain, parents first, Profile last.
+	Profiles []string `json:"profiles" yaml:"profiles"`
+	// MACs are the node's hardware addresses, lower case, colon separated.
+	MACs []string `json:"macs,omitempty" yaml:"macs,omitempty"`
+	// Labels are the node's labels (used by label overrides).
+	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	// Conf is the host configuration to enforce.
+	Conf Conf `json:"conf" yaml:"conf"`
+}
+
+// Bundle is what an image carries: the rendered configuration of every node
+// of one profile, plus the profile's own defaults for a machine that is not
+// in the inventory. The boot-time init picks one Node from it.
+type Bundle struct {
+	// Profile is the profile the image was baked from.
+	Profile string `json:"profile" yaml:"profile"`
+	// Default is the configuration used when no node matches.
+	Default Node `json:"default" yaml:"default"`
+	// Nodes are the inventory entries that boot this profile, sorted by name.
+	Nodes []Node `json:"nodes" yaml:"nodes"`
+}
+
+// Conf is the host configuration: one field per module, in Divingbell's
+// schema. A nil or empty field means "this module manages nothing", which
+// makes the applier revert whatever it managed before.
+type Conf struct {
+	Sysctl   map[string]string            `json:"sysctl,omitempty" yaml:"sysctl,omitempty"`
+	Limits   map[string]Limit             `json:"limits,omitempty" yaml:"limits,omitempty"`
+	Perm     *Perm                        `json:"perm,omitempty" yaml:"perm,omitempty"`
+	Mounts   map[string]Mount             `json:"mounts,omitempty" yaml:"mounts,omitempty"`
+	Ethtool  map[string]map[string]string `json:"ethtool,omitempty" yaml:"ethtool,omitempty"`
+	Uamlite  *Uamlite                     `json:"uamlite,omitempty" yaml:"uamlite,omitempty"`
+	Apt      *Apt                         `json:"apt,omitempty" yaml:"apt,omitempty"`
+	Files    map[string]File              `json:"files,omitempty" yaml:"files,omitempty"`
+	Units    map[string]Unit              `json:"units,omitempty" yaml:"units,omitempty"`
+	Exec     map[string]Exec              `json:"exec,omitempty" yaml:"exec,omitempty"`
+	Apparmor *Apparmor                    `json:"apparmor,omitempty" yaml:"apparmor,omitempty"`
+}
+
+// Modules lists the module names in the order the applier runs them
+// (Divingbell's order, with files and units before exec so that scripts see
+// them in place).
+var Modules = []string{
+	"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt",
+	"files", "units", "exec", "apparmor",
+}
+
+// Limit is one pam_limits line, written to /etc/security/limits.d/.
+type Limit struct {
+	Domain string `json:"domain" yaml:"domain"`
+	Type   string `json:"type" yaml:"type"` // soft | hard | -
+	Item   string `json:"item" yaml:"item"`
+	Value  string `json:"value" yaml:"value"`
+}
+
+// Perm sets owner, group and mode of existing paths.
+type Perm struct {
+	Paths []PermPath `json:"paths,omitempty" yaml:"paths,omitempty"`
+	// RerunPolicy and RerunInterval are accepted as in Divingbell.
+	RerunPolicy   string `json:"rerun_policy,omitempty" yaml:"rerun_policy,omitempty"`
+	RerunInterval int    `json:"rerun_interval,omitempty" yaml:"rerun_interval,omitempty"`
+}
+
+// PermPath is one path (a glob) and the ownership and mode it must have.
+type PermPath struct {
+	Path        string `json:"path" yaml:"path"`
+	Owner       string `json:"owner" yaml:"owner"`
+	Group       string `json:"group" yaml:"group"`
+	Permissions string `json:"permissions" yaml:"permissions"` // octal, e.g. "0640"
+	// IgnoreMissing applies the rest of the configuration when the path
+	// matches nothing; without it a missing path is an error and nothing of
+	// the perm module is applied.
+	IgnoreMissing bool `json:"ignore_missing,omitempty" yaml:"ignore_missing,omitempty"`
+}
+
+// Mount is a systemd .mount unit.
+type Mount struct {
+	MntTgt  string `json:"mnt_tgt" yaml:"mnt_tgt"`
+	Device  string `json:"device" yaml:"device"`
+	Type    string `json:"type" yaml:"type"`
+	Options string `json:"options,omitempty" yaml:"options,omitempty"`
+	Before  string `json:"before,omitempty" yaml:"before,omitempty"`
+	After   string `json:"after,omitempty" yaml:"after,omitempty"`
+}
+
+// Uamlite manages local user accounts, their sudo access and SSH keys.
+type Uamlite struct {
+	PurgeExpiredUsers bool   `json:"purge_expired_users,omitempty" yaml:"purge_expired_users,omitempty"`
+	Users             []User `json:"users,omitempty" yaml:"users,omitempty"`
+}
+
+// UnmanagedKeys is the one-element user_sshkeys value that leaves a user's
+// authorized_keys alone.
+const UnmanagedKeys = "Unmanaged"
+
+// User is one local account.
+type User struct {
+	UserName string `json:"user_name" yaml:"user_name"`
+	// UserCryptPasswd is a crypt(3) hash ($1$, $2a$, $5$, $6$); it is a
+	// secret: never logged, never written world-readable.
+	UserCryptPasswd string   `json:"user_crypt_passwd,omitempty" yaml:"user_crypt_passwd,omitempty"`
+	UserSudo        bool     `json:"user_sudo,omitempty" yaml:"user_sudo,omitempty"`
+	UserSSHKeys     []string `json:"user_sshkeys,omitempty" yaml:"user_sshkeys,omitempty"`
+}
+
+// Apt manages Debian packages.
+type Apt struct {
+	Packages      []Package    `json:"packages,omitempty" yaml:"packages,omitempty"`
+	Repositories  []Repository `json:"repositories,omitempty" yaml:"repositories,omitempty"`
+	BlacklistPkgs []string     `json:"blacklistpkgs,omitempty" yaml:"blacklistpkgs,omitempty"`
+	// Strict removes every package that is neither required by the base
+	// system, nor requested, nor whitelisted.
+	Strict        bool     `json:"strict,omitempty" yaml:"strict,omitempty"`
+	WhitelistPkgs []string `json:"whitelistpkgs,omitempty" yaml:"whitelistpkgs,omitempty"`
+	Upgrade       bool     `json:"upgrade,omitempty" yaml:"upgrade,omitempty"`
+}
+
+// Package is one requested package.
+type Package struct {
+	Name           string    `json:"name" yaml:"name"`
+	Version        string    `json:"version,omitempty" yaml:"version,omitempty"`
+	AllowDowngrade bool      `json:"allow_downgrade,omitempty" yaml:"allow_downgrade,omitempty"`
+	Repo           string    `json:"repo,omitempty" yaml:"repo,omitempty"`
+	Debconf        []Debconf `json:"debconf,omitempty" yaml:"debconf,omitempty"`
+}
+
+// Debconf is one debconf-set-selections answer. Answers to password
+// questions are secrets.
+type Debconf struct {
+	Question     string `json:"question" yaml:"question"`
+	QuestionType string `json:"question_type" yaml:"question_type"`
+	Answer       string `json:"answer" yaml:"answer"`
+}
+
+// Repository is one apt source.
+type Repository struct {
+	URL           string   `json:"url" yaml:"url"`
+	Distributions []string `json:"distributions" yaml:"distributions"`
+	Components    []string `json:"components" yaml:"components"`
+	Subrepos      []string `json:"subrepos,omitempty" yaml:"subrepos,omitempty"`
+	GPGKey        string   `json:"gpgkey,omitempty" yaml:"gpgkey,omitempty"`
+}
+
+// File is a whole file the node must have (beyond Divingbell). The map key
+// in Conf.Files is its absolute path.
+type File struct {
+	Content string `json:"content" yaml:"content"`
+	Mode    string `json:"mode,omitempty" yaml:"mode,omitempty"` // octal, default "0644"
+	Owner   string `json:"owner,omitempty" yaml:"owner,omitempty"`
+	Group   string `json:"group,omitempty" yaml:"group,omitempty"`
+}
+
+// Unit is a systemd unit (beyond Divingbell). The map key in Conf.Units is
+// the unit name, e.g. "kubelet.service". Content, when set, is written to
+// /etc/systemd/system/NAME; Enabled enables or disables it.
+type Unit struct {
+	Content string `json:"content,omitempty" yaml:"content,omitempty"`
+	Enabled *bool  `json:"enabled,omitempty" yaml:"enabled,omitempty"`
+}
+
+// Exec is one script, run in key order.
+type Exec struct {
+	Data string            `json:"data" yaml:"data"`
+	Args []string          `json:"args,omitempty" yaml:"args,omitempty"`
+	Env  map[string]string `json:"env,omitempty" yaml:"env,omitempty"`
+	// RerunPolicy: always (default) | never | once_successfully.
+	RerunPolicy string `json:"rerun_policy,omitempty" yaml:"rerun_policy,omitempty"`
+	// BlockingPolicy: foreground (default) | background |
+	// foreground_halt_pod_on_failure.
+	BlockingPolicy string `json:"blocking_policy,omitempty" yaml:"blocking_policy,omitempty"`
+	// Timeout in seconds (Divingbell's script_timeout); default 1800.
+	Timeout int `json:"timeout,omitempty" yaml:"timeout,omitempty"`
+	// RerunInterval and RetryInterval in seconds (>= 60); 0 means unset.
+	RerunInterval        int  `json:"rerun_interval,omitempty" yaml:"rerun_interval,omitempty"`
+	RetryInterval        int  `json:"retry_interval,omitempty" yaml:"retry_interval,omitempty"`
+	RerunIntervalPersist *bool `json:"rerun_interval_persist,omitempty" yaml:"rerun_interval_persist,omitempty"`
+	RetryIntervalPersist *bool `json:"retry_interval_persist,omitempty" yaml:"retry_interval_persist,omitempty"`
+}
+
+// Apparmor manages AppArmor profiles.
+type Apparmor struct {
+	ComplainMode bool `json:"complain_mode,omitempty" yaml:"complain_mode,omitempty"`
+	// Profiles maps a file name under /etc/apparmor.d/ to its text.
+	Profiles map[string]string `json:"profiles,omitempty" yaml:"profiles,omitempty"`
+}
