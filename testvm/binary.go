@@ -1,0 +1,55 @@
+package testvm
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// Binary returns the path of a static bellbuild binary for end-to-end tests:
+// $BELLBUILD_BIN when set (the Makefile sets it to bin/bellbuild), else one
+// built once per test process with CGO_ENABLED=0 into a temporary directory.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("BELLBUILD_BIN"); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	binOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		top := filepath.Dir(filepath.Dir(file))
+		dir, err := os.MkdirTemp("", "bellbuild-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "bellbuild")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", binPath, "./cmd/bellbuild")
+		cmd.Dir = top
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = &buildError{out: string(out), err: err}
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("building bellbuild: %v", binErr)
+	}
+	return binPath
+}
+
+type buildError struct {
+	out string
+	err error
+}
+
+func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
