@@ -28,6 +28,14 @@ type Module interface {
 	Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error
 }
 
+// Checker is implemented by a module that can find problems before anything
+// changes (a glob that matches nothing, an unknown sysctl key, a profile the
+// parser rejects). Apply asks every Checker first and changes nothing when
+// one of them reports an error. Check must not modify the host.
+type Checker interface {
+	Check(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error
+}
+
 // modules is the registry, filled by each module's init, run in
 // nodeconf.Modules order.
 var modules = map[string]Module{}
@@ -78,6 +86,9 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	rep := &Report{Node: node.Node, Profile: node.Profile, Plan: opts.Plan, Changes: []host.Change{}, Errors: []string{}}
 	if ValidateFunc != nil {
 		if errs := ValidateFunc(&node.Conf); len(errs) > 0 {
+			for _, err := range errs {
+				rep.Errors = append(rep.Errors, err.Error())
+			}
 			return rep, errors.Join(errs...)
 		}
 	}
@@ -91,6 +102,22 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		return rep, err
 	}
 	defer unlock()
+
+	// Every module checks the host before any module changes it.
+	var checkErrs []error
+	for _, name := range nodeconf.Modules {
+		if c, ok := modules[name].(Checker); ok {
+			for _, err := range c.Check(ctx, h, &node.Conf) {
+				checkErrs = append(checkErrs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+	}
+	if len(checkErrs) > 0 {
+		for _, err := range checkErrs {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
+		return rep, errors.Join(checkErrs...)
+	}
 
 	for _, name := range nodeconf.Modules {
 		m, ok := modules[name]
@@ -121,20 +148,29 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 // lock takes an exclusive flock on ROOT/var/lib/bellbuild/lock (a plan only
 // needs the directory to exist to read, so it takes the lock shared).
 func lock(h *host.Host, shared bool) (func(), error) {
-	if err := h.Root().MkdirAll("var/lib/bellbuild", 0o700); err != nil {
-		if shared {
+	if shared {
+		// A plan creates nothing: with no state directory yet, there is no
+		// applier to wait for either.
+		f, err := h.Root().OpenFile("var/lib/bellbuild/lock", os.O_RDONLY, 0)
+		if errors.Is(err, os.ErrNotExist) {
 			return func() {}, nil
 		}
-		return nil, err
+		if err != nil {
+			return nil, fmt.Errorf("lock: %w", err)
+		}
+		return flock(f, syscall.LOCK_SH)
+	}
+	if err := host.MkdirState(h); err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
 	}
 	f, err := h.Root().OpenFile("var/lib/bellbuild/lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("lock: %w", err)
 	}
-	how := syscall.LOCK_EX
-	if shared {
-		how = syscall.LOCK_SH
-	}
+	return flock(f, syscall.LOCK_EX)
+}
+
+func flock(f *os.File, how int) (func(), error) {
 	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {

@@ -21,7 +21,6 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -145,7 +144,10 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) 
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
-	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-"+strconv.Itoa(os.Getpid()))
+	// One applier runs at a time (the lock), so a fixed temp name is safe,
+	// and a run killed mid-write leaves at most one stale temp per file,
+	// which the next write of that file reuses.
+	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-tmp")
 	f, err := h.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
@@ -204,13 +206,27 @@ func (h *Host) SaveLedger() error {
 	if err != nil {
 		return err
 	}
-	if err := h.root.MkdirAll("var/lib/bellbuild", 0o700); err != nil {
+	if err := MkdirState(h); err != nil {
 		return err
 	}
 	if err := h.WriteFile(LedgerPath, data, 0o600, 0, 0); err != nil {
 		return fmt.Errorf("ledger: %w", err)
 	}
 	h.Ledger.dirty = false
+	return nil
+}
+
+// MkdirState creates ROOT/var/lib/bellbuild/backup (0700), and /var and
+// /var/lib as a root filesystem has them (0755) when they are missing.
+func MkdirState(h *Host) error {
+	if err := h.root.MkdirAll("var/lib", 0o755); err != nil {
+		return err
+	}
+	for _, d := range []string{"var/lib/bellbuild", backupDir} {
+		if err := h.root.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -244,7 +260,7 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 		return false, err
 	}
 	rec, owned := h.Ledger.Get(module, key)
-	if owned && exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != want {
+	if owned && exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != want && Hash(cur) != rec.Prev {
 		return false, fmt.Errorf("%s: %w", spec.Path, ErrConflict)
 	}
 	contentOK := exists && Hash(cur) == want
@@ -275,14 +291,25 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 		rec = Record{}
 		if exists {
 			name := Hash([]byte(module+"\x00"+key)) + ".orig"
-			if err := h.root.MkdirAll(backupDir, 0o700); err != nil {
+			if err := MkdirState(h); err != nil {
 				return false, err
 			}
 			if err := h.WriteFile(path.Join(backupDir, name), cur, 0o600, 0, 0); err != nil {
 				return false, err
 			}
 			rec.HadOriginal, rec.Original = true, name
+			if fi, err := h.Lstat(spec.Path); err == nil {
+				rec.Extra = map[string]string{origMetaKey: formatMeta(fi)}
+			}
 		}
+	}
+	// Write-ahead: the ledger learns the new hash (and the one being
+	// replaced, Prev) before the file changes, so a run killed between
+	// the two finds either and does not mistake its own file for a
+	// conflict.
+	rec.Prev = ""
+	if exists {
+		rec.Prev = Hash(cur)
 	}
 	rec.Hash = want
 	h.Ledger.Put(module, key, rec)
@@ -302,7 +329,7 @@ func (h *Host) ReleaseFile(module, key, p string) (bool, error) {
 	}
 	cur, err := h.ReadFile(p)
 	exists := err == nil
-	if exists && rec.Hash != "" && Hash(cur) != rec.Hash {
+	if exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != rec.Prev {
 		if !rec.HadOriginal {
 			return false, fmt.Errorf("%s: %w; not removed", p, ErrConflict)
 		}
@@ -321,17 +348,24 @@ func (h *Host) ReleaseFile(module, key, p string) (bool, error) {
 			return false, fmt.Errorf("revert %s: backup: %w", p, err)
 		}
 		mode, uid, gid := fs.FileMode(0o644), 0, 0
-		if fi, err := h.Lstat(p); err == nil {
-			mode = fi.Mode().Perm()
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-				uid, gid = int(st.Uid), int(st.Gid)
-			}
+		if m, ok := parseMeta(rec.Extra[origMetaKey]); ok {
+			mode, uid, gid = m.Mode, m.UID, m.GID
+		} else if fi, err := h.Lstat(p); err == nil {
+			m := metaOf(fi)
+			mode, uid, gid = m.Mode, m.UID, m.GID
 		}
 		if err := h.WriteFile(p, orig, mode, uid, gid); err != nil {
 			return false, err
 		}
-		h.Remove(bp)
-	} else if exists {
+		// Forget the item before dropping its backup: a run killed in
+		// between leaves an orphan backup, never a record without one.
+		h.Ledger.Delete(module, key)
+		if err := h.SaveLedger(); err != nil {
+			return false, err
+		}
+		return true, h.Remove(bp)
+	}
+	if exists {
 		if err := h.Remove(p); err != nil {
 			return false, err
 		}

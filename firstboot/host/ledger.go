@@ -21,6 +21,10 @@ type Record struct {
 	// Hash is the sha256 (hex) of what bellbuild last wrote, so that a later
 	// change by someone else is seen as a conflict.
 	Hash string `json:"hash,omitempty"`
+	// Prev is the hash of what the last write replaced: a run killed after
+	// the ledger was saved but before the write leaves that content, which
+	// is bellbuild's own and not a conflict.
+	Prev string `json:"prev,omitempty"`
 	// Extra holds module-specific state (exec's last run, apt's installed
 	// version, ...).
 	Extra map[string]string `json:"extra,omitempty"`

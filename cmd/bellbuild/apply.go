@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+func init() {
+	register(&command{
+		name:    "apply",
+		summary: "enforce a node's host configuration on a root (first boot and day 2)",
+		usage:   "--config SRC [--root DIR] [--node NAME | --hostname H --label k=v ...] [--plan] [--offline | --live]",
+		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
+ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
+root filesystem, idempotently: a second run with the same configuration
+changes nothing, and an item removed from the configuration is reverted to
+what was there before bellbuild first touched it. Everything is validated
+before anything changes.
+
+SRC is a rendered node file (bellbuild render -o json) or an image's
+bundle. From a bundle the node is chosen by --node, else by bellbuild.node=
+on the kernel command line, else by a MAC of this machine, else by the
+hostname, else the bundle's default.
+
+--root / is the live host: sysctl values, mounts, ethtool features and
+AppArmor profiles are also applied to the running system. Any other root is
+a mounted host root and gets persistent state only (files, units), unless
+--live says its running kernel is this one (a DaemonSet with the host at
+/host). --offline forces persistent state only.
+
+State lives in ROOT/var/lib/bellbuild/: ledger.json (what bellbuild owns
+and the originals it replaced), last-run.json (the report), lock.
+
+Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
+pending changes. One summary line goes to stdout.
+
+Example:
+  bellbuild apply --config node.json --root /mnt/target --plan
+  bellbuild apply --config node.json --root /mnt/target`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			var o applyFlags
+			fs.StringVar(&o.config, "config", "", "rendered node or bundle file (`SRC`)")
+			fs.StringVar(&o.root, "root", "/", "target root `DIR`")
+			fs.StringVar(&o.node, "node", "", "node `NAME` to apply (from a bundle)")
+			fs.StringVar(&o.hostname, "hostname", "", "host name to select by, instead of this machine's")
+			fs.Func("label", "node label `k=v` (repeatable; for rendering a profile)", func(s string) error {
+				k, v, ok := strings.Cut(s, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("want k=v, got %q", s)
+				}
+				if o.labels == nil {
+					o.labels = map[string]string{}
+				}
+				o.labels[k] = v
+				return nil
+			})
+			fs.BoolVar(&o.plan, "plan", false, "print what would change and exit 2 if anything would")
+			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
+			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unexpected arguments %q", args)
+				}
+				return runApply(ctx, o, os.Stdout, os.Stderr)
+			}
+		},
+	})
+}
+
+type applyFlags struct {
+	config, root, node, hostname string
+	labels                       map[string]string
+	plan, offline, live          bool
+}
+
+// runApply loads the configuration, picks the node, and applies it.
+func runApply(ctx context.Context, o applyFlags, stdout, stderr io.Writer) error {
+	// 1. Options.
+	if o.config == "" {
+		return errors.New("--config is required")
+	}
+	if o.offline && o.live {
+		return errors.New("--offline and --live contradict each other")
+	}
+	live := (o.root == "/" || o.live) && !o.offline
+
+	// 2. The node's configuration.
+	node, err := loadNode(o)
+	if err != nil {
+		return err
+	}
+
+	// 3. Apply, report.
+	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: o.root, Live: live, Plan: o.plan, Log: slog.Default()}, node)
+	if err != nil {
+		printErrors(stderr, err)
+		fmt.Fprintln(stdout, rep.Summary())
+		return exitError{1}
+	}
+	if o.plan {
+		fmt.Fprint(stdout, firstboot.PlanText(rep))
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)
+	}
+	fmt.Fprintln(stdout, rep.Summary())
+	switch {
+	case len(rep.Errors) > 0:
+		return exitError{1}
+	case o.plan && len(rep.Changes) > 0:
+		return exitError{2}
+	}
+	return nil
+}
+
+// printErrors lists each of a joined error's errors on its own line.
+func printErrors(w io.Writer, err error) {
+	var j interface{ Unwrap() []error }
+	if errors.As(err, &j) {
+		for _, e := range j.Unwrap() {
+			printErrors(w, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "bellbuild apply: %v\n", err)
+}
+
+// loadNode reads SRC and returns the node to apply.
+func loadNode(o applyFlags) (*nodeconf.Node, error) {
+	node, bundle, err := firstboot.ReadConfig(o.config)
+	if err != nil {
+		return nil, err
+	}
+	if node != nil {
+		if o.node != "" && node.Node != o.node {
+			return nil, fmt.Errorf("%s is the configuration of node %q, not %q", o.config, node.Node, o.node)
+		}
+		return node, nil
+	}
+	m := firstboot.ThisMachine()
+	m.Node = o.node
+	if o.hostname != "" {
+		m.Hostname = o.hostname
+	}
+	n, how, err := firstboot.SelectNode(bundle, m)
+	if err != nil {
+		return nil, err
+	}
+	slog.Info("node selected", "node", n.Node, "profile", n.Profile, "by", how)
+	return n, nil
+}

@@ -1,0 +1,125 @@
+package firstboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/firstboot/host"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// filesModule puts whole files in place (beyond Divingbell): content, mode
+// (default 0644), owner and group by name from the root's databases (the
+// uamlite module runs first, so a file may belong to a user it creates).
+// The ledger key is the absolute path; a file that was there before is
+// backed up and comes back when the item is removed. A file whose mode
+// lets no one but its owner and group read it is treated as a secret: its
+// content never appears in plans or reports.
+type filesModule struct{}
+
+func init() { register(filesModule{}) }
+
+func (filesModule) Name() string { return "files" }
+
+func fileMode(f nodeconf.File) (fs.FileMode, error) {
+	if f.Mode == "" {
+		return 0o644, nil
+	}
+	return host.ParseMode(f.Mode)
+}
+
+// uamliteNames are the users (and same-named primary groups) the uamlite
+// module will create in this run, so a file may name them before they exist.
+func uamliteNames(conf *nodeconf.Conf) map[string]bool {
+	names := map[string]bool{}
+	if conf.Uamlite != nil {
+		for _, u := range conf.Uamlite.Users {
+			names[u.UserName] = true
+		}
+	}
+	return names
+}
+
+// forbiddenPrefixes are pseudo file systems no file item may write into.
+var forbiddenPrefixes = []string{"/proc/", "/sys/", "/dev/", "/run/"}
+
+func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	var errs []error
+	later := uamliteNames(conf)
+	for _, p := range sortedKeys(conf.Files) {
+		f := conf.Files[p]
+		bad := func(format string, a ...any) {
+			errs = append(errs, fmt.Errorf("%s: %s", p, fmt.Sprintf(format, a...)))
+		}
+		if !absClean(p) || p == "/" {
+			bad("not an absolute, clean file path")
+			continue
+		}
+		for _, pre := range forbiddenPrefixes {
+			if strings.HasPrefix(p, pre) {
+				bad("%s is not a place for files", strings.TrimSuffix(pre, "/"))
+			}
+		}
+		if strings.HasPrefix(p, "/var/lib/bellbuild/") {
+			bad("/var/lib/bellbuild is the applier's own state")
+		}
+		if _, err := fileMode(f); err != nil {
+			bad("%v", err)
+		}
+		if f.Owner != "" && !later[f.Owner] {
+			if _, err := h.LookupUser(f.Owner); err != nil {
+				bad("owner: %v", err)
+			}
+		}
+		if f.Group != "" && !later[f.Group] {
+			if _, err := h.LookupGroup(f.Group); err != nil {
+				bad("group: %v", err)
+			}
+		}
+		if fi, err := h.Lstat(p); err == nil && !fi.Mode().IsRegular() {
+			bad("exists and is not a regular file (%s)", fi.Mode().Type())
+		}
+	}
+	return errs
+}
+
+func (filesModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	var errs []error
+	want := map[string]bool{}
+	for _, p := range sortedKeys(conf.Files) {
+		f := conf.Files[p]
+		want[p] = true
+		spec, err := fileSpec(h, p, f)
+		if err == nil {
+			_, err = h.EnsureFile("files", p, spec)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+		}
+	}
+	for _, p := range stale(h, "files", "", want) {
+		if _, err := h.ReleaseFile("files", p, p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+func fileSpec(h *host.Host, p string, f nodeconf.File) (host.FileSpec, error) {
+	mode, err := fileMode(f)
+	if err != nil {
+		return host.FileSpec{}, err
+	}
+	spec := host.FileSpec{Path: p, Data: []byte(f.Content), Mode: mode, Secret: mode&0o004 == 0}
+	var uerr, gerr error
+	if f.Owner != "" {
+		spec.UID, uerr = h.LookupUser(f.Owner)
+	}
+	if f.Group != "" {
+		spec.GID, gerr = h.LookupGroup(f.Group)
+	}
+	return spec, errors.Join(uerr, gerr)
+}

@@ -1,0 +1,137 @@
+package host
+
+import (
+	"fmt"
+	"path"
+)
+
+// EnsureSymlink makes link (an in-root path) a symlink to target, recording
+// ownership under module/key. A link that already existed with another
+// target is remembered (Record.Original) so ReleaseSymlink puts it back; a
+// managed link someone repointed is a conflict. It reports whether anything
+// changed. Like every write it is atomic: a temporary link renamed over.
+func (h *Host) EnsureSymlink(module, key, link, target string) (bool, error) {
+	cur, err := h.root.Readlink(rel(link))
+	exists := err == nil
+	if !exists && h.Exists(link) {
+		return false, fmt.Errorf("%s: exists and is not a symlink", link)
+	}
+	rec, owned := h.Ledger.Get(module, key)
+	want := Hash([]byte(target))
+	if owned && exists && cur != target && Hash([]byte(cur)) != rec.Hash && Hash([]byte(cur)) != rec.Prev {
+		return false, fmt.Errorf("%s: %w", link, ErrConflict)
+	}
+	if owned && exists && cur == target && rec.Hash == want {
+		return false, nil
+	}
+	action := "create"
+	if exists {
+		action = "update"
+	}
+	h.Record(Change{Module: module, Item: link, Action: action, From: cur, To: target})
+	if h.Plan {
+		return true, nil
+	}
+	if !owned {
+		rec = Record{}
+		if exists {
+			rec.HadOriginal, rec.Original = true, cur
+		}
+	}
+	rec.Prev = ""
+	if exists {
+		rec.Prev = Hash([]byte(cur))
+	}
+	rec.Hash = want
+	h.Ledger.Put(module, key, rec)
+	if err := h.SaveLedger(); err != nil {
+		return false, err
+	}
+	return true, h.symlink(target, link)
+}
+
+func (h *Host) symlink(target, link string) error {
+	r := rel(link)
+	dir := path.Dir(r)
+	if err := h.root.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("symlink %s: %w", link, err)
+	}
+	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-tmp")
+	h.root.Remove(tmp)
+	if err := h.root.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("symlink %s: %w", link, err)
+	}
+	if err := h.root.Rename(tmp, r); err != nil {
+		h.root.Remove(tmp)
+		return fmt.Errorf("symlink %s: %w", link, err)
+	}
+	return h.syncDir(dir)
+}
+
+// ReleaseSymlink undoes EnsureSymlink: the link that was there before comes
+// back, else the link is removed. A link someone repointed is a conflict.
+func (h *Host) ReleaseSymlink(module, key, link string) (bool, error) {
+	rec, owned := h.Ledger.Get(module, key)
+	if !owned {
+		return false, nil
+	}
+	cur, err := h.root.Readlink(rel(link))
+	exists := err == nil
+	if exists && Hash([]byte(cur)) != rec.Hash && Hash([]byte(cur)) != rec.Prev && !(rec.HadOriginal && cur == rec.Original) {
+		return false, fmt.Errorf("%s: %w; not reverted", link, ErrConflict)
+	}
+	if !exists {
+		if _, err := h.Lstat(link); err == nil {
+			return false, fmt.Errorf("%s: %w (no longer a symlink); not reverted", link, ErrConflict)
+		}
+	}
+	action := "remove"
+	if rec.HadOriginal {
+		action = "revert"
+	}
+	if exists || rec.HadOriginal {
+		h.Record(Change{Module: module, Item: link, Action: action, From: cur, To: rec.Original})
+	}
+	if h.Plan {
+		return true, nil
+	}
+	if rec.HadOriginal {
+		if err := h.symlink(rec.Original, link); err != nil {
+			return false, err
+		}
+	} else if exists {
+		if err := h.Remove(link); err != nil {
+			return false, err
+		}
+	}
+	h.Ledger.Delete(module, key)
+	return true, h.SaveLedger()
+}
+
+// RemoveSymlink removes link when it points at target, remembering it under
+// module/key so ReleaseSymlink restores it (used to disable a unit that
+// something else enabled). A missing link is nothing to do.
+func (h *Host) RemoveSymlink(module, key, link, target string) (bool, error) {
+	cur, err := h.root.Readlink(rel(link))
+	if err != nil {
+		return false, nil
+	}
+	if cur != target {
+		return false, nil
+	}
+	rec, owned := h.Ledger.Get(module, key)
+	if !owned {
+		rec = Record{HadOriginal: true, Original: cur}
+	}
+	// Hash "" means "bellbuild wants no link here".
+	rec.Hash, rec.Prev = "", Hash([]byte(cur))
+	h.Record(Change{Module: module, Item: link, Action: "remove", From: cur})
+	if h.Plan {
+		return true, nil
+	}
+	h.Ledger.Put(module, key, rec)
+	if err := h.SaveLedger(); err != nil {
+		return false, err
+	}
+	return true, h.Remove(link)
+}

@@ -1,0 +1,176 @@
+package firstboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/firstboot/host"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// permModule sets owner, group and mode of existing paths. Paths are globs
+// matched inside the root; owner and group names are resolved from the
+// root's /etc/passwd and /etc/group. A glob that matches nothing is an
+// error, and then nothing of the module is applied, unless ignore_missing.
+//
+// Ledger: one record per matched path (absolute), Original = the "0644
+// 0:0" it had before bellbuild first changed it, Extra["set"] = what
+// bellbuild set. A path that leaves the configuration gets its original
+// back, unless someone changed it since (a conflict).
+type permModule struct{}
+
+func init() { register(permModule{}) }
+
+func (permModule) Name() string { return "perm" }
+
+// permTargets expands the configuration into path → wanted Meta.
+func permTargets(h *host.Host, conf *nodeconf.Conf) (map[string]host.Meta, []error) {
+	out := map[string]host.Meta{}
+	from := map[string]string{}
+	if conf.Perm == nil {
+		return out, nil
+	}
+	var errs []error
+	for i, p := range conf.Perm.Paths {
+		bad := func(format string, a ...any) {
+			errs = append(errs, fmt.Errorf("paths[%d] %s: %s", i, p.Path, fmt.Sprintf(format, a...)))
+		}
+		if !absClean(p.Path) {
+			bad("not an absolute, clean path")
+			continue
+		}
+		if _, err := path.Match(p.Path, ""); err != nil {
+			bad("bad glob: %v", err)
+			continue
+		}
+		mode, merr := host.ParseMode(p.Permissions)
+		if merr != nil {
+			bad("permissions: %v", merr)
+		}
+		uid, uerr := h.LookupUser(p.Owner)
+		if uerr != nil {
+			bad("owner: %v", uerr)
+		}
+		gid, gerr := h.LookupGroup(p.Group)
+		if gerr != nil {
+			bad("group: %v", gerr)
+		}
+		matches, err := fs.Glob(h.Root().FS(), strings.TrimPrefix(p.Path, "/"))
+		if err != nil {
+			bad("%v", err)
+			continue
+		}
+		if p.Path == "/" {
+			matches = []string{"."}
+		}
+		if len(matches) == 0 && !p.IgnoreMissing {
+			bad("matches nothing in the root (set ignore_missing to allow this)")
+		}
+		if merr != nil || uerr != nil || gerr != nil {
+			continue
+		}
+		m := host.Meta{Mode: mode, UID: uid, GID: gid}
+		for _, r := range matches {
+			abs := path.Join("/", r)
+			if prev, ok := out[abs]; ok && prev != m {
+				bad("%s: conflicts with %s, which wants %s", abs, from[abs], prev)
+				continue
+			}
+			out[abs], from[abs] = m, p.Path
+		}
+	}
+	return out, errs
+}
+
+func (permModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	_, errs := permTargets(h, conf)
+	return errs
+}
+
+func (permModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	targets, errs := permTargets(h, conf)
+	if len(errs) > 0 {
+		return errs // nothing of perm is applied
+	}
+	want := map[string]bool{}
+	for _, p := range sortedKeys(targets) {
+		want[p] = true
+		m := targets[p]
+		cur, err := h.StatMeta(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
+		}
+		rec, owned := h.Ledger.Get("perm", p)
+		if cur == m && owned && rec.Extra["set"] == m.String() {
+			continue
+		}
+		if !owned {
+			rec = host.Record{HadOriginal: true, Original: cur.String()}
+		}
+		rec.Extra = map[string]string{"set": m.String()}
+		if cur == m {
+			// Already right: take ownership (so removal restores it)
+			// without changing the path.
+			if !h.Plan {
+				h.Ledger.Put("perm", p, rec)
+			}
+			continue
+		}
+		h.Record(host.Change{Module: "perm", Item: p, Action: "update", From: cur.String(), To: m.String()})
+		if h.Plan {
+			continue
+		}
+		h.Ledger.Put("perm", p, rec)
+		if err := h.SaveLedger(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := h.SetMeta(p, m); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+		}
+	}
+	for _, p := range stale(h, "perm", "", want) {
+		if err := permRevert(h, p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+func permRevert(h *host.Host, p string) error {
+	rec, _ := h.Ledger.Get("perm", p)
+	cur, err := h.StatMeta(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if !h.Plan {
+			h.Ledger.Delete("perm", p)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	orig, ok := host.ParseMeta(rec.Original)
+	if !ok {
+		return fmt.Errorf("%s: ledger holds no usable original (%q)", p, rec.Original)
+	}
+	if cur.String() != rec.Extra["set"] && cur != orig {
+		return fmt.Errorf("%s: %w (now %s, bellbuild set %s); not reverted", p, host.ErrConflict, cur, rec.Extra["set"])
+	}
+	if cur != orig {
+		h.Record(host.Change{Module: "perm", Item: p, Action: "revert", From: cur.String(), To: orig.String()})
+		if !h.Plan {
+			if err := h.SetMeta(p, orig); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+		}
+	}
+	if !h.Plan {
+		h.Ledger.Delete("perm", p)
+	}
+	return nil
+}

@@ -1,0 +1,222 @@
+package firstboot
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/firstboot/host"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// unitsModule writes systemd units to /etc/systemd/system and enables or
+// disables them the way systemctl does, by symlinks in the root (so it
+// works offline, on a root no systemd runs in): enabling links the unit
+// into every TARGET.wants/ (or .requires/) its [Install] section names,
+// plus its Alias= names; disabling removes such links, remembering them so
+// that removing the item from the configuration puts them back.
+//
+// Ledger keys: "file:NAME" for a unit file it wrote, "link:PATH" for a link
+// it made or removed. When Live and systemd runs, a change is followed by
+// `systemctl daemon-reload`.
+type unitsModule struct{}
+
+func init() { register(unitsModule{}) }
+
+func (unitsModule) Name() string { return "units" }
+
+const unitDir = "/etc/systemd/system"
+
+// unitSearchPath is where systemd looks for unit files, first wins.
+var unitSearchPath = []string{"/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"}
+
+var unitNameRE = regexp.MustCompile(`^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|socket|target|timer|mount|automount|path|slice|swap)$`)
+
+// unitInstall is a unit's [Install] section.
+type unitInstall struct {
+	WantedBy, RequiredBy, Alias []string
+}
+
+func parseInstall(text string) unitInstall {
+	var in unitInstall
+	section := ""
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			section = strings.Trim(line, "[]")
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || section != "Install" {
+			continue
+		}
+		f := strings.Fields(v)
+		switch strings.TrimSpace(k) {
+		case "WantedBy":
+			in.WantedBy = append(in.WantedBy, f...)
+		case "RequiredBy":
+			in.RequiredBy = append(in.RequiredBy, f...)
+		case "Alias":
+			in.Alias = append(in.Alias, f...)
+		}
+	}
+	return in
+}
+
+// unitSource finds the text and path of unit name: the configured content
+// (to be written to /etc/systemd/system) or an installed unit file. An
+// instance ("getty@tty1.service") falls back to its template's file.
+func unitSource(h *host.Host, name string, u nodeconf.Unit) (text, file string, ok bool) {
+	if u.Content != "" {
+		return u.Content, path.Join(unitDir, name), true
+	}
+	names := []string{name}
+	if at := strings.Index(name, "@"); at > 0 && !strings.HasPrefix(name[at:], "@.") {
+		names = append(names, name[:at+1]+name[strings.LastIndex(name, "."):])
+	}
+	for _, n := range names {
+		for _, dir := range unitSearchPath {
+			p := path.Join(dir, n)
+			if data, err := h.ReadFile(p); err == nil {
+				return string(data), p, true
+			}
+		}
+	}
+	return "", "", false
+}
+
+// unitLinks are the symlinks that enable name: link path → target.
+func unitLinks(name, text, file string) map[string]string {
+	in := parseInstall(text)
+	links := map[string]string{}
+	for _, t := range in.WantedBy {
+		links[path.Join(unitDir, t+".wants", name)] = file
+	}
+	for _, t := range in.RequiredBy {
+		links[path.Join(unitDir, t+".requires", name)] = file
+	}
+	for _, a := range in.Alias {
+		links[path.Join(unitDir, a)] = file
+	}
+	return links
+}
+
+func (unitsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	var errs []error
+	for _, name := range sortedKeys(conf.Units) {
+		u := conf.Units[name]
+		if !unitNameRE.MatchString(name) || strings.HasSuffix(name, "@.service") && u.Enabled != nil && *u.Enabled {
+			errs = append(errs, fmt.Errorf("%s: not a unit name that can be managed (NAME.service, NAME@INSTANCE.timer, ...)", name))
+			continue
+		}
+		if u.Content == "" && u.Enabled == nil {
+			errs = append(errs, fmt.Errorf("%s: neither content nor enabled is set", name))
+			continue
+		}
+		text, _, ok := unitSource(h, name, u)
+		if !ok && u.Enabled != nil && *u.Enabled {
+			errs = append(errs, fmt.Errorf("%s: no such unit in %s and no content given", name, strings.Join(unitSearchPath, ", ")))
+			continue
+		}
+		if u.Enabled != nil && *u.Enabled && len(unitLinks(name, text, "")) == 0 {
+			errs = append(errs, fmt.Errorf("%s: cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", name))
+		}
+	}
+	return errs
+}
+
+func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+	var errs []error
+	before := len(h.Changes())
+	want := map[string]bool{}
+	for _, name := range sortedKeys(conf.Units) {
+		u := conf.Units[name]
+		if u.Content != "" {
+			want["file:"+name] = true
+			spec := host.FileSpec{Path: path.Join(unitDir, name), Data: []byte(u.Content), Mode: 0o644}
+			if _, err := h.EnsureFile("units", "file:"+name, spec); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				continue
+			}
+		}
+		if u.Enabled == nil {
+			continue
+		}
+		if *u.Enabled {
+			text, file, _ := unitSource(h, name, u)
+			links := unitLinks(name, text, file)
+			for _, l := range sortedKeys(links) {
+				want["link:"+l] = true
+				if _, err := h.EnsureSymlink("units", "link:"+l, l, links[l]); err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				}
+			}
+			continue
+		}
+		for _, l := range enabledLinks(h, name) {
+			want["link:"+l] = true
+			target, _ := h.Root().Readlink(strings.TrimPrefix(l, "/"))
+			if _, err := h.RemoveSymlink("units", "link:"+l, l, target); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+		// Links this module removed earlier stay wanted (removed).
+		for _, k := range h.Ledger.Keys("units") {
+			if strings.HasPrefix(k, "link:") && path.Base(k) == name {
+				want[k] = true
+			}
+		}
+	}
+	// Links first, then the unit files they point to.
+	for _, k := range stale(h, "units", "link:", want) {
+		if _, err := h.ReleaseSymlink("units", k, strings.TrimPrefix(k, "link:")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, k := range stale(h, "units", "file:", want) {
+		name := strings.TrimPrefix(k, "file:")
+		if _, err := h.ReleaseFile("units", k, path.Join(unitDir, name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(h.Changes()) > before && !h.Plan {
+		if err := daemonReload(ctx, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// enabledLinks are the links under /etc/systemd/system that enable name.
+func enabledLinks(h *host.Host, name string) []string {
+	var out []string
+	for _, pat := range []string{"*.wants/" + name, "*.requires/" + name} {
+		m, _ := globRoot(h, path.Join(unitDir, pat))
+		for _, p := range m {
+			if fi, err := h.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSymlink {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// daemonReload tells a running systemd to reread unit files; nothing to do
+// when the root is not a host running systemd.
+func daemonReload(ctx context.Context, h *host.Host) error {
+	if !systemdRunning(h) {
+		return nil
+	}
+	if out, err := h.Command(ctx, nil, "systemctl", "daemon-reload").CombinedOutput(); err != nil {
+		return fmt.Errorf("systemctl daemon-reload: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
