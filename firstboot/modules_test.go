@@ -36,7 +36,7 @@ func TestLimits(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "one file per item; foreign files never deleted",
 		before: tree{
-			"/etc/security/limits.d/90-admin.conf":       file("0644", "0:0", "* soft nofile 1024\n"),
+			"/etc/security/limits.d/90-admin.conf":        file("0644", "0:0", "* soft nofile 1024\n"),
 			"/etc/security/limits.d/bellbuild-stale.conf": file("0644", "0:0", "# not written by bellbuild\n"),
 		},
 		conf: nodeconf.Conf{Limits: map[string]nodeconf.Limit{
@@ -101,7 +101,7 @@ func TestMounts(t *testing.T) {
 				"\n[Mount]\nWhat=tmpfs\nWhere=/scratch\nType=tmpfs\nOptions=size=1G\n\n[Install]\nWantedBy=local-fs.target\n"),
 			"/etc/systemd/system/local-fs.target.wants":                         dir("0755", "0:0"),
 			`/etc/systemd/system/local-fs.target.wants/var-lib-data\x2d1.mount`: link(`/etc/systemd/system/var-lib-data\x2d1.mount`),
-			"/etc/systemd/system/local-fs.target.wants/scratch.mount":            link("/etc/systemd/system/scratch.mount"),
+			"/etc/systemd/system/local-fs.target.wants/scratch.mount":           link("/etc/systemd/system/scratch.mount"),
 		},
 	}})
 }
@@ -162,7 +162,7 @@ func TestUnits(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "written and enabled; a packaged unit disabled and re-enabled on removal",
 		before: tree{
-			"/lib/systemd/system/ssh.service":                        file("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
+			"/lib/systemd/system/ssh.service":                         file("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
 			"/etc/systemd/system/multi-user.target.wants/ssh.service": link("/lib/systemd/system/ssh.service"),
 			"/etc/systemd/system/sshd.service":                        link("/lib/systemd/system/ssh.service"),
 		},
