@@ -7,6 +7,7 @@
 package fstree
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
@@ -80,12 +81,19 @@ type Entry struct {
 	Major, Minor uint32
 	// Xattrs are extended attributes ("security.capability" -> raw value).
 	Xattrs map[string][]byte
+
+	// implicit marks a parent directory that Add made up because a deeper
+	// path needed it; Merge never lets one override a real directory.
+	implicit bool
 }
 
 // Tree is a root filesystem. The zero value is an empty tree (with an
 // implicit root directory).
 type Tree struct {
 	entries map[string]*Entry
+	// hasLinks is set once any entry with LinkTo is added, so that the
+	// scan that keeps hardlink groups whole runs only when it can matter.
+	hasLinks bool
 }
 
 // New returns an empty tree whose root is a 0755 directory owned by root.
@@ -113,19 +121,59 @@ func (t *Tree) init() {
 
 // Add inserts or replaces e (its Path is cleaned). Missing parent
 // directories are created as 0755 root-owned directories. Replacing a
-// directory with a non-directory removes everything below it.
+// directory with a non-directory removes everything below it. Replacing a
+// file that other entries are hardlinked to detaches them first (as a
+// rename over a linked file does): they keep the old content.
 func (t *Tree) Add(e Entry) {
 	t.init()
 	e.Path = Clean(e.Path)
 	if e.LinkTo != "" {
 		e.LinkTo = Clean(e.LinkTo)
+		if e.LinkTo == e.Path {
+			e.LinkTo = ""
+		} else {
+			t.hasLinks = true
+		}
 	}
-	if old, ok := t.entries[e.Path]; ok && old.Type == Dir && e.Type != Dir {
-		t.Remove(e.Path)
+	if old, ok := t.entries[e.Path]; ok {
+		switch {
+		case old.Type == Dir && e.Type != Dir:
+			t.Remove(e.Path)
+		case old.Type == Regular:
+			t.detachLinks(old)
+		}
 	}
 	t.mkParents(e.Path)
 	ne := e
+	ne.implicit = false
 	t.entries[e.Path] = &ne
+}
+
+// detachLinks re-points the entries hardlinked to old (which is about to be
+// removed or replaced) at the first of them, which inherits old's content
+// and metadata, so the rest of the group stays a group.
+func (t *Tree) detachLinks(old *Entry) {
+	if !t.hasLinks {
+		return
+	}
+	var linked []*Entry
+	for _, e := range t.entries {
+		if e.LinkTo == old.Path {
+			linked = append(linked, e)
+		}
+	}
+	if len(linked) == 0 {
+		return
+	}
+	sort.Slice(linked, func(i, j int) bool { return Less(linked[i].Path, linked[j].Path) })
+	head := linked[0]
+	p := head.Path
+	*head = *old
+	head.Path = p
+	head.LinkTo = old.LinkTo
+	for _, e := range linked[1:] {
+		e.LinkTo = p
+	}
 }
 
 func (t *Tree) mkParents(p string) {
@@ -136,7 +184,7 @@ func (t *Tree) mkParents(p string) {
 			}
 			delete(t.entries, dir)
 		}
-		t.entries[dir] = &Entry{Path: dir, Type: Dir, Mode: 0o755}
+		t.entries[dir] = &Entry{Path: dir, Type: Dir, Mode: 0o755, implicit: true}
 	}
 }
 
@@ -154,12 +202,32 @@ func (t *Tree) Remove(p string) {
 		*t = *New()
 		return
 	}
+	old, ok := t.entries[p]
+	if !ok {
+		return
+	}
 	delete(t.entries, p)
+	if old.Type == Regular {
+		t.detachLinks(old)
+		return
+	}
+	if old.Type != Dir {
+		return
+	}
 	prefix := p + "/"
-	for k := range t.entries {
+	var removed []*Entry
+	for k, e := range t.entries {
 		if strings.HasPrefix(k, prefix) {
 			delete(t.entries, k)
+			if e.Type == Regular {
+				removed = append(removed, e)
+			}
 		}
+	}
+	// Files outside the directory may be hardlinks of files inside it.
+	sort.Slice(removed, func(i, j int) bool { return Less(removed[i].Path, removed[j].Path) })
+	for _, e := range removed {
+		t.detachLinks(e)
 	}
 }
 
@@ -184,6 +252,8 @@ func (t *Tree) Walk() []*Entry {
 }
 
 // Less orders paths component by component ("a/b" < "a-c"), the root first.
+// It compares bytes with '/' ranking below every other byte, which is the
+// same order without splitting the paths.
 func Less(a, b string) bool {
 	if a == "." {
 		return b != "."
@@ -191,13 +261,21 @@ func Less(a, b string) bool {
 	if b == "." {
 		return false
 	}
-	as, bs := strings.Split(a, "/"), strings.Split(b, "/")
-	for i := 0; i < len(as) && i < len(bs); i++ {
-		if as[i] != bs[i] {
-			return as[i] < bs[i]
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		ca, cb := a[i], b[i]
+		if ca == cb {
+			continue
 		}
+		if ca == '/' {
+			return true
+		}
+		if cb == '/' {
+			return false
+		}
+		return ca < cb
 	}
-	return len(as) < len(bs)
+	return len(a) < len(b)
 }
 
 // Children returns the direct children of directory p, sorted by name.
@@ -232,7 +310,7 @@ type Bytes []byte
 
 // Open implements Content.
 func (b Bytes) Open() (io.ReadCloser, error) {
-	return io.NopCloser(strings.NewReader(string(b))), nil
+	return io.NopCloser(bytes.NewReader(b)), nil
 }
 
 // AddFile is a shorthand for adding a small regular file held in memory.
@@ -241,12 +319,25 @@ func (t *Tree) AddFile(p string, data []byte, mode fs.FileMode, uid, gid uint32)
 }
 
 // Merge copies every entry of o over t, in o's walk order (an upper layer
-// over a lower one).
+// over a lower one). Directories that o only made up as parents of deeper
+// paths (see Add) do not override t's own directories.
 func (t *Tree) Merge(o *Tree) {
 	for _, e := range o.Walk() {
 		if e.Path == "." {
 			continue
 		}
+		if e.implicit {
+			if old := t.Get(e.Path); old != nil && old.Type == Dir {
+				continue
+			}
+		}
 		t.Add(*e)
+		if e.implicit {
+			t.entries[e.Path].implicit = true
+		}
 	}
+}
+
+func sortEntries(es []*Entry) {
+	sort.Slice(es, func(i, j int) bool { return Less(es[i].Path, es[j].Path) })
 }
