@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -38,10 +39,46 @@ var apparmorNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 func apparmorPath(name string) string { return path.Join(apparmorDir, "bellbuild."+name) }
 
-// parserArgs confine the parser's includes to the target root's.
-func parserArgs(h *host.Host, args ...string) []string {
+// parserArgs confine the parser's includes to the target root's
+// /etc/apparmor.d (or, when the root has none, to empty, never the build
+// host's).
+func parserArgs(h *host.Host, empty string, args ...string) []string {
 	dir := filepath.Join(h.RootDir, apparmorDir)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		dir = empty
+	}
 	return append([]string{"-b", dir, "-I", dir, "-K", "-q"}, args...)
+}
+
+// runParser runs apparmor_parser and turns a failure into the parser's own
+// error lines, with file names as installed.
+func runParser(ctx context.Context, h *host.Host, name, file string, args ...string) error {
+	empty, err := os.MkdirTemp("", "bellbuild-apparmor-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(empty)
+	bin, err := lookTool("apparmor_parser")
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, bin, parserArgs(h, empty, append(args, file)...)...)
+	cmd.Env = []string{"PATH=" + toolPath, "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	var msgs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if line == "" || strings.HasPrefix(line, "Cache read/write disabled") || strings.Contains(line, "is not a directory, skipping") {
+			continue
+		}
+		msgs = append(msgs, strings.ReplaceAll(line, file, apparmorPath(name)))
+	}
+	if len(msgs) == 0 {
+		msgs = append(msgs, err.Error())
+	}
+	return fmt.Errorf("apparmor_parser: %s", strings.Join(msgs, "; "))
 }
 
 func (apparmorModule) Check(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
@@ -63,8 +100,8 @@ func (apparmorModule) Check(ctx context.Context, h *host.Host, conf *nodeconf.Co
 		if err := os.WriteFile(p, []byte(conf.Apparmor.Profiles[name]), 0o600); err != nil {
 			return append(errs, err)
 		}
-		if _, err := liveCommand(ctx, "apparmor_parser", parserArgs(h, "-Q", p)...); err != nil {
-			errs = append(errs, fmt.Errorf("%s: rejected by the parser: %w", name, err))
+		if err := runParser(ctx, h, name, p, "-Q"); err != nil {
+			errs = append(errs, fmt.Errorf("%s: rejected: %w", name, err))
 		}
 	}
 	return errs
@@ -145,7 +182,7 @@ func (apparmorModule) load(ctx context.Context, h *host.Host, name, hash string,
 	if complain {
 		args = append(args, "-C")
 	}
-	if _, err := liveCommand(ctx, "apparmor_parser", parserArgs(h, append(args, filepath.Join(h.RootDir, apparmorPath(name)))...)...); err != nil {
+	if err := runParser(ctx, h, name, filepath.Join(h.RootDir, apparmorPath(name)), args...); err != nil {
 		h.Ledger.Delete("apparmor", "load:"+name)
 		if _, rerr := h.ReleaseFile("apparmor", name, apparmorPath(name)); rerr != nil {
 			return fmt.Errorf("load: %w; and taking it out: %v", err, rerr)
@@ -163,7 +200,7 @@ func (apparmorModule) unload(ctx context.Context, h *host.Host, name string) err
 		return nil
 	}
 	if h.Live && h.Exists(apparmorPath(name)) {
-		if _, err := liveCommand(ctx, "apparmor_parser", parserArgs(h, "-R", filepath.Join(h.RootDir, apparmorPath(name)))...); err != nil {
+		if err := runParser(ctx, h, name, filepath.Join(h.RootDir, apparmorPath(name)), "-R"); err != nil {
 			return fmt.Errorf("%s: unload: %w", name, err)
 		}
 	}

@@ -75,8 +75,9 @@ var ErrLocked = errors.New("another bellbuild apply is running on this root")
 var ValidateFunc func(*nodeconf.Conf) []error
 
 // Apply enforces node on opts.RootDir:
-//  1. validate the whole configuration (nothing changes if it is invalid);
-//  2. take the root's lock;
+//  1. validate the whole configuration, and let every module check the
+//     root (nothing changes, not even the state directory, if any fails);
+//  2. take the root's lock and (re)load the ledger;
 //  3. run every module in order, each reverting what left the config;
 //  4. write the run report (not under Plan).
 //
@@ -97,13 +98,9 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		return rep, err
 	}
 	defer h.Close()
-	unlock, err := lock(h, opts.Plan)
-	if err != nil {
-		return rep, err
-	}
-	defer unlock()
 
-	// Every module checks the host before any module changes it.
+	// Every module checks the host before any module changes it (reads
+	// only: not even the state directory is created for a bad config).
 	var checkErrs []error
 	for _, name := range nodeconf.Modules {
 		if c, ok := modules[name].(Checker); ok {
@@ -117,6 +114,16 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 			rep.Errors = append(rep.Errors, err.Error())
 		}
 		return rep, errors.Join(checkErrs...)
+	}
+
+	unlock, err := lock(h, opts.Plan)
+	if err != nil {
+		return rep, err
+	}
+	defer unlock()
+	// What a previous applier wrote before we got the lock counts.
+	if err := h.ReloadLedger(); err != nil {
+		return rep, err
 	}
 
 	for _, name := range nodeconf.Modules {

@@ -9,24 +9,24 @@ import (
 func TestSysctl(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "persisted offline in one file, foreign files untouched",
-		before: tree{
-			"/etc/sysctl.d/99-admin.conf": file("0644", "0:0", "vm.swappiness = 1\n"),
+		before: rootTree{
+			"/etc/sysctl.d/99-admin.conf": fileEntry("0644", "0:0", "vm.swappiness = 1\n"),
 		},
 		conf: nodeconf.Conf{Sysctl: map[string]string{"net.ipv4.ip_forward": "1", "vm.swappiness": "10", "net.ipv4.ip_local_port_range": "32768 60999"}},
-		want: tree{
-			"/etc/sysctl.d/60-bellbuild.conf": file("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
+		want: rootTree{
+			"/etc/sysctl.d/60-bellbuild.conf": fileEntry("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
 				"net.ipv4.ip_forward = 1\nnet.ipv4.ip_local_port_range = 32768 60999\nvm.swappiness = 10\n"),
 		},
 	}, {
 		name: "one key removed, the others stay",
 		conf: nodeconf.Conf{Sysctl: map[string]string{"net.ipv4.ip_forward": "1", "vm.swappiness": "10"}},
-		want: tree{
-			"/etc/sysctl.d/60-bellbuild.conf": file("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
+		want: rootTree{
+			"/etc/sysctl.d/60-bellbuild.conf": fileEntry("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
 				"net.ipv4.ip_forward = 1\nvm.swappiness = 10\n"),
 		},
 		reverted: &nodeconf.Conf{Sysctl: map[string]string{"vm.swappiness": "10"}},
-		revertedWant: tree{
-			"/etc/sysctl.d/60-bellbuild.conf": file("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
+		revertedWant: rootTree{
+			"/etc/sysctl.d/60-bellbuild.conf": fileEntry("0644", "0:0", "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"+
 				"vm.swappiness = 10\n"),
 		},
 	}})
@@ -35,28 +35,28 @@ func TestSysctl(t *testing.T) {
 func TestLimits(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "one file per item; foreign files never deleted",
-		before: tree{
-			"/etc/security/limits.d/90-admin.conf":        file("0644", "0:0", "* soft nofile 1024\n"),
-			"/etc/security/limits.d/bellbuild-stale.conf": file("0644", "0:0", "# not written by bellbuild\n"),
+		before: rootTree{
+			"/etc/security/limits.d/90-admin.conf":        fileEntry("0644", "0:0", "* soft nofile 1024\n"),
+			"/etc/security/limits.d/bellbuild-stale.conf": fileEntry("0644", "0:0", "# not written by bellbuild\n"),
 		},
 		conf: nodeconf.Conf{Limits: map[string]nodeconf.Limit{
 			"nofile": {Domain: "*", Type: "soft", Item: "nofile", Value: "65536"},
 			"core":   {Domain: "@ops", Type: "-", Item: "core", Value: "unlimited"},
 		}},
-		want: tree{
-			"/etc/security/limits.d/bellbuild-nofile.conf": file("0644", "0:0", "# Written by bellbuild apply (limits item nofile).\n* soft nofile 65536\n"),
-			"/etc/security/limits.d/bellbuild-core.conf":   file("0644", "0:0", "# Written by bellbuild apply (limits item core).\n@ops - core unlimited\n"),
+		want: rootTree{
+			"/etc/security/limits.d/bellbuild-nofile.conf": fileEntry("0644", "0:0", "# Written by bellbuild apply (limits item nofile).\n* soft nofile 65536\n"),
+			"/etc/security/limits.d/bellbuild-core.conf":   fileEntry("0644", "0:0", "# Written by bellbuild apply (limits item core).\n@ops - core unlimited\n"),
 		},
 	}, {
 		name: "a same-named file that was there before is put back",
-		before: tree{
-			"/etc/security/limits.d/bellbuild-nofile.conf": file("0640", "0:1", "* hard nofile 10\n"),
+		before: rootTree{
+			"/etc/security/limits.d/bellbuild-nofile.conf": fileEntry("0640", "0:1", "* hard nofile 10\n"),
 		},
 		conf: nodeconf.Conf{Limits: map[string]nodeconf.Limit{
 			"nofile": {Domain: "app", Type: "hard", Item: "nofile", Value: "4096"},
 		}},
-		want: tree{
-			"/etc/security/limits.d/bellbuild-nofile.conf": file("0644", "0:0", "# Written by bellbuild apply (limits item nofile).\napp hard nofile 4096\n"),
+		want: rootTree{
+			"/etc/security/limits.d/bellbuild-nofile.conf": fileEntry("0644", "0:0", "# Written by bellbuild apply (limits item nofile).\napp hard nofile 4096\n"),
 		},
 	}})
 }
@@ -64,12 +64,12 @@ func TestLimits(t *testing.T) {
 func TestPerm(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "globs, owner and group from the root's databases, originals restored",
-		before: tree{
-			"/srv/data":       dir("0755", "0:0"),
-			"/srv/data/a.db":  file("0644", "0:0", "a"),
-			"/srv/data/b.db":  file("0644", "0:0", "b"),
-			"/srv/data/c.txt": file("0644", "0:0", "c"),
-			"/usr/bin/tool":   file("0755", "0:0", "#!/bin/sh\n"),
+		before: rootTree{
+			"/srv/data":       dirEntry("0755", "0:0"),
+			"/srv/data/a.db":  fileEntry("0644", "0:0", "a"),
+			"/srv/data/b.db":  fileEntry("0644", "0:0", "b"),
+			"/srv/data/c.txt": fileEntry("0644", "0:0", "c"),
+			"/usr/bin/tool":   fileEntry("0755", "0:0", "#!/bin/sh\n"),
 		},
 		conf: nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{
 			{Path: "/srv/data/*.db", Owner: "app", Group: "ops", Permissions: "0640"},
@@ -77,11 +77,11 @@ func TestPerm(t *testing.T) {
 			{Path: "/usr/bin/tool", Owner: "root", Group: "daemon", Permissions: "4755"},
 			{Path: "/opt/absent/*", Owner: "root", Group: "root", Permissions: "0600", IgnoreMissing: true},
 		}}},
-		want: tree{
-			"/srv/data":      dir("2750", "1234:1235"),
-			"/srv/data/a.db": file("0640", "1234:2000", "a"),
-			"/srv/data/b.db": file("0640", "1234:2000", "b"),
-			"/usr/bin/tool":  file("4755", "0:1", "#!/bin/sh\n"),
+		want: rootTree{
+			"/srv/data":      dirEntry("2750", "1234:1235"),
+			"/srv/data/a.db": fileEntry("0640", "1234:2000", "a"),
+			"/srv/data/b.db": fileEntry("0640", "1234:2000", "b"),
+			"/usr/bin/tool":  fileEntry("4755", "0:1", "#!/bin/sh\n"),
 		},
 	}})
 }
@@ -93,15 +93,15 @@ func TestMounts(t *testing.T) {
 			"data": {MntTgt: "/var/lib/data-1", Device: "/dev/disk/by-label/data", Type: "ext4", Options: "noatime,nodev", After: "systemd-fsck@dev-disk-by\\x2dlabel-data.service", Before: "kubelet.service"},
 			"tmp":  {MntTgt: "/scratch", Device: "tmpfs", Type: "tmpfs", Options: "size=1G"},
 		}},
-		want: tree{
-			"/etc/systemd/system": dir("0755", "0:0"),
-			`/etc/systemd/system/var-lib-data\x2d1.mount`: file("0644", "0:0", "# Written by bellbuild apply (mounts item data).\n[Unit]\nDescription=bellbuild mount /var/lib/data-1\n"+
+		want: rootTree{
+			"/etc/systemd/system": dirEntry("0755", "0:0"),
+			`/etc/systemd/system/var-lib-data\x2d1.mount`: fileEntry("0644", "0:0", "# Written by bellbuild apply (mounts item data).\n[Unit]\nDescription=bellbuild mount /var/lib/data-1\n"+
 				"Before=kubelet.service\nAfter=systemd-fsck@dev-disk-by\\x2dlabel-data.service\n\n[Mount]\nWhat=/dev/disk/by-label/data\nWhere=/var/lib/data-1\nType=ext4\nOptions=noatime,nodev\n\n[Install]\nWantedBy=local-fs.target\n"),
-			"/etc/systemd/system/scratch.mount": file("0644", "0:0", "# Written by bellbuild apply (mounts item tmp).\n[Unit]\nDescription=bellbuild mount /scratch\n"+
+			"/etc/systemd/system/scratch.mount": fileEntry("0644", "0:0", "# Written by bellbuild apply (mounts item tmp).\n[Unit]\nDescription=bellbuild mount /scratch\n"+
 				"\n[Mount]\nWhat=tmpfs\nWhere=/scratch\nType=tmpfs\nOptions=size=1G\n\n[Install]\nWantedBy=local-fs.target\n"),
-			"/etc/systemd/system/local-fs.target.wants":                         dir("0755", "0:0"),
-			`/etc/systemd/system/local-fs.target.wants/var-lib-data\x2d1.mount`: link(`/etc/systemd/system/var-lib-data\x2d1.mount`),
-			"/etc/systemd/system/local-fs.target.wants/scratch.mount":           link("/etc/systemd/system/scratch.mount"),
+			"/etc/systemd/system/local-fs.target.wants":                         dirEntry("0755", "0:0"),
+			`/etc/systemd/system/local-fs.target.wants/var-lib-data\x2d1.mount`: linkEntry(`/etc/systemd/system/var-lib-data\x2d1.mount`),
+			"/etc/systemd/system/local-fs.target.wants/scratch.mount":           linkEntry("/etc/systemd/system/scratch.mount"),
 		},
 	}})
 }
@@ -110,9 +110,9 @@ func TestEthtoolOffline(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "a boot unit per device",
 		conf: nodeconf.Conf{Ethtool: map[string]map[string]string{"eth0": {"tso": "off", "generic-receive-offload": "on"}}},
-		want: tree{
-			"/etc/systemd/system": dir("0755", "0:0"),
-			"/etc/systemd/system/bellbuild-ethtool-eth0.service": file("0644", "0:0", `# Written by bellbuild apply: NIC features of eth0, re-applied at boot.
+		want: rootTree{
+			"/etc/systemd/system": dirEntry("0755", "0:0"),
+			"/etc/systemd/system/bellbuild-ethtool-eth0.service": fileEntry("0644", "0:0", `# Written by bellbuild apply: NIC features of eth0, re-applied at boot.
 [Unit]
 Description=bellbuild ethtool settings for eth0
 BindsTo=sys-subsystem-net-devices-eth0.device
@@ -128,8 +128,8 @@ ExecStart=/usr/sbin/ethtool -K eth0 generic-receive-offload on tso off
 [Install]
 WantedBy=multi-user.target
 `),
-			"/etc/systemd/system/multi-user.target.wants":                                dir("0755", "0:0"),
-			"/etc/systemd/system/multi-user.target.wants/bellbuild-ethtool-eth0.service": link("/etc/systemd/system/bellbuild-ethtool-eth0.service"),
+			"/etc/systemd/system/multi-user.target.wants":                                dirEntry("0755", "0:0"),
+			"/etc/systemd/system/multi-user.target.wants/bellbuild-ethtool-eth0.service": linkEntry("/etc/systemd/system/bellbuild-ethtool-eth0.service"),
 		},
 	}})
 }
@@ -137,22 +137,22 @@ WantedBy=multi-user.target
 func TestFiles(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "new and replaced files with mode and owner",
-		before: tree{
-			"/etc/motd": file("0644", "0:0", "Debian\n"),
+		before: rootTree{
+			"/etc/motd": fileEntry("0644", "0:0", "Debian\n"),
 		},
 		conf: nodeconf.Conf{Files: map[string]nodeconf.File{
 			"/etc/motd":              {Content: "bellbuild node\n"},
 			"/srv/app/config.yaml":   {Content: "port: 80\n", Mode: "0640", Owner: "app", Group: "app"},
 			"/etc/ssl/private/k.pem": {Content: "SECRET\n", Mode: "0600"},
 		}},
-		want: tree{
-			"/etc/motd":              file("0644", "0:0", "bellbuild node\n"),
-			"/srv":                   dir("0755", "0:0"),
-			"/srv/app":               dir("0755", "0:0"),
-			"/srv/app/config.yaml":   file("0640", "1234:1235", "port: 80\n"),
-			"/etc/ssl":               dir("0755", "0:0"),
-			"/etc/ssl/private":       dir("0755", "0:0"),
-			"/etc/ssl/private/k.pem": file("0600", "0:0", "SECRET\n"),
+		want: rootTree{
+			"/etc/motd":              fileEntry("0644", "0:0", "bellbuild node\n"),
+			"/srv":                   dirEntry("0755", "0:0"),
+			"/srv/app":               dirEntry("0755", "0:0"),
+			"/srv/app/config.yaml":   fileEntry("0640", "1234:1235", "port: 80\n"),
+			"/etc/ssl":               dirEntry("0755", "0:0"),
+			"/etc/ssl/private":       dirEntry("0755", "0:0"),
+			"/etc/ssl/private/k.pem": fileEntry("0600", "0:0", "SECRET\n"),
 		},
 	}})
 }
@@ -161,22 +161,22 @@ func TestUnits(t *testing.T) {
 	yes, no := true, false
 	runRootCases(t, []rootCase{{
 		name: "written and enabled; a packaged unit disabled and re-enabled on removal",
-		before: tree{
-			"/lib/systemd/system/ssh.service":                         file("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
-			"/etc/systemd/system/multi-user.target.wants/ssh.service": link("/lib/systemd/system/ssh.service"),
-			"/etc/systemd/system/sshd.service":                        link("/lib/systemd/system/ssh.service"),
+		before: rootTree{
+			"/lib/systemd/system/ssh.service":                         fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
+			"/etc/systemd/system/multi-user.target.wants/ssh.service": linkEntry("/lib/systemd/system/ssh.service"),
+			"/etc/systemd/system/sshd.service":                        linkEntry("/lib/systemd/system/ssh.service"),
 		},
 		conf: nodeconf.Conf{Units: map[string]nodeconf.Unit{
 			"agent.service": {Content: "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n", Enabled: &yes},
 			"ssh.service":   {Enabled: &no},
 			"note.timer":    {Content: "[Timer]\nOnCalendar=daily\n"},
 		}},
-		want: tree{
-			"/etc/systemd/system/agent.service":                          file("0644", "0:0", "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n"),
-			"/etc/systemd/system/note.timer":                             file("0644", "0:0", "[Timer]\nOnCalendar=daily\n"),
-			"/etc/systemd/system/multi-user.target.wants/agent.service":  link("/etc/systemd/system/agent.service"),
-			"/etc/systemd/system/kubelet.service.requires":               dir("0755", "0:0"),
-			"/etc/systemd/system/kubelet.service.requires/agent.service": link("/etc/systemd/system/agent.service"),
+		want: rootTree{
+			"/etc/systemd/system/agent.service":                          fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n"),
+			"/etc/systemd/system/note.timer":                             fileEntry("0644", "0:0", "[Timer]\nOnCalendar=daily\n"),
+			"/etc/systemd/system/multi-user.target.wants/agent.service":  linkEntry("/etc/systemd/system/agent.service"),
+			"/etc/systemd/system/kubelet.service.requires":               dirEntry("0755", "0:0"),
+			"/etc/systemd/system/kubelet.service.requires/agent.service": linkEntry("/etc/systemd/system/agent.service"),
 			"/etc/systemd/system/multi-user.target.wants/ssh.service":    absent,
 		},
 	}})
@@ -188,16 +188,16 @@ func TestApparmor(t *testing.T) {
 	}
 	runRootCases(t, []rootCase{{
 		name: "checked profiles installed, complain mode linked",
-		before: tree{
-			"/etc/apparmor.d/usr.bin.man": file("0644", "0:0", "# packaged\n"),
+		before: rootTree{
+			"/etc/apparmor.d/usr.bin.man": fileEntry("0644", "0:0", "# packaged\n"),
 		},
 		conf: nodeconf.Conf{Apparmor: &nodeconf.Apparmor{ComplainMode: true, Profiles: map[string]string{
 			"agent": "profile bellbuild-agent /usr/bin/agent {\n  /etc/agent/** r,\n}\n",
 		}}},
-		want: tree{
-			"/etc/apparmor.d/bellbuild.agent":                file("0644", "0:0", "profile bellbuild-agent /usr/bin/agent {\n  /etc/agent/** r,\n}\n"),
-			"/etc/apparmor.d/force-complain":                 dir("0755", "0:0"),
-			"/etc/apparmor.d/force-complain/bellbuild.agent": link("/etc/apparmor.d/bellbuild.agent"),
+		want: rootTree{
+			"/etc/apparmor.d/bellbuild.agent":                fileEntry("0644", "0:0", "profile bellbuild-agent /usr/bin/agent {\n  /etc/agent/** r,\n}\n"),
+			"/etc/apparmor.d/force-complain":                 dirEntry("0755", "0:0"),
+			"/etc/apparmor.d/force-complain/bellbuild.agent": linkEntry("/etc/apparmor.d/bellbuild.agent"),
 		},
 	}})
 }

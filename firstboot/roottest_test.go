@@ -19,13 +19,13 @@ import (
 // entry describes one path of a test root: "file MODE UID:GID\nCONTENT",
 // "dir MODE UID:GID" or "link TARGET". The same form is what snapshot
 // returns, so expected states read like the trees that build them.
-type tree map[string]string
+type rootTree map[string]string
 
-func file(mode string, owner string, content string) string {
+func fileEntry(mode string, owner string, content string) string {
 	return "file " + mode + " " + owner + "\n" + content
 }
-func dir(mode, owner string) string { return "dir " + mode + " " + owner }
-func link(target string) string     { return "link " + target }
+func dirEntry(mode, owner string) string { return "dir " + mode + " " + owner }
+func linkEntry(target string) string     { return "link " + target }
 
 // absent marks, in an expected diff, a path that must not exist.
 const absent = "<absent>"
@@ -33,17 +33,17 @@ const absent = "<absent>"
 // baseRoot is a minimal target root: its accounts differ from the build
 // host's on purpose (uid 1234 "app"), so a lookup against the wrong
 // /etc/passwd fails the tests.
-var baseRoot = tree{
-	"/etc":        dir("0755", "0:0"),
-	"/etc/passwd": file("0644", "0:0", "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\napp:x:1234:1235:App:/srv/app:/bin/sh\n"),
-	"/etc/group":  file("0644", "0:0", "root:x:0:\ndaemon:x:1:\napp:x:1235:\nops:x:2000:app\n"),
+var baseRoot = rootTree{
+	"/etc":        dirEntry("0755", "0:0"),
+	"/etc/passwd": fileEntry("0644", "0:0", "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\napp:x:1234:1235:App:/srv/app:/bin/sh\n"),
+	"/etc/group":  fileEntry("0644", "0:0", "root:x:0:\ndaemon:x:1:\napp:x:1235:\nops:x:2000:app\n"),
 }
 
 // build creates t in dir (on top of baseRoot).
-func build(t *testing.T, root string, trees ...tree) {
+func buildRoot(t *testing.T, root string, trees ...rootTree) {
 	t.Helper()
-	all := tree{}
-	for _, tr := range append([]tree{baseRoot}, trees...) {
+	all := rootTree{}
+	for _, tr := range append([]rootTree{baseRoot}, trees...) {
 		for p, e := range tr {
 			all[p] = e
 		}
@@ -72,13 +72,13 @@ func build(t *testing.T, root string, trees ...tree) {
 				t.Fatal(err)
 			}
 		default:
-			t.Fatalf("bad tree entry %q for %s", e, p)
+			t.Fatalf("bad rootTree entry %q for %s", e, p)
 		}
 		head, _, _ := strings.Cut(rest, "\n")
 		var mode uint32
 		var uid, gid int
 		if _, err := fmt.Sscanf(head, "%o %d:%d", &mode, &uid, &gid); err != nil {
-			t.Fatalf("bad tree entry %q for %s: %v", e, p, err)
+			t.Fatalf("bad rootTree entry %q for %s: %v", e, p, err)
 		}
 		if err := os.Chown(full, uid, gid); err != nil {
 			t.Fatal(err)
@@ -97,10 +97,10 @@ type stamp struct {
 }
 
 // snapshot reads the whole root (but the applier's own state directory)
-// into a tree, and the inode and times of every entry.
-func snapshot(t *testing.T, root string) (tree, map[string]stamp) {
+// into a rootTree, and the inode and times of every entry.
+func snapshot(t *testing.T, root string) (rootTree, map[string]stamp) {
 	t.Helper()
-	out, stamps := tree{}, map[string]stamp{}
+	out, stamps := rootTree{}, map[string]stamp{}
 	err := filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -122,15 +122,15 @@ func snapshot(t *testing.T, root string) (tree, map[string]stamp) {
 		switch {
 		case fi.Mode()&fs.ModeSymlink != 0:
 			target, _ := os.Readlink(full)
-			out[p] = link(target)
+			out[p] = linkEntry(target)
 		case fi.IsDir():
-			out[p] = dir(meta[:4], meta[5:])
+			out[p] = dirEntry(meta[:4], meta[5:])
 		default:
 			data, err := os.ReadFile(full)
 			if err != nil {
 				return err
 			}
-			out[p] = file(meta[:4], meta[5:], string(data))
+			out[p] = fileEntry(meta[:4], meta[5:], string(data))
 		}
 		return nil
 	})
@@ -155,8 +155,8 @@ func unixPerm(m fs.FileMode) uint32 {
 }
 
 // patched returns before with diff applied (absent deletes).
-func patched(before, diff tree) tree {
-	out := tree{}
+func patched(before, diff rootTree) rootTree {
+	out := rootTree{}
 	for p, e := range before {
 		out[p] = e
 	}
@@ -172,8 +172,8 @@ func patched(before, diff tree) tree {
 
 // withoutNewDirs drops the directories of got that before did not have
 // (parents the applier created and need not remove).
-func withoutNewDirs(got, before tree) tree {
-	out := tree{}
+func withoutNewDirs(got, before rootTree) rootTree {
+	out := rootTree{}
 	for p, e := range got {
 		if _, ok := before[p]; !ok && strings.HasPrefix(e, "dir ") {
 			continue
@@ -183,7 +183,7 @@ func withoutNewDirs(got, before tree) tree {
 	return out
 }
 
-func run(t *testing.T, root string, conf nodeconf.Conf, plan bool) *Report {
+func applyConf(t *testing.T, root string, conf nodeconf.Conf, plan bool) *Report {
 	t.Helper()
 	rep, err := Apply(context.Background(), Options{RootDir: root, Plan: plan}, &nodeconf.Node{Node: "n1", Profile: "p", Conf: conf})
 	if err != nil {
@@ -203,24 +203,24 @@ func run(t *testing.T, root string, conf nodeconf.Conf, plan bool) *Report {
 // expects the root as it was before, but for directories created.
 type rootCase struct {
 	name     string
-	before   tree
+	before   rootTree
 	conf     nodeconf.Conf
-	want     tree
+	want     rootTree
 	reverted *nodeconf.Conf
 	// revertedWant, when set, is the expected diff from before after the
 	// revert (for a partial removal); default: no diff.
-	revertedWant tree
+	revertedWant rootTree
 }
 
 func runRootCases(t *testing.T, cases []rootCase) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			build(t, root, tc.before)
+			buildRoot(t, root, tc.before)
 			before, _ := snapshot(t, root)
 
 			// Plan first: it reports the changes and makes none.
-			plan := run(t, root, tc.conf, true)
+			plan := applyConf(t, root, tc.conf, true)
 			if got, _ := snapshot(t, root); !cmp.Equal(got, before) {
 				t.Fatalf("--plan changed the root (-before +after):\n%s", cmp.Diff(before, got))
 			}
@@ -228,7 +228,7 @@ func runRootCases(t *testing.T, cases []rootCase) {
 				t.Errorf("--plan created var/lib/bellbuild")
 			}
 
-			rep := run(t, root, tc.conf, false)
+			rep := applyConf(t, root, tc.conf, false)
 			got, stamps := snapshot(t, root)
 			if diff := cmp.Diff(patched(before, tc.want), withPlainNewDirs(got, before, tc.want)); diff != "" {
 				t.Fatalf("after apply (-want +got):\n%s", diff)
@@ -241,7 +241,7 @@ func runRootCases(t *testing.T, cases []rootCase) {
 			}
 
 			// The same configuration again: nothing at all.
-			rep = run(t, root, tc.conf, false)
+			rep = applyConf(t, root, tc.conf, false)
 			if len(rep.Changes) != 0 {
 				t.Errorf("second run reported changes: %+v", rep.Changes)
 			}
@@ -252,7 +252,7 @@ func runRootCases(t *testing.T, cases []rootCase) {
 			if diff := cmp.Diff(stamps, stamps2); diff != "" {
 				t.Errorf("second run rewrote files (inode/mtime/ctime, -first +second):\n%s", diff)
 			}
-			if plan := run(t, root, tc.conf, true); len(plan.Changes) != 0 {
+			if plan := applyConf(t, root, tc.conf, true); len(plan.Changes) != 0 {
 				t.Errorf("--plan on a converged root reported changes: %+v", plan.Changes)
 			}
 
@@ -261,7 +261,7 @@ func runRootCases(t *testing.T, cases []rootCase) {
 			if tc.reverted != nil {
 				rev = *tc.reverted
 			}
-			run(t, root, rev, false)
+			applyConf(t, root, rev, false)
 			got3, _ := snapshot(t, root)
 			if diff := cmp.Diff(patched(before, tc.revertedWant), withoutNewDirs(got3, before)); diff != "" {
 				t.Errorf("after removing the items (-want +got):\n%s", diff)
@@ -281,12 +281,12 @@ func runRootCases(t *testing.T, cases []rootCase) {
 
 // withPlainNewDirs drops the directories of got that neither before nor
 // want has, when they are plain (0755 root): parents created on the way.
-func withPlainNewDirs(got, before, want tree) tree {
-	out := tree{}
+func withPlainNewDirs(got, before, want rootTree) rootTree {
+	out := rootTree{}
 	for p, e := range got {
 		_, b := before[p]
 		_, w := want[p]
-		if !b && !w && e == dir("0755", "0:0") {
+		if !b && !w && e == dirEntry("0755", "0:0") {
 			continue
 		}
 		out[p] = e

@@ -88,6 +88,21 @@ func Open(opts Options) (*Host, error) {
 	return h, nil
 }
 
+// ReloadLedger rereads the ledger from disk (after taking the lock, so that
+// a run that finished meanwhile is seen). It is an error to call it with
+// unsaved records.
+func (h *Host) ReloadLedger() error {
+	if h.Ledger.dirty {
+		return errors.New("ledger: reload with unsaved changes")
+	}
+	l, err := loadLedger(h)
+	if err != nil {
+		return err
+	}
+	h.Ledger = l
+	return nil
+}
+
 // Close releases the root.
 func (h *Host) Close() error { return h.root.Close() }
 
