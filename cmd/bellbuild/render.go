@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+func init() {
+	register(&command{
+		name:    "render",
+		summary: "print a node's effective configuration (and where each value came from)",
+		usage:   "[-C SITE | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain]",
+		help: `render prints the configuration the applier will enforce on one machine:
+{node, profile, profiles (the inheritance chain), labels, conf}. The conf
+is the profile chain merged parent first, then the Divingbell overrides in
+conf.overrides, then every matching label override along the chain, then
+matching host overrides, then the node's own conf (docs/config.md).
+
+--node renders an inventory entry. --profile renders a machine that is not
+in the inventory, with the labels and host name given. With --values, the
+profile is "divingbell" unless --profile says otherwise.
+
+-o json writes exactly what 'bellbuild apply --config' reads back.
+--explain prints instead one line per effective value: its path, its value
+and the FILE:LINE:COL that set it.
+
+Example:
+  bellbuild render --node demo-2
+  bellbuild render -C examples/fleet --profile k8s-worker --label rack=r1 --explain
+  bellbuild render --values values.yaml --host superhost -o json > node.json`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			var o renderFlags
+			o.site.register(fs)
+			fs.StringVar(&o.node, "node", "", "inventory node `NAME`")
+			fs.StringVar(&o.profile, "profile", "", "profile `P` to render without an inventory entry")
+			fs.StringVar(&o.host, "host", "", "host name `H` for host overrides (with --profile)")
+			fs.Func("label", "label `k=v` for label overrides (repeatable, with --profile)", func(s string) error {
+				k, v, ok := strings.Cut(s, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("want k=v, got %q", s)
+				}
+				if o.labels == nil {
+					o.labels = map[string]string{}
+				}
+				o.labels[k] = v
+				return nil
+			})
+			fs.StringVar(&o.format, "o", "yaml", "output `FORMAT`: yaml or json")
+			fs.BoolVar(&o.explain, "explain", false, "print each value with the file and line that set it")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unexpected arguments %q", args)
+				}
+				return runRender(o, os.Stdout, os.Stderr)
+			}
+		},
+	})
+}
+
+type renderFlags struct {
+	site                siteFlags
+	node, profile, host string
+	labels              map[string]string
+	format              string
+	explain             bool
+}
+
+func runRender(o renderFlags, stdout, stderr io.Writer) error {
+	// 1. Check the flags.
+	if o.format != "yaml" && o.format != "json" {
+		return fmt.Errorf("-o %q: want yaml or json", o.format)
+	}
+	if o.site.values != "" && o.profile == "" && o.node == "" {
+		o.profile = "divingbell"
+	}
+	switch {
+	case (o.node == "") == (o.profile == ""):
+		return errors.New("give exactly one of --node and --profile")
+	case o.node != "" && (o.host != "" || o.labels != nil):
+		return errors.New("--label and --host go with --profile; a node has its own")
+	}
+
+	// 2. Load the site.
+	s, err := o.site.load()
+	if err != nil {
+		return printSiteErrors(stderr, err)
+	}
+
+	// 3. Render or explain.
+	if o.explain {
+		var origins []profiles.Origin
+		if o.node != "" {
+			origins, err = s.ExplainNode(o.node)
+		} else {
+			origins, err = s.ExplainProfile(o.profile, o.labels, o.host)
+		}
+		if err != nil {
+			return printSiteErrors(stderr, err)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		for _, or := range origins {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", or.Path, explainValue(or.Value), or.Pos)
+		}
+		return tw.Flush()
+	}
+	var n *nodeconf.Node
+	if o.node != "" {
+		n, err = s.RenderNode(o.node)
+	} else {
+		n, err = s.RenderProfile(o.profile, o.labels, o.host)
+	}
+	if err != nil {
+		return printSiteErrors(stderr, err)
+	}
+	if o.format == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(n)
+	}
+	enc := yaml.NewEncoder(stdout)
+	enc.SetIndent(2)
+	if err := enc.Encode(n); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// explainValue shows a value on one line: long or multi-line text is cut.
+func explainValue(v string) string {
+	line, _, multi := strings.Cut(v, "\n")
+	if len(line) > 60 {
+		line, multi = line[:57], true
+	}
+	if multi {
+		return fmt.Sprintf("%q…", line)
+	}
+	return fmt.Sprintf("%q", line)
+}

@@ -1,0 +1,402 @@
+package nodeconf
+
+import (
+	"fmt"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// FieldError is one problem with one field of a Conf. Path names the field
+// from the Conf down, e.g. `uamlite.users[0].user_crypt_passwd` or
+// `exec["001-setup.sh"].rerun_interval` (see Key for how map keys are
+// written), so that the site model can map it back to the file and line
+// that set the value.
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
+
+// Key returns the path segment for the map key k: ".k" when k is a plain
+// identifier, `["k"]` (Go-quoted) otherwise, so that keys holding dots or
+// slashes (sysctl names, file paths) stay one segment.
+func Key(k string) string {
+	if identRE.MatchString(k) {
+		return "." + k
+	}
+	return "[" + strconv.Quote(k) + "]"
+}
+
+// Index returns the path segment for list index i: "[i]".
+func Index(i int) string { return "[" + strconv.Itoa(i) + "]" }
+
+// MinInterval is the smallest rerun or retry interval in seconds, as in
+// Divingbell (whose exec loop sleeps 60 s between passes).
+const MinInterval = 60
+
+// Allowed values of enumerated fields.
+var (
+	RerunPolicies    = []string{"always", "never", "once_successfully"}
+	BlockingPolicies = []string{"foreground", "background", "foreground_halt_pod_on_failure"}
+	LimitTypes       = []string{"soft", "hard", "-"}
+	// LimitItems are the items pam_limits(8) knows.
+	LimitItems = []string{"core", "data", "fsize", "memlock", "nofile", "rss", "stack", "cpu",
+		"nproc", "as", "maxlogins", "maxsyslogins", "nonewprivs", "priority", "locks",
+		"sigpending", "msgqueue", "nice", "rtprio", "chroot"}
+	// SSHKeyPrefixes are the key forms Divingbell accepts: dsa, ecdsa,
+	// ed25519 and rsa.
+	SSHKeyPrefixes = []string{"ssh-dss ", "ecdsa-", "ssh-ed25519 ", "ssh-rsa "}
+	// DebconfTypes are debconf's question types.
+	DebconfTypes = []string{"boolean", "string", "select", "multiselect", "note", "text", "password", "title", "error"}
+)
+
+var (
+	cryptRE    = regexp.MustCompile(`^(\$2a\$|\$[156]\$).*\$.*`)
+	octalRE    = regexp.MustCompile(`^0?[0-7]{3}$|^[0-7]{4}$`)
+	userRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]*\$?$`)
+	envRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	sysctlRE   = regexp.MustCompile(`^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*:@-]+)*$`)
+	unitSuffix = []string{".service", ".socket", ".mount", ".automount", ".timer", ".target",
+		".path", ".slice", ".swap", ".device", ".scope"}
+)
+
+// Validate checks c the way Divingbell's templates check values before they
+// render (crypt hashes, SSH key forms, exec policies and intervals, ethtool
+// on/off), plus what the applier needs (absolute paths, octal modes,
+// required fields). It returns every problem as a *FieldError, in a
+// deterministic order; nil means valid.
+func (c *Conf) Validate() []error {
+	v := &validator{}
+	v.sysctl(c.Sysctl)
+	v.limits(c.Limits)
+	if c.Perm != nil {
+		v.perm(c.Perm)
+	}
+	v.mounts(c.Mounts)
+	v.ethtool(c.Ethtool)
+	if c.Uamlite != nil {
+		v.uamlite(c.Uamlite)
+	}
+	if c.Apt != nil {
+		v.apt(c.Apt)
+	}
+	v.files(c.Files)
+	v.units(c.Units)
+	v.exec(c.Exec)
+	if c.Apparmor != nil {
+		v.apparmor(c.Apparmor)
+	}
+	return v.errs
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) add(p, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Path: p, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) required(p, field, val string) {
+	if strings.TrimSpace(val) == "" {
+		v.add(p+"."+field, "required")
+	}
+}
+
+func (v *validator) oneOf(p, val string, allowed []string) {
+	for _, a := range allowed {
+		if val == a {
+			return
+		}
+	}
+	v.add(p, "%q is not one of %s", val, strings.Join(allowed, ", "))
+}
+
+func (v *validator) absPath(p, val string) {
+	if !path.IsAbs(val) {
+		v.add(p, "%q is not an absolute path", val)
+	} else if path.Clean(val) != val {
+		v.add(p, "%q is not a clean path (want %q)", val, path.Clean(val))
+	}
+}
+
+func (v *validator) octal(p, val string) {
+	if !octalRE.MatchString(val) {
+		v.add(p, "%q is not an octal mode like 0644", val)
+	}
+}
+
+func (v *validator) noNewline(p, val string) {
+	if strings.ContainsAny(val, "\n\r") {
+		v.add(p, "must be one line")
+	}
+}
+
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (v *validator) sysctl(m map[string]string) {
+	for _, k := range sortedKeys(m) {
+		p := "sysctl" + Key(k)
+		if !sysctlRE.MatchString(k) {
+			v.add(p, "%q is not a sysctl name like net.ipv4.ip_forward", k)
+		}
+		if m[k] == "" {
+			v.add(p, "empty value")
+		}
+		v.noNewline(p, m[k])
+	}
+}
+
+func (v *validator) limits(m map[string]Limit) {
+	for _, k := range sortedKeys(m) {
+		l, p := m[k], "limits"+Key(k)
+		if strings.ContainsAny(k, "/\x00") || k == "." || k == ".." {
+			v.add(p, "%q cannot be a file name", k)
+		}
+		v.required(p, "domain", l.Domain)
+		v.required(p, "item", l.Item)
+		v.required(p, "value", l.Value)
+		v.oneOf(p+".type", l.Type, LimitTypes)
+		if l.Item != "" {
+			v.oneOf(p+".item", l.Item, LimitItems)
+		}
+		for f, s := range map[string]string{"domain": l.Domain, "value": l.Value} {
+			if strings.ContainsAny(s, " \t\n") {
+				v.add(p+"."+f, "%q contains white space", s)
+			}
+		}
+	}
+}
+
+func (v *validator) perm(pm *Perm) {
+	seen := map[string]int{}
+	for i, pp := range pm.Paths {
+		p := "perm.paths" + Index(i)
+		if pp.Path == "" {
+			v.add(p+".path", "required")
+		} else {
+			v.absPath(p+".path", pp.Path)
+			if j, dup := seen[pp.Path]; dup {
+				v.add(p+".path", "%q is also perm.paths[%d]", pp.Path, j)
+			}
+			seen[pp.Path] = i
+		}
+		v.required(p, "owner", pp.Owner)
+		v.required(p, "group", pp.Group)
+		v.octal(p+".permissions", pp.Permissions)
+	}
+	v.rerun("perm", pm.RerunPolicy, pm.RerunInterval, 0)
+}
+
+// rerun checks a rerun_policy and its intervals with Divingbell's rules: a
+// finite rerun_interval needs rerun_policy always; a finite retry_interval
+// needs always or once_successfully; both are at least MinInterval.
+func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
+	eff := policy
+	if policy == "" {
+		eff = "always"
+	} else {
+		v.oneOf(p+".rerun_policy", policy, RerunPolicies)
+	}
+	if rerunInterval != 0 {
+		if rerunInterval < MinInterval {
+			v.add(p+".rerun_interval", "%d is less than %d seconds", rerunInterval, MinInterval)
+		}
+		if eff != "always" {
+			v.add(p+".rerun_interval", "needs rerun_policy always, not %q", eff)
+		}
+	}
+	if retryInterval != 0 {
+		if retryInterval < MinInterval {
+			v.add(p+".retry_interval", "%d is less than %d seconds", retryInterval, MinInterval)
+		}
+		if eff != "always" && eff != "once_successfully" {
+			v.add(p+".retry_interval", "needs rerun_policy always or once_successfully, not %q", eff)
+		}
+	}
+}
+
+func (v *validator) mounts(m map[string]Mount) {
+	for _, k := range sortedKeys(m) {
+		mt, p := m[k], "mounts"+Key(k)
+		if mt.MntTgt == "" {
+			v.add(p+".mnt_tgt", "required")
+		} else {
+			v.absPath(p+".mnt_tgt", mt.MntTgt)
+		}
+		v.required(p, "device", mt.Device)
+		v.required(p, "type", mt.Type)
+		for f, s := range map[string]string{"options": mt.Options, "before": mt.Before, "after": mt.After} {
+			v.noNewline(p+"."+f, s)
+		}
+	}
+}
+
+func (v *validator) ethtool(m map[string]map[string]string) {
+	for _, dev := range sortedKeys(m) {
+		p := "ethtool" + Key(dev)
+		if dev == "" || len(dev) > 15 || strings.ContainsAny(dev, "/ \t\n:") {
+			v.add(p, "%q is not an interface name", dev)
+		}
+		for _, feat := range sortedKeys(m[dev]) {
+			if val := m[dev][feat]; val != "on" && val != "off" {
+				v.add(p+Key(feat), "%q is neither on nor off", val)
+			}
+		}
+	}
+}
+
+func (v *validator) uamlite(u *Uamlite) {
+	seen := map[string]int{}
+	for i, usr := range u.Users {
+		p := "uamlite.users" + Index(i)
+		if usr.UserName == "" {
+			v.add(p+".user_name", "required")
+		} else {
+			if !userRE.MatchString(usr.UserName) || len(usr.UserName) > 32 {
+				v.add(p+".user_name", "%q is not a valid user name", usr.UserName)
+			}
+			if j, dup := seen[usr.UserName]; dup {
+				v.add(p+".user_name", "%q is also uamlite.users[%d]", usr.UserName, j)
+			}
+			seen[usr.UserName] = i
+		}
+		// The hash is a secret: never repeat it in a message.
+		if usr.UserCryptPasswd != "" && !cryptRE.MatchString(usr.UserCryptPasswd) {
+			v.add(p+".user_crypt_passwd", "not a crypt(3) hash of the form $1$, $2a$, $5$ or $6$ (SALT$HASH)")
+		}
+		if len(usr.UserSSHKeys) == 1 && usr.UserSSHKeys[0] == UnmanagedKeys {
+			continue
+		}
+		for j, key := range usr.UserSSHKeys {
+			kp := p + ".user_sshkeys" + Index(j)
+			if key == UnmanagedKeys {
+				v.add(kp, "%s must be the only key", UnmanagedKeys)
+				continue
+			}
+			ok := false
+			for _, pre := range SSHKeyPrefixes {
+				ok = ok || strings.HasPrefix(key, pre)
+			}
+			if !ok {
+				v.add(kp, "not a dsa, ecdsa, ed25519 or rsa public key (ssh-dss, ecdsa-, ssh-ed25519, ssh-rsa)")
+			}
+			v.noNewline(kp, key)
+		}
+	}
+}
+
+func (v *validator) apt(a *Apt) {
+	seen := map[string]int{}
+	for i, pkg := range a.Packages {
+		p := "apt.packages" + Index(i)
+		if pkg.Name == "" {
+			v.add(p+".name", "required")
+			continue
+		}
+		if j, dup := seen[pkg.Name]; dup {
+			v.add(p+".name", "%q is also apt.packages[%d]", pkg.Name, j)
+		}
+		seen[pkg.Name] = i
+		for j, d := range pkg.Debconf {
+			dp := p + ".debconf" + Index(j)
+			v.required(dp, "question", d.Question)
+			v.oneOf(dp+".question_type", d.QuestionType, DebconfTypes)
+		}
+	}
+	for i, r := range a.Repositories {
+		p := "apt.repositories" + Index(i)
+		v.required(p, "url", r.URL)
+		if len(r.Distributions) == 0 {
+			v.add(p+".distributions", "required")
+		}
+		if len(r.Components) == 0 {
+			v.add(p+".components", "required")
+		}
+	}
+	for i, b := range a.BlacklistPkgs {
+		p := "apt.blacklistpkgs" + Index(i)
+		if b == "" {
+			v.add(p, "empty package name")
+		} else if j, ok := seen[b]; ok {
+			v.add(p, "%q is also requested in apt.packages[%d]", b, j)
+		}
+	}
+}
+
+func (v *validator) files(m map[string]File) {
+	for _, k := range sortedKeys(m) {
+		f, p := m[k], "files"+Key(k)
+		v.absPath(p, k)
+		if f.Mode != "" {
+			v.octal(p+".mode", f.Mode)
+		}
+	}
+}
+
+func (v *validator) units(m map[string]Unit) {
+	for _, k := range sortedKeys(m) {
+		u, p := m[k], "units"+Key(k)
+		ok := false
+		for _, s := range unitSuffix {
+			ok = ok || (strings.HasSuffix(k, s) && len(k) > len(s))
+		}
+		if !ok || strings.Contains(k, "/") {
+			v.add(p, "%q is not a unit name like kubelet.service", k)
+		}
+		if u.Content == "" && u.Enabled == nil {
+			v.add(p, "sets neither content nor enabled")
+		}
+	}
+}
+
+func (v *validator) exec(m map[string]Exec) {
+	for _, k := range sortedKeys(m) {
+		e, p := m[k], "exec"+Key(k)
+		if strings.Contains(k, "/") || k == "." || k == ".." {
+			v.add(p, "%q cannot be a script file name", k)
+		}
+		v.required(p, "data", e.Data)
+		if e.BlockingPolicy != "" {
+			v.oneOf(p+".blocking_policy", e.BlockingPolicy, BlockingPolicies)
+		}
+		if e.Timeout < 0 {
+			v.add(p+".timeout", "%d is negative", e.Timeout)
+		}
+		v.rerun(p, e.RerunPolicy, e.RerunInterval, e.RetryInterval)
+		if e.RerunIntervalPersist != nil && e.RerunInterval == 0 {
+			v.add(p+".rerun_interval_persist", "set without rerun_interval")
+		}
+		if e.RetryIntervalPersist != nil && e.RetryInterval == 0 {
+			v.add(p+".retry_interval_persist", "set without retry_interval")
+		}
+		for _, ek := range sortedKeys(e.Env) {
+			if !envRE.MatchString(ek) {
+				v.add(p+".env"+Key(ek), "%q is not an environment variable name", ek)
+			}
+		}
+	}
+}
+
+func (v *validator) apparmor(a *Apparmor) {
+	for _, k := range sortedKeys(a.Profiles) {
+		p := "apparmor.profiles" + Key(k)
+		if k == "" || strings.Contains(k, "/") || strings.HasPrefix(k, ".") {
+			v.add(p, "%q cannot be a file name under /etc/apparmor.d", k)
+		}
+		if strings.TrimSpace(a.Profiles[k]) == "" {
+			v.add(p, "empty profile")
+		}
+	}
+}

@@ -1,0 +1,410 @@
+package profiles
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// ErrNotFound is returned (wrapped) for an unknown node or profile.
+var ErrNotFound = errors.New("not found")
+
+// resolved is a profile with its inheritance applied, computed once at load.
+type resolved struct {
+	chain  []string
+	fields map[string]*value // scalar fields, last writer wins; nulls removed
+	conf   *value            // the merged conf of the chain
+	db     []dbModule        // the merged Divingbell overrides
+	// labelOv and hostOv are the native overrides of the whole chain, in
+	// chain order.
+	labelOv []labelOverride
+	hostOv  []hostOverride
+}
+
+// resolveAll checks the inheritance graph (unknown parents, cycles) and
+// resolves every profile that is not part of or below a cycle.
+func (s *Site) resolveAll(errs *ErrorList) {
+	s.resolved = map[string]*resolved{}
+	bad := map[string]bool{}
+	for _, name := range s.names {
+		p := s.profiles[name]
+		for i, parent := range p.inherits {
+			if s.profiles[parent] == nil {
+				errs.Add(p.inheritsPos[i], "inherits"+nodeconf.Index(i), "unknown profile %q%s", parent, suggestList(parent, s.names))
+				bad[name] = true
+			}
+		}
+	}
+	for _, cycle := range s.cycles() {
+		first := s.profiles[cycle[0]]
+		at := first.pos
+		for i, parent := range first.inherits {
+			if parent == cycle[1%len(cycle)] {
+				at = first.inheritsPos[i]
+				break
+			}
+		}
+		errs.Add(at, "inherits", "inheritance cycle: %s → %s", strings.Join(cycle, " → "), cycle[0])
+		for _, n := range cycle {
+			bad[n] = true
+		}
+	}
+	// A profile below a bad one cannot be resolved either; its own
+	// problem has been reported already.
+	var isBad func(string, map[string]bool) bool
+	isBad = func(n string, seen map[string]bool) bool {
+		if bad[n] {
+			return true
+		}
+		if seen[n] || s.profiles[n] == nil {
+			return false
+		}
+		seen[n] = true
+		for _, p := range s.profiles[n].inherits {
+			if isBad(p, seen) {
+				bad[n] = true
+				return true
+			}
+		}
+		return false
+	}
+	for _, name := range s.names {
+		if !isBad(name, map[string]bool{}) {
+			s.resolved[name] = s.resolve(name)
+		}
+	}
+	s.checkStages(errs)
+}
+
+// cycles returns each inheritance cycle once, as the profiles along it,
+// starting at the smallest name.
+func (s *Site) cycles() [][]string {
+	// Tarjan's strongly connected components.
+	index, low := map[string]int{}, map[string]int{}
+	onStack := map[string]bool{}
+	var stack []string
+	var sccs [][]string
+	next := 0
+	var visit func(string)
+	visit = func(v string) {
+		index[v], low[v] = next, next
+		next++
+		stack = append(stack, v)
+		onStack[v] = true
+		for _, w := range s.profiles[v].inherits {
+			if s.profiles[w] == nil {
+				continue
+			}
+			if _, seen := index[w]; !seen {
+				visit(w)
+				low[v] = min(low[v], low[w])
+			} else if onStack[w] {
+				low[v] = min(low[v], index[w])
+			}
+		}
+		if low[v] == index[v] {
+			var scc []string
+			for {
+				w := stack[len(stack)-1]
+				stack = stack[:len(stack)-1]
+				onStack[w] = false
+				scc = append(scc, w)
+				if w == v {
+					break
+				}
+			}
+			if len(scc) > 1 || slices.Contains(s.profiles[v].inherits, v) {
+				sccs = append(sccs, scc)
+			}
+		}
+	}
+	for _, n := range s.names {
+		if _, seen := index[n]; !seen {
+			visit(n)
+		}
+	}
+	var out [][]string
+	for _, scc := range sccs {
+		in := map[string]bool{}
+		for _, n := range scc {
+			in[n] = true
+		}
+		start := slices.Min(scc)
+		// Walk from start back to start inside the component, parents
+		// in order, to print one concrete cycle.
+		var path []string
+		seen := map[string]bool{}
+		var walk func(string) bool
+		walk = func(n string) bool {
+			path = append(path, n)
+			seen[n] = true
+			for _, p := range s.profiles[n].inherits {
+				if p == start {
+					return true
+				}
+				if in[p] && !seen[p] && walk(p) {
+					return true
+				}
+			}
+			path = path[:len(path)-1]
+			return false
+		}
+		walk(start)
+		out = append(out, path)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out
+}
+
+// chainOf returns name's parents depth-first, left to right, each once,
+// then name. The graph is acyclic here.
+func (s *Site) chainOf(name string) []string {
+	var chain []string
+	seen := map[string]bool{}
+	var visit func(string)
+	visit = func(n string) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		for _, p := range s.profiles[n].inherits {
+			visit(p)
+		}
+		chain = append(chain, n)
+	}
+	visit(name)
+	return chain
+}
+
+func (s *Site) resolve(name string) *resolved {
+	r := &resolved{chain: s.chainOf(name), fields: map[string]*value{}}
+	var db *value
+	for _, pn := range r.chain {
+		p := s.profiles[pn]
+		for _, f := range scalarFields {
+			if v, ok := p.fields[f]; ok {
+				if v.kind == kNull {
+					delete(r.fields, f)
+				} else {
+					r.fields[f] = v
+				}
+			}
+		}
+		r.conf = merge(r.conf, p.conf, mergeOpts{named: true}, "", 0)
+		db = merge(db, p.db, mergeOpts{}, "", 0)
+		r.labelOv = append(r.labelOv, p.labelOv...)
+		r.hostOv = append(r.hostOv, p.hostOv...)
+	}
+	if db != nil {
+		var discard ErrorList
+		r.db = parseDBOverrides(db, "conf.overrides", &discard)
+	}
+	return r
+}
+
+// effective computes a node's conf tree: the chain, then Divingbell's
+// overrides (per module at most one: a matching host, else the last
+// matching label), then every matching native label override in chain
+// order, then matching native host overrides, then the node's own conf.
+func (r *resolved) effective(labels map[string]string, host string, own *value) *value {
+	named := mergeOpts{named: true}
+	c := r.conf
+	for _, m := range r.db {
+		var pick *value
+		found := false
+		for _, h := range m.hosts {
+			if host != "" && h.name == host {
+				pick, found = h.conf, true
+			}
+		}
+		if !found {
+			for _, l := range m.labels {
+				if l.matches(labels) {
+					pick = l.conf
+				}
+			}
+		}
+		// Divingbell merges the override over the values: maps
+		// merge, lists are replaced.
+		c = merge(c, pick, mergeOpts{}, "", 0)
+	}
+	for _, l := range r.labelOv {
+		if l.matches(labels) {
+			c = merge(c, l.conf, named, "", 0)
+		}
+	}
+	for _, h := range r.hostOv {
+		if host != "" && h.name == host {
+			c = merge(c, h.conf, named, "", 0)
+		}
+	}
+	return merge(c, own, named, "", 0)
+}
+
+// rendered is a node's configuration with the tree it was decoded from.
+type rendered struct {
+	node *nodeconf.Node
+	tree *value
+}
+
+func (s *Site) render(profile string, labels map[string]string, host string, own *value) (*rendered, error) {
+	r, ok := s.resolved[profile]
+	if !ok {
+		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
+	}
+	tree := r.effective(labels, host, own)
+	var errs ErrorList
+	conf := decodeConf(tree, &errs)
+	for _, err := range conf.Validate() {
+		var fe *nodeconf.FieldError
+		if !errors.As(err, &fe) {
+			errs.Add(Pos{}, "conf", "%v", err)
+			continue
+		}
+		pos := Pos{File: s.profiles[profile].pos.File}
+		if tree != nil {
+			pos = lookup(tree, strings.TrimPrefix("."+fe.Path, "."))
+		}
+		errs.Add(pos, "conf."+fe.Path, "%s", fe.Msg)
+	}
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	n := &nodeconf.Node{Profile: profile, Profiles: slices.Clone(r.chain), Conf: conf}
+	if len(labels) > 0 {
+		n.Labels = maps.Clone(labels)
+	}
+	return &rendered{node: n, tree: tree}, nil
+}
+
+func (s *Site) renderNode(name string) (*rendered, error) {
+	n, ok := s.byName[name]
+	if !ok {
+		return nil, fmt.Errorf("node %q: %w", name, ErrNotFound)
+	}
+	out, err := s.render(n.Profile, n.Labels, n.Name, n.conf)
+	if err != nil {
+		return nil, err
+	}
+	out.node.Node = n.Name
+	out.node.MACs = slices.Clone(n.MACs)
+	return out, nil
+}
+
+// RenderNode returns the effective configuration of the inventory node
+// name. A configuration that fails nodeconf validation is an ErrorList
+// naming the files and lines that set the offending values.
+func (s *Site) RenderNode(name string) (*nodeconf.Node, error) {
+	r, err := s.renderNode(name)
+	if err != nil {
+		return nil, err
+	}
+	return r.node, nil
+}
+
+// RenderProfile returns the configuration of a machine that boots profile
+// with labels and hostname but has no inventory entry (hostname may be ""
+// and labels nil).
+func (s *Site) RenderProfile(profile string, labels map[string]string, hostname string) (*nodeconf.Node, error) {
+	r, err := s.render(profile, labels, hostname, nil)
+	if err != nil {
+		return nil, err
+	}
+	r.node.Node = hostname
+	return r.node, nil
+}
+
+// Origin is where one effective value came from.
+type Origin struct {
+	// Path is the value's path from the node, e.g. `conf.sysctl["vm.swappiness"]`.
+	Path  string
+	Value string // the value as written (scalars), or "{}" / "[]"
+	Pos   Pos
+}
+
+func origins(r *rendered) []Origin {
+	var out []Origin
+	if r.tree == nil {
+		return nil
+	}
+	leaves(r.tree, "conf", func(p string, v *value) {
+		o := Origin{Path: p, Pos: v.pos}
+		switch v.kind {
+		case kMap:
+			o.Value = "{}"
+		case kList:
+			o.Value = "[]"
+		default:
+			o.Value = v.text
+		}
+		out = append(out, o)
+	})
+	return out
+}
+
+// ExplainNode returns, for every effective value of node name, the file
+// and line that set it, in the order of the effective configuration.
+func (s *Site) ExplainNode(name string) ([]Origin, error) {
+	r, err := s.renderNode(name)
+	if err != nil {
+		return nil, err
+	}
+	return origins(r), nil
+}
+
+// ExplainProfile is ExplainNode for RenderProfile.
+func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname string) ([]Origin, error) {
+	r, err := s.render(profile, labels, hostname, nil)
+	if err != nil {
+		return nil, err
+	}
+	return origins(r), nil
+}
+
+// validateRendered renders what the site can produce — every node, every
+// profile alone, and every profile under each of its overrides — and
+// reports each problem once, at the line that set the offending value.
+func (s *Site) validateRendered(errs *ErrorList) {
+	add := func(err error) {
+		var l ErrorList
+		if errors.As(err, &l) {
+			*errs = append(*errs, l...)
+		} else if err != nil {
+			errs.Add(Pos{}, "", "%v", err)
+		}
+	}
+	for _, n := range s.nodes {
+		_, err := s.renderNode(n.Name)
+		add(err)
+	}
+	for _, name := range s.names {
+		r, ok := s.resolved[name]
+		if !ok {
+			continue
+		}
+		_, err := s.render(name, nil, "", nil)
+		add(err)
+		try := func(lo []labelOverride, ho []hostOverride) {
+			for _, l := range lo {
+				for _, v := range l.values {
+					_, err := s.render(name, map[string]string{l.key: v}, "", nil)
+					add(err)
+				}
+			}
+			for _, h := range ho {
+				_, err := s.render(name, nil, h.name, nil)
+				add(err)
+			}
+		}
+		try(r.labelOv, r.hostOv)
+		for _, m := range r.db {
+			try(m.labels, m.hosts)
+		}
+	}
+	errs.Sort()
+}

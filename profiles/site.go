@@ -1,0 +1,770 @@
+// Package profiles is bellbuild's site model: it loads a site (inheriting
+// profiles and an inventory of machines) with line numbers, checks it
+// strictly, and renders each machine's effective host configuration
+// (a nodeconf.Node) and each profile's image specification.
+//
+// A site on disk is
+//
+//	SITE/profiles/NAME.yaml   one profile per file
+//	SITE/nodes.yaml           the inventory (optional)
+//
+// docs/config.md describes the format and the merge rules. Every problem
+// found is reported at once as an ErrorList of FILE:LINE:COL: PATH: MESSAGE.
+package profiles
+
+import (
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// Site is a loaded, checked site. It is immutable and safe for concurrent
+// use.
+type Site struct {
+	dir      string // absolute site directory; "" for the embedded site
+	embedded bool
+	profiles map[string]*profile
+	names    []string
+	nodes    []*node // sorted by name
+	byName   map[string]*node
+	byMAC    map[string]*node
+	// nodesSource is the Sources entry for nodes.yaml ("" when absent).
+	nodesSource string
+	resolved    map[string]*resolved
+}
+
+// NodeInfo is one inventory entry.
+type NodeInfo struct {
+	Name    string
+	MACs    []string // lower case, colon separated
+	Profile string
+	Labels  map[string]string
+}
+
+// profile is one parsed profile file.
+type profile struct {
+	name   string
+	source string // absolute path, or "embedded:profiles/NAME.yaml"
+	pos    Pos    // the file itself
+	// inherits are the parents, in order, with the position of each.
+	inherits    []string
+	inheritsPos []Pos
+	// fields holds description, stage, kernel, cmdline and outputs as
+	// written (nil: not set here; a null value: reset to the default).
+	fields map[string]*value
+	conf   *value // the conf without conf.overrides (nil when absent)
+	// db is conf.overrides, Divingbell's per-module overrides.
+	db *value
+	// labelOv and hostOv are the profile's native overrides.
+	labelOv []labelOverride
+	hostOv  []hostOverride
+}
+
+// labelOverride applies conf to nodes whose label key has one of values.
+type labelOverride struct {
+	key    string
+	values []string
+	conf   *value
+}
+
+func (o labelOverride) matches(labels map[string]string) bool {
+	v, ok := labels[o.key]
+	return ok && slices.Contains(o.values, v)
+}
+
+// hostOverride applies conf to the node named name.
+type hostOverride struct {
+	name string
+	conf *value
+}
+
+// node is one parsed inventory entry.
+type node struct {
+	NodeInfo
+	pos  Pos
+	conf *value
+}
+
+// scalarFields are the profile fields that inherit by replacement.
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs"}
+
+var (
+	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
+	labelRE = regexp.MustCompile(`^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
+)
+
+//go:embed defaultsite
+var defaultFS embed.FS
+
+var defaultSite = sync.OnceValues(func() (*Site, error) {
+	sub, err := fs.Sub(defaultFS, "defaultsite")
+	if err != nil {
+		return nil, err
+	}
+	return loadFS(sub, "", "embedded:")
+})
+
+// Default returns the site embedded in the binary: a `minimal` busybox
+// profile and a small `demo` chain with two demo nodes. It panics if the
+// embedded site is invalid (a test guards against that).
+func Default() *Site {
+	s, err := defaultSite()
+	if err != nil {
+		panic("profiles: embedded default site: " + err.Error())
+	}
+	return s
+}
+
+// Load reads and checks the site in dir. The error, if any, is an
+// ErrorList holding every problem found.
+func Load(dir string) (*Site, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load site: %w", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "profiles")); err != nil || !fi.IsDir() {
+		return nil, ErrorList{{Pos: Pos{File: filepath.Join(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
+	}
+	s, err := loadFS(os.DirFS(dir), dir, "")
+	if s != nil {
+		s.dir = abs
+		for _, p := range s.profiles {
+			p.source = filepath.Join(abs, p.source)
+		}
+		if s.nodesSource != "" {
+			s.nodesSource = filepath.Join(abs, s.nodesSource)
+		}
+	}
+	return s, err
+}
+
+// displayName is how files are named in messages: relative to the
+// directory given to Load, or "embedded:..." for the default site.
+func displayName(prefix, rel string) string {
+	if strings.HasSuffix(prefix, ":") {
+		return prefix + rel
+	}
+	return filepath.Join(prefix, rel)
+}
+
+// loadFS loads a site from fsys; files are named in messages as
+// displayName(dir, rel) and in Sources as srcPrefix+rel.
+func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
+	if srcPrefix != "" {
+		dir = srcPrefix
+	}
+	var errs ErrorList
+	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{}}
+	ents, err := fs.ReadDir(fsys, "profiles")
+	if err != nil {
+		return nil, ErrorList{{Pos: Pos{File: displayName(dir, "profiles")}, Msg: "not a site: " + errors.Unwrap(err).Error()}}
+	}
+	for _, e := range ents {
+		rel := path.Join("profiles", e.Name())
+		file := displayName(dir, rel)
+		if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		name, ok := strings.CutSuffix(e.Name(), ".yaml")
+		if !ok {
+			errs.Add(Pos{File: file}, "", "profile files must be named NAME.yaml")
+			continue
+		}
+		if !nameRE.MatchString(name) {
+			errs.Add(Pos{File: file}, "", "bad profile name %q: use lower-case letters, digits, '.', '_' and '-'", name)
+			continue
+		}
+		root := readYAML(fsys, rel, file, &errs)
+		if root == nil {
+			continue
+		}
+		p := parseProfile(name, root, file, &errs)
+		p.source = srcPrefix + rel
+		s.profiles[name] = p
+		s.names = append(s.names, name)
+	}
+	sort.Strings(s.names)
+	if len(s.names) == 0 && len(errs) == 0 {
+		errs.Add(Pos{File: displayName(dir, "profiles")}, "", "no profiles (want profiles/NAME.yaml)")
+	}
+
+	s.resolveAll(&errs)
+
+	if _, err := fs.Stat(fsys, "nodes.yaml"); err == nil {
+		file := displayName(dir, "nodes.yaml")
+		if root := readYAML(fsys, "nodes.yaml", file, &errs); root != nil {
+			s.parseNodes(root, &errs)
+			s.nodesSource = srcPrefix + "nodes.yaml"
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	s.validateRendered(&errs)
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	return s, nil
+}
+
+// readYAML parses one file into a value tree (nil on a syntax error, which
+// is reported).
+func readYAML(fsys fs.FS, rel, file string, errs *ErrorList) *value {
+	data, err := fs.ReadFile(fsys, rel)
+	if err != nil {
+		errs.Add(Pos{File: file}, "", "%v", err)
+		return nil
+	}
+	return parseYAML(data, file, errs)
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func parseYAML(data []byte, file string, errs *ErrorList) *value {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		pos, msg := Pos{File: file}, err.Error()
+		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+			fmt.Sscan(m[1], &pos.Line)
+			msg = m[2]
+		}
+		errs.Add(pos, "", "YAML syntax: %s", msg)
+		return nil
+	}
+	if doc.Kind == 0 {
+		return &value{kind: kNull, pos: Pos{File: file, Line: 1, Col: 1}}
+	}
+	return fromYAML(&doc, file, errs)
+}
+
+// expectMap reports v unless it is a map (a null counts as an empty map
+// when allowNull).
+func expectMap(v *value, path string, errs *ErrorList) bool {
+	if v.kind == kMap {
+		return true
+	}
+	errs.Add(v.pos, path, "expected a map, got %s", v.describe())
+	return false
+}
+
+func scalarString(v *value, path string, errs *ErrorList) (string, bool) {
+	if v.kind != kScalar {
+		errs.Add(v.pos, path, "expected a string, got %s", v.describe())
+		return "", false
+	}
+	return v.text, true
+}
+
+func stringList(v *value, path string, errs *ErrorList) ([]string, []Pos) {
+	if v.kind != kList {
+		errs.Add(v.pos, path, "expected a list, got %s", v.describe())
+		return nil, nil
+	}
+	var out []string
+	var pos []Pos
+	for i, it := range v.items {
+		if s, ok := scalarString(it, path+nodeconf.Index(i), errs); ok {
+			out = append(out, s)
+			pos = append(pos, it.pos)
+		}
+	}
+	return out, pos
+}
+
+var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "conf", "overrides"}
+
+func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
+	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
+	if root.kind == kNull {
+		return p
+	}
+	if !expectMap(root, "", errs) {
+		return p
+	}
+	for _, e := range root.ents {
+		v := e.val
+		switch e.key {
+		case "inherits":
+			if v.kind == kScalar { // a single parent
+				v = &value{kind: kList, pos: v.pos, items: []*value{v}}
+			}
+			if v.kind == kNull {
+				continue
+			}
+			names, pos := stringList(v, "inherits", errs)
+			for i, n := range names {
+				if slices.Contains(p.inherits, n) {
+					errs.Add(pos[i], "inherits"+nodeconf.Index(i), "%q is listed twice", n)
+					continue
+				}
+				p.inherits = append(p.inherits, n)
+				p.inheritsPos = append(p.inheritsPos, pos[i])
+			}
+		case "description":
+			if v.kind != kNull {
+				scalarString(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "stage":
+			if v.kind != kNull {
+				parseStage(v, "stage", errs)
+			}
+			p.fields[e.key] = v
+		case "kernel":
+			if v.kind != kNull {
+				parseKernel(v, "kernel", errs)
+			}
+			p.fields[e.key] = v
+		case "cmdline":
+			if v.kind != kNull {
+				stringList(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "outputs":
+			if v.kind != kNull {
+				parseOutputs(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "conf":
+			p.conf, p.db = parseConf(v, "conf", true, errs)
+		case "overrides":
+			p.labelOv, p.hostOv = parseNativeOverrides(v, "overrides", errs)
+		default:
+			errs.Add(e.kpos, e.key, "unknown key %q%s", e.key, suggestList(e.key, profileKeys))
+		}
+	}
+	return p
+}
+
+// parseConf normalizes and checks a conf fragment, splitting off
+// conf.overrides (Divingbell's overrides) when allowed.
+func parseConf(v *value, path string, allowDB bool, errs *ErrorList) (conf, db *value) {
+	if v.kind == kNull {
+		return nil, nil
+	}
+	if !expectMap(v, path, errs) {
+		return nil, nil
+	}
+	if ov := v.get("overrides"); ov != nil || v.entry("overrides") != nil {
+		e := v.entry("overrides")
+		if !allowDB {
+			errs.Add(e.kpos, path+".overrides", "Divingbell overrides belong in a profile's conf, not here")
+		} else {
+			db = e.val
+			parseDBOverrides(db, path+".overrides", errs)
+		}
+		v = without(v, "overrides")
+	}
+	conf = normalizeConf(v, path, errs)
+	checkConf(conf, path, errs)
+	return conf, db
+}
+
+// dbModule is the Divingbell overrides of one module.
+type dbModule struct {
+	module string
+	labels []labelOverride // conf holds {MODULE: ...} only
+	hosts  []hostOverride
+}
+
+// parseDBOverrides reads conf.overrides: {divingbell_MODULE: {labels: [...],
+// hosts: [...]}}. Each override's conf is checked whole, but only its
+// MODULE key is kept: in Divingbell the daemonset of one module reads
+// nothing else of it.
+func parseDBOverrides(v *value, path string, errs *ErrorList) []dbModule {
+	if v.kind == kNull || !expectMap(v, path, errs) {
+		return nil
+	}
+	var out []dbModule
+	for _, e := range v.ents {
+		ep := joinKey(path, e.key)
+		mod, ok := strings.CutPrefix(e.key, "divingbell_")
+		if !ok || !slices.Contains(nodeconf.Modules, mod) {
+			errs.Add(e.kpos, ep, "unknown module in override %q (want divingbell_MODULE, MODULE one of %s)", e.key, strings.Join(nodeconf.Modules, ", "))
+			continue
+		}
+		if e.val.kind == kNull || !expectMap(e.val, ep, errs) {
+			continue
+		}
+		m := dbModule{module: mod}
+		for _, f := range e.val.ents {
+			fp := joinKey(ep, f.key)
+			switch f.key {
+			case "labels":
+				m.labels = parseLabelOverrides(f.val, fp, mod, errs)
+			case "hosts":
+				m.hosts = parseHostOverrides(f.val, fp, mod, errs)
+			default:
+				errs.Add(f.kpos, fp, "unknown key %q (want labels or hosts)", f.key)
+			}
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].module < out[j].module })
+	return out
+}
+
+func parseNativeOverrides(v *value, path string, errs *ErrorList) ([]labelOverride, []hostOverride) {
+	if v.kind == kNull || !expectMap(v, path, errs) {
+		return nil, nil
+	}
+	var lo []labelOverride
+	var ho []hostOverride
+	for _, e := range v.ents {
+		fp := joinKey(path, e.key)
+		switch e.key {
+		case "labels":
+			lo = parseLabelOverrides(e.val, fp, "", errs)
+		case "hosts":
+			ho = parseHostOverrides(e.val, fp, "", errs)
+		default:
+			errs.Add(e.kpos, fp, "unknown key %q (want labels or hosts)", e.key)
+		}
+	}
+	return lo, ho
+}
+
+// overrideConf parses an override's conf; with module set (Divingbell) it
+// keeps only {module: ...}.
+func overrideConf(v *value, path, module string, errs *ErrorList) *value {
+	c, _ := parseConf(v, path, false, errs)
+	if c == nil || module == "" {
+		return c
+	}
+	e := c.entry(module)
+	if e == nil {
+		return nil
+	}
+	return &value{kind: kMap, pos: c.pos, ents: []entry{*e}}
+}
+
+func parseLabelOverrides(v *value, path, module string, errs *ErrorList) []labelOverride {
+	if v.kind == kNull {
+		return nil
+	}
+	if v.kind != kList {
+		errs.Add(v.pos, path, "expected a list, got %s", v.describe())
+		return nil
+	}
+	var out []labelOverride
+	for i, it := range v.items {
+		ip := path + nodeconf.Index(i)
+		if !expectMap(it, ip, errs) {
+			continue
+		}
+		var o labelOverride
+		ok := true
+		if it.get("label") == nil {
+			errs.Add(it.pos, ip+".label", "required")
+			ok = false
+		}
+		for _, e := range it.ents {
+			fp := joinKey(ip, e.key)
+			switch e.key {
+			case "label":
+				if !expectMap(e.val, fp, errs) {
+					ok = false
+					continue
+				}
+				if e.val.get("key") == nil {
+					errs.Add(e.val.pos, fp+".key", "required")
+					ok = false
+				}
+				if e.val.get("values") == nil {
+					errs.Add(e.val.pos, fp+".values", "required")
+					ok = false
+				}
+				for _, l := range e.val.ents {
+					lp := joinKey(fp, l.key)
+					switch l.key {
+					case "key":
+						o.key, _ = scalarString(l.val, lp, errs)
+					case "values":
+						o.values, _ = stringList(l.val, lp, errs)
+					default:
+						errs.Add(l.kpos, lp, "unknown key %q (want key and values)", l.key)
+					}
+				}
+			case "conf":
+				o.conf = overrideConf(e.val, fp, module, errs)
+			default:
+				errs.Add(e.kpos, fp, "unknown key %q (want label and conf)", e.key)
+			}
+		}
+		if ok {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOverride {
+	if v.kind == kNull {
+		return nil
+	}
+	if v.kind != kList {
+		errs.Add(v.pos, path, "expected a list, got %s", v.describe())
+		return nil
+	}
+	var out []hostOverride
+	seen := map[string]int{}
+	for i, it := range v.items {
+		ip := path + nodeconf.Index(i)
+		if !expectMap(it, ip, errs) {
+			continue
+		}
+		var o hostOverride
+		nameV := it.get("name")
+		if nameV == nil {
+			errs.Add(it.pos, ip+".name", "required")
+		}
+		for _, e := range it.ents {
+			fp := joinKey(ip, e.key)
+			switch e.key {
+			case "name":
+				o.name, _ = scalarString(e.val, fp, errs)
+			case "conf":
+				o.conf = overrideConf(e.val, fp, module, errs)
+			default:
+				errs.Add(e.kpos, fp, "unknown key %q (want name and conf)", e.key)
+			}
+		}
+		if o.name == "" {
+			continue
+		}
+		if j, dup := seen[o.name]; dup {
+			errs.Add(nameV.pos, ip+".name", "host %q is also %s", o.name, path+nodeconf.Index(j))
+			continue
+		}
+		seen[o.name] = i
+		out = append(out, o)
+	}
+	return out
+}
+
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf"}
+
+func (s *Site) parseNodes(root *value, errs *ErrorList) {
+	if root.kind == kNull {
+		return
+	}
+	if !expectMap(root, "", errs) {
+		return
+	}
+	var list *value
+	for _, e := range root.ents {
+		if e.key != "nodes" {
+			errs.Add(e.kpos, e.key, "unknown key %q (want nodes)", e.key)
+			continue
+		}
+		list = e.val
+	}
+	if list == nil || list.kind == kNull {
+		return
+	}
+	if list.kind != kList {
+		errs.Add(list.pos, "nodes", "expected a list, got %s", list.describe())
+		return
+	}
+	macPos := map[string]string{}
+	for i, it := range list.items {
+		ip := "nodes" + nodeconf.Index(i)
+		if !expectMap(it, ip, errs) {
+			continue
+		}
+		n := &node{pos: it.pos}
+		var macs []*value
+		ok := true
+		for _, e := range it.ents {
+			fp := joinKey(ip, e.key)
+			switch e.key {
+			case "name":
+				if name, good := scalarString(e.val, fp, errs); good {
+					if !nameRE.MatchString(name) {
+						errs.Add(e.val.pos, fp, "bad node name %q: use lower-case letters, digits, '.', '_' and '-'", name)
+						ok = false
+					}
+					n.Name = name
+				}
+			case "mac":
+				macs = append(macs, e.val)
+			case "macs":
+				if e.val.kind != kList {
+					errs.Add(e.val.pos, fp, "expected a list, got %s", e.val.describe())
+					continue
+				}
+				macs = append(macs, e.val.items...)
+			case "profile":
+				n.Profile, _ = scalarString(e.val, fp, errs)
+				if n.Profile != "" && s.profiles[n.Profile] == nil {
+					errs.Add(e.val.pos, fp, "unknown profile %q%s", n.Profile, suggestList(n.Profile, s.names))
+					ok = false
+				}
+			case "labels":
+				if e.val.kind == kNull || !expectMap(e.val, fp, errs) {
+					continue
+				}
+				n.Labels = map[string]string{}
+				for _, l := range e.val.ents {
+					lp := joinKey(fp, l.key)
+					if !labelRE.MatchString(l.key) {
+						errs.Add(l.kpos, lp, "bad label name %q", l.key)
+					}
+					if v, good := scalarString(l.val, lp, errs); good {
+						n.Labels[l.key] = v
+					}
+				}
+			case "conf":
+				n.conf, _ = parseConf(e.val, fp, false, errs)
+			default:
+				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
+			}
+		}
+		if it.get("name") == nil {
+			errs.Add(it.pos, ip+".name", "required")
+			ok = false
+		}
+		if it.get("profile") == nil {
+			errs.Add(it.pos, ip+".profile", "required")
+			ok = false
+		}
+		if it.get("mac") != nil && it.get("macs") != nil {
+			errs.Add(it.entry("macs").kpos, ip+".macs", "set either mac or macs, not both")
+		}
+		if len(macs) == 0 {
+			errs.Add(it.pos, ip+".mac", "required (mac or macs)")
+		}
+		for j, mv := range macs {
+			mp := ip + ".mac"
+			if it.get("macs") != nil {
+				mp = ip + ".macs" + nodeconf.Index(j)
+			}
+			text, good := scalarString(mv, mp, errs)
+			if !good {
+				continue
+			}
+			hw, err := net.ParseMAC(text)
+			if err != nil || len(hw) != 6 {
+				errs.Add(mv.pos, mp, "bad MAC %q: want six hex bytes like 52:54:00:12:34:56", text)
+				continue
+			}
+			mac := hw.String()
+			if other, dup := macPos[mac]; dup {
+				errs.Add(mv.pos, mp, "duplicate MAC %s (also %s)", mac, other)
+				continue
+			}
+			macPos[mac] = fmt.Sprintf("node %q at line %d", n.Name, mv.pos.Line)
+			n.MACs = append(n.MACs, mac)
+		}
+		if n.Name != "" {
+			if other, dup := s.byName[n.Name]; dup {
+				errs.Add(it.get("name").pos, ip+".name", "duplicate node name %q (first at line %d)", n.Name, other.pos.Line)
+				continue
+			}
+		}
+		if !ok {
+			continue
+		}
+		s.byName[n.Name] = n
+		for _, m := range n.MACs {
+			s.byMAC[m] = n
+		}
+		s.nodes = append(s.nodes, n)
+	}
+	sort.Slice(s.nodes, func(i, j int) bool { return s.nodes[i].Name < s.nodes[j].Name })
+}
+
+// ProfileNames returns the names of every profile, sorted.
+func (s *Site) ProfileNames() []string { return slices.Clone(s.names) }
+
+// Nodes returns the inventory, sorted by name.
+func (s *Site) Nodes() []NodeInfo {
+	out := make([]NodeInfo, len(s.nodes))
+	for i, n := range s.nodes {
+		out[i] = n.info()
+	}
+	return out
+}
+
+func (n *node) info() NodeInfo {
+	info := n.NodeInfo
+	info.MACs = slices.Clone(n.MACs)
+	if n.Labels != nil {
+		info.Labels = make(map[string]string, len(n.Labels))
+		for k, v := range n.Labels {
+			info.Labels[k] = v
+		}
+	}
+	return info
+}
+
+// NodeByMAC finds the inventory entry with hardware address mac.
+func (s *Site) NodeByMAC(mac net.HardwareAddr) (NodeInfo, bool) {
+	n, ok := s.byMAC[mac.String()]
+	if !ok {
+		return NodeInfo{}, false
+	}
+	return n.info(), true
+}
+
+// valuesIgnored are the keys of a Divingbell values file's conf that
+// configure the chart itself, not a host.
+var valuesIgnored = []string{"chroot_mnt_path", "log_colors"}
+
+// LoadValues reads a bare Divingbell values file (its top-level conf:,
+// including conf.overrides) as a site with one profile, "divingbell", and no
+// inventory, for `bellbuild apply --config values.yaml --hostname H`.
+// Top-level keys other than conf (images, pod, manifests, ...) configure
+// the chart and are ignored.
+func LoadValues(file string) (*Site, error) {
+	var errs ErrorList
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("load values: %w", err)
+	}
+	root := parseYAML(data, file, &errs)
+	if root == nil {
+		return nil, errs.Err()
+	}
+	p := &profile{name: "divingbell", pos: Pos{File: file}, fields: map[string]*value{}}
+	if abs, err := filepath.Abs(file); err == nil {
+		p.source = abs
+	}
+	if expectMap(root, "", &errs) {
+		if c := root.get("conf"); c != nil {
+			if c.kind == kMap {
+				for _, k := range valuesIgnored {
+					c = without(c, k)
+				}
+			}
+			p.conf, p.db = parseConf(c, "conf", true, &errs)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	s := &Site{dir: filepath.Dir(p.source), profiles: map[string]*profile{p.name: p}, names: []string{p.name},
+		byName: map[string]*node{}, byMAC: map[string]*node{}}
+	s.resolveAll(&errs)
+	if len(errs) == 0 {
+		s.validateRendered(&errs)
+	}
+	if len(errs) > 0 {
+		return nil, errs.Err()
+	}
+	return s, nil
+}

@@ -1,0 +1,382 @@
+package profiles
+
+import (
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// kind is the shape of a value.
+type kind uint8
+
+const (
+	kNull kind = iota
+	kScalar
+	kMap
+	kList
+)
+
+func (k kind) String() string {
+	return [...]string{"null", "scalar", "map", "list"}[k]
+}
+
+// value is a YAML value that remembers where it was written. Values are
+// immutable once built: merging makes new maps and lists and shares the
+// rest, so one profile's merged configuration serves every node.
+type value struct {
+	kind  kind
+	pos   Pos
+	tag   string // scalars: the resolved YAML tag, e.g. "!!str", "!!int"
+	text  string // scalars: the source text
+	ents  []entry
+	items []*value
+}
+
+// entry is one key of a map value.
+type entry struct {
+	key  string
+	kpos Pos
+	val  *value
+}
+
+func (v *value) get(key string) *value {
+	if v == nil || v.kind != kMap {
+		return nil
+	}
+	for i := range v.ents {
+		if v.ents[i].key == key {
+			return v.ents[i].val
+		}
+	}
+	return nil
+}
+
+func (v *value) entry(key string) *entry {
+	if v == nil || v.kind != kMap {
+		return nil
+	}
+	for i := range v.ents {
+		if v.ents[i].key == key {
+			return &v.ents[i]
+		}
+	}
+	return nil
+}
+
+// describe names the value's type for messages.
+func (v *value) describe() string {
+	if v.kind != kScalar {
+		return v.kind.String()
+	}
+	switch v.tag {
+	case "!!int":
+		return "integer " + v.text
+	case "!!float":
+		return "number " + v.text
+	case "!!bool":
+		return "boolean " + v.text
+	}
+	return "string " + strconv.Quote(v.text)
+}
+
+// fromYAML converts a parsed document into a value tree, reporting
+// duplicate keys, non-scalar keys and merge keys.
+func fromYAML(n *yaml.Node, file string, errs *ErrorList) *value {
+	pos := Pos{File: file, Line: n.Line, Col: n.Column}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		if len(n.Content) == 0 {
+			return &value{kind: kNull, pos: pos}
+		}
+		return fromYAML(n.Content[0], file, errs)
+	case yaml.AliasNode:
+		v := *fromYAML(n.Alias, file, errs)
+		return &v
+	case yaml.ScalarNode:
+		if n.ShortTag() == "!!null" {
+			return &value{kind: kNull, pos: pos}
+		}
+		return &value{kind: kScalar, pos: pos, tag: n.ShortTag(), text: n.Value}
+	case yaml.SequenceNode:
+		v := &value{kind: kList, pos: pos, items: make([]*value, 0, len(n.Content))}
+		for _, c := range n.Content {
+			v.items = append(v.items, fromYAML(c, file, errs))
+		}
+		return v
+	case yaml.MappingNode:
+		v := &value{kind: kMap, pos: pos, ents: make([]entry, 0, len(n.Content)/2)}
+		seen := map[string]Pos{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			kpos := Pos{File: file, Line: k.Line, Col: k.Column}
+			if k.Kind != yaml.ScalarNode {
+				errs.Add(kpos, "", "a map key must be a scalar")
+				continue
+			}
+			if k.Tag == "!!merge" || k.Value == "<<" && k.Style == 0 {
+				errs.Add(kpos, "", "merge keys (<<) are not supported; use inherits")
+				continue
+			}
+			if first, dup := seen[k.Value]; dup {
+				errs.Add(kpos, "", "duplicate key %q (first at line %d)", k.Value, first.Line)
+				continue
+			}
+			seen[k.Value] = kpos
+			v.ents = append(v.ents, entry{key: k.Value, kpos: kpos, val: fromYAML(val, file, errs)})
+		}
+		return v
+	}
+	errs.Add(pos, "", "unsupported YAML node")
+	return &value{kind: kNull, pos: pos}
+}
+
+// mergeOpts says how lists merge.
+type mergeOpts struct {
+	// named merges the lists of named items (see namedLists) by name;
+	// without it every list is replaced, as in Divingbell's overrides.
+	named bool
+}
+
+// namedLists are the lists of a Conf whose items merge by a key field
+// instead of being replaced: "module.field" → key field.
+var namedLists = map[string]string{
+	"uamlite.users": "user_name",
+	"apt.packages":  "name",
+	"perm.paths":    "path",
+}
+
+// merge returns src laid over dst: maps merge key by key, an explicit null
+// in src removes the key, named lists (at conf depth 2, see namedLists)
+// merge item by item, and anything else in src replaces dst. Neither
+// argument is modified. trail holds the conf-relative path while it is
+// short enough to name a named list ("" above the conf).
+func merge(dst, src *value, o mergeOpts, trail string, depth int) *value {
+	if src == nil {
+		return dst
+	}
+	if dst == nil || src.kind != dst.kind || src.kind == kScalar || src.kind == kNull {
+		return clean(src)
+	}
+	if src.kind == kList {
+		if !o.named || depth != 2 {
+			return clean(src)
+		}
+		keyField, ok := namedLists[trail]
+		if !ok {
+			return clean(src)
+		}
+		return mergeNamed(dst, src, keyField, o)
+	}
+	out := &value{kind: kMap, pos: dst.pos, ents: make([]entry, len(dst.ents), len(dst.ents)+len(src.ents))}
+	copy(out.ents, dst.ents)
+	for _, se := range src.ents {
+		idx := -1
+		for i := range out.ents {
+			if out.ents[i].key == se.key {
+				idx = i
+				break
+			}
+		}
+		if se.val.kind == kNull {
+			if idx >= 0 {
+				out.ents = append(out.ents[:idx], out.ents[idx+1:]...)
+			}
+			continue
+		}
+		if idx < 0 {
+			out.ents = append(out.ents, entry{key: se.key, kpos: se.kpos, val: clean(se.val)})
+			continue
+		}
+		sub := ""
+		if depth < 2 {
+			if trail == "" {
+				sub = se.key
+			} else {
+				sub = trail + "." + se.key
+			}
+		}
+		out.ents[idx].val = merge(out.ents[idx].val, se.val, o, sub, depth+1)
+	}
+	return out
+}
+
+// mergeNamed merges two lists of maps by keyField: an item of src whose key
+// matches an item of dst is merged into it in place; the others are
+// appended in order.
+func mergeNamed(dst, src *value, keyField string, o mergeOpts) *value {
+	out := &value{kind: kList, pos: dst.pos, items: make([]*value, len(dst.items), len(dst.items)+len(src.items))}
+	copy(out.items, dst.items)
+	for _, si := range src.items {
+		name := si.get(keyField)
+		idx := -1
+		if name != nil && name.kind == kScalar {
+			for i, di := range out.items {
+				if dn := di.get(keyField); dn != nil && dn.kind == kScalar && dn.text == name.text {
+					idx = i
+					break
+				}
+			}
+		}
+		if idx < 0 {
+			out.items = append(out.items, clean(si))
+			continue
+		}
+		out.items[idx] = merge(out.items[idx], si, o, "", 3)
+	}
+	return out
+}
+
+// clean returns v without null map entries (a null that removes nothing
+// means nothing), sharing v when it has none.
+func clean(v *value) *value {
+	if v == nil || !hasNull(v) {
+		return v
+	}
+	out := *v
+	switch v.kind {
+	case kMap:
+		out.ents = make([]entry, 0, len(v.ents))
+		for _, e := range v.ents {
+			if e.val.kind != kNull {
+				e.val = clean(e.val)
+				out.ents = append(out.ents, e)
+			}
+		}
+	case kList:
+		out.items = make([]*value, len(v.items))
+		for i, it := range v.items {
+			out.items[i] = clean(it)
+		}
+	}
+	return &out
+}
+
+func hasNull(v *value) bool {
+	switch v.kind {
+	case kMap:
+		for _, e := range v.ents {
+			if e.val.kind == kNull || hasNull(e.val) {
+				return true
+			}
+		}
+	case kList:
+		for _, it := range v.items {
+			if it.kind == kMap && hasNull(it) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// without returns map v without key (sharing v when key is absent).
+func without(v *value, key string) *value {
+	if v.get(key) == nil {
+		return v
+	}
+	out := *v
+	out.ents = make([]entry, 0, len(v.ents))
+	for _, e := range v.ents {
+		if e.key != key {
+			out.ents = append(out.ents, e)
+		}
+	}
+	return &out
+}
+
+// lookup follows a nodeconf path (`uamlite.users[0].user_name`,
+// `sysctl["vm.swappiness"]`) from v as far as it goes and returns the
+// deepest value reached, with the position of its map key when the last
+// step was a key.
+func lookup(v *value, path string) Pos {
+	pos := v.pos
+	for path != "" && v != nil {
+		var seg string
+		var idx = -1
+		switch {
+		case path[0] == '.':
+			path = path[1:]
+			end := strings.IndexAny(path, ".[")
+			if end < 0 {
+				end = len(path)
+			}
+			seg, path = path[:end], path[end:]
+		case strings.HasPrefix(path, `["`):
+			q, err := strconv.QuotedPrefix(path[1:])
+			if err != nil || len(path) < len(q)+2 || path[1+len(q)] != ']' {
+				return pos
+			}
+			s, _ := strconv.Unquote(q)
+			seg, path = s, path[len(q)+2:]
+		case path[0] == '[':
+			end := strings.IndexByte(path, ']')
+			if end < 0 {
+				return pos
+			}
+			n, err := strconv.Atoi(path[1:end])
+			if err != nil {
+				return pos
+			}
+			idx, path = n, path[end+1:]
+		default:
+			end := strings.IndexAny(path, ".[")
+			if end < 0 {
+				end = len(path)
+			}
+			seg, path = path[:end], path[end:]
+		}
+		if idx >= 0 {
+			if v.kind != kList || idx >= len(v.items) {
+				return pos
+			}
+			v = v.items[idx]
+			pos = v.pos
+			continue
+		}
+		e := v.entry(seg)
+		if e == nil {
+			return pos
+		}
+		v = e.val
+		pos = v.pos
+		if v.kind != kScalar && v.kind != kList {
+			pos = e.kpos
+		}
+	}
+	return pos
+}
+
+// leaves calls fn for every scalar (and empty map or list) under v with its
+// nodeconf-style path, in order.
+func leaves(v *value, path string, fn func(path string, v *value)) {
+	switch v.kind {
+	case kMap:
+		if len(v.ents) == 0 {
+			fn(path, v)
+		}
+		for _, e := range v.ents {
+			leaves(e.val, joinKey(path, e.key), fn)
+		}
+	case kList:
+		if len(v.items) == 0 {
+			fn(path, v)
+		}
+		for i, it := range v.items {
+			leaves(it, path+nodeconf.Index(i), fn)
+		}
+	default:
+		fn(path, v)
+	}
+}
+
+// joinKey appends map key k to path.
+func joinKey(path, k string) string {
+	seg := nodeconf.Key(k)
+	if path == "" && seg[0] == '.' {
+		return seg[1:]
+	}
+	return path + seg
+}
