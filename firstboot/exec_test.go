@@ -128,11 +128,14 @@ func applyExec(t *testing.T, root string, st execStep) ([]string, []string, stri
 	return runs, msgs, logBuf.String()
 }
 
+// missing is what readRoot returns for a path that does not exist.
+const missing = "<missing>"
+
 func readRoot(t *testing.T, root, p string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(root, p))
 	if errors.Is(err, os.ErrNotExist) {
-		return absent
+		return missing
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +169,7 @@ func TestExec(t *testing.T) {
 			plan:     true,
 			wantRuns: []string{"001-a", "002-b"},
 			wantFiles: map[string]string{
-				"/out": absent, "/var/lib/bellbuild/exec/001-a": absent,
+				"/out": missing, "/var/lib/bellbuild/exec/001-a": missing,
 			},
 		}, {
 			conf:     map[string]nodeconf.Exec{"002-b": second, "001-a": probe},
@@ -201,16 +204,16 @@ func TestExec(t *testing.T) {
 			// the definition changed back: it is a new object again
 			wantRuns: []string{"001-a"},
 			wantFiles: map[string]string{
-				"/var/lib/bellbuild/exec/002-b":          absent,
-				"/var/lib/bellbuild/exec-logs/002-b.log": absent,
+				"/var/lib/bellbuild/exec/002-b":          missing,
+				"/var/lib/bellbuild/exec-logs/002-b.log": missing,
 				"/var/lib/bellbuild/exec/001-a":          probe.Data,
 				"/var/lib/bellbuild/exec-logs/001-a.log": "to-stderr\n",
 			},
 		}, {
 			conf: nil,
 			wantFiles: map[string]string{
-				"/var/lib/bellbuild/exec/001-a":          absent,
-				"/var/lib/bellbuild/exec-logs/001-a.log": absent,
+				"/var/lib/bellbuild/exec/001-a":          missing,
+				"/var/lib/bellbuild/exec-logs/001-a.log": missing,
 			},
 			check: func(t *testing.T, root, _ string) {
 				led := readRoot(t, root, host.LedgerPath)
@@ -247,7 +250,7 @@ func TestExec(t *testing.T) {
 				"3: not run: 2 failed (blocking_policy foreground_halt_pod_on_failure)",
 				"4: not run: 2 failed (blocking_policy foreground_halt_pod_on_failure)",
 			},
-			wantFiles: map[string]string{"/out": "1\n2\n", "/var/lib/bellbuild/exec/3": absent},
+			wantFiles: map[string]string{"/out": "1\n2\n", "/var/lib/bellbuild/exec/3": missing},
 		}},
 	}, {
 		name: "background runs alongside the next scripts and is waited for",
@@ -446,44 +449,36 @@ func TestExecDefHash(t *testing.T) {
 }
 
 func TestExecCheck(t *testing.T) {
-	runBadConfs(t, "exec", execModule{})
+	checkBadConf(t, "exec", execModule{})
 }
 
-// runBadConfs checks every testdata/bad/MODULE/*.yaml: a Conf in YAML whose
-// leading "# want: " lines are the exact errors Check must return.
-func runBadConfs(t *testing.T, module string, c Checker) {
-	files, err := filepath.Glob(filepath.Join("testdata/bad", module, "*.yaml"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no testdata/bad/%s/*.yaml: %v", module, err)
+// checkBadConf runs one module's Check on testdata/bad/MODULE.yaml (a
+// rendered node) and compares with testdata/bad/MODULE.err, the errors of
+// the whole applier (which TestBadConfigChangesNothing checks end to end):
+// every error must come from Check, before anything changes.
+func checkBadConf(t *testing.T, module string, c Checker) {
+	data, err := os.ReadFile(filepath.Join("testdata/bad", module+".yaml"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) {
-			data, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want []string
-			for _, line := range strings.Split(string(data), "\n") {
-				if w, ok := strings.CutPrefix(line, "# want: "); ok {
-					want = append(want, w)
-				}
-			}
-			var conf nodeconf.Conf
-			if err := yaml.Unmarshal(data, &conf); err != nil {
-				t.Fatal(err)
-			}
-			h, err := host.Open(host.Options{RootDir: t.TempDir(), Plan: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Close()
-			var got []string
-			for _, err := range c.Check(context.Background(), h, &conf) {
-				got = append(got, err.Error())
-			}
-			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("Check errors (-want +got):\n%s", diff)
-			}
-		})
+	var node nodeconf.Node
+	if err := yaml.Unmarshal(data, &node); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join("testdata/bad", module+".err"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := host.Open(host.Options{RootDir: t.TempDir(), Plan: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var got strings.Builder
+	for _, err := range c.Check(context.Background(), h, &node.Conf) {
+		fmt.Fprintf(&got, "%s: %v\n", module, err)
+	}
+	if diff := cmp.Diff(string(want), got.String()); diff != "" {
+		t.Errorf("Check errors (-want +got):\n%s", diff)
 	}
 }
