@@ -1,0 +1,455 @@
+package cpio
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/images/compress"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func epoch(n int64) *int64 { return &n }
+
+func needTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Skipf("%s not installed (apt-get install %s): cannot check against it", name, name)
+	}
+}
+
+func write(t *testing.T, tr *fstree.Tree, opts Options) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := Write(&buf, tr, opts); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func summary(t *testing.T, tr *fstree.Tree) []string {
+	t.Helper()
+	s, err := tr.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestGNUCpioUnpacks writes the sample tree (read from disk), unpacks it
+// with GNU cpio as root, and reads the result back: every entry's type,
+// mode, owner, link target, device numbers, hardlink group and content
+// must have survived.
+func TestGNUCpioUnpacks(t *testing.T) {
+	needTool(t, "cpio")
+	tr, err := fstree.FromDir(fixture.MakeDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(t.TempDir(), "root.cpio")
+	if err := os.WriteFile(archive, write(t, tr, Options{MTime: epoch(1_700_000_000)}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	cmd := exec.Command("cpio", "-idm", "--no-absolute-filenames", "-F", archive)
+	cmd.Dir = out
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio -idm: %v\n%s", err, b)
+	}
+	got, err := fstree.FromDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(fixture.Summary(false), summary(t, got)); d != "" {
+		t.Errorf("unpacked tree (-want +got):\n%s", d)
+	}
+	// -m restores file mtimes: all are the source date.
+	for _, p := range []string{"bin/busybox", "etc/passwd", "dev/null"} {
+		if e := got.Get(p); e.MTime != 1_700_000_000 {
+			t.Errorf("%s: mtime %d, want 1700000000", p, e.MTime)
+		}
+	}
+
+	// cpio -t lists the names in Walk order, the trailer excluded.
+	b, err := exec.Command("cpio", "-t", "-F", archive).Output()
+	if err != nil {
+		t.Fatalf("cpio -t: %v", err)
+	}
+	if d := cmp.Diff(fixture.Names(), strings.Split(strings.TrimSpace(string(b)), "\n")); d != "" {
+		t.Errorf("cpio -t (-want +got):\n%s", d)
+	}
+}
+
+// TestGNUCpioListsDevicesAndOwners checks cpio -tv's own view of the
+// header fields that GNU cpio shows: device numbers, numeric owners,
+// setuid bits, link counts.
+func TestGNUCpioListsDevicesAndOwners(t *testing.T) {
+	needTool(t, "cpio")
+	tr := fstree.New()
+	tr.Add(fstree.Entry{Path: "dev/sda", Type: fstree.BlockDev, Mode: 0o660, GID: 6, Major: 8, Minor: 1})
+	tr.Add(fstree.Entry{Path: "dev/ttyS0", Type: fstree.CharDev, Mode: 0o620, Major: 4, Minor: 64})
+	tr.AddFile("su", []byte("x"), 0o755|os.ModeSetuid, 4000, 4001)
+	tr.AddFile("a", []byte("abc"), 0o644, 0, 0)
+	tr.Add(fstree.Entry{Path: "b", Type: fstree.Regular, Mode: 0o644, LinkTo: "a", Size: 3, Data: fstree.Bytes("abc")})
+	cmd := exec.Command("cpio", "-tv", "--numeric-uid-gid")
+	cmd.Stdin = bytes.NewReader(write(t, tr, Options{MTime: epoch(0)}))
+	b, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("cpio -tv: %v", err)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		// mode nlink uid gid size-or-dev... name (date fields dropped)
+		if len(f) < 9 {
+			t.Fatalf("odd line %q", l)
+		}
+		n := 5 // mode, nlink, uid, gid, size; a device shows "major, minor"
+		if strings.HasSuffix(f[4], ",") {
+			n = 6
+		}
+		got = append(got, strings.Join(append(f[:n:n], f[len(f)-1]), " "))
+	}
+	want := []string{
+		"drwxr-xr-x 3 0 0 0 .",
+		"-rw-r--r-- 2 0 0 0 a",
+		"-rw-r--r-- 2 0 0 3 b",
+		"drwxr-xr-x 2 0 0 0 dev",
+		"brw-rw---- 1 0 6 8, 1 dev/sda",
+		"crw--w---- 1 0 0 4, 64 dev/ttyS0",
+		"-rwsr-xr-x 1 4000 4001 1 su",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("cpio -tv (-want +got):\n%s", d)
+	}
+}
+
+// TestReproducible: the same tree written twice, at different times, from
+// entries with differing mtimes, gives the same bytes; a golden file pins
+// the format itself.
+func TestReproducible(t *testing.T) {
+	build := func(mtime int64) *fstree.Tree {
+		tr := fstree.New()
+		tr.AddFile("etc/hostname", []byte("node1\n"), 0o644, 0, 0)
+		tr.Add(fstree.Entry{Path: "bin/sh", Type: fstree.Symlink, Target: "busybox", Mode: 0o777})
+		tr.AddFile("bin/busybox", []byte("#!busybox"), 0o755, 0, 0)
+		tr.Add(fstree.Entry{Path: "bin/ls", Type: fstree.Regular, LinkTo: "bin/busybox", Mode: 0o755, Size: 9, Data: fstree.Bytes("#!busybox")})
+		tr.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
+		for _, e := range tr.Walk() {
+			e.MTime = mtime
+		}
+		return tr
+	}
+	a := write(t, build(1), Options{MTime: epoch(1_234_567_890)})
+	b := write(t, build(999), Options{MTime: epoch(1_234_567_890)})
+	if !bytes.Equal(a, b) {
+		t.Fatal("two writes of the same tree differ")
+	}
+	// Without MTime the entries' own times are written (and differ).
+	if bytes.Equal(write(t, build(1), Options{}), write(t, build(2), Options{})) {
+		t.Fatal("entry mtimes are not written")
+	}
+	golden := filepath.Join("testdata", "small.cpio.golden")
+	if *update {
+		if err := os.WriteFile(golden, a, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, want) {
+		t.Errorf("output differs from %s (rerun with -update if the change is meant):\n got %q\nwant %q", golden, a, want)
+	}
+}
+
+// TestSampleReproducible writes the on-disk sample twice, touching every
+// file in between: the archives (and their zstd) must be byte-identical.
+func TestSampleReproducible(t *testing.T) {
+	dir := fixture.MakeDir(t)
+	bake := func() []byte {
+		tr, err := fstree.FromDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		z, err := compress.Zstd(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Write(z, tr, Options{MTime: epoch(1_700_000_000)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := z.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	a := bake()
+	if err := exec.Command("find", dir, "-exec", "touch", "-h", "-d", "2030-01-01", "{}", "+").Run(); err != nil {
+		t.Fatal(err)
+	}
+	if b := bake(); !bytes.Equal(a, b) {
+		t.Fatal("two bakes of the same directory differ")
+	}
+}
+
+// TestHardlinkLayout checks the newc hardlink convention byte by byte: all
+// names share one inode and nlink, and only the last carries the data.
+func TestHardlinkLayout(t *testing.T) {
+	tr := fstree.New()
+	tr.AddFile("m/head", []byte("payload"), 0o755, 0, 0)
+	for _, p := range []string{"a/first", "z/last"} {
+		tr.Add(fstree.Entry{Path: p, Type: fstree.Regular, LinkTo: "m/head", Mode: 0o755, Size: 7, Data: fstree.Bytes("payload")})
+	}
+	hdrs := parseHeaders(t, write(t, tr, Options{}))
+	var got []string
+	for _, h := range hdrs {
+		if h.name == "a/first" || h.name == "m/head" || h.name == "z/last" {
+			got = append(got, fmt.Sprintf("%s ino=%d nlink=%d size=%d", h.name, h.ino, h.nlink, h.size))
+		}
+	}
+	ino := hdrs[2].ino // ., a, a/first
+	want := []string{
+		fmt.Sprintf("a/first ino=%d nlink=3 size=0", ino),
+		fmt.Sprintf("m/head ino=%d nlink=3 size=0", ino),
+		fmt.Sprintf("z/last ino=%d nlink=3 size=7", ino),
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("hardlink headers (-want +got):\n%s", d)
+	}
+	if last := hdrs[len(hdrs)-1]; last.name != Trailer {
+		t.Errorf("last entry %q, want %s", last.name, Trailer)
+	}
+	// Inode numbers are unique apart from the group and count from 1.
+	seen := map[uint32]string{}
+	for _, h := range hdrs[:len(hdrs)-1] {
+		if h.ino == ino {
+			continue
+		}
+		if other, ok := seen[h.ino]; ok {
+			t.Errorf("%s and %s share inode %d", h.name, other, h.ino)
+		}
+		seen[h.ino] = h.name
+	}
+	if hdrs[0].ino != 1 {
+		t.Errorf("root inode %d, want 1", hdrs[0].ino)
+	}
+}
+
+type rawHeader struct {
+	name                     string
+	ino, mode, nlink, size   uint32
+	rmajor, rminor, namesize uint32
+}
+
+// parseHeaders walks an archive's headers independently of Read.
+func parseHeaders(t *testing.T, b []byte) []rawHeader {
+	t.Helper()
+	var out []rawHeader
+	for off := 0; off < len(b); {
+		if string(b[off:off+6]) != Magic {
+			t.Fatalf("no magic at %d", off)
+		}
+		var f [13]uint32
+		for i := range f {
+			fmt.Sscanf(string(b[off+6+8*i:off+14+8*i]), "%08x", &f[i])
+		}
+		h := rawHeader{ino: f[0], mode: f[1], nlink: f[4], size: f[6], rmajor: f[9], rminor: f[10], namesize: f[11]}
+		h.name = string(b[off+110 : off+110+int(h.namesize)-1])
+		out = append(out, h)
+		off += 110 + int(h.namesize)
+		off += pad4(off)
+		off += int(h.size)
+		off += pad4(off)
+		if h.name == Trailer {
+			break
+		}
+	}
+	return out
+}
+
+// bigContent claims a size without holding the bytes.
+type bigContent struct{ opened bool }
+
+func (b *bigContent) Open() (io.ReadCloser, error) {
+	b.opened = true
+	return io.NopCloser(strings.NewReader("")), nil
+}
+
+func TestErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		entry fstree.Entry
+		want  string
+		is    error
+	}{
+		{
+			name:  "4 GiB",
+			entry: fstree.Entry{Path: "var/huge.img", Type: fstree.Regular, Size: 1 << 32, Data: &bigContent{}},
+			want:  "cpio: var/huge.img: 4294967296 bytes: file too large for cpio newc (4 GiB limit)",
+			is:    ErrTooLarge,
+		},
+		{
+			name:  "5 GiB",
+			entry: fstree.Entry{Path: "var/huge.img", Type: fstree.Regular, Size: 5 << 30, Data: &bigContent{}},
+			want:  "cpio: var/huge.img: 5368709120 bytes: file too large for cpio newc (4 GiB limit)",
+			is:    ErrTooLarge,
+		},
+		{
+			name:  "shorter than its size",
+			entry: fstree.Entry{Path: "etc/short", Type: fstree.Regular, Size: 10, Data: fstree.Bytes("abc")},
+			want:  "cpio: etc/short: content ended after 3 of 10 bytes",
+		},
+		{
+			name:  "longer than its size",
+			entry: fstree.Entry{Path: "etc/long", Type: fstree.Regular, Size: 2, Data: fstree.Bytes("abc")},
+			want:  "cpio: etc/long: content longer than its 2-byte size",
+		},
+		{
+			name:  "no content",
+			entry: fstree.Entry{Path: "etc/none", Type: fstree.Regular, Size: 2},
+			want:  "cpio: etc/none: 2 bytes but no content",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := fstree.New()
+			tr.Add(tc.entry)
+			err := Write(io.Discard, tr, Options{})
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tc.is)
+			}
+			if b, ok := tc.entry.Data.(*bigContent); ok && b.opened {
+				t.Error("content of an oversized file was opened")
+			}
+		})
+	}
+}
+
+// TestHardlinkTooLarge: a hardlink group whose content is ≥ 4 GiB fails on
+// the name that would carry the data.
+func TestHardlinkTooLarge(t *testing.T) {
+	tr := fstree.New()
+	tr.Add(fstree.Entry{Path: "a", Type: fstree.Regular, Size: 1 << 32, Data: &bigContent{}})
+	tr.Add(fstree.Entry{Path: "b", Type: fstree.Regular, LinkTo: "a"})
+	err := Write(io.Discard, tr, Options{})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "cpio: b:") {
+		t.Fatalf("error %v, want ErrTooLarge naming b", err)
+	}
+}
+
+// TestReadRoundTrip: Read gives back what Write wrote, also across
+// concatenated archives (later segments override earlier ones).
+func TestReadRoundTrip(t *testing.T) {
+	tr := fstree.New()
+	tr.AddFile("etc/hostname", []byte("node1\n"), 0o644, 0, 0)
+	tr.AddFile("bin/busybox", fixture.Busybox, 0o755, 0, 0)
+	tr.Add(fstree.Entry{Path: "bin/sh", Type: fstree.Regular, LinkTo: "bin/busybox"})
+	tr.Add(fstree.Entry{Path: "sbin", Type: fstree.Symlink, Target: "bin", Mode: 0o777})
+	tr.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
+	tr.Add(fstree.Entry{Path: "run/fifo", Type: fstree.FIFO, Mode: 0o600, UID: 7, GID: 8})
+	tr.Add(fstree.Entry{Path: "run/sock", Type: fstree.Socket, Mode: 0o600})
+	tr.Add(fstree.Entry{Path: "tmp", Type: fstree.Dir, Mode: 0o777 | os.ModeSticky})
+	first := write(t, tr, Options{MTime: epoch(5)})
+
+	upper := fstree.New()
+	upper.AddFile("etc/hostname", []byte("node2\n"), 0o600, 0, 0)
+	upper.AddFile("etc/bellbuild/node.json", []byte("{}"), 0o600, 0, 0)
+	second := write(t, upper, Options{MTime: epoch(5), FirstInode: 1000})
+
+	got, err := Read(io.MultiReader(bytes.NewReader(first), bytes.NewReader(second)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fstree.New()
+	want.Merge(tr)
+	want.Merge(upper)
+	if d := cmp.Diff(summary(t, want), summary(t, got)); d != "" {
+		t.Errorf("read back (-want +got):\n%s", d)
+	}
+	if e := got.Get("etc/hostname"); e.MTime != 5 {
+		t.Errorf("mtime %d, want 5", e.MTime)
+	}
+}
+
+func TestReadErrors(t *testing.T) {
+	good := write(t, func() *fstree.Tree {
+		tr := fstree.New()
+		tr.AddFile("a", []byte("hello"), 0o644, 0, 0)
+		return tr
+	}(), Options{})
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"bad magic", append([]byte("070707"), good[6:]...), `cpio: malformed newc archive: bad magic "070707" at byte 0`},
+		{"truncated header", good[:50], "cpio: malformed newc archive: truncated at byte 50"},
+		{"truncated body", good[:112+112+2], "cpio: malformed newc archive: a: truncated body"},
+		{"bad hex", append(append([]byte(nil), good[:6]...), append([]byte("zzzzzzzz"), good[14:]...)...), "cpio: malformed newc archive: bad header field 0 at byte 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Read(bytes.NewReader(tc.in))
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if !errors.Is(err, ErrFormat) {
+				t.Errorf("not ErrFormat: %v", err)
+			}
+		})
+	}
+}
+
+func FuzzRead(f *testing.F) {
+	tr := fstree.New()
+	tr.AddFile("a/b", []byte("hello"), 0o644, 1, 2)
+	tr.Add(fstree.Entry{Path: "l", Type: fstree.Symlink, Target: "a/b"})
+	tr.Add(fstree.Entry{Path: "h", Type: fstree.Regular, LinkTo: "a/b"})
+	var buf bytes.Buffer
+	if err := Write(&buf, tr, Options{}); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(buf.Bytes())
+	f.Add([]byte("070701"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tr, err := Read(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		// Whatever reads must write and read back the same.
+		var out bytes.Buffer
+		if err := Write(&out, tr, Options{}); err != nil {
+			t.Fatalf("write of a read tree: %v", err)
+		}
+		again, err := Read(&out)
+		if err != nil {
+			t.Fatalf("re-read: %v", err)
+		}
+		s1, err1 := tr.Summary()
+		s2, err2 := again.Summary()
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if d := cmp.Diff(s1, s2); d != "" {
+			t.Fatalf("round trip (-first +second):\n%s", d)
+		}
+	})
+}
