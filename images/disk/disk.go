@@ -1,0 +1,274 @@
+// Package disk assembles bellbuild's immutable GPT disk image: an EFI
+// System Partition (FAT32: boot loader, kernel, initramfs), a read-only
+// root partition holding a squashfs image, and a small FAT32 config volume
+// labelled BELLCONF holding the node's configuration.
+//
+// Every partition is streamed into the disk file at its offset (nothing is
+// held in memory), and the GPT (github.com/diskfs/go-diskfs) is written
+// last, so that the disk and partition GUIDs can be derived from what the
+// partitions hold: the same inputs give a byte-identical disk.
+package disk
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/google/uuid"
+
+	"github.com/bellbuild/bellbuild/images/fat"
+	"github.com/bellbuild/bellbuild/images/fstree"
+)
+
+// Partition names in the GPT and filesystem labels: the init finds the
+// root by PARTLABEL=bellroot and the config volume by LABEL=BELLCONF (or
+// PARTLABEL=bellconf).
+const (
+	ESPName     = "esp"
+	RootName    = "bellroot"
+	ConfigName  = "bellconf"
+	ESPLabel    = "ESP"
+	ConfigLabel = "BELLCONF"
+)
+
+const (
+	sector = 512
+	mib    = 1 << 20
+	// attrReadOnly is the GPT attribute (bit 60) the Discoverable
+	// Partitions Specification reads as "mount read-only".
+	attrReadOnly = 1 << 60
+)
+
+// guidNamespace is the UUIDv5 namespace of every GUID bellbuild derives.
+var guidNamespace = uuid.MustParse("6f1c1e8a-9b0e-4f57-a8a5-7b1d2e3c4b50")
+
+// ErrRootSize is returned (wrapped) when the root reader does not hold
+// exactly Spec.RootSize bytes.
+var ErrRootSize = errors.New("root content size mismatch")
+
+// Spec is what goes on the disk. Sizes of 0 mean "fit the content".
+type Spec struct {
+	// ESP is the EFI System Partition's content (see ESP for the usual one).
+	ESP *fstree.Tree
+	// ESPSize is the ESP's size in bytes; 0: the smallest FAT32 that holds it.
+	ESPSize int64
+	// Root is the root filesystem image (a squashfs), RootSize bytes long.
+	Root     io.Reader
+	RootSize int64
+	// RootPartSize reserves more than RootSize for the root partition.
+	RootPartSize int64
+	// Config is the config volume's content (nil: an empty volume).
+	Config *fstree.Tree
+	// ConfigSize is the config volume's size; 0: the smallest FAT32.
+	ConfigSize int64
+}
+
+// Partition is one partition of a written disk.
+type Partition struct {
+	Index  int
+	Name   string
+	Offset int64 // bytes from the start of the disk
+	Size   int64 // bytes
+	GUID   string
+	// SHA256 of the bytes written into the partition.
+	SHA256 string
+}
+
+// Layout describes a written disk.
+type Layout struct {
+	Size       int64
+	GUID       string
+	Partitions []Partition
+}
+
+// Partition returns the partition called name, or nil.
+func (l *Layout) Partition(name string) *Partition {
+	for i := range l.Partitions {
+		if l.Partitions[i].Name == name {
+			return &l.Partitions[i]
+		}
+	}
+	return nil
+}
+
+func roundMiB(n int64) int64 { return (n + mib - 1) &^ (mib - 1) }
+
+// Plan computes the layout of spec without writing anything (GUIDs and
+// hashes are left empty).
+func Plan(spec Spec) (*Layout, error) {
+	espSize, err := fat.Size(spec.ESP, fat.Options{Label: ESPLabel, Size: spec.ESPSize})
+	if err != nil {
+		return nil, fmt.Errorf("disk: esp: %w", err)
+	}
+	conf := spec.Config
+	if conf == nil {
+		conf = fstree.New()
+	}
+	confSize, err := fat.Size(conf, fat.Options{Label: ConfigLabel, Size: spec.ConfigSize})
+	if err != nil {
+		return nil, fmt.Errorf("disk: config: %w", err)
+	}
+	rootSize := max(spec.RootPartSize, spec.RootSize)
+	if rootSize <= 0 {
+		return nil, fmt.Errorf("disk: root: no content")
+	}
+	l := &Layout{}
+	off := int64(mib) // after the protective MBR and the primary GPT
+	for i, p := range []struct {
+		name string
+		size int64
+	}{{ESPName, espSize}, {RootName, rootSize}, {ConfigName, confSize}} {
+		size := roundMiB(p.size)
+		l.Partitions = append(l.Partitions, Partition{Index: i + 1, Name: p.name, Offset: off, Size: size})
+		off += size
+	}
+	l.Size = off + mib // room for the backup GPT, kept MiB-aligned
+	return l, nil
+}
+
+// Write writes the disk described by spec into f, which must be empty
+// (it is truncated to the disk's size first; unwritten space stays sparse).
+func Write(f *os.File, spec Spec) (*Layout, error) {
+	l, err := Plan(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Truncate(0); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	if err := f.Truncate(l.Size); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	esp, root, conf := &l.Partitions[0], &l.Partitions[1], &l.Partitions[2]
+
+	// 1. The ESP.
+	if err := writeFAT(f, esp, spec.ESP, ESPLabel); err != nil {
+		return nil, fmt.Errorf("disk: esp: %w", err)
+	}
+	// 2. The root image.
+	hw := newPartWriter(f, root.Offset)
+	n, err := io.Copy(hw, io.LimitReader(spec.Root, spec.RootSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("disk: root: %w", err)
+	}
+	if n != spec.RootSize {
+		return nil, fmt.Errorf("disk: root: read %d bytes, want %d: %w", n, spec.RootSize, ErrRootSize)
+	}
+	root.SHA256 = hex.EncodeToString(hw.h.Sum(nil))
+	// 3. The config volume.
+	confTree := spec.Config
+	if confTree == nil {
+		confTree = fstree.New()
+	}
+	if err := writeFAT(f, conf, confTree, ConfigLabel); err != nil {
+		return nil, fmt.Errorf("disk: config: %w", err)
+	}
+	// 4. The GPT, with GUIDs derived from the content.
+	if err := writeGPT(f, l); err != nil {
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	return l, nil
+}
+
+// WriteFile writes the disk to path atomically: into a temporary file in
+// the same directory, synced, then renamed over path.
+func WriteFile(path string, spec Spec) (*Layout, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	l, err := Write(tmp, spec)
+	if cerr := tmp.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("disk: %w", cerr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+	return l, nil
+}
+
+// writeFAT writes a FAT32 volume of t into partition p (which must read
+// as zeros: free space is skipped) and records its hash.
+func writeFAT(f *os.File, p *Partition, t *fstree.Tree, label string) error {
+	hw := newPartWriter(f, p.Offset)
+	err := fat.Write(hw, t, fat.Options{Label: label, Size: p.Size, HiddenSectors: uint32(p.Offset / sector), Sparse: true})
+	if err != nil {
+		return err
+	}
+	p.SHA256 = hex.EncodeToString(hw.h.Sum(nil))
+	return nil
+}
+
+// writeGPT derives every GUID and writes the protective MBR and both GPTs.
+func writeGPT(f *os.File, l *Layout) error {
+	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: gpt.LinuxRootX86_64, ConfigName: gpt.LinuxFilesystem}
+	all := sha256.New()
+	table := &gpt.Table{LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true}
+	for i := range l.Partitions {
+		p := &l.Partitions[i]
+		p.GUID = DeriveGUID("partition", p.Name, p.SHA256)
+		fmt.Fprintf(all, "%s %s %d %d\n", p.Name, p.SHA256, p.Offset, p.Size)
+		gp := &gpt.Partition{
+			Index: p.Index,
+			Start: uint64(p.Offset / sector),
+			End:   uint64((p.Offset+p.Size)/sector - 1),
+			Type:  types[p.Name],
+			Name:  p.Name,
+			GUID:  p.GUID,
+		}
+		if p.Name == RootName {
+			gp.Attributes = attrReadOnly
+		}
+		table.Partitions = append(table.Partitions, gp)
+	}
+	l.GUID = DeriveGUID("disk", hex.EncodeToString(all.Sum(nil)))
+	table.GUID = l.GUID
+	if err := table.Write(f, l.Size); err != nil {
+		return fmt.Errorf("disk: gpt: %w", err)
+	}
+	return nil
+}
+
+// DeriveGUID returns a name-based (version 5) UUID of parts in bellbuild's
+// namespace, in upper case as GPT tools print it.
+func DeriveGUID(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		fmt.Fprintf(h, "%d:%s", len(p), p)
+	}
+	u := uuid.NewSHA1(guidNamespace, h.Sum(nil))
+	return strings.ToUpper(u.String())
+}
+
+// partWriter writes sequentially into a partition and hashes what it
+// writes; Seek skips (sparse) space without hashing it.
+type partWriter struct {
+	w *io.OffsetWriter
+	h hash.Hash
+}
+
+func newPartWriter(f *os.File, off int64) *partWriter {
+	return &partWriter{w: io.NewOffsetWriter(f, off), h: sha256.New()}
+}
+
+func (p *partWriter) Write(b []byte) (int, error) {
+	n, err := p.w.Write(b)
+	p.h.Write(b[:n])
+	return n, err
+}
+
+func (p *partWriter) Seek(off int64, whence int) (int64, error) { return p.w.Seek(off, whence) }

@@ -1,0 +1,81 @@
+package disk
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+)
+
+// SystemdBoot is where Debian's systemd-boot-efi package installs the
+// x86-64 UEFI boot loader.
+const SystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+
+// Paths of the boot files on the ESP (and in the ISO's EFI image).
+const (
+	BootLoaderPath = "EFI/BOOT/BOOTX64.EFI"
+	LoaderConfPath = "loader/loader.conf"
+	EntryPath      = "loader/entries/bellbuild.conf"
+	KernelPath     = "bellbuild/vmlinuz"
+	InitrdPath     = "bellbuild/initrd.img"
+)
+
+// Boot is what the EFI System Partition boots.
+type Boot struct {
+	// Kernel and Initrd are the files to boot, with their sizes.
+	Kernel     fstree.Content
+	KernelSize int64
+	Initrd     fstree.Content
+	InitrdSize int64
+	// Cmdline is the kernel command line, e.g.
+	// "root=PARTLABEL=bellroot ro console=ttyS0".
+	Cmdline string
+	// Title is the boot menu title; "" means "bellbuild".
+	Title string
+	// Loader is the UEFI boot loader to install as the removable-media
+	// default EFI/BOOT/BOOTX64.EFI; "" means SystemdBoot.
+	Loader string
+	// Epoch is every file's modification time (SOURCE_DATE_EPOCH).
+	Epoch int64
+}
+
+// ESP returns the tree of an EFI System Partition that boots b with
+// systemd-boot: the boot loader as the removable-media default, a
+// loader.conf that boots the one entry at once, and the entry with the
+// kernel, the initramfs and the command line.
+func ESP(b Boot) (*fstree.Tree, error) {
+	loader := b.Loader
+	if loader == "" {
+		loader = SystemdBoot
+	}
+	st, err := os.Stat(loader)
+	if err != nil {
+		return nil, fmt.Errorf("disk: boot loader (Debian package systemd-boot-efi): %w", err)
+	}
+	if b.Kernel == nil || b.KernelSize <= 0 {
+		return nil, fmt.Errorf("disk: ESP without a kernel")
+	}
+	title := b.Title
+	if title == "" {
+		title = "bellbuild"
+	}
+	if strings.ContainsAny(title+b.Cmdline, "\n") {
+		return nil, fmt.Errorf("disk: title and command line must be one line each")
+	}
+	t := fstree.New()
+	t.Add(fstree.Entry{Path: BootLoaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
+	t.AddFile(LoaderConfPath, []byte("timeout 0\ndefault bellbuild.conf\neditor no\nconsole-mode keep\n"), 0o644, 0, 0)
+	entry := "title " + title + "\nlinux /" + KernelPath + "\n"
+	t.Add(fstree.Entry{Path: KernelPath, Type: fstree.Regular, Mode: 0o644, Size: b.KernelSize, Data: b.Kernel})
+	if b.Initrd != nil {
+		t.Add(fstree.Entry{Path: InitrdPath, Type: fstree.Regular, Mode: 0o644, Size: b.InitrdSize, Data: b.Initrd})
+		entry += "initrd /" + InitrdPath + "\n"
+	}
+	if b.Cmdline != "" {
+		entry += "options " + b.Cmdline + "\n"
+	}
+	t.AddFile(EntryPath, []byte(entry), 0o644, 0, 0)
+	t.Reproducible(b.Epoch)
+	return t, nil
+}
