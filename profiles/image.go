@@ -206,15 +206,17 @@ func (s *Site) checkStages(errs *ErrorList) {
 			reported[v.pos] = true
 			continue
 		}
+		// Follow the stages; a loop is reported once, at its
+		// smallest profile (the others reach it or run through it).
 		seen := []string{name}
-		for cur := ref; cur != ""; {
-			if slices.Contains(seen, cur) {
+		for cur := ref; cur != ""; cur, _ = stageOf(cur) {
+			if cur == name && slices.Min(seen) == name {
 				errs.Add(v.pos, "stage.profile", "stage loop: %s → %s", strings.Join(seen, " → "), cur)
-				reported[v.pos] = true
+			}
+			if slices.Contains(seen, cur) {
 				break
 			}
 			seen = append(seen, cur)
-			cur, _ = stageOf(cur)
 		}
 	}
 }

@@ -334,11 +334,13 @@ func origins(r *rendered) []Origin {
 	}
 	leaves(r.tree, "conf", func(p string, v *value) {
 		o := Origin{Path: p, Pos: v.pos}
-		switch v.kind {
-		case kMap:
+		switch {
+		case v.kind == kMap:
 			o.Value = "{}"
-		case kList:
+		case v.kind == kList:
 			o.Value = "[]"
+		case strings.HasSuffix(p, ".user_crypt_passwd"):
+			o.Value = "(secret)"
 		default:
 			o.Value = v.text
 		}

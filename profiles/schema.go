@@ -11,6 +11,9 @@ import (
 
 var confType = reflect.TypeFor[nodeconf.Conf]()
 
+// reported tags a null that stands for a bad value already reported.
+const reported = "!!reported"
+
 // normalizeConf rewrites the accepted alternative spellings of a conf
 // fragment into the one form that merges and decodes (in place: fragments
 // are fresh from the parser), and drops unknown modules with an error:
@@ -50,6 +53,7 @@ func normalizeConf(v *value, path string, errs *ErrorList) *value {
 					name := it.get("name")
 					if len(it.ents) != 1 || name == nil || name.kind != kScalar {
 						errs.Add(it.pos, mp+".blacklistpkgs"+nodeconf.Index(i), "expected a package name or {name: PACKAGE}")
+						bl.items[i] = &value{kind: kNull, pos: it.pos, tag: reported}
 						continue
 					}
 					bl.items[i] = name
@@ -198,7 +202,9 @@ func decode(v *value, rv reflect.Value, path string, errs *ErrorList) {
 		for i, it := range v.items {
 			ip := path + nodeconf.Index(i)
 			if it.kind == kNull {
-				errs.Add(it.pos, ip, "null list item")
+				if it.tag != reported {
+					errs.Add(it.pos, ip, "null list item")
+				}
 				continue
 			}
 			decode(it, s.Index(i), ip, errs)

@@ -14,7 +14,6 @@ package profiles
 
 import (
 	"embed"
-	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -171,7 +170,7 @@ func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
 	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{}}
 	ents, err := fs.ReadDir(fsys, "profiles")
 	if err != nil {
-		return nil, ErrorList{{Pos: Pos{File: displayName(dir, "profiles")}, Msg: "not a site: " + errors.Unwrap(err).Error()}}
+		return nil, ErrorList{{Pos: Pos{File: displayName(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
 	}
 	for _, e := range ents {
 		rel := path.Join("profiles", e.Name())
