@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+
+	"github.com/bellbuild/bellbuild/images/confvol"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+func init() {
+	register(&command{
+		name:    "config",
+		summary: "write a node's configuration volume (BELLCONF) for day 2",
+		usage:   "image -o FILE | write TARGET   (--node NAME | --profile P) [-C SITE | --values FILE]",
+		help: `config renders one node's configuration (what 'bellbuild render -o json'
+prints) and writes it as /bellbuild/node.json on a config volume: a FAT32
+filesystem labelled BELLCONF. The applier reads it at every boot and
+reruns when it changes, so a machine booted from an immutable disk is
+reconfigured without rebuilding its image.
+
+  config image -o FILE   writes a standalone config volume image
+                         (--size BYTES, default: the smallest FAT32, 33 MiB).
+  config write TARGET    TARGET is a disk image or block device made by
+                         'bellbuild image' (outputs: [raw]): only its
+                         "bellconf" partition is rewritten, every other
+                         byte stays as baked. The volume must not be
+                         mounted. TARGET may instead be a directory -- the
+                         mounted volume on a running machine, normally
+                         /run/bellbuild/config -- where node.json is
+                         replaced atomically.
+
+SOURCE_DATE_EPOCH sets the files' time stamps (default 0: 1980-01-01 on
+FAT), so the same configuration always gives the same bytes.
+
+Example:
+  bellbuild config write out/demo/disk.raw --node demo-2
+  bellbuild config image -C examples/fleet --node rack1-07 -o rack1-07.conf.img
+  bellbuild config write /run/bellbuild/config --node demo-2`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			var o configFlags
+			o.site.register(fs)
+			fs.StringVar(&o.node, "node", "", "inventory node `NAME`")
+			fs.StringVar(&o.profile, "profile", "", "profile `P` to render without an inventory entry")
+			fs.StringVar(&o.out, "o", "", "output `FILE` (config image)")
+			fs.Int64Var(&o.size, "size", 0, "volume size in `BYTES` (config image; 0: smallest)")
+			return func(ctx context.Context, args []string) error {
+				if len(args) == 0 {
+					return errors.New("missing subcommand: image or write (see 'bellbuild help config')")
+				}
+				o.sub = args[0]
+				// Flags may come before or after the subcommand and TARGET.
+				rest := args[1:]
+				for {
+					if err := fs.Parse(rest); err != nil {
+						return exitError{2}
+					}
+					if fs.NArg() == 0 {
+						break
+					}
+					o.args = append(o.args, fs.Arg(0))
+					rest = fs.Args()[1:]
+				}
+				return runConfig(ctx, o, os.Stderr)
+			}
+		},
+	})
+}
+
+type configFlags struct {
+	site          siteFlags
+	node, profile string
+	out           string
+	size          int64
+	sub           string
+	args          []string
+}
+
+func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
+	// 1. Check the flags.
+	switch o.sub {
+	case "image":
+		if o.out == "" || len(o.args) > 0 {
+			return errors.New("config image: want -o FILE and no arguments")
+		}
+	case "write":
+		if len(o.args) != 1 || o.out != "" || o.size != 0 {
+			return errors.New("config write: want exactly one TARGET (a disk image, a block device or a mounted volume) and no -o/--size")
+		}
+	default:
+		return fmt.Errorf("unknown subcommand %q: want image or write", o.sub)
+	}
+	if (o.node == "") == (o.profile == "") {
+		return errors.New("give exactly one of --node and --profile")
+	}
+	epoch, err := configEpoch()
+	if err != nil {
+		return err
+	}
+
+	// 2. Render the node.
+	s, err := o.site.load()
+	if err != nil {
+		return printSiteErrors(stderr, err)
+	}
+	var n *nodeconf.Node
+	if o.node != "" {
+		n, err = s.RenderNode(o.node)
+	} else {
+		n, err = s.RenderProfile(o.profile, nil, "")
+	}
+	if err != nil {
+		return printSiteErrors(stderr, err)
+	}
+	data, err := json.MarshalIndent(n, "", "  ")
+	if err != nil {
+		return err
+	}
+	files := confvol.Tree(append(data, '\n'), epoch)
+
+	// 3. Write the volume.
+	if o.sub == "image" {
+		if err := confvol.WriteFile(o.out, files, o.size); err != nil {
+			return err
+		}
+		slog.Info("config volume written", "file", o.out, "node", n.Node, "profile", n.Profile)
+		return nil
+	}
+	target := o.args[0]
+	if st, err := os.Stat(target); err == nil && st.IsDir() {
+		if err := confvol.WriteDir(target, files); err != nil {
+			return err
+		}
+		slog.Info("config written into mounted volume", "dir", target, "node", n.Node, "profile", n.Profile)
+		return nil
+	}
+	if err := confvol.Rewrite(target, files); err != nil {
+		return err
+	}
+	slog.Info("config partition rewritten", "disk", target, "node", n.Node, "profile", n.Profile)
+	return nil
+}
+
+// configEpoch is SOURCE_DATE_EPOCH, or 0 when it is unset.
+func configEpoch() (int64, error) {
+	v := os.Getenv("SOURCE_DATE_EPOCH")
+	if v == "" {
+		return 0, nil
+	}
+	e, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || e < 0 {
+		return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970", v)
+	}
+	return e, nil
+}
