@@ -1,0 +1,313 @@
+package squashfs
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// A block job travels from the reader (which fills raw) through a worker
+// (which compresses it into out) to the emitter (which writes it in order).
+type job struct {
+	raw  []byte
+	out  []byte // what goes on disk: compressed, raw, or nothing for a hole
+	word uint32 // on-disk size word: length, | dataRawFlag if stored raw; 0 for a hole
+	err  error
+	done chan struct{}
+
+	file  *fileData // a file's block: its index is block
+	block int
+	frag  int  // a fragment block: index into frags, or -1
+	holes bool // an all-zero block may become a hole
+}
+
+// writeData streams every regular file's content to out: full blocks
+// compressed in parallel and written in order, tails packed into fragment
+// blocks, duplicates stored once.
+func (b *builder) writeData(out *countWriter) error {
+	bs := b.opts.BlockSize
+	pool := sync.Pool{New: func() any { return make([]byte, 0, bs) }}
+	work := make(chan *job, b.opts.Workers)
+	order := make(chan *job, 4*b.opts.Workers+4)
+	quit := make(chan struct{})
+
+	var wg sync.WaitGroup
+	for range b.opts.Workers {
+		c, err := newCompressor(b.opts)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				j.compress(c)
+				close(j.done)
+			}
+		}()
+	}
+
+	var readErr error
+	go func() {
+		defer func() {
+			close(work)
+			close(order)
+		}()
+		// A job goes to the workers first, then in line for the
+		// emitter: one given up on after quit is never waited for.
+		send := func(j *job) bool {
+			j.done = make(chan struct{})
+			select {
+			case work <- j:
+			case <-quit:
+				return false
+			}
+			select {
+			case order <- j:
+			case <-quit:
+				return false
+			}
+			return true
+		}
+		readErr = b.readFiles(&pool, send)
+	}()
+
+	var writeErr error
+	for j := range order {
+		<-j.done
+		if writeErr != nil {
+			continue
+		}
+		if j.err != nil {
+			writeErr = j.err
+			close(quit)
+			continue
+		}
+		pos := uint64(out.n)
+		if _, err := out.Write(j.out); err != nil {
+			writeErr = err
+			close(quit)
+			continue
+		}
+		switch {
+		case j.frag >= 0:
+			b.frags = append(b.frags, fragEntry{start: pos, size: j.word})
+		default:
+			if j.block == 0 {
+				j.file.start = pos
+			}
+			j.file.blocks[j.block] = j.word
+			if j.word == 0 {
+				j.file.sparse += uint64(len(j.raw))
+			}
+		}
+		pool.Put(j.raw[:0])
+	}
+	wg.Wait()
+	if writeErr != nil {
+		return writeErr
+	}
+	return readErr
+}
+
+func (j *job) compress(c compressor) {
+	if j.holes && allZero(j.raw) {
+		j.out, j.word = nil, 0
+		return
+	}
+	var err error
+	j.out, err = c.compress(j.out[:0], j.raw)
+	if err != nil {
+		j.err = fmt.Errorf("compress: %w", err)
+		return
+	}
+	if len(j.out) >= len(j.raw) {
+		j.out = j.raw
+		j.word = uint32(len(j.raw)) | dataRawFlag
+		return
+	}
+	j.word = uint32(len(j.out))
+}
+
+func allZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, c := range p {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+var errStopped = errors.New("stopped")
+
+// readFiles reads every file in order and hands its blocks to send. Files
+// whose size another file shares are hashed first, so a duplicate is never
+// read twice into the image nor written at all.
+func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
+	bs := uint64(b.opts.BlockSize)
+	sizes := map[uint64]int{}
+	for _, f := range b.files {
+		sizes[f.size]++
+	}
+	seen := map[[sha256.Size]byte]*fileData{}
+	frag := make([]byte, 0, bs)
+	nfrag := 0
+	flushFrag := func() bool {
+		if len(frag) == 0 {
+			return true
+		}
+		raw := pool.Get().([]byte)[:0]
+		raw = append(raw, frag...)
+		frag = frag[:0]
+		nfrag++
+		return send(&job{raw: raw, frag: nfrag - 1})
+	}
+	for _, f := range b.files {
+		if f.size == 0 {
+			continue
+		}
+		var small []byte // whole content of a duplicate candidate that fits a block
+		if sizes[f.size] > 1 {
+			var sum [sha256.Size]byte
+			var err error
+			if f.size <= bs {
+				small, err = readSmall(f, pool)
+				sum = sha256.Sum256(small)
+			} else {
+				sum, err = hashFile(f)
+			}
+			if err != nil {
+				return err
+			}
+			if orig := seen[sum]; orig != nil {
+				f.dup = orig
+				if small != nil {
+					pool.Put(small[:0])
+				}
+				continue
+			}
+			seen[sum] = f
+		}
+		full := int(f.size / bs)
+		tail := int(f.size % bs)
+		f.blocks = make([]uint32, full)
+		if small != nil && full == 0 {
+			// The whole file is a tail.
+			if len(frag)+tail > int(bs) && !flushFrag() {
+				return errStopped
+			}
+			f.frag, f.offset = uint32(nfrag), uint32(len(frag))
+			frag = append(frag, small...)
+			pool.Put(small[:0])
+			continue
+		}
+		if small != nil {
+			// Exactly one full block, already read.
+			if !send(&job{raw: small, file: f, frag: -1, holes: true}) {
+				return errStopped
+			}
+			continue
+		}
+		rc, err := f.e.Data.Open()
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.e.Path, err)
+		}
+		for i := range full {
+			raw := pool.Get().([]byte)[:bs]
+			if _, err := io.ReadFull(rc, raw); err != nil {
+				rc.Close()
+				return sizeErr(f, err)
+			}
+			if !send(&job{raw: raw, file: f, block: i, frag: -1, holes: true}) {
+				rc.Close()
+				return errStopped
+			}
+		}
+		if tail > 0 {
+			if len(frag)+tail > int(bs) && !flushFrag() {
+				rc.Close()
+				return errStopped
+			}
+			f.frag, f.offset = uint32(nfrag), uint32(len(frag))
+			frag = frag[:len(frag)+tail]
+			if _, err := io.ReadFull(rc, frag[len(frag)-tail:]); err != nil {
+				rc.Close()
+				return sizeErr(f, err)
+			}
+		}
+		err = checkEOF(f, rc)
+		if cerr := rc.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%s: %w", f.e.Path, cerr)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if !flushFrag() {
+		return errStopped
+	}
+	return nil
+}
+
+func sizeErr(f *fileData, err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: content is shorter than its size %d: %w", f.e.Path, f.size, ErrContent)
+	}
+	return fmt.Errorf("%s: %w", f.e.Path, err)
+}
+
+func checkEOF(f *fileData, r io.Reader) error {
+	var one [1]byte
+	n, err := io.ReadFull(r, one[:])
+	if n > 0 {
+		return fmt.Errorf("%s: content is longer than its size %d: %w", f.e.Path, f.size, ErrContent)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: %w", f.e.Path, err)
+	}
+	return nil
+}
+
+// readSmall reads a file of at most one block into a pooled buffer.
+func readSmall(f *fileData, pool *sync.Pool) ([]byte, error) {
+	rc, err := f.e.Data.Open()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.e.Path, err)
+	}
+	defer rc.Close()
+	buf := pool.Get().([]byte)[:f.size]
+	if _, err := io.ReadFull(rc, buf); err != nil {
+		return nil, sizeErr(f, err)
+	}
+	if err := checkEOF(f, rc); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+func hashFile(f *fileData) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	rc, err := f.e.Data.Open()
+	if err != nil {
+		return sum, fmt.Errorf("%s: %w", f.e.Path, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, rc)
+	if err != nil {
+		return sum, fmt.Errorf("%s: %w", f.e.Path, err)
+	}
+	if uint64(n) != f.size {
+		return sum, fmt.Errorf("%s: content is %d bytes, its size %d: %w", f.e.Path, n, f.size, ErrContent)
+	}
+	h.Sum(sum[:0])
+	return sum, nil
+}
