@@ -39,11 +39,11 @@ type dirData struct {
 type fileData struct {
 	e      *fstree.Entry
 	size   uint64
-	start  uint64   // absolute offset of the first block, relative to the image
-	blocks []uint32 // on-disk size words of the full-size blocks (and the tail without fragments)
-	frag   uint32   // fragment block index, or noFragment
-	offset uint32   // offset of the tail in the fragment block
-	sparse uint64   // bytes saved by all-zero blocks
+	start  uint64    // absolute offset of the first block, relative to the image
+	blocks []uint32  // on-disk size words of the full-size blocks (and the tail without fragments)
+	frag   uint32    // fragment block index, or noFragment
+	offset uint32    // offset of the tail in the fragment block
+	sparse uint64    // bytes saved by all-zero blocks
 	dup    *fileData // an earlier file with the same content, stored instead
 }
 

@@ -99,7 +99,7 @@ const (
 	noXattr       = ^uint32(0)
 	dataRawFlag   = 1 << 24
 	metaRawFlag   = 0x8000
-	maxNameLen    = 255 // the format allows 256, Linux's NAME_MAX is 255
+	maxNameLen    = 255  // the format allows 256, Linux's NAME_MAX is 255
 	maxTargetLen  = 4096 // the kernel refuses longer symlinks (PAGE_SIZE)
 	maxIDs        = 65535
 	maxDirEntries = 256 // per directory header
