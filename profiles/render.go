@@ -332,7 +332,13 @@ func origins(r *rendered) []Origin {
 	if r.tree == nil {
 		return nil
 	}
-	leaves(r.tree, "conf", func(p string, v *value) {
+	// Modules in the applier's order, each in the order written.
+	tree := *r.tree
+	tree.ents = slices.Clone(r.tree.ents)
+	slices.SortStableFunc(tree.ents, func(a, b entry) int {
+		return slices.Index(nodeconf.Modules, a.key) - slices.Index(nodeconf.Modules, b.key)
+	})
+	leaves(&tree, "conf", func(p string, v *value) {
 		o := Origin{Path: p, Pos: v.pos}
 		switch {
 		case v.kind == kMap:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,9 +172,9 @@ func (v *validator) limits(m map[string]Limit) {
 		if l.Item != "" {
 			v.oneOf(p+".item", l.Item, LimitItems)
 		}
-		for f, s := range map[string]string{"domain": l.Domain, "value": l.Value} {
-			if strings.ContainsAny(s, " \t\n") {
-				v.add(p+"."+f, "%q contains white space", s)
+		for _, f := range [][2]string{{"domain", l.Domain}, {"value", l.Value}} {
+			if strings.ContainsAny(f[1], " \t\n") {
+				v.add(p+"."+f[0], "%q contains white space", f[1])
 			}
 		}
 	}
@@ -204,16 +205,17 @@ func (v *validator) perm(pm *Perm) {
 // needs always or once_successfully; both are at least MinInterval.
 func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 	eff := policy
+	known := true
 	if policy == "" {
 		eff = "always"
-	} else {
+	} else if known = slices.Contains(RerunPolicies, policy); !known {
 		v.oneOf(p+".rerun_policy", policy, RerunPolicies)
 	}
 	if rerunInterval != 0 {
 		if rerunInterval < MinInterval {
 			v.add(p+".rerun_interval", "%d is less than %d seconds", rerunInterval, MinInterval)
 		}
-		if eff != "always" {
+		if known && eff != "always" {
 			v.add(p+".rerun_interval", "needs rerun_policy always, not %q", eff)
 		}
 	}
@@ -221,7 +223,7 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 		if retryInterval < MinInterval {
 			v.add(p+".retry_interval", "%d is less than %d seconds", retryInterval, MinInterval)
 		}
-		if eff != "always" && eff != "once_successfully" {
+		if known && eff != "always" && eff != "once_successfully" {
 			v.add(p+".retry_interval", "needs rerun_policy always or once_successfully, not %q", eff)
 		}
 	}
@@ -237,8 +239,8 @@ func (v *validator) mounts(m map[string]Mount) {
 		}
 		v.required(p, "device", mt.Device)
 		v.required(p, "type", mt.Type)
-		for f, s := range map[string]string{"options": mt.Options, "before": mt.Before, "after": mt.After} {
-			v.noNewline(p+"."+f, s)
+		for _, f := range [][2]string{{"options", mt.Options}, {"before", mt.Before}, {"after", mt.After}} {
+			v.noNewline(p+"."+f[0], f[1])
 		}
 	}
 }

@@ -1,0 +1,137 @@
+package profiles
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// TestDefaultSite: the embedded site loads, and its names and shape are
+// what the demo and the boot tests rely on.
+func TestDefaultSite(t *testing.T) {
+	s := Default()
+	if diff := cmp.Diff([]string{"demo", "demo-base", "minimal"}, s.ProfileNames()); diff != "" {
+		t.Errorf("profiles (-want +got):\n%s", diff)
+	}
+	want := []NodeInfo{
+		{Name: "demo-1", MACs: []string{"52:54:00:00:00:01"}, Profile: "demo", Labels: map[string]string{"role": "web"}},
+		{Name: "demo-2", MACs: []string{"52:54:00:00:00:02"}, Profile: "demo", Labels: map[string]string{"role": "db"}},
+	}
+	if diff := cmp.Diff(want, s.Nodes()); diff != "" {
+		t.Errorf("nodes (-want +got):\n%s", diff)
+	}
+	minimal, err := s.Image("minimal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSpec := ImageSpec{
+		Profile: "minimal", Description: "Busybox root with the host's Debian kernel", Chain: []string{"minimal"},
+		Stage: Stage{Busybox: &BusyboxStage{}}, Kernel: Kernel{Path: "/vmlinuz"},
+		Cmdline: []string{"console=ttyS0"}, Outputs: []string{"initramfs"},
+		Sources: []string{"embedded:profiles/minimal.yaml"},
+	}
+	if diff := cmp.Diff(&wantSpec, minimal, cmp.FilterPath(func(p cmp.Path) bool { return p.String() == "Bundle" }, cmp.Ignore())); diff != "" {
+		t.Errorf("Image(minimal) (-want +got):\n%s", diff)
+	}
+	if got := minimal.Bundle.Default.Conf.Sysctl; len(got) != 1 {
+		t.Errorf("minimal conf sysctl = %v, want one sysctl", got)
+	}
+	demo, err := s.Image("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"minimal", "demo-base", "demo"}, demo.Chain); diff != "" {
+		t.Errorf("demo chain (-want +got):\n%s", diff)
+	}
+	if len(demo.Bundle.Nodes) != 2 || demo.Bundle.Nodes[0].Node != "demo-1" || demo.Bundle.Nodes[1].Node != "demo-2" {
+		t.Fatalf("demo bundle nodes = %+v", demo.Bundle.Nodes)
+	}
+	if !slices.Contains(demo.Sources, "embedded:nodes.yaml") {
+		t.Errorf("demo sources = %v, want nodes.yaml among them", demo.Sources)
+	}
+	d1, d2 := demo.Bundle.Nodes[0].Conf, demo.Bundle.Nodes[1].Conf
+	if d1.Sysctl["vm.swappiness"] != "30" || d2.Sysctl["vm.swappiness"] != "60" {
+		t.Errorf("swappiness demo-1 %q demo-2 %q, want 30 and 60", d1.Sysctl["vm.swappiness"], d2.Sysctl["vm.swappiness"])
+	}
+	if d1.Sysctl["kernel.domainname"] != "demo.bellbuild" || d2.Sysctl["kernel.domainname"] != "db.demo.bellbuild" {
+		t.Errorf("domainname demo-1 %q demo-2 %q", d1.Sysctl["kernel.domainname"], d2.Sysctl["kernel.domainname"])
+	}
+	if d1.Uamlite == nil || len(d1.Uamlite.Users) != 1 || len(d1.Uamlite.Users[0].UserSSHKeys) != 1 || d1.Exec["010-report.sh"].Data == "" || len(d1.Limits) != 1 {
+		t.Errorf("demo-1 conf lacks the user, limit or report script: %+v", d1)
+	}
+}
+
+// TestFleetExample validates examples/fleet and renders every node.
+func TestFleetExample(t *testing.T) {
+	s, err := Load("../examples/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := s.Nodes()
+	if len(nodes) != 10 {
+		t.Fatalf("%d nodes, want 10", len(nodes))
+	}
+	used := map[string]bool{}
+	for _, n := range nodes {
+		r, err := s.RenderNode(n.Name)
+		if err != nil {
+			t.Fatalf("RenderNode(%s): %v", n.Name, err)
+		}
+		c := r.Conf
+		for mod, set := range map[string]bool{"sysctl": c.Sysctl != nil, "limits": c.Limits != nil, "perm": c.Perm != nil,
+			"mounts": c.Mounts != nil, "ethtool": c.Ethtool != nil, "uamlite": c.Uamlite != nil, "apt": c.Apt != nil,
+			"files": c.Files != nil, "units": c.Units != nil, "exec": c.Exec != nil, "apparmor": c.Apparmor != nil} {
+			used[mod] = used[mod] || set
+		}
+	}
+	for _, m := range []string{"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt", "files", "units", "exec", "apparmor"} {
+		if !used[m] {
+			t.Errorf("no node of the fleet uses %s", m)
+		}
+	}
+	for _, p := range s.ProfileNames() {
+		if _, err := s.Image(p); err != nil {
+			t.Errorf("Image(%s): %v", p, err)
+		}
+	}
+	// Spot checks of the overrides, derived from the files by hand.
+	render := func(name string) nodeconf.Conf {
+		n, err := s.RenderNode(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Conf
+	}
+	w1, w2, w3, w4 := render("worker-1"), render("worker-2"), render("worker-3"), render("worker-4")
+	for _, tc := range []struct{ name, got, want string }{
+		{"worker-1 hugepages (no label)", w1.Sysctl["vm.nr_hugepages"], ""},
+		{"worker-2 hugepages (sriov label)", w2.Sysctl["vm.nr_hugepages"], "1024"},
+		{"worker-3 hugepages (dpdk label)", w3.Sysctl["vm.nr_hugepages"], "1024"},
+		{"worker-4 hugepages (host beats label)", w4.Sysctl["vm.nr_hugepages"], "4096"},
+		{"worker-4 own conf", w4.Sysctl["kernel.numa_balancing"], "0"},
+		{"worker-1 canary (native host override)", w1.Exec["020-canary.sh"].Data, "#!/bin/sh\necho canary > /etc/site/canary\n"},
+		{"worker-2 chrony (rack r2)", w2.Files["/etc/chrony/sources.d/site.sources"].Content, "pool ntp-r2.example.org iburst\n"},
+		{"worker-1 chrony (rack r1)", w1.Files["/etc/chrony/sources.d/site.sources"].Content, "pool ntp.example.org iburst\n"},
+		{"worker-2 ethtool mlx5", w2.Ethtool["ens1f0"]["rx-gro"], "on"},
+		{"worker-1 ethtool virtio", w1.Ethtool["ens3"]["tx-tcp-segmentation"], "off"},
+		{"limits nofile from k8s-node", w1.Limits["nofile"].Value, "1048576"},
+		{"limits nofile domain from base", w1.Limits["nofile"].Domain, "*"},
+		{"storage keeps base nofile", render("storage-1").Limits["nofile"].Value, "65536"},
+		{"storage exec policy from node", render("storage-1").Exec["001-site-facts.sh"].RerunPolicy, "never"},
+		{"etcd swappiness", render("etcd-2").Sysctl["vm.swappiness"], "1"},
+		{"kernel.dmesg_restrict (slash form)", render("etcd-2").Sysctl["kernel.dmesg_restrict"], "1"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %q, want %q", tc.name, tc.got, tc.want)
+		}
+	}
+	if _, ok := w2.Exec["020-canary.sh"]; ok {
+		t.Error("worker-2 has worker-1's canary script")
+	}
+	if got := len(render("control-1").Uamlite.Users[0].UserSSHKeys); got != 2 {
+		t.Errorf("control-1 ops has %d keys, want 2", got)
+	}
+}

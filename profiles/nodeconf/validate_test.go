@@ -1,0 +1,133 @@
+package nodeconf
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestKey(t *testing.T) {
+	for k, want := range map[string]string{
+		"sysctl":        ".sysctl",
+		"ens3":          ".ens3",
+		"vm.swappiness": `["vm.swappiness"]`,
+		"/etc/motd":     `["/etc/motd"]`,
+		`a"b`:           `["a\"b"]`,
+	} {
+		if got := Key(k); got != want {
+			t.Errorf("Key(%q) = %s, want %s", k, got, want)
+		}
+	}
+}
+
+func yes() *bool { b := true; return &b }
+
+// valid is a configuration that uses every module correctly.
+func valid() Conf {
+	return Conf{
+		Sysctl: map[string]string{"net.ipv4.ip_forward": "1", "kernel.printk": "4 4 1 7"},
+		Limits: map[string]Limit{"nofile": {Domain: "root", Type: "soft", Item: "nofile", Value: "101"}, "core": {Domain: "0:", Type: "-", Item: "core", Value: "0"}},
+		Perm:   &Perm{Paths: []PermPath{{Path: "/etc/shadow", Owner: "root", Group: "shadow", Permissions: "0640"}, {Path: "/boot/System.map-*", Owner: "root", Group: "root", Permissions: "600"}}, RerunPolicy: "always", RerunInterval: 3600},
+		Mounts: map[string]Mount{"mnt": {MntTgt: "/mnt", Device: "tmpfs", Type: "tmpfs", Options: "size=1G"}},
+		Ethtool: map[string]map[string]string{"ens3": {"tx-tcp-segmentation": "off", "rx-gro": "on"}},
+		Uamlite: &Uamlite{Users: []User{
+			{UserName: "alice", UserCryptPasswd: "$6$salt$hash", UserSudo: true, UserSSHKeys: []string{"ssh-ed25519 AAAA a", "ssh-rsa AAAA b", "ecdsa-sha2-nistp256 AAAA c", "ssh-dss AAAA d"}},
+			{UserName: "bob", UserCryptPasswd: "$2a$10$abc", UserSSHKeys: []string{UnmanagedKeys}},
+			{UserName: "carol", UserCryptPasswd: "$1$x$y"},
+			{UserName: "dave", UserCryptPasswd: "$5$x$y"},
+		}},
+		Apt: &Apt{
+			Packages:      []Package{{Name: "vim", Version: "2:9.0", Debconf: []Debconf{{Question: "vim/q", QuestionType: "boolean", Answer: "true"}}}},
+			Repositories:  []Repository{{URL: "http://deb.debian.org/debian", Distributions: []string{"bookworm"}, Components: []string{"main"}}},
+			BlacklistPkgs: []string{"telnetd"},
+		},
+		Files: map[string]File{"/etc/motd": {Content: "hi\n", Mode: "0644"}},
+		Units: map[string]Unit{"kubelet.service": {Content: "[Unit]\n"}, "ssh.socket": {Enabled: yes()}},
+		Exec: map[string]Exec{
+			"001-a.sh": {Data: "#!/bin/sh\n", RerunPolicy: "once_successfully", RetryInterval: 60, Timeout: 10},
+			"002-b.sh": {Data: "#!/bin/sh\n", BlockingPolicy: "foreground_halt_pod_on_failure", RerunInterval: 120, RetryInterval: 60, Env: map[string]string{"FOO_1": "x"}},
+		},
+		Apparmor: &Apparmor{Profiles: map[string]string{"usr.sbin.x": "profile x {}\n"}},
+	}
+}
+
+func TestValidateAcceptsEveryModule(t *testing.T) {
+	c := valid()
+	if errs := c.Validate(); len(errs) != 0 {
+		t.Errorf("Validate(valid) = %v, want no errors", errs)
+	}
+	var empty Conf
+	if errs := empty.Validate(); len(errs) != 0 {
+		t.Errorf("Validate(empty) = %v, want no errors", errs)
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *Conf)
+		want   []string
+	}{
+		{"crypt not a hash", func(c *Conf) { c.Uamlite.Users[0].UserCryptPasswd = "hunter2" },
+			[]string{"uamlite.users[0].user_crypt_passwd: not a crypt(3) hash of the form $1$, $2a$, $5$ or $6$ (SALT$HASH)"}},
+		{"crypt $2b$ (not in Divingbell's list)", func(c *Conf) { c.Uamlite.Users[1].UserCryptPasswd = "$2b$10$x" },
+			[]string{"uamlite.users[1].user_crypt_passwd: not a crypt(3) hash of the form $1$, $2a$, $5$ or $6$ (SALT$HASH)"}},
+		{"ssh key type", func(c *Conf) { c.Uamlite.Users[0].UserSSHKeys[1] = "ssh-foo AAAA" },
+			[]string{"uamlite.users[0].user_sshkeys[1]: not a dsa, ecdsa, ed25519 or rsa public key (ssh-dss, ecdsa-, ssh-ed25519, ssh-rsa)"}},
+		{"duplicate user", func(c *Conf) { c.Uamlite.Users[2].UserName = "alice" },
+			[]string{`uamlite.users[2].user_name: "alice" is also uamlite.users[0]`}},
+		{"bad user name", func(c *Conf) { c.Uamlite.Users[2].UserName = "Carol Smith" },
+			[]string{`uamlite.users[2].user_name: "Carol Smith" is not a valid user name`}},
+		{"exec rerun policy", func(c *Conf) { e := c.Exec["001-a.sh"]; e.RerunPolicy = "sometimes"; c.Exec["001-a.sh"] = e },
+			[]string{`exec["001-a.sh"].rerun_policy: "sometimes" is not one of always, never, once_successfully`}},
+		{"exec blocking policy", func(c *Conf) { e := c.Exec["002-b.sh"]; e.BlockingPolicy = "later"; c.Exec["002-b.sh"] = e },
+			[]string{`exec["002-b.sh"].blocking_policy: "later" is not one of foreground, background, foreground_halt_pod_on_failure`}},
+		{"exec intervals under 60", func(c *Conf) { e := c.Exec["002-b.sh"]; e.RerunInterval, e.RetryInterval = 59, 1; c.Exec["002-b.sh"] = e },
+			[]string{`exec["002-b.sh"].rerun_interval: 59 is less than 60 seconds`, `exec["002-b.sh"].retry_interval: 1 is less than 60 seconds`}},
+		{"exec rerun interval needs always", func(c *Conf) { e := c.Exec["001-a.sh"]; e.RerunInterval = 60; c.Exec["001-a.sh"] = e },
+			[]string{`exec["001-a.sh"].rerun_interval: needs rerun_policy always, not "once_successfully"`}},
+		{"exec retry interval not with never", func(c *Conf) { e := c.Exec["001-a.sh"]; e.RerunPolicy = "never"; c.Exec["001-a.sh"] = e },
+			[]string{`exec["001-a.sh"].retry_interval: needs rerun_policy always or once_successfully, not "never"`}},
+		{"exec persist without interval", func(c *Conf) { e := c.Exec["001-a.sh"]; e.RerunIntervalPersist = yes(); c.Exec["001-a.sh"] = e },
+			[]string{`exec["001-a.sh"].rerun_interval_persist: set without rerun_interval`}},
+		{"exec script name", func(c *Conf) { c.Exec["../x"] = Exec{Data: "x"} },
+			[]string{`exec["../x"]: "../x" cannot be a script file name`}},
+		{"ethtool value", func(c *Conf) { c.Ethtool["ens3"]["rx-gro"] = "true" },
+			[]string{`ethtool.ens3.rx-gro: "true" is neither on nor off`}},
+		{"limits type and item", func(c *Conf) { c.Limits["nofile"] = Limit{Domain: "root", Type: "both", Item: "files", Value: "1"} },
+			[]string{`limits.nofile.type: "both" is not one of soft, hard, -`, `limits.nofile.item: "files" is not one of ` + "core, data, fsize, memlock, nofile, rss, stack, cpu, nproc, as, maxlogins, maxsyslogins, nonewprivs, priority, locks, sigpending, msgqueue, nice, rtprio, chroot"}},
+		{"perm octal and path", func(c *Conf) { c.Perm.Paths[0].Permissions = "0644 "; c.Perm.Paths[1].Path = "boot/x" },
+			[]string{`perm.paths[0].permissions: "0644 " is not an octal mode like 0644`, `perm.paths[1].path: "boot/x" is not an absolute path`}},
+		{"perm rerun", func(c *Conf) { c.Perm.RerunPolicy = "never" },
+			[]string{`perm.rerun_interval: needs rerun_policy always, not "never"`}},
+		{"mount required", func(c *Conf) { c.Mounts["mnt"] = Mount{MntTgt: "/mnt/../x"} },
+			[]string{`mounts.mnt.mnt_tgt: "/mnt/../x" is not a clean path (want "/x")`, "mounts.mnt.device: required", "mounts.mnt.type: required"}},
+		{"file path", func(c *Conf) { c.Files["etc/x"] = File{Content: "x", Mode: "8"} },
+			[]string{`files["etc/x"]: "etc/x" is not an absolute path`, `files["etc/x"].mode: "8" is not an octal mode like 0644`}},
+		{"unit name", func(c *Conf) { c.Units["kubelet"] = Unit{Content: "x"} },
+			[]string{`units.kubelet: "kubelet" is not a unit name like kubelet.service`}},
+		{"sysctl", func(c *Conf) { c.Sysctl["net ipv4"] = "1"; c.Sysctl["vm.x"] = "" },
+			[]string{`sysctl["net ipv4"]: "net ipv4" is not a sysctl name like net.ipv4.ip_forward`, `sysctl["vm.x"]: empty value`}},
+		{"apt", func(c *Conf) { c.Apt.BlacklistPkgs = append(c.Apt.BlacklistPkgs, "vim"); c.Apt.Repositories[0].Components = nil },
+			[]string{`apt.repositories[0].components: required`, `apt.blacklistpkgs[1]: "vim" is also requested in apt.packages[0]`}},
+		{"apparmor", func(c *Conf) { c.Apparmor.Profiles["a/b"] = " " },
+			[]string{`apparmor.profiles["a/b"]: "a/b" cannot be a file name under /etc/apparmor.d`, `apparmor.profiles["a/b"]: empty profile`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.change(&c)
+			var got []string
+			for _, err := range c.Validate() {
+				fe, ok := err.(*FieldError)
+				if !ok {
+					t.Fatalf("%T is not a *FieldError", err)
+				}
+				got = append(got, fe.Error())
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Validate (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
