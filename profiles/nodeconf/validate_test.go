@@ -25,10 +25,10 @@ func yes() *bool { b := true; return &b }
 // valid is a configuration that uses every module correctly.
 func valid() Conf {
 	return Conf{
-		Sysctl: map[string]string{"net.ipv4.ip_forward": "1", "kernel.printk": "4 4 1 7"},
-		Limits: map[string]Limit{"nofile": {Domain: "root", Type: "soft", Item: "nofile", Value: "101"}, "core": {Domain: "0:", Type: "-", Item: "core", Value: "0"}},
-		Perm:   &Perm{Paths: []PermPath{{Path: "/etc/shadow", Owner: "root", Group: "shadow", Permissions: "0640"}, {Path: "/boot/System.map-*", Owner: "root", Group: "root", Permissions: "600"}}, RerunPolicy: "always", RerunInterval: 3600},
-		Mounts: map[string]Mount{"mnt": {MntTgt: "/mnt", Device: "tmpfs", Type: "tmpfs", Options: "size=1G"}},
+		Sysctl:  map[string]string{"net.ipv4.ip_forward": "1", "kernel.printk": "4 4 1 7"},
+		Limits:  map[string]Limit{"nofile": {Domain: "root", Type: "soft", Item: "nofile", Value: "101"}, "core": {Domain: "0:", Type: "-", Item: "core", Value: "0"}},
+		Perm:    &Perm{Paths: []PermPath{{Path: "/etc/shadow", Owner: "root", Group: "shadow", Permissions: "0640"}, {Path: "/boot/System.map-*", Owner: "root", Group: "root", Permissions: "600"}}, RerunPolicy: "always", RerunInterval: 3600},
+		Mounts:  map[string]Mount{"mnt": {MntTgt: "/mnt", Device: "tmpfs", Type: "tmpfs", Options: "size=1G"}},
 		Ethtool: map[string]map[string]string{"ens3": {"tx-tcp-segmentation": "off", "rx-gro": "on"}},
 		Uamlite: &Uamlite{Users: []User{
 			{UserName: "alice", UserCryptPasswd: "$6$salt$hash", UserSudo: true, UserSSHKeys: []string{"ssh-ed25519 AAAA a", "ssh-rsa AAAA b", "ecdsa-sha2-nistp256 AAAA c", "ssh-dss AAAA d"}},
@@ -82,7 +82,11 @@ func TestValidateRejects(t *testing.T) {
 			[]string{`exec["001-a.sh"].rerun_policy: "sometimes" is not one of always, never, once_successfully`}},
 		{"exec blocking policy", func(c *Conf) { e := c.Exec["002-b.sh"]; e.BlockingPolicy = "later"; c.Exec["002-b.sh"] = e },
 			[]string{`exec["002-b.sh"].blocking_policy: "later" is not one of foreground, background, foreground_halt_pod_on_failure`}},
-		{"exec intervals under 60", func(c *Conf) { e := c.Exec["002-b.sh"]; e.RerunInterval, e.RetryInterval = 59, 1; c.Exec["002-b.sh"] = e },
+		{"exec intervals under 60", func(c *Conf) {
+			e := c.Exec["002-b.sh"]
+			e.RerunInterval, e.RetryInterval = 59, 1
+			c.Exec["002-b.sh"] = e
+		},
 			[]string{`exec["002-b.sh"].rerun_interval: 59 is less than 60 seconds`, `exec["002-b.sh"].retry_interval: 1 is less than 60 seconds`}},
 		{"exec rerun interval needs always", func(c *Conf) { e := c.Exec["001-a.sh"]; e.RerunInterval = 60; c.Exec["001-a.sh"] = e },
 			[]string{`exec["001-a.sh"].rerun_interval: needs rerun_policy always, not "once_successfully"`}},
@@ -108,7 +112,10 @@ func TestValidateRejects(t *testing.T) {
 			[]string{`units.kubelet: "kubelet" is not a unit name like kubelet.service`}},
 		{"sysctl", func(c *Conf) { c.Sysctl["net ipv4"] = "1"; c.Sysctl["vm.x"] = "" },
 			[]string{`sysctl["net ipv4"]: "net ipv4" is not a sysctl name like net.ipv4.ip_forward`, `sysctl["vm.x"]: empty value`}},
-		{"apt", func(c *Conf) { c.Apt.BlacklistPkgs = append(c.Apt.BlacklistPkgs, "vim"); c.Apt.Repositories[0].Components = nil },
+		{"apt", func(c *Conf) {
+			c.Apt.BlacklistPkgs = append(c.Apt.BlacklistPkgs, "vim")
+			c.Apt.Repositories[0].Components = nil
+		},
 			[]string{`apt.repositories[0].components: required`, `apt.blacklistpkgs[1]: "vim" is also requested in apt.packages[0]`}},
 		{"apparmor", func(c *Conf) { c.Apparmor.Profiles["a/b"] = " " },
 			[]string{`apparmor.profiles["a/b"]: "a/b" cannot be a file name under /etc/apparmor.d`, `apparmor.profiles["a/b"]: empty profile`}},
