@@ -1,0 +1,641 @@
+// Package build is the bake pipeline: from a profile's image specification
+// (package profiles) it resolves the stage into an in-memory tree, adds the
+// kernel's modules, the applier and the node configurations, and writes
+// the boot artifacts — kernel, zstd newc initramfs, optionally a stage
+// tarball — with a manifest, atomically and reproducibly.
+//
+// The initramfs is three concatenated cpio.zst segments (the kernel unpacks
+// them in turn): the stage with its kernel modules, the applier, and the
+// configuration. The first two are cached by content under the cache
+// directory, so a change to a profile's conf or inventory recompresses only
+// the small last one.
+package build
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// DefaultSourceDateEpoch is the timestamp every file of an image gets when
+// no source date is given: fixed, so two bakes of the same inputs are
+// byte-identical (2024-01-01T00:00:00Z).
+const DefaultSourceDateEpoch = 1704067200
+
+// Artifact names inside OUT/PROFILE.
+const (
+	KernelFile    = "vmlinuz"
+	InitramfsFile = "initramfs.cpio.zst"
+	ManifestFile  = "manifest.json"
+	TarFile       = "rootfs.tar"
+)
+
+// Paths inside the image, shared with the init (package firstboot/boot,
+// which build may not import: the init is bellbuild itself).
+const (
+	applierPath = "bellbuild/bellbuild"
+	bundlePath  = "etc/bellbuild/bundle.json"
+)
+
+// Inode numbers of each segment start apart, so that no two entries of the
+// unpacked initramfs ever share one (the kernel only pairs hardlinks within
+// one archive, but tools reading the whole stream may not).
+const (
+	stageInode   = 1
+	applierInode = 1 << 30
+	configInode  = 1<<30 + 1<<29
+)
+
+// ErrUnsupportedOutput means a profile asks for an artifact this build
+// cannot make.
+var ErrUnsupportedOutput = errors.New("unsupported output")
+
+// Options configure a bake. The zero value bakes into ./out with the
+// default cache, the fixed source date and the running bellbuild as the
+// applier.
+type Options struct {
+	// OutDir is OUT: artifacts go to OUT/PROFILE (default "out").
+	OutDir string
+	// CacheDir holds cached segments and debootstrap roots (default
+	// $BELLBUILD_CACHE, else ~/.cache/bellbuild).
+	CacheDir string
+	// SourceDateEpoch is every file's mtime (default
+	// DefaultSourceDateEpoch; never the current time).
+	SourceDateEpoch int64
+	// Applier is the static bellbuild binary to embed (default
+	// $BELLBUILD_BIN, else the running executable).
+	Applier string
+	// Nodes, when set, keeps only these inventory nodes in the bundle.
+	Nodes []string
+	// Site resolves {profile: NAME} stages.
+	Site *profiles.Site
+	// Busybox overrides the host busybox a busybox stage is made from.
+	Busybox string
+	// Modules overrides BootModules.
+	Modules []string
+	// Log receives one line per step when Progress is nil.
+	Log *slog.Logger
+	// Progress, when set, gets a live progress line (a terminal).
+	Progress io.Writer
+}
+
+func (o *Options) defaults() error {
+	if o.OutDir == "" {
+		o.OutDir = "out"
+	}
+	if o.CacheDir == "" {
+		o.CacheDir = os.Getenv("BELLBUILD_CACHE")
+	}
+	if o.CacheDir == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return fmt.Errorf("cache directory: %w (set BELLBUILD_CACHE)", err)
+		}
+		o.CacheDir = filepath.Join(dir, "bellbuild")
+	}
+	if o.SourceDateEpoch == 0 {
+		o.SourceDateEpoch = DefaultSourceDateEpoch
+	}
+	if o.Applier == "" {
+		o.Applier = os.Getenv("BELLBUILD_BIN")
+	}
+	if o.Applier == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("applier: %w (pass --applier)", err)
+		}
+		o.Applier = exe
+	}
+	if o.Modules == nil {
+		o.Modules = BootModules
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	return nil
+}
+
+// Manifest describes a bake; it is written as OUT/PROFILE/manifest.json.
+// Everything in it derives from the inputs, so two bakes of the same inputs
+// write the same manifest.
+type Manifest struct {
+	Profile         string   `json:"profile"`
+	Chain           []string `json:"chain"`
+	SourceDateEpoch int64    `json:"source_date_epoch"`
+	// Cmdline is the kernel command line to boot with.
+	Cmdline       string     `json:"cmdline"`
+	KernelVersion string     `json:"kernel_version"`
+	Nodes         []string   `json:"nodes"`
+	Inputs        []Input    `json:"inputs"`
+	Segments      []Artifact `json:"segments"`
+	Artifacts     []Artifact `json:"artifacts"`
+
+	// Stats says what this particular run did; it is not written.
+	Stats Stats `json:"-"`
+}
+
+// Input is something a bake read.
+type Input struct {
+	Name string `json:"name"`
+	Kind string `json:"kind,omitempty"`
+	Path string `json:"path,omitempty"`
+	// SHA256 of the input's bytes, when it is one file.
+	SHA256 string `json:"sha256,omitempty"`
+	// Key names an input that is not one file (a debootstrap recipe, a
+	// stage baked from another profile).
+	Key string `json:"key,omitempty"`
+}
+
+// Artifact is a file a bake wrote.
+type Artifact struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Stats is what one run did, for tests and benchmarks.
+type Stats struct {
+	// StageCached and ApplierCached are true when those segments came from
+	// the cache instead of being compressed again.
+	StageCached, ApplierCached bool
+	// Dir is OUT/PROFILE.
+	Dir string
+}
+
+// Image bakes spec's artifacts into OUT/PROFILE:
+//
+//  1. resolve the stage into a tree;
+//  2. find the kernel and add the modules the boot needs;
+//  3. add the applier (bellbuild, static) and /init;
+//  4. render the configuration (the bundle of this profile's nodes);
+//  5. write the stage segment, or reuse it from the cache;
+//  6. the same for the applier segment;
+//  7. write the configuration segment;
+//  8. assemble vmlinuz, initramfs.cpio.zst (and rootfs.tar) in a temporary
+//     directory beside OUT/PROFILE, write manifest.json, and swap it in.
+//
+// A failure at any step leaves OUT/PROFILE as it was.
+func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manifest, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	for _, o := range spec.Outputs {
+		if o != "initramfs" && o != "tar" {
+			return nil, fmt.Errorf("profile %s: output %q: %w (this build makes initramfs and tar)", spec.Profile, o, ErrUnsupportedOutput)
+		}
+	}
+	total := 8
+	b := &baker{opts: opts, log: opts.Log, p: newProgress(opts.Progress, opts.Log, total)}
+	defer b.p.end("")
+
+	im, err := b.prepare(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", spec.Profile, err)
+	}
+	m, err := b.write(ctx, im)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: %w", spec.Profile, err)
+	}
+	return m, nil
+}
+
+// baker carries one bake's settings through its steps.
+type baker struct {
+	opts Options
+	log  *slog.Logger
+	p    *progress
+	// depth is the chain of {profile: NAME} stages being baked.
+	depth []string
+}
+
+// image is a profile's prepared content, before anything is written.
+type image struct {
+	spec   *profiles.ImageSpec
+	kernel *kernel
+	// stage is the stage with its kernel modules (segment 1), stageKey
+	// its cache key.
+	stage    *fstree.Tree
+	stageKey string
+	// applier is bellbuild and /init (segment 2).
+	applier    *fstree.Tree
+	applierKey string
+	// config is the bundle (segment 3).
+	config    *fstree.Tree
+	configKey string
+	bundle    *nodeconf.Bundle
+	inputs    []Input
+}
+
+// fullTree is everything the initramfs unpacks to.
+func (im *image) fullTree() *fstree.Tree {
+	t := fstree.New()
+	t.Merge(im.stage)
+	t.Merge(im.applier)
+	t.Merge(im.config)
+	return t
+}
+
+// contentKey names the whole unpacked tree.
+func (im *image) contentKey() string {
+	return keyOf(im.stageKey, im.applierKey, im.configKey)
+}
+
+// prepare does steps 1–4 for spec.
+func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, error) {
+	b.depth = append(b.depth, spec.Profile)
+	defer func() { b.depth = b.depth[:len(b.depth)-1] }()
+	im := &image{spec: spec}
+	epoch := fmt.Sprint(b.opts.SourceDateEpoch)
+
+	// 1. Stage.
+	b.p.begin("stage " + spec.Profile)
+	st, err := b.resolveStage(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	im.stage = st.tree
+	im.inputs = append(im.inputs, st.input)
+
+	// 2. Kernel and modules.
+	b.p.begin("kernel and modules")
+	switch {
+	case spec.Kernel.From == "stage":
+		im.kernel, err = stageKernel(im.stage)
+	case spec.Kernel.Path != "":
+		im.kernel, err = hostKernel(spec.Kernel.Path)
+	default:
+		err = fmt.Errorf("%w: set kernel.path or kernel.from: stage", ErrNoKernel)
+	}
+	if err != nil {
+		return nil, err
+	}
+	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file, Key: im.kernel.version}
+	if im.kernel.file != "" {
+		if kin.SHA256, err = fileSHA256(im.kernel.file); err != nil {
+			return nil, fmt.Errorf("kernel: %w", err)
+		}
+	} else {
+		kin.Path = "stage:/boot/vmlinuz-" + im.kernel.version
+	}
+	im.inputs = append(im.inputs, kin)
+	if im.kernel.modules != "" {
+		mods, err := moduleTree(im.kernel.modules, im.kernel.version, b.opts.Modules)
+		if err != nil {
+			return nil, err
+		}
+		im.stage.Merge(mods)
+	} else {
+		// A kernel from the stage has its modules in the stage: only the
+		// list of what to load is added.
+		im.stage.AddFile("etc/bellbuild/modules", []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
+	}
+	if k, ok := treeKey(im.stage, segmentFormat, epoch); ok && st.key == "" {
+		im.stageKey = k
+	} else {
+		// The stage's own entries are named by its input; what was added
+		// (host files, small generated ones) can be keyed as a tree.
+		added := fstree.New()
+		for _, e := range im.stage.Walk() {
+			if strings.HasPrefix(e.Path, "lib/modules/") || e.Path == "etc/bellbuild/modules" {
+				added.Add(*e)
+			}
+		}
+		ak, ok := treeKey(added)
+		if !ok || st.key == "" {
+			return nil, fmt.Errorf("stage %s: cannot name its content for the cache", st.input.Kind)
+		}
+		im.stageKey = keyOf(segmentFormat, epoch, st.key, ak)
+	}
+
+	// 3. The applier and /init.
+	b.p.begin("applier")
+	app, err := filepath.EvalSymlinks(b.opts.Applier)
+	if err != nil {
+		return nil, fmt.Errorf("applier: %w", err)
+	}
+	if err := checkStatic(app); err != nil {
+		return nil, fmt.Errorf("applier: %w (build it with CGO_ENABLED=0, e.g. make build)", err)
+	}
+	ast, err := os.Stat(app)
+	if err != nil {
+		return nil, fmt.Errorf("applier: %w", err)
+	}
+	asum, err := fileSHA256(app)
+	if err != nil {
+		return nil, fmt.Errorf("applier: %w", err)
+	}
+	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app, SHA256: asum})
+	im.applier = fstree.New()
+	im.applier.Add(fstree.Entry{Path: "bellbuild", Type: fstree.Dir, Mode: 0o755})
+	im.applier.Add(fstree.Entry{Path: applierPath, Type: fstree.Regular, Mode: 0o755, Size: ast.Size(), Data: fstree.File(app)})
+	im.applier.Add(fstree.Entry{Path: "init", Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
+	// The kernel opens /dev/console for init before anything mounts /dev.
+	im.applier.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
+	im.applier.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
+	keepParents(im.applier, im.stage)
+	im.applierKey, _ = treeKey(im.applier, segmentFormat, epoch, "sha256:"+asum)
+
+	// 4. Configuration.
+	b.p.begin("configuration")
+	bundle, err := filterBundle(spec, b.opts.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	im.bundle = bundle
+	data, err := json.MarshalIndent(bundle, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	data = append(data, '\n')
+	im.config = fstree.New()
+	im.config.Add(fstree.Entry{Path: "etc/bellbuild", Type: fstree.Dir, Mode: 0o755})
+	// The bundle holds password hashes: root only.
+	im.config.AddFile(bundlePath, data, 0o600, 0, 0)
+	keepParents(im.config, im.stage)
+	im.configKey, _ = treeKey(im.config, segmentFormat, epoch)
+	im.inputs = append(im.inputs, Input{Name: "bundle", Kind: "json", SHA256: sha256Hex(data)})
+	for _, src := range spec.Sources {
+		in := Input{Name: "site", Path: src}
+		if filepath.IsAbs(src) {
+			if in.SHA256, err = fileSHA256(src); err != nil {
+				return nil, fmt.Errorf("site: %w", err)
+			}
+		}
+		im.inputs = append(im.inputs, in)
+	}
+	return im, nil
+}
+
+// keepParents gives directories of an upper segment the metadata the stage
+// has for them: the kernel applies a directory entry's mode and owner to
+// an existing directory, so an implicit 0755 root "etc" must not change
+// the stage's own.
+func keepParents(upper, stage *fstree.Tree) {
+	for _, e := range upper.Walk() {
+		if e.Type != fstree.Dir || e.Path == "." {
+			continue
+		}
+		if s := stage.Get(e.Path); s != nil && s.Type == fstree.Dir {
+			ne := *s
+			upper.Add(ne)
+		}
+	}
+}
+
+// filterBundle returns spec's bundle, with only the named nodes when names
+// is set (each must exist).
+func filterBundle(spec *profiles.ImageSpec, names []string) (*nodeconf.Bundle, error) {
+	b := &nodeconf.Bundle{Profile: spec.Profile, Nodes: []nodeconf.Node{}}
+	if spec.Bundle != nil {
+		c := *spec.Bundle
+		b = &c
+		if b.Nodes == nil {
+			b.Nodes = []nodeconf.Node{}
+		}
+	}
+	if len(names) == 0 {
+		return b, nil
+	}
+	var kept []nodeconf.Node
+	for _, n := range names {
+		i := slices.IndexFunc(b.Nodes, func(x nodeconf.Node) bool { return x.Node == n })
+		if i < 0 {
+			var have []string
+			for _, x := range b.Nodes {
+				have = append(have, x.Node)
+			}
+			return nil, fmt.Errorf("--node %s: no such node boots profile %s (nodes: %s)", n, spec.Profile, strings.Join(have, ", "))
+		}
+		if !slices.ContainsFunc(kept, func(x nodeconf.Node) bool { return x.Node == n }) {
+			kept = append(kept, b.Nodes[i])
+		}
+	}
+	slices.SortFunc(kept, func(a, b nodeconf.Node) int { return strings.Compare(a.Node, b.Node) })
+	b.Nodes = kept
+	return b, nil
+}
+
+// write does steps 5–8.
+func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
+	spec := im.spec
+	epoch := b.opts.SourceDateEpoch
+	if err := os.MkdirAll(b.opts.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(b.opts.OutDir, spec.Profile)
+	tmp, err := os.MkdirTemp(b.opts.OutDir, "."+spec.Profile+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.RemoveAll(tmp)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, err
+	}
+
+	m := &Manifest{
+		Profile:         spec.Profile,
+		Chain:           slices.Clone(spec.Chain),
+		SourceDateEpoch: epoch,
+		Cmdline:         strings.Join(spec.Cmdline, " "),
+		KernelVersion:   im.kernel.version,
+		Nodes:           []string{},
+		Inputs:          im.inputs,
+		Segments:        []Artifact{},
+		Artifacts:       []Artifact{},
+	}
+	for _, n := range im.bundle.Nodes {
+		m.Nodes = append(m.Nodes, n.Node)
+	}
+
+	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0
+	if wantInitramfs {
+		// 5. The stage segment, from the cache when possible.
+		b.p.begin("stage segment")
+		stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stage, epoch, stageInode, b.p)
+		if err != nil {
+			return nil, err
+		}
+		b.p.end(cachedNote(stageSeg.cached))
+		// 6. The applier segment, likewise.
+		b.p.begin("applier segment")
+		appSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "applier", im.applierKey, im.applier, epoch, applierInode, b.p)
+		if err != nil {
+			return nil, err
+		}
+		b.p.end(cachedNote(appSeg.cached))
+
+		// 7. The configuration segment: always written (it is small).
+		b.p.begin("configuration segment")
+		confSeg, err := makeSegment(ctx, "", tmp, "config", "", im.config, epoch, configInode, b.p)
+		if err != nil {
+			return nil, err
+		}
+		m.Stats.StageCached, m.Stats.ApplierCached = stageSeg.cached, appSeg.cached
+		segs := []*segment{stageSeg, appSeg, confSeg}
+		for _, s := range segs {
+			m.Segments = append(m.Segments, Artifact{Name: s.name, Size: s.Size, SHA256: s.SHA256})
+		}
+
+		// 8. Artifacts.
+		b.p.begin("assemble " + final)
+		kf := filepath.Join(tmp, KernelFile)
+		ksize, ksum, err := copyKernel(im.kernel, kf)
+		if err != nil {
+			return nil, err
+		}
+		m.Artifacts = append(m.Artifacts, Artifact{Name: KernelFile, Size: ksize, SHA256: ksum})
+		size, sum, err := concat(filepath.Join(tmp, InitramfsFile), segs)
+		if err != nil {
+			return nil, err
+		}
+		m.Artifacts = append(m.Artifacts, Artifact{Name: InitramfsFile, Size: size, SHA256: sum})
+		os.Remove(confSeg.file)
+	} else {
+		b.p.begin("assemble " + final)
+	}
+	if slices.Contains(spec.Outputs, "tar") {
+		a, err := writeTar(ctx, im.fullTree(), filepath.Join(tmp, TarFile), epoch)
+		if err != nil {
+			return nil, err
+		}
+		m.Artifacts = append(m.Artifacts, a)
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileSync(filepath.Join(tmp, ManifestFile), append(data, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	if err := swapIn(tmp, final); err != nil {
+		return nil, err
+	}
+	done = true
+	b.p.end("")
+	m.Stats.Dir = final
+	return m, nil
+}
+
+func cachedNote(c bool) string {
+	if c {
+		return "cached"
+	}
+	return ""
+}
+
+// copyKernel writes the kernel image to file.
+func copyKernel(k *kernel, file string) (int64, string, error) {
+	var rc io.ReadCloser
+	var err error
+	if k.file != "" {
+		rc, err = os.Open(k.file)
+	} else {
+		rc, err = k.content.Open()
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("kernel: %w", err)
+	}
+	defer rc.Close()
+	return writeHashed(file, rc)
+}
+
+// writeTar writes the tree as a reproducible stage tarball.
+func writeTar(ctx context.Context, t *fstree.Tree, file string, epoch int64) (Artifact, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(fstree.WriteTar(&countWriter{w: pw, ctx: ctx}, t, epoch))
+	}()
+	size, sum, err := writeHashed(file, pr)
+	pr.Close()
+	if err != nil {
+		return Artifact{}, fmt.Errorf("tar: %w", err)
+	}
+	return Artifact{Name: TarFile, Size: size, SHA256: sum}, nil
+}
+
+// writeHashed copies r to a new file, fsyncs it, and returns its size and
+// sha256.
+func writeHashed(file string, r io.Reader) (int64, string, error) {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return 0, "", err
+	}
+	h := newSHA256()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	return n, h.hex(), nil
+}
+
+func writeFileSync(file string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// swapIn makes the directory tmp appear at final in one step: a rename
+// when final does not exist, else an atomic exchange (renameat2
+// RENAME_EXCHANGE) after which the old content, now at tmp, is removed.
+// Readers see either the old set of artifacts or the new one, never a mix.
+func swapIn(tmp, final string) error {
+	if err := syncDir(tmp); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(final); errors.Is(err, os.ErrNotExist) {
+		if err := os.Rename(tmp, final); err != nil {
+			return err
+		}
+	} else {
+		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
+			return fmt.Errorf("replacing %s: %w", final, err)
+		}
+		if err := os.RemoveAll(tmp); err != nil {
+			return fmt.Errorf("removing the previous %s: %w", final, err)
+		}
+	}
+	return syncDir(path.Dir(final))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,205 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/profiles"
+)
+
+// ErrNeedRoot means a stage needs root privileges to be made (debootstrap).
+var ErrNeedRoot = errors.New("needs root")
+
+// stage is a resolved stage: its tree, a key naming its content for the
+// segment cache, and the input the manifest records.
+type stage struct {
+	tree *fstree.Tree
+	// key is set when the tree's content cannot be keyed by treeKey (a
+	// tarball's entries): it then names the input.
+	key   string
+	input Input
+}
+
+// resolveStage reads spec's stage into a tree. A {profile: NAME} stage
+// bakes NAME's tree first (through b).
+func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*stage, error) {
+	st := spec.Stage
+	switch {
+	case st.Busybox != nil:
+		t, bin, err := busyboxStage(ctx, b.opts.Busybox)
+		if err != nil {
+			return nil, err
+		}
+		sum, err := fileSHA256(bin)
+		if err != nil {
+			return nil, err
+		}
+		return &stage{tree: t, input: Input{Name: "stage", Kind: "busybox", Path: bin, SHA256: sum}}, nil
+	case st.Tarball != "":
+		sum, err := fileSHA256(st.Tarball)
+		if err != nil {
+			return nil, fmt.Errorf("tarball stage: %w", err)
+		}
+		t, err := fstree.OpenTar(st.Tarball)
+		if err != nil {
+			return nil, fmt.Errorf("tarball stage: %w", err)
+		}
+		return &stage{tree: t, key: "tarball:" + sum, input: Input{Name: "stage", Kind: "tarball", Path: st.Tarball, SHA256: sum}}, nil
+	case st.OCI != "":
+		sum, err := ociDigest(st.OCI)
+		if err != nil {
+			return nil, fmt.Errorf("oci stage: %w", err)
+		}
+		t, err := fstree.FromOCI(st.OCI)
+		if err != nil {
+			return nil, fmt.Errorf("oci stage: %w", err)
+		}
+		return &stage{tree: t, key: "oci:" + sum, input: Input{Name: "stage", Kind: "oci", Path: st.OCI, SHA256: sum}}, nil
+	case st.Dir != "":
+		t, err := fstree.FromDir(st.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("dir stage: %w", err)
+		}
+		return &stage{tree: t, input: Input{Name: "stage", Kind: "dir", Path: st.Dir}}, nil
+	case st.Debootstrap != nil:
+		dir, key, err := b.debootstrap(ctx, st.Debootstrap)
+		if err != nil {
+			return nil, err
+		}
+		t, err := fstree.FromDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("debootstrap stage: %w", err)
+		}
+		d := st.Debootstrap
+		desc := fmt.Sprintf("suite=%s variant=%s mirror=%s include=%s", d.Suite, d.Variant, d.Mirror, strings.Join(d.Include, ","))
+		return &stage{tree: t, input: Input{Name: "stage", Kind: "debootstrap", Path: desc, Key: key}}, nil
+	case st.Profile != "":
+		if slices.Contains(b.depth, st.Profile) {
+			return nil, fmt.Errorf("stage loop: %s → %s", strings.Join(b.depth, " → "), st.Profile)
+		}
+		if b.opts.Site == nil {
+			return nil, fmt.Errorf("stage {profile: %s}: no site to find it in", st.Profile)
+		}
+		base, err := b.opts.Site.Image(st.Profile)
+		if err != nil {
+			return nil, fmt.Errorf("stage {profile: %s}: %w", st.Profile, err)
+		}
+		inner, err := b.prepare(ctx, base)
+		if err != nil {
+			return nil, fmt.Errorf("stage {profile: %s}: %w", st.Profile, err)
+		}
+		t := inner.fullTree()
+		return &stage{tree: t, key: "profile:" + inner.contentKey(), input: Input{Name: "stage", Kind: "profile", Path: st.Profile, Key: inner.contentKey()}}, nil
+	}
+	return nil, errors.New("the profile has no stage")
+}
+
+// debootstrap makes (or finds in the cache) a Debian root for d: the
+// cache is keyed by d's fields, so the same suite, variant, mirror and
+// package list are bootstrapped once.
+func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (string, string, error) {
+	inc := slices.Clone(d.Include)
+	slices.Sort(inc)
+	key := keyOf("debootstrap-v1", d.Suite, d.Variant, d.Mirror, strings.Join(inc, ","))
+	dir := filepath.Join(b.opts.CacheDir, "debootstrap", key)
+	root := filepath.Join(dir, "root")
+	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
+		return root, key, nil
+	}
+	if os.Geteuid() != 0 {
+		return "", "", fmt.Errorf("debootstrap stage: %w (run as root, or bake once as root to fill the cache %s)", ErrNeedRoot, dir)
+	}
+	if _, err := exec.LookPath("debootstrap"); err != nil {
+		return "", "", fmt.Errorf("debootstrap stage: %w (apt-get install debootstrap)", err)
+	}
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	args := []string{}
+	if d.Variant != "" {
+		args = append(args, "--variant="+d.Variant)
+	}
+	if len(inc) > 0 {
+		args = append(args, "--include="+strings.Join(inc, ","))
+	}
+	args = append(args, d.Suite, root)
+	if d.Mirror != "" {
+		args = append(args, d.Mirror)
+	}
+	b.log.Info("debootstrap: running (cached afterwards)", "args", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, "debootstrap", args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", fmt.Errorf("debootstrap %s: %w\n%s", strings.Join(args, " "), err, tail(string(out), 20))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "done"), []byte(strings.Join(args, " ")+"\n"), 0o644); err != nil {
+		return "", "", err
+	}
+	return root, key, nil
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+// ociDigest names an OCI layout by its index.json and the digests of its
+// blobs (which are content addresses), without reading the blobs.
+func ociDigest(dir string) (string, error) {
+	h := sha256.New()
+	idx, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return "", err
+	}
+	writeStr(h, string(idx))
+	blobs, _ := filepath.Glob(filepath.Join(dir, "blobs", "*", "*"))
+	slices.Sort(blobs)
+	for _, p := range blobs {
+		rel, _ := filepath.Rel(dir, p)
+		writeStr(h, rel)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// fileSHA256 hashes a file's content.
+func fileSHA256(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %w", file, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sha256Hex hashes bytes.
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// hexHash is a sha256 that prints itself in hex.
+type hexHash struct{ hash.Hash }
+
+func newSHA256() hexHash { return hexHash{sha256.New()} }
+
+func (h hexHash) hex() string { return hex.EncodeToString(h.Sum(nil)) }

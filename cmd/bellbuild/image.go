@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bellbuild/bellbuild/build"
+)
+
+func init() {
+	register(&command{
+		name:    "image",
+		summary: "bake a profile's boot artifacts: kernel, initramfs with the applier, manifest",
+		usage:   "PROFILE [-C SITE] [-o OUT] [--node NAME ...] [--source-date-epoch N] [--applier PATH]",
+		help: `image bakes PROFILE into OUT/PROFILE/:
+
+  vmlinuz             the kernel (kernel.path, or the stage's /boot)
+  initramfs.cpio.zst  the stage with the kernel modules the boot needs, the
+                      applier (this bellbuild binary, static) as /init, and
+                      the configuration of every node of the profile
+  manifest.json       the profile chain, every input with its sha256, every
+                      artifact with its sha256 and size, the kernel command
+                      line, the source date
+  rootfs.tar          the whole tree, when the profile lists outputs: [tar]
+
+At boot, /init picks the machine's node (bellbuild.node= on the kernel
+command line, else its MAC, else the profile's defaults), applies it, prints
+"bellbuild: node=NAME profile=PROFILE changes=N errors=M" on the console and
+hands over to the stage's init.
+
+The initramfs is three concatenated segments: the stage (cached by content
+under $BELLBUILD_CACHE, default ~/.cache/bellbuild), the applier (cached
+too), and the configuration, so changing a profile's conf or adding a node
+recompresses only the last, small one. Same inputs and source date give
+byte-identical artifacts; the output directory is replaced atomically.
+
+Stages: {busybox: {}} (from the host's busybox-static), {tarball: FILE},
+{oci: DIR}, {dir: DIR}, {debootstrap: {...}} (needs root; cached), and
+{profile: NAME} (another profile's baked tree).
+
+Example:
+  bellbuild image demo -o out
+  bellbuild image k8s-worker -C examples/fleet -o out --node rack1-07
+  bellbuild run demo -o out --node demo-2`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			var site siteFlags
+			site.register(fs)
+			var o build.Options
+			fs.StringVar(&o.OutDir, "o", "out", "output `DIR` (artifacts go to DIR/PROFILE)")
+			fs.Func("node", "bake only inventory node `NAME` (repeatable; default: every node of the profile)", func(s string) error {
+				o.Nodes = append(o.Nodes, s)
+				return nil
+			})
+			epoch := fs.Int64("source-date-epoch", 0, "file time stamps, in `SECONDS` since 1970 (default $SOURCE_DATE_EPOCH, else a fixed date)")
+			fs.StringVar(&o.Applier, "applier", "", "static bellbuild `PATH` to embed (default $BELLBUILD_BIN, else this binary)")
+			fs.StringVar(&o.CacheDir, "cache", "", "cache `DIR` (default $BELLBUILD_CACHE, else ~/.cache/bellbuild)")
+			return func(ctx context.Context, args []string) error {
+				args, err := positional(fs, args)
+				if err != nil {
+					return err
+				}
+				if len(args) != 1 {
+					return errors.New("want exactly one PROFILE (see 'bellbuild help image')")
+				}
+				s, err := site.load()
+				if err != nil {
+					return printSiteErrors(os.Stderr, err)
+				}
+				spec, err := s.Image(args[0])
+				if err != nil {
+					return printSiteErrors(os.Stderr, err)
+				}
+				if o.SourceDateEpoch, err = sourceDate(*epoch); err != nil {
+					return err
+				}
+				o.Site = s
+				if isTerminal(os.Stderr) {
+					o.Progress = os.Stderr
+				}
+				m, err := build.Image(ctx, spec, o)
+				if err != nil {
+					return err
+				}
+				return printBake(os.Stdout, m)
+			}
+		},
+	})
+}
+
+// positional parses flags that follow the first positional argument too
+// ("image demo -o out"), and returns the positional arguments.
+func positional(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		pos = append(pos, args[0])
+		if err := fs.Parse(args[1:]); err != nil {
+			return nil, exitError{2}
+		}
+		args = fs.Args()
+	}
+	return pos, nil
+}
+
+// sourceDate is --source-date-epoch, else $SOURCE_DATE_EPOCH, else 0 (the
+// build's fixed default).
+func sourceDate(flagValue int64) (int64, error) {
+	if flagValue != 0 {
+		return flagValue, nil
+	}
+	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
+		var n int64
+		if _, err := fmt.Sscan(v, &n); err != nil || n <= 0 {
+			return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970", v)
+		}
+		return n, nil
+	}
+	return 0, nil
+}
+
+func printBake(w io.Writer, m *build.Manifest) error {
+	for _, a := range m.Artifacts {
+		if _, err := fmt.Fprintf(w, "%s/%s\t%d\tsha256:%s\n", m.Stats.Dir, a.Name, a.Size, a.SHA256); err != nil {
+			return err
+		}
+	}
+	_, err := fmt.Fprintf(w, "cmdline: %s\n", m.Cmdline)
+	return err
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/bellbuild/bellbuild/firstboot/boot"
+)
+
+// The init command is hidden: it is registered only when bellbuild runs as
+// a baked image's /init (a symlink to /bellbuild/bellbuild) or is asked for
+// by name, so `bellbuild help` does not list it.
+func init() {
+	switch {
+	case len(os.Args) > 0 && os.Args[0] == "/init":
+		os.Args = append([]string{os.Args[0], "init"}, os.Args[1:]...)
+	case len(os.Args) > 1 && os.Args[1] == "init":
+	default:
+		return
+	}
+	register(&command{
+		name:    "init",
+		summary: "be a baked image's init (PID 1): apply this node's configuration, then hand over",
+		usage:   "",
+		help: `Run as /init by the kernel from a baked initramfs: mounts /proc, /sys and
+/dev, loads the image's kernel modules, picks this machine's node from
+/etc/bellbuild/bundle.json (bellbuild.node= on the kernel command line, else
+a MAC address, else the profile's defaults), applies it to the running
+system, prints one line
+
+  bellbuild: node=NAME profile=PROFILE changes=N errors=M
+
+on the console, and execs the stage's init (init= on the command line, else
+/sbin/init). Not meant to be run by hand.`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			return func(ctx context.Context, _ []string) error {
+				if os.Getpid() != 1 {
+					return fmt.Errorf("init must run as PID 1 (it mounts filesystems and execs the system's init)")
+				}
+				err := boot.Main(ctx)
+				fmt.Fprintf(os.Stderr, "bellbuild: %v; powering off\n", err)
+				return boot.PowerOff()
+			}
+		},
+	})
+}

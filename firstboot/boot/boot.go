@@ -1,0 +1,312 @@
+// Package boot is the init of a baked image: the first process the kernel
+// starts from the initramfs (/init, a link to /bellbuild/bellbuild). It
+//
+//  1. mounts /proc, /sys and /dev (devtmpfs: the Debian kernel does not
+//     mount it by itself);
+//  2. loads the kernel modules the image lists in /etc/bellbuild/modules
+//     (with their dependencies from modules.dep, in dependency order);
+//  3. reads the image's bundle (/etc/bellbuild/bundle.json) and picks this
+//     machine's node: bellbuild.node= on the kernel command line, else a
+//     MAC address of one of its NICs, else the profile's defaults;
+//  4. runs the applier (package firstboot) live on "/";
+//  5. prints exactly one summary line on the console,
+//     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", preceded
+//     by one line per error and by the output of exec scripts;
+//  6. hands over to the stage's own init (init= on the command line, else
+//     /sbin/init, ...), as the same process (PID 1).
+//
+// Day 1 and day 2 run the same applier on the same schema: only the way
+// the node is chosen differs.
+package boot
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// Paths inside the image that the bake writes and the init reads.
+const (
+	BundlePath  = "etc/bellbuild/bundle.json"
+	ModulesPath = "etc/bellbuild/modules"
+	// Applier is where the bake puts the static bellbuild binary; /init is
+	// a symlink to it.
+	Applier = "bellbuild/bellbuild"
+)
+
+// inits are tried in order when the command line has no init=.
+var inits = []string{"/sbin/init", "/etc/init", "/bin/init", "/lib/systemd/systemd", "/bin/sh"}
+
+// InitParam returns init= from a kernel command line (the last one wins,
+// as in the kernel). The kernel does not run it when it boots an
+// initramfs; the init hands over to it.
+func InitParam(cmdline string) string {
+	var v string
+	for _, f := range strings.Fields(cmdline) {
+		if x, ok := strings.CutPrefix(f, "init="); ok {
+			v = x
+		}
+	}
+	return v
+}
+
+// Choose picks the node to apply with firstboot.SelectNode, as `bellbuild
+// apply` does on day 2: bellbuild.node= on the command line, else a MAC,
+// else the bundle's default. A bellbuild.node= that is not in the bundle
+// is returned as an error together with the default node, so a mistyped
+// name still boots with the profile's defaults and says so.
+func Choose(b *nodeconf.Bundle, cmdline string, macs []net.HardwareAddr) (*nodeconf.Node, string, error) {
+	n, by, err := firstboot.SelectNode(b, firstboot.Machine{Cmdline: cmdline, MACs: macs})
+	if err == nil {
+		return n, by, nil
+	}
+	d := b.Default
+	if d.Profile == "" {
+		d.Profile = b.Profile
+	}
+	return &d, "default", err
+}
+
+// ReadBundle reads a bundle file.
+func ReadBundle(file string) (*nodeconf.Bundle, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var b nodeconf.Bundle
+	if err := json.Unmarshal(data, &b); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return &b, nil
+}
+
+// MACs lists the hardware addresses of the network interfaces under
+// sysClassNet (/sys/class/net), in name order, loopback excluded.
+func MACs(sysClassNet string) []net.HardwareAddr {
+	ents, _ := os.ReadDir(sysClassNet)
+	var out []net.HardwareAddr
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(sysClassNet, e.Name(), "address"))
+		if err != nil {
+			continue
+		}
+		mac, err := net.ParseMAC(strings.TrimSpace(string(data)))
+		if err != nil || len(mac) != 6 || mac.String() == "00:00:00:00:00:00" {
+			continue
+		}
+		out = append(out, mac)
+	}
+	return out
+}
+
+// ReadModuleList reads /etc/bellbuild/modules: one module name per line,
+// blank lines and # comments ignored. A missing file is an empty list.
+func ReadModuleList(file string) ([]string, error) {
+	f, err := os.Open(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return out, sc.Err()
+}
+
+// Options configure Run. The zero value is the real init.
+type Options struct {
+	// Root is the filesystem root (default "/"); tests point it elsewhere.
+	Root string
+	// Console receives the summary, errors and script output (default
+	// /dev/console, else stdout).
+	Console io.Writer
+	// Mount mounts /proc, /sys and /dev (the real init does).
+	Mount bool
+	// LoadModules loads the listed kernel modules (the real init does).
+	LoadModules bool
+}
+
+// Result is what Run did, for the caller to hand over.
+type Result struct {
+	Node *nodeconf.Node
+	// By says how the node was chosen ("cmdline", "mac ...", "default").
+	By     string
+	Report *firstboot.Report
+	// Init is the program to exec next ("" when none was found).
+	Init string
+}
+
+// Run does steps 1–5 of the package doc and returns the init to exec.
+// Failures to mount, to load a module or to read the bundle are printed and
+// do not stop the boot: a machine that boots with its stage's defaults can
+// be reached and fixed; one that hangs in its initramfs cannot.
+func Run(ctx context.Context, opts Options) *Result {
+	root := opts.Root
+	if root == "" {
+		root = "/"
+	}
+	con := opts.Console
+	if con == nil {
+		con = os.Stdout
+	}
+	printf := func(format string, args ...any) { fmt.Fprintf(con, "bellbuild: "+format+"\n", args...) }
+
+	// 1. The kernel's filesystems.
+	if opts.Mount {
+		for _, err := range mountEssentials(root) {
+			printf("error: %v", err)
+		}
+		if opts.Console == nil {
+			if f, err := os.OpenFile(filepath.Join(root, "dev/console"), os.O_WRONLY, 0); err == nil {
+				con = f
+			}
+		}
+	}
+
+	// 2. Modules.
+	if opts.LoadModules {
+		names, err := ReadModuleList(filepath.Join(root, ModulesPath))
+		if err != nil {
+			printf("error: %v", err)
+		}
+		if len(names) > 0 {
+			dir := filepath.Join(root, "lib/modules", kernelRelease())
+			for _, err := range LoadModules(dir, names) {
+				printf("error: %v", err)
+			}
+		}
+	}
+
+	// 3. Which node.
+	res := &Result{}
+	var errs []string
+	b, err := ReadBundle(filepath.Join(root, BundlePath))
+	if err != nil {
+		errs = append(errs, err.Error())
+		b = &nodeconf.Bundle{}
+	}
+	cmdline := readCmdline(root)
+	node, by, err := Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net")))
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	res.Node, res.By = node, by
+
+	// 4. Apply, live.
+	log := slog.New(&consoleHandler{w: con})
+	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Log: log}, node)
+	if rep == nil {
+		rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
+	}
+	if err != nil && len(rep.Errors) == 0 {
+		rep.Errors = append(rep.Errors, err.Error())
+	}
+	rep.Errors = append(errs, rep.Errors...)
+	res.Report = rep
+
+	// 5. One line, after the errors.
+	for _, e := range rep.Errors {
+		printf("error: %s", e)
+	}
+	fmt.Fprintln(con, rep.Summary())
+
+	res.Init = findInit(root, InitParam(cmdline))
+	if res.Init == "" {
+		printf("error: no init to hand over to (tried init=, %s)", strings.Join(inits, ", "))
+	}
+	return res
+}
+
+func readCmdline(root string) string {
+	data, _ := os.ReadFile(filepath.Join(root, "proc/cmdline"))
+	return strings.TrimSpace(string(data))
+}
+
+// findInit returns the first executable of want and the usual places, as a
+// path inside the root.
+func findInit(root, want string) string {
+	cands := inits
+	if want != "" {
+		cands = append([]string{want}, inits...)
+	}
+	for _, c := range cands {
+		// Stat follows symlinks relative to the host's /, which is the
+		// root itself when the init really runs; good enough for tests.
+		if st, err := os.Stat(filepath.Join(root, c)); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return c
+		}
+		if root == "/" {
+			continue
+		}
+		// In a test root, absolute symlinks point outside it: accept a link
+		// whose target exists in the root.
+		if t, err := os.Readlink(filepath.Join(root, c)); err == nil {
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(c), t)
+			}
+			if _, err := os.Stat(filepath.Join(root, t)); err == nil {
+				return c
+			}
+		}
+	}
+	return ""
+}
+
+// consoleHandler prints what a person at the console wants to see during
+// the first boot: each line an exec script prints, as "[SCRIPT] LINE", and
+// warnings and errors; other progress is dropped.
+type consoleHandler struct {
+	w     io.Writer
+	attrs []slog.Attr
+}
+
+func (h *consoleHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *consoleHandler) Handle(_ context.Context, r slog.Record) error {
+	attrs := map[string]string{}
+	var kv []string
+	add := func(a slog.Attr) bool {
+		attrs[a.Key] = a.Value.String()
+		kv = append(kv, a.Key+"="+a.Value.String())
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	switch {
+	case r.Message == "exec: output":
+		_, err := fmt.Fprintf(h.w, "[%s] %s\n", attrs["script"], attrs["line"])
+		return err
+	case r.Level >= slog.LevelWarn:
+		_, err := fmt.Fprintf(h.w, "bellbuild: %s: %s %s\n", strings.ToLower(r.Level.String()), r.Message, strings.Join(kv, " "))
+		return err
+	}
+	return nil
+}
+
+func (h *consoleHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &consoleHandler{w: h.w, attrs: append(append([]slog.Attr(nil), h.attrs...), as...)}
+}
+
+func (h *consoleHandler) WithGroup(string) slog.Handler { return h }
