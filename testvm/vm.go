@@ -170,8 +170,8 @@ type VM struct {
 	cursor  int           // WaitFor searches from here
 	changed chan struct{} // closed and replaced whenever output arrives
 
-	exited  chan struct{}
-	exitErr error
+	exited   chan struct{}
+	exitErr  error
 	readDone chan struct{}
 
 	closeOnce sync.Once

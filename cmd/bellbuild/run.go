@@ -68,7 +68,7 @@ Example:
 
 type runFlags struct {
 	out, profile, node, mac, expect, appendArgs, log string
-	timeout                                         time.Duration
+	timeout                                          time.Duration
 }
 
 // escapeKey (Ctrl-]) ends an interactive run.
