@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm"
+)
+
+// applyRoot makes a small target root with its own accounts.
+func applyRoot(t *testing.T) string {
+	t.Helper()
+	return applyRootIn(t, t.TempDir())
+}
+
+// memRoot is applyRoot in /dev/shm when there is one: a kill -9 test is
+// about process death, not power loss, and fsync on a shared disk would
+// make 100 runs take minutes.
+func memRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "bellbuild-kill-")
+	if err != nil {
+		return applyRoot(t)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return applyRootIn(t, dir)
+}
+
+func applyRootIn(t *testing.T, root string) string {
+	t.Helper()
+	for p, c := range map[string]string{
+		"etc/passwd":                      "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234::/srv/app:/bin/sh\n",
+		"etc/group":                       "root:x:0:\napp:x:1234:\n",
+		"etc/motd":                        "Debian original\n",
+		"etc/security/limits.d/keep.conf": "* soft core 0\n",
+		"srv/data/a":                      "a\n",
+		"srv/data/b":                      "b\n",
+	} {
+		writeTestFile(t, filepath.Join(root, p), c)
+	}
+	return root
+}
+
+func writeTestFile(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeJSON(t *testing.T, p string, v any) {
+	t.Helper()
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, p, string(data))
+}
+
+// runBin runs the bellbuild binary and returns its exit code and output.
+func runBin(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(testvm.Binary(t), args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+func TestApplyCommand(t *testing.T) {
+	root := applyRoot(t)
+	dir := t.TempDir()
+	conf := nodeconf.Conf{
+		Sysctl: map[string]string{"vm.swappiness": "10"},
+		Files:  map[string]nodeconf.File{"/etc/motd": {Content: "node n1\n"}},
+	}
+	node := filepath.Join(dir, "node.json")
+	writeJSON(t, node, nodeconf.Node{Node: "n1", Profile: "worker", Conf: conf})
+	bundle := filepath.Join(dir, "bundle.yaml")
+	writeJSON(t, bundle, nodeconf.Bundle{Profile: "worker",
+		Default: nodeconf.Node{Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "default\n"}}}},
+		Nodes: []nodeconf.Node{
+			{Node: "n1", Profile: "worker", Conf: conf},
+			{Node: "n2", Profile: "worker", Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "node n2\n"}}}},
+		}})
+	bad := filepath.Join(dir, "bad.json")
+	writeJSON(t, bad, nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
+		Sysctl: map[string]string{"bad..key": "1"},
+		Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/nothing", Owner: "root", Group: "root", Permissions: "0644"}}},
+	}})
+
+	for _, step := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // exact
+		stderr string // substring
+		motd   string
+	}{
+		{"plan shows pending changes, exits 2", []string{"--config", node, "--root", root, "--plan"}, 2,
+			"sysctl:\n  + create /etc/sysctl.d/60-bellbuild.conf\nfiles:\n  ~ update /etc/motd: \"Debian original\\n\" -> \"node n1\\n\"\nbellbuild: node=n1 profile=worker changes=2 errors=0\n", "", "Debian original\n"},
+		{"apply", []string{"--config", node, "--root", root}, 0, "bellbuild: node=n1 profile=worker changes=2 errors=0\n", "", "node n1\n"},
+		{"again: nothing to do", []string{"--config", node, "--root", root}, 0, "bellbuild: node=n1 profile=worker changes=0 errors=0\n", "", "node n1\n"},
+		{"plan on a converged root exits 0", []string{"--config", node, "--root", root, "--plan"}, 0, "bellbuild: node=n1 profile=worker changes=0 errors=0\n", "", "node n1\n"},
+		{"bad config: every error, nothing changed", []string{"--config", bad, "--root", root}, 1, "bellbuild: node=n1 profile=worker changes=0 errors=2\n",
+			"bellbuild apply: sysctl: bad..key: not a valid sysctl name\nbellbuild apply: perm: paths[0] /nothing: matches nothing in the root (set ignore_missing to allow this)\n", "node n1\n"},
+		{"bundle by --node", []string{"--config", bundle, "--root", root, "--node", "n2"}, 0, "bellbuild: node=n2 profile=worker changes=3 errors=0\n", "", "node n2\n"},
+		{"bundle by --hostname", []string{"--config", bundle, "--root", root, "--hostname", "n1"}, 0, "bellbuild: node=n1 profile=worker changes=2 errors=0\n", "", "node n1\n"},
+		{"bundle, unknown --node", []string{"--config", bundle, "--root", root, "--node", "n9"}, 1, "", `node "n9": no such node in the bundle of profile worker`, "node n1\n"},
+		{"bundle default", []string{"--config", bundle, "--root", root, "--hostname", "elsewhere"}, 0, "bellbuild: node=- profile=worker changes=3 errors=0\n", "", "default\n"},
+		{"--offline and --live", []string{"--config", node, "--root", root, "--offline", "--live"}, 1, "", "--offline and --live contradict each other", "default\n"},
+		{"no --config", []string{"--root", root}, 1, "", "--config is required", "default\n"},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			code, stdout, stderr := runBin(t, append([]string{"apply"}, step.args...)...)
+			if code != step.code {
+				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, step.code, stdout, stderr)
+			}
+			if step.stdout != "" || code != 1 {
+				if diff := cmp.Diff(step.stdout, stdout); diff != "" {
+					t.Errorf("stdout (-want +got):\n%s", diff)
+				}
+			}
+			if !strings.Contains(stderr, step.stderr) {
+				t.Errorf("stderr does not contain %q:\n%s", step.stderr, stderr)
+			}
+			got, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
+			if string(got) != step.motd {
+				t.Errorf("/etc/motd = %q, want %q", got, step.motd)
+			}
+		})
+	}
+}
+
+// killConfs are two configurations that differ in content and in their
+// items, so that runs between them write, rewrite and revert.
+func killConfs() [2]nodeconf.Conf {
+	yes := true
+	var c [2]nodeconf.Conf
+	for i := range c {
+		v := fmt.Sprint(i)
+		c[i] = nodeconf.Conf{
+			Sysctl: map[string]string{"vm.swappiness": "1" + v, "kernel.pid_max": "4194304"},
+			Limits: map[string]nodeconf.Limit{"nofile-" + v: {Domain: "*", Type: "soft", Item: "nofile", Value: "1024" + v}, "core": {Domain: "app", Type: "hard", Item: "core", Value: "1" + v}},
+			Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/srv/data/*", Owner: "app", Group: "app", Permissions: "064" + v}}},
+			Mounts: map[string]nodeconf.Mount{"m" + v: {MntTgt: "/mnt/m" + v, Device: "tmpfs", Type: "tmpfs", Options: "size=" + v + "M"}},
+			Units:  map[string]nodeconf.Unit{"agent.service": {Content: "[Service]\nExecStart=/bin/agent " + v + "\n[Install]\nWantedBy=multi-user.target\n", Enabled: &yes}},
+			Files:  map[string]nodeconf.File{"/etc/motd": {Content: strings.Repeat("motd "+v+"\n", 2000)}},
+		}
+		for j := 0; j < 20; j++ {
+			c[i].Files[fmt.Sprintf("/etc/bellbuild-test/%d-%02d.conf", i, j)] = nodeconf.File{Content: strings.Repeat("x", 512*j), Mode: "0640", Owner: "app"}
+			c[i].Files[fmt.Sprintf("/etc/bellbuild-test/shared-%02d.conf", j)] = nodeconf.File{Content: strings.Repeat(v, 100*j+1)}
+		}
+	}
+	return c
+}
+
+// state reads every file and link under root but the applier's state.
+func state(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := strings.TrimPrefix(p, root)
+		if rel == "/var/lib/bellbuild" {
+			return filepath.SkipDir
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			out[rel] = "-> " + target
+		case fi.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out[rel] = fmt.Sprintf("%v %s", fi.Mode(), data)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestApplyKill9 kills `bellbuild apply` at random points, over and over,
+// switching between two configurations: after every kill each managed
+// file is whole — as before, as one configuration or as the other — and
+// the next run converges to exactly what a clean root gets, without
+// errors or spurious conflicts, and a run after that changes nothing.
+func TestApplyKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills 100 appliers: skipped in -short")
+	}
+	bin := testvm.Binary(t)
+	dir := t.TempDir()
+	confs := killConfs()
+	var nodes [2]string
+	for i, c := range confs {
+		nodes[i] = filepath.Join(dir, fmt.Sprintf("node%d.json", i))
+		writeJSON(t, nodes[i], nodeconf.Node{Node: "n", Profile: "p", Conf: c})
+	}
+	// Reference states: each configuration applied to a clean root.
+	root := memRoot(t)
+	var refs [2]map[string]string
+	var full time.Duration
+	for i := range confs {
+		ref := memRoot(t)
+		start := time.Now()
+		if code, out, errs := runBin(t, "apply", "--config", nodes[i], "--root", ref); code != 0 {
+			t.Fatalf("reference run %d: exit %d\n%s%s", i, code, out, errs)
+		}
+		full = max(full, time.Since(start))
+		refs[i] = state(t, ref)
+	}
+	before := state(t, root)
+	t.Logf("a full run takes %v; killing at random within %v", full, full*3/2)
+
+	whole := func(p, got string) bool {
+		for _, s := range []map[string]string{before, refs[0], refs[1]} {
+			if want, ok := s[p]; ok && want == got {
+				return true
+			}
+		}
+		return false
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	killed := 0
+	for i := 0; i < 100; i++ {
+		which := i % 2
+		cmd := exec.Command(bin, "apply", "--config", nodes[which], "--root", root)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rng.Int64N(int64(full * 3 / 2))))
+		cmd.Process.Kill()
+		if err := cmd.Wait(); err != nil && cmd.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+			killed++
+		}
+
+		for p, got := range state(t, root) {
+			if strings.Contains(p, ".bellbuild-tmp") {
+				continue // a write's temp file: never a managed path
+			}
+			if !whole(p, got) {
+				t.Fatalf("run %d: after kill -9, %s is neither old nor new:\n%.200s", i, p, got)
+			}
+		}
+		if code, out, errs := runBin(t, "apply", "--config", nodes[which], "--root", root); code != 0 {
+			t.Fatalf("run %d: the run after a kill failed: exit %d\n%s%s", i, code, out, errs)
+		}
+		if diff := cmp.Diff(refs[which], state(t, root)); diff != "" {
+			t.Fatalf("run %d: after a kill and a rerun, the root differs from a clean apply (-clean +got):\n%s", i, diff)
+		}
+		if code, out, _ := runBin(t, "apply", "--config", nodes[which], "--root", root); code != 0 || !strings.Contains(out, " changes=0 ") {
+			t.Fatalf("run %d: third run not converged: exit %d: %s", i, code, out)
+		}
+	}
+	t.Logf("%d of 100 appliers killed before they finished", killed)
+	if killed < 50 {
+		t.Errorf("only %d of 100 appliers were killed mid-run: the test proves little", killed)
+	}
+}
