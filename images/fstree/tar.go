@@ -97,15 +97,20 @@ func readTar(r io.Reader, t *Tree, d *direct, lower *Tree) (*layer, error) {
 	ly := &layer{}
 	oci := lower != nil
 	tr := tar.NewReader(src)
+	last := ""
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
+			if last != "" {
+				return nil, fmt.Errorf("tar: after %s: %w", last, err)
+			}
 			return nil, fmt.Errorf("tar: %w", err)
 		}
 		p := Clean(hdr.Name)
+		last = p
 		if oci {
 			dir, base := splitPath(p)
 			if base == ".wh..wh..opq" {
