@@ -14,6 +14,8 @@ type job struct {
 	raw  []byte
 	out  []byte // what goes on disk: compressed, raw, or nothing for a hole
 	word uint32 // on-disk size word: length, | dataRawFlag if stored raw; 0 for a hole
+	// pooled is set when out is a buffer of the output pool.
+	pooled bool
 	err  error
 	done chan struct{}
 
@@ -29,6 +31,9 @@ type job struct {
 func (b *builder) writeData(out *countWriter) error {
 	bs := b.opts.BlockSize
 	pool := sync.Pool{New: func() any { return make([]byte, 0, bs) }}
+	// Compressed blocks rarely exceed the input; when they do, the block
+	// is stored raw.
+	outPool := sync.Pool{New: func() any { return make([]byte, 0, bs+bs/8+64) }}
 	work := make(chan *job, b.opts.Workers)
 	order := make(chan *job, 4*b.opts.Workers+4)
 	quit := make(chan struct{})
@@ -43,7 +48,7 @@ func (b *builder) writeData(out *countWriter) error {
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				j.compress(c)
+				j.compress(c, &outPool)
 				close(j.done)
 			}
 		}()
@@ -103,6 +108,9 @@ func (b *builder) writeData(out *countWriter) error {
 				j.file.sparse += uint64(len(j.raw))
 			}
 		}
+		if j.pooled {
+			outPool.Put(j.out[:0])
+		}
 		pool.Put(j.raw[:0])
 	}
 	wg.Wait()
@@ -112,23 +120,25 @@ func (b *builder) writeData(out *countWriter) error {
 	return readErr
 }
 
-func (j *job) compress(c compressor) {
+func (j *job) compress(c compressor, outPool *sync.Pool) {
 	if j.holes && allZero(j.raw) {
 		j.out, j.word = nil, 0
 		return
 	}
-	var err error
-	j.out, err = c.compress(j.out[:0], j.raw)
+	buf := outPool.Get().([]byte)
+	out, err := c.compress(buf[:0], j.raw)
 	if err != nil {
 		j.err = fmt.Errorf("compress: %w", err)
 		return
 	}
-	if len(j.out) >= len(j.raw) {
+	if len(out) >= len(j.raw) {
+		outPool.Put(buf[:0])
 		j.out = j.raw
 		j.word = uint32(len(j.raw)) | dataRawFlag
 		return
 	}
-	j.word = uint32(len(j.out))
+	j.out, j.pooled = out, true
+	j.word = uint32(len(out))
 }
 
 func allZero(p []byte) bool {
