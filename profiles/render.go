@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -377,41 +380,53 @@ func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname
 // validateRendered renders what the site can produce — every node, every
 // profile alone, and every profile under each of its overrides — and
 // reports each problem once, at the line that set the offending value.
+// The renders are independent and run on every CPU.
 func (s *Site) validateRendered(errs *ErrorList) {
-	add := func(err error) {
-		var l ErrorList
-		if errors.As(err, &l) {
-			*errs = append(*errs, l...)
-		} else if err != nil {
-			errs.Add(Pos{}, "", "%v", err)
-		}
-	}
+	var jobs []func() error
 	for _, n := range s.nodes {
-		_, err := s.renderNode(n.Name)
-		add(err)
+		jobs = append(jobs, func() error { _, err := s.renderNode(n.Name); return err })
 	}
 	for _, name := range s.names {
 		r, ok := s.resolved[name]
 		if !ok {
 			continue
 		}
-		_, err := s.render(name, nil, "", nil)
-		add(err)
+		renderAs := func(labels map[string]string, host string) {
+			jobs = append(jobs, func() error { _, err := s.render(name, labels, host, nil); return err })
+		}
+		renderAs(nil, "")
 		try := func(lo []labelOverride, ho []hostOverride) {
 			for _, l := range lo {
 				for _, v := range l.values {
-					_, err := s.render(name, map[string]string{l.key: v}, "", nil)
-					add(err)
+					renderAs(map[string]string{l.key: v}, "")
 				}
 			}
 			for _, h := range ho {
-				_, err := s.render(name, nil, h.name, nil)
-				add(err)
+				renderAs(nil, h.name)
 			}
 		}
 		try(r.labelOv, r.hostOv)
 		for _, m := range r.db {
 			try(m.labels, m.hosts)
+		}
+	}
+	results := make([]error, len(jobs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < len(jobs); i = int(next.Add(1)) - 1 {
+				results[i] = jobs[i]()
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range results {
+		var l ErrorList
+		if errors.As(err, &l) {
+			*errs = append(*errs, l...)
+		} else if err != nil {
+			errs.Add(Pos{}, "", "%v", err)
 		}
 	}
 	errs.Sort()

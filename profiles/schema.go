@@ -101,14 +101,14 @@ func checkConf(v *value, path string, errs *ErrorList) {
 		return
 	}
 	var c nodeconf.Conf
-	decode(v, reflect.ValueOf(&c).Elem(), path, errs)
+	decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: path, idx: -1}, errs)
 }
 
 // decodeConf turns a merged conf tree into a nodeconf.Conf.
 func decodeConf(v *value, errs *ErrorList) nodeconf.Conf {
 	var c nodeconf.Conf
 	if v != nil && v.kind != kNull {
-		decode(v, reflect.ValueOf(&c).Elem(), "conf", errs)
+		decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: "conf", idx: -1}, errs)
 	}
 	return c
 }
@@ -152,9 +152,28 @@ func init() {
 	walk(confType)
 }
 
+// fpath is a field path built only when a message needs it: decode
+// visits every value of every node, and most have nothing to report.
+type fpath struct {
+	up   *fpath
+	root string // at the top
+	key  string // a map key, when idx < 0
+	idx  int    // a list index, or -1
+}
+
+func (p *fpath) String() string {
+	if p.up == nil {
+		return p.root
+	}
+	if p.idx >= 0 {
+		return p.up.String() + nodeconf.Index(p.idx)
+	}
+	return joinKey(p.up.String(), p.key)
+}
+
 // decode stores v into rv (whose type comes from nodeconf), reporting
 // unknown keys and type mismatches with their positions.
-func decode(v *value, rv reflect.Value, path string, errs *ErrorList) {
+func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 	if v.kind == kNull {
 		return
 	}
@@ -166,21 +185,21 @@ func decode(v *value, rv reflect.Value, path string, errs *ErrorList) {
 		rv.Set(p)
 	case reflect.Struct:
 		if v.kind != kMap {
-			errs.Add(v.pos, path, "expected a map, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected a map, got %s", v.describe())
 			return
 		}
 		fields := fieldIndex[t]
 		for _, e := range v.ents {
 			i, ok := fields[e.key]
 			if !ok {
-				errs.Add(e.kpos, joinKey(path, e.key), "unknown key %q%s", e.key, suggest(e.key, fields))
+				errs.Add(e.kpos, joinKey(path.String(), e.key), "unknown key %q%s", e.key, suggest(e.key, fields))
 				continue
 			}
-			decode(e.val, rv.Field(i), joinKey(path, e.key), errs)
+			decode(e.val, rv.Field(i), &fpath{up: path, key: e.key, idx: -1}, errs)
 		}
 	case reflect.Map:
 		if v.kind != kMap {
-			errs.Add(v.pos, path, "expected a map, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected a map, got %s", v.describe())
 			return
 		}
 		m := reflect.MakeMapWithSize(t, len(v.ents))
@@ -189,49 +208,48 @@ func decode(v *value, rv reflect.Value, path string, errs *ErrorList) {
 				continue
 			}
 			ev := reflect.New(t.Elem()).Elem()
-			decode(e.val, ev, joinKey(path, e.key), errs)
+			decode(e.val, ev, &fpath{up: path, key: e.key, idx: -1}, errs)
 			m.SetMapIndex(reflect.ValueOf(e.key), ev)
 		}
 		rv.Set(m)
 	case reflect.Slice:
 		if v.kind != kList {
-			errs.Add(v.pos, path, "expected a list, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected a list, got %s", v.describe())
 			return
 		}
 		s := reflect.MakeSlice(t, len(v.items), len(v.items))
 		for i, it := range v.items {
-			ip := path + nodeconf.Index(i)
 			if it.kind == kNull {
 				if it.tag != reported {
-					errs.Add(it.pos, ip, "null list item")
+					errs.Add(it.pos, path.String()+nodeconf.Index(i), "null list item")
 				}
 				continue
 			}
-			decode(it, s.Index(i), ip, errs)
+			decode(it, s.Index(i), &fpath{up: path, idx: i}, errs)
 		}
 		rv.Set(s)
 	case reflect.String:
 		if v.kind != kScalar {
-			errs.Add(v.pos, path, "expected a string, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected a string, got %s", v.describe())
 			return
 		}
 		rv.SetString(v.text)
 	case reflect.Int:
 		n, ok := scalarInt(v)
 		if !ok {
-			errs.Add(v.pos, path, "expected an integer, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected an integer, got %s", v.describe())
 			return
 		}
 		rv.SetInt(int64(n))
 	case reflect.Bool:
 		b, ok := scalarBool(v)
 		if !ok {
-			errs.Add(v.pos, path, "expected true or false, got %s", v.describe())
+			errs.Add(v.pos, path.String(), "expected true or false, got %s", v.describe())
 			return
 		}
 		rv.SetBool(b)
 	default:
-		errs.Add(v.pos, path, "internal error: cannot decode into %s", t)
+		errs.Add(v.pos, path.String(), "internal error: cannot decode into %s", t)
 	}
 }
 

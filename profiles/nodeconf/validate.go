@@ -22,16 +22,31 @@ type FieldError struct {
 
 func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 
-var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
-
 // Key returns the path segment for the map key k: ".k" when k is a plain
 // identifier, `["k"]` (Go-quoted) otherwise, so that keys holding dots or
 // slashes (sysctl names, file paths) stay one segment.
 func Key(k string) string {
-	if identRE.MatchString(k) {
+	if isIdent(k) {
 		return "." + k
 	}
 	return "[" + strconv.Quote(k) + "]"
+}
+
+// isIdent reports whether k matches [A-Za-z_][A-Za-z0-9_-]*.
+func isIdent(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
+		case i > 0 && (c >= '0' && c <= '9' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Index returns the path segment for list index i: "[i]".
@@ -62,7 +77,6 @@ var (
 	octalRE    = regexp.MustCompile(`^0?[0-7]{3}$|^[0-7]{4}$`)
 	userRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]*\$?$`)
 	envRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	sysctlRE   = regexp.MustCompile(`^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*:@-]+)*$`)
 	unitSuffix = []string{".service", ".socket", ".mount", ".automount", ".timer", ".target",
 		".path", ".slice", ".swap", ".device", ".scope"}
 )
@@ -148,15 +162,34 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 
 func (v *validator) sysctl(m map[string]string) {
 	for _, k := range sortedKeys(m) {
-		p := "sysctl" + Key(k)
-		if !sysctlRE.MatchString(k) {
-			v.add(p, "%q is not a sysctl name like net.ipv4.ip_forward", k)
+		if !isSysctlName(k) {
+			v.add("sysctl"+Key(k), "%q is not a sysctl name like net.ipv4.ip_forward", k)
 		}
 		if m[k] == "" {
-			v.add(p, "empty value")
+			v.add("sysctl"+Key(k), "empty value")
 		}
-		v.noNewline(p, m[k])
+		if strings.ContainsAny(m[k], "\n\r") {
+			v.add("sysctl"+Key(k), "must be one line")
+		}
 	}
+}
+
+// isSysctlName reports whether k is dot-separated non-empty words of
+// letters, digits and _ * : @ - (the characters /proc/sys names use).
+func isSysctlName(k string) bool {
+	if k == "" || k[0] == '.' || k[len(k)-1] == '.' || strings.Contains(k, "..") {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.' || c == '_' || c == '*' || c == ':' || c == '@' || c == '-':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (v *validator) limits(m map[string]Limit) {

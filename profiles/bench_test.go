@@ -1,0 +1,165 @@
+package profiles
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// genSite writes a site of nprof profiles and nnodes nodes: a tree of
+// profiles four levels deep in which every fifth profile also inherits a
+// second parent (diamonds), each with sysctls, a limit, users, packages,
+// an exec script, native label and host overrides and Divingbell
+// overrides; nodes carry labels and every tenth its own conf.
+func genSite(tb testing.TB, dir string, nprof, nnodes int) {
+	tb.Helper()
+	must := func(err error) {
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "profiles"), 0o755))
+	for i := range nprof {
+		var b strings.Builder
+		if i > 0 {
+			parents := []string{fmt.Sprintf("p%03d", (i-1)/4)}
+			if i%5 == 0 && i > 8 {
+				parents = append(parents, fmt.Sprintf("p%03d", (i-1)/4-1))
+			}
+			fmt.Fprintf(&b, "inherits: [%s]\n", strings.Join(parents, ", "))
+		}
+		fmt.Fprintf(&b, `description: generated profile %d
+stage: {busybox: {}}
+kernel: {path: /vmlinuz}
+cmdline: [console=ttyS0, p%d]
+conf:
+  sysctl:
+    vm.swappiness: %d
+    net.core.p%d: %d
+    kernel.p%d.a: 1
+    kernel.p%d.b: 2
+  limits:
+    nofile: {domain: root, type: soft, item: nofile, value: %d}
+    p%d: {domain: '@p%d', type: hard, item: nproc, value: 100}
+  uamlite:
+    users:
+    - {user_name: ops, user_sudo: true, user_sshkeys: [ssh-ed25519 AAAAC3Nza%d ops@x]}
+    - {user_name: u%d, user_crypt_passwd: $6$salt$hash%d}
+  apt:
+    packages: [{name: pkg%d}, {name: common, version: "%d"}]
+  files:
+    /etc/p%d: {content: "profile %d\n", mode: "0644"}
+  exec:
+    p%d.sh: {data: "echo %d", rerun_policy: always, rerun_interval: 3600, retry_interval: 60}
+  overrides:
+    divingbell_sysctl:
+      labels:
+      - label: {key: rack, values: [r%d]}
+        conf: {sysctl: {vm.dirty_ratio: %d}}
+      hosts:
+      - name: n%05d
+        conf: {sysctl: {vm.dirty_ratio: 99}}
+overrides:
+  labels:
+  - label: {key: role, values: [db, cache]}
+    conf: {sysctl: {vm.overcommit_memory: 2}, uamlite: {users: [{user_name: dba}]}}
+  hosts:
+  - name: n%05d
+    conf: {exec: {host.sh: {data: "echo host"}}}
+`, i, i, i%100, i, i, i, i, 1000+i, i, i, i, i, i, i, i, i, i, i, i, i%10, i%50, i*7, i*13)
+		must(os.WriteFile(filepath.Join(dir, "profiles", fmt.Sprintf("p%03d.yaml", i)), []byte(b.String()), 0o644))
+	}
+	var b strings.Builder
+	b.WriteString("nodes:\n")
+	roles := []string{"web", "db", "cache", "batch"}
+	for i := range nnodes {
+		fmt.Fprintf(&b, "- name: n%05d\n  mac: 52:54:%02x:%02x:%02x:%02x\n  profile: p%03d\n  labels: {rack: r%d, role: %s}\n",
+			i, (i>>24)&0xff, (i>>16)&0xff, (i>>8)&0xff, i&0xff, nprof-1-i%(nprof*3/4), i%10, roles[i%4])
+		if i%10 == 0 {
+			fmt.Fprintf(&b, "  conf: {sysctl: {kernel.node: %d}, limits: {nofile: {value: 9}}}\n", i)
+		}
+	}
+	must(os.WriteFile(filepath.Join(dir, "nodes.yaml"), []byte(b.String()), 0o644))
+}
+
+func renderAll(tb testing.TB, s *Site) {
+	for _, n := range s.Nodes() {
+		if _, err := s.RenderNode(n.Name); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for _, p := range s.ProfileNames() {
+		if _, err := s.RenderProfile(p, nil, ""); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func TestGeneratedSite(t *testing.T) {
+	dir := t.TempDir()
+	genSite(t, dir, 40, 300)
+	s, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renderAll(t, s)
+	// n00007 boots p032 (39 - 7%30): chain p000 p001 p007 p032.
+	n, err := s.RenderNode("n00007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(n.Profiles, " "), "p000 p001 p007 p032"; got != want {
+		t.Errorf("chain = %s, want %s", got, want)
+	}
+	// The Divingbell labels list of p032 (rack r2) replaced its parents'
+	// (p007's rack r7); the native role override stacks.
+	for _, tc := range []struct {
+		labels          map[string]string
+		host            string
+		dirty, overcomm string
+	}{
+		{map[string]string{"rack": "r2", "role": "cache"}, "", "32", "2"},
+		{map[string]string{"rack": "r7", "role": "web"}, "", "", ""},
+		{map[string]string{"rack": "r2"}, "n00224", "99", ""},
+	} {
+		n, err := s.RenderProfile("p032", tc.labels, tc.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := n.Conf.Sysctl["vm.dirty_ratio"]; got != tc.dirty {
+			t.Errorf("%v %s: vm.dirty_ratio = %q, want %q", tc.labels, tc.host, got, tc.dirty)
+		}
+		if got := n.Conf.Sysctl["vm.overcommit_memory"]; got != tc.overcomm {
+			t.Errorf("%v %s: vm.overcommit_memory = %q, want %q", tc.labels, tc.host, got, tc.overcomm)
+		}
+	}
+}
+
+// BenchmarkLoad loads, checks and validates a 200-profile, 5,000-node site
+// (Load renders every node and profile once to validate it).
+func BenchmarkLoad(b *testing.B) {
+	dir := b.TempDir()
+	genSite(b, dir, 200, 5000)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := Load(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRenderAll renders every node and profile of that site.
+func BenchmarkRenderAll(b *testing.B) {
+	dir := b.TempDir()
+	genSite(b, dir, 200, 5000)
+	s, err := Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		renderAll(b, s)
+	}
+}
