@@ -101,13 +101,13 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in %s; do insmod /mods/$m; done
-echo "BELLTEST cmdline=$(cat /proc/cmdline)"
+echo "BELLTEST cmdline=$(cat /proc/cmdline) END"
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda3 ] && break; sleep 1; done
-echo "BELLTEST parts=$(cd /sys/class/block && echo vda*)"
-echo "BELLTEST root=$(head -c %d /dev/vda2 | sha256sum | cut -d' ' -f1)"
+echo "BELLTEST parts=$(cd /sys/class/block && echo vda*) END"
+echo "BELLTEST root=$(head -c %d /dev/vda2 | sha256sum | cut -d' ' -f1) END"
 conf=$(findfs LABEL=BELLCONF)
-mount -t vfat -o ro "$conf" /conf && echo "BELLTEST conf=$conf $(cat /conf/bellbuild/node.json)"
-mount -t vfat -o ro /dev/vda1 /esp && echo "BELLTEST esp=$(cat /esp/loader/entries/bellbuild.conf | grep ^options)"
+mount -t vfat -o ro "$conf" /conf && echo "BELLTEST conf=$conf $(cat /conf/bellbuild/node.json) END"
+mount -t vfat -o ro /dev/vda1 /esp && echo "BELLTEST esp=$(cat /esp/loader/entries/bellbuild.conf | grep ^options) END"
 echo BELLTEST done
 poweroff -f
 `, strings.Join(func() []string {
@@ -145,19 +145,19 @@ poweroff -f
 		Firmware: testvm.OVMF,
 		Drives:   []testvm.Drive{{Path: img}},
 	})
-	if got := vm.Wait(`BELLTEST cmdline=(.*)$`)[1]; !strings.Contains(got, cmdline) {
+	if got := vm.Wait(`BELLTEST cmdline=(.*) END$`)[1]; !strings.Contains(got, cmdline) {
 		t.Errorf("kernel command line %q lacks the loader entry's %q", got, cmdline)
 	}
-	if got := vm.Wait(`BELLTEST parts=(.*)$`)[1]; got != "vda vda1 vda2 vda3" {
+	if got := vm.Wait(`BELLTEST parts=(.*) END$`)[1]; got != "vda vda1 vda2 vda3" {
 		t.Errorf("block devices %q, want vda vda1 vda2 vda3", got)
 	}
-	if got := vm.Wait(`BELLTEST root=(\w+)`)[1]; got != fmt.Sprintf("%x", rootSum) {
+	if got := vm.Wait(`BELLTEST root=(\w+) END$`)[1]; got != fmt.Sprintf("%x", rootSum) {
 		t.Errorf("root partition hash %s, want %x", got, rootSum)
 	}
-	if got := vm.Wait(`BELLTEST conf=(.*)$`)[1]; got != `/dev/vda3 {"node":"booted-node"}` {
+	if got := vm.Wait(`BELLTEST conf=(.*) END$`)[1]; got != `/dev/vda3 {"node":"booted-node"}` {
 		t.Errorf("config volume: %q", got)
 	}
-	if got := vm.Wait(`BELLTEST esp=(.*)$`)[1]; got != "options "+cmdline {
+	if got := vm.Wait(`BELLTEST esp=(.*) END$`)[1]; got != "options "+cmdline {
 		t.Errorf("ESP entry: %q", got)
 	}
 	vm.Wait(`BELLTEST done`)

@@ -1,0 +1,162 @@
+package iso
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/bellbuild/bellbuild/images/cpio"
+	"github.com/bellbuild/bellbuild/images/disk"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm"
+)
+
+// modules returns the host kernel and the module files (dependencies
+// first, from modules.dep) that load names; built-in ones are skipped.
+func modules(t *testing.T, names ...string) (kernel, modDir string, files []string) {
+	t.Helper()
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	if len(kernels) == 0 {
+		t.Skip("SKIP: no /boot/vmlinuz-* (Debian package linux-image-amd64)")
+	}
+	kernel = kernels[len(kernels)-1]
+	modDir = "/lib/modules/" + strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	f, err := os.Open(modDir + "/modules.dep")
+	if err != nil {
+		t.Skipf("SKIP: %v", err)
+	}
+	defer f.Close()
+	deps, byName := map[string][]string{}, map[string]string{}
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		mod, rest, _ := strings.Cut(s.Text(), ":")
+		deps[mod] = strings.Fields(rest)
+		byName[strings.ReplaceAll(strings.TrimSuffix(filepath.Base(mod), ".ko"), "-", "_")] = mod
+	}
+	seen := map[string]bool{}
+	var visit func(m string)
+	visit = func(m string) {
+		if seen[m] {
+			return
+		}
+		seen[m] = true
+		for _, d := range deps[m] {
+			visit(d)
+		}
+		files = append(files, m)
+	}
+	for _, n := range names {
+		if m, ok := byName[n]; ok {
+			visit(m)
+		}
+	}
+	return kernel, modDir, files
+}
+
+func fileEntry(t *testing.T, path, src string, mode os.FileMode) fstree.Entry {
+	t.Helper()
+	st, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fstree.Entry{Path: path, Type: fstree.Regular, Mode: mode, Size: st.Size(), Data: fstree.File(src)}
+}
+
+// TestUEFIBoot boots the ISO under OVMF twice: as a CD-ROM (El Torito) and
+// as a disk (the hybrid MBR's EFI partition, as from a USB stick). Each
+// time systemd-boot in the EFI image starts the kernel and the initramfs,
+// which mounts the medium with Linux's isofs and reads the files back.
+func TestUEFIBoot(t *testing.T) {
+	testvm.Skip(t)
+	for _, p := range []string{testvm.OVMF, disk.SystemdBoot, "/bin/busybox"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("SKIP: %v (Debian packages ovmf, systemd-boot-efi, busybox-static)", err)
+		}
+	}
+	kernel, modDir, mods := modules(t, "ata_piix", "sr_mod", "virtio_pci", "virtio_blk", "isofs")
+	var names []string
+	for _, m := range mods {
+		names = append(names, filepath.Base(m))
+	}
+	init := `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mkdir -p /proc /sys /dev /iso
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in ` + strings.Join(names, " ") + `; do insmod /mods/$m; done
+echo "BELLISO cmdline=$(cat /proc/cmdline) END"
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  for dev in /dev/sr0 /dev/vda; do
+    [ -b $dev ] && mount -t iso9660 -o ro $dev /iso 2>/dev/null && break 2
+  done
+  sleep 1
+done
+echo "BELLISO dev=$dev label=$(findfs LABEL=BELLBUILD) END"
+echo "BELLISO node=$(cat /iso/bellbuild/node.json) END"
+echo "BELLISO root=$(sha256sum /iso/bellbuild/root.squashfs | cut -d' ' -f1) END"
+echo BELLISO done
+poweroff -f
+`
+	initrd := fstree.New()
+	initrd.AddFile("init", []byte(init), 0o755, 0, 0)
+	initrd.Add(fileEntry(t, "bin/busybox", "/bin/busybox", 0o755))
+	for _, m := range mods {
+		initrd.Add(fileEntry(t, "mods/"+filepath.Base(m), filepath.Join(modDir, m), 0o644))
+	}
+	initrd.Reproducible(epoch)
+	var cpioBuf bytes.Buffer
+	if err := cpio.Write(&cpioBuf, initrd, cpio.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cmdline = "console=ttyS0 bellbuild.medium=iso panic=-1"
+	esp, err := disk.ESP(disk.Boot{
+		Kernel: fstree.File(kernel), KernelSize: st.Size(),
+		Initrd: fstree.Bytes(cpioBuf.Bytes()), InitrdSize: int64(cpioBuf.Len()),
+		Cmdline: cmdline, Epoch: epoch,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := randomBytes(7, 2<<20+1)
+	files := fstree.New()
+	files.AddFile("bellbuild/root.squashfs", root, 0o644, 0, 0)
+	files.AddFile("bellbuild/node.json", []byte(`{"node":"from-iso"}`), 0o644, 0, 0)
+	files.Reproducible(epoch)
+	img := writeISO(t, files, Options{Epoch: epoch, ESP: esp})
+
+	for _, tc := range []struct {
+		name  string
+		drive testvm.Drive
+		dev   string
+	}{
+		{"cdrom", testvm.Drive{Path: img, Interface: "ide", Media: "cdrom", ReadOnly: true}, "/dev/sr0"},
+		{"usb-like disk", testvm.Drive{Path: img, ReadOnly: true}, "/dev/vda"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
+			if got := vm.Wait(`BELLISO cmdline=(.*) END$`)[1]; !strings.Contains(got, cmdline) {
+				t.Errorf("kernel command line %q lacks %q", got, cmdline)
+			}
+			if got := vm.Wait(`BELLISO dev=(.*) END$`)[1]; got != tc.dev+" label="+tc.dev {
+				t.Errorf("medium %q, want %s found by LABEL=BELLBUILD", got, tc.dev)
+			}
+			if got := vm.Wait(`BELLISO node=(.*) END$`)[1]; got != `{"node":"from-iso"}` {
+				t.Errorf("node.json = %q", got)
+			}
+			if got := vm.Wait(`BELLISO root=(\w+) END$`)[1]; got != fmt.Sprintf("%x", sha256.Sum256(root)) {
+				t.Errorf("root.squashfs hash %s", got)
+			}
+			vm.Wait(`BELLISO done`)
+		})
+	}
+}

@@ -1,0 +1,293 @@
+package iso
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/filesystem/iso9660"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+)
+
+const epoch = 1700000000
+
+func randomBytes(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed+1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+func sampleFiles() *fstree.Tree {
+	t := fstree.New()
+	t.AddFile("bellbuild/root.squashfs", randomBytes(1, 3<<20+5), 0o644, 0, 0)
+	t.AddFile("bellbuild/node.json", []byte(`{"node":"iso"}`+"\n"), 0o644, 0, 0)
+	t.AddFile("bellbuild/empty", nil, 0o644, 0, 0)
+	t.AddFile("a/b/c/d/e/f/leaf.txt", []byte("deep\n"), 0o644, 0, 0)
+	for i := range 120 {
+		t.AddFile(fmt.Sprintf("many/file_%03d.conf", i), []byte(fmt.Sprint(i)), 0o644, 0, 0)
+	}
+	t.Add(fstree.Entry{Path: "emptydir", Type: fstree.Dir, Mode: 0o755})
+	// Mapped to MIXED_CASE_NAME.TXT;1, seen by Linux as mixed_case_name.txt.
+	t.AddFile("Mixed-Case.Name.txt", []byte("mapped\n"), 0o644, 0, 0)
+	t.Reproducible(epoch)
+	return t
+}
+
+func sampleESP() *fstree.Tree {
+	t := fstree.New()
+	t.AddFile("EFI/BOOT/BOOTX64.EFI", randomBytes(2, 150000), 0o644, 0, 0)
+	t.AddFile("loader/loader.conf", []byte("timeout 0\n"), 0o644, 0, 0)
+	t.Reproducible(epoch)
+	return t
+}
+
+func writeISO(t *testing.T, files *fstree.Tree, opts Options) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "image.iso")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(f, files, opts); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// readBack lists every file of the image with go-diskfs's ISO 9660 reader:
+// path (as Linux shows it: lower case, no ";1") -> content.
+func readBack(t *testing.T, img string) map[string]string {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	fsys, err := iso9660.Read(file.New(f, true), st.Size(), 0, 2048)
+	if err != nil {
+		t.Fatalf("go-diskfs cannot read the image: %v", err)
+	}
+	got := map[string]string{}
+	err = fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		name := strings.ToLower(strings.TrimSuffix(p, ";1"))
+		if d.IsDir() {
+			if p != "." {
+				got[name+"/"] = ""
+			}
+			return nil
+		}
+		r, err := fsys.Open(p)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		b, err := io.ReadAll(r)
+		got[name] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func want(t *testing.T, tr *fstree.Tree) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, e := range tr.Walk() {
+		switch {
+		case e.Path == ".":
+		case e.Type == fstree.Dir:
+			out[e.Path+"/"] = ""
+		default:
+			var b []byte
+			if e.Data != nil {
+				r, _ := e.Data.Open()
+				b, _ = io.ReadAll(r)
+				r.Close()
+			}
+			out[e.Path] = string(b)
+		}
+	}
+	return out
+}
+
+func TestReadBack(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"plain", Options{Epoch: epoch}},
+		{"bootable", Options{Epoch: epoch, ESP: sampleESP(), VolumeID: "BELL_TEST"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			files := sampleFiles()
+			img := writeISO(t, files, tc.opts)
+			got := readBack(t, img)
+			w := want(t, files)
+			w["mixed_case_name.txt"] = w["Mixed-Case.Name.txt"]
+			delete(w, "Mixed-Case.Name.txt")
+			if tc.opts.ESP != nil {
+				w["efi/"] = ""
+				w["efi/efiboot.img"] = got["efi/efiboot.img"] // checked below
+			}
+			if d := cmp.Diff(w, got, cmp.Transformer("len", func(s string) string {
+				if len(s) > 64 {
+					return fmt.Sprintf("%d bytes %x", len(s), s[:16])
+				}
+				return s
+			})); d != "" {
+				t.Errorf("image content (-want +got):\n%s", d)
+			}
+			st, _ := os.Stat(img)
+			if size, _ := Size(files, tc.opts); size != st.Size() {
+				t.Errorf("Size says %d, image is %d", size, st.Size())
+			}
+		})
+	}
+}
+
+// TestElTorito follows the boot record to the catalog and the catalog to
+// the EFI image, which must be a clean FAT32 volume with the ESP's files;
+// the MBR partition must point at the same bytes.
+func TestElTorito(t *testing.T) {
+	for _, tool := range []string{"fsck.vfat", "mtype"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("SKIP: %s not installed (Debian packages dosfstools, mtools): %v", tool, err)
+		}
+	}
+	esp := sampleESP()
+	img := writeISO(t, sampleFiles(), Options{Epoch: epoch, ESP: esp})
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("file"); err != nil {
+		t.Logf("file(1) not installed: not asking it for a second opinion")
+	} else if out, err := exec.Command("file", "-b", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "ISO 9660 CD-ROM filesystem data") || !strings.Contains(string(out), "'BELLBUILD' (bootable)") {
+		t.Errorf("file: %v: %s", err, out)
+	}
+	br := b[17*2048:]
+	if string(br[1:6]) != "CD001" || !strings.HasPrefix(string(br[7:39]), "EL TORITO SPECIFICATION") {
+		t.Fatalf("sector 17 is not an El Torito boot record: % x", br[:40])
+	}
+	cat := b[int(binary.LittleEndian.Uint32(br[71:]))*2048:]
+	var sum uint16
+	for i := 0; i < 32; i += 2 {
+		sum += binary.LittleEndian.Uint16(cat[i:])
+	}
+	if cat[0] != 1 || cat[1] != 0xEF || cat[30] != 0x55 || cat[31] != 0xAA || sum != 0 {
+		t.Errorf("validation entry % x (checksum sum %#x)", cat[:32], sum)
+	}
+	if cat[32] != 0x88 || cat[33] != 0 {
+		t.Errorf("default entry is not bootable without emulation: % x", cat[32:64])
+	}
+	off := int64(binary.LittleEndian.Uint32(cat[40:])) * 2048
+	mbrOff := int64(binary.LittleEndian.Uint32(b[446+8:])) * 512
+	if b[446+4] != 0xEF || mbrOff != off || b[510] != 0x55 || b[511] != 0xAA {
+		t.Errorf("MBR partition type %#x at %d, El Torito image at %d", b[446+4], mbrOff, off)
+	}
+	efi := readBack(t, img)["efi/efiboot.img"]
+	if !bytes.Equal(b[off:off+int64(len(efi))], []byte(efi)) {
+		t.Fatal("the catalog does not point at EFI/EFIBOOT.IMG")
+	}
+	if n := int64(binary.LittleEndian.Uint16(cat[38:])); n != 0 && n != (int64(len(efi))+511)/512 {
+		t.Errorf("sector count %d for a %d-byte image", n, len(efi))
+	}
+	efiPath := filepath.Join(t.TempDir(), "efiboot.img")
+	if err := os.WriteFile(efiPath, []byte(efi), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("fsck.vfat", "-n", efiPath).CombinedOutput(); err != nil {
+		t.Errorf("fsck.vfat -n: %v\n%s", err, out)
+	}
+	cmd := exec.Command("mtype", "-i", fmt.Sprintf("%s@@%d", img, off), "::/EFI/BOOT/BOOTX64.EFI")
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	got, err := cmd.Output()
+	if err != nil || !bytes.Equal(got, randomBytes(2, 150000)) {
+		t.Errorf("BOOTX64.EFI through the catalog's offset: %v (%d bytes)", err, len(got))
+	}
+}
+
+func TestReproducible(t *testing.T) {
+	a, _ := os.ReadFile(writeISO(t, sampleFiles(), Options{Epoch: epoch, ESP: sampleESP()}))
+	b, _ := os.ReadFile(writeISO(t, sampleFiles(), Options{Epoch: epoch, ESP: sampleESP()}))
+	if !bytes.Equal(a, b) {
+		t.Fatal("two writes differ")
+	}
+	c, _ := os.ReadFile(writeISO(t, sampleFiles(), Options{Epoch: epoch + 3600, ESP: sampleESP()}))
+	if bytes.Equal(a, c) {
+		t.Error("the epoch does not reach the image")
+	}
+	if got := string(a[16*2048+813 : 16*2048+829]); got != "2023111422132000" {
+		t.Errorf("creation date %q, want 2023111422132000 (epoch %d)", got, epoch)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	tests := []struct {
+		name  string
+		build func(*fstree.Tree)
+		opts  Options
+		msg   string
+	}{
+		{"symlink", func(tr *fstree.Tree) {
+			tr.Add(fstree.Entry{Path: "link", Type: fstree.Symlink, Target: "x"})
+		}, Options{}, "iso: link: a symlink: not representable in ISO 9660"},
+		{"collision", func(tr *fstree.Tree) {
+			tr.AddFile("d/a-b.txt", nil, 0o644, 0, 0)
+			tr.AddFile("d/A_B.TXT", nil, 0o644, 0, 0)
+		}, Options{}, "iso: d/A_B.TXT and d/a-b.txt are both A_B.TXT;1 in ISO 9660: not representable in ISO 9660"},
+		{"long name", func(tr *fstree.Tree) {
+			tr.AddFile(strings.Repeat("n", 28)+".conf", nil, 0o644, 0, 0)
+		}, Options{}, "iso: " + strings.Repeat("n", 28) + ".conf: file name longer than 30 characters: not representable in ISO 9660"},
+		{"too deep", func(tr *fstree.Tree) {
+			tr.AddFile("1/2/3/4/5/6/7/8/f", nil, 0o644, 0, 0)
+		}, Options{}, "iso: 1/2/3/4/5/6/7/8: deeper than 8 directories: not representable in ISO 9660"},
+		{"volume id", func(tr *fstree.Tree) {}, Options{VolumeID: "bell build"}, `iso: volume ID "bell build": want at most 32 of A-Z 0-9 _: not representable in ISO 9660`},
+		{"reserved path", func(tr *fstree.Tree) {
+			tr.AddFile(EFIImagePath, nil, 0o644, 0, 0)
+		}, Options{ESP: sampleESP()}, "iso: EFI/EFIBOOT.IMG is reserved for the EFI image: not representable in ISO 9660"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := fstree.New()
+			tc.build(tr)
+			err := Write(io.Discard, tr, tc.opts)
+			if !errors.Is(err, ErrUnsupported) || err.Error() != tc.msg {
+				t.Errorf("error:\n got %v\nwant %s", err, tc.msg)
+			}
+		})
+	}
+}
+
+func TestIdentifierOrder(t *testing.T) {
+	ids := []string{"B.TXT;1", "A.TXT;1", "A_B.TXT;1", "A.T;1", "AB", "A"}
+	sort.Slice(ids, func(i, j int) bool { return lessID(ids[i], ids[j]) })
+	if d := cmp.Diff([]string{"A", "A.T;1", "A.TXT;1", "AB", "A_B.TXT;1", "B.TXT;1"}, ids); d != "" {
+		t.Errorf("order (-want +got):\n%s", d)
+	}
+}
