@@ -16,8 +16,8 @@ type job struct {
 	word uint32 // on-disk size word: length, | dataRawFlag if stored raw; 0 for a hole
 	// pooled is set when out is a buffer of the output pool.
 	pooled bool
-	err  error
-	done chan struct{}
+	err    error
+	done   chan struct{}
 
 	file  *fileData // a file's block: its index is block
 	block int
