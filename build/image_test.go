@@ -1,0 +1,567 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/images/compress"
+	"github.com/bellbuild/bellbuild/images/cpio"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/testvm"
+)
+
+// testKernel is the kernel the test profiles boot (linux-image-amd64).
+const testKernel = "/vmlinuz"
+
+// needHost skips a test that bakes when the host lacks what a bake reads:
+// a Debian kernel with its modules and a static busybox.
+func needHost(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat(testKernel); err != nil {
+		t.Skipf("SKIPPING: no kernel at %s (apt-get install linux-image-amd64)", testKernel)
+	}
+	found := false
+	for _, p := range BusyboxPaths {
+		if _, err := os.Stat(p); err == nil {
+			found = true
+		}
+	}
+	if !found {
+		t.Skip("SKIPPING: no busybox (apt-get install busybox-static)")
+	}
+}
+
+// testOptions bakes into fresh output and cache directories with the
+// static bellbuild of this checkout as the applier.
+func testOptions(t testing.TB) Options {
+	t.Helper()
+	return Options{
+		OutDir:   filepath.Join(t.TempDir(), "out"),
+		CacheDir: filepath.Join(t.TempDir(), "cache"),
+		Applier:  testvm.Binary(t),
+	}
+}
+
+func testSite(t testing.TB) *profiles.Site {
+	t.Helper()
+	s, err := profiles.Load("testdata/site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func spec(t testing.TB, s *profiles.Site, profile string) *profiles.ImageSpec {
+	t.Helper()
+	sp, err := s.Image(profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp
+}
+
+// unpack reads an initramfs the way the kernel does: every concatenated
+// zstd frame, every concatenated archive, later entries over earlier ones.
+func unpack(t testing.TB, file string) *fstree.Tree {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, format, err := compress.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zr.Close()
+	if format != compress.Zst {
+		t.Fatalf("%s: compression %q, want zstd", file, format)
+	}
+	tree, err := cpio.Read(zr)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return tree
+}
+
+func readAll(t testing.TB, c fstree.Content) []byte {
+	t.Helper()
+	rc, err := c.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func fileSum(t testing.TB, file string) (int64, string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return int64(len(b)), hex.EncodeToString(s[:])
+}
+
+func TestKernelVersion(t *testing.T) {
+	needHost(t)
+	real, err := filepath.EvalSymlinks(testKernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	v, err := KernelVersion(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.TrimPrefix(filepath.Base(real), "vmlinuz-"); v != want {
+		t.Errorf("KernelVersion = %q, want %q (from the file name)", v, want)
+	}
+	if _, err := KernelVersion(bytes.NewReader(make([]byte, 4096))); err == nil || !strings.Contains(err.Error(), "not an x86 bzImage") {
+		t.Errorf("zeros: err = %v, want not an x86 bzImage", err)
+	}
+}
+
+func TestModuleFiles(t *testing.T) {
+	needHost(t)
+	k, err := hostKernel(testKernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.modules == "" {
+		t.Skipf("SKIPPING: no /lib/modules/%s", k.version)
+	}
+	files, missing, err := moduleFiles(k.modules, []string{"virtio_net", "vfat", "no_such_module"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, moduleName(f))
+	}
+	for _, want := range []string{"virtio_net", "virtio", "virtio_ring", "net_failover", "failover", "vfat", "fat"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("modules %v: %s (a dependency) missing", names, want)
+		}
+	}
+	if diff := cmp.Diff([]string{"no_such_module"}, missing); diff != "" {
+		t.Errorf("missing (-want +got):\n%s", diff)
+	}
+	// Every boot module is either a module or built in.
+	if _, missing, _ := moduleFiles(k.modules, BootModules); len(missing) > 0 {
+		t.Errorf("BootModules not in kernel %s: %v", k.version, missing)
+	}
+}
+
+func TestBusyboxStage(t *testing.T) {
+	needHost(t)
+	tree, bin, err := busyboxStage(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := tree.Get("bin/busybox"); e == nil || e.Type != fstree.Regular || e.Mode != 0o755 || string(e.Data.(fstree.File)) != bin {
+		t.Errorf("bin/busybox = %+v, want the host's %s, 0755", e, bin)
+	}
+	for _, p := range []string{"bin/sh", "sbin/init", "bin/mount", "sbin/poweroff"} {
+		if e := tree.Get(p); e == nil || e.Type != fstree.Symlink || e.Target != "/bin/busybox" {
+			t.Errorf("%s = %+v, want a symlink to /bin/busybox", p, e)
+		}
+	}
+	if e := tree.Get("tmp"); e == nil || e.Mode != 0o777|os.ModeSticky {
+		t.Errorf("tmp = %+v, want 1777", e)
+	}
+	inittab := string(tree.Get("etc/inittab").Data.(fstree.Bytes))
+	if !strings.Contains(inittab, "ttyS0::respawn:-/bin/sh") {
+		t.Errorf("inittab has no shell on ttyS0:\n%s", inittab)
+	}
+	if _, _, err := busyboxStage(context.Background(), "/bin/sh"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		// /bin/sh is dash, dynamically linked, on Debian.
+		t.Errorf("busybox stage from a dynamic binary: err = %v, want dynamically linked", err)
+	}
+}
+
+// TestImage bakes the embedded minimal profile and checks every artifact
+// against the manifest and the initramfs's content against what the boot
+// needs.
+func TestImage(t *testing.T) {
+	needHost(t)
+	opts := testOptions(t)
+	m, err := Image(context.Background(), spec(t, profiles.Default(), "minimal"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(opts.OutDir, "minimal")
+	if m.Stats.Dir != dir {
+		t.Errorf("Stats.Dir = %q, want %q", m.Stats.Dir, dir)
+	}
+	// The manifest on disk is the one returned.
+	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onDisk Manifest
+	if err := json.Unmarshal(data, &onDisk); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(m, &onDisk, cmpIgnoreStats); diff != "" {
+		t.Errorf("manifest.json differs from the returned manifest (-want +got):\n%s", diff)
+	}
+	// Every artifact is there with its size and sha256; nothing else is.
+	var names []string
+	for _, a := range m.Artifacts {
+		names = append(names, a.Name)
+		size, sum := fileSum(t, filepath.Join(dir, a.Name))
+		if size != a.Size || sum != a.SHA256 {
+			t.Errorf("%s: %d bytes sha256 %s, manifest says %d %s", a.Name, size, sum, a.Size, a.SHA256)
+		}
+	}
+	if diff := cmp.Diff([]string{KernelFile, InitramfsFile}, names); diff != "" {
+		t.Errorf("artifacts (-want +got):\n%s", diff)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 3 {
+		t.Errorf("%s has %d files, want vmlinuz, initramfs and manifest", dir, len(ents))
+	}
+	// The segments add up to the initramfs.
+	var total int64
+	for _, s := range m.Segments {
+		total += s.Size
+	}
+	if total != m.Artifacts[1].Size {
+		t.Errorf("segments sum to %d bytes, initramfs is %d", total, m.Artifacts[1].Size)
+	}
+	if m.Cmdline != "console=ttyS0" || m.SourceDateEpoch != DefaultSourceDateEpoch || m.KernelVersion == "" {
+		t.Errorf("manifest cmdline %q, epoch %d, kernel %q", m.Cmdline, m.SourceDateEpoch, m.KernelVersion)
+	}
+
+	tree := unpack(t, filepath.Join(dir, InitramfsFile))
+	check := func(p string, typ fstree.Type, mode os.FileMode) *fstree.Entry {
+		t.Helper()
+		e := tree.Get(p)
+		if e == nil {
+			t.Errorf("initramfs has no /%s", p)
+			return nil
+		}
+		if e.Type != typ || e.Mode != mode {
+			t.Errorf("/%s: %s %o, want %s %o", p, e.Type, e.Mode, typ, mode)
+		}
+		if e.MTime != DefaultSourceDateEpoch {
+			t.Errorf("/%s: mtime %d, want the source date %d", p, e.MTime, DefaultSourceDateEpoch)
+		}
+		return e
+	}
+	if e := check("init", fstree.Symlink, 0o777); e != nil && e.Target != "bellbuild/bellbuild" {
+		t.Errorf("/init -> %q, want bellbuild/bellbuild", e.Target)
+	}
+	if e := check("bellbuild/bellbuild", fstree.Regular, 0o755); e != nil {
+		size, sum := fileSum(t, opts.Applier)
+		got := readAll(t, e.Data)
+		gs := sha256.Sum256(got)
+		if int64(len(got)) != size || hex.EncodeToString(gs[:]) != sum {
+			t.Errorf("/bellbuild/bellbuild is not the applier %s", opts.Applier)
+		}
+	}
+	if e := check("dev/console", fstree.CharDev, 0o600); e != nil && (e.Major != 5 || e.Minor != 1) {
+		t.Errorf("/dev/console is %d:%d, want 5:1", e.Major, e.Minor)
+	}
+	check("bin/busybox", fstree.Regular, 0o755)
+	check("etc/bellbuild", fstree.Dir, 0o755)
+	if e := check(bundlePath, fstree.Regular, 0o600); e != nil {
+		var b struct{ Profile string }
+		if err := json.Unmarshal(readAll(t, e.Data), &b); err != nil || b.Profile != "minimal" {
+			t.Errorf("bundle: profile %q, %v", b.Profile, err)
+		}
+	}
+	mods := base(t, tree, "lib/modules/"+m.KernelVersion)
+	for _, want := range []string{"virtio_net.ko", "virtio_pci.ko", "squashfs.ko", "overlay.ko", "modules.dep"} {
+		if !slices.Contains(mods, want) {
+			t.Errorf("lib/modules/%s has no %s", m.KernelVersion, want)
+		}
+	}
+	list := string(readAll(t, tree.Get("etc/bellbuild/modules").Data))
+	for _, n := range BootModules {
+		if !strings.Contains(list, "\n"+n+"\n") {
+			t.Errorf("/etc/bellbuild/modules does not list %s", n)
+		}
+	}
+}
+
+var cmpIgnoreStats = cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Stats" }, cmp.Ignore())
+
+// base lists the base names of the files under dir in a tree.
+func base(t testing.TB, tree *fstree.Tree, dir string) []string {
+	var out []string
+	for _, e := range tree.Walk() {
+		if strings.HasPrefix(e.Path, dir+"/") && e.Type == fstree.Regular {
+			out = append(out, filepath.Base(e.Path))
+		}
+	}
+	return out
+}
+
+// TestReproducible bakes the same profile twice, into different output
+// directories with different (cold) caches at different times: every
+// artifact and the manifest are byte-identical. Another source date
+// changes the initramfs.
+func TestReproducible(t *testing.T) {
+	needHost(t)
+	s := testSite(t)
+	bake := func(epoch int64) (Options, *Manifest) {
+		opts := testOptions(t)
+		opts.SourceDateEpoch = epoch
+		m, err := Image(context.Background(), spec(t, s, "fleet"), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Stats.StageCached {
+			t.Fatal("a cold cache gave a cached stage")
+		}
+		return opts, m
+	}
+	o1, m1 := bake(0)
+	o2, m2 := bake(0)
+	if o1.OutDir == o2.OutDir {
+		t.Fatal("same output directory")
+	}
+	for _, name := range []string{KernelFile, InitramfsFile, ManifestFile} {
+		a, err := os.ReadFile(filepath.Join(o1.OutDir, "fleet", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(o2.OutDir, "fleet", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between two bakes of the same inputs", name)
+		}
+	}
+	if diff := cmp.Diff(m1, m2, cmpIgnoreStats); diff != "" {
+		t.Errorf("manifests differ (-first +second):\n%s", diff)
+	}
+	_, m3 := bake(DefaultSourceDateEpoch + 86400)
+	if m3.Artifacts[1].SHA256 == m1.Artifacts[1].SHA256 {
+		t.Error("another SOURCE_DATE_EPOCH gave the same initramfs")
+	}
+}
+
+// TestConfOnlyRebake changes only the configuration between two bakes with
+// one cache: the stage and applier segments are reused, not recompressed,
+// and the new initramfs carries the new configuration.
+func TestConfOnlyRebake(t *testing.T) {
+	needHost(t)
+	s := testSite(t)
+	opts := testOptions(t)
+	sp := spec(t, s, "fleet")
+	m1, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m1.Stats.StageCached || m1.Stats.ApplierCached {
+		t.Fatalf("first bake: stats %+v, want nothing cached", m1.Stats)
+	}
+	cached := filepath.Join(opts.CacheDir, "segments")
+	before := segmentFiles(t, cached)
+
+	sp.Bundle.Nodes[0].Conf.Sysctl["vm.swappiness"] = "77"
+	m2, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m2.Stats.StageCached || !m2.Stats.ApplierCached {
+		t.Errorf("conf-only rebake: stats %+v, want stage and applier cached", m2.Stats)
+	}
+	// The cache is as it was: nothing rewritten, nothing added.
+	if diff := cmp.Diff(before, segmentFiles(t, cached)); diff != "" {
+		t.Errorf("cache changed (-before +after):\n%s", diff)
+	}
+	if diff := cmp.Diff(m1.Segments[:2], m2.Segments[:2]); diff != "" {
+		t.Errorf("stage/applier segments changed (-first +second):\n%s", diff)
+	}
+	if m1.Segments[2].SHA256 == m2.Segments[2].SHA256 {
+		t.Error("the configuration segment did not change")
+	}
+	// The new initramfs starts with the cached stage segment's bytes.
+	stageSeg, err := os.ReadFile(findSegment(t, cached, m2.Segments[0].Size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	initramfs := filepath.Join(opts.OutDir, "fleet", InitramfsFile)
+	got, err := os.ReadFile(initramfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(got, stageSeg) {
+		t.Error("the initramfs does not start with the cached stage segment")
+	}
+	tree := unpack(t, initramfs)
+	if !strings.Contains(string(readAll(t, tree.Get(bundlePath).Data)), `"vm.swappiness": "77"`) {
+		t.Error("the rebaked bundle does not have the new value")
+	}
+}
+
+// segmentFiles maps each file of the segment cache to its size and mtime.
+func segmentFiles(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = fmt.Sprintf("%d bytes, modified %s", info.Size(), info.ModTime())
+	}
+	return out
+}
+
+// findSegment names the cached segment of size bytes.
+func findSegment(t testing.TB, dir string, size int64) string {
+	t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(dir, "*.cpio.zst"))
+	for _, m := range matches {
+		if st, err := os.Stat(m); err == nil && st.Size() == size {
+			return m
+		}
+	}
+	t.Fatalf("no cached segment of %d bytes in %s", size, dir)
+	return ""
+}
+
+// TestFailedBakeLeavesNothing: a bake that fails while writing leaves the
+// previous artifacts in place and no temporary directory behind; a first
+// bake that fails leaves nothing at the final path.
+func TestFailedBakeLeavesNothing(t *testing.T) {
+	needHost(t)
+	s := testSite(t)
+	opts := testOptions(t)
+	opts.defaults()
+	fail := func() error {
+		b := &baker{opts: opts, log: opts.Log, p: newProgress(nil, opts.Log, 8)}
+		im, err := b.prepare(context.Background(), spec(t, s, "fleet"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A file that cannot be read when the segment is written.
+		im.config.Add(fstree.Entry{Path: "etc/broken", Type: fstree.Regular, Mode: 0o644, Size: 10, Data: fstree.File(filepath.Join(t.TempDir(), "gone"))})
+		_, err = b.write(context.Background(), im)
+		return err
+	}
+	final := filepath.Join(opts.OutDir, "fleet")
+	if err := fail(); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err = %v, want the missing file", err)
+	}
+	if _, err := os.Lstat(final); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after a failed first bake, %s: %v; want nothing", final, err)
+	}
+	m, err := Image(context.Background(), spec(t, s, "fleet"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fail(); err == nil {
+		t.Fatal("second broken bake succeeded")
+	}
+	for _, a := range m.Artifacts {
+		size, sum := fileSum(t, filepath.Join(final, a.Name))
+		if size != a.Size || sum != a.SHA256 {
+			t.Errorf("%s changed after a failed bake", a.Name)
+		}
+	}
+	ents, _ := os.ReadDir(opts.OutDir)
+	if len(ents) != 1 || ents[0].Name() != "fleet" {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("%s holds %v, want only fleet", opts.OutDir, names)
+	}
+}
+
+func TestNodeFilter(t *testing.T) {
+	needHost(t)
+	s := testSite(t)
+	opts := testOptions(t)
+	opts.Nodes = []string{"n2"}
+	m, err := Image(context.Background(), spec(t, s, "fleet"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"n2"}, m.Nodes); diff != "" {
+		t.Errorf("nodes (-want +got):\n%s", diff)
+	}
+	opts.Nodes = []string{"n9"}
+	_, err = Image(context.Background(), spec(t, s, "fleet"), opts)
+	if err == nil || !strings.Contains(err.Error(), "--node n9: no such node boots profile fleet (nodes: n1, n2)") {
+		t.Errorf("unknown node: err = %v", err)
+	}
+}
+
+// TestProfileStageAndTar bakes a profile whose stage is another profile's
+// baked tree, with a stage tarball as an output: the tarball holds the
+// lower profile's tree with this profile's configuration over it.
+func TestProfileStageAndTar(t *testing.T) {
+	needHost(t)
+	s := testSite(t)
+	opts := testOptions(t)
+	opts.Site = s
+	m, err := Image(context.Background(), spec(t, s, "layered"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Inputs[0].Kind != "profile" || m.Inputs[0].Path != "fleet" {
+		t.Errorf("stage input %+v, want profile fleet", m.Inputs[0])
+	}
+	tarFile := filepath.Join(opts.OutDir, "layered", TarFile)
+	size, sum := fileSum(t, tarFile)
+	if a := m.Artifacts[len(m.Artifacts)-1]; a.Name != TarFile || a.Size != size || a.SHA256 != sum {
+		t.Errorf("tar artifact %+v, file has %d bytes sha256 %s", a, size, sum)
+	}
+	tree, err := fstree.OpenTar(tarFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"bin/busybox", "init", "bellbuild/bellbuild", "etc/inittab"} {
+		if tree.Get(p) == nil {
+			t.Errorf("rootfs.tar has no /%s", p)
+		}
+	}
+	var b struct{ Profile string }
+	if err := json.Unmarshal(readAll(t, tree.Get(bundlePath).Data), &b); err != nil || b.Profile != "layered" {
+		t.Errorf("rootfs.tar bundle: profile %q (%v), want layered", b.Profile, err)
+	}
+	// The tarball is itself reproducible.
+	opts2 := testOptions(t)
+	opts2.Site = s
+	if _, err := Image(context.Background(), spec(t, s, "layered"), opts2); err != nil {
+		t.Fatal(err)
+	}
+	if _, sum2 := fileSum(t, filepath.Join(opts2.OutDir, "layered", TarFile)); sum2 != sum {
+		t.Error("rootfs.tar differs between two bakes")
+	}
+}

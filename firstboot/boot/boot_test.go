@@ -1,0 +1,280 @@
+package boot
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+func TestInitParam(t *testing.T) {
+	tests := []struct{ name, cmdline, want string }{
+		{"none", "console=ttyS0 quiet", ""},
+		{"one", "console=ttyS0 init=/lib/systemd/systemd", "/lib/systemd/systemd"},
+		{"last wins", "init=/sbin/init init=/bin/sh", "/bin/sh"},
+		{"rdinit is not init", "rdinit=/init", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := InitParam(tt.cmdline); got != tt.want {
+				t.Errorf("InitParam(%q) = %q, want %q", tt.cmdline, got, tt.want)
+			}
+		})
+	}
+}
+
+func testBundle() *nodeconf.Bundle {
+	return &nodeconf.Bundle{
+		Profile: "web",
+		Default: nodeconf.Node{Profile: "web", Profiles: []string{"web"}},
+		Nodes: []nodeconf.Node{
+			{Node: "web-1", Profile: "web", MACs: []string{"52:54:00:00:00:01"}},
+			{Node: "web-2", Profile: "web", MACs: []string{"52:54:00:00:00:02"}},
+		},
+	}
+}
+
+func TestChoose(t *testing.T) {
+	mac := func(s string) net.HardwareAddr {
+		m, err := net.ParseMAC(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	tests := []struct {
+		name     string
+		cmdline  string
+		macs     []net.HardwareAddr
+		wantNode string
+		wantBy   string
+		wantErr  error
+	}{
+		{"cmdline", "console=ttyS0 bellbuild.node=web-2", []net.HardwareAddr{mac("52:54:00:00:00:01")}, "web-2", "cmdline", nil},
+		{"mac", "console=ttyS0", []net.HardwareAddr{mac("52:54:00:12:34:56"), mac("52:54:00:00:00:02")}, "web-2", "mac 52:54:00:00:00:02", nil},
+		{"default", "console=ttyS0", []net.HardwareAddr{mac("52:54:00:12:34:56")}, "", "default", nil},
+		{"unknown name boots the default", "bellbuild.node=web-9", nil, "", "default", firstboot.ErrNoSuchNode},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, by, err := Choose(testBundle(), tt.cmdline, tt.macs)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if n.Node != tt.wantNode || by != tt.wantBy || n.Profile != "web" {
+				t.Errorf("got node %q profile %q by %q, want %q profile web by %q", n.Node, n.Profile, by, tt.wantNode, tt.wantBy)
+			}
+		})
+	}
+}
+
+func TestMACs(t *testing.T) {
+	dir := t.TempDir()
+	for name, addr := range map[string]string{
+		"lo":   "00:00:00:00:00:00",
+		"eth0": "52:54:00:00:00:02",
+		"eth1": "52:54:00:AB:CD:EF",
+		"ib0":  "80:00:02:08:fe:80:00:00:00:00:00:00:00:02:c9:03:00:1f:5c:11",
+	} {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "address"), []byte(addr+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for _, m := range MACs(dir) {
+		got = append(got, m.String())
+	}
+	want := []string{"52:54:00:00:00:02", "52:54:00:ab:cd:ef"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("MACs (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadOrder(t *testing.T) {
+	// The shape of Debian's modules.dep: a module's dependencies, listed so
+	// that loading them from last to first works.
+	dep := `kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
+kernel/fs/fat/fat.ko:
+kernel/fs/nls/nls_cp437.ko.xz:
+`
+	file := filepath.Join(t.TempDir(), "modules.dep")
+	if err := os.WriteFile(file, []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deps, err := ModuleDeps(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, missing := LoadOrder(deps, []string{"virtio_net", "virtio-blk", "vfat", "nls_cp437", "ext4"})
+	want := []string{
+		"kernel/drivers/virtio/virtio_ring.ko",
+		"kernel/drivers/virtio/virtio.ko",
+		"kernel/net/core/failover.ko",
+		"kernel/drivers/net/net_failover.ko",
+		"kernel/drivers/net/virtio_net.ko",
+		"kernel/drivers/block/virtio_blk.ko",
+		"kernel/fs/fat/fat.ko",
+		"kernel/fs/fat/vfat.ko",
+		"kernel/fs/nls/nls_cp437.ko.xz",
+	}
+	if diff := cmp.Diff(want, order); diff != "" {
+		t.Errorf("load order (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"ext4"}, missing); diff != "" {
+		t.Errorf("missing (-want +got):\n%s", diff)
+	}
+	// Every module comes after everything it depends on.
+	pos := map[string]int{}
+	for i, p := range order {
+		pos[p] = i
+	}
+	for _, p := range order {
+		for _, d := range deps[p] {
+			if pos[d] > pos[p] {
+				t.Errorf("%s loads before its dependency %s", p, d)
+			}
+		}
+	}
+}
+
+func TestReadModuleList(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "modules")
+	if err := os.WriteFile(file, []byte("# what the init loads\nvirtio_pci\n\n  squashfs  \n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadModuleList(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"virtio_pci", "squashfs"}, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	got, err = ReadModuleList(filepath.Join(t.TempDir(), "absent"))
+	if err != nil || got != nil {
+		t.Errorf("missing list: got %q, %v; want nothing, no error", got, err)
+	}
+}
+
+// TestRunOnRoot runs the init's steps (without mounting or loading
+// modules) against a root directory: the node named on the command line is
+// applied there, the console shows the script's output, then exactly one
+// summary line, and the stage's init is found.
+func TestRunOnRoot(t *testing.T) {
+	tests := []struct {
+		name       string
+		cmdline    string
+		wantMotd   string
+		wantLines  []string
+		wantInit   string
+		wantErrors int
+	}{
+		{
+			name:      "node from cmdline",
+			cmdline:   "console=ttyS0 bellbuild.node=web-2",
+			wantMotd:  "web-2\n",
+			wantLines: []string{"bellbuild: node=web-2 profile=web changes=1 errors=0"},
+			wantInit:  "/sbin/init",
+		},
+		{
+			name:      "default, init= honoured",
+			cmdline:   "console=ttyS0 init=/bin/sh",
+			wantMotd:  "default\n",
+			wantLines: []string{"bellbuild: node=- profile=web changes=1 errors=0"},
+			wantInit:  "/bin/sh",
+		},
+		{
+			name:     "unknown node: default applied, error shown",
+			cmdline:  "bellbuild.node=web-9",
+			wantMotd: "default\n",
+			wantLines: []string{
+				"bellbuild: error: bellbuild.node=web-9: no such node in the bundle of profile web",
+				"bellbuild: node=- profile=web changes=1 errors=1",
+			},
+			wantInit:   "/sbin/init",
+			wantErrors: 1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			b := testBundle()
+			motd := func(s string) nodeconf.Conf {
+				return nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: s + "\n"}}}
+			}
+			b.Default.Conf = motd("default")
+			b.Nodes[0].Conf = motd("web-1")
+			b.Nodes[1].Conf = motd("web-2")
+			data, err := json.Marshal(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for p, content := range map[string]string{
+				BundlePath:     string(data),
+				"proc/cmdline": tt.cmdline + "\n",
+				"sbin/init":    "#!/bin/sh\n",
+				"bin/sh":       "#!/bin/sh\n",
+			} {
+				if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(root, p), []byte(content), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var con bytes.Buffer
+			res := Run(context.Background(), Options{Root: root, Console: &con})
+			got, err := os.ReadFile(filepath.Join(root, "etc/motd"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.wantMotd {
+				t.Errorf("/etc/motd = %q, want %q", got, tt.wantMotd)
+			}
+			if diff := cmp.Diff(tt.wantLines, strings.Split(strings.TrimSpace(con.String()), "\n")); diff != "" {
+				t.Errorf("console (-want +got):\n%s", diff)
+			}
+			if res.Init != tt.wantInit {
+				t.Errorf("init = %q, want %q", res.Init, tt.wantInit)
+			}
+			if len(res.Report.Errors) != tt.wantErrors {
+				t.Errorf("report errors = %q, want %d", res.Report.Errors, tt.wantErrors)
+			}
+		})
+	}
+}
+
+func TestRunWithoutBundle(t *testing.T) {
+	root := t.TempDir()
+	var con bytes.Buffer
+	res := Run(context.Background(), Options{Root: root, Console: &con})
+	want := []string{
+		"bellbuild: error: open " + filepath.Join(root, BundlePath) + ": no such file or directory",
+		"bellbuild: node=- profile=- changes=0 errors=1",
+		"bellbuild: error: no init to hand over to (tried init=, /sbin/init, /etc/init, /bin/init, /lib/systemd/systemd, /bin/sh)",
+	}
+	if diff := cmp.Diff(want, strings.Split(strings.TrimSpace(con.String()), "\n")); diff != "" {
+		t.Errorf("console (-want +got):\n%s", diff)
+	}
+	if res.Init != "" {
+		t.Errorf("init = %q, want none", res.Init)
+	}
+}
