@@ -9,7 +9,10 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
-var confType = reflect.TypeFor[nodeconf.Conf]()
+var (
+	confType      = reflect.TypeFor[nodeconf.Conf]()
+	stringMapType = reflect.TypeFor[map[string]string]()
+)
 
 // reported tags a null that stands for a bad value already reported.
 const reported = "!!reported"
@@ -200,6 +203,20 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 	case reflect.Map:
 		if v.kind != kMap {
 			errs.Add(v.pos, path.String(), "expected a map, got %s", v.describe())
+			return
+		}
+		if t == stringMapType { // the common case (sysctl, env, ...), without reflection
+			m := make(map[string]string, len(v.ents))
+			for _, e := range v.ents {
+				switch e.val.kind {
+				case kNull:
+				case kScalar:
+					m[e.key] = e.val.text
+				default:
+					errs.Add(e.val.pos, joinKey(path.String(), e.key), "expected a string, got %s", e.val.describe())
+				}
+			}
+			rv.Set(reflect.ValueOf(m))
 			return
 		}
 		m := reflect.MakeMapWithSize(t, len(v.ents))

@@ -494,6 +494,10 @@ func parseLabelOverrides(v *value, path, module string, errs *ErrorList) []label
 						o.key, _ = scalarString(l.val, lp, errs)
 					case "values":
 						o.values, _ = stringList(l.val, lp, errs)
+						if l.val.kind == kList && len(l.val.items) == 0 {
+							errs.Add(l.val.pos, lp, "empty: the override would match no node")
+							ok = false
+						}
 					default:
 						errs.Add(l.kpos, lp, "unknown key %q (want key and values)", l.key)
 					}
