@@ -69,11 +69,6 @@ func orDash(s string) string {
 // ErrLocked means another applier holds the root's lock.
 var ErrLocked = errors.New("another bellbuild apply is running on this root")
 
-// ValidateFunc checks a configuration before anything changes; package
-// nodeconf provides it. It is a variable so the applier does not depend on
-// how validation is implemented.
-var ValidateFunc func(*nodeconf.Conf) []error
-
 // Apply enforces node on opts.RootDir:
 //  1. validate the whole configuration, and let every module check the
 //     root (nothing changes, not even the state directory, if any fails);
@@ -85,13 +80,11 @@ var ValidateFunc func(*nodeconf.Conf) []error
 // configuration, lock, unreadable ledger); per-item errors are in the Report.
 func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, error) {
 	rep := &Report{Node: node.Node, Profile: node.Profile, Plan: opts.Plan, Changes: []host.Change{}, Errors: []string{}}
-	if ValidateFunc != nil {
-		if errs := ValidateFunc(&node.Conf); len(errs) > 0 {
-			for _, err := range errs {
-				rep.Errors = append(rep.Errors, err.Error())
-			}
-			return rep, errors.Join(errs...)
+	if errs := node.Conf.Validate(); len(errs) > 0 {
+		for _, err := range errs {
+			rep.Errors = append(rep.Errors, err.Error())
 		}
+		return rep, errors.Join(errs...)
 	}
 	h, err := host.Open(opts)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
@@ -24,11 +25,9 @@ func (limitsModule) Name() string { return "limits" }
 func limitsPath(name string) string { return "/etc/security/limits.d/bellbuild-" + name + ".conf" }
 
 var (
-	limitNameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
-	limitDomRE   = regexp.MustCompile(`^(\*|%?@?[A-Za-z0-9_.$-]+|%|[0-9]*:[0-9]*|@?[0-9]*:[0-9]*)$`)
-	limitItems   = map[string]bool{"core": true, "data": true, "fsize": true, "memlock": true, "nofile": true, "rss": true, "stack": true, "cpu": true, "nproc": true, "as": true, "maxlogins": true, "maxsyslogins": true, "nonewprivs": true, "priority": true, "locks": true, "sigpending": true, "msgqueue": true, "nice": true, "rtprio": true}
-	limitSigned  = map[string]bool{"priority": true, "nice": true}
-	limitTypeSet = map[string]bool{"soft": true, "hard": true, "-": true}
+	limitNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	limitDomRE  = regexp.MustCompile(`^(\*|%?@?[A-Za-z0-9_.$-]+|%|[0-9]*:[0-9]*|@?[0-9]*:[0-9]*)$`)
+	limitSigned = map[string]bool{"priority": true, "nice": true}
 )
 
 func (limitsModule) Check(_ context.Context, _ *host.Host, conf *nodeconf.Conf) []error {
@@ -44,10 +43,10 @@ func (limitsModule) Check(_ context.Context, _ *host.Host, conf *nodeconf.Conf) 
 		if !limitDomRE.MatchString(l.Domain) {
 			bad("domain %q: want a user, @group, %%group, *, or uid:uid range", l.Domain)
 		}
-		if !limitTypeSet[l.Type] {
+		if !slices.Contains(nodeconf.LimitTypes, l.Type) {
 			bad("type %q: want soft, hard or -", l.Type)
 		}
-		if !limitItems[l.Item] {
+		if !slices.Contains(nodeconf.LimitItems, l.Item) {
 			bad("item %q: not a pam_limits item", l.Item)
 		}
 		if !validLimitValue(l.Item, l.Value) {

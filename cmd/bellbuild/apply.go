@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -18,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "apply",
 		summary: "enforce a node's host configuration on a root (first boot and day 2)",
-		usage:   "--config SRC [--root DIR] [--node NAME | --hostname H --label k=v ...] [--plan] [--offline | --live]",
+		usage:   "--config SRC [--root DIR] [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan] [--offline | --live]",
 		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
 ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
 root filesystem, idempotently: a second run with the same configuration
@@ -26,10 +27,13 @@ changes nothing, and an item removed from the configuration is reverted to
 what was there before bellbuild first touched it. Everything is validated
 before anything changes.
 
-SRC is a rendered node file (bellbuild render -o json) or an image's
-bundle. From a bundle the node is chosen by --node, else by bellbuild.node=
-on the kernel command line, else by a MAC of this machine, else by the
-hostname, else the bundle's default.
+SRC is a site directory, a rendered node file (bellbuild render -o json),
+an image's bundle, or a Divingbell values file (its conf:, overrides
+included). The node is chosen by --node, else by bellbuild.node= on the
+kernel command line, else by a MAC of this machine, else by the hostname;
+--hostname (with --label) describes another machine instead of this one.
+With no inventory match, a bundle gives its default, and a site renders
+--profile (a values file: its one profile) for that hostname and labels.
 
 --root / is the live host: sysctl values, mounts, ethtool features and
 AppArmor profiles are also applied to the running system. Any other root is
@@ -52,6 +56,7 @@ Example:
 			fs.StringVar(&o.root, "root", "/", "target root `DIR`")
 			fs.StringVar(&o.node, "node", "", "node `NAME` to apply (from a bundle)")
 			fs.StringVar(&o.hostname, "hostname", "", "host name to select by, instead of this machine's")
+			fs.StringVar(&o.profile, "profile", "", "profile `P` to render when no inventory node matches (a site or values file)")
 			fs.Func("label", "node label `k=v` (repeatable; for rendering a profile)", func(s string) error {
 				k, v, ok := strings.Cut(s, "=")
 				if !ok || k == "" {
@@ -77,9 +82,9 @@ Example:
 }
 
 type applyFlags struct {
-	config, root, node, hostname string
-	labels                       map[string]string
-	plan, offline, live          bool
+	config, root, node, hostname, profile string
+	labels                                map[string]string
+	plan, offline, live                   bool
 }
 
 // runApply loads the configuration, picks the node, and applies it.
@@ -136,7 +141,25 @@ func printErrors(w io.Writer, err error) {
 
 // loadNode reads SRC and returns the node to apply.
 func loadNode(o applyFlags) (*nodeconf.Node, error) {
+	fi, err := os.Stat(o.config)
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		site, err := profiles.Load(o.config)
+		if err != nil {
+			return nil, err
+		}
+		return renderFor(site, o)
+	}
 	node, bundle, err := firstboot.ReadConfig(o.config)
+	if errors.Is(err, firstboot.ErrNotRendered) {
+		site, err := profiles.LoadValues(o.config)
+		if err != nil {
+			return nil, err
+		}
+		return renderFor(site, o)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -146,15 +169,59 @@ func loadNode(o applyFlags) (*nodeconf.Node, error) {
 		}
 		return node, nil
 	}
-	m := firstboot.ThisMachine()
-	m.Node = o.node
-	if o.hostname != "" {
-		m.Hostname = o.hostname
-	}
-	n, how, err := firstboot.SelectNode(bundle, m)
+	n, how, err := firstboot.SelectNode(bundle, machine(o))
 	if err != nil {
 		return nil, err
 	}
 	slog.Info("node selected", "node", n.Node, "profile", n.Profile, "by", how)
 	return n, nil
+}
+
+// machine describes the machine to select a node for: the one given by
+// --node or --hostname, else this one.
+func machine(o applyFlags) firstboot.Machine {
+	if o.node != "" || o.hostname != "" {
+		return firstboot.Machine{Node: o.node, Hostname: o.hostname}
+	}
+	return firstboot.ThisMachine()
+}
+
+// renderFor renders the node of a site (or Divingbell values file): by
+// --node, else bellbuild.node= on the kernel command line, else a MAC of
+// this machine in the inventory, else the hostname in the inventory, else
+// --profile (or the site's only profile) with --label and the hostname.
+func renderFor(site *profiles.Site, o applyFlags) (*nodeconf.Node, error) {
+	m := machine(o)
+	name, how := m.Node, "--node"
+	if name == "" {
+		name, how = firstboot.CmdlineNode(m.Cmdline), "cmdline"
+	}
+	if name == "" {
+		for _, mac := range m.MACs {
+			if n, ok := site.NodeByMAC(mac); ok {
+				name, how = n.Name, "mac "+mac.String()
+				break
+			}
+		}
+	}
+	if name == "" && m.Hostname != "" {
+		for _, n := range site.Nodes() {
+			if n.Name == m.Hostname {
+				name, how = n.Name, "hostname"
+			}
+		}
+	}
+	if name != "" {
+		slog.Info("node selected", "node", name, "by", how)
+		return site.RenderNode(name)
+	}
+	profile := o.profile
+	if names := site.ProfileNames(); profile == "" && len(names) == 1 {
+		profile = names[0]
+	}
+	if profile == "" {
+		return nil, fmt.Errorf("no inventory node matches this machine (hostname %q): name one with --node, or a profile with --profile", m.Hostname)
+	}
+	slog.Info("profile selected", "profile", profile, "hostname", m.Hostname, "labels", o.labels)
+	return site.RenderProfile(profile, o.labels, m.Hostname)
 }

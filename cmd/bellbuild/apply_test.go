@@ -112,6 +112,12 @@ func TestApplyCommand(t *testing.T) {
 		Sysctl: map[string]string{"bad..key": "1"},
 		Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/nothing", Owner: "root", Group: "root", Permissions: "0644"}}},
 	}})
+	badRoot := filepath.Join(dir, "badroot.json")
+	writeJSON(t, badRoot, nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
+		Sysctl: map[string]string{"vm.swappiness": "1"},
+		Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/nothing", Owner: "root", Group: "root", Permissions: "0644"}}},
+		Files:  map[string]nodeconf.File{"/etc/x": {Content: "x", Owner: "www-data"}},
+	}})
 
 	for _, step := range []struct {
 		name   string
@@ -126,8 +132,10 @@ func TestApplyCommand(t *testing.T) {
 		{"apply", []string{"--config", node, "--root", root}, 0, "bellbuild: node=n1 profile=worker changes=2 errors=0\n", "", "node n1\n"},
 		{"again: nothing to do", []string{"--config", node, "--root", root}, 0, "bellbuild: node=n1 profile=worker changes=0 errors=0\n", "", "node n1\n"},
 		{"plan on a converged root exits 0", []string{"--config", node, "--root", root, "--plan"}, 0, "bellbuild: node=n1 profile=worker changes=0 errors=0\n", "", "node n1\n"},
-		{"bad config: every error, nothing changed", []string{"--config", bad, "--root", root}, 1, "bellbuild: node=n1 profile=worker changes=0 errors=2\n",
-			"bellbuild apply: sysctl: bad..key: not a valid sysctl name\nbellbuild apply: perm: paths[0] /nothing: matches nothing in the root (set ignore_missing to allow this)\n", "node n1\n"},
+		{"invalid config: every error, nothing changed", []string{"--config", bad, "--root", root}, 1, "bellbuild: node=n1 profile=worker changes=0 errors=1\n",
+			"bellbuild apply: sysctl[\"bad..key\"]: \"bad..key\" is not a sysctl name like net.ipv4.ip_forward\n", "node n1\n"},
+		{"root checks: every error, nothing changed", []string{"--config", badRoot, "--root", root}, 1, "bellbuild: node=n1 profile=worker changes=0 errors=2\n",
+			"bellbuild apply: perm: paths[0] /nothing: matches nothing in the root (set ignore_missing to allow this)\nbellbuild apply: files: /etc/x: owner: user \"www-data\": not found in /etc/passwd\n", "node n1\n"},
 		{"bundle by --node", []string{"--config", bundle, "--root", root, "--node", "n2"}, 0, "bellbuild: node=n2 profile=worker changes=3 errors=0\n", "", "node n2\n"},
 		{"bundle by --hostname", []string{"--config", bundle, "--root", root, "--hostname", "n1"}, 0, "bellbuild: node=n1 profile=worker changes=2 errors=0\n", "", "node n1\n"},
 		{"bundle, unknown --node", []string{"--config", bundle, "--root", root, "--node", "n9"}, 1, "", `node "n9": no such node in the bundle of profile worker`, "node n1\n"},
@@ -290,5 +298,85 @@ func TestApplyKill9(t *testing.T) {
 	t.Logf("%d of 100 appliers killed before they finished", killed)
 	if killed < 50 {
 		t.Errorf("only %d of 100 appliers were killed mid-run: the test proves little", killed)
+	}
+}
+
+// TestApplySources applies a site directory and a Divingbell values file:
+// the node is rendered by --node, by hostname in the inventory, or from a
+// profile with --hostname and --label (the values file's overrides).
+func TestApplySources(t *testing.T) {
+	dir := t.TempDir()
+	site := filepath.Join(dir, "site")
+	writeTestFile(t, filepath.Join(site, "profiles/base.yaml"), `description: base
+conf:
+  sysctl:
+    vm.swappiness: 10
+overrides:
+  labels:
+  - label: {key: role, values: [db]}
+    conf:
+      sysctl:
+        vm.swappiness: 60
+`)
+	writeTestFile(t, filepath.Join(site, "nodes.yaml"), `nodes:
+- name: web-1
+  mac: 52:54:00:00:00:01
+  profile: base
+  labels: {role: web}
+- name: db-1
+  mac: 52:54:00:00:00:02
+  profile: base
+  labels: {role: db}
+`)
+	values := filepath.Join(dir, "values.yaml")
+	writeTestFile(t, values, `images:
+  divingbell: 'ubuntu:16.04'
+conf:
+  chroot_mnt_path: /mnt
+  sysctl:
+    net.ipv4.ip_forward: 1
+  overrides:
+    divingbell_sysctl:
+      labels:
+      - label:
+          key: compute_type
+          values: ["dpdk"]
+        conf:
+          sysctl:
+            net.ipv4.ip_forward: 0
+      hosts:
+      - name: superhost
+        conf:
+          sysctl:
+            net.ipv4.ip_forward: 2
+`)
+	const head = "# Written by bellbuild apply: kernel parameters of this node.\n# Edits are reported as conflicts; change the site instead.\n"
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		summary string
+		sysctl  string
+	}{
+		{"site --node", []string{"--config", site, "--node", "db-1"}, "node=db-1 profile=base", "vm.swappiness = 60\n"},
+		{"site by inventory hostname", []string{"--config", site, "--hostname", "web-1"}, "node=web-1 profile=base", "vm.swappiness = 10\n"},
+		{"site profile with labels", []string{"--config", site, "--hostname", "new", "--profile", "base", "--label", "role=db"}, "node=new profile=base", "vm.swappiness = 60\n"},
+		{"values, plain host", []string{"--config", values, "--hostname", "h1"}, "node=h1 profile=divingbell", "net.ipv4.ip_forward = 1\n"},
+		{"values, label override", []string{"--config", values, "--hostname", "h1", "--label", "compute_type=dpdk"}, "node=h1 profile=divingbell", "net.ipv4.ip_forward = 0\n"},
+		{"values, host override", []string{"--config", values, "--hostname", "superhost"}, "node=superhost profile=divingbell", "net.ipv4.ip_forward = 2\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := applyRoot(t)
+			code, stdout, stderr := runBin(t, append([]string{"apply", "--root", root}, tc.args...)...)
+			if code != 0 || !strings.HasPrefix(stdout, "bellbuild: "+tc.summary+" ") {
+				t.Fatalf("exit %d, stdout %q, want summary %q\n%s", code, stdout, tc.summary, stderr)
+			}
+			got, err := os.ReadFile(filepath.Join(root, "etc/sysctl.d/60-bellbuild.conf"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(head+tc.sysctl, string(got)); diff != "" {
+				t.Errorf("sysctl file (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
