@@ -15,6 +15,8 @@ type Pos struct {
 	Col  int
 }
 
+// String formats p as FILE:LINE:COL (FILE:LINE without a column, FILE
+// alone without a line).
 func (p Pos) String() string {
 	switch {
 	case p.Line == 0:

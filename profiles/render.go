@@ -271,7 +271,7 @@ func (s *Site) render(profile string, labels map[string]string, host string, own
 		}
 		pos := Pos{File: s.profiles[profile].pos.File}
 		if tree != nil {
-			pos = lookup(tree, strings.TrimPrefix("."+fe.Path, "."))
+			pos = lookup(tree, fe.Path)
 		}
 		errs.Add(pos, "conf."+fe.Path, "%s", fe.Msg)
 	}

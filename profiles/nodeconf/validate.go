@@ -20,6 +20,7 @@ type FieldError struct {
 	Msg  string
 }
 
+// Error formats e as PATH: MESSAGE.
 func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 
 // Key returns the path segment for the map key k: ".k" when k is a plain
