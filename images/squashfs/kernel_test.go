@@ -1,0 +1,230 @@
+package squashfs
+
+import (
+	"bufio"
+	"crypto/md5"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/google/go-cmp/cmp"
+)
+
+// kernelModules returns the host kernel's directory of modules and the
+// modules (relative paths) that mods need, dependencies first, from
+// modules.dep.
+func kernelModules(t *testing.T, mods ...string) (string, []string) {
+	t.Helper()
+	dirs, _ := filepath.Glob("/lib/modules/*/modules.dep")
+	if len(dirs) == 0 {
+		t.Skip("no /lib/modules/*/modules.dep: install linux-image-amd64")
+	}
+	kdir := filepath.Dir(dirs[0])
+	f, err := os.Open(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	deps := map[string][]string{}
+	byName := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		mod, rest, _ := strings.Cut(sc.Text(), ":")
+		deps[mod] = strings.Fields(rest)
+		byName[strings.TrimSuffix(path.Base(mod), ".ko")] = mod
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(m string)
+	visit = func(m string) {
+		if seen[m] {
+			return
+		}
+		seen[m] = true
+		for _, d := range deps[m] {
+			visit(d)
+		}
+		order = append(order, m)
+	}
+	for _, name := range mods {
+		m, ok := byName[name]
+		if !ok {
+			continue // built into the kernel
+		}
+		visit(m)
+	}
+	return kdir, order
+}
+
+// bootInitramfs makes an initramfs with the cpio CLI: busybox, the
+// modules, and init as /init.
+func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string {
+	t.Helper()
+	for _, tool := range []string{"cpio", "/bin/busybox"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (apt-get install cpio busybox-static): %v", tool, err)
+		}
+	}
+	root := t.TempDir()
+	for _, d := range []string{"bin", "dev", "proc", "sys", "mnt", "lib/modules"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile := func(src, dst string, mode os.FileMode) {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile("/bin/busybox", filepath.Join(root, "bin/busybox"), 0o755)
+	if err := os.Symlink("busybox", filepath.Join(root, "bin/sh")); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		copyFile(filepath.Join(kdir, m), filepath.Join(root, "lib/modules", path.Base(m)), 0o644)
+	}
+	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "initrd.cpio")
+	cmd := exec.Command("sh", "-c", "find . | cpio --quiet -o -H newc -R 0:0 > "+img)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio: %v\n%s", err, out)
+	}
+	return img
+}
+
+// TestKernelMount boots the host kernel on an image and has it read it:
+// every inode's type, mode, owner, link count, inode number and device of a
+// tree of every type; the whole of a 5,000-entry directory plus lookups at
+// its end; and the checksums of multi-block zstd files.
+func TestKernelMount(t *testing.T) {
+	testvm.Skip(t)
+	kernel := "/vmlinuz"
+	if _, err := os.Stat(kernel); err != nil {
+		t.Skipf("no host kernel at %s (apt-get install linux-image-amd64): %v", kernel, err)
+	}
+	kdir, mods := kernelModules(t, "virtio_pci", "virtio_blk", "squashfs")
+
+	tr := everyType()
+	tr.Merge(bigDir(5000))
+	tr.Merge(blocks())
+	tr.Reproducible(1700000000)
+	img := writeImage(t, tr, Options{})
+
+	// What the kernel must show.
+	const big = "usr/share/doc"
+	var stats []string
+	inos := map[*fstree.Entry]int{}
+	links := tr.Links()
+	walk := tr.Walk()
+	next := 1
+	for _, e := range walk {
+		if g := links[e.Path]; g != nil && g.Members[0] != e {
+			inos[e] = inos[g.Members[0]]
+			continue
+		}
+		inos[e] = next
+		next++
+	}
+	var names []string
+	for _, e := range walk {
+		if path.Dir(e.Path) == big {
+			names = append(names, path.Base(e.Path))
+		}
+		if strings.HasPrefix(e.Path, big+"/") {
+			continue
+		}
+		src := e
+		nlink := 1
+		if g := links[e.Path]; g != nil {
+			src, nlink = g.Head, len(g.Members)
+		}
+		if e.Type == fstree.Dir {
+			nlink = 2
+			for _, c := range tr.Children(e.Path) {
+				if c.Type == fstree.Dir {
+					nlink++
+				}
+			}
+		}
+		p := "/mnt"
+		if e.Path != "." {
+			p += "/" + e.Path
+		}
+		stats = append(stats, fmt.Sprintf("%s %x %d %d %d %d %x %x", p, src.UnixMode(), src.UID, src.GID, nlink, inos[e], e.Major, e.Minor))
+	}
+	lookups := []string{names[0], names[2502], names[4999], names[4995] + "/copyright"}
+	sums := []string{"random-5m", "text-6m", "holes-2m", "zeros-3m", "hard/b", "random-5m-dup", "block-plus-one", big + "/" + lookups[1]}
+	var want []string
+	want = append(want, stats...)
+	want = append(want, fmt.Sprintf("ENTRIES %d", len(names)))
+	want = append(want, fmt.Sprintf("NAMES %x", md5.Sum([]byte(strings.Join(names, "\n")+"\n"))))
+	for _, l := range lookups {
+		want = append(want, "LOOKUP "+l+" ok")
+	}
+	for _, s := range sums {
+		src := tr.Get(s)
+		if g := links[s]; g != nil {
+			src = g.Head
+		}
+		want = append(want, fmt.Sprintf("%x  /mnt/%s", contentHash(t, src), s))
+	}
+
+	var init strings.Builder
+	init.WriteString("#!/bin/sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n")
+	init.WriteString("mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n")
+	for _, m := range mods {
+		fmt.Fprintf(&init, "insmod /lib/modules/%s || echo INSMOD-FAILED %s\n", path.Base(m), path.Base(m))
+	}
+	init.WriteString("for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done\n")
+	init.WriteString("mount -t squashfs -o ro /dev/vda /mnt || echo MOUNT-FAILED\n")
+	init.WriteString("echo BEGIN-CHECK\n")
+	fmt.Fprintf(&init, "find /mnt -path '/mnt/%s/*' -prune -o -exec stat -c '%%n %%f %%u %%g %%h %%i %%t %%T' {} +\n", big)
+	fmt.Fprintf(&init, "echo ENTRIES $(ls -A /mnt/%s | wc -l)\n", big)
+	fmt.Fprintf(&init, "echo NAMES $(ls -A /mnt/%s | md5sum | cut -d' ' -f1)\n", big)
+	for _, l := range lookups {
+		fmt.Fprintf(&init, "[ -e '/mnt/%s/%s' ] && echo 'LOOKUP %s ok'\n", big, l, l)
+	}
+	for _, s := range sums {
+		fmt.Fprintf(&init, "sha256sum '/mnt/%s'\n", s)
+	}
+	init.WriteString("echo END-CHECK\numount /mnt\npoweroff -f\n")
+
+	initrd := bootInitramfs(t, kdir, mods, init.String())
+	vm := testvm.New(t, testvm.Config{
+		Kernel:  kernel,
+		Initrd:  initrd,
+		Cmdline: "console=ttyS0 panic=-1 loglevel=3",
+		Drives:  []testvm.Drive{{Path: img, ReadOnly: true}},
+	})
+	vm.Wait(`END-CHECK`)
+	console := strings.ReplaceAll(vm.Console(), "\r", "")
+	m := regexp.MustCompile(`(?s)BEGIN-CHECK\n(.*?)END-CHECK`).FindStringSubmatch(console)
+	if m == nil {
+		t.Fatalf("no check block on the console")
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(m[1]), "\n") {
+		// Kernel messages may interleave; keep the check's lines.
+		if strings.HasPrefix(l, "[") {
+			continue
+		}
+		got = append(got, l)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the kernel's view of the image (-want +got):\n%s", diff)
+	}
+}
