@@ -250,8 +250,7 @@ func parseYAML(data []byte, file string, errs *ErrorList) *value {
 	return fromYAML(&doc, file, errs)
 }
 
-// expectMap reports v unless it is a map (a null counts as an empty map
-// when allowNull).
+// expectMap reports v unless it is a map.
 func expectMap(v *value, path string, errs *ErrorList) bool {
 	if v.kind == kMap {
 		return true
@@ -358,8 +357,7 @@ func parseConf(v *value, path string, allowDB bool, errs *ErrorList) (conf, db *
 	if !expectMap(v, path, errs) {
 		return nil, nil
 	}
-	if ov := v.get("overrides"); ov != nil || v.entry("overrides") != nil {
-		e := v.entry("overrides")
+	if e := v.entry("overrides"); e != nil {
 		if !allowDB {
 			errs.Add(e.kpos, path+".overrides", "Divingbell overrides belong in a profile's conf, not here")
 		} else {
