@@ -62,6 +62,11 @@ type Spec struct {
 	// Root is the root filesystem image (a squashfs), RootSize bytes long.
 	Root     io.Reader
 	RootSize int64
+	// RootFunc, instead of Root, writes the root image straight into its
+	// partition (e.g. squashfs.Write on w) and returns its size: nothing
+	// is staged in a temporary file. w starts at the partition's first
+	// byte; it may seek within what it has written.
+	RootFunc func(w io.WriteSeeker) (int64, error)
 	// RootPartSize reserves more than RootSize for the root partition.
 	RootPartSize int64
 	// Config is the config volume's content (nil: an empty volume).
@@ -101,24 +106,42 @@ func (l *Layout) Partition(name string) *Partition {
 func roundMiB(n int64) int64 { return (n + mib - 1) &^ (mib - 1) }
 
 // Plan computes the layout of spec without writing anything (GUIDs and
-// hashes are left empty).
+// hashes are left empty). With RootFunc the root's size is only known once
+// it is written: Plan then assumes RootPartSize.
 func Plan(spec Spec) (*Layout, error) {
-	espSize, err := fat.Size(spec.ESP, fat.Options{Label: ESPLabel, Size: spec.ESPSize})
+	espSize, confSize, err := fatSizes(spec)
 	if err != nil {
-		return nil, fmt.Errorf("disk: esp: %w", err)
-	}
-	conf := spec.Config
-	if conf == nil {
-		conf = fstree.New()
-	}
-	confSize, err := fat.Size(conf, fat.Options{Label: ConfigLabel, Size: spec.ConfigSize})
-	if err != nil {
-		return nil, fmt.Errorf("disk: config: %w", err)
+		return nil, err
 	}
 	rootSize := max(spec.RootPartSize, spec.RootSize)
 	if rootSize <= 0 {
 		return nil, fmt.Errorf("disk: root: no content")
 	}
+	return layout(espSize, rootSize, confSize), nil
+}
+
+func fatSizes(spec Spec) (esp, conf int64, err error) {
+	esp, err = fat.Size(spec.ESP, fat.Options{Label: ESPLabel, Size: spec.ESPSize})
+	if err != nil {
+		return 0, 0, fmt.Errorf("disk: esp: %w", err)
+	}
+	conf, err = fat.Size(configTree(spec), fat.Options{Label: ConfigLabel, Size: spec.ConfigSize})
+	if err != nil {
+		return 0, 0, fmt.Errorf("disk: config: %w", err)
+	}
+	return esp, conf, nil
+}
+
+func configTree(spec Spec) *fstree.Tree {
+	if spec.Config == nil {
+		return fstree.New()
+	}
+	return spec.Config
+}
+
+// layout places the three partitions MiB-aligned from 1 MiB on, and leaves
+// 1 MiB at the end for the backup GPT.
+func layout(espSize, rootSize, confSize int64) *Layout {
 	l := &Layout{}
 	off := int64(mib) // after the protective MBR and the primary GPT
 	for i, p := range []struct {
@@ -129,45 +152,77 @@ func Plan(spec Spec) (*Layout, error) {
 		l.Partitions = append(l.Partitions, Partition{Index: i + 1, Name: p.name, Offset: off, Size: size})
 		off += size
 	}
-	l.Size = off + mib // room for the backup GPT, kept MiB-aligned
-	return l, nil
+	l.Size = off + mib
+	return l
 }
 
-// Write writes the disk described by spec into f, which must be empty
-// (it is truncated to the disk's size first; unwritten space stays sparse).
+// Write writes the disk described by spec into f, which must be empty (it
+// is truncated first; unwritten space stays sparse):
+//
+//  1. the ESP, at 1 MiB;
+//  2. the root image after it (from Root, or written in place by RootFunc);
+//  3. the config volume after the root;
+//  4. the protective MBR and both GPTs, with GUIDs derived from what the
+//     partitions hold.
 func Write(f *os.File, spec Spec) (*Layout, error) {
-	l, err := Plan(spec)
+	if (spec.Root == nil) == (spec.RootFunc == nil) {
+		return nil, fmt.Errorf("disk: root: give exactly one of Root and RootFunc")
+	}
+	espSize, confSize, err := fatSizes(spec)
 	if err != nil {
 		return nil, err
 	}
 	if err := f.Truncate(0); err != nil {
 		return nil, fmt.Errorf("disk: %w", err)
 	}
-	if err := f.Truncate(l.Size); err != nil {
-		return nil, fmt.Errorf("disk: %w", err)
-	}
-	esp, root, conf := &l.Partitions[0], &l.Partitions[1], &l.Partitions[2]
+	// The root's size may be unknown until it is written: lay out the
+	// ESP and the root's start first, the rest once the root is there.
+	l := layout(espSize, max(spec.RootPartSize, spec.RootSize, 1), confSize)
+	esp, root := &l.Partitions[0], &l.Partitions[1]
 
 	// 1. The ESP.
+	if err := f.Truncate(esp.Offset + esp.Size); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
 	if err := writeFAT(f, esp, spec.ESP, ESPLabel); err != nil {
 		return nil, fmt.Errorf("disk: esp: %w", err)
 	}
+
 	// 2. The root image.
-	hw := newPartWriter(f, root.Offset)
-	n, err := io.Copy(hw, io.LimitReader(spec.Root, spec.RootSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("disk: root: %w", err)
+	var rootBytes int64
+	if spec.RootFunc != nil {
+		n, err := spec.RootFunc(io.NewOffsetWriter(f, root.Offset))
+		if err != nil {
+			return nil, fmt.Errorf("disk: root: %w", err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(f, root.Offset, n)); err != nil {
+			return nil, fmt.Errorf("disk: root: %w", err)
+		}
+		root.SHA256, rootBytes = hex.EncodeToString(h.Sum(nil)), n
+	} else {
+		hw := newPartWriter(f, root.Offset)
+		n, err := io.Copy(hw, io.LimitReader(spec.Root, spec.RootSize+1))
+		if err != nil {
+			return nil, fmt.Errorf("disk: root: %w", err)
+		}
+		if n != spec.RootSize {
+			return nil, fmt.Errorf("disk: root: read %d bytes, want %d: %w", n, spec.RootSize, ErrRootSize)
+		}
+		root.SHA256, rootBytes = hex.EncodeToString(hw.h.Sum(nil)), n
 	}
-	if n != spec.RootSize {
-		return nil, fmt.Errorf("disk: root: read %d bytes, want %d: %w", n, spec.RootSize, ErrRootSize)
+	final := layout(espSize, max(spec.RootPartSize, rootBytes), confSize)
+	for i := range 2 {
+		final.Partitions[i].SHA256 = l.Partitions[i].SHA256
 	}
-	root.SHA256 = hex.EncodeToString(hw.h.Sum(nil))
+	l = final
+	conf := &l.Partitions[2]
+	if err := f.Truncate(l.Size); err != nil {
+		return nil, fmt.Errorf("disk: %w", err)
+	}
+
 	// 3. The config volume.
-	confTree := spec.Config
-	if confTree == nil {
-		confTree = fstree.New()
-	}
-	if err := writeFAT(f, conf, confTree, ConfigLabel); err != nil {
+	if err := writeFAT(f, conf, configTree(spec), ConfigLabel); err != nil {
 		return nil, fmt.Errorf("disk: config: %w", err)
 	}
 	// 4. The GPT, with GUIDs derived from the content.

@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/squashfs"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -298,5 +299,57 @@ func TestRootSizeMismatch(t *testing.T) {
 				t.Errorf("temporary files left: %v", left)
 			}
 		})
+	}
+}
+
+// TestRootFunc writes a real squashfs straight into the root partition and
+// checks that the disk is byte-identical to one made from the same image
+// staged as a reader, and that unsquashfs reads the partition.
+func TestRootFunc(t *testing.T) {
+	need(t, "unsquashfs", "sgdisk")
+	tree := fstree.New()
+	tree.AddFile("etc/hostname", []byte("node\n"), 0o644, 0, 0)
+	tree.AddFile("usr/bin/tool", randomBytes(9, 700000), 0o755, 0, 0)
+	tree.Add(fstree.Entry{Path: "bin", Type: fstree.Symlink, Mode: 0o777, Target: "usr/bin"})
+	tree.Reproducible(epoch)
+	fx := newFixture("n1")
+
+	direct := fx.spec(t)
+	direct.Root = nil
+	direct.RootFunc = func(w io.WriteSeeker) (int64, error) {
+		return squashfs.Write(w, tree, squashfs.Options{MkfsTime: epoch})
+	}
+	a, la := build(t, direct)
+
+	var staged bytes.Buffer
+	sq := filepath.Join(t.TempDir(), "root.squashfs")
+	f, err := os.Create(sq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := squashfs.Write(f, tree, squashfs.Options{MkfsTime: epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	b, _ := os.ReadFile(sq)
+	staged.Write(b)
+	viaReader := fx.spec(t)
+	viaReader.Root, viaReader.RootSize = &staged, n
+	bPath, _ := build(t, viaReader)
+	if fileHash(t, a) != fileHash(t, bPath) {
+		t.Error("RootFunc and Root give different disks for the same squashfs")
+	}
+	if out, err := exec.Command("sgdisk", "-v", a).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
+		t.Errorf("sgdisk -v: %v\n%s", err, out)
+	}
+	out, err := exec.Command("unsquashfs", "-lln", "-o", fmt.Sprint(la.Partition(RootName).Offset), a).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unsquashfs on the root partition: %v\n%s", err, out)
+	}
+	for _, want := range []string{"squashfs-root/etc/hostname", "squashfs-root/bin -> usr/bin", "-rwxr-xr-x 0/0                  700000 2023-11-14 22:13 squashfs-root/usr/bin/tool"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("unsquashfs -lln lacks %q:\n%s", want, out)
+		}
 	}
 }
