@@ -220,13 +220,13 @@ func TestAptCheck(t *testing.T) {
 // debootstrapRecipe is what the cached test root is made of; its hash names
 // the cache, so a changed recipe makes a new one.
 const debootstrapRecipe = "debootstrap --variant=minbase --arch=amd64 bookworm ROOT http://deb.debian.org/debian\n" +
-	"apt-get update\napt-get install --download-only -y hello tree\n"
+	"apt-get update\napt-get install --download-only -y hello tree sudo\n"
 
 const testCacheDir = "/var/cache/bellbuild-test"
 
 // debianRoot returns a fresh copy of a real Debian bookworm minbase root,
 // made once with debootstrap and cached under /var/cache/bellbuild-test
-// (keyed by the recipe), with the .debs of hello and tree downloaded.
+// (keyed by the recipe), with the .debs of hello, tree and sudo downloaded.
 func debianRoot(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
@@ -269,7 +269,7 @@ func debianRoot(t *testing.T) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, args := range [][]string{{"update", "-q"}, {"install", "-q", "--download-only", "-y", "hello", "tree"}} {
+		for _, args := range [][]string{{"update", "-q"}, {"install", "-q", "--download-only", "-y", "hello", "tree", "sudo"}} {
 			if out, err := inRoot(context.Background(), h, aptEnv, "apt-get", args...).CombinedOutput(); err != nil {
 				t.Fatalf("apt-get %v: %v\n%s", args, err, out)
 			}

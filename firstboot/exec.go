@@ -400,7 +400,10 @@ func runScript(ctx context.Context, h *host.Host, name string, e nodeconf.Exec) 
 	cmd := inRoot(context.WithoutCancel(ctx), h, env, path.Join(execDir, name), e.Args...)
 	out := &lineLog{log: h.Log, script: name}
 	cmd.Stdout, cmd.Stderr = out.stream("stdout"), out.stream("stderr")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so a timeout reaches its children too; and
+	// killed with the applier (a run the applier does not see end counts
+	// as not run, and must not go on beside the next attempt).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A grandchild that escaped the process group must not hold Wait
 	// forever through the output pipes.
 	cmd.WaitDelay = 5 * time.Second

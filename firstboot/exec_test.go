@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +24,68 @@ import (
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
+
+// A test binary started with this variable set applies the exec module of
+// execKillConf to the given root, to be killed -9 by TestExecApplierKilled.
+const execApplyEnv = "BELLBUILD_TEST_EXEC_APPLY"
+
+var execKillConf = map[string]nodeconf.Exec{"slow": {
+	Data:        "#!/bin/sh\necho $$ > /pid\n[ -e /fast ] && exit 0\nsleep 60\n",
+	RerunPolicy: "never",
+}}
+
+func init() {
+	root := os.Getenv(execApplyEnv)
+	if root == "" {
+		return
+	}
+	h, err := host.Open(host.Options{RootDir: root})
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	errs := (execModule{}).Apply(context.Background(), h, &nodeconf.Conf{Exec: execKillConf})
+	fmt.Println("finished:", errs)
+	os.Exit(0)
+}
+
+// TestExecApplierKilled kills -9 an applier while its script runs: the
+// script dies with it, and the next run starts the script again.
+func TestExecApplierKilled(t *testing.T) {
+	root := busyboxRoot(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), execApplyEnv+"="+root)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for deadline := time.Now().Add(20 * time.Second); pid == 0; {
+		if b, err := os.ReadFile(filepath.Join(root, "pid")); err == nil && strings.HasSuffix(string(b), "\n") {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the script did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if processAlive(pid) {
+		t.Errorf("the script (pid %d) outlived its applier", pid)
+	}
+	if led := readRoot(t, root, host.LedgerPath); !strings.Contains(led, `"status": "started"`) {
+		t.Fatalf("the killed run is not recorded as started:\n%s", led)
+	}
+	os.WriteFile(filepath.Join(root, "fast"), nil, 0o644)
+	runs, errs, _ := applyExec(t, root, execStep{conf: execKillConf})
+	if !cmp.Equal(runs, []string{"slow"}) || len(errs) > 0 {
+		t.Errorf("after the kill: runs %v, errors %v; want slow to run again", runs, errs)
+	}
+	if runs, _, _ := applyExec(t, root, execStep{conf: execKillConf}); len(runs) > 0 {
+		t.Errorf("rerun_policy never ran again after a finished run: %v", runs)
+	}
+}
 
 // busyboxRoot makes a tiny real root: the host's static busybox as /bin/sh
 // and a few applets, with empty /proc, /dev and /tmp, so that scripts run

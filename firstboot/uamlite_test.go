@@ -558,3 +558,89 @@ func TestAllocID(t *testing.T) {
 func TestUamliteCheck(t *testing.T) {
 	checkBadConf(t, "uamlite", uamliteModule{})
 }
+
+// TestUamliteDebian checks the account files bellbuild writes with the
+// real tools of a Debian root: pwck and grpck accept them, getent, id,
+// chage and sudo read them, useradd still works after them, and the
+// sudoers fragment passed the root's visudo.
+func TestUamliteDebian(t *testing.T) {
+	root := debianRoot(t)
+	inDebian(t, root, "apt-get", "install", "-y", "-q", "--no-download", "sudo")
+	alice := nodeconf.User{UserName: "alice", UserCryptPasswd: aliceHash, UserSudo: true, UserSSHKeys: []string{aliceKey}}
+	conf := &nodeconf.Uamlite{Users: []nodeconf.User{alice, {UserName: "bob"}}}
+	if _, errs, _ := applyUamlite(t, root, uamStep{conf: conf}); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	inDebian(t, root, "pwck", "-r", "-q")
+	inDebian(t, root, "grpck", "-r")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"getent", "passwd", "alice"}, "alice:x:1000:1000:bellbuild:/home/alice:/bin/bash\n"},
+		{[]string{"id", "bob"}, "uid=1001(bob) gid=1001(bob) groups=1001(bob)\n"},
+		{[]string{"visudo", "-c", "-q"}, ""},
+	} {
+		if got := inDebian(t, root, c.args[0], c.args[1:]...); got != c.want {
+			t.Errorf("%v: %q, want %q", c.args, got, c.want)
+		}
+	}
+	if got := inDebian(t, root, "sudo", "-l", "-U", "alice"); !strings.Contains(got, "(ALL) NOPASSWD: ALL") {
+		t.Errorf("sudo -l -U alice:\n%s", got)
+	}
+	if got := inDebian(t, root, "chage", "-l", "alice"); !strings.Contains(got, "Account expires\t\t\t\t\t\t: never") {
+		t.Errorf("chage -l alice:\n%s", got)
+	}
+	// useradd follows: it takes the same lock and the next uid.
+	inDebian(t, root, "useradd", "-m", "carol")
+	if got := inDebian(t, root, "id", "-u", "carol"); got != "1002\n" {
+		t.Errorf("useradd after bellbuild gave carol uid %q, want 1002", got)
+	}
+	// alice leaves: expired, as chage sees it; sudo no longer lets her in.
+	if _, errs, _ := applyUamlite(t, root, uamStep{conf: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "bob"}}}}); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if got := inDebian(t, root, "chage", "-l", "alice"); !strings.Contains(got, "Account expires\t\t\t\t\t\t: Jan 02, 1970") {
+		t.Errorf("chage -l alice after removal:\n%s", got)
+	}
+	if got := inDebian(t, root, "sudo", "-l", "-U", "alice"); strings.Contains(got, "NOPASSWD") {
+		t.Errorf("sudo -l -U alice after removal:\n%s", got)
+	}
+	inDebian(t, root, "pwck", "-r", "-q")
+	inDebian(t, root, "grpck", "-r")
+}
+
+// TestUamliteVisudo: the root's visudo sees the fragment before it is
+// installed, and a fragment it rejects is never installed.
+func TestUamliteVisudo(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		visudo string
+		errs   []string
+		file   string
+	}{
+		{"accepted", "#!/bin/sh\n[ \"$1 $2 $3\" = '-c -q -f' ] && [ \"$(cat \"$4\")\" = 'alice ALL=(ALL) NOPASSWD:ALL' ]\n",
+			nil, "file 0440 0:0\nalice ALL=(ALL) NOPASSWD:ALL\n"},
+		{"rejected", "#!/bin/sh\necho \"$4: syntax error\" >&2\nexit 1\n",
+			[]string{"alice: sudo: visudo -c: exit status 1: /etc/sudoers.d/.bellbuild-check-alice: syntax error"}, missing},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := busyboxRoot(t)
+			uamBuild(t, root, map[string]string{
+				"/etc/passwd":      "0644 0:0\nroot:x:0:0:root:/root:/bin/sh\n",
+				"/etc/group":       "0644 0:0\nroot:x:0:\n",
+				"/usr/sbin/visudo": "0755 0:0\n" + c.visudo,
+			})
+			_, errs, _ := applyUamlite(t, root, uamStep{conf: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserSudo: true}}}})
+			if diff := cmp.Diff(c.errs, errs); diff != "" {
+				t.Errorf("errors (-want +got):\n%s", diff)
+			}
+			if got := uamEntry(t, root, "/etc/sudoers.d/bellbuild-alice"); got != c.file {
+				t.Errorf("sudoers fragment: %q, want %q", got, c.file)
+			}
+			if got := uamEntry(t, root, "/etc/sudoers.d/.bellbuild-check-alice"); got != missing {
+				t.Errorf("the checked copy was left behind: %q", got)
+			}
+		})
+	}
+}
