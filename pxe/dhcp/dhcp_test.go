@@ -1,0 +1,505 @@
+package dhcp
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/insomniacslk/dhcp/iana"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bellbuild/bellbuild/pxe/leases"
+	"github.com/bellbuild/bellbuild/pxe/metrics"
+	"github.com/bellbuild/bellbuild/pxe/node"
+)
+
+var (
+	macA    = mustMAC("52:54:00:00:00:0a")
+	macB    = mustMAC("52:54:00:00:00:0b")
+	macRes  = mustMAC("52:54:00:00:00:0c")
+	macNone = mustMAC("52:54:00:00:00:ff")
+)
+
+func mustMAC(s string) net.HardwareAddr {
+	m, err := net.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// inventory knows three machines; macRes has a reserved address.
+func inventory() node.Static {
+	return node.Static{
+		macA.String():   {Name: "alpha", Profile: "worker"},
+		macB.String():   {Name: "beta", Profile: "storage"},
+		macRes.String(): {Name: "gamma", Profile: "worker", IP: net.ParseIP("192.0.2.50")},
+	}
+}
+
+var (
+	serverIP = netip.MustParseAddr("192.0.2.1")
+	localNet = Pool{
+		Range:  leases.Range{Start: netip.MustParseAddr("192.0.2.100"), End: netip.MustParseAddr("192.0.2.199")},
+		Subnet: netip.MustParsePrefix("192.0.2.0/24"),
+		Router: netip.MustParseAddr("192.0.2.1"),
+	}
+	relayedNet = Pool{
+		Range:  leases.Range{Start: netip.MustParseAddr("198.51.100.10"), End: netip.MustParseAddr("198.51.100.20")},
+		Subnet: netip.MustParsePrefix("198.51.100.0/24"),
+	}
+)
+
+func testConfig() Config {
+	return Config{
+		ServerIP:  serverIP,
+		Pools:     []Pool{localNet, relayedNet},
+		ScriptURL: func(mac net.HardwareAddr) string { return "http://192.0.2.1:8080/ipxe?mac=" + mac.String() },
+	}
+}
+
+type fixture struct {
+	srv    *Server
+	addr   *net.UDPAddr
+	leases *leases.Store
+	reg    *prometheus.Registry
+	m      *metrics.Metrics
+}
+
+// start runs a server on 127.0.0.1 (any port) until the test ends.
+func start(t *testing.T, cfg Config, store *leases.Store) *fixture {
+	t.Helper()
+	if store == nil {
+		var err error
+		if store, err = leases.Open("", leases.Options{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, nil)
+	srv, err := New(cfg, inventory(), store, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := Listen("", netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, conn) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &fixture{srv: srv, addr: conn.LocalAddr().(*net.UDPAddr), leases: store, reg: reg, m: m}
+}
+
+func (f *fixture) client(t *testing.T, mac net.HardwareAddr) *nclient4.Client {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nclient4.NewWithConn(conn, mac, nclient4.WithServerAddr(f.addr),
+		nclient4.WithTimeout(300*time.Millisecond), nclient4.WithRetry(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var pxeBIOS = []dhcpv4.Modifier{
+	dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+	dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
+}
+
+// reply is what a test checks in an answer.
+type reply struct {
+	Type     string
+	YourIP   string
+	ServerIP string
+	File     string
+	Opt66    string
+	Opt67    string
+	Opt60    string
+	Mask     string
+	Router   string
+}
+
+func summarize(m *dhcpv4.DHCPv4) reply {
+	r := reply{
+		Type:     m.MessageType().String(),
+		YourIP:   m.YourIPAddr.String(),
+		ServerIP: m.ServerIPAddr.String(),
+		File:     m.BootFileName,
+		Opt66:    m.TFTPServerName(),
+		Opt67:    m.BootFileNameOption(),
+		Opt60:    m.ClassIdentifier(),
+	}
+	if mask := m.SubnetMask(); mask != nil {
+		r.Mask = net.IP(mask).String()
+	}
+	if rt := m.Router(); len(rt) > 0 {
+		r.Router = rt[0].String()
+	}
+	return r
+}
+
+func TestDORA(t *testing.T) {
+	tests := []struct {
+		name string
+		mac  net.HardwareAddr
+		mods []dhcpv4.Modifier
+		want reply
+	}{{
+		name: "BIOS PXE gets undionly.kpxe",
+		mac:  macA,
+		mods: pxeBIOS,
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "undionly.kpxe",
+			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "x86-64 UEFI gets ipxe.efi",
+		mac:  macA,
+		mods: []dhcpv4.Modifier{
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)),
+		},
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe.efi",
+			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "EFI BC (9) is x86-64 UEFI too",
+		mac:  macA,
+		mods: []dhcpv4.Modifier{
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00009:UNDI:003016")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_BC)),
+		},
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe.efi",
+			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "arm64 UEFI gets its own loader",
+		mac:  macA,
+		mods: []dhcpv4.Modifier{
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00011:UNDI:003000")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_ARM64)),
+		},
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe-arm64.efi",
+			Opt66: "192.0.2.1", Opt67: "ipxe-arm64.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "iPXE gets its script URL, not the loader again",
+		mac:  macB,
+		mods: append([]dhcpv4.Modifier{dhcpv4.WithUserClass("iPXE", false)}, pxeBIOS...),
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1",
+			File: "http://192.0.2.1:8080/ipxe?mac=52:54:00:00:00:0b", Opt66: "192.0.2.1",
+			Opt67: "http://192.0.2.1:8080/ipxe?mac=52:54:00:00:00:0b", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "a machine that is not netbooting gets an address only",
+		mac:  macA,
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "reserved address",
+		mac:  macRes,
+		mods: pxeBIOS,
+		want: reply{Type: "ACK", YourIP: "192.0.2.50", ServerIP: "192.0.2.1", File: "undionly.kpxe",
+			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := start(t, testConfig(), nil)
+			c := f.client(t, tt.mac)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			lease, err := c.Request(ctx, tt.mods...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			offer := summarize(lease.Offer)
+			wantOffer := tt.want
+			wantOffer.Type = "OFFER"
+			if d := cmp.Diff(wantOffer, offer); d != "" {
+				t.Errorf("offer (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(tt.want, summarize(lease.ACK)); d != "" {
+				t.Errorf("ack (-want +got):\n%s", d)
+			}
+			got, ok := f.leases.Get(tt.mac)
+			if !ok || got.IP.String() != tt.want.YourIP {
+				t.Errorf("lease store has %v, %v; want %s", got, ok, tt.want.YourIP)
+			}
+			if n := metrics.Value(f.m.Acks); n != 1 {
+				t.Errorf("acks counted = %v, want 1", n)
+			}
+		})
+	}
+}
+
+func TestUnknownMACIgnored(t *testing.T) {
+	f := start(t, testConfig(), nil)
+	c := f.client(t, macNone)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.DiscoverOffer(ctx, pxeBIOS...)
+	if err == nil {
+		t.Fatal("unknown MAC got an offer")
+	}
+	if n := metrics.Value(f.m.Dropped.WithLabelValues("dhcp", DropUnknownMAC)); n < 1 {
+		t.Errorf("unknown-mac drops = %v, want ≥ 1", n)
+	}
+	if _, ok := f.leases.Get(macNone); ok {
+		t.Error("unknown MAC got a binding")
+	}
+}
+
+func TestSameAddressAgainAndNoneShared(t *testing.T) {
+	f := start(t, testConfig(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	la, err := f.client(t, macA).Request(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := f.client(t, macB).Request(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if la.ACK.YourIPAddr.Equal(lb.ACK.YourIPAddr) {
+		t.Fatalf("two MACs share %v", la.ACK.YourIPAddr)
+	}
+	again, err := f.client(t, macA).Request(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.ACK.YourIPAddr.Equal(la.ACK.YourIPAddr) {
+		t.Errorf("second boot got %v, first %v", again.ACK.YourIPAddr, la.ACK.YourIPAddr)
+	}
+}
+
+// exchange sends one packet from a socket at 127.0.0.1 and returns the
+// answer, or nil after a short wait.
+func exchange(t *testing.T, conn *net.UDPConn, to *net.UDPAddr, m *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	t.Helper()
+	if _, err := conn.WriteTo(m.ToBytes(), to); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	buf := make([]byte, 1500)
+	n, _, err := conn.ReadFrom(buf)
+	if err != nil {
+		return nil
+	}
+	r, err := dhcpv4.FromBytes(buf[:n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestRequests(t *testing.T) {
+	// The relay listens where answers to giaddr 127.0.0.1 go.
+	relay, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	cfg := testConfig()
+	cfg.RelayPort = relay.LocalAddr().(*net.UDPAddr).Port
+	cfg.Pools = append(cfg.Pools, Pool{
+		Range:  leases.Range{Start: netip.MustParseAddr("127.0.0.10"), End: netip.MustParseAddr("127.0.0.11")},
+		Subnet: netip.MustParsePrefix("127.0.0.0/8"),
+	})
+	f := start(t, cfg, nil)
+
+	msg := func(t *testing.T, mac net.HardwareAddr, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+		m, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(mac)}, mods...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+
+	t.Run("relayed DISCOVER gets the relay's pool, sent to the relay", func(t *testing.T) {
+		r := exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover),
+			dhcpv4.WithGatewayIP(net.IPv4(127, 0, 0, 1))))
+		if r == nil {
+			t.Fatal("no answer at the relay")
+		}
+		if got := r.YourIPAddr.String(); got != "127.0.0.10" {
+			t.Errorf("offered %s, want 127.0.0.10 from the relay's pool", got)
+		}
+		if got := r.Router(); len(got) != 1 || !got[0].Equal(net.IPv4(127, 0, 0, 1)) {
+			t.Errorf("router = %v, want the relay", got)
+		}
+	})
+	t.Run("REQUEST for an address of another MAC is NAKed", func(t *testing.T) {
+		ctx := context.Background()
+		if _, err := f.leases.Ack(ctx, macB, netip.MustParseAddr("192.0.2.150"), time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		r := exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.150")))))
+		if r == nil || r.MessageType() != dhcpv4.MessageTypeNak {
+			t.Fatalf("answer %v, want a NAK", r)
+		}
+		if l, _ := f.leases.Get(macB); l.IP.String() != "192.0.2.150" {
+			t.Errorf("B's lease moved to %v", l.IP)
+		}
+	})
+	t.Run("REQUEST outside the pool is NAKed", func(t *testing.T) {
+		r := exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.1.2.3")))))
+		if r == nil || r.MessageType() != dhcpv4.MessageTypeNak {
+			t.Fatalf("answer %v, want a NAK", r)
+		}
+	})
+	t.Run("REQUEST for another server is ignored", func(t *testing.T) {
+		r := exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("192.0.2.254"))),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.100")))))
+		if r != nil {
+			t.Fatalf("answered %v", r.MessageType())
+		}
+	})
+	t.Run("RELEASE then DECLINE", func(t *testing.T) {
+		ctx := context.Background()
+		ip := netip.MustParseAddr("192.0.2.160")
+		if _, err := f.leases.Ack(ctx, macA, ip, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if r := exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease),
+			dhcpv4.WithClientIP(ip.AsSlice()))); r != nil {
+			t.Fatalf("RELEASE answered: %v", r.MessageType())
+		}
+		if _, ok := f.leases.MACFor(ip); ok {
+			t.Error("released address still leased")
+		}
+		if l, ok := f.leases.Get(macA); !ok || l.IP != ip {
+			t.Errorf("released address no longer kept for its MAC: %v %v", l, ok)
+		}
+		if _, err := f.leases.Ack(ctx, macA, ip, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, relay, f.addr, msg(t, macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeDecline),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip.AsSlice()))))
+		if _, err := f.leases.Ack(ctx, macB, ip, time.Hour); !errors.Is(err, leases.ErrInUse) {
+			t.Errorf("declined address leased again: %v", err)
+		}
+	})
+}
+
+func TestProxy(t *testing.T) {
+	cfg := testConfig()
+	cfg.Mode = Proxy
+	cfg.Pools = nil
+	f := start(t, cfg, nil)
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	discover := func(mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+		m, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(macA),
+			dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover)}, mods...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return exchange(t, conn, f.addr, m)
+	}
+	r := discover(pxeBIOS...)
+	if r == nil {
+		t.Fatal("no proxy offer")
+	}
+	want := reply{Type: "OFFER", YourIP: "0.0.0.0", ServerIP: "192.0.2.1", File: "undionly.kpxe",
+		Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient"}
+	if d := cmp.Diff(want, summarize(r)); d != "" {
+		t.Errorf("proxy offer (-want +got):\n%s", d)
+	}
+	if r.Options.Has(dhcpv4.OptionIPAddressLeaseTime) {
+		t.Error("proxy offer carries a lease time")
+	}
+	if r := discover(); r != nil {
+		t.Errorf("proxy answered a client that is not PXE: %v", summarize(r))
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	store, _ := leases.Open("", leases.Options{})
+	bad := testConfig()
+	bad.Pools = []Pool{{Range: localNet.Range, Subnet: netip.MustParsePrefix("10.0.0.0/8")}}
+	if _, err := New(bad, inventory(), store, nil); err == nil {
+		t.Error("pool outside its subnet accepted")
+	}
+	empty := testConfig()
+	empty.Pools = nil
+	if _, err := New(empty, inventory(), store, nil); err == nil {
+		t.Error("full mode without pools accepted")
+	}
+}
+
+// FuzzHandlePacket: any datagram is either answered with a well-formed
+// reply to the same client, or dropped and counted; nothing panics.
+func FuzzHandlePacket(f *testing.F) {
+	seed := func(mac net.HardwareAddr, mods ...dhcpv4.Modifier) {
+		m, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(mac)}, mods...)...)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(m.ToBytes())
+	}
+	discover := dhcpv4.WithMessageType(dhcpv4.MessageTypeDiscover)
+	seed(macA, append([]dhcpv4.Modifier{discover}, pxeBIOS...)...)
+	seed(macB, discover, dhcpv4.WithUserClass("iPXE", false))
+	seed(macRes, discover, dhcpv4.WithGatewayIP(net.IPv4(198, 51, 100, 1)))
+	seed(macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.100"))))
+	seed(macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithClientIP(net.ParseIP("192.0.2.100")))
+	seed(macA, dhcpv4.WithMessageType(dhcpv4.MessageTypeDecline))
+	seed(macNone, discover)
+	f.Add([]byte{})
+	f.Add([]byte{1, 1, 6, 0})
+	f.Add(make([]byte, 300))
+
+	store, err := leases.Open("", leases.Options{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	m := metrics.New(nil, nil)
+	srv, err := New(testConfig(), inventory(), store, m)
+	if err != nil {
+		f.Fatal(err)
+	}
+	peer := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 68}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		before := metrics.Value(m.Dropped)
+		out, to, err := srv.HandlePacket(context.Background(), b, peer)
+		if err != nil {
+			if !NoReply(err) && metrics.Value(m.Dropped) != before+1 {
+				t.Fatalf("dropped (%v) but not counted", err)
+			}
+			return
+		}
+		req, _ := dhcpv4.FromBytes(b)
+		r, perr := dhcpv4.FromBytes(out)
+		if perr != nil {
+			t.Fatalf("reply does not parse: %v", perr)
+		}
+		if r.OpCode != dhcpv4.OpcodeBootReply || r.TransactionID != req.TransactionID ||
+			r.ClientHWAddr.String() != req.ClientHWAddr.String() || to == nil {
+			t.Fatalf("reply %v to %v for %v", r.Summary(), to, req.Summary())
+		}
+		if yi := r.YourIPAddr; !yi.IsUnspecified() {
+			ip, _ := netip.AddrFromSlice(yi.To4())
+			if !localNet.Range.Contains(ip) && !relayedNet.Range.Contains(ip) && ip.String() != "192.0.2.50" {
+				t.Fatalf("handed out %s", ip)
+			}
+		}
+	})
+}

@@ -1,0 +1,65 @@
+// Package node is the vocabulary every part of the PXE server shares: the
+// Machine a MAC address boots as, and the Backend that answers for it.
+// The serve command adapts the site inventory to Backend; package pxe and
+// its servers never read the site model themselves.
+package node
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// ErrUnknown is returned by a Backend for a MAC address that must not
+// boot: not in the inventory, and no default profile configured.
+var ErrUnknown = errors.New("unknown machine")
+
+// Machine is what one MAC address boots.
+type Machine struct {
+	// Name is the node's inventory name; it goes on the kernel command line
+	// as bellbuild.node=NAME.
+	Name string
+	// Profile is the profile whose artifacts the machine boots.
+	Profile string
+	// IP is the machine's reserved address; nil means "from a pool".
+	IP net.IP
+	// Kernel and Initrd are artifact paths relative to the server's
+	// artifacts directory (e.g. "worker/vmlinuz"). They are opened through
+	// an os.Root, so they cannot leave that directory.
+	Kernel, Initrd string
+	// Cmdline is the profile's kernel command line, without
+	// bellbuild.node= (the server adds it).
+	Cmdline string
+	// Files are the node's own files (its configuration and anything secret
+	// in it): a name a client asks for (no slashes) → a path relative to
+	// the node's own directory, FILES/NAME/ in the server's files
+	// directory. They are served only to the address leased to this
+	// machine's MAC, and never from outside that directory.
+	Files map[string]string
+}
+
+// Backend tells the servers what a MAC address boots.
+type Backend interface {
+	// Lookup returns the machine for mac, or an error wrapping ErrUnknown.
+	Lookup(ctx context.Context, mac net.HardwareAddr) (*Machine, error)
+}
+
+// BackendFunc adapts a function to Backend.
+type BackendFunc func(ctx context.Context, mac net.HardwareAddr) (*Machine, error)
+
+// Lookup calls f.
+func (f BackendFunc) Lookup(ctx context.Context, mac net.HardwareAddr) (*Machine, error) {
+	return f(ctx, mac)
+}
+
+// Static is a Backend over a fixed map keyed by lower-case,
+// colon-separated MAC address (net.HardwareAddr.String()).
+type Static map[string]*Machine
+
+// Lookup returns s[mac] or ErrUnknown.
+func (s Static) Lookup(_ context.Context, mac net.HardwareAddr) (*Machine, error) {
+	if m, ok := s[mac.String()]; ok {
+		return m, nil
+	}
+	return nil, ErrUnknown
+}

@@ -1,0 +1,381 @@
+// Package pxe network-boots machines by their MAC address: one Server runs
+// the DHCP server (package dhcp, with leases kept by package leases), the
+// TFTP server (package tftp) and the HTTP server (package httpboot), which
+// all read through one catalog (package catalog) and count into one set of
+// metrics (package metrics), under one context.
+//
+// A machine's boot, and the log line each step writes:
+//
+//	dhcp-offer, dhcp-ack   firmware PXE gets an address and the iPXE loader's name
+//	tftp-loader            it fetches the loader (undionly.kpxe, ipxe.efi) over TFTP
+//	dhcp-offer, dhcp-ack   iPXE asks again and gets its boot script's URL
+//	ipxe-script            iPXE fetches the script (HTTP, or TFTP with BootVia "tftp")
+//	kernel, initrd         and the kernel and initramfs it names; then boots
+//
+// pxe never reads the site: it asks a Backend what a MAC boots, and the
+// serve command adapts the inventory and the baked artifacts to it.
+package pxe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/bellbuild/bellbuild/pxe/catalog"
+	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	"github.com/bellbuild/bellbuild/pxe/httpboot"
+	"github.com/bellbuild/bellbuild/pxe/leases"
+	"github.com/bellbuild/bellbuild/pxe/metrics"
+	"github.com/bellbuild/bellbuild/pxe/node"
+	"github.com/bellbuild/bellbuild/pxe/tftp"
+)
+
+// Machine is what one MAC address boots (see package node).
+type Machine = node.Machine
+
+// Backend says what a MAC address boots (see package node).
+type Backend = node.Backend
+
+// ErrUnknown is returned by a Backend for a MAC address that must not boot.
+var ErrUnknown = node.ErrUnknown
+
+// DHCP modes of Config.DHCP.
+const (
+	DHCPFull  = "full"
+	DHCPProxy = "proxy"
+	DHCPOff   = "off"
+)
+
+// LoaderDir is where Debian's ipxe package installs the loaders.
+const LoaderDir = "/usr/lib/ipxe"
+
+// Config configures a Server. The zero value plus ServerIP (or Interface)
+// and Pools serves DHCP, TFTP on :69 and HTTP on :8080.
+type Config struct {
+	// Interface is the boot network's interface: DHCP listens only there,
+	// and ServerIP defaults to its first IPv4 address.
+	Interface string
+	ServerIP  netip.Addr
+	// DHCP is DHCPFull (default), DHCPProxy or DHCPOff.
+	DHCP      string
+	Pools     []dhcp.Pool
+	LeaseTime time.Duration
+	// LeaseFile keeps leases across restarts (empty: in memory only).
+	LeaseFile string
+	// Loaders maps loader names to paths (default: DefaultLoaders(LoaderDir)).
+	Loaders map[string]string
+	// Artifacts is the directory of the artifacts Machine.Kernel and
+	// Machine.Initrd name; Files the one of Machine.Files.
+	Artifacts, Files string
+	// DHCPAddr defaults to 0.0.0.0:67, ProxyAddr (proxy mode) to
+	// 0.0.0.0:4011, TFTPAddr to 0.0.0.0:69, HTTPAddr to 0.0.0.0:8080.
+	// "off" turns TFTP or HTTP off.
+	DHCPAddr, ProxyAddr netip.AddrPort
+	TFTPAddr, HTTPAddr  string
+	// BootVia is "http" (default: iPXE fetches its script, kernel and
+	// initramfs over HTTP) or "tftp" (for networks without HTTP).
+	BootVia string
+	TFTP    tftp.Config
+	// DHCPWorkers and DHCPQueue bound the DHCP server (see dhcp.Config).
+	DHCPWorkers, DHCPQueue int
+	// RelayPort is where relays are answered (default 67).
+	RelayPort int
+	// Log receives the boot-phase lines (default slog.Default()).
+	Log *slog.Logger
+}
+
+// DefaultLoaders returns the iPXE loaders found in dir, by name, with
+// symlinks resolved (Debian links ipxe.efi to /boot).
+func DefaultLoaders(dir string) map[string]string {
+	out := map[string]string{}
+	for _, n := range []string{"undionly.kpxe", "undionly.kkpxe", "ipxe.pxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"} {
+		p, err := filepath.EvalSymlinks(filepath.Join(dir, n))
+		if err == nil {
+			out[n] = p
+		}
+	}
+	return out
+}
+
+// Server is a running PXE server: its sockets are open once New returns.
+type Server struct {
+	cfg     Config
+	leases  *leases.Store
+	metrics *metrics.Metrics
+	reg     *prometheus.Registry
+	cat     *catalog.Catalog
+
+	dhcp      *dhcp.Server
+	dhcpConn  net.PacketConn
+	proxyConn net.PacketConn
+	tftp      *tftp.Server
+	tftpConn  net.PacketConn
+	http      http.Handler
+	httpLn    net.Listener
+}
+
+// New opens the lease file and every socket (so that a port in use fails
+// here, and tests can read the ports chosen), ready for Run.
+func New(cfg Config, b Backend) (_ *Server, err error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics = metrics.New(s.reg, cfg.Log)
+	if cfg.DHCP != DHCPProxy {
+		if s.leases, err = leases.Open(cfg.LeaseFile, leases.Options{}); err != nil {
+			return nil, fmt.Errorf("pxe: %w", err)
+		}
+	}
+	var owners catalog.Owners
+	if s.leases != nil {
+		owners = s.leases
+	}
+	s.cat, err = catalog.New(catalog.Config{Loaders: cfg.Loaders, Artifacts: cfg.Artifacts, Files: cfg.Files}, b, owners)
+	if err != nil {
+		return nil, fmt.Errorf("pxe: %w", err)
+	}
+	if cfg.TFTPAddr != "off" {
+		if s.tftpConn, err = net.ListenPacket("udp4", cfg.TFTPAddr); err != nil {
+			return nil, fmt.Errorf("pxe: tftp: %w", err)
+		}
+		s.tftp = tftp.New(withDefault(cfg.TFTP, "tftp://"+cfg.ServerIP.String()), s.cat, s.metrics)
+	}
+	httpBase := ""
+	if cfg.HTTPAddr != "off" {
+		if s.httpLn, err = net.Listen("tcp4", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("pxe: http: %w", err)
+		}
+		port := s.httpLn.Addr().(*net.TCPAddr).Port
+		httpBase = fmt.Sprintf("http://%s:%d", cfg.ServerIP, port)
+		s.http = httpboot.New(httpboot.Config{Base: httpBase, Gatherer: s.reg}, s.cat, s.metrics)
+	}
+	if cfg.DHCP != DHCPOff {
+		mode := dhcp.Full
+		if cfg.DHCP == DHCPProxy {
+			mode = dhcp.Proxy
+		}
+		dc := dhcp.Config{
+			Mode: mode, ServerIP: cfg.ServerIP, Pools: cfg.Pools, LeaseTime: cfg.LeaseTime,
+			Workers: cfg.DHCPWorkers, Queue: cfg.DHCPQueue, RelayPort: cfg.RelayPort,
+			ScriptURL: s.scriptURL(httpBase),
+		}
+		if s.dhcp, err = dhcp.New(dc, b, s.leases, s.metrics); err != nil {
+			return nil, fmt.Errorf("pxe: %w", err)
+		}
+		if s.dhcpConn, err = dhcp.Listen(cfg.Interface, cfg.DHCPAddr); err != nil {
+			return nil, fmt.Errorf("pxe: %w", err)
+		}
+		if mode == dhcp.Proxy {
+			if s.proxyConn, err = dhcp.Listen(cfg.Interface, cfg.ProxyAddr); err != nil {
+				return nil, fmt.Errorf("pxe: %w", err)
+			}
+		}
+	}
+	return s, nil
+}
+
+func withDefault(c tftp.Config, base string) tftp.Config {
+	if c.ScriptBase == "" {
+		c.ScriptBase = base
+	}
+	return c
+}
+
+// scriptURL is the boot file iPXE gets: its script over HTTP, or over TFTP
+// when BootVia is "tftp" (or HTTP is off).
+func (s *Server) scriptURL(httpBase string) func(net.HardwareAddr) string {
+	if s.cfg.BootVia == "tftp" || httpBase == "" {
+		return func(mac net.HardwareAddr) string {
+			return fmt.Sprintf("tftp://%s/ipxe/%s", s.cfg.ServerIP, mac)
+		}
+	}
+	return func(mac net.HardwareAddr) string {
+		return fmt.Sprintf("%s/ipxe?mac=%s", httpBase, mac)
+	}
+}
+
+func (c *Config) fill() error {
+	switch c.DHCP {
+	case "":
+		c.DHCP = DHCPFull
+	case DHCPFull, DHCPProxy, DHCPOff:
+	default:
+		return fmt.Errorf("pxe: dhcp mode %q: want full, proxy or off", c.DHCP)
+	}
+	switch c.BootVia {
+	case "":
+		c.BootVia = "http"
+	case "http", "tftp":
+	default:
+		return fmt.Errorf("pxe: boot via %q: want http or tftp", c.BootVia)
+	}
+	if !c.ServerIP.IsValid() {
+		if c.Interface == "" {
+			return errors.New("pxe: need an interface or a server address")
+		}
+		ip, _, err := InterfaceAddr(c.Interface)
+		if err != nil {
+			return err
+		}
+		c.ServerIP = ip
+	}
+	if c.Loaders == nil {
+		c.Loaders = DefaultLoaders(LoaderDir)
+	}
+	if !c.DHCPAddr.IsValid() {
+		c.DHCPAddr = netip.AddrPortFrom(netip.IPv4Unspecified(), 67)
+	}
+	if !c.ProxyAddr.IsValid() {
+		c.ProxyAddr = netip.AddrPortFrom(netip.IPv4Unspecified(), 4011)
+	}
+	if c.TFTPAddr == "" {
+		c.TFTPAddr = "0.0.0.0:69"
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = "0.0.0.0:8080"
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// InterfaceAddr returns the first IPv4 address of the interface ifname and
+// its subnet.
+func InterfaceAddr(ifname string) (netip.Addr, netip.Prefix, error) {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("pxe: %w", err)
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("pxe: %s: %w", ifname, err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok {
+				ones, _ := n.Mask.Size()
+				return ip, netip.PrefixFrom(ip, ones).Masked(), nil
+			}
+		}
+	}
+	return netip.Addr{}, netip.Prefix{}, fmt.Errorf("pxe: interface %s has no IPv4 address", ifname)
+}
+
+// Run serves until ctx is done or a server fails, then stops them all and
+// closes the lease file.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg       sync.WaitGroup
+		once     sync.Once
+		firstErr error
+	)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				once.Do(func() { firstErr = fmt.Errorf("pxe: %s: %w", name, err) })
+				cancel()
+			}
+		}()
+	}
+	if s.dhcpConn != nil {
+		run("dhcp", func(ctx context.Context) error { return s.dhcp.Serve(ctx, s.dhcpConn) })
+	}
+	if s.proxyConn != nil {
+		run("proxy dhcp", func(ctx context.Context) error { return s.dhcp.Serve(ctx, s.proxyConn) })
+	}
+	if s.tftpConn != nil {
+		run("tftp", func(ctx context.Context) error { return s.tftp.Serve(ctx, s.tftpConn) })
+	}
+	if s.httpLn != nil {
+		run("http", func(ctx context.Context) error { return httpboot.Serve(ctx, s.httpLn, s.http) })
+	}
+	s.cfg.Log.Info("serving", "server", s.cfg.ServerIP.String(), "dhcp", s.cfg.DHCP,
+		"dhcp_addr", addrString(s.dhcpConn), "tftp", addrString(s.tftpConn), "http", addrString(s.httpLn),
+		"boot_via", s.cfg.BootVia, "leases", s.cfg.LeaseFile)
+	wg.Wait()
+	s.close()
+	return firstErr
+}
+
+func (s *Server) close() {
+	for _, c := range []interface{ Close() error }{s.dhcpConn, s.proxyConn, s.tftpConn, s.httpLn} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	if s.leases != nil {
+		if err := s.leases.Close(); err != nil {
+			s.cfg.Log.Error("closing leases", "err", err)
+		}
+	}
+	if s.cat != nil {
+		s.cat.Close()
+	}
+}
+
+func addrString(c any) string {
+	switch v := c.(type) {
+	case net.PacketConn:
+		if v != nil {
+			return v.LocalAddr().String()
+		}
+	case net.Listener:
+		if v != nil {
+			return v.Addr().String()
+		}
+	}
+	return "off"
+}
+
+// DHCPAddr, TFTPAddr and HTTPAddr are the addresses the servers listen on
+// (nil when off).
+func (s *Server) DHCPAddr() net.Addr { return localAddr(s.dhcpConn) }
+
+// TFTPAddr: see DHCPAddr.
+func (s *Server) TFTPAddr() net.Addr { return localAddr(s.tftpConn) }
+
+// HTTPAddr: see DHCPAddr.
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLn == nil {
+		return nil
+	}
+	return s.httpLn.Addr()
+}
+
+func localAddr(c net.PacketConn) net.Addr {
+	if c == nil {
+		return nil
+	}
+	return c.LocalAddr()
+}
+
+// Leases is the server's lease store (nil in proxy mode).
+func (s *Server) Leases() *leases.Store { return s.leases }
+
+// Registry is the server's Prometheus registry (what /metrics serves).
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Metrics are the server's counters.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }

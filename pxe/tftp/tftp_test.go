@@ -1,0 +1,259 @@
+package tftp
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pin/tftp/v3"
+
+	"github.com/bellbuild/bellbuild/pxe/catalog"
+	"github.com/bellbuild/bellbuild/pxe/internal/pxetest"
+	"github.com/bellbuild/bellbuild/pxe/metrics"
+)
+
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+type fixture struct {
+	site *pxetest.Site
+	addr *net.UDPAddr
+	m    *metrics.Metrics
+}
+
+// start serves pxetest's site on 127.0.0.1; owners says who holds which
+// address.
+func start(t testing.TB, owners pxetest.Owners, cfg Config) *fixture {
+	t.Helper()
+	site := pxetest.New(t)
+	cat, err := catalog.New(catalog.Config{Loaders: site.Loaders, Artifacts: site.Artifacts, Files: site.Files},
+		site.Backend, owners)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(nil, slog.New(slog.DiscardHandler))
+	cfg.ScriptBase = "tftp://127.0.0.1"
+	srv := New(cfg, cat, m)
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, conn) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		cat.Close()
+	})
+	return &fixture{site: site, addr: conn.LocalAddr().(*net.UDPAddr), m: m}
+}
+
+// get downloads name with pin's client at blksize (0: 512).
+func (f *fixture) get(t testing.TB, name string, blksize int) ([]byte, int64, error) {
+	t.Helper()
+	c, err := tftp.NewClient(f.addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetTimeout(2 * time.Second)
+	if blksize > 0 {
+		c.SetBlockSize(blksize)
+	}
+	c.RequestTSize(true)
+	wt, err := c.Receive(name, "octet")
+	if err != nil {
+		return nil, 0, err
+	}
+	size, _ := wt.(tftp.IncomingTransfer).Size()
+	var b bytes.Buffer
+	_, err = wt.WriteTo(&b)
+	return b.Bytes(), size, err
+}
+
+func TestPinClient(t *testing.T) {
+	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
+	tests := []struct {
+		name    string
+		file    string
+		blksize int
+		want    []byte
+		err     string
+	}{
+		{name: "loader", file: "undionly.kpxe", blksize: 1468, want: []byte("LOADER")},
+		{name: "big kernel at blksize 1468", file: "boot/52:54:00:00:00:0b/kernel", blksize: 1468, want: f.site.Big},
+		{name: "big kernel at 512", file: "boot/52:54:00:00:00:0b/kernel", want: f.site.Big},
+		{name: "script", file: "ipxe/52:54:00:00:00:0a", want: []byte("#!ipxe\necho bellbuild: booting node alpha (profile worker) from tftp://127.0.0.1\n" +
+			"kernel tftp://127.0.0.1/boot/52:54:00:00:00:0a/kernel initrd=initrd console=ttyS0 bellbuild.node=alpha\n" +
+			"initrd --name initrd tftp://127.0.0.1/boot/52:54:00:00:00:0a/initrd\nboot\n")},
+		{name: "own node file", file: "files/node.json", want: []byte(`{"node":"alpha"}`)},
+		{name: "other node's file", file: "files/secret", err: "files/secret: not-found"},
+		{name: "dot-dot", file: "../outside", err: "../outside: bad-name"},
+		{name: "absolute", file: "/etc/passwd", err: "/etc/passwd: bad-name"},
+		{name: "symlink escape", file: "files/escape", err: "files/escape: forbidden"},
+		{name: "absolute symlink", file: "boot/52:54:00:00:00:0c/kernel", err: "boot/52:54:00:00:00:0c/kernel: forbidden"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, size, err := f.get(t, tt.file, tt.blksize)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one saying %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, tt.want) {
+				t.Fatalf("got %d bytes, want %d (%.40q)", len(got), len(tt.want), got)
+			}
+			if size != int64(len(tt.want)) {
+				t.Errorf("tsize %d, want %d", size, len(tt.want))
+			}
+		})
+	}
+}
+
+// TestNodeFileOnlyToItsLease: the same request from an address leased to
+// nobody is refused.
+func TestNodeFileOnlyToItsLease(t *testing.T) {
+	f := start(t, pxetest.Owners{pxetest.IPB: pxetest.MACB}, Config{})
+	_, _, err := f.get(t, "files/node.json", 0)
+	if err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("err = %v, want forbidden", err)
+	}
+	if n := metrics.Value(f.m.Dropped.WithLabelValues("tftp", "forbidden")); n != 1 {
+		t.Errorf("forbidden drops = %v, want 1", n)
+	}
+}
+
+// TestStockClients downloads with busybox's and tftp-hpa's clients.
+func TestStockClients(t *testing.T) {
+	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
+	port := strconv.Itoa(f.addr.Port)
+	clients := []struct {
+		name string
+		bin  string
+		args func(remote, local string) []string
+	}{
+		{"busybox blksize 1468", "busybox", func(r, l string) []string {
+			return []string{"tftp", "-g", "-b", "1468", "-r", r, "-l", l, "127.0.0.1", port}
+		}},
+		{"busybox blksize 512", "busybox", func(r, l string) []string {
+			return []string{"tftp", "-g", "-r", r, "-l", l, "127.0.0.1", port}
+		}},
+		{"tftp-hpa", "tftp", func(r, l string) []string {
+			return []string{"-l", "-m", "binary", "127.0.0.1", port, "-c", "get", r, l}
+		}},
+	}
+	for _, c := range clients {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := exec.LookPath(c.bin); err != nil {
+				t.Skipf("SKIPPING: %s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
+			}
+			out := filepath.Join(t.TempDir(), "kernel")
+			cmd := exec.Command(c.bin, c.args("boot/52:54:00:00:00:0b/kernel", out)...)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", cmd, err, b)
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, f.site.Big) {
+				t.Fatalf("got %d bytes, want %d", len(got), len(f.site.Big))
+			}
+			// A refused request fails the stock client too.
+			cmd = exec.Command(c.bin, c.args("../outside", filepath.Join(t.TempDir(), "x"))...)
+			if b, err := cmd.CombinedOutput(); err == nil && !strings.Contains(string(b), "bad-name") {
+				t.Errorf("../outside: client succeeded: %s", b)
+			}
+		})
+	}
+}
+
+// TestMalformedRequests sends datagrams that are not requests: each is
+// dropped and counted, and the server goes on serving.
+func TestMalformedRequests(t *testing.T) {
+	f := start(t, nil, Config{})
+	conn, err := net.DialUDP("udp4", nil, f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bad := [][]byte{
+		{},             // empty
+		{0, 1},         // RRQ without a name
+		{0, 4, 0, 1},   // an ACK to port 69
+		{0, 9, 'x', 0}, // no such opcode
+	}
+	// pin reads these as requests for "a" (missing or unterminated mode):
+	// refused as unknown files.
+	lenient := [][]byte{
+		{0, 1, 'a', 0},
+		{0, 1, 'a', 0, 'o', 'c', 't', 'e', 't'},
+	}
+	for _, b := range append(bad, lenient...) {
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	malformed := f.m.Dropped.WithLabelValues("tftp", "malformed")
+	notFound := f.m.Dropped.WithLabelValues("tftp", "not-found")
+	deadline := time.Now().Add(5 * time.Second)
+	for (metrics.Value(malformed) < 4 || metrics.Value(notFound) < 2) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m, n := metrics.Value(malformed), metrics.Value(notFound); m != 4 || n != 2 {
+		t.Errorf("drops: malformed %v, not-found %v; want 4 and 2", m, n)
+	}
+	if got, _, err := f.get(t, "undionly.kpxe", 0); err != nil || string(got) != "LOADER" {
+		t.Fatalf("after bad packets: %q, %v", got, err)
+	}
+}
+
+// FuzzRequest sends arbitrary datagrams to a live server: it never
+// crashes, and still serves a good request afterwards.
+func FuzzRequest(f *testing.F) {
+	for _, s := range [][]byte{
+		[]byte("\x00\x01undionly.kpxe\x00octet\x00"),
+		[]byte("\x00\x01undionly.kpxe\x00octet\x00blksize\x001468\x00tsize\x000\x00"),
+		[]byte("\x00\x01../outside\x00octet\x00"),
+		[]byte("\x00\x01files/node.json\x00netascii\x00"),
+		[]byte("\x00\x02upload\x00octet\x00"),
+		[]byte("\x00\x01x\x00octet\x00blksize\x00999999999\x00"),
+		[]byte("\x00\x01x\x00octet\x00blksize\x00-1\x00"),
+		{0, 5, 0, 1, 'e', 0},
+		{},
+	} {
+		f.Add(s)
+	}
+	fx := start(f, pxetest.Owners{loopback: pxetest.MACA}, Config{Timeout: 50 * time.Millisecond, Retries: 1})
+	conn, err := net.DialUDP("udp4", nil, fx.addr)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer conn.Close()
+	n := 0
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if n++; n%50 == 1 {
+			if got, _, err := fx.get(t, "undionly.kpxe", 0); err != nil || string(got) != "LOADER" {
+				t.Fatalf("after %q: %q, %v", b, got, err)
+			}
+		}
+	})
+}
