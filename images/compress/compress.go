@@ -15,31 +15,6 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// ZstdWindow is the largest back-reference distance Zstd uses. The kernel
-// refuses initramfs frames whose window exceeds 128 MiB; 8 MiB keeps the
-// decompressor's memory small at boot.
-const ZstdWindow = 8 << 20
-
-// Zstd returns a writer that compresses to w as one zstd frame, at the
-// default level (about zstd -3), with a window of ZstdWindow.
-//
-// Concurrency is pinned to 2 with concurrent blocks: the output is then the
-// same for any number of CPUs (it would differ with concurrency 1), and two
-// cores compress in parallel. Close flushes the frame; it does not close w.
-func Zstd(w io.Writer) (io.WriteCloser, error) {
-	enc, err := zstd.NewWriter(w,
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
-		zstd.WithEncoderConcurrency(2),
-		zstd.WithConcurrentBlocks(true),
-		zstd.WithWindowSize(ZstdWindow),
-		zstd.WithEncoderCRC(true),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("zstd: %w", err)
-	}
-	return enc, nil
-}
-
 // Gzip returns a writer that compresses to w as gzip at the default level,
 // with an empty header (no name, no modification time), so the output
 // depends only on the input. Close flushes it; it does not close w.

@@ -50,8 +50,14 @@ type Options struct {
 
 // Write streams t to w as a newc archive ending with a trailer. Nothing is
 // buffered beyond a fixed-size write buffer; w is not closed.
+//
+// When w has a Boundary method (compress.ZstdWriter has), Write calls it
+// after every entry, so that a compressor that splits its output into
+// independent pieces ends each piece on a whole entry, as the kernel
+// requires. A wrapper around such a writer should forward Boundary.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	cw := &writer{bw: bufio.NewWriterSize(w, 1<<20)}
+	cw.split, _ = w.(interface{ Boundary() error })
 	if err := cw.tree(t, opts); err != nil {
 		return err
 	}
@@ -59,10 +65,11 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 }
 
 type writer struct {
-	bw  *bufio.Writer
-	hdr [headerLen]byte
-	pad [4]byte
-	buf []byte
+	bw    *bufio.Writer
+	split interface{ Boundary() error }
+	hdr   [headerLen]byte
+	pad   [4]byte
+	buf   []byte
 }
 
 func (cw *writer) tree(t *fstree.Tree, opts Options) error {
@@ -153,8 +160,25 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 				return err
 			}
 		}
+		if err := cw.boundary(); err != nil {
+			return err
+		}
 	}
-	return cw.header(header{name: Trailer, nlink: 1})
+	if err := cw.header(header{name: Trailer, nlink: 1}); err != nil {
+		return err
+	}
+	return cw.boundary()
+}
+
+// boundary tells a splitting writer that an entry ended.
+func (cw *writer) boundary() error {
+	if cw.split == nil {
+		return nil
+	}
+	if err := cw.bw.Flush(); err != nil {
+		return err
+	}
+	return cw.split.Boundary()
 }
 
 // header is the part of a newc header that varies; devmajor/devminor (the
