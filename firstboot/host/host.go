@@ -58,6 +58,11 @@ type Host struct {
 	root    *os.Root
 	Ledger  *Ledger
 	changes []Change
+	// dirs caches an os.Root per directory already opened, so that an
+	// operation on /etc/systemd/system/x costs one confined system call,
+	// not one per path component (os.Root walks every component).
+	dirs map[string]*os.Root
+	ids  map[string]idCache
 }
 
 // Open opens dir as a target root and loads its ledger.
@@ -104,7 +109,37 @@ func (h *Host) ReloadLedger() error {
 }
 
 // Close releases the root.
-func (h *Host) Close() error { return h.root.Close() }
+func (h *Host) Close() error {
+	for _, d := range h.dirs {
+		d.Close()
+	}
+	h.dirs = nil
+	return h.root.Close()
+}
+
+// at returns the confined handle of p's directory and p's base name in it
+// (the root itself for a top-level name). A directory that cannot be opened
+// yet falls back to the root, so errors read as they would from it.
+func (h *Host) at(p string) (*os.Root, string) {
+	r := rel(p)
+	dir, base := path.Split(r)
+	dir = strings.TrimSuffix(dir, "/")
+	if dir == "" {
+		return h.root, r
+	}
+	if d, ok := h.dirs[dir]; ok {
+		return d, base
+	}
+	d, err := h.root.OpenRoot(dir)
+	if err != nil {
+		return h.root, r
+	}
+	if h.dirs == nil {
+		h.dirs = map[string]*os.Root{}
+	}
+	h.dirs[dir] = d
+	return d, base
+}
 
 // Root is the confined handle, for modules that need an operation this
 // package does not wrap.
@@ -129,13 +164,22 @@ func rel(p string) string {
 }
 
 // ReadFile reads p (absolute or root-relative) inside the root.
-func (h *Host) ReadFile(p string) ([]byte, error) { return h.root.ReadFile(rel(p)) }
+func (h *Host) ReadFile(p string) ([]byte, error) {
+	d, name := h.at(p)
+	return d.ReadFile(name)
+}
 
 // Lstat stats p inside the root without following a final symlink.
-func (h *Host) Lstat(p string) (fs.FileInfo, error) { return h.root.Lstat(rel(p)) }
+func (h *Host) Lstat(p string) (fs.FileInfo, error) {
+	d, name := h.at(p)
+	return d.Lstat(name)
+}
 
 // Stat stats p inside the root.
-func (h *Host) Stat(p string) (fs.FileInfo, error) { return h.root.Stat(rel(p)) }
+func (h *Host) Stat(p string) (fs.FileInfo, error) {
+	d, name := h.at(p)
+	return d.Stat(name)
+}
 
 // Exists reports whether p exists (without following a final symlink).
 func (h *Host) Exists(p string) bool {
@@ -162,8 +206,12 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) 
 	// One applier runs at a time (the lock), so a fixed temp name is safe,
 	// and a run killed mid-write leaves at most one stale temp per file,
 	// which the next write of that file reuses.
-	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-tmp")
-	f, err := h.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	d, base := h.at(r)
+	tmp := "." + path.Base(r) + ".bellbuild-tmp"
+	if d == h.root {
+		tmp = path.Join(dir, tmp)
+	}
+	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
@@ -181,10 +229,10 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) 
 		werr = cerr
 	}
 	if werr == nil {
-		werr = h.root.Rename(tmp, r)
+		werr = d.Rename(tmp, base)
 	}
 	if werr != nil {
-		h.root.Remove(tmp)
+		d.Remove(tmp)
 		return fmt.Errorf("write %s: %w", p, werr)
 	}
 	return h.syncDir(dir)
@@ -204,7 +252,8 @@ func (h *Host) syncDir(dir string) error {
 
 // Remove deletes p; a missing p is not an error.
 func (h *Host) Remove(p string) error {
-	err := h.root.Remove(rel(p))
+	d, name := h.at(p)
+	err := d.Remove(name)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

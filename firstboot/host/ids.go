@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // ErrNoSuchID means a user or group name is not in the root's database.
@@ -25,24 +26,71 @@ func (h *Host) LookupGroup(name string) (int, error) {
 	return h.lookupID("etc/group", "group", name)
 }
 
+// idCache is one parsed account database and the stat it was read at.
+type idCache struct {
+	ino, size uint64
+	mtime     int64
+	ids       map[string]int
+	bad       map[string]string // name → unparsable id field
+}
+
 func (h *Host) lookupID(file, what, name string) (int, error) {
 	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
 		return n, nil
 	}
-	data, err := h.ReadFile(file)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	db, err := h.idDB(file)
+	if err != nil {
 		return 0, fmt.Errorf("%s %q: %w", what, name, err)
 	}
+	if id, ok := db.ids[name]; ok {
+		return id, nil
+	}
+	if f, ok := db.bad[name]; ok {
+		return 0, fmt.Errorf("%s %q: bad id %q in /%s", what, name, f, file)
+	}
+	return 0, fmt.Errorf("%s %q: %w in /%s", what, name, ErrNoSuchID, file)
+}
+
+// idDB parses /etc/passwd or /etc/group once, and again only when the file
+// changed (the uamlite module rewrites them during a run).
+func (h *Host) idDB(file string) (idCache, error) {
+	var key idCache
+	fi, err := h.Stat(file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return idCache{}, err
+	default:
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			key = idCache{ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano()}
+		}
+	}
+	if c, ok := h.ids[file]; ok && c.ino == key.ino && c.size == key.size && c.mtime == key.mtime && key.ino != 0 {
+		return c, nil
+	}
+	data, err := h.ReadFile(file)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return idCache{}, err
+	}
+	key.ids, key.bad = map[string]int{}, map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		f := strings.Split(sc.Text(), ":")
-		if len(f) >= 3 && f[0] == name {
-			id, err := strconv.Atoi(f[2])
-			if err != nil {
-				return 0, fmt.Errorf("%s %q: bad id %q in /%s", what, name, f[2], file)
-			}
-			return id, nil
+		if len(f) < 3 {
+			continue
+		}
+		if _, seen := key.ids[f[0]]; seen {
+			continue // the first entry wins, as in getpwnam
+		}
+		if id, err := strconv.Atoi(f[2]); err == nil {
+			key.ids[f[0]] = id
+		} else if _, seen := key.bad[f[0]]; !seen {
+			key.bad[f[0]] = f[2]
 		}
 	}
-	return 0, fmt.Errorf("%s %q: %w in /%s", what, name, ErrNoSuchID, file)
+	if h.ids == nil {
+		h.ids = map[string]idCache{}
+	}
+	h.ids[file] = key
+	return key, nil
 }

@@ -11,7 +11,7 @@ import (
 // managed link someone repointed is a conflict. It reports whether anything
 // changed. Like every write it is atomic: a temporary link renamed over.
 func (h *Host) EnsureSymlink(module, key, link, target string) (bool, error) {
-	cur, err := h.root.Readlink(rel(link))
+	cur, err := h.readlink(link)
 	exists := err == nil
 	if !exists && h.Exists(link) {
 		return false, fmt.Errorf("%s: exists and is not a symlink", link)
@@ -56,13 +56,17 @@ func (h *Host) symlink(target, link string) error {
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("symlink %s: %w", link, err)
 	}
-	tmp := path.Join(dir, "."+path.Base(r)+".bellbuild-tmp")
-	h.root.Remove(tmp)
-	if err := h.root.Symlink(target, tmp); err != nil {
+	d, base := h.at(r)
+	tmp := "." + path.Base(r) + ".bellbuild-tmp"
+	if d == h.root {
+		tmp = path.Join(dir, tmp)
+	}
+	d.Remove(tmp)
+	if err := d.Symlink(target, tmp); err != nil {
 		return fmt.Errorf("symlink %s: %w", link, err)
 	}
-	if err := h.root.Rename(tmp, r); err != nil {
-		h.root.Remove(tmp)
+	if err := d.Rename(tmp, base); err != nil {
+		d.Remove(tmp)
 		return fmt.Errorf("symlink %s: %w", link, err)
 	}
 	return h.syncDir(dir)
@@ -75,7 +79,7 @@ func (h *Host) ReleaseSymlink(module, key, link string) (bool, error) {
 	if !owned {
 		return false, nil
 	}
-	cur, err := h.root.Readlink(rel(link))
+	cur, err := h.readlink(link)
 	exists := err == nil
 	if exists && Hash([]byte(cur)) != rec.Hash && Hash([]byte(cur)) != rec.Prev && !(rec.HadOriginal && cur == rec.Original) {
 		return false, fmt.Errorf("%s: %w; not reverted", link, ErrConflict)
@@ -112,7 +116,7 @@ func (h *Host) ReleaseSymlink(module, key, link string) (bool, error) {
 // module/key so ReleaseSymlink restores it (used to disable a unit that
 // something else enabled). A missing link is nothing to do.
 func (h *Host) RemoveSymlink(module, key, link, target string) (bool, error) {
-	cur, err := h.root.Readlink(rel(link))
+	cur, err := h.readlink(link)
 	if err != nil {
 		return false, nil
 	}
@@ -135,3 +139,12 @@ func (h *Host) RemoveSymlink(module, key, link, target string) (bool, error) {
 	}
 	return true, h.Remove(link)
 }
+
+// readlink reads the symlink p inside the root.
+func (h *Host) readlink(p string) (string, error) {
+	d, name := h.at(p)
+	return d.Readlink(name)
+}
+
+// Readlink returns the target of the symlink p inside the root.
+func (h *Host) Readlink(p string) (string, error) { return h.readlink(p) }

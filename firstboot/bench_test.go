@@ -1,0 +1,68 @@
+package firstboot
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// thousandItems is a configuration of 1,000 items over five modules, and
+// the root it applies to (the perm targets exist).
+func thousandItems(b *testing.B, root string) nodeconf.Conf {
+	b.Helper()
+	conf := nodeconf.Conf{
+		Sysctl: map[string]string{},
+		Limits: map[string]nodeconf.Limit{},
+		Files:  map[string]nodeconf.File{},
+		Mounts: map[string]nodeconf.Mount{},
+		Perm:   &nodeconf.Perm{},
+	}
+	for i := 0; i < 200; i++ {
+		conf.Sysctl[fmt.Sprintf("net.ipv4.conf.eth%d.rp_filter", i)] = "1"
+		conf.Limits[fmt.Sprintf("l%03d", i)] = nodeconf.Limit{Domain: fmt.Sprintf("user%d", i), Type: "soft", Item: "nofile", Value: "4096"}
+		conf.Files[fmt.Sprintf("/etc/app/%03d.conf", i)] = nodeconf.File{Content: fmt.Sprintf("setting = %d\n", i), Mode: "0640", Owner: "app"}
+		conf.Mounts[fmt.Sprintf("m%03d", i)] = nodeconf.Mount{MntTgt: fmt.Sprintf("/mnt/vol%03d", i), Device: fmt.Sprintf("/dev/disk/by-label/vol%03d", i), Type: "xfs", Options: "noatime"}
+		p := fmt.Sprintf("/srv/data/f%03d", i)
+		if err := os.MkdirAll(filepath.Join(root, "srv/data"), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte("x"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		conf.Perm.Paths = append(conf.Perm.Paths, nodeconf.PermPath{Path: p, Owner: "app", Group: "app", Permissions: "0600"})
+	}
+	return conf
+}
+
+// BenchmarkApplyNoChange1000 is the rerun of an applied 1,000-item
+// configuration (200 each of sysctl, limits, files, mounts, perm): what
+// every boot and every day-2 pass costs when nothing drifted. Goal: < 100 ms.
+func BenchmarkApplyNoChange1000(b *testing.B) {
+	root := b.TempDir()
+	for p, c := range map[string]string{
+		"etc/passwd": "root:x:0:0::/root:/bin/sh\napp:x:1234:1235::/srv:/bin/sh\n",
+		"etc/group":  "root:x:0:\napp:x:1235:\n",
+	} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(c), 0o644)
+	}
+	node := &nodeconf.Node{Node: "n", Profile: "p", Conf: thousandItems(b, root)}
+	opts := Options{RootDir: root}
+	rep, err := Apply(context.Background(), opts, node)
+	if err != nil || len(rep.Errors) > 0 {
+		b.Fatalf("first apply: %v %v", err, rep.Errors)
+	}
+	if len(rep.Changes) < 1000 {
+		b.Fatalf("first apply made %d changes, want at least 1000", len(rep.Changes))
+	}
+	for b.Loop() {
+		rep, err := Apply(context.Background(), opts, node)
+		if err != nil || len(rep.Errors) > 0 || len(rep.Changes) != 0 {
+			b.Fatalf("rerun: %v, errors %v, %d changes", err, rep.Errors, len(rep.Changes))
+		}
+	}
+}
