@@ -30,10 +30,11 @@ type job struct {
 // blocks, duplicates stored once.
 func (b *builder) writeData(out *countWriter) error {
 	bs := b.opts.BlockSize
-	pool := sync.Pool{New: func() any { return make([]byte, 0, bs) }}
+	inFlight := 8*b.opts.Workers + 16
+	pool := newBufPool(bs, inFlight)
 	// Compressed blocks rarely exceed the input; when they do, the block
 	// is stored raw.
-	outPool := sync.Pool{New: func() any { return make([]byte, 0, bs+bs/8+64) }}
+	outPool := newBufPool(bs+bs/8+64, inFlight)
 	work := make(chan *job, b.opts.Workers)
 	order := make(chan *job, 4*b.opts.Workers+4)
 	quit := make(chan struct{})
@@ -48,7 +49,7 @@ func (b *builder) writeData(out *countWriter) error {
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				j.compress(c, &outPool)
+				j.compress(c, outPool)
 				close(j.done)
 			}
 		}()
@@ -76,7 +77,7 @@ func (b *builder) writeData(out *countWriter) error {
 			}
 			return true
 		}
-		readErr = b.readFiles(&pool, send)
+		readErr = b.readFiles(pool, send)
 	}()
 
 	var writeErr error
@@ -109,9 +110,9 @@ func (b *builder) writeData(out *countWriter) error {
 			}
 		}
 		if j.pooled {
-			outPool.Put(j.out[:0])
+			outPool.put(j.out)
 		}
-		pool.Put(j.raw[:0])
+		pool.put(j.raw)
 	}
 	wg.Wait()
 	if writeErr != nil {
@@ -120,19 +121,19 @@ func (b *builder) writeData(out *countWriter) error {
 	return readErr
 }
 
-func (j *job) compress(c compressor, outPool *sync.Pool) {
+func (j *job) compress(c compressor, outPool *bufPool) {
 	if j.holes && allZero(j.raw) {
 		j.out, j.word = nil, 0
 		return
 	}
-	buf := outPool.Get().([]byte)
+	buf := outPool.get()
 	out, err := c.compress(buf[:0], j.raw)
 	if err != nil {
 		j.err = fmt.Errorf("compress: %w", err)
 		return
 	}
 	if len(out) >= len(j.raw) {
-		outPool.Put(buf[:0])
+		outPool.put(buf)
 		j.out = j.raw
 		j.word = uint32(len(j.raw)) | dataRawFlag
 		return
@@ -161,7 +162,7 @@ var errStopped = errors.New("stopped")
 // readFiles reads every file in order and hands its blocks to send. Files
 // whose size another file shares are hashed first, so a duplicate is never
 // read twice into the image nor written at all.
-func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
+func (b *builder) readFiles(pool *bufPool, send func(*job) bool) error {
 	bs := uint64(b.opts.BlockSize)
 	sizes := map[uint64]int{}
 	for _, f := range b.files {
@@ -174,7 +175,7 @@ func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
 		if len(frag) == 0 {
 			return true
 		}
-		raw := pool.Get().([]byte)[:0]
+		raw := pool.get()[:0]
 		raw = append(raw, frag...)
 		frag = frag[:0]
 		nfrag++
@@ -200,7 +201,7 @@ func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
 			if orig := seen[sum]; orig != nil {
 				f.dup = orig
 				if small != nil {
-					pool.Put(small[:0])
+					pool.put(small)
 				}
 				continue
 			}
@@ -216,7 +217,7 @@ func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
 			}
 			f.frag, f.offset = uint32(nfrag), uint32(len(frag))
 			frag = append(frag, small...)
-			pool.Put(small[:0])
+			pool.put(small)
 			continue
 		}
 		if small != nil {
@@ -231,7 +232,7 @@ func (b *builder) readFiles(pool *sync.Pool, send func(*job) bool) error {
 			return fmt.Errorf("%s: %w", f.e.Path, err)
 		}
 		for i := range full {
-			raw := pool.Get().([]byte)[:bs]
+			raw := pool.get()[:bs]
 			if _, err := io.ReadFull(rc, raw); err != nil {
 				rc.Close()
 				return sizeErr(f, err)
@@ -287,13 +288,13 @@ func checkEOF(f *fileData, r io.Reader) error {
 }
 
 // readSmall reads a file of at most one block into a pooled buffer.
-func readSmall(f *fileData, pool *sync.Pool) ([]byte, error) {
+func readSmall(f *fileData, pool *bufPool) ([]byte, error) {
 	rc, err := f.e.Data.Open()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.e.Path, err)
 	}
 	defer rc.Close()
-	buf := pool.Get().([]byte)[:f.size]
+	buf := pool.get()[:f.size]
 	if _, err := io.ReadFull(rc, buf); err != nil {
 		return nil, sizeErr(f, err)
 	}
@@ -320,4 +321,35 @@ func hashFile(f *fileData) ([sha256.Size]byte, error) {
 	}
 	h.Sum(sum[:0])
 	return sum, nil
+}
+
+// bufPool is a free list of block buffers. Unlike a sync.Pool it survives
+// garbage collections, which would otherwise make every block a fresh
+// allocation (and more collections).
+type bufPool struct {
+	free chan []byte
+	size int
+}
+
+func newBufPool(size, n int) *bufPool {
+	return &bufPool{free: make(chan []byte, n), size: size}
+}
+
+func (p *bufPool) get() []byte {
+	select {
+	case b := <-p.free:
+		return b[:0]
+	default:
+		return make([]byte, 0, p.size)
+	}
+}
+
+func (p *bufPool) put(b []byte) {
+	if cap(b) < p.size {
+		return
+	}
+	select {
+	case p.free <- b[:0]:
+	default:
+	}
 }
