@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/fstree"
@@ -452,4 +453,64 @@ func FuzzRead(f *testing.F) {
 			t.Fatalf("round trip (-first +second):\n%s", d)
 		}
 	})
+}
+
+// TestFramesEndOnEntries: through compress.Zstd, every zstd frame ends
+// exactly where a cpio entry ends (the kernel rejects a compressed member
+// that stops inside an entry: "junk at the end of compressed archive").
+func TestFramesEndOnEntries(t *testing.T) {
+	tr := fstree.New()
+	for i := range 12 {
+		tr.AddFile(fmt.Sprintf("f/%02d", i), bytes.Repeat([]byte{byte(i)}, 3<<20+i), 0o644, 0, 0)
+	}
+	var z bytes.Buffer
+	zw, err := compress.Zstd(&z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Write(zw, tr, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw := write(t, tr, Options{})
+	// Where each entry ends in the uncompressed archive.
+	ends := map[int64]bool{}
+	off := int64(0)
+	for _, h := range parseHeaders(t, raw) {
+		off += 110 + int64(h.namesize)
+		off += int64(pad4(int(off)))
+		off += int64(h.size)
+		off += int64(pad4(int(off)))
+		ends[off] = true
+	}
+	frames, err := compress.Frames(bytes.NewReader(z.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) < 2 {
+		t.Fatalf("%d frames, want several", len(frames))
+	}
+	var pos int64
+	var unpacked []byte
+	for _, f := range frames {
+		d, err := zstd.NewReader(bytes.NewReader(z.Bytes()[f.Offset : f.Offset+f.Size]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(d)
+		d.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos += int64(len(b))
+		unpacked = append(unpacked, b...)
+		if !ends[pos] {
+			t.Errorf("frame at %d ends at archive byte %d, inside an entry", f.Offset, pos)
+		}
+	}
+	if !bytes.Equal(unpacked, raw) {
+		t.Error("frames do not decompress to the archive")
+	}
 }
