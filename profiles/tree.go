@@ -82,18 +82,33 @@ func (v *value) describe() string {
 	return "string " + strconv.Quote(v.text)
 }
 
+// maxValues bounds the values one file may expand to, so that aliases of
+// aliases (a "billion laughs" file) fail instead of eating the memory.
+const maxValues = 1 << 18
+
 // fromYAML converts a parsed document into a value tree, reporting
 // duplicate keys, non-scalar keys and merge keys.
 func fromYAML(n *yaml.Node, file string, errs *ErrorList) *value {
+	budget := maxValues
+	return convert(n, file, errs, &budget)
+}
+
+func convert(n *yaml.Node, file string, errs *ErrorList, budget *int) *value {
 	pos := Pos{File: file, Line: n.Line, Col: n.Column}
+	if *budget--; *budget == 0 {
+		errs.Add(pos, "", "the file expands to more than %d values (aliases of aliases?)", maxValues)
+	}
+	if *budget <= 0 {
+		return &value{kind: kNull, pos: pos, tag: reported}
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
 			return &value{kind: kNull, pos: pos}
 		}
-		return fromYAML(n.Content[0], file, errs)
+		return convert(n.Content[0], file, errs, budget)
 	case yaml.AliasNode:
-		v := *fromYAML(n.Alias, file, errs)
+		v := *convert(n.Alias, file, errs, budget)
 		return &v
 	case yaml.ScalarNode:
 		if n.ShortTag() == "!!null" {
@@ -103,7 +118,7 @@ func fromYAML(n *yaml.Node, file string, errs *ErrorList) *value {
 	case yaml.SequenceNode:
 		v := &value{kind: kList, pos: pos, items: make([]*value, 0, len(n.Content))}
 		for _, c := range n.Content {
-			v.items = append(v.items, fromYAML(c, file, errs))
+			v.items = append(v.items, convert(c, file, errs, budget))
 		}
 		return v
 	case yaml.MappingNode:
@@ -125,7 +140,7 @@ func fromYAML(n *yaml.Node, file string, errs *ErrorList) *value {
 				continue
 			}
 			seen[k.Value] = kpos
-			v.ents = append(v.ents, entry{key: k.Value, kpos: kpos, val: fromYAML(val, file, errs)})
+			v.ents = append(v.ents, entry{key: k.Value, kpos: kpos, val: convert(val, file, errs, budget)})
 		}
 		return v
 	}
