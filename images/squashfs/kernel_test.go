@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 
@@ -64,7 +65,8 @@ func kernelModules(t *testing.T, mods ...string) (string, []string) {
 }
 
 // bootInitramfs makes an initramfs with the cpio CLI: busybox, the
-// modules, and init as /init.
+// modules, the xattrs helper (testdata/xattrs, built static) and init as
+// /init.
 func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string {
 	t.Helper()
 	for _, tool := range []string{"cpio", "/bin/busybox"} {
@@ -90,6 +92,11 @@ func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string
 	copyFile("/bin/busybox", filepath.Join(root, "bin/busybox"), 0o755)
 	if err := os.Symlink("busybox", filepath.Join(root, "bin/sh")); err != nil {
 		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(root, "bin/xattrs"), "./testdata/xattrs")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the xattrs helper: %v\n%s", err, out)
 	}
 	for _, m := range mods {
 		copyFile(filepath.Join(kdir, m), filepath.Join(root, "lib/modules", path.Base(m)), 0o644)
@@ -122,7 +129,7 @@ func TestKernelMount(t *testing.T) {
 	tr.Merge(bigDir(5000))
 	tr.Merge(blocks())
 	tr.Reproducible(1700000000)
-	img := writeImage(t, tr, Options{})
+	img := writeImage(t, tr, Options{Exportable: true})
 
 	// What the kernel must show.
 	const big = "usr/share/doc"
@@ -164,7 +171,7 @@ func TestKernelMount(t *testing.T) {
 		if e.Path != "." {
 			p += "/" + e.Path
 		}
-		stats = append(stats, fmt.Sprintf("%s %x %d %d %d %d %x %x", p, src.UnixMode(), src.UID, src.GID, nlink, inos[e], e.Major, e.Minor))
+		stats = append(stats, fmt.Sprintf("%s %x %d %d %d %d %x %x %d", p, src.UnixMode(), src.UID, src.GID, nlink, inos[e], e.Major, e.Minor, src.MTime))
 	}
 	lookups := []string{names[0], names[2502], names[4999], names[4995] + "/copyright"}
 	sums := []string{"random-5m", "text-6m", "holes-2m", "zeros-3m", "hard/b", "random-5m-dup", "block-plus-one", big + "/" + lookups[1]}
@@ -183,6 +190,24 @@ func TestKernelMount(t *testing.T) {
 		want = append(want, fmt.Sprintf("%x  /mnt/%s", contentHash(t, src), s))
 	}
 
+	var xattrPaths []string
+	for _, e := range walk {
+		names := make([]string, 0, len(e.Xattrs))
+		for n := range e.Xattrs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			want = append(want, fmt.Sprintf("XATTR /mnt/%s %s=%x", e.Path, n, e.Xattrs[n]))
+		}
+		if len(names) > 0 {
+			xattrPaths = append(xattrPaths, "'/mnt/"+e.Path+"'")
+		}
+	}
+	if len(xattrPaths) < 4 {
+		t.Fatalf("the tree has %d entries with xattrs, want several", len(xattrPaths))
+	}
+
 	var init strings.Builder
 	init.WriteString("#!/bin/sh\n/bin/busybox --install -s /bin\nexport PATH=/bin\n")
 	init.WriteString("mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n")
@@ -192,7 +217,7 @@ func TestKernelMount(t *testing.T) {
 	init.WriteString("for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done\n")
 	init.WriteString("mount -t squashfs -o ro /dev/vda /mnt || echo MOUNT-FAILED\n")
 	init.WriteString("echo BEGIN-CHECK\n")
-	fmt.Fprintf(&init, "find /mnt -path '/mnt/%s/*' -prune -o -exec stat -c '%%n %%f %%u %%g %%h %%i %%t %%T' {} +\n", big)
+	fmt.Fprintf(&init, "find /mnt -path '/mnt/%s/*' -prune -o -exec stat -c '%%n %%f %%u %%g %%h %%i %%t %%T %%Y' {} +\n", big)
 	fmt.Fprintf(&init, "echo ENTRIES $(ls -A /mnt/%s | wc -l)\n", big)
 	fmt.Fprintf(&init, "echo NAMES $(ls -A /mnt/%s | md5sum | cut -d' ' -f1)\n", big)
 	for _, l := range lookups {
@@ -201,6 +226,7 @@ func TestKernelMount(t *testing.T) {
 	for _, s := range sums {
 		fmt.Fprintf(&init, "sha256sum '/mnt/%s'\n", s)
 	}
+	init.WriteString("xattrs " + strings.Join(xattrPaths, " ") + "\n")
 	init.WriteString("echo END-CHECK\numount /mnt\npoweroff -f\n")
 
 	initrd := bootInitramfs(t, kdir, mods, init.String())
