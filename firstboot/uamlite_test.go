@@ -456,6 +456,54 @@ func TestUamlite(t *testing.T) {
 		}})
 	})
 
+	t.Run("a hostile home cannot redirect bellbuild's writes", func(t *testing.T) {
+		root := t.TempDir()
+		uamBuild(t, root, debianAccounts)
+		uamBuild(t, root, map[string]string{"/root/.ssh": "dir 0700 0:0"})
+		conf := func(key string) *nodeconf.Uamlite {
+			return &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserSSHKeys: []string{key}}}}
+		}
+		if _, errs, _ := applyUamlite(t, root, uamStep{conf: conf(aliceKey)}); len(errs) > 0 {
+			t.Fatal(errs)
+		}
+		shadow := uamEntry(t, root, "/etc/shadow")
+		ssh := filepath.Join(root, "home/alice/.ssh")
+		// alice plants the temporary name, pointing at /etc/shadow.
+		for _, target := range []string{"/etc/shadow", "../../../etc/shadow"} {
+			os.Remove(filepath.Join(ssh, ".authorized_keys.bellbuild-tmp"))
+			if err := os.Symlink(target, filepath.Join(ssh, ".authorized_keys.bellbuild-tmp")); err != nil {
+				t.Fatal(err)
+			}
+			key := appKey + " " + target
+			if _, errs, _ := applyUamlite(t, root, uamStep{conf: conf(key)}); len(errs) > 0 {
+				t.Fatal(errs)
+			}
+			if got := uamEntry(t, root, "/etc/shadow"); got != shadow {
+				t.Fatalf("/etc/shadow changed through a planted symlink:\n%s", got)
+			}
+			if got, want := uamEntry(t, root, "/home/alice/.ssh/authorized_keys"), "file 0600 1235:1235\n"+keysHeader+key+"\n"; got != want {
+				t.Errorf("authorized_keys = %q, want %q", got, want)
+			}
+		}
+		// alice swaps ~/.ssh for a symlink to root's.
+		if err := os.RemoveAll(ssh); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/root/.ssh", ssh); err != nil {
+			t.Fatal(err)
+		}
+		_, errs, _ := applyUamlite(t, root, uamStep{conf: conf(aliceKey)})
+		if want := []string{"alice: /home/alice/.ssh is a symlink: not following it"}; !cmp.Equal(errs, want) {
+			t.Errorf("errors = %q, want %q", errs, want)
+		}
+		if got := uamEntry(t, root, "/root/.ssh/authorized_keys"); got != missing {
+			t.Errorf("bellbuild wrote root's authorized_keys: %q", got)
+		}
+		if got := uamEntry(t, root, "/root/.ssh"); got != "dir 0700 0:0" {
+			t.Errorf("root's .ssh changed: %q", got)
+		}
+	})
+
 	t.Run("busybox root: no shadow, no bash, no skel", func(t *testing.T) {
 		root := t.TempDir()
 		uamBuild(t, root, map[string]string{
