@@ -191,8 +191,8 @@ type Exec struct {
 	// Timeout in seconds (Divingbell's script_timeout); default 1800.
 	Timeout int `json:"timeout,omitempty" yaml:"timeout,omitempty"`
 	// RerunInterval and RetryInterval in seconds (>= 60); 0 means unset.
-	RerunInterval        int  `json:"rerun_interval,omitempty" yaml:"rerun_interval,omitempty"`
-	RetryInterval        int  `json:"retry_interval,omitempty" yaml:"retry_interval,omitempty"`
+	RerunInterval        int   `json:"rerun_interval,omitempty" yaml:"rerun_interval,omitempty"`
+	RetryInterval        int   `json:"retry_interval,omitempty" yaml:"retry_interval,omitempty"`
 	RerunIntervalPersist *bool `json:"rerun_interval_persist,omitempty" yaml:"rerun_interval_persist,omitempty"`
 	RetryIntervalPersist *bool `json:"retry_interval_persist,omitempty" yaml:"retry_interval_persist,omitempty"`
 }
