@@ -556,3 +556,37 @@ func checkBadConf(t *testing.T, module string, c Checker) {
 		t.Errorf("Check errors (-want +got):\n%s", diff)
 	}
 }
+
+// TestUsersBeforeScripts applies accounts and a script through the whole
+// applier: the script sees the user uamlite made (modules run in
+// Divingbell's order), the run report never holds the password hash, and
+// a second run changes nothing.
+func TestUsersBeforeScripts(t *testing.T) {
+	root := busyboxRoot(t)
+	uamBuild(t, root, map[string]string{
+		"/etc/passwd": "0644 0:0\nroot:x:0:0:root:/root:/bin/sh\n",
+		"/etc/group":  "0644 0:0\nroot:x:0:\n",
+	})
+	node := &nodeconf.Node{Node: "n1", Profile: "p", Conf: nodeconf.Conf{
+		Uamlite: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserCryptPasswd: aliceHash, UserSudo: true, UserSSHKeys: []string{aliceKey}}}},
+		Exec:    map[string]nodeconf.Exec{"10-whoami": {Data: "#!/bin/sh\nid alice > /out\n", RerunPolicy: "once_successfully"}},
+	}}
+	rep, err := Apply(context.Background(), Options{RootDir: root}, node)
+	if err != nil || len(rep.Errors) > 0 {
+		t.Fatalf("Apply: %v %v", err, rep.Errors)
+	}
+	if got, want := readRoot(t, root, "/out"), "uid=1000(alice) gid=1000(alice) groups=1000(alice)\n"; got != want {
+		t.Errorf("the script saw %q, want %q", got, want)
+	}
+	report, err := os.ReadFile(filepath.Join(root, "var/lib/bellbuild/last-run.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(report), aliceHash) || !strings.Contains(string(report), `"item": "10-whoami"`) {
+		t.Errorf("run report:\n%s", report)
+	}
+	rep, err = Apply(context.Background(), Options{RootDir: root}, node)
+	if err != nil || len(rep.Errors) > 0 || len(rep.Changes) > 0 {
+		t.Errorf("second run: %v, errors %v, changes %+v", err, rep.Errors, rep.Changes)
+	}
+}
