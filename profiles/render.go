@@ -270,10 +270,22 @@ func (s *Site) render(profile string, labels map[string]string, host string, own
 			continue
 		}
 		pos := Pos{File: s.profiles[profile].pos.File}
+		msg := fe.Msg
 		if tree != nil {
 			pos = lookup(tree, fe.Path)
+			// Name where the other half of a contradiction was set,
+			// when it is elsewhere.
+			for _, rel := range fe.Related {
+				switch rp := lookup(tree, rel); {
+				case rp == pos || rp.File == "":
+				case rp.File == pos.File:
+					msg += fmt.Sprintf(" (%s is set at line %d)", strings.TrimPrefix(rel[strings.LastIndexByte(rel, '.'):], "."), rp.Line)
+				default:
+					msg += fmt.Sprintf(" (%s is set at %s)", strings.TrimPrefix(rel[strings.LastIndexByte(rel, '.'):], "."), rp)
+				}
+			}
 		}
-		errs.Add(pos, "conf."+fe.Path, "%s", fe.Msg)
+		errs.Add(pos, "conf."+fe.Path, "%s", msg)
 	}
 	if len(errs) > 0 {
 		return nil, errs.Err()

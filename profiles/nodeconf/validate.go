@@ -18,6 +18,9 @@ import (
 type FieldError struct {
 	Path string
 	Msg  string
+	// Related are the paths of other fields that take part in the
+	// problem (e.g. the rerun_policy a rerun_interval contradicts).
+	Related []string
 }
 
 // Error formats e as PATH: MESSAGE.
@@ -115,6 +118,10 @@ type validator struct{ errs []error }
 
 func (v *validator) add(p, format string, args ...any) {
 	v.errs = append(v.errs, &FieldError{Path: p, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) addRelated(p, related, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Path: p, Msg: fmt.Sprintf(format, args...), Related: []string{related}})
 }
 
 func (v *validator) required(p, field, val string) {
@@ -250,7 +257,7 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 			v.add(p+".rerun_interval", "%d is less than %d seconds", rerunInterval, MinInterval)
 		}
 		if known && eff != "always" {
-			v.add(p+".rerun_interval", "needs rerun_policy always, not %q", eff)
+			v.addRelated(p+".rerun_interval", p+".rerun_policy", "needs rerun_policy always, not %q", eff)
 		}
 	}
 	if retryInterval != 0 {
@@ -258,7 +265,7 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 			v.add(p+".retry_interval", "%d is less than %d seconds", retryInterval, MinInterval)
 		}
 		if known && eff != "always" && eff != "once_successfully" {
-			v.add(p+".retry_interval", "needs rerun_policy always or once_successfully, not %q", eff)
+			v.addRelated(p+".retry_interval", p+".rerun_policy", "needs rerun_policy always or once_successfully, not %q", eff)
 		}
 	}
 }
