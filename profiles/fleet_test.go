@@ -1,10 +1,13 @@
 package profiles
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"gopkg.in/yaml.v3"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -133,5 +136,43 @@ func TestFleetExample(t *testing.T) {
 	}
 	if got := len(render("control-1").Uamlite.Users[0].UserSSHKeys); got != 2 {
 		t.Errorf("control-1 ops has %d keys, want 2", got)
+	}
+}
+
+// TestFleetGolden renders every node of examples/fleet and compares the
+// YAML with testdata/fleet/NODE.yaml (refresh with -update after checking
+// the difference by eye).
+func TestFleetGolden(t *testing.T) {
+	s, err := Load("../examples/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range s.Nodes() {
+		t.Run(n.Name, func(t *testing.T) {
+			node, err := s.RenderNode(n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := yaml.Marshal(node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", "fleet", n.Name+".yaml")
+			if *update {
+				if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(golden, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(string(want), string(got)); diff != "" {
+				t.Errorf("render %s (-want +got):\n%s", n.Name, diff)
+			}
+		})
 	}
 }
