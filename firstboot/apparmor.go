@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -178,6 +181,9 @@ func (apparmorModule) load(ctx context.Context, h *host.Host, name, hash string,
 	if err := h.SaveLedger(); err != nil {
 		return err
 	}
+	if err := mountSecurityfs(); err != nil {
+		return err
+	}
 	args := []string{"-r"}
 	if complain {
 		args = append(args, "-C")
@@ -205,5 +211,25 @@ func (apparmorModule) unload(ctx context.Context, h *host.Host, name string) err
 		}
 	}
 	h.Ledger.Delete("apparmor", "load:"+name)
+	return nil
+}
+
+// mountSecurityfs mounts securityfs when the running system has not (a
+// busybox init does not), since apparmor_parser loads profiles through
+// /sys/kernel/security/apparmor. A kernel without AppArmor is an error.
+func mountSecurityfs() error {
+	const dir = "/sys/kernel/security"
+	if _, err := os.Stat(dir + "/apparmor"); err == nil {
+		return nil
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("load: %s is missing: is sysfs mounted?", dir)
+	}
+	if err := unix.Mount("securityfs", dir, "securityfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("load: mounting securityfs: %w", err)
+	}
+	if _, err := os.Stat(dir + "/apparmor"); err != nil {
+		return fmt.Errorf("load: the running kernel has no AppArmor (%s/apparmor is missing)", dir)
+	}
 	return nil
 }

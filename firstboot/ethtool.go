@@ -107,6 +107,7 @@ func readFeatures(ctx context.Context, dev string) (map[string]feature, error) {
 func (ethtoolModule) Check(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	for _, dev := range sortedKeys(conf.Ethtool) {
+		nerrs := len(errs)
 		bad := func(format string, a ...any) {
 			errs = append(errs, fmt.Errorf("%s: %s", dev, fmt.Sprintf(format, a...)))
 		}
@@ -132,7 +133,7 @@ func (ethtoolModule) Check(ctx context.Context, h *host.Host, conf *nodeconf.Con
 			}
 			byLong[l] = f
 		}
-		if !h.Live || len(errs) > 0 {
+		if !h.Live || len(errs) > nerrs {
 			continue
 		}
 		feats, err := readFeatures(ctx, dev)

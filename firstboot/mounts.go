@@ -179,7 +179,7 @@ func liveWhere(h *host.Host, where string) string { return filepath.Join(h.RootD
 // when its device or type changed.
 func (mountsModule) mount(ctx context.Context, h *host.Host, unit string, m nodeconf.Mount) error {
 	where := liveWhere(h, m.MntTgt)
-	state := map[string]string{"what": m.Device, "where": where, "type": m.Type, "options": m.Options}
+	state := map[string]string{"what": m.Device, "where": where, "type": m.Type, "options": m.Options, "mnt_tgt": m.MntTgt}
 	rec, owned := h.Ledger.Get("mounts", "live:"+unit)
 	cur, mounted := mountedAt(where)
 	if mounted && owned && sameMount(rec.Extra, state) {
@@ -255,7 +255,7 @@ func (mountsModule) unmount(ctx context.Context, h *host.Host, unit string) erro
 	rec, _ := h.Ledger.Get("mounts", "live:"+unit)
 	where := rec.Extra["where"]
 	if _, mounted := mountedAt(where); h.Live && where != "" && mounted {
-		h.Record(host.Change{Module: "mounts", Item: where, Action: "unmount"})
+		h.Record(host.Change{Module: "mounts", Item: rec.Extra["mnt_tgt"], Action: "unmount"})
 		if h.Plan {
 			return nil
 		}

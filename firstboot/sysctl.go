@@ -155,8 +155,9 @@ func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
 		}
 		return "", nil
 	}
-	h.Record(host.Change{Module: "sysctl", Item: key, Action: "set", From: curV, To: val})
+	change := host.Change{Module: "sysctl", Item: key, Action: "set", From: curV, To: val}
 	if h.Plan {
+		h.Record(change)
 		return "", nil
 	}
 	if !owned {
@@ -170,6 +171,7 @@ func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
 	werr := os.WriteFile(p, []byte(val+"\n"), 0)
 	got, rerr := os.ReadFile(p)
 	if werr == nil && rerr == nil && normSysctl(string(got)) == normSysctl(val) {
+		h.Record(change) // only what took is a change
 		rec.Extra = map[string]string{"value": val}
 		h.Ledger.Put("sysctl", key, rec)
 		return "", nil
