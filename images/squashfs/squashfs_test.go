@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 const mib = 1 << 20
@@ -286,4 +288,73 @@ func (s *seekBuffer) Seek(off int64, whence int) (int64, error) {
 	}
 	s.pos = off
 	return off, nil
+}
+
+// zeros is Content of n zero bytes, read quickly.
+type zeros int64
+
+func (z zeros) Open() (io.ReadCloser, error) {
+	return io.NopCloser(io.LimitReader(zeroReader{}, int64(z))), nil
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+// TestHugeSparseFile writes a file over 4 GiB (more than a basic inode
+// can describe) made of holes and a tail in a fragment, and reads it back
+// sparse: unsquashfs lists its size, and extracts it as a hole with only
+// zero bytes where it wrote data.
+func TestHugeSparseFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 4.5 GiB file: skipped under -short")
+	}
+	needTool(t, "unsquashfs")
+	const size = 4<<30 + 512<<20 + 77
+	tr := fstree.New()
+	tr.Add(fstree.Entry{Path: "disk.img", Type: fstree.Regular, Mode: 0o600, Size: size, Data: zeros(size)})
+	img := writeImage(t, tr, Options{})
+	if n := fileSize(t, img); n > 1<<20 {
+		t.Errorf("image of a file of holes is %d bytes", n)
+	}
+	if diff := cmp.Diff(wantListing(tr), listImage(t, img)); diff != "" {
+		t.Errorf("unsquashfs -lln (-want +got):\n%s", diff)
+	}
+	f, err := os.Open(filepath.Join(extract(t, img), "disk.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size || st.Blocks*512 > 64<<20 {
+		t.Fatalf("extracted: %d bytes in %d blocks, want %d bytes, sparse", st.Size, st.Blocks, int64(size))
+	}
+	// Every data region between the holes holds zeros.
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data after off
+		}
+		hole, err := unix.Seek(int(f.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := data; p < hole; p += int64(len(buf)) {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-p)], p)
+			if err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+			if !allZero(buf[:n]) {
+				t.Fatalf("non-zero bytes at %d", p)
+			}
+		}
+		off = hole
+	}
 }
