@@ -39,12 +39,15 @@ func (b *builder) writeData(out *countWriter) error {
 	order := make(chan *job, 4*b.opts.Workers+4)
 	quit := make(chan struct{})
 
-	var wg sync.WaitGroup
-	for range b.opts.Workers {
-		c, err := newCompressor(b.opts)
-		if err != nil {
+	comps := make([]compressor, b.opts.Workers)
+	for i := range comps {
+		var err error
+		if comps[i], err = newCompressor(b.opts); err != nil {
 			return err
 		}
+	}
+	var wg sync.WaitGroup
+	for _, c := range comps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -159,9 +162,10 @@ func allZero(p []byte) bool {
 
 var errStopped = errors.New("stopped")
 
-// readFiles reads every file in order and hands its blocks to send. Files
-// whose size another file shares are hashed first, so a duplicate is never
-// read twice into the image nor written at all.
+// readFiles reads every file in order and hands its blocks to send, packing
+// tails into fragment blocks. Files whose size another file shares are
+// hashed first, so that a duplicate is recognised before any of it is
+// written and then shares the first copy's blocks and fragment.
 func (b *builder) readFiles(pool *bufPool, send func(*job) bool) error {
 	bs := uint64(b.opts.BlockSize)
 	sizes := map[uint64]int{}
