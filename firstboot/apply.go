@@ -131,6 +131,7 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		for _, err := range m.Apply(ctx, h, &node.Conf) {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))
 		}
+		h.ForgetDirs()
 		if err := h.SaveLedger(); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		}

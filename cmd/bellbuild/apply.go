@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "apply",
 		summary: "enforce a node's host configuration on a root (first boot and day 2)",
-		usage:   "--config SRC [--root DIR] [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan] [--offline | --live]",
+		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan] [--offline | --live]",
 		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
 ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
 root filesystem, idempotently: a second run with the same configuration
@@ -47,13 +47,18 @@ and the originals it replaced), last-run.json (the report), lock.
 Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
 pending changes. One summary line goes to stdout.
 
-Example:
+Examples:
+  # what would change on a mounted host root, then do it
   bellbuild apply --config node.json --root /mnt/target --plan
-  bellbuild apply --config node.json --root /mnt/target`,
+  bellbuild apply --config node.json --root /mnt/target
+  # day 2 on the machine itself, from the site, node chosen by MAC
+  bellbuild apply --config /srv/site --root /
+  # a Divingbell values file for a host with labels
+  bellbuild apply --config values.yaml --root /host --live --hostname node7 --label compute_type=dpdk`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o applyFlags
 			fs.StringVar(&o.config, "config", "", "rendered node or bundle file (`SRC`)")
-			fs.StringVar(&o.root, "root", "/", "target root `DIR`")
+			fs.StringVar(&o.root, "root", "", "target root `DIR` (required; / is the live host)")
 			fs.StringVar(&o.node, "node", "", "node `NAME` to apply (from a bundle)")
 			fs.StringVar(&o.hostname, "hostname", "", "host name to select by, instead of this machine's")
 			fs.StringVar(&o.profile, "profile", "", "profile `P` to render when no inventory node matches (a site or values file)")
@@ -90,8 +95,8 @@ type applyFlags struct {
 // runApply loads the configuration, picks the node, and applies it.
 func runApply(ctx context.Context, o applyFlags, stdout, stderr io.Writer) error {
 	// 1. Options.
-	if o.config == "" {
-		return errors.New("--config is required")
+	if o.config == "" || o.root == "" {
+		return errors.New("--config and --root are required (--root / applies to this machine)")
 	}
 	if o.offline && o.live {
 		return errors.New("--offline and --live contradict each other")

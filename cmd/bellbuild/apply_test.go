@@ -141,7 +141,8 @@ func TestApplyCommand(t *testing.T) {
 		{"bundle, unknown --node", []string{"--config", bundle, "--root", root, "--node", "n9"}, 1, "", `node "n9": no such node in the bundle of profile worker`, "node n1\n"},
 		{"bundle default", []string{"--config", bundle, "--root", root, "--hostname", "elsewhere"}, 0, "bellbuild: node=- profile=worker changes=3 errors=0\n", "", "default\n"},
 		{"--offline and --live", []string{"--config", node, "--root", root, "--offline", "--live"}, 1, "", "--offline and --live contradict each other", "default\n"},
-		{"no --config", []string{"--root", root}, 1, "", "--config is required", "default\n"},
+		{"no --config", []string{"--root", root}, 1, "", "--config and --root are required", "default\n"},
+		{"no --root", []string{"--config", node}, 1, "", "--config and --root are required", "default\n"},
 	} {
 		t.Run(step.name, func(t *testing.T) {
 			code, stdout, stderr := runBin(t, append([]string{"apply"}, step.args...)...)

@@ -32,7 +32,8 @@ type Options struct {
 	// host root.
 	RootDir string
 	// Live allows touching the running kernel and services (sysctl values,
-	// mounts, ethtool, apparmor loads, systemctl). It defaults to RootDir == "/".
+	// mounts, ethtool, apparmor loads, systemctl). The apply command sets it
+	// for --root / (or --live) unless --offline.
 	Live bool
 	// Plan records changes without making them.
 	Plan bool
@@ -110,11 +111,19 @@ func (h *Host) ReloadLedger() error {
 
 // Close releases the root.
 func (h *Host) Close() error {
+	h.ForgetDirs()
+	return h.root.Close()
+}
+
+// ForgetDirs drops the cached directory handles: after something outside
+// this package (a script, dpkg) may have replaced a directory, so that a
+// later write cannot land in a directory that was unlinked. Apply calls it
+// between modules, and Command before running anything.
+func (h *Host) ForgetDirs() {
 	for _, d := range h.dirs {
 		d.Close()
 	}
 	h.dirs = nil
-	return h.root.Close()
 }
 
 // at returns the confined handle of p's directory and p's base name in it
@@ -441,6 +450,7 @@ func (h *Host) ReleaseFile(module, key, p string) (bool, error) {
 // Command runs name with args in the target: directly when the root is
 // "/", else under chroot(ROOT). Stdout and stderr are returned together.
 func (h *Host) Command(ctx context.Context, env []string, name string, args ...string) *exec.Cmd {
+	h.ForgetDirs()
 	var cmd *exec.Cmd
 	if h.RootDir == "/" {
 		cmd = exec.CommandContext(ctx, name, args...)
