@@ -86,6 +86,14 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 		ino = 1
 	}
 	groupIno := map[*fstree.LinkGroup]uint32{}
+	// Plan every header first, so that a bad entry (a file over 4 GiB)
+	// fails before anything is written.
+	type item struct {
+		h      header
+		body   fstree.Content
+		target string
+	}
+	items := make([]item, 0, len(entries))
 	for _, e := range entries {
 		h := header{
 			name:  e.Path,
@@ -144,6 +152,10 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 			h.ino = ino
 			ino++
 		}
+		items = append(items, item{h, body, target})
+	}
+	for _, it := range items {
+		h, body, target := it.h, it.body, it.target
 		if err := cw.header(h); err != nil {
 			return err
 		}
@@ -156,7 +168,7 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 				return err
 			}
 		case h.size > 0:
-			if err := cw.body(e.Path, body, int64(h.size)); err != nil {
+			if err := cw.body(h.name, body, int64(h.size)); err != nil {
 				return err
 			}
 		}

@@ -292,6 +292,13 @@ func (b *bigContent) Open() (io.ReadCloser, error) {
 }
 
 func TestErrors(t *testing.T) {
+	// Files on disk take the read-ahead path; in-memory contents do not.
+	dir := t.TempDir()
+	abc := filepath.Join(dir, "abc")
+	if err := os.WriteFile(abc, []byte("abc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(dir, "missing")
 	tests := []struct {
 		name  string
 		entry fstree.Entry
@@ -321,6 +328,21 @@ func TestErrors(t *testing.T) {
 			want:  "cpio: etc/long: content longer than its 2-byte size",
 		},
 		{
+			name:  "file shorter than its size",
+			entry: fstree.Entry{Path: "etc/short", Type: fstree.Regular, Size: 10, Data: fstree.File(abc)},
+			want:  "cpio: etc/short: content ended after 3 of 10 bytes",
+		},
+		{
+			name:  "file longer than its size",
+			entry: fstree.Entry{Path: "etc/long", Type: fstree.Regular, Size: 2, Data: fstree.File(abc)},
+			want:  "cpio: etc/long: content longer than its 2-byte size",
+		},
+		{
+			name:  "file gone",
+			entry: fstree.Entry{Path: "etc/gone", Type: fstree.Regular, Size: 2, Data: fstree.File(missing)},
+			want:  "cpio: etc/gone: open " + missing + ": no such file or directory",
+		},
+		{
 			name:  "no content",
 			entry: fstree.Entry{Path: "etc/none", Type: fstree.Regular, Size: 2},
 			want:  "cpio: etc/none: 2 bytes but no content",
@@ -330,9 +352,13 @@ func TestErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := fstree.New()
 			tr.Add(tc.entry)
-			err := Write(io.Discard, tr, Options{})
+			var out bytes.Buffer
+			err := Write(&out, tr, Options{})
 			if err == nil || err.Error() != tc.want {
 				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if tc.is == ErrTooLarge && out.Len() > 0 {
+				t.Errorf("%d bytes written before the size check failed", out.Len())
 			}
 			if tc.is != nil && !errors.Is(err, tc.is) {
 				t.Errorf("errors.Is(%v, %v) = false", err, tc.is)
