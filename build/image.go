@@ -186,7 +186,8 @@ type Stats struct {
 //  6. the same for the applier segment;
 //  7. write the configuration segment;
 //  8. assemble vmlinuz, initramfs.cpio.zst (and rootfs.tar) in a temporary
-//     directory beside OUT/PROFILE, write manifest.json, and swap it in.
+//     directory beside OUT/PROFILE, write manifest.json, and swap it in;
+//     outputs raw and iso add disk.raw and image.iso there (media.go).
 //
 // A failure at any step leaves OUT/PROFILE as it was.
 func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manifest, error) {
@@ -194,8 +195,8 @@ func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manife
 		return nil, err
 	}
 	for _, o := range spec.Outputs {
-		if o != "initramfs" && o != "tar" {
-			return nil, fmt.Errorf("profile %s: output %q: %w (this build makes initramfs and tar)", spec.Profile, o, ErrUnsupportedOutput)
+		if !slices.Contains(profiles.Outputs, o) {
+			return nil, fmt.Errorf("profile %s: output %q: %w (this build makes %s)", spec.Profile, o, ErrUnsupportedOutput, strings.Join(profiles.Outputs, ", "))
 		}
 	}
 	total := 8
@@ -466,7 +467,8 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		m.Nodes = append(m.Nodes, n.Node)
 	}
 
-	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0
+	// Disks and ISOs boot the same kernel and initramfs (media.go).
+	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
 	if wantInitramfs {
 		// 5. The stage segment, from the cache when possible.
 		b.p.begin("stage segment")
@@ -518,6 +520,11 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 			return nil, err
 		}
 		m.Artifacts = append(m.Artifacts, a)
+	}
+	if wantsMedia(spec.Outputs) {
+		if err := b.writeMedia(ctx, im, tmp, m); err != nil {
+			return nil, err
+		}
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {

@@ -26,7 +26,7 @@ func need(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages gdisk, dosfstools, mtools): %v", tool, err)
+			t.Skipf("SKIP: %s not installed (Debian packages gdisk, dosfstools, mtools, squashfs-tools): %v", tool, err)
 		}
 	}
 	if _, err := os.Stat(SystemdBoot); err != nil {

@@ -1,0 +1,184 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/bellbuild/bellbuild/images/disk"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/iso"
+	"github.com/bellbuild/bellbuild/images/squashfs"
+)
+
+// Boot media artifacts inside OUT/PROFILE (outputs: [raw, iso]).
+const (
+	DiskFile = "disk.raw"
+	ISOFile  = "image.iso"
+)
+
+// Where the media keep the root image and the configuration. The config
+// volume (LABEL=BELLCONF, mounted by the init at /run/bellbuild/config)
+// holds the bake's bundle as bellbuild/bundle.json; `bellbuild config
+// write` adds a single node as bellbuild/node.json (images/confvol), which
+// the init prefers.
+const (
+	ConfigBundlePath = "bellbuild/bundle.json"
+	ISORootPath      = "bellbuild/root.squashfs"
+	ISOConfigPath    = ConfigBundlePath
+)
+
+// Kernel command line arguments the media add, telling the init where its
+// root and its configuration are.
+const (
+	DiskRootArg = "bellbuild.root=PARTLABEL=" + disk.RootName
+	ISORootArg  = "bellbuild.root=LABEL=BELLBUILD:/" + ISORootPath
+	ConfigArg   = "bellbuild.config=LABEL=" + disk.ConfigLabel
+)
+
+// wantsMedia reports whether the profile asks for a disk or an ISO: both
+// need the kernel and the initramfs.
+func wantsMedia(outputs []string) bool {
+	return slices.Contains(outputs, "raw") || slices.Contains(outputs, "iso")
+}
+
+// writeMedia writes disk.raw and/or image.iso into dir, where the kernel
+// and the initramfs already are:
+//
+//  1. the ESP tree: systemd-boot, the kernel, the initramfs and a loader
+//     entry with the image's command line plus where the root is;
+//  2. disk.raw: the ESP, the whole image tree as a squashfs written
+//     straight into the root partition, and the config volume;
+//  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
+//     the bundle as files.
+func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
+	epoch := b.opts.SourceDateEpoch
+	kernel := filepath.Join(dir, KernelFile)
+	initrd := filepath.Join(dir, InitramfsFile)
+	esp := func(arg string) (*fstree.Tree, error) {
+		kst, err := os.Stat(kernel)
+		if err != nil {
+			return nil, err
+		}
+		ist, err := os.Stat(initrd)
+		if err != nil {
+			return nil, err
+		}
+		return disk.ESP(disk.Boot{
+			Kernel: fstree.File(kernel), KernelSize: kst.Size(),
+			Initrd: fstree.File(initrd), InitrdSize: ist.Size(),
+			Cmdline: strings.TrimSpace(m.Cmdline + " " + arg + " " + ConfigArg),
+			Title:   "bellbuild " + im.spec.Profile,
+			Epoch:   epoch,
+		})
+	}
+	root := im.fullTree()
+	root.Reproducible(epoch)
+	bundle, err := readBundleFile(im)
+	if err != nil {
+		return err
+	}
+	sqOpts := squashfs.Options{MkfsTime: epoch}
+
+	if slices.Contains(im.spec.Outputs, "raw") {
+		b.p.begin("disk " + DiskFile)
+		t, err := esp(DiskRootArg)
+		if err != nil {
+			return fmt.Errorf("disk: %w", err)
+		}
+		conf := fstree.New()
+		conf.AddFile(ConfigBundlePath, bundle, 0o600, 0, 0)
+		conf.Reproducible(epoch)
+		l, err := disk.WriteFile(filepath.Join(dir, DiskFile), disk.Spec{
+			ESP: t,
+			RootFunc: func(w io.WriteSeeker) (int64, error) {
+				return squashfs.Write(w, root, sqOpts)
+			},
+			Config: conf,
+		})
+		if err != nil {
+			return err
+		}
+		a, err := fileArtifact(dir, DiskFile)
+		if err != nil {
+			return err
+		}
+		m.Artifacts = append(m.Artifacts, a)
+		b.log.Debug("disk written", "size", l.Size, "guid", l.GUID)
+	}
+
+	if slices.Contains(im.spec.Outputs, "iso") {
+		b.p.begin("ISO " + ISOFile)
+		t, err := esp(ISORootArg)
+		if err != nil {
+			return fmt.Errorf("iso: %w", err)
+		}
+		// The squashfs is staged once: ISO 9660 needs every file's size
+		// before its directories are written.
+		sq, err := os.CreateTemp(dir, ".root.squashfs.")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(sq.Name())
+		defer sq.Close()
+		n, err := squashfs.Write(sq, root, sqOpts)
+		if err != nil {
+			return fmt.Errorf("iso: %w", err)
+		}
+		files := fstree.New()
+		files.Add(fstree.Entry{Path: ISORootPath, Type: fstree.Regular, Mode: 0o444, Size: n, Data: fstree.File(sq.Name())})
+		files.AddFile(ISOConfigPath, bundle, 0o444, 0, 0)
+		files.Reproducible(epoch)
+		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		err = iso.Write(out, files, iso.Options{Epoch: epoch, ESP: t})
+		if err == nil {
+			err = out.Sync()
+		}
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		a, err := fileArtifact(dir, ISOFile)
+		if err != nil {
+			return err
+		}
+		m.Artifacts = append(m.Artifacts, a)
+	}
+	return ctx.Err()
+}
+
+// readBundleFile returns the bundle bytes the bake put in the image.
+func readBundleFile(im *image) ([]byte, error) {
+	e := im.config.Get(bundlePath)
+	if e == nil || e.Data == nil {
+		return nil, fmt.Errorf("media: no %s in the image", bundlePath)
+	}
+	r, err := e.Data.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+// fileArtifact hashes a written artifact.
+func fileArtifact(dir, name string) (Artifact, error) {
+	sum, err := fileSHA256(filepath.Join(dir, name))
+	if err != nil {
+		return Artifact{}, err
+	}
+	st, err := os.Stat(filepath.Join(dir, name))
+	if err != nil {
+		return Artifact{}, err
+	}
+	return Artifact{Name: name, Size: st.Size(), SHA256: sum}, nil
+}

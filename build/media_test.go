@@ -1,0 +1,172 @@
+package build
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/bellbuild/bellbuild/images/disk"
+	"github.com/bellbuild/bellbuild/testvm"
+)
+
+func needMediaTools(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"sgdisk", "unsquashfs", "mtype"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("SKIP: %s not installed (Debian packages gdisk, squashfs-tools, mtools): %v", tool, err)
+		}
+	}
+	if _, err := os.Stat(disk.SystemdBoot); err != nil {
+		t.Skipf("SKIP: %v (Debian package systemd-boot-efi)", err)
+	}
+}
+
+// bakeMedia bakes the fleet test profile with outputs [initramfs, raw, iso].
+func bakeMedia(t *testing.T, opts Options) *Manifest {
+	t.Helper()
+	s := testSite(t)
+	sp := spec(t, s, "fleet")
+	sp.Outputs = []string{"initramfs", "raw", "iso"}
+	opts.Site = s
+	m, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatalf("Image: %v", err)
+	}
+	return m
+}
+
+// partitions reads the GPT of a disk image: name -> (offset, size).
+func partitions(t *testing.T, img string) map[string][2]int64 {
+	t.Helper()
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	table, err := gpt.Read(f, 512, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][2]int64{}
+	for _, p := range table.Partitions {
+		out[p.Name] = [2]int64{int64(p.Start) * 512, int64(p.End-p.Start+1) * 512}
+	}
+	return out
+}
+
+func mtoolsType(t *testing.T, img string, off int64, p string) string {
+	t.Helper()
+	cmd := exec.Command("mtype", "-i", fmt.Sprintf("%s@@%d", img, off), "::/"+p)
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mtype %s: %v\n%s", p, err, out)
+	}
+	return string(out)
+}
+
+func TestMedia(t *testing.T) {
+	needHost(t)
+	needMediaTools(t)
+	opts := testOptions(t)
+	m := bakeMedia(t, opts)
+	dir := m.Stats.Dir
+
+	// Every artifact is listed with its real size and hash.
+	names := map[string]bool{}
+	for _, a := range m.Artifacts {
+		names[a.Name] = true
+		size, sum := fileSum(t, filepath.Join(dir, a.Name))
+		if size != a.Size || sum != a.SHA256 {
+			t.Errorf("%s: manifest says %d %s, file is %d %s", a.Name, a.Size, a.SHA256, size, sum)
+		}
+	}
+	for _, want := range []string{KernelFile, InitramfsFile, DiskFile, ISOFile} {
+		if !names[want] {
+			t.Errorf("no %s among the artifacts %v", want, m.Artifacts)
+		}
+	}
+
+	img := filepath.Join(dir, DiskFile)
+	if out, err := exec.Command("sgdisk", "-v", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
+		t.Errorf("sgdisk -v: %v\n%s", err, out)
+	}
+	parts := partitions(t, img)
+	out, err := exec.Command("unsquashfs", "-lln", "-o", fmt.Sprint(parts[disk.RootName][0]), img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unsquashfs: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"-rwxr-xr-x 0/0", "squashfs-root/bellbuild/bellbuild",
+		"squashfs-root/init -> bellbuild/bellbuild",
+		"crw------- 0/0                   5,  1", "squashfs-root/dev/console",
+		"-rw------- 0/0", "squashfs-root/etc/bellbuild/bundle.json",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the root squashfs lacks %q:\n%s", want, out)
+		}
+	}
+	conf := mtoolsType(t, img, parts[disk.ConfigName][0], ConfigBundlePath)
+	if !strings.Contains(conf, `"profile": "fleet"`) {
+		t.Errorf("config volume %s:\n%s", ConfigBundlePath, conf)
+	}
+	entry := mtoolsType(t, img, parts[disk.ESPName][0], disk.EntryPath)
+	if want := "options " + m.Cmdline + " " + DiskRootArg + " " + ConfigArg + "\n"; !strings.Contains(entry, want) {
+		t.Errorf("loader entry:\n%s\nwant line %q", entry, want)
+	}
+	if got := mtoolsType(t, img, parts[disk.ESPName][0], disk.InitrdPath); got != string(mustRead(t, filepath.Join(dir, InitramfsFile))) {
+		t.Error("the ESP's initramfs differs from the bake's")
+	}
+
+	// A second bake from a cold cache writes the same media.
+	m2 := bakeMedia(t, testOptions(t))
+	for i := range m.Artifacts {
+		if m.Artifacts[i] != m2.Artifacts[i] {
+			t.Errorf("two bakes differ: %+v vs %+v", m.Artifacts[i], m2.Artifacts[i])
+		}
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestMediaBoot boots the baked disk and ISO under OVMF to the applier's
+// summary line.
+func TestMediaBoot(t *testing.T) {
+	testvm.Skip(t)
+	needHost(t)
+	needMediaTools(t)
+	if _, err := os.Stat(testvm.OVMF); err != nil {
+		t.Skipf("SKIP: %v (Debian package ovmf)", err)
+	}
+	m := bakeMedia(t, testOptions(t))
+	for _, tc := range []struct {
+		name  string
+		drive testvm.Drive
+	}{
+		{"disk", testvm.Drive{Path: filepath.Join(m.Stats.Dir, DiskFile)}},
+		{"iso", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
+			// The exec script's report comes before the summary line.
+			vm.Wait(`check: swappiness=21$`)
+			got := vm.Wait(`bellbuild: node=(\S*) profile=(\S+) changes=\d+ errors=(\d+)`)
+			if got[2] != "fleet" || got[3] != "0" {
+				t.Errorf("summary line %q: want profile fleet and no errors", got[0])
+			}
+		})
+	}
+}
