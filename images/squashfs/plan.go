@@ -30,6 +30,8 @@ type dirent struct {
 	in   *inode
 }
 
+// dirData is a directory's names, sorted as the tree sorts them (byte
+// order, which the kernel's lookup relies on), and its parent's number.
 type dirData struct {
 	children []dirent
 	parent   uint32
@@ -40,18 +42,23 @@ type fileData struct {
 	e      *fstree.Entry
 	size   uint64
 	start  uint64    // absolute offset of the first block, relative to the image
-	blocks []uint32  // on-disk size words of the full-size blocks (and the tail without fragments)
+	blocks []uint32  // on-disk size words of the full-size blocks; the tail is in a fragment
 	frag   uint32    // fragment block index, or noFragment
 	offset uint32    // offset of the tail in the fragment block
 	sparse uint64    // bytes saved by all-zero blocks
 	dup    *fileData // an earlier file with the same content, stored instead
 }
 
+// xattrSet is one distinct set of extended attributes; inodes with equal
+// sets share it.
 type xattrSet struct {
 	kv    []byte // key/value entries, encoded
 	count uint32
 }
 
+// builder holds what one Write learns about the tree: inodes in number
+// order, files in data order, the id table, the xattr sets and, once the
+// data is written, the fragment blocks.
 type builder struct {
 	opts   Options
 	root   *inode
@@ -62,6 +69,7 @@ type builder struct {
 	frags  []fragEntry
 }
 
+// fragEntry is a fragment block's position and on-disk size word.
 type fragEntry struct {
 	start uint64
 	size  uint32
