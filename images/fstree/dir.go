@@ -27,16 +27,27 @@ func (f File) Open() (io.ReadCloser, error) { return os.Open(string(f)) }
 // metadata becomes the root's. Reading needs no privileges beyond read
 // access; nothing is changed.
 func FromDir(dir string) (*Tree, error) {
+	// The root may be given through a symlink; nothing below it is
+	// followed.
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read dir %s: %w", dir, err)
+	}
+	if fi, err := os.Stat(real); err != nil {
+		return nil, fmt.Errorf("read dir %s: %w", dir, err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("read dir %s: not a directory", dir)
+	}
 	t := New()
 	type inode struct{ dev, ino uint64 }
 	heads := map[inode]string{}
 	var linked []*Entry
 	inodes := map[*Entry]inode{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(real, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(dir, p)
+		rel, err := filepath.Rel(real, p)
 		if err != nil {
 			return err
 		}

@@ -1,9 +1,23 @@
 // Package fstree holds a root filesystem as an in-memory tree of entries:
 // paths, types, modes, owners, link targets, device numbers and extended
-// attributes, with file contents opened lazily. Stage readers (a directory,
-// a tarball, an OCI layout, busybox) fill a Tree; image writers (cpio,
-// squashfs) stream it out. Nothing here needs root or extracts anything onto
-// the build host.
+// attributes, with file contents opened lazily. Stage readers fill a Tree;
+// image writers (cpio, squashfs) stream it out. Nothing here needs root or
+// extracts anything onto the build host.
+//
+// Readers: FromDir (a directory on the host, read with lstat), FromTar and
+// OpenTar (a tarball: plain, gzip, xz, zstd or bzip2), FromOCI (an OCI
+// image layout, layers and whiteouts applied). Writer: WriteTar, a
+// reproducible stage tarball. Summary describes a tree line by line for
+// comparing trees in tests.
+//
+// Order: Walk sorts paths component by component, parents first; writers
+// number inodes in that order, and Reproducible fixes every mtime, so the
+// same tree always makes the same bytes.
+//
+// Hardlinks: an entry with LinkTo shares the inode of the entry it names
+// (in any order). Readers also give every name of a group the same Data
+// and Size, so a group whose first name is removed stays whole (Remove
+// and Add re-point the others); Links lists the groups for writers.
 package fstree
 
 import (
@@ -75,7 +89,9 @@ type Entry struct {
 	Data Content
 	// Target of a symlink.
 	Target string
-	// LinkTo names an earlier regular-file entry this one is a hardlink of.
+	// LinkTo names the regular-file entry this one is a hardlink of (see
+	// Links); such an entry's Type is Regular. Its own Mode, owners, Size
+	// and Data are ignored by writers in favour of the group's.
 	LinkTo string
 	// Major and Minor device numbers of a device node.
 	Major, Minor uint32
@@ -239,8 +255,7 @@ func (t *Tree) Len() int {
 
 // Walk returns every entry in a deterministic order: sorted by path
 // components, so a directory comes before its children and the root first.
-// Hardlinks (LinkTo) always come after their target in this order unless a
-// caller built them otherwise; writers check.
+// A hardlink may come before or after the entry it names.
 func (t *Tree) Walk() []*Entry {
 	t.init()
 	out := make([]*Entry, 0, len(t.entries))

@@ -428,3 +428,35 @@ func FuzzFromTar(f *testing.F) {
 		}
 	})
 }
+
+func TestFromDirRoot(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	if err := os.MkdirAll(filepath.Join(real, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "etc", "hostname"), []byte("n1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("real", link); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := fstree.FromDir(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := tr.Get("etc/hostname"); e == nil || e.Size != 3 {
+		t.Fatalf("through a symlinked root: etc/hostname = %+v", e)
+	}
+	if e := tr.Get("."); e.Type != fstree.Dir {
+		t.Fatalf("root is a %s", e.Type)
+	}
+	file := filepath.Join(real, "etc", "hostname")
+	if _, err := fstree.FromDir(file); err == nil || err.Error() != "read dir "+file+": not a directory" {
+		t.Errorf("a file as root: %v", err)
+	}
+	if _, err := fstree.FromDir(filepath.Join(dir, "nope")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a missing root: %v", err)
+	}
+}
