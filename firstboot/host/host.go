@@ -348,6 +348,22 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 	if contentOK && metaOK && owned && rec.Hash == want {
 		return false, nil
 	}
+	if contentOK && metaOK {
+		// Already exactly as wanted (a base image that ships it): adopt it
+		// without rewriting it; releasing it later restores this original.
+		if h.Plan {
+			return false, nil
+		}
+		if !owned {
+			var err error
+			if rec, err = h.backup(module, key, spec.Path, cur); err != nil {
+				return false, err
+			}
+		}
+		rec.Hash, rec.Prev = want, ""
+		h.Ledger.Put(module, key, rec)
+		return false, h.SaveLedger()
+	}
 	action := "create"
 	if exists {
 		action = "update"
@@ -363,16 +379,9 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 	if !owned {
 		rec = Record{}
 		if exists {
-			name := Hash([]byte(module+"\x00"+key)) + ".orig"
-			if err := MkdirState(h); err != nil {
+			var err error
+			if rec, err = h.backup(module, key, spec.Path, cur); err != nil {
 				return false, err
-			}
-			if err := h.WriteFile(path.Join(backupDir, name), cur, 0o600, 0, 0); err != nil {
-				return false, err
-			}
-			rec.HadOriginal, rec.Original = true, name
-			if fi, err := h.Lstat(spec.Path); err == nil {
-				rec.Extra = map[string]string{origMetaKey: formatMeta(fi)}
 			}
 		}
 	}
@@ -392,6 +401,23 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 	return true, h.WriteFile(spec.Path, spec.Data, spec.Mode, spec.UID, spec.GID)
 }
 
+// backup saves cur, the original content of p (with its mode and owner),
+// under var/lib/bellbuild/backup and returns the record that names it.
+func (h *Host) backup(module, key, p string, cur []byte) (Record, error) {
+	name := Hash([]byte(module+"\x00"+key)) + ".orig"
+	if err := MkdirState(h); err != nil {
+		return Record{}, err
+	}
+	if err := h.WriteFile(path.Join(backupDir, name), cur, 0o600, 0, 0); err != nil {
+		return Record{}, err
+	}
+	rec := Record{HadOriginal: true, Original: name}
+	if fi, err := h.Lstat(p); err == nil {
+		rec.Extra = map[string]string{origMetaKey: formatMeta(fi)}
+	}
+	return rec, nil
+}
+
 // ReleaseFile undoes EnsureFile for module/key at p: the original (if there
 // was one) comes back, else the file is removed. A file someone changed
 // since bellbuild wrote it is a conflict and is left in place.
@@ -408,6 +434,23 @@ func (h *Host) ReleaseFile(module, key, p string) (bool, error) {
 		}
 		if orig, err := h.ReadFile(path.Join(backupDir, rec.Original)); err != nil || !bytes.Equal(orig, cur) {
 			return false, fmt.Errorf("%s: %w; not reverted", p, ErrConflict)
+		}
+	}
+	if rec.HadOriginal && exists {
+		if orig, err := h.ReadFile(path.Join(backupDir, rec.Original)); err == nil && bytes.Equal(orig, cur) {
+			if m, ok := parseMeta(rec.Extra[origMetaKey]); ok {
+				if fi, err := h.Lstat(p); err == nil && metaOf(fi) == m {
+					// Already the original (an adopted file): just forget it.
+					if h.Plan {
+						return false, nil
+					}
+					h.Ledger.Delete(module, key)
+					if err := h.SaveLedger(); err != nil {
+						return false, err
+					}
+					return false, h.Remove(path.Join(backupDir, rec.Original))
+				}
+			}
 		}
 	}
 	h.Record(Change{Module: module, Item: p, Action: "revert"})

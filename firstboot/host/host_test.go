@@ -225,3 +225,31 @@ func TestParseMode(t *testing.T) {
 		}
 	}
 }
+
+// TestEnsureFileAdopts: a file already exactly as wanted (shipped by the
+// base image) is taken over without a rewrite, and released without one.
+func TestEnsureFileAdopts(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	p := filepath.Join(root, "etc/motd")
+	os.WriteFile(p, []byte("same\n"), 0o644)
+	before, _ := os.Stat(p)
+	h := openHost(t, root)
+	spec := FileSpec{Path: "/etc/motd", Data: []byte("same\n"), Mode: 0o644}
+	if changed, err := h.EnsureFile("files", "/etc/motd", spec); err != nil || changed {
+		t.Fatalf("EnsureFile = %v, %v; want no change", changed, err)
+	}
+	if _, owned := h.Ledger.Get("files", "/etc/motd"); !owned {
+		t.Errorf("the file was not adopted")
+	}
+	if changed, err := h.ReleaseFile("files", "/etc/motd", "/etc/motd"); err != nil || changed {
+		t.Fatalf("ReleaseFile = %v, %v; want no change", changed, err)
+	}
+	after, err := os.Stat(p)
+	if err != nil || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("the file was rewritten or removed: %v", err)
+	}
+	if len(h.Changes()) != 0 || len(h.Ledger.Modules) != 0 {
+		t.Errorf("changes %v, ledger %v; want none", h.Changes(), h.Ledger.Modules)
+	}
+}
