@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/md5"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -227,6 +228,23 @@ func TestKernelMount(t *testing.T) {
 		fmt.Fprintf(&init, "sha256sum '/mnt/%s'\n", s)
 	}
 	init.WriteString("xattrs " + strings.Join(xattrPaths, " ") + "\n")
+
+	// A real tree: this machine's /usr/share/doc (the directory whose
+	// listing go-diskfs's writer corrupted), on a second drive.
+	drives := []testvm.Drive{{Path: img, ReadOnly: true}}
+	const docs = "/usr/share/doc"
+	if host, err := fstree.FromDir(docs); err != nil {
+		t.Logf("no %s to mount (%v): checking the generated tree only", docs, err)
+	} else {
+		want = append(want, hostTreeChecks(t, host)...)
+		drives = append(drives, testvm.Drive{Path: writeImage(t, host, Options{}), ReadOnly: true})
+		init.WriteString("mkdir -p /doc; mount -t squashfs -o ro /dev/vdb /doc || echo MOUNT-FAILED vdb\n")
+		init.WriteString("echo DOC-ENTRIES $(find /doc | wc -l)\n")
+		init.WriteString("echo DOC-NONDIRS $(find /doc ! -type d -exec stat -c '%n %f %u %g %h %s %Y' {} + | md5sum | cut -d' ' -f1)\n")
+		init.WriteString("echo DOC-DIRS $(find /doc -type d -exec stat -c '%n %f %u %g %h %Y' {} + | md5sum | cut -d' ' -f1)\n")
+		init.WriteString("echo DOC-DATA $(find /doc -type f -exec cat {} + | md5sum | cut -d' ' -f1)\n")
+		init.WriteString("umount /doc\n")
+	}
 	init.WriteString("echo END-CHECK\numount /mnt\npoweroff -f\n")
 
 	initrd := bootInitramfs(t, kdir, mods, init.String())
@@ -234,7 +252,7 @@ func TestKernelMount(t *testing.T) {
 		Kernel:  kernel,
 		Initrd:  initrd,
 		Cmdline: "console=ttyS0 panic=-1 loglevel=3",
-		Drives:  []testvm.Drive{{Path: img, ReadOnly: true}},
+		Drives:  drives,
 	})
 	vm.Wait(`END-CHECK`)
 	console := strings.ReplaceAll(vm.Console(), "\r", "")
@@ -252,5 +270,62 @@ func TestKernelMount(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("the kernel's view of the image (-want +got):\n%s", diff)
+	}
+}
+
+// hostTreeChecks is what the guest prints about a tree read from this
+// machine and mounted at /doc: the number of entries, digests of every
+// entry's stat (in the kernel's readdir order, which is Walk order) and of
+// all file contents in that order.
+func hostTreeChecks(t *testing.T, tr *fstree.Tree) []string {
+	t.Helper()
+	links := tr.Links()
+	nondirs, dirs, data := md5.New(), md5.New(), md5.New()
+	for _, e := range tr.Walk() {
+		p := "/doc"
+		if e.Path != "." {
+			p += "/" + e.Path
+		}
+		src, nlink := e, 1
+		if g := links[e.Path]; g != nil {
+			src, nlink = g.Head, len(g.Members)
+		}
+		switch e.Type {
+		case fstree.Dir:
+			nlink = 2
+			for _, c := range tr.Children(e.Path) {
+				if c.Type == fstree.Dir {
+					nlink++
+				}
+			}
+			fmt.Fprintf(dirs, "%s %x %d %d %d %d\n", p, src.UnixMode(), src.UID, src.GID, nlink, src.MTime)
+			continue
+		case fstree.Regular:
+			if src.Data != nil {
+				rc, err := src.Data.Open()
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = io.Copy(data, rc)
+				rc.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		size := src.Size
+		if e.Type == fstree.Symlink {
+			size = int64(len(e.Target))
+		}
+		if e.Type != fstree.Regular && e.Type != fstree.Symlink {
+			size = 0
+		}
+		fmt.Fprintf(nondirs, "%s %x %d %d %d %d %d\n", p, src.UnixMode(), src.UID, src.GID, nlink, size, src.MTime)
+	}
+	return []string{
+		fmt.Sprintf("DOC-ENTRIES %d", tr.Len()),
+		fmt.Sprintf("DOC-NONDIRS %x", nondirs.Sum(nil)),
+		fmt.Sprintf("DOC-DIRS %x", dirs.Sum(nil)),
+		fmt.Sprintf("DOC-DATA %x", data.Sum(nil)),
 	}
 }
