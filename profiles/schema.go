@@ -104,14 +104,14 @@ func checkConf(v *value, path string, errs *ErrorList) {
 		return
 	}
 	var c nodeconf.Conf
-	decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: path, idx: -1}, errs)
+	decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: path}, errs)
 }
 
 // decodeConf turns a merged conf tree into a nodeconf.Conf.
 func decodeConf(v *value, errs *ErrorList) nodeconf.Conf {
 	var c nodeconf.Conf
 	if v != nil && v.kind != kNull {
-		decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: "conf", idx: -1}, errs)
+		decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: "conf", segs: make([]seg, 0, 8)}, errs)
 	}
 	return c
 }
@@ -156,22 +156,32 @@ func init() {
 }
 
 // fpath is a field path built only when a message needs it: decode
-// visits every value of every node, and most have nothing to report.
+// visits every value of every node, and most have nothing to report. It is
+// a stack of segments, pushed and popped around each descent.
 type fpath struct {
-	up   *fpath
-	root string // at the top
-	key  string // a map key, when idx < 0
-	idx  int    // a list index, or -1
+	root string
+	segs []seg
 }
 
+// seg is a map key, or a list index when idx >= 0.
+type seg struct {
+	key string
+	idx int
+}
+
+func (p *fpath) push(key string, idx int) { p.segs = append(p.segs, seg{key, idx}) }
+func (p *fpath) pop()                     { p.segs = p.segs[:len(p.segs)-1] }
+
 func (p *fpath) String() string {
-	if p.up == nil {
-		return p.root
+	s := p.root
+	for _, g := range p.segs {
+		if g.idx >= 0 {
+			s += nodeconf.Index(g.idx)
+		} else {
+			s = joinKey(s, g.key)
+		}
 	}
-	if p.idx >= 0 {
-		return p.up.String() + nodeconf.Index(p.idx)
-	}
-	return joinKey(p.up.String(), p.key)
+	return s
 }
 
 // decode stores v into rv (whose type comes from nodeconf), reporting
@@ -198,7 +208,9 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 				errs.Add(e.kpos, joinKey(path.String(), e.key), "unknown key %q%s", e.key, suggest(e.key, fields))
 				continue
 			}
-			decode(e.val, rv.Field(i), &fpath{up: path, key: e.key, idx: -1}, errs)
+			path.push(e.key, -1)
+			decode(e.val, rv.Field(i), path, errs)
+			path.pop()
 		}
 	case reflect.Map:
 		if v.kind != kMap {
@@ -225,7 +237,9 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 				continue
 			}
 			ev := reflect.New(t.Elem()).Elem()
-			decode(e.val, ev, &fpath{up: path, key: e.key, idx: -1}, errs)
+			path.push(e.key, -1)
+			decode(e.val, ev, path, errs)
+			path.pop()
 			m.SetMapIndex(reflect.ValueOf(e.key), ev)
 		}
 		rv.Set(m)
@@ -242,7 +256,9 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 				}
 				continue
 			}
-			decode(it, s.Index(i), &fpath{up: path, idx: i}, errs)
+			path.push("", i)
+			decode(it, s.Index(i), path, errs)
+			path.pop()
 		}
 		rv.Set(s)
 	case reflect.String:

@@ -78,7 +78,6 @@ var (
 
 var (
 	cryptRE    = regexp.MustCompile(`^(\$2a\$|\$[156]\$).*\$.*`)
-	octalRE    = regexp.MustCompile(`^0?[0-7]{3}$|^[0-7]{4}$`)
 	userRE     = regexp.MustCompile(`^[a-z_][a-z0-9_-]*\$?$`)
 	envRE      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	unitSuffix = []string{".service", ".socket", ".mount", ".automount", ".timer", ".target",
@@ -130,32 +129,45 @@ func (v *validator) required(p, field, val string) {
 	}
 }
 
-func (v *validator) oneOf(p, val string, allowed []string) {
-	for _, a := range allowed {
-		if val == a {
-			return
+// The checks below take the path as base and field (".type", or "" for
+// base itself) and join them only when there is something to report.
+
+func (v *validator) oneOf(base, field, val string, allowed []string) {
+	if !slices.Contains(allowed, val) {
+		v.add(base+field, "%q is not one of %s", val, strings.Join(allowed, ", "))
+	}
+}
+
+func (v *validator) absPath(base, field, val string) {
+	if !path.IsAbs(val) {
+		v.add(base+field, "%q is not an absolute path", val)
+	} else if path.Clean(val) != val {
+		v.add(base+field, "%q is not a clean path (want %q)", val, path.Clean(val))
+	}
+}
+
+func (v *validator) octal(base, field, val string) {
+	if !isOctalMode(val) {
+		v.add(base+field, "%q is not an octal mode like 0644", val)
+	}
+}
+
+// isOctalMode accepts three or four octal digits (0644, 644, 1777).
+func isOctalMode(s string) bool {
+	if len(s) != 3 && len(s) != 4 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '7' {
+			return false
 		}
 	}
-	v.add(p, "%q is not one of %s", val, strings.Join(allowed, ", "))
+	return true
 }
 
-func (v *validator) absPath(p, val string) {
-	if !path.IsAbs(val) {
-		v.add(p, "%q is not an absolute path", val)
-	} else if path.Clean(val) != val {
-		v.add(p, "%q is not a clean path (want %q)", val, path.Clean(val))
-	}
-}
-
-func (v *validator) octal(p, val string) {
-	if !octalRE.MatchString(val) {
-		v.add(p, "%q is not an octal mode like 0644", val)
-	}
-}
-
-func (v *validator) noNewline(p, val string) {
+func (v *validator) noNewline(base, field, val string) {
 	if strings.ContainsAny(val, "\n\r") {
-		v.add(p, "must be one line")
+		v.add(base+field, "must be one line")
 	}
 }
 
@@ -209,14 +221,15 @@ func (v *validator) limits(m map[string]Limit) {
 		v.required(p, "domain", l.Domain)
 		v.required(p, "item", l.Item)
 		v.required(p, "value", l.Value)
-		v.oneOf(p+".type", l.Type, LimitTypes)
+		v.oneOf(p, ".type", l.Type, LimitTypes)
 		if l.Item != "" {
-			v.oneOf(p+".item", l.Item, LimitItems)
+			v.oneOf(p, ".item", l.Item, LimitItems)
 		}
-		for _, f := range [][2]string{{"domain", l.Domain}, {"value", l.Value}} {
-			if strings.ContainsAny(f[1], " \t\n") {
-				v.add(p+"."+f[0], "%q contains white space", f[1])
-			}
+		if strings.ContainsAny(l.Domain, " \t\n") {
+			v.add(p+".domain", "%q contains white space", l.Domain)
+		}
+		if strings.ContainsAny(l.Value, " \t\n") {
+			v.add(p+".value", "%q contains white space", l.Value)
 		}
 	}
 }
@@ -228,7 +241,7 @@ func (v *validator) perm(pm *Perm) {
 		if pp.Path == "" {
 			v.add(p+".path", "required")
 		} else {
-			v.absPath(p+".path", pp.Path)
+			v.absPath(p, ".path", pp.Path)
 			if j, dup := seen[pp.Path]; dup {
 				v.add(p+".path", "%q is also perm.paths[%d]", pp.Path, j)
 			}
@@ -236,7 +249,7 @@ func (v *validator) perm(pm *Perm) {
 		}
 		v.required(p, "owner", pp.Owner)
 		v.required(p, "group", pp.Group)
-		v.octal(p+".permissions", pp.Permissions)
+		v.octal(p, ".permissions", pp.Permissions)
 	}
 	v.rerun("perm", pm.RerunPolicy, pm.RerunInterval, 0)
 }
@@ -250,7 +263,7 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 	if policy == "" {
 		eff = "always"
 	} else if known = slices.Contains(RerunPolicies, policy); !known {
-		v.oneOf(p+".rerun_policy", policy, RerunPolicies)
+		v.oneOf(p, ".rerun_policy", policy, RerunPolicies)
 	}
 	if rerunInterval != 0 {
 		if rerunInterval < MinInterval {
@@ -276,13 +289,13 @@ func (v *validator) mounts(m map[string]Mount) {
 		if mt.MntTgt == "" {
 			v.add(p+".mnt_tgt", "required")
 		} else {
-			v.absPath(p+".mnt_tgt", mt.MntTgt)
+			v.absPath(p, ".mnt_tgt", mt.MntTgt)
 		}
 		v.required(p, "device", mt.Device)
 		v.required(p, "type", mt.Type)
-		for _, f := range [][2]string{{"options", mt.Options}, {"before", mt.Before}, {"after", mt.After}} {
-			v.noNewline(p+"."+f[0], f[1])
-		}
+		v.noNewline(p, ".options", mt.Options)
+		v.noNewline(p, ".before", mt.Before)
+		v.noNewline(p, ".after", mt.After)
 	}
 }
 
@@ -335,7 +348,7 @@ func (v *validator) uamlite(u *Uamlite) {
 			if !ok {
 				v.add(kp, "not a dsa, ecdsa, ed25519 or rsa public key (ssh-dss, ecdsa-, ssh-ed25519, ssh-rsa)")
 			}
-			v.noNewline(kp, key)
+			v.noNewline(kp, "", key)
 		}
 	}
 }
@@ -355,7 +368,7 @@ func (v *validator) apt(a *Apt) {
 		for j, d := range pkg.Debconf {
 			dp := p + ".debconf" + Index(j)
 			v.required(dp, "question", d.Question)
-			v.oneOf(dp+".question_type", d.QuestionType, DebconfTypes)
+			v.oneOf(dp, ".question_type", d.QuestionType, DebconfTypes)
 		}
 	}
 	for i, r := range a.Repositories {
@@ -381,9 +394,9 @@ func (v *validator) apt(a *Apt) {
 func (v *validator) files(m map[string]File) {
 	for _, k := range sortedKeys(m) {
 		f, p := m[k], "files"+Key(k)
-		v.absPath(p, k)
+		v.absPath(p, "", k)
 		if f.Mode != "" {
-			v.octal(p+".mode", f.Mode)
+			v.octal(p, ".mode", f.Mode)
 		}
 	}
 }
@@ -412,7 +425,7 @@ func (v *validator) exec(m map[string]Exec) {
 		}
 		v.required(p, "data", e.Data)
 		if e.BlockingPolicy != "" {
-			v.oneOf(p+".blocking_policy", e.BlockingPolicy, BlockingPolicies)
+			v.oneOf(p, ".blocking_policy", e.BlockingPolicy, BlockingPolicies)
 		}
 		if e.Timeout < 0 {
 			v.add(p+".timeout", "%d is negative", e.Timeout)
