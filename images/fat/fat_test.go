@@ -3,6 +3,7 @@ package fat
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -330,5 +331,80 @@ func TestShortNames(t *testing.T) {
 	}
 	if d := cmp.Diff(wantNames, got); d != "" {
 		t.Errorf("short names (-want +got):\n%s", d)
+	}
+}
+
+// TestRandomTrees writes random trees — deep and wide, names that differ
+// only after the alias's first six characters, non-ASCII names, sizes
+// around sector and cluster boundaries — and checks each image with
+// fsck.vfat and by extracting every file with mtools.
+func TestRandomTrees(t *testing.T) {
+	need(t, "fsck.vfat", "mcopy")
+	sizes := []int{0, 1, 31, 32, 511, 512, 513, 4095, 4096, 4097, 65536 + 7}
+	alphabet := []rune("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 -_~.+,;=[]éßЖ日")
+	for seed := uint64(1); seed <= 6; seed++ {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 99))
+			tr := fstree.New()
+			dirs := []string{"."}
+			used := map[string]bool{}
+			name := func(dir string) string {
+				for {
+					n := make([]rune, 1+rng.IntN(20))
+					for i := range n {
+						n[i] = alphabet[rng.IntN(len(alphabet))]
+					}
+					s := string(n)
+					if rng.IntN(3) == 0 {
+						s = "same-long-prefix-" + s // aliases collide on SAME-L~N
+					}
+					if checkName(s) != nil {
+						continue
+					}
+					key := dir + "/" + strings.ToUpper(s)
+					if used[key] {
+						continue
+					}
+					used[key] = true
+					if dir == "." {
+						return s
+					}
+					return dir + "/" + s
+				}
+			}
+			for range 150 {
+				dir := dirs[rng.IntN(len(dirs))]
+				if rng.IntN(4) == 0 && strings.Count(dir, "/") < 12 {
+					p := name(dir)
+					tr.Add(fstree.Entry{Path: p, Type: fstree.Dir, Mode: 0o755})
+					dirs = append(dirs, p)
+					continue
+				}
+				size := sizes[rng.IntN(len(sizes))]
+				data := make([]byte, size)
+				for i := range data {
+					data[i] = byte(rng.Uint32())
+				}
+				tr.AddFile(name(dir), data, 0o644, 0, 0)
+			}
+			tr.Reproducible(epoch)
+			img := writeImage(t, tr, Options{Label: "RANDOM"})
+			fsck(t, img)
+			gotFiles, gotDirs := extract(t, img)
+			wantFiles, wantDirs := want(t, tr)
+			if d := cmp.Diff(wantDirs, gotDirs); d != "" {
+				t.Errorf("directories (-want +got):\n%s", d)
+			}
+			for p, w := range wantFiles {
+				if g, ok := gotFiles[p]; !ok {
+					t.Errorf("%q missing from the image", p)
+				} else if g != w {
+					t.Errorf("%q: content differs (%d bytes, want %d)", p, len(g), len(w))
+				}
+			}
+			if len(gotFiles) != len(wantFiles) || len(wantFiles) < 80 {
+				t.Errorf("got %d files, want %d (at least 80)", len(gotFiles), len(wantFiles))
+			}
+		})
 	}
 }
