@@ -44,9 +44,9 @@ uamlite:
 		`files["/etc/a\"b"].mode`:            {File: "f.yaml", Line: 4, Col: 23},
 		`uamlite.users[1].user_name`:         {File: "f.yaml", Line: 8, Col: 16},
 		`uamlite.users[1].user_sshkeys[1]`:   {File: "f.yaml", Line: 9, Col: 24},
-		`uamlite.users[5].user_name`:         {File: "f.yaml", Line: 7, Col: 3},  // the list
-		`mounts.mnt.device`:                  {File: "f.yaml", Line: 1, Col: 1},  // the conf
-		`uamlite.users[0].user_crypt_passwd`: {File: "f.yaml", Line: 7, Col: 5},  // the user
+		`uamlite.users[5].user_name`:         {File: "f.yaml", Line: 7, Col: 3}, // the list
+		`mounts.mnt.device`:                  {File: "f.yaml", Line: 1, Col: 1}, // the conf
+		`uamlite.users[0].user_crypt_passwd`: {File: "f.yaml", Line: 7, Col: 5}, // the user
 	} {
 		if got := lookup(tree, path); got != want {
 			t.Errorf("lookup(%s) = %v, want %v", path, got, want)
