@@ -184,8 +184,11 @@ func (s *Site) chainOf(name string) []string {
 	return chain
 }
 
-func (s *Site) resolve(name string) *resolved {
-	r := &resolved{chain: s.chainOf(name), fields: map[string]*value{}}
+func (s *Site) resolve(name string) *resolved { return s.resolveChain(s.chainOf(name)) }
+
+// resolveChain merges the profiles of chain, parents first.
+func (s *Site) resolveChain(chain []string) *resolved {
+	r := &resolved{chain: chain, fields: map[string]*value{}}
 	var db *value
 	for _, pn := range r.chain {
 		p := s.profiles[pn]
@@ -260,6 +263,11 @@ func (s *Site) render(profile string, labels map[string]string, host string, own
 	if !ok {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
 	}
+	return s.renderResolved(r, profile, labels, host, own)
+}
+
+// renderResolved renders profile from its merged chain r.
+func (s *Site) renderResolved(r *resolved, profile string, labels map[string]string, host string, own *value) (*rendered, error) {
 	tree := r.effective(labels, host, own)
 	var errs ErrorList
 	conf := decodeConf(tree, &errs)
@@ -396,11 +404,18 @@ func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname
 func (s *Site) validateRendered(errs *ErrorList) {
 	var jobs []func() error
 	for _, n := range s.nodes {
+		if _, ok := s.resolved[n.Profile]; !ok {
+			continue // its profile's own problem is reported already
+		}
 		jobs = append(jobs, func() error { _, err := s.renderNode(n.Name); return err })
 	}
 	for _, name := range s.names {
 		r, ok := s.resolved[name]
 		if !ok {
+			// A profile in or below a cycle has no chain; check its own
+			// layer so that its module errors are still reported.
+			alone := s.resolveChain([]string{name})
+			jobs = append(jobs, func() error { _, err := s.renderResolved(alone, name, nil, "", nil); return err })
 			continue
 		}
 		renderAs := func(labels map[string]string, host string) {

@@ -210,10 +210,20 @@ func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
 			s.nodesSource = srcPrefix + "nodes.yaml"
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errs.Err()
+	// Render-level checks run even when the structure has problems, so
+	// that one pass reports everything: they cover what did parse. A
+	// position that already has a parse error is not reported twice.
+	var rendered ErrorList
+	s.validateRendered(&rendered)
+	reported := map[Pos]bool{}
+	for _, e := range errs {
+		reported[e.Pos] = true
 	}
-	s.validateRendered(&errs)
+	for _, e := range rendered {
+		if !reported[e.Pos] {
+			errs = append(errs, e)
+		}
+	}
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
@@ -582,6 +592,7 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		return
 	}
 	macPos := map[string]string{}
+	namePos := map[string]int{} // every name seen, valid node or not
 	for i, it := range list.items {
 		ip := "nodes" + nodeconf.Index(i)
 		if !expectMap(it, ip, errs) {
@@ -672,10 +683,11 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 			n.MACs = append(n.MACs, mac)
 		}
 		if n.Name != "" {
-			if other, dup := s.byName[n.Name]; dup {
-				errs.Add(it.get("name").pos, ip+".name", "duplicate node name %q (first at line %d)", n.Name, other.pos.Line)
+			if line, dup := namePos[n.Name]; dup {
+				errs.Add(it.get("name").pos, ip+".name", "duplicate node name %q (first at line %d)", n.Name, line)
 				continue
 			}
+			namePos[n.Name] = it.pos.Line
 		}
 		if !ok {
 			continue
