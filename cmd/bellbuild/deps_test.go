@@ -25,7 +25,6 @@ var allowed = map[string][]string{
 	"firstboot":         {"firstboot", "profiles/nodeconf"},
 	"pxe":               {"pxe"},
 	"testvm":            {"testvm"},
-	"deploy":            {}, // manifests and the test that decodes them
 	"deploy":            {},   // manifests; their test-only package imports nothing of ours
 	"cmd":               {""}, // anything
 }
