@@ -63,9 +63,6 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 				bad("%s is not a place for files", strings.TrimSuffix(pre, "/"))
 			}
 		}
-		if strings.HasPrefix(p, "/var/lib/bellbuild/") {
-			bad("/var/lib/bellbuild is the applier's own state")
-		}
 		if _, err := fileMode(f); err != nil {
 			bad("%v", err)
 		}
@@ -83,7 +80,7 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			bad("exists and is not a regular file (%s)", fi.Mode().Type())
 		}
 	}
-	return errs
+	return append(errs, checkFileClaims(conf)...)
 }
 
 func (filesModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {

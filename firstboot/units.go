@@ -130,7 +130,7 @@ func (unitsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			errs = append(errs, fmt.Errorf("%s: cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", name))
 		}
 	}
-	return errs
+	return append(errs, checkUnitClaims(conf)...)
 }
 
 func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
