@@ -343,8 +343,6 @@ func (s *Server) proxy(req *dhcpv4.DHCPv4, mt dhcpv4.MessageType, mach *node.Mac
 	if err != nil {
 		return nil, nil, err
 	}
-	// PXE discovery control: bit 3, boot straight from the file name.
-	reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
 	if s.m != nil {
 		if t == dhcpv4.MessageTypeOffer {
 			s.m.Offers.Inc()
@@ -400,6 +398,11 @@ func (s *Server) reply(req *dhcpv4.DHCPv4, t dhcpv4.MessageType, mach *node.Mach
 		reply.UpdateOption(dhcpv4.OptTFTPServerName(s.cfg.ServerIP.String()))
 		if isPXE(req) {
 			reply.UpdateOption(dhcpv4.OptClassIdentifier("PXEClient"))
+			// PXE vendor options: discovery control (6) = 8, boot the
+			// file named here, no boot server discovery. Without it
+			// EDK2 (OVMF) takes the offer for a BINL one, asks port 4011
+			// and gives up ("PXE-E16: No valid offer received").
+			reply.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
 		}
 	}
 	return reply, nil

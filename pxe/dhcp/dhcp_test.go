@@ -3,6 +3,8 @@ package dhcp
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -82,7 +84,7 @@ func start(t *testing.T, cfg Config, store *leases.Store) *fixture {
 		}
 	}
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, nil)
+	m := metrics.New(reg, slog.New(slog.DiscardHandler))
 	srv, err := New(cfg, inventory(), store, m)
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +134,7 @@ type reply struct {
 	Opt66    string
 	Opt67    string
 	Opt60    string
+	Opt43    string
 	Mask     string
 	Router   string
 }
@@ -145,6 +148,7 @@ func summarize(m *dhcpv4.DHCPv4) reply {
 		Opt66:    m.TFTPServerName(),
 		Opt67:    m.BootFileNameOption(),
 		Opt60:    m.ClassIdentifier(),
+		Opt43:    fmt.Sprintf("%x", m.Options.Get(dhcpv4.OptionVendorSpecificInformation)),
 	}
 	if mask := m.SubnetMask(); mask != nil {
 		r.Mask = net.IP(mask).String()
@@ -166,7 +170,7 @@ func TestDORA(t *testing.T) {
 		mac:  macA,
 		mods: pxeBIOS,
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "undionly.kpxe",
-			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "x86-64 UEFI gets ipxe.efi",
 		mac:  macA,
@@ -175,7 +179,7 @@ func TestDORA(t *testing.T) {
 			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)),
 		},
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe.efi",
-			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "EFI BC (9) is x86-64 UEFI too",
 		mac:  macA,
@@ -184,7 +188,7 @@ func TestDORA(t *testing.T) {
 			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_BC)),
 		},
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe.efi",
-			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "arm64 UEFI gets its own loader",
 		mac:  macA,
@@ -193,14 +197,14 @@ func TestDORA(t *testing.T) {
 			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_ARM64)),
 		},
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe-arm64.efi",
-			Opt66: "192.0.2.1", Opt67: "ipxe-arm64.efi", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt66: "192.0.2.1", Opt67: "ipxe-arm64.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "iPXE gets its script URL, not the loader again",
 		mac:  macB,
 		mods: append([]dhcpv4.Modifier{dhcpv4.WithUserClass("iPXE", false)}, pxeBIOS...),
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1",
 			File: "http://192.0.2.1:8080/ipxe?mac=52:54:00:00:00:0b", Opt66: "192.0.2.1",
-			Opt67: "http://192.0.2.1:8080/ipxe?mac=52:54:00:00:00:0b", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt67: "http://192.0.2.1:8080/ipxe?mac=52:54:00:00:00:0b", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "a machine that is not netbooting gets an address only",
 		mac:  macA,
@@ -210,7 +214,7 @@ func TestDORA(t *testing.T) {
 		mac:  macRes,
 		mods: pxeBIOS,
 		want: reply{Type: "ACK", YourIP: "192.0.2.50", ServerIP: "192.0.2.1", File: "undionly.kpxe",
-			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Mask: "255.255.255.0", Router: "192.0.2.1"},
+			Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -418,7 +422,7 @@ func TestProxy(t *testing.T) {
 		t.Fatal("no proxy offer")
 	}
 	want := reply{Type: "OFFER", YourIP: "0.0.0.0", ServerIP: "192.0.2.1", File: "undionly.kpxe",
-		Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient"}
+		Opt66: "192.0.2.1", Opt67: "undionly.kpxe", Opt60: "PXEClient", Opt43: "060108ff"}
 	if d := cmp.Diff(want, summarize(r)); d != "" {
 		t.Errorf("proxy offer (-want +got):\n%s", d)
 	}
@@ -471,7 +475,7 @@ func FuzzHandlePacket(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	m := metrics.New(nil, nil)
+	m := metrics.New(nil, slog.New(slog.DiscardHandler))
 	srv, err := New(testConfig(), inventory(), store, m)
 	if err != nil {
 		f.Fatal(err)

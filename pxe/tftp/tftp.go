@@ -125,6 +125,13 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	s.m.Boot(f.Phase, mac, args...)
 	n, err := rf.ReadFrom(f)
 	s.m.Bytes.WithLabelValues("tftp").Add(float64(n))
+	if err != nil && n == 0 {
+		// UEFI firmware asks for the size (tsize) and ends the transfer
+		// after the options: not a failure.
+		s.m.Transfers.WithLabelValues("tftp", "aborted").Inc()
+		s.m.Log.Info("tftp: client ended the transfer before any data (a size probe)", "from", from.String(), "file", name, "err", err)
+		return err
+	}
 	if err != nil {
 		s.m.Transfers.WithLabelValues("tftp", "error").Inc()
 		s.m.Log.Warn("tftp: transfer failed", "from", from.String(), "file", name, "sent", n, "err", err)

@@ -1,0 +1,319 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bellbuild/bellbuild/build"
+	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/pxe"
+	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	"github.com/bellbuild/bellbuild/pxe/leases"
+)
+
+func init() {
+	register(&command{
+		name:    "serve",
+		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
+		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--leases FILE]",
+		help: `serve boots every machine of the site's inventory from the network, as the
+node its MAC address names, with the artifacts 'bellbuild image' baked
+into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
+
+  1. DHCP gives the machine an address (its "ip" label, else one of the
+     pools; kept across restarts in the lease file) and the name of the
+     iPXE loader for its firmware: undionly.kpxe (BIOS), ipxe.efi (x86-64
+     UEFI), from /usr/lib/ipxe over TFTP;
+  2. iPXE asks DHCP again and is sent its boot script,
+     http://SERVER:8080/ipxe?mac=MAC (or tftp:// with --boot-via tftp);
+  3. the script boots OUT/PROFILE/vmlinuz and initramfs.cpio.zst with the
+     manifest's command line plus bellbuild.node=NAME;
+  4. the image's init applies the node's configuration. The node's
+     rendered configuration is also served, to that node's address only,
+     at /files/node.json.
+
+MAC addresses not in the inventory get no answer, unless
+--default-profile names a profile for them. --dhcp proxy answers only
+the PXE part beside an existing DHCP server; --dhcp off leaves DHCP to
+others entirely. Relayed requests get an address of the pool whose
+subnet holds the relay: give such pools their prefix (START-END/24).
+Each boot step logs one line per machine (phase=dhcp-offer, dhcp-ack,
+tftp-loader, ipxe-script, kernel, initrd); /metrics serves Prometheus
+counters and /healthz answers "ok".
+
+Example:
+  bellbuild image demo -o out
+  bellbuild serve --interface br0 --pool 192.0.2.100-192.0.2.199 --artifacts out
+  bellbuild serve -C site --interface eth1 --dhcp proxy --artifacts out`,
+		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
+			var o serveFlags
+			o.site.register(fs)
+			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
+			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: the interface's)")
+			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
+			fs.Func("pool", "addresses to lease, `START-END[/PREFIX]` (repeatable; PREFIX defaults to the interface's)", func(s string) error {
+				o.pools = append(o.pools, s)
+				return nil
+			})
+			fs.StringVar(&o.artifacts, "artifacts", "out", "`OUT` directory of 'bellbuild image'")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases and the nodes' rendered files")
+			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
+			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
+			fs.StringVar(&o.tftpAddr, "tftp-addr", "0.0.0.0:69", "TFTP listen `ADDR` (off: no TFTP)")
+			fs.StringVar(&o.bootVia, "boot-via", "http", "how iPXE fetches script, kernel and initramfs: `http` or tftp")
+			fs.StringVar(&o.defaultProfile, "default-profile", "", "boot MACs not in the inventory with `PROFILE` (default: ignore them)")
+			fs.DurationVar(&o.leaseTime, "lease-time", time.Hour, "DHCP lease `DURATION`")
+			fs.StringVar(&o.loaders, "loaders", pxe.LoaderDir, "`DIR` of the iPXE loaders")
+			return func(ctx context.Context, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("unexpected arguments %q", args)
+				}
+				return runServe(ctx, o)
+			}
+		},
+	})
+}
+
+type serveFlags struct {
+	site                     siteFlags
+	iface, serverIP, dhcp    string
+	pools                    []string
+	artifacts, state, leases string
+	httpAddr, tftpAddr       string
+	bootVia, defaultProfile  string
+	leaseTime                time.Duration
+	loaders                  string
+}
+
+func runServe(ctx context.Context, o serveFlags) error {
+	// 1. Load the site.
+	site, err := o.site.load()
+	if err != nil {
+		return printSiteErrors(os.Stderr, err)
+	}
+	// 2. Work out the server's address and the pools.
+	cfg := pxe.Config{
+		Interface: o.iface, DHCP: o.dhcp, LeaseTime: o.leaseTime, Artifacts: o.artifacts,
+		HTTPAddr: o.httpAddr, TFTPAddr: o.tftpAddr, BootVia: o.bootVia,
+		Loaders: pxe.DefaultLoaders(o.loaders),
+	}
+	var subnet netip.Prefix
+	if o.iface != "" {
+		cfg.ServerIP, subnet, err = pxe.InterfaceAddr(o.iface)
+		if err != nil {
+			return err
+		}
+	}
+	if o.serverIP != "" {
+		if cfg.ServerIP, err = netip.ParseAddr(o.serverIP); err != nil || !cfg.ServerIP.Is4() {
+			return fmt.Errorf("--server-ip %q: want an IPv4 address", o.serverIP)
+		}
+	}
+	if !cfg.ServerIP.IsValid() {
+		return errors.New("need --interface (or --server-ip)")
+	}
+	for _, p := range o.pools {
+		pool, err := parsePool(p, subnet)
+		if err != nil {
+			return err
+		}
+		cfg.Pools = append(cfg.Pools, pool)
+	}
+	if o.dhcp == pxe.DHCPFull && len(cfg.Pools) == 0 {
+		return errors.New("--dhcp full needs at least one --pool START-END")
+	}
+	if len(cfg.Loaders) == 0 {
+		slog.Warn("no iPXE loaders found: firmware PXE clients cannot boot (apt-get install ipxe)", "dir", o.loaders)
+	}
+	// 3. Render every node's configuration into STATE/nodes/NAME/.
+	cfg.LeaseFile = o.leases
+	if cfg.LeaseFile == "" && o.dhcp != pxe.DHCPProxy {
+		cfg.LeaseFile = filepath.Join(o.state, "leases")
+	}
+	if cfg.LeaseFile != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.LeaseFile), 0o700); err != nil {
+			return err
+		}
+	}
+	cfg.Files = filepath.Join(o.state, "nodes")
+	backend, err := newSiteBackend(site, o.artifacts, cfg.Files, o.defaultProfile)
+	if err != nil {
+		return err
+	}
+	// 4. Serve until interrupted.
+	srv, err := pxe.New(cfg, backend)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}
+
+// parsePool parses START-END[/PREFIX]; without a prefix the range must lie
+// in the interface's subnet.
+func parsePool(s string, subnet netip.Prefix) (dhcp.Pool, error) {
+	rs, prefix, hasPrefix := strings.Cut(s, "/")
+	r, err := leases.ParseRange(rs)
+	if err != nil {
+		return dhcp.Pool{}, fmt.Errorf("--pool: %w", err)
+	}
+	if hasPrefix {
+		p, err := netip.ParsePrefix(r.Start.String() + "/" + prefix)
+		if err != nil {
+			return dhcp.Pool{}, fmt.Errorf("--pool %q: %w", s, err)
+		}
+		subnet = p.Masked()
+	}
+	if !subnet.IsValid() || !subnet.Contains(r.Start) || !subnet.Contains(r.End) {
+		return dhcp.Pool{}, fmt.Errorf("--pool %q: not inside the interface's subnet %v: give its prefix (START-END/24)", s, subnet)
+	}
+	return dhcp.Pool{Range: r, Subnet: subnet}, nil
+}
+
+// siteBackend answers pxe's Lookup from the inventory and the baked
+// artifacts. Everything is worked out once, at start: a lookup is a map
+// read (DHCP asks for every packet).
+type siteBackend struct {
+	byMAC map[string]*pxe.Machine
+	def   *pxe.Machine // nil: unknown MACs do not boot
+}
+
+// NodeFile is the name each node's rendered configuration is served as
+// (/files/node.json, tftp files/node.json).
+const NodeFile = "node.json"
+
+func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*siteBackend, error) {
+	b := &siteBackend{byMAC: map[string]*pxe.Machine{}}
+	cmdlines := map[string]string{}
+	cmdline := func(profile string) string {
+		c, ok := cmdlines[profile]
+		if !ok {
+			c = readCmdline(out, profile)
+			cmdlines[profile] = c
+		}
+		return c
+	}
+	for _, n := range site.Nodes() {
+		node, err := site.RenderNode(n.Name)
+		if err != nil {
+			return nil, fmt.Errorf("rendering node %s: %w", n.Name, err)
+		}
+		data, err := json.MarshalIndent(node, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(filepath.Join(files, n.Name, NodeFile), append(data, '\n')); err != nil {
+			return nil, err
+		}
+		m := &pxe.Machine{
+			Name: n.Name, Profile: n.Profile,
+			Kernel:  filepath.Join(n.Profile, build.KernelFile),
+			Initrd:  filepath.Join(n.Profile, build.InitramfsFile),
+			Cmdline: cmdline(n.Profile),
+			Files:   map[string]string{NodeFile: NodeFile},
+		}
+		if s, ok := n.Labels["ip"]; ok {
+			ip := net.ParseIP(s).To4()
+			if ip == nil {
+				return nil, fmt.Errorf("node %s: label ip=%q is not an IPv4 address", n.Name, s)
+			}
+			m.IP = ip
+		}
+		for _, mac := range n.MACs {
+			hw, err := net.ParseMAC(mac)
+			if err != nil {
+				return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+			b.byMAC[hw.String()] = m
+		}
+	}
+	if defaultProfile != "" {
+		b.def = &pxe.Machine{
+			Profile: defaultProfile,
+			Kernel:  filepath.Join(defaultProfile, build.KernelFile),
+			Initrd:  filepath.Join(defaultProfile, build.InitramfsFile),
+			Cmdline: cmdline(defaultProfile),
+		}
+	}
+	var missing []string
+	for p := range cmdlines {
+		if _, err := os.Stat(filepath.Join(out, p, build.KernelFile)); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	sort.Strings(missing)
+	for _, p := range missing {
+		slog.Warn("profile not baked: its machines will not boot", "profile", p, "want", filepath.Join(out, p, build.KernelFile),
+			"fix", "bellbuild image "+p+" -o "+out)
+	}
+	return b, nil
+}
+
+// Lookup implements pxe.Backend.
+func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Machine, error) {
+	if m, ok := b.byMAC[mac.String()]; ok {
+		return m, nil
+	}
+	if b.def != nil {
+		return b.def, nil
+	}
+	return nil, pxe.ErrUnknown
+}
+
+// readCmdline reads the kernel command line from OUT/PROFILE/manifest.json
+// ("" when the profile is not baked yet: its machines fail at the kernel,
+// and the start-up warning says why).
+func readCmdline(out, profile string) string {
+	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
+	if err != nil {
+		return ""
+	}
+	var m struct {
+		Cmdline string `json:"cmdline"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		slog.Warn("unreadable manifest", "profile", profile, "err", err)
+		return ""
+	}
+	return m.Cmdline
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory: readers see the old file or the new one, never half of one.
+func writeFileAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o600)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
