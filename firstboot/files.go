@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strconv"
 	"strings"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
@@ -12,7 +13,8 @@ import (
 )
 
 // filesModule puts whole files in place (beyond Divingbell): content, mode
-// (default 0644), owner and group by name from the root's databases (the
+// (default 0644), owner and group by name from the root's databases (group
+// defaults to the owner's primary group; the
 // uamlite module runs first, so a file may belong to a user it creates).
 // The ledger key is the absolute path; a file that was there before is
 // backed up and comes back when the item is removed. A file whose mode
@@ -115,8 +117,14 @@ func fileSpec(h *host.Host, p string, f nodeconf.File) (host.FileSpec, error) {
 	if f.Owner != "" {
 		spec.UID, uerr = h.LookupUser(f.Owner)
 	}
-	if f.Group != "" {
+	switch {
+	case f.Group != "":
 		spec.GID, gerr = h.LookupGroup(f.Group)
+	case f.Owner != "" && uerr == nil:
+		// No group: the owner's primary group, as chown OWNER: does.
+		if _, err := strconv.Atoi(f.Owner); err != nil {
+			spec.GID, gerr = h.PrimaryGroup(f.Owner)
+		}
 	}
 	return spec, errors.Join(uerr, gerr)
 }

@@ -142,14 +142,16 @@ func TestFiles(t *testing.T) {
 		},
 		conf: nodeconf.Conf{Files: map[string]nodeconf.File{
 			"/etc/motd":              {Content: "bellbuild node\n"},
-			"/srv/app/config.yaml":   {Content: "port: 80\n", Mode: "0640", Owner: "app", Group: "app"},
+			"/srv/app/config.yaml":   {Content: "port: 80\n", Mode: "0640", Owner: "app", Group: "ops"},
+			"/srv/app/primary":       {Content: "group from passwd\n", Mode: "0600", Owner: "app"},
 			"/etc/ssl/private/k.pem": {Content: "SECRET\n", Mode: "0600"},
 		}},
 		want: rootTree{
 			"/etc/motd":              fileEntry("0644", "0:0", "bellbuild node\n"),
 			"/srv":                   dirEntry("0755", "0:0"),
 			"/srv/app":               dirEntry("0755", "0:0"),
-			"/srv/app/config.yaml":   fileEntry("0640", "1234:1235", "port: 80\n"),
+			"/srv/app/config.yaml":   fileEntry("0640", "1234:2000", "port: 80\n"),
+			"/srv/app/primary":       fileEntry("0600", "1234:1235", "group from passwd\n"),
 			"/etc/ssl":               dirEntry("0755", "0:0"),
 			"/etc/ssl/private":       dirEntry("0755", "0:0"),
 			"/etc/ssl/private/k.pem": fileEntry("0600", "0:0", "SECRET\n"),

@@ -20,6 +20,18 @@ func (h *Host) LookupUser(name string) (int, error) {
 	return h.lookupID("etc/passwd", "user", name)
 }
 
+// PrimaryGroup returns the primary gid of user name from ROOT/etc/passwd.
+func (h *Host) PrimaryGroup(name string) (int, error) {
+	db, err := h.idDB("etc/passwd")
+	if err != nil {
+		return 0, fmt.Errorf("user %q: %w", name, err)
+	}
+	if gid, ok := db.gids[name]; ok {
+		return gid, nil
+	}
+	return 0, fmt.Errorf("user %q: %w in /etc/passwd", name, ErrNoSuchID)
+}
+
 // LookupGroup returns the gid of name from ROOT/etc/group. A decimal name
 // is taken as a gid.
 func (h *Host) LookupGroup(name string) (int, error) {
@@ -31,6 +43,7 @@ type idCache struct {
 	ino, size uint64
 	mtime     int64
 	ids       map[string]int
+	gids      map[string]int    // passwd only: the primary group
 	bad       map[string]string // name → unparsable id field
 }
 
@@ -72,7 +85,7 @@ func (h *Host) idDB(file string) (idCache, error) {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return idCache{}, err
 	}
-	key.ids, key.bad = map[string]int{}, map[string]string{}
+	key.ids, key.gids, key.bad = map[string]int{}, map[string]int{}, map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		f := strings.Split(sc.Text(), ":")
@@ -84,6 +97,11 @@ func (h *Host) idDB(file string) (idCache, error) {
 		}
 		if id, err := strconv.Atoi(f[2]); err == nil {
 			key.ids[f[0]] = id
+			if len(f) >= 4 {
+				if gid, err := strconv.Atoi(f[3]); err == nil {
+					key.gids[f[0]] = gid
+				}
+			}
 		} else if _, seen := key.bad[f[0]]; !seen {
 			key.bad[f[0]] = f[2]
 		}
