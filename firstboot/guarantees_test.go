@@ -249,3 +249,16 @@ func TestSecretsStayHidden(t *testing.T) {
 	}
 	_ = fs.ModePerm
 }
+
+// TestEveryModuleRegistered: each module of nodeconf.Modules has an
+// implementation (Apply would silently skip a missing one).
+func TestEveryModuleRegistered(t *testing.T) {
+	for _, name := range nodeconf.Modules {
+		if _, ok := modules[name]; !ok {
+			t.Errorf("module %s is not registered", name)
+		}
+	}
+	if len(modules) != len(nodeconf.Modules) {
+		t.Errorf("%d modules registered, nodeconf lists %d", len(modules), len(nodeconf.Modules))
+	}
+}
