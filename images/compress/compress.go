@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 
+	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 )
@@ -78,7 +79,7 @@ func NewReader(r io.Reader) (io.ReadCloser, Format, error) {
 	case None:
 		rc = io.NopCloser(br)
 	case Gz:
-		rc, err = gzip.NewReader(br)
+		rc, err = kgzip.NewReader(br)
 	case Xz:
 		var xr *xz.Reader
 		xr, err = xz.NewReader(br)
