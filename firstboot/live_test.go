@@ -40,6 +40,12 @@ run() {
 	echo "exit=$?"
 }
 show before
+echo "== plan a"
+out=$("$B" apply --live --plan --root "$R" --config "$D/a.json" 2>/dev/null); rc=$?
+echo "$out" | grep -c '^  [-+~] '
+echo "$out" | tail -n 1
+echo "exit=$rc"
+show planned
 run a; show a
 run a
 run b; show b
@@ -125,6 +131,8 @@ func TestLiveInNamespaces(t *testing.T) {
 	}
 	want := map[string][]string{
 		"before":        before,
+		"plan a":        {"10", "bellbuild: node=n1 profile=p changes=10 errors=0", "exit=2"},
+		"planned":       before,
 		"apply a":       {"bellbuild: node=n1 profile=p changes=10 errors=0", "exit=0"},
 		"a":             {"ip_forward=1", "rp_filter=2", "rx-checksumming: on [fixed]", "tcp-segmentation-offload: off", "generic-receive-offload: off", "mount tmpfs bellbuild-test size=1024k", "nosuid", "net.ipv4.ip_forward = 1"},
 		"apply a again": {"bellbuild: node=n1 profile=p changes=0 errors=0", "exit=0"},
