@@ -164,22 +164,26 @@ func TestUnits(t *testing.T) {
 	runRootCases(t, []rootCase{{
 		name: "written and enabled; a packaged unit disabled and re-enabled on removal",
 		before: rootTree{
-			"/lib/systemd/system/ssh.service":                         fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
-			"/etc/systemd/system/multi-user.target.wants/ssh.service": linkEntry("/lib/systemd/system/ssh.service"),
-			"/etc/systemd/system/sshd.service":                        linkEntry("/lib/systemd/system/ssh.service"),
+			"/lib/systemd/system/ssh.service":                                 fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/sbin/sshd\n[Install]\nWantedBy=multi-user.target\nAlias=sshd.service\n"),
+			"/etc/systemd/system/multi-user.target.wants/ssh.service":         linkEntry("/lib/systemd/system/ssh.service"),
+			"/etc/systemd/system/sshd.service":                                linkEntry("/lib/systemd/system/ssh.service"),
+			"/lib/systemd/system/var-lib-x\\x2d1.mount":                       fileEntry("0644", "0:0", "[Mount]\nWhat=/dev/vdb\nWhere=/var/lib/x-1\n[Install]\nWantedBy=local-fs.target\n"),
+			"/etc/systemd/system/local-fs.target.wants/var-lib-x\\x2d1.mount": linkEntry("/lib/systemd/system/var-lib-x\\x2d1.mount"),
 		},
 		conf: nodeconf.Conf{Units: map[string]nodeconf.Unit{
-			"agent.service": {Content: "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n", Enabled: &yes},
-			"ssh.service":   {Enabled: &no},
-			"note.timer":    {Content: "[Timer]\nOnCalendar=daily\n"},
+			"agent.service":        {Content: "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n", Enabled: &yes},
+			"ssh.service":          {Enabled: &no},
+			`var-lib-x\x2d1.mount`: {Enabled: &no},
+			"note.timer":           {Content: "[Timer]\nOnCalendar=daily\n"},
 		}},
 		want: rootTree{
-			"/etc/systemd/system/agent.service":                          fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n"),
-			"/etc/systemd/system/note.timer":                             fileEntry("0644", "0:0", "[Timer]\nOnCalendar=daily\n"),
-			"/etc/systemd/system/multi-user.target.wants/agent.service":  linkEntry("/etc/systemd/system/agent.service"),
-			"/etc/systemd/system/kubelet.service.requires":               dirEntry("0755", "0:0"),
-			"/etc/systemd/system/kubelet.service.requires/agent.service": linkEntry("/etc/systemd/system/agent.service"),
-			"/etc/systemd/system/multi-user.target.wants/ssh.service":    absent,
+			"/etc/systemd/system/agent.service":                              fileEntry("0644", "0:0", "[Service]\nExecStart=/usr/bin/agent\n[Install]\nWantedBy=multi-user.target\nRequiredBy=kubelet.service\n"),
+			"/etc/systemd/system/note.timer":                                 fileEntry("0644", "0:0", "[Timer]\nOnCalendar=daily\n"),
+			"/etc/systemd/system/multi-user.target.wants/agent.service":      linkEntry("/etc/systemd/system/agent.service"),
+			"/etc/systemd/system/kubelet.service.requires":                   dirEntry("0755", "0:0"),
+			"/etc/systemd/system/kubelet.service.requires/agent.service":     linkEntry("/etc/systemd/system/agent.service"),
+			"/etc/systemd/system/multi-user.target.wants/ssh.service":        absent,
+			`/etc/systemd/system/local-fs.target.wants/var-lib-x\x2d1.mount`: absent,
 		},
 	}})
 }

@@ -198,7 +198,7 @@ func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 // enabledLinks are the links under /etc/systemd/system that enable name.
 func enabledLinks(h *host.Host, name string) []string {
 	var out []string
-	for _, pat := range []string{"*.wants/" + name, "*.requires/" + name} {
+	for _, pat := range []string{"*.wants/" + globQuote(name), "*.requires/" + globQuote(name)} {
 		m, _ := globRoot(h, path.Join(unitDir, pat))
 		for _, p := range m {
 			if fi, err := h.Lstat(p); err == nil && fi.Mode().Type() == fs.ModeSymlink {

@@ -97,3 +97,16 @@ func globRoot(h *host.Host, pattern string) ([]string, error) {
 	}
 	return m, err
 }
+
+// globQuote escapes the glob metacharacters of a literal name (systemd's
+// escaped unit names hold backslashes: var-lib-data\x2d1.mount).
+func globQuote(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if strings.ContainsRune(`*?[\`, c) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
