@@ -193,6 +193,17 @@ func TestApparmor(t *testing.T) {
 		t.Skipf("apparmor_parser is not installed (package apparmor): %v", err)
 	}
 	runRootCases(t, []rootCase{{
+		name: "includes resolved in the root's /etc/apparmor.d",
+		before: rootTree{
+			"/etc/apparmor.d/tunables/global": fileEntry("0644", "0:0", "@{HOME}=/home/*/ /root/\n"),
+		},
+		conf: nodeconf.Conf{Apparmor: &nodeconf.Apparmor{Profiles: map[string]string{
+			"home": "#include <tunables/global>\nprofile bellbuild-home /usr/bin/home {\n  @{HOME}/** r,\n}\n",
+		}}},
+		want: rootTree{
+			"/etc/apparmor.d/bellbuild.home": fileEntry("0644", "0:0", "#include <tunables/global>\nprofile bellbuild-home /usr/bin/home {\n  @{HOME}/** r,\n}\n"),
+		},
+	}, {
 		name: "checked profiles installed, complain mode linked",
 		before: rootTree{
 			"/etc/apparmor.d/usr.bin.man": fileEntry("0644", "0:0", "# packaged\n"),
