@@ -10,7 +10,15 @@
 // Entry.Data and copied, never held whole in memory.
 //
 // The format stores sizes in 32 bits: a file of 4 GiB or more is an error
-// naming it (ErrTooLarge), never a truncated archive.
+// naming it (ErrTooLarge), never a truncated archive. Extended attributes
+// are not written: newc has no place for them and the kernel's unpacker
+// would not set them (file capabilities must be set at boot instead).
+//
+// Through compress.Zstd, the archive is compressed as independent frames,
+// each ending on a whole entry: the kernel unpacks a compressed member that
+// ends between entries (its unpacker is back in its reset state there) and
+// rejects one that ends inside an entry ("junk at the end of compressed
+// archive"). GNU cpio and zstd -d see one ordinary archive.
 package cpio
 
 import (
