@@ -565,3 +565,93 @@ func TestProfileStageAndTar(t *testing.T) {
 		t.Error("rootfs.tar differs between two bakes")
 	}
 }
+
+// TestDirStageCache: a dir stage is keyed by its entries' metadata and
+// file identities, so an unchanged directory is a cache hit and a changed
+// file (same size, new content) or a new entry is a miss that bakes the
+// new content.
+func TestDirStageCache(t *testing.T) {
+	needHost(t)
+	root := t.TempDir()
+	write := func(p, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("etc/version", "one\n")
+	sp := &profiles.ImageSpec{
+		Profile: "dir", Chain: []string{"dir"},
+		Stage:   profiles.Stage{Dir: root},
+		Kernel:  profiles.Kernel{Path: testKernel},
+		Outputs: []string{"initramfs"},
+	}
+	opts := testOptions(t)
+	steps := []struct {
+		name       string
+		change     func()
+		wantCached bool
+		wantFile   string
+		wantText   string
+	}{
+		{"first", func() {}, false, "etc/version", "one\n"},
+		{"unchanged", func() {}, true, "etc/version", "one\n"},
+		{"same size, new content", func() { write("etc/version", "two\n") }, false, "etc/version", "two\n"},
+		{"new file", func() { write("etc/extra", "x") }, false, "etc/extra", "x"},
+	}
+	for _, st := range steps {
+		st.change()
+		m, err := Image(context.Background(), sp, opts)
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if m.Stats.StageCached != st.wantCached {
+			t.Errorf("%s: stage cached = %v, want %v", st.name, m.Stats.StageCached, st.wantCached)
+		}
+		tree := unpack(t, filepath.Join(opts.OutDir, "dir", InitramfsFile))
+		e := tree.Get(st.wantFile)
+		if e == nil {
+			t.Errorf("%s: no /%s in the initramfs", st.name, st.wantFile)
+			continue
+		}
+		if got := string(readAll(t, e.Data)); got != st.wantText {
+			t.Errorf("%s: /%s = %q, want %q", st.name, st.wantFile, got, st.wantText)
+		}
+	}
+}
+
+func TestDebootstrapKey(t *testing.T) {
+	d := func(inc ...string) *profiles.Debootstrap {
+		return &profiles.Debootstrap{Suite: "bookworm", Variant: "minbase", Include: inc}
+	}
+	if debootstrapKey(d("a", "b")) != debootstrapKey(d("b", "a")) {
+		t.Error("the package list's order changes the debootstrap cache key")
+	}
+	if debootstrapKey(d("a", "b")) == debootstrapKey(d("a")) {
+		t.Error("another package list has the same debootstrap cache key")
+	}
+	other := d("a", "b")
+	other.Suite = "trixie"
+	if debootstrapKey(other) == debootstrapKey(d("a", "b")) {
+		t.Error("another suite has the same debootstrap cache key")
+	}
+}
+
+func TestProgress(t *testing.T) {
+	var term bytes.Buffer
+	p := newProgress(&term, nil, 2)
+	p.begin("stage segment")
+	p.bytes(3<<20, 1<<20)
+	p.end("")
+	p.begin("assemble")
+	p.end("cached")
+	got := term.String()
+	for _, want := range []string{"\r\033[K[1/2] stage segment", "3.0 MiB → 1.0 MiB", "\r\033[K[2/2] assemble (cached)\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+}

@@ -111,7 +111,7 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (string, string, error) {
 	inc := slices.Clone(d.Include)
 	slices.Sort(inc)
-	key := keyOf("debootstrap-v1", d.Suite, d.Variant, d.Mirror, strings.Join(inc, ","))
+	key := debootstrapKey(d)
 	dir := filepath.Join(b.opts.CacheDir, "debootstrap", key)
 	root := filepath.Join(dir, "root")
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
@@ -157,6 +157,14 @@ func tail(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// debootstrapKey names a debootstrap recipe in the cache (the package list
+// in any order is one recipe).
+func debootstrapKey(d *profiles.Debootstrap) string {
+	inc := slices.Clone(d.Include)
+	slices.Sort(inc)
+	return keyOf("debootstrap-v1", d.Suite, d.Variant, d.Mirror, strings.Join(inc, ","))
 }
 
 // ociDigest names an OCI layout by its index.json and the digests of its
