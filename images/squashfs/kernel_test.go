@@ -66,7 +66,7 @@ func kernelModules(t *testing.T, mods ...string) (string, []string) {
 }
 
 // bootInitramfs makes an initramfs with the cpio CLI: busybox, the
-// modules, the xattrs helper (testdata/xattrs, built static) and init as
+// modules, the inspect helper (testdata/inspect, built static) and init as
 // /init.
 func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string {
 	t.Helper()
@@ -94,10 +94,10 @@ func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string
 	if err := os.Symlink("busybox", filepath.Join(root, "bin/sh")); err != nil {
 		t.Fatal(err)
 	}
-	build := exec.Command("go", "build", "-o", filepath.Join(root, "bin/xattrs"), "./testdata/xattrs")
+	build := exec.Command("go", "build", "-o", filepath.Join(root, "bin/inspect"), "./testdata/inspect")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the xattrs helper: %v\n%s", err, out)
+		t.Fatalf("building the inspect helper: %v\n%s", err, out)
 	}
 	for _, m := range mods {
 		copyFile(filepath.Join(kdir, m), filepath.Join(root, "lib/modules", path.Base(m)), 0o644)
@@ -129,6 +129,7 @@ func TestKernelMount(t *testing.T) {
 	tr := everyType()
 	tr.Merge(bigDir(5000))
 	tr.Merge(blocks())
+	tr.Merge(farLinks())
 	tr.Reproducible(1700000000)
 	img := writeImage(t, tr, Options{Exportable: true})
 
@@ -152,7 +153,7 @@ func TestKernelMount(t *testing.T) {
 		if path.Dir(e.Path) == big {
 			names = append(names, path.Base(e.Path))
 		}
-		if strings.HasPrefix(e.Path, big+"/") {
+		if strings.HasPrefix(e.Path, big+"/") || strings.HasPrefix(e.Path, "m/") {
 			continue
 		}
 		src := e
@@ -182,6 +183,15 @@ func TestKernelMount(t *testing.T) {
 	want = append(want, fmt.Sprintf("NAMES %x", md5.Sum([]byte(strings.Join(names, "\n")+"\n"))))
 	for _, l := range lookups {
 		want = append(want, "LOOKUP "+l+" ok")
+	}
+	// readdir's inode numbers come from the directory entries, whose
+	// deltas from their header cannot span 32767.
+	for _, dir := range []string{".", "z"} {
+		var lsi []string
+		for _, c := range tr.Children(dir) {
+			lsi = append(lsi, fmt.Sprintf("%d %s", inos[c], path.Base(c.Path)))
+		}
+		want = append(want, "READDIR "+strings.Join(lsi, " "))
 	}
 	for _, s := range sums {
 		src := tr.Get(s)
@@ -218,16 +228,17 @@ func TestKernelMount(t *testing.T) {
 	init.WriteString("for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done\n")
 	init.WriteString("mount -t squashfs -o ro /dev/vda /mnt || echo MOUNT-FAILED\n")
 	init.WriteString("echo BEGIN-CHECK\n")
-	fmt.Fprintf(&init, "find /mnt -path '/mnt/%s/*' -prune -o -exec stat -c '%%n %%f %%u %%g %%h %%i %%t %%T %%Y' {} +\n", big)
+	fmt.Fprintf(&init, "find /mnt -path '/mnt/%s/*' -prune -o -path '/mnt/m/*' -prune -o -exec stat -c '%%n %%f %%u %%g %%h %%i %%t %%T %%Y' {} +\n", big)
 	fmt.Fprintf(&init, "echo ENTRIES $(ls -A /mnt/%s | wc -l)\n", big)
 	fmt.Fprintf(&init, "echo NAMES $(ls -A /mnt/%s | md5sum | cut -d' ' -f1)\n", big)
 	for _, l := range lookups {
 		fmt.Fprintf(&init, "[ -e '/mnt/%s/%s' ] && echo 'LOOKUP %s ok'\n", big, l, l)
 	}
+	init.WriteString("inspect readdir /mnt\ninspect readdir /mnt/z\n")
 	for _, s := range sums {
 		fmt.Fprintf(&init, "sha256sum '/mnt/%s'\n", s)
 	}
-	init.WriteString("xattrs " + strings.Join(xattrPaths, " ") + "\n")
+	init.WriteString("inspect xattrs " + strings.Join(xattrPaths, " ") + "\n")
 
 	// A real tree: this machine's /usr/share/doc (the directory whose
 	// listing go-diskfs's writer corrupted), on a second drive.

@@ -90,6 +90,51 @@ func blocks() *fstree.Tree {
 	return tr
 }
 
+// farLinks has hardlinks whose inode numbers are more than 32767 apart
+// from their neighbours', which a directory header's 16-bit deltas cannot
+// reach.
+func farLinks() *fstree.Tree {
+	tr := fstree.New()
+	tr.AddFile("a-first", []byte("shared"), 0o644, 0, 0)
+	for i := range 33000 {
+		tr.Add(fstree.Entry{Path: fmt.Sprintf("m/%05d", i), Type: fstree.FIFO, Mode: 0o600})
+	}
+	tr.Add(fstree.Entry{Path: "z/0", Type: fstree.FIFO, Mode: 0o600})
+	tr.Add(fstree.Entry{Path: "z/1-link", Type: fstree.Regular, LinkTo: "a-first"})
+	tr.Add(fstree.Entry{Path: "z/2", Type: fstree.FIFO, Mode: 0o600})
+	tr.Add(fstree.Entry{Path: "z/3-link", Type: fstree.Regular, LinkTo: "a-first"})
+	return tr
+}
+
+// TestFarHardlinks lists the whole image and extracts the linked names
+// only: they must come out as one file with three names.
+func TestFarHardlinks(t *testing.T) {
+	unsquashfs := needTool(t, "unsquashfs")
+	tr := farLinks()
+	img := writeImage(t, tr, Options{})
+	if diff := cmp.Diff(wantListing(tr), listImage(t, img)); diff != "" {
+		t.Errorf("unsquashfs -lln (-want +got):\n%s", diff)
+	}
+	dir := filepath.Join(t.TempDir(), "x")
+	if out, err := exec.Command(unsquashfs, "-q", "-n", "-d", dir, img, "a-first", "z").CombinedOutput(); err != nil {
+		t.Fatalf("unsquashfs: %v\n%s", err, out)
+	}
+	var inos []uint64
+	for _, p := range []string{"a-first", "z/1-link", "z/3-link"} {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(dir, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Nlink != 3 || st.Size != 6 {
+			t.Errorf("%s: %d links, %d bytes; want 3 links, 6 bytes", p, st.Nlink, st.Size)
+		}
+		inos = append(inos, st.Ino)
+	}
+	if inos[0] != inos[1] || inos[1] != inos[2] {
+		t.Errorf("inodes %v: want one inode", inos)
+	}
+}
+
 func TestUnsquashfs(t *testing.T) {
 	needTool(t, "unsquashfs")
 	tests := []struct {
