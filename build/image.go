@@ -286,7 +286,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	}
 	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file, Key: im.kernel.version}
 	if im.kernel.file != "" {
-		if kin.SHA256, err = fileSHA256(im.kernel.file); err != nil {
+		if kin.SHA256, err = b.sumFile(im.kernel.file); err != nil {
 			return nil, fmt.Errorf("kernel: %w", err)
 		}
 	} else {
@@ -335,7 +335,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	if err != nil {
 		return nil, fmt.Errorf("applier: %w", err)
 	}
-	asum, err := fileSHA256(app)
+	asum, err := b.sumFile(app)
 	if err != nil {
 		return nil, fmt.Errorf("applier: %w", err)
 	}

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/profiles"
 )
@@ -41,13 +43,13 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		if err != nil {
 			return nil, err
 		}
-		sum, err := fileSHA256(bin)
+		sum, err := b.sumFile(bin)
 		if err != nil {
 			return nil, err
 		}
 		return &stage{tree: t, input: Input{Name: "stage", Kind: "busybox", Path: bin, SHA256: sum}}, nil
 	case st.Tarball != "":
-		sum, err := fileSHA256(st.Tarball)
+		sum, err := b.sumFile(st.Tarball)
 		if err != nil {
 			return nil, fmt.Errorf("tarball stage: %w", err)
 		}
@@ -183,6 +185,36 @@ func ociDigest(dir string) (string, error) {
 		writeStr(h, rel)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sumFile returns a file's sha256, remembered in the cache under the file's
+// identity (path, device, inode, size, mtime, ctime — what treeKey trusts
+// too), so that an unchanged kernel, applier or tarball is not read again
+// by the next bake.
+func (b *baker) sumFile(file string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		return "", &os.PathError{Op: "stat", Path: file, Err: err}
+	}
+	memo := filepath.Join(b.opts.CacheDir, "sums", keyOf(file, fmt.Sprint(st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())))
+	if data, err := os.ReadFile(memo); err == nil && len(data) == 64 {
+		return string(data), nil
+	}
+	sum, err := fileSHA256(file)
+	if err != nil {
+		return "", err
+	}
+	// The memo is an optimisation: failing to write it is not an error.
+	if err := os.MkdirAll(filepath.Dir(memo), 0o755); err == nil {
+		if f, err := os.CreateTemp(filepath.Dir(memo), ".sum-*"); err == nil {
+			_, werr := f.WriteString(sum)
+			if cerr := f.Close(); werr == nil && cerr == nil {
+				os.Rename(f.Name(), memo)
+			}
+			os.Remove(f.Name())
+		}
+	}
+	return sum, nil
 }
 
 // fileSHA256 hashes a file's content.
