@@ -160,6 +160,7 @@ func TestMediaBoot(t *testing.T) {
 		{"iso", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // two VMs at once: the boots are mostly waiting
 			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
 			// The exec script's report comes before the summary line.
 			vm.Wait(`check: swappiness=21$`)

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,14 +33,18 @@ func benchRoot() string {
 
 // shellPipeline is what one writes without bellbuild: mksquashfs, two
 // mkfs.vfat + mcopy volumes, sgdisk and dd. $1 root, $2 work dir, $3
-// kernel, $4 initrd, $5 systemd-boot, $6 epoch.
+// kernel, $4 initrd, $5 systemd-boot, $6 epoch. With ASSEMBLE_ONLY set it
+// reuses the work dir's root.sqfs.
 const shellPipeline = `set -eu
 root=$1 w=$2 kernel=$3 initrd=$4 loader=$5 epoch=$6
 export MTOOLS_SKIP_CHECK=1
 cd "$w"
-rm -f root.sqfs esp.img conf.img disk.raw
-mksquashfs "$root" root.sqfs -comp zstd -Xcompression-level 3 -processors 2 \
-  -noappend -quiet -no-progress -mkfs-time "$epoch" -all-time "$epoch" >/dev/null
+rm -f esp.img conf.img disk.raw
+if [ -z "${ASSEMBLE_ONLY:-}" ]; then
+  rm -f root.sqfs
+  mksquashfs "$root" root.sqfs -comp zstd -Xcompression-level 3 -processors 2 \
+    -noappend -quiet -no-progress -mkfs-time "$epoch" -all-time "$epoch" >/dev/null
+fi
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
 esp=$(( $(mib $(( $(stat -c %s "$kernel") + $(stat -c %s "$initrd") + $(stat -c %s "$loader") ))) + 34 ))
 truncate -s ${esp}M esp.img
@@ -70,8 +75,9 @@ dd if=conf.img of=disk.raw bs=1M seek=$(( 1 + esp + rootmib )) conv=notrunc,spar
 
 // BenchmarkDiskVsShell builds the whole disk (ESP with systemd-boot, the
 // host kernel and initrd; the root as a zstd squashfs; the config volume)
-// with this package and with the shell pipeline above, side by side, and
-// reports the time ratio (ours / shell's).
+// with this package — squashfs at zstd level 3 (the default) and at level
+// 1 — and with the shell pipeline above, side by side, and reports wall and
+// CPU time ratios (ours / the shell's).
 //
 //	go test -run '^$' -bench DiskVsShell -benchtime 3x ./images/disk
 func BenchmarkDiskVsShell(b *testing.B) {
@@ -91,11 +97,8 @@ func BenchmarkDiskVsShell(b *testing.B) {
 	// Warm the page cache so that both read from memory.
 	exec.Command("tar", "-cf", "/dev/null", "-C", root, ".").Run()
 
-	var ours, shell time.Duration
-	var oursSize, shellSize int64
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
+	ours := func(level int) (wall, cpu time.Duration, rootSize int64) {
+		start, c0 := time.Now(), cpuTime(syscall.RUSAGE_SELF)
 		tree, err := fstree.FromDir(root)
 		if err != nil {
 			b.Fatal(err)
@@ -111,34 +114,131 @@ func BenchmarkDiskVsShell(b *testing.B) {
 		conf := fstree.New()
 		conf.AddFile("bellbuild/node.json", []byte(`{"node":"bench"}`+"\n"), 0o644, 0, 0)
 		conf.Reproducible(epoch)
-		l, err := WriteFile(filepath.Join(w, "ours.raw"), Spec{ESP: esp, Config: conf,
+		var n int64
+		_, err = WriteFile(filepath.Join(w, "ours.raw"), Spec{ESP: esp, Config: conf,
 			RootFunc: func(ws io.WriteSeeker) (int64, error) {
-				return squashfs.Write(ws, tree, squashfs.Options{MkfsTime: epoch, Workers: 2})
+				n, err = squashfs.Write(ws, tree, squashfs.Options{MkfsTime: epoch, Workers: 2, Level: level})
+				return n, err
 			}})
 		if err != nil {
 			b.Fatal(err)
 		}
-		ours += time.Since(start)
-		oursSize = l.Partition(RootName).Size
+		return time.Since(start), cpuTime(syscall.RUSAGE_SELF) - c0, n
+	}
 
-		start = time.Now()
+	type result struct {
+		wall, cpu time.Duration
+		size      int64
+	}
+	var l3, l1, sh result
+	b.ResetTimer()
+	for range b.N {
+		wall, cpu, size := ours(3)
+		l3 = result{l3.wall + wall, l3.cpu + cpu, size}
+		wall, cpu, size = ours(1)
+		l1 = result{l1.wall + wall, l1.cpu + cpu, size}
+
+		start, c0 := time.Now(), cpuTime(syscall.RUSAGE_CHILDREN)
 		out, err := exec.Command("bash", "-c", shellPipeline, "pipeline", root, w, kernel, initrd, SystemdBoot, fmt.Sprint(epoch)).CombinedOutput()
 		if err != nil {
 			b.Fatalf("shell pipeline: %v\n%s", err, out)
 		}
-		shell += time.Since(start)
 		st, err := os.Stat(filepath.Join(w, "root.sqfs"))
 		if err != nil {
 			b.Fatal(err)
 		}
-		shellSize = st.Size()
+		sh = result{sh.wall + time.Since(start), sh.cpu + cpuTime(syscall.RUSAGE_CHILDREN) - c0, st.Size()}
 	}
 	b.StopTimer()
 	n := float64(b.N)
-	b.ReportMetric(ours.Seconds()/n, "ours-s/op")
-	b.ReportMetric(shell.Seconds()/n, "shell-s/op")
-	b.ReportMetric(ours.Seconds()/shell.Seconds(), "time-ratio")
-	b.ReportMetric(float64(oursSize)/float64(1<<20), "ours-root-MiB")
-	b.ReportMetric(float64(shellSize)/float64(1<<20), "shell-root-MiB")
-	b.Logf("root %s: ours %.2fs, shell pipeline %.2fs per disk", root, ours.Seconds()/n, shell.Seconds()/n)
+	for _, r := range []struct {
+		name string
+		r    result
+	}{{"zstd3", l3}, {"zstd1", l1}, {"shell", sh}} {
+		b.ReportMetric(r.r.wall.Seconds()/n, r.name+"-wall-s")
+		b.ReportMetric(r.r.cpu.Seconds()/n, r.name+"-cpu-s")
+		b.ReportMetric(float64(r.r.size)/1e6, r.name+"-root-MB")
+	}
+	b.Logf("root %s, per disk: level 3 %.2fs wall %.2fs CPU; level 1 %.2fs wall %.2fs CPU; shell pipeline %.2fs wall %.2fs CPU",
+		root, l3.wall.Seconds()/n, l3.cpu.Seconds()/n, l1.wall.Seconds()/n, l1.cpu.Seconds()/n, sh.wall.Seconds()/n, sh.cpu.Seconds()/n)
+}
+
+// cpuTime is the user+system time of this process or of its waited-for
+// children.
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(who, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkAssembleVsShell isolates what this package does: given a
+// finished squashfs image, build the disk around it (two FAT32 volumes,
+// the GPT, the copy) — disk.WriteFile against mkfs.vfat + mcopy + sgdisk +
+// dd.
+//
+//	go test -run '^$' -bench AssembleVsShell -benchtime 5x ./images/disk
+func BenchmarkAssembleVsShell(b *testing.B) {
+	for _, tool := range []string{"mksquashfs", "mkfs.vfat", "mcopy", "sgdisk", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			b.Skipf("SKIP: %s not installed: %v", tool, err)
+		}
+	}
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	initrds, _ := filepath.Glob("/boot/initrd.img-*")
+	if len(kernels) == 0 || len(initrds) == 0 {
+		b.Skip("SKIP: no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
+	}
+	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
+	w := b.TempDir()
+	sq := filepath.Join(w, "root.sqfs")
+	if out, err := exec.Command("mksquashfs", benchRoot(), sq, "-comp", "zstd", "-processors", "2", "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+		b.Fatalf("mksquashfs: %v\n%s", err, out)
+	}
+	sst, err := os.Stat(sq)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ours, shell, oursCPU, shellCPU time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start, c0 := time.Now(), cpuTime(syscall.RUSAGE_SELF)
+		kst, _ := os.Stat(kernel)
+		ist, _ := os.Stat(initrd)
+		esp, err := ESP(Boot{Kernel: fstree.File(kernel), KernelSize: kst.Size(), Initrd: fstree.File(initrd), InitrdSize: ist.Size(),
+			Cmdline: "root=PARTLABEL=bellroot ro", Epoch: epoch})
+		if err != nil {
+			b.Fatal(err)
+		}
+		conf := fstree.New()
+		conf.AddFile("bellbuild/node.json", []byte(`{"node":"bench"}`+"\n"), 0o644, 0, 0)
+		conf.Reproducible(epoch)
+		f, err := os.Open(sq)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = WriteFile(filepath.Join(w, "ours.raw"), Spec{ESP: esp, Config: conf, Root: f, RootSize: sst.Size()})
+		f.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ours += time.Since(start)
+		oursCPU += cpuTime(syscall.RUSAGE_SELF) - c0
+
+		start, c0 = time.Now(), cpuTime(syscall.RUSAGE_CHILDREN)
+		cmd := exec.Command("bash", "-c", shellPipeline, "pipeline", "/nonexistent", w, kernel, initrd, SystemdBoot, fmt.Sprint(epoch))
+		cmd.Env = append(os.Environ(), "ASSEMBLE_ONLY=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("shell pipeline: %v\n%s", err, out)
+		}
+		shell += time.Since(start)
+		shellCPU += cpuTime(syscall.RUSAGE_CHILDREN) - c0
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(ours.Seconds()/n, "ours-wall-s")
+	b.ReportMetric(oursCPU.Seconds()/n, "ours-cpu-s")
+	b.ReportMetric(shell.Seconds()/n, "shell-wall-s")
+	b.ReportMetric(shellCPU.Seconds()/n, "shell-cpu-s")
+	b.Logf("assemble around a %d-byte squashfs: ours %.3fs wall %.3fs CPU, shell %.3fs wall %.3fs CPU",
+		sst.Size(), ours.Seconds()/n, oursCPU.Seconds()/n, shell.Seconds()/n, shellCPU.Seconds()/n)
 }

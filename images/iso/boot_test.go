@@ -143,6 +143,7 @@ poweroff -f
 		{"usb-like disk", testvm.Drive{Path: img, ReadOnly: true}, "/dev/vda"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // two VMs at once: the boots are mostly waiting
 			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
 			if got := vm.Wait(`BELLISO cmdline=(.*) END$`)[1]; !strings.Contains(got, cmdline) {
 				t.Errorf("kernel command line %q lacks %q", got, cmdline)
