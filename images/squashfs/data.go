@@ -30,13 +30,16 @@ type job struct {
 // blocks, duplicates stored once.
 func (b *builder) writeData(out *countWriter) error {
 	bs := b.opts.BlockSize
-	inFlight := 8*b.opts.Workers + 16
+	// The reader runs up to 16 blocks per worker ahead of the writer, so
+	// that the workers keep busy while it opens small files or waits for
+	// a core; that bounds the blocks in memory.
+	work := make(chan *job, 4*b.opts.Workers)
+	order := make(chan *job, 16*b.opts.Workers)
+	inFlight := cap(work) + cap(order) + b.opts.Workers + 2
 	pool := newBufPool(bs, inFlight)
 	// Compressed blocks rarely exceed the input; when they do, the block
 	// is stored raw.
 	outPool := newBufPool(bs+bs/8+64, inFlight)
-	work := make(chan *job, b.opts.Workers)
-	order := make(chan *job, 4*b.opts.Workers+4)
 	quit := make(chan struct{})
 
 	comps := make([]compressor, b.opts.Workers)
