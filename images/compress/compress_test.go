@@ -223,6 +223,9 @@ func TestZstdWriteError(t *testing.T) {
 	if _, err := z.Write([]byte("x")); err == nil {
 		t.Error("write after close succeeded")
 	}
+	if err := z.Boundary(); err == nil {
+		t.Error("boundary after close succeeded")
+	}
 }
 
 func TestDetectAndNewReader(t *testing.T) {

@@ -70,8 +70,9 @@ type frame struct {
 
 var blockPool = sync.Pool{New: func() any { b := make([]byte, 0, blockSize); return &b }}
 
-// Zstd returns a ZstdWriter compressing to w. Close flushes the last frame;
-// it does not close w.
+// Zstd returns a ZstdWriter compressing to w. Close flushes the last frame
+// (and must be called: it also stops the writer's goroutines); it does not
+// close w.
 func Zstd(w io.Writer) (io.WriteCloser, error) {
 	return NewZstd(w)
 }
@@ -171,6 +172,9 @@ func writeErr(err error) error {
 // Boundary marks the end of a unit of input (a cpio entry): if the current
 // frame holds at least ZstdFrameSize bytes, it ends here.
 func (z *ZstdWriter) Boundary() error {
+	if z.closed {
+		return errors.New("zstd: boundary after close")
+	}
 	if z.err != nil {
 		return z.err
 	}
