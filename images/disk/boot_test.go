@@ -89,6 +89,9 @@ func TestUEFIBoot(t *testing.T) {
 	kernel, modDir := hostKernel(t)
 
 	fx := newFixture("booted-node")
+	// A long, non-ASCII name: Linux must read the long-name entries.
+	fx.config.AddFile("bellbuild/Long name, ünïcödé – 2.json", []byte("lfn"), 0o644, 0, 0)
+	fx.config.Reproducible(epoch)
 	rootSum := sha256.Sum256(fx.root)
 
 	// The initramfs: busybox, the modules to read the disk, and an init
@@ -106,7 +109,8 @@ for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda3 ] && break; sleep 1; done
 echo "BELLTEST parts=$(cd /sys/class/block && echo vda*) END"
 echo "BELLTEST root=$(head -c %d /dev/vda2 | sha256sum | cut -d' ' -f1) END"
 conf=$(findfs LABEL=BELLCONF)
-mount -t vfat -o ro "$conf" /conf && echo "BELLTEST conf=$conf $(cat /conf/bellbuild/node.json) END"
+mount -t vfat -o ro,utf8 "$conf" /conf && echo "BELLTEST conf=$conf $(cat /conf/bellbuild/node.json) END"
+echo "BELLTEST lfn=$(cat "/conf/bellbuild/Long name, ünïcödé – 2.json") $(cd /conf/bellbuild && for f in *; do printf '%%s|' "$f"; done) END"
 mount -t vfat -o ro /dev/vda1 /esp && echo "BELLTEST esp=$(cat /esp/loader/entries/bellbuild.conf | grep ^options) END"
 echo BELLTEST done
 poweroff -f
@@ -156,6 +160,9 @@ poweroff -f
 	}
 	if got := vm.Wait(`BELLTEST conf=(.*) END$`)[1]; got != `/dev/vda3 {"node":"booted-node"}` {
 		t.Errorf("config volume: %q", got)
+	}
+	if got := vm.Wait(`BELLTEST lfn=(.*) END$`)[1]; got != "lfn Long name, ünïcödé – 2.json|node.json|" {
+		t.Errorf("long names as Linux lists them: %q", got)
 	}
 	if got := vm.Wait(`BELLTEST esp=(.*) END$`)[1]; got != "options "+cmdline {
 		t.Errorf("ESP entry: %q", got)
