@@ -54,7 +54,8 @@ func Write(w io.Writer, files *fstree.Tree, size int64) error {
 }
 
 // WriteFile writes a standalone config volume to path atomically (a
-// temporary file in the same directory, synced, renamed).
+// temporary file in the same directory, synced, renamed), mode 0600: it
+// carries password hashes.
 func WriteFile(path string, files *fstree.Tree, size int64) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {

@@ -268,3 +268,17 @@ func testTable() *gpt.Table {
 		}},
 	}
 }
+
+func TestWriteFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "conf.img")
+	if err := WriteFile(p, node("n1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600 (the volume carries password hashes)", st.Mode().Perm())
+	}
+}

@@ -236,7 +236,9 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 }
 
 // WriteFile writes the disk to path atomically: into a temporary file in
-// the same directory, synced, then renamed over path.
+// the same directory, synced, then renamed over path. The file is mode
+// 0600: its config volume carries the node's configuration, password
+// hashes included.
 func WriteFile(path string, spec Spec) (*Layout, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
