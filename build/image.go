@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path"
@@ -172,6 +173,9 @@ type Stats struct {
 	// StageCached and ApplierCached are true when those segments came from
 	// the cache instead of being compressed again.
 	StageCached, ApplierCached bool
+	// StageRead is false when the bake never read the stage's tree (its
+	// input named its cached segment).
+	StageRead bool
 	// Dir is OUT/PROFILE.
 	Dir string
 }
@@ -227,10 +231,15 @@ type baker struct {
 type image struct {
 	spec   *profiles.ImageSpec
 	kernel *kernel
-	// stage is the stage with its kernel modules (segment 1), stageKey
-	// its cache key.
-	stage    *fstree.Tree
+	// src is the stage; added is what the bake adds to it (the kernel's
+	// modules); together they are segment 1, stageKey its cache key.
+	src      *stage
+	added    *fstree.Tree
+	stage    *fstree.Tree // src + added, once read (see stageTree)
 	stageKey string
+	// stageDirs are the stage's directories the upper segments also
+	// carry (from the tree, or from the cached segment's info).
+	stageDirs map[string]dirMeta
 	// applier is bellbuild and /init (segment 2).
 	applier    *fstree.Tree
 	applierKey string
@@ -241,18 +250,66 @@ type image struct {
 	inputs    []Input
 }
 
-// fullTree is everything the initramfs unpacks to.
+// stageTree returns the stage with what the bake adds, reading the stage
+// on first use.
+func (im *image) stageTree() (*fstree.Tree, error) {
+	if im.stage != nil {
+		return im.stage, nil
+	}
+	if im.src.tree == nil {
+		t, err := im.src.load()
+		if err != nil {
+			return nil, err
+		}
+		im.src.tree = t
+	}
+	im.src.tree.Merge(im.added)
+	im.stage = im.src.tree
+	return im.stage, nil
+}
+
+// fullTree is everything the initramfs unpacks to. The stage is read in
+// prepare whenever an output needs the whole tree (see needTree).
 func (im *image) fullTree() *fstree.Tree {
+	t, err := im.tree()
+	if err != nil {
+		// prepare read the stage for every output that gets here.
+		panic(err)
+	}
+	return t
+}
+
+// tree is fullTree with the error of reading the stage.
+func (im *image) tree() (*fstree.Tree, error) {
+	st, err := im.stageTree()
+	if err != nil {
+		return nil, err
+	}
 	t := fstree.New()
-	t.Merge(im.stage)
+	t.Merge(st)
 	t.Merge(im.applier)
 	t.Merge(im.config)
-	return t
+	return t, nil
 }
 
 // contentKey names the whole unpacked tree.
 func (im *image) contentKey() string {
 	return keyOf(im.stageKey, im.applierKey, im.configKey)
+}
+
+// needTree reports whether a bake of spec needs the stage's whole tree
+// whatever the cache holds: a kernel from the stage, a tarball, a disk or
+// an ISO, or a profile baked as another's stage (inner).
+func needTree(spec *profiles.ImageSpec, inner bool) bool {
+	if inner || spec.Kernel.From == "stage" {
+		return true
+	}
+	for _, o := range spec.Outputs {
+		if o != "initramfs" {
+			return true
+		}
+	}
+	return false
 }
 
 // prepare does steps 1–4 for spec.
@@ -262,20 +319,26 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	im := &image{spec: spec}
 	epoch := fmt.Sprint(b.opts.SourceDateEpoch)
 
-	// 1. Stage.
+	// 1. Stage: read now only when its content has no other name (or an
+	// output needs it); else a cache hit never reads it.
 	b.p.begin("stage " + spec.Profile)
 	st, err := b.resolveStage(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
-	im.stage = st.tree
+	im.src = st
 	im.inputs = append(im.inputs, st.input)
+	if st.tree == nil && (st.key == "" || needTree(spec, len(b.depth) > 1)) {
+		if st.tree, err = st.load(); err != nil {
+			return nil, err
+		}
+	}
 
 	// 2. Kernel and modules.
 	b.p.begin("kernel and modules")
 	switch {
 	case spec.Kernel.From == "stage":
-		im.kernel, err = stageKernel(im.stage)
+		im.kernel, err = stageKernel(st.tree)
 	case spec.Kernel.Path != "":
 		im.kernel, err = hostKernel(spec.Kernel.Path)
 	default:
@@ -294,32 +357,47 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	}
 	im.inputs = append(im.inputs, kin)
 	if im.kernel.modules != "" {
-		mods, err := moduleTree(im.kernel.modules, im.kernel.version, b.opts.Modules)
-		if err != nil {
+		if im.added, err = moduleTree(im.kernel.modules, im.kernel.version, b.opts.Modules); err != nil {
 			return nil, err
 		}
-		im.stage.Merge(mods)
 	} else {
 		// A kernel from the stage has its modules in the stage: only the
 		// list of what to load is added.
-		im.stage.AddFile("etc/bellbuild/modules", []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
+		im.added = fstree.New()
+		im.added.AddFile("etc/bellbuild/modules", []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
 	}
-	if k, ok := treeKey(im.stage, segmentFormat, epoch); ok && st.key == "" {
-		im.stageKey = k
-	} else {
-		// The stage's own entries are named by its input; what was added
-		// (host files, small generated ones) can be keyed as a tree.
-		added := fstree.New()
-		for _, e := range im.stage.Walk() {
-			if strings.HasPrefix(e.Path, "lib/modules/") || e.Path == "etc/bellbuild/modules" {
-				added.Add(*e)
-			}
+	if st.key == "" {
+		stageTree, err := im.stageTree()
+		if err != nil {
+			return nil, err
 		}
-		ak, ok := treeKey(added)
-		if !ok || st.key == "" {
+		k, ok := treeKey(stageTree, segmentFormat, epoch)
+		if !ok {
 			return nil, fmt.Errorf("stage %s: cannot name its content for the cache", st.input.Kind)
 		}
+		im.stageKey = k
+	} else {
+		// The stage is named by its input; what was added (host files,
+		// small generated ones) is keyed as a tree.
+		ak, ok := treeKey(im.added)
+		if !ok {
+			return nil, fmt.Errorf("stage %s: cannot name the kernel modules for the cache", st.input.Kind)
+		}
 		im.stageKey = keyOf(segmentFormat, epoch, st.key, ak)
+	}
+	// The upper segments repeat some of the stage's directories: take
+	// their metadata from the cached segment, else read the stage.
+	if st.tree == nil {
+		if info, err := readInfo(cachedSegmentFile(b.opts.CacheDir, im.stageKey)); err == nil && info.Dirs != nil {
+			im.stageDirs = info.Dirs
+		}
+	}
+	if im.stageDirs == nil {
+		stageTree, err := im.stageTree()
+		if err != nil {
+			return nil, err
+		}
+		im.stageDirs = stageDirs(stageTree)
 	}
 
 	// 3. The applier and /init.
@@ -347,7 +425,9 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	// The kernel opens /dev/console for init before anything mounts /dev.
 	im.applier.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
 	im.applier.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
-	keepParents(im.applier, im.stage)
+	if err := keepParents(im.applier, im.stageDirs); err != nil {
+		return nil, err
+	}
 	im.applierKey, _ = treeKey(im.applier, segmentFormat, epoch, "sha256:"+asum)
 
 	// 4. Configuration.
@@ -366,7 +446,9 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	im.config.Add(fstree.Entry{Path: "etc/bellbuild", Type: fstree.Dir, Mode: 0o755})
 	// The bundle holds password hashes: root only.
 	im.config.AddFile(bundlePath, data, 0o600, 0, 0)
-	keepParents(im.config, im.stage)
+	if err := keepParents(im.config, im.stageDirs); err != nil {
+		return nil, err
+	}
 	im.configKey, _ = treeKey(im.config, segmentFormat, epoch)
 	im.inputs = append(im.inputs, Input{Name: "bundle", Kind: "json", SHA256: sha256Hex(data)})
 	for _, src := range spec.Sources {
@@ -381,20 +463,47 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	return im, nil
 }
 
+// upperDirs are the directories the applier and configuration segments
+// hold; the stage's metadata for them is kept with its cached segment.
+var upperDirs = []string{".", "bellbuild", "dev", "etc", "etc/bellbuild"}
+
+// dirMeta is a stage directory's metadata.
+type dirMeta struct {
+	Mode fs.FileMode `json:"mode"`
+	UID  uint32      `json:"uid"`
+	GID  uint32      `json:"gid"`
+}
+
+// stageDirs records the stage's metadata for upperDirs.
+func stageDirs(t *fstree.Tree) map[string]dirMeta {
+	out := map[string]dirMeta{}
+	for _, p := range upperDirs {
+		if e := t.Get(p); e != nil && e.Type == fstree.Dir {
+			out[p] = dirMeta{Mode: e.Mode, UID: e.UID, GID: e.GID}
+		}
+	}
+	return out
+}
+
 // keepParents gives directories of an upper segment the metadata the stage
 // has for them: the kernel applies a directory entry's mode and owner to
 // an existing directory, so an implicit 0755 root "etc" must not change
 // the stage's own.
-func keepParents(upper, stage *fstree.Tree) {
+// Every directory of an upper segment must be one of upperDirs (whose
+// metadata a cached stage segment keeps).
+func keepParents(upper *fstree.Tree, dirs map[string]dirMeta) error {
 	for _, e := range upper.Walk() {
-		if e.Type != fstree.Dir || e.Path == "." {
+		if e.Type != fstree.Dir {
 			continue
 		}
-		if s := stage.Get(e.Path); s != nil && s.Type == fstree.Dir {
-			ne := *s
-			upper.Add(ne)
+		if !slices.Contains(upperDirs, e.Path) {
+			return fmt.Errorf("build: upper segment directory /%s is not in upperDirs", e.Path)
+		}
+		if d, ok := dirs[e.Path]; ok {
+			e.Mode, e.UID, e.GID = d.Mode, d.UID, d.GID
 		}
 	}
+	return nil
 }
 
 // filterBundle returns spec's bundle, with only the named nodes when names
@@ -472,14 +581,14 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	if wantInitramfs {
 		// 5. The stage segment, from the cache when possible.
 		b.p.begin("stage segment")
-		stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stage, epoch, stageInode, b.p)
+		stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stageTree, im.stageDirs, epoch, stageInode, b.p)
 		if err != nil {
 			return nil, err
 		}
 		b.p.end(cachedNote(stageSeg.cached))
 		// 6. The applier segment, likewise.
 		b.p.begin("applier segment")
-		appSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "applier", im.applierKey, im.applier, epoch, applierInode, b.p)
+		appSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "applier", im.applierKey, treeOf(im.applier), nil, epoch, applierInode, b.p)
 		if err != nil {
 			return nil, err
 		}
@@ -487,11 +596,12 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 
 		// 7. The configuration segment: always written (it is small).
 		b.p.begin("configuration segment")
-		confSeg, err := makeSegment(ctx, "", tmp, "config", "", im.config, epoch, configInode, b.p)
+		confSeg, err := makeSegment(ctx, "", tmp, "config", "", treeOf(im.config), nil, epoch, configInode, b.p)
 		if err != nil {
 			return nil, err
 		}
 		m.Stats.StageCached, m.Stats.ApplierCached = stageSeg.cached, appSeg.cached
+		m.Stats.StageRead = im.src.tree != nil
 		segs := []*segment{stageSeg, appSeg, confSeg}
 		for _, s := range segs {
 			m.Segments = append(m.Segments, Artifact{Name: s.name, Size: s.Size, SHA256: s.SHA256})

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
 )
 
@@ -652,6 +654,70 @@ func TestProgress(t *testing.T) {
 	for _, want := range []string{"\r\033[K[1/2] stage segment", "3.0 MiB → 1.0 MiB", "\r\033[K[2/2] assemble (cached)\n"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+}
+
+// TestTarballRebakeSkipsStage: a tarball stage is named by its sha256, so
+// a conf-only re-bake takes its segment from the cache without reading the
+// tarball at all — and the upper segments still carry the stage's own
+// directory modes (kept with the cached segment).
+func TestTarballRebakeSkipsStage(t *testing.T) {
+	needHost(t)
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("SKIPPING: tar not installed")
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{"etc", 0o750}, {"dev", 0o711}} {
+		if err := os.MkdirAll(filepath.Join(src, d.path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(src, d.path), d.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "etc/os-release"), []byte("ID=test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tarball := filepath.Join(t.TempDir(), "stage.tar.gz")
+	if out, err := exec.Command("tar", "--numeric-owner", "-czf", tarball, "-C", src, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	sp := &profiles.ImageSpec{
+		Profile: "tarred", Chain: []string{"tarred"},
+		Stage:   profiles.Stage{Tarball: tarball},
+		Kernel:  profiles.Kernel{Path: testKernel},
+		Outputs: []string{"initramfs"},
+		Bundle:  &nodeconf.Bundle{Profile: "tarred", Default: nodeconf.Node{Profile: "tarred", Conf: nodeconf.Conf{Sysctl: map[string]string{"vm.swappiness": "1"}}}},
+	}
+	opts := testOptions(t)
+	for i, want := range []Stats{
+		{StageCached: false, ApplierCached: false, StageRead: true},
+		{StageCached: true, ApplierCached: true, StageRead: false},
+	} {
+		sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = fmt.Sprint(i + 1)
+		m, err := Image(context.Background(), sp, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.Dir = m.Stats.Dir
+		if diff := cmp.Diff(want, m.Stats); diff != "" {
+			t.Errorf("bake %d: stats (-want +got):\n%s", i+1, diff)
+		}
+		tree := unpack(t, filepath.Join(opts.OutDir, "tarred", InitramfsFile))
+		if e := tree.Get("etc/os-release"); e == nil || string(readAll(t, e.Data)) != "ID=test\n" {
+			t.Errorf("bake %d: /etc/os-release from the tarball missing", i+1)
+		}
+		for p, mode := range map[string]os.FileMode{"etc": 0o750, "dev": 0o711} {
+			if e := tree.Get(p); e == nil || e.Mode != mode {
+				t.Errorf("bake %d: /%s after every segment = %+v, want mode %o (the stage's)", i+1, p, e, mode)
+			}
+		}
+		if !strings.Contains(string(readAll(t, tree.Get(bundlePath).Data)), fmt.Sprintf(`"vm.swappiness": "%d"`, i+1)) {
+			t.Errorf("bake %d: bundle does not have this bake's value", i+1)
 		}
 	}
 }

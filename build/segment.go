@@ -49,6 +49,10 @@ type segmentInfo struct {
 	// State is the marshalled SHA-256 state after the segment's bytes:
 	// the initramfs's hash resumes from it instead of rereading them.
 	State []byte `json:"state"`
+	// Dirs is, for a stage segment, the stage's metadata for the
+	// directories the upper segments repeat (so that a cache hit need not
+	// read the stage).
+	Dirs map[string]dirMeta `json:"dirs"`
 }
 
 // writeSegment writes t as a newc cpio compressed with zstd to file
@@ -188,12 +192,27 @@ func keyOf(parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// makeSegment returns the segment for t: from cacheDir when one with key
-// exists there, else written there first. With key "" the segment is
+// treeOf is a tree already in memory, for makeSegment.
+func treeOf(t *fstree.Tree) func() (*fstree.Tree, error) {
+	return func() (*fstree.Tree, error) { return t, nil }
+}
+
+// cachedSegmentFile is where the segment with key is cached.
+func cachedSegmentFile(cacheDir, key string) string {
+	return filepath.Join(cacheDir, "segments", key+".cpio.zst")
+}
+
+// makeSegment returns the segment of the tree tree() returns: from
+// cacheDir when one with key exists there (tree is then not called), else
+// written there first, with dirs in its info. With key "" the segment is
 // written to dir (not cached).
-func makeSegment(ctx context.Context, cacheDir, dir, name, key string, t *fstree.Tree, epoch int64, inode uint32, p *progress) (*segment, error) {
+func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func() (*fstree.Tree, error), dirs map[string]dirMeta, epoch int64, inode uint32, p *progress) (*segment, error) {
 	s := &segment{name: name, key: key}
 	if key == "" {
+		t, err := tree()
+		if err != nil {
+			return nil, err
+		}
 		s.file = filepath.Join(dir, name+".cpio.zst")
 		info, err := writeSegment(ctx, t, s.file, epoch, inode, p)
 		if err != nil {
@@ -202,19 +221,23 @@ func makeSegment(ctx context.Context, cacheDir, dir, name, key string, t *fstree
 		s.segmentInfo = info
 		return s, nil
 	}
-	cdir := filepath.Join(cacheDir, "segments")
-	if err := os.MkdirAll(cdir, 0o755); err != nil {
+	s.file = cachedSegmentFile(cacheDir, key)
+	if err := os.MkdirAll(filepath.Dir(s.file), 0o755); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	s.file = filepath.Join(cdir, key+".cpio.zst")
 	if info, err := readInfo(s.file); err == nil {
 		s.segmentInfo, s.cached = info, true
 		return s, nil
+	}
+	t, err := tree()
+	if err != nil {
+		return nil, err
 	}
 	info, err := writeSegment(ctx, t, s.file, epoch, inode, p)
 	if err != nil {
 		return nil, fmt.Errorf("%s segment: %w", name, err)
 	}
+	info.Dirs = dirs
 	s.segmentInfo = info
 	if err := writeInfo(s.file, info); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)

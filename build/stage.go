@@ -23,12 +23,16 @@ import (
 // ErrNeedRoot means a stage needs root privileges to be made (debootstrap).
 var ErrNeedRoot = errors.New("needs root")
 
-// stage is a resolved stage: its tree, a key naming its content for the
-// segment cache, and the input the manifest records.
+// stage is a resolved stage: its tree (or how to read it), a key naming
+// its content for the segment cache, and the input the manifest records.
 type stage struct {
+	// tree is the stage's tree, or nil until load reads it.
 	tree *fstree.Tree
-	// key is set when the tree's content cannot be keyed by treeKey (a
-	// tarball's entries): it then names the input.
+	load func() (*fstree.Tree, error)
+	// key names the content by its input (a tarball's sha256, an OCI
+	// layout's digests, a debootstrap recipe, another profile's content
+	// key): a bake whose segment is cached then never reads the tree.
+	// It is "" when the tree is keyed by treeKey instead (busybox, dir).
 	key   string
 	input Input
 }
@@ -53,21 +57,27 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		if err != nil {
 			return nil, fmt.Errorf("tarball stage: %w", err)
 		}
-		t, err := fstree.OpenTar(st.Tarball)
-		if err != nil {
-			return nil, fmt.Errorf("tarball stage: %w", err)
+		load := func() (*fstree.Tree, error) {
+			t, err := fstree.OpenTar(st.Tarball)
+			if err != nil {
+				return nil, fmt.Errorf("tarball stage: %w", err)
+			}
+			return t, nil
 		}
-		return &stage{tree: t, key: "tarball:" + sum, input: Input{Name: "stage", Kind: "tarball", Path: st.Tarball, SHA256: sum}}, nil
+		return &stage{load: load, key: "tarball:" + sum, input: Input{Name: "stage", Kind: "tarball", Path: st.Tarball, SHA256: sum}}, nil
 	case st.OCI != "":
 		sum, err := ociDigest(st.OCI)
 		if err != nil {
 			return nil, fmt.Errorf("oci stage: %w", err)
 		}
-		t, err := fstree.FromOCI(st.OCI)
-		if err != nil {
-			return nil, fmt.Errorf("oci stage: %w", err)
+		load := func() (*fstree.Tree, error) {
+			t, err := fstree.FromOCI(st.OCI)
+			if err != nil {
+				return nil, fmt.Errorf("oci stage: %w", err)
+			}
+			return t, nil
 		}
-		return &stage{tree: t, key: "oci:" + sum, input: Input{Name: "stage", Kind: "oci", Path: st.OCI, SHA256: sum}}, nil
+		return &stage{load: load, key: "oci:" + sum, input: Input{Name: "stage", Kind: "oci", Path: st.OCI, SHA256: sum}}, nil
 	case st.Dir != "":
 		t, err := fstree.FromDir(st.Dir)
 		if err != nil {
@@ -79,13 +89,18 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		if err != nil {
 			return nil, err
 		}
-		t, err := fstree.FromDir(dir)
-		if err != nil {
-			return nil, fmt.Errorf("debootstrap stage: %w", err)
+		// The root is the cache's own, made once from the recipe and never
+		// changed: the recipe names it.
+		load := func() (*fstree.Tree, error) {
+			t, err := fstree.FromDir(dir)
+			if err != nil {
+				return nil, fmt.Errorf("debootstrap stage: %w", err)
+			}
+			return t, nil
 		}
 		d := st.Debootstrap
 		desc := fmt.Sprintf("suite=%s variant=%s mirror=%s include=%s", d.Suite, d.Variant, d.Mirror, strings.Join(d.Include, ","))
-		return &stage{tree: t, input: Input{Name: "stage", Kind: "debootstrap", Path: desc, Key: key}}, nil
+		return &stage{load: load, key: "debootstrap:" + key, input: Input{Name: "stage", Kind: "debootstrap", Path: desc, Key: key}}, nil
 	case st.Profile != "":
 		if slices.Contains(b.depth, st.Profile) {
 			return nil, fmt.Errorf("stage loop: %s → %s", strings.Join(b.depth, " → "), st.Profile)
@@ -101,8 +116,8 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		if err != nil {
 			return nil, fmt.Errorf("stage {profile: %s}: %w", st.Profile, err)
 		}
-		t := inner.fullTree()
-		return &stage{tree: t, key: "profile:" + inner.contentKey(), input: Input{Name: "stage", Kind: "profile", Path: st.Profile, Key: inner.contentKey()}}, nil
+		load := func() (*fstree.Tree, error) { return inner.tree() }
+		return &stage{load: load, key: "profile:" + inner.contentKey(), input: Input{Name: "stage", Kind: "profile", Path: st.Profile, Key: inner.contentKey()}}, nil
 	}
 	return nil, errors.New("the profile has no stage")
 }
