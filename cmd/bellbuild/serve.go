@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -238,6 +239,9 @@ func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*si
 		}
 	}
 	if defaultProfile != "" {
+		if !slices.Contains(site.ProfileNames(), defaultProfile) {
+			return nil, fmt.Errorf("--default-profile %s: no such profile in the site", defaultProfile)
+		}
 		b.def = &pxe.Machine{
 			Profile: defaultProfile,
 			Kernel:  filepath.Join(defaultProfile, build.KernelFile),

@@ -1,0 +1,206 @@
+package tftp
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bellbuild/bellbuild/pxe/catalog"
+	"github.com/bellbuild/bellbuild/pxe/metrics"
+	"github.com/bellbuild/bellbuild/pxe/node"
+)
+
+// benchFile is what the benchmarks download: boot/MAC/kernel from
+// bellbuild, the same path from dnsmasq's tftp-root.
+const benchFile = "boot/52:54:00:00:00:0b/kernel"
+
+// benchSite writes a random file of size bytes as benchFile under a
+// tftp-root and returns the root.
+func benchSite(b *testing.B, size int64) string {
+	b.Helper()
+	root := b.TempDir()
+	p := filepath.Join(root, benchFile)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return root
+}
+
+// startBellbuild serves root's benchFile on 127.0.0.1 (any port) with
+// window blocks sent ahead; it returns the port.
+func startBellbuild(b *testing.B, root string, window uint) string {
+	b.Helper()
+	mac, _ := net.ParseMAC("52:54:00:00:00:0b")
+	backend := node.Static{mac.String(): {Name: "bench", Kernel: benchFile, Initrd: benchFile}}
+	cat, err := catalog.New(catalog.Config{Artifacts: root}, backend, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := New(Config{Window: window}, cat, metrics.New(nil, slog.New(slog.DiscardHandler)))
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, conn); close(done) }()
+	b.Cleanup(func() { cancel(); <-done; cat.Close() })
+	return strconv.Itoa(conn.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// startDnsmasq serves root with dnsmasq's TFTP on 127.0.0.1:69 (dnsmasq's
+// TFTP port cannot be changed); it skips when dnsmasq is missing or the
+// port is taken.
+func startDnsmasq(b *testing.B, root string) string {
+	b.Helper()
+	if _, err := exec.LookPath("dnsmasq"); err != nil {
+		b.Skip("SKIPPING: dnsmasq not installed (apt-get install dnsmasq-base)")
+	}
+	probe, err := net.ListenPacket("udp4", "127.0.0.1:69")
+	if err != nil {
+		b.Skipf("SKIPPING dnsmasq: 127.0.0.1:69 is taken: %v", err)
+	}
+	probe.Close()
+	cmd := exec.Command("dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+		"--enable-tftp", "--tftp-root="+root, "--listen-address=127.0.0.1", "--bind-interfaces",
+		"--user=root", "--group=root", "--pid-file", "--log-facility=/dev/null")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Wait for its TFTP socket.
+	for range 100 {
+		if c, err := net.ListenPacket("udp4", "127.0.0.1:69"); err != nil {
+			return "69"
+		} else {
+			c.Close()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b.Fatal("dnsmasq did not bind 127.0.0.1:69")
+	return ""
+}
+
+// client is a stock TFTP client command line.
+type client struct {
+	name string
+	bin  string
+	args func(port, remote, local string) []string
+}
+
+var clients = []client{
+	{"busybox-1468", "busybox", func(port, r, l string) []string {
+		return []string{"tftp", "-g", "-b", "1468", "-r", r, "-l", l, "127.0.0.1", port}
+	}},
+	{"tftp-hpa-512", "tftp", func(port, r, l string) []string {
+		return []string{"-l", "-m", "binary", "127.0.0.1", port, "-c", "get", r, l}
+	}},
+}
+
+func download(b *testing.B, c client, port, local string, size int64) {
+	out, err := exec.Command(c.bin, c.args(port, benchFile, local)...).CombinedOutput()
+	if err != nil {
+		b.Errorf("%s: %v\n%s", c.name, err, out)
+		return
+	}
+	if st, err := os.Stat(local); err != nil || st.Size() != size {
+		b.Errorf("%s: downloaded %v bytes (%v), want %d", c.name, st.Size(), err, size)
+	}
+}
+
+// servers are the TFTP servers compared.
+func servers(b *testing.B, root string) []struct {
+	name  string
+	start func() string
+} {
+	return []struct {
+		name  string
+		start func() string
+	}{
+		{"bellbuild", func() string { return startBellbuild(b, root, 16) }},
+		{"bellbuild-lockstep", func() string { return startBellbuild(b, root, 1) }},
+		{"dnsmasq", func() string { return startDnsmasq(b, root) }},
+	}
+}
+
+// BenchmarkTFTP64MiB downloads a 64 MiB file on loopback with stock
+// clients, from bellbuild (send-ahead of 16 blocks, and lock-step) and
+// from dnsmasq.
+func BenchmarkTFTP64MiB(b *testing.B) {
+	const size = 64 << 20
+	root := benchSite(b, size)
+	for _, s := range servers(b, root) {
+		for _, c := range clients {
+			b.Run(s.name+"/"+c.name, func(b *testing.B) {
+				if _, err := exec.LookPath(c.bin); err != nil {
+					b.Skipf("SKIPPING: %s not installed", c.bin)
+				}
+				port := s.start()
+				local := filepath.Join(b.TempDir(), "got")
+				b.SetBytes(size)
+				b.ResetTimer()
+				for range b.N {
+					download(b, c, port, local, size)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkTFTP100Clients has 100 busybox clients (blksize 1468) download
+// a 4 MiB file at once; it reports the aggregate rate and the slowest
+// client's time.
+func BenchmarkTFTP100Clients(b *testing.B) {
+	const size, n = 4 << 20, 100
+	root := benchSite(b, size)
+	c := clients[0]
+	if _, err := exec.LookPath(c.bin); err != nil {
+		b.Skipf("SKIPPING: %s not installed", c.bin)
+	}
+	for _, s := range servers(b, root) {
+		b.Run(s.name, func(b *testing.B) {
+			port := s.start()
+			dir := b.TempDir()
+			b.SetBytes(size * n)
+			var slowest time.Duration
+			b.ResetTimer()
+			for range b.N {
+				var wg sync.WaitGroup
+				var mu sync.Mutex
+				for i := range n {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						start := time.Now()
+						download(b, c, port, filepath.Join(dir, fmt.Sprint(i)), size)
+						mu.Lock()
+						slowest = max(slowest, time.Since(start))
+						mu.Unlock()
+					}()
+				}
+				wg.Wait()
+			}
+			b.ReportMetric(slowest.Seconds(), "slowest-s")
+		})
+	}
+}
