@@ -318,7 +318,10 @@ func (execModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) 
 			continue
 		}
 		run := &execRun{name: name, policy: execDefaults(e).BlockingPolicy, st: st, done: make(chan execResult, 1)}
-		go func() { run.done <- runScript(ctx, h, name, e) }()
+		// The script starts here, in the module's goroutine (the host
+		// handle is not for concurrent use); only the waiting is apart.
+		wait := startScript(ctx, h, name, e)
+		go func() { run.done <- wait() }()
 		if run.policy == "background" {
 			h.Log.Info("exec: started in the background", "script", name)
 			background = append(background, run)
@@ -388,17 +391,20 @@ func finishRun(h *host.Host, run *execRun, res execResult) error {
 // errExecTimeout means a script outlived its timeout and was terminated.
 var errExecTimeout = errors.New("timed out")
 
-// runScript runs one script to its end: it streams the output line by line
-// to the log, and on timeout (or cancellation of ctx) sends SIGTERM to the
-// script's process group, then SIGKILL after execKillGrace.
-func runScript(ctx context.Context, h *host.Host, name string, e nodeconf.Exec) execResult {
+// startScript starts one script and returns the function that waits for
+// its end: it streams the output line by line to the log, and on timeout
+// (or cancellation of ctx) sends SIGTERM to the script's process group,
+// then SIGKILL after execKillGrace. Only the returned function may run in
+// another goroutine: it touches nothing of h but its logger.
+func startScript(ctx context.Context, h *host.Host, name string, e nodeconf.Exec) func() execResult {
 	e = execDefaults(e)
 	env := []string{"HOME=/root"}
 	for _, k := range sortedKeys(e.Env) {
 		env = append(env, k+"="+e.Env[k])
 	}
 	cmd := inRoot(context.WithoutCancel(ctx), h, env, path.Join(execDir, name), e.Args...)
-	out := &lineLog{log: h.Log, script: name}
+	log := h.Log
+	out := &lineLog{log: log, script: name}
 	cmd.Stdout, cmd.Stderr = out.stream("stdout"), out.stream("stderr")
 	// Its own process group, so a timeout reaches its children too; and
 	// killed with the applier (a run the applier does not see end counts
@@ -408,42 +414,43 @@ func runScript(ctx context.Context, h *host.Host, name string, e nodeconf.Exec) 
 	// forever through the output pipes.
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
-		return execResult{exit: -1, err: fmt.Errorf("start: %w", err)}
+		return func() execResult { return execResult{exit: -1, err: fmt.Errorf("start: %w", err)} }
 	}
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	stop := func() error {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case err := <-waited:
-			return err
-		case <-time.After(execKillGrace):
-			h.Log.Warn("exec: script ignored SIGTERM; killing", "script", name)
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			return <-waited
+	return func() execResult {
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		stop := func() {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case <-waited:
+			case <-time.After(execKillGrace):
+				log.Warn("exec: script ignored SIGTERM; killing", "script", name)
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-waited
+			}
 		}
+		timer := time.NewTimer(time.Duration(e.Timeout) * time.Second)
+		defer timer.Stop()
+		var res execResult
+		var err error
+		select {
+		case err = <-waited:
+		case <-timer.C:
+			log.Error("exec: timeout; terminating", "script", name, "timeout", e.Timeout)
+			stop()
+			err = fmt.Errorf("%w after %d s", errExecTimeout, e.Timeout)
+		case <-ctx.Done():
+			stop()
+			err, res.canceled = fmt.Errorf("interrupted: %w", context.Cause(ctx)), true
+		}
+		// The process group may outlive the script's main process (a
+		// child in the background): the run is over, so is the group.
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		res.output = out.bytes()
+		res.exit = cmd.ProcessState.ExitCode()
+		res.err = err
+		return res
 	}
-	timer := time.NewTimer(time.Duration(e.Timeout) * time.Second)
-	defer timer.Stop()
-	var res execResult
-	var err error
-	select {
-	case err = <-waited:
-	case <-timer.C:
-		h.Log.Error("exec: timeout; terminating", "script", name, "timeout", e.Timeout)
-		stop()
-		err = fmt.Errorf("%w after %d s", errExecTimeout, e.Timeout)
-	case <-ctx.Done():
-		stop()
-		err, res.canceled = fmt.Errorf("interrupted: %w", context.Cause(ctx)), true
-	}
-	// The process group may outlive the script's main process (a child in
-	// the background): the run is over, so is the group.
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	res.output = out.bytes()
-	res.exit = cmd.ProcessState.ExitCode()
-	res.err = err
-	return res
 }
 
 // lineLog sends a script's output to the log one line at a time and keeps

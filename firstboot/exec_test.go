@@ -321,7 +321,7 @@ func TestExec(t *testing.T) {
 		name: "background runs alongside the next scripts and is waited for",
 		steps: []execStep{{
 			conf: map[string]nodeconf.Exec{
-				"1-bg": {Data: "#!/bin/sh\nwhile [ ! -e /fg-done ]; do sleep 0.1; done\necho bg >> /out\nexit 4\n", BlockingPolicy: "background", RerunPolicy: once},
+				"1-bg": {Data: "#!/bin/sh\ni=0\nwhile [ ! -e /fg-done ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\necho bg >> /out\nexit 4\n", BlockingPolicy: "background", RerunPolicy: once},
 				"2-fg": {Data: "#!/bin/sh\necho fg >> /out\necho > /fg-done\n", RerunPolicy: once},
 			},
 			wantRuns:  []string{"1-bg", "2-fg"},
