@@ -354,6 +354,9 @@ func TestAptDebian(t *testing.T) {
 		}
 	})
 	status := filepath.Join(root, dpkgStatusPath)
+	// The cache may be older than the mirror's last point release: pin
+	// the version the mirror has now.
+	inDebian(t, root, "apt-get", "update", "-q")
 	policy := inDebian(t, root, "apt-cache", "policy", "hello")
 	var version string
 	for _, line := range strings.Split(policy, "\n") {
