@@ -692,3 +692,101 @@ func TestUamliteVisudo(t *testing.T) {
 		})
 	}
 }
+
+// A test binary started with this variable set applies uamliteKillConfs[N]
+// (N in the variable, after the root and a comma), to be killed -9.
+const uamApplyEnv = "BELLBUILD_TEST_UAMLITE_APPLY"
+
+var uamliteKillConfs = []*nodeconf.Uamlite{
+	{Users: []nodeconf.User{
+		{UserName: "alice", UserCryptPasswd: aliceHash, UserSudo: true, UserSSHKeys: []string{aliceKey}},
+		{UserName: "bob", UserSSHKeys: []string{appKey}},
+		{UserName: "app", UserCryptPasswd: aliceHash, UserSudo: true},
+	}},
+	{PurgeExpiredUsers: true, Users: []nodeconf.User{{UserName: "bob"}}},
+	{Users: []nodeconf.User{{UserName: "carol", UserSudo: true, UserSSHKeys: []string{aliceKey}}}},
+}
+
+func init() {
+	v := os.Getenv(uamApplyEnv)
+	if v == "" {
+		return
+	}
+	root, n, _ := strings.Cut(v, ",")
+	i, _ := strconv.Atoi(n)
+	h, err := host.Open(host.Options{RootDir: root})
+	if err != nil {
+		os.Exit(1)
+	}
+	conf := &nodeconf.Conf{Uamlite: uamliteKillConfs[i]}
+	errs := (uamliteModule{}).Apply(context.Background(), h, conf)
+	h.SaveLedger()
+	if len(errs) > 0 {
+		fmt.Println(errs)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestUamliteKilled kills -9 applies of changing configurations at random
+// moments, 100 times: every account file is always whole (each line with
+// its number of fields, shadow never world-readable), and a last run
+// converges, after which a rerun changes nothing.
+func TestUamliteKilled(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("uamlite tests chown files to test users: need root")
+	}
+	root := t.TempDir()
+	uamBuild(t, root, debianAccounts)
+	fields := map[string]int{"/etc/passwd": 7, "/etc/shadow": 9, "/etc/group": 4, "/etc/gshadow": 4}
+	killed := 0
+	for i := range 100 {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%d", uamApplyEnv, root, i%len(uamliteKillConfs)))
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(i%25) * 4 * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		if cmd.Wait(); !cmd.ProcessState.Exited() {
+			killed++
+		}
+		for p, n := range fields {
+			data, err := os.ReadFile(filepath.Join(root, p))
+			if err != nil {
+				t.Fatalf("run %d: %v", i, err)
+			}
+			for _, line := range strings.Split(strings.TrimSuffix(string(data), "\n"), "\n") {
+				if len(strings.Split(line, ":")) != n {
+					t.Fatalf("run %d: %s has a broken line %q", i, p, line)
+				}
+			}
+		}
+		if fi, err := os.Stat(filepath.Join(root, "etc/shadow")); err != nil || fi.Mode().Perm()&0o007 != 0 {
+			t.Fatalf("run %d: /etc/shadow: %v %v", i, fi.Mode(), err)
+		}
+	}
+	t.Logf("%d of 100 runs killed before they ended", killed)
+	if killed < 20 || killed > 95 {
+		t.Logf("the kill timing is off on this machine: %d of 100 killed", killed)
+	}
+	final := uamliteKillConfs[0]
+	if _, errs, _ := applyUamlite(t, root, uamStep{conf: final}); len(errs) > 0 {
+		t.Fatalf("the run after the kills: %v", errs)
+	}
+	changes, errs, _ := applyUamlite(t, root, uamStep{conf: final})
+	if len(changes) > 0 || len(errs) > 0 {
+		t.Errorf("not converged: changes %v, errors %v", changeList(changes), errs)
+	}
+	passwd := uamEntry(t, root, "/etc/passwd")
+	for _, u := range []string{"alice:x:", "bob:x:", "app:x:1234:"} {
+		if strings.Count(passwd, "\n"+u) != 1 {
+			t.Errorf("/etc/passwd has %d %q entries:\n%s", strings.Count(passwd, "\n"+u), u, passwd)
+		}
+	}
+	for _, p := range []string{"/home/alice/.ssh/authorized_keys", "/etc/sudoers.d/bellbuild-alice", "/etc/sudoers.d/bellbuild-app"} {
+		if uamEntry(t, root, p) == missing {
+			t.Errorf("%s missing after convergence", p)
+		}
+	}
+}
