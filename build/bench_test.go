@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -73,6 +75,7 @@ func BenchmarkBake(b *testing.B) {
 	}
 	b.Run("cold", func(b *testing.B) {
 		var size int64
+		var cpu time.Duration
 		for i := 0; i < b.N; i++ {
 			b.StopTimer()
 			o := base
@@ -85,19 +88,23 @@ func BenchmarkBake(b *testing.B) {
 				}
 			}
 			b.StartTimer()
+			c := cpuTime(syscall.RUSAGE_SELF)
 			m, err := Image(context.Background(), sp, o)
 			if err != nil {
 				b.Fatal(err)
 			}
+			cpu += cpuTime(syscall.RUSAGE_SELF) - c
 			if m.Stats.StageCached {
 				b.Fatal("cold bake hit the cache")
 			}
 			size = m.Artifacts[1].Size
 		}
 		b.ReportMetric(float64(size)/1e6, "MB")
+		b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 	})
 	b.Run("conf-only", func(b *testing.B) {
 		o := base
+		c := cpuTime(syscall.RUSAGE_SELF)
 		for i := 0; i < b.N; i++ {
 			sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = fmt.Sprint(20 + i)
 			m, err := Image(context.Background(), sp, o)
@@ -108,6 +115,7 @@ func BenchmarkBake(b *testing.B) {
 				b.Fatalf("conf-only rebake recompressed: %+v", m.Stats)
 			}
 		}
+		b.ReportMetric((cpuTime(syscall.RUSAGE_SELF)-c).Seconds()/float64(b.N), "cpu-s/op")
 	})
 	b.Run("pipeline", func(b *testing.B) {
 		dir := sp.Stage.Dir
@@ -116,6 +124,7 @@ func BenchmarkBake(b *testing.B) {
 		}
 		out := filepath.Join(b.TempDir(), "initramfs.cpio.zst")
 		var size int64
+		c := cpuTime(syscall.RUSAGE_CHILDREN)
 		for i := 0; i < b.N; i++ {
 			cmd := exec.Command("bash", "-c", "set -o pipefail; find . | sort | cpio -o -H newc --quiet | zstd -3 -T2 -q -f -o "+out)
 			cmd.Dir = dir
@@ -129,6 +138,7 @@ func BenchmarkBake(b *testing.B) {
 			size = st.Size()
 		}
 		b.ReportMetric(float64(size)/1e6, "MB")
+		b.ReportMetric((cpuTime(syscall.RUSAGE_CHILDREN)-c).Seconds()/float64(b.N), "cpu-s/op")
 	})
 }
 
@@ -140,6 +150,14 @@ func linkDebootstrap(from, to string) error {
 		return err
 	}
 	return os.Symlink(filepath.Join(from, "debootstrap"), filepath.Join(to, "debootstrap"))
+}
+
+// cpuTime is the CPU time (user + system) this process (who =
+// RUSAGE_SELF) or its waited-for children (RUSAGE_CHILDREN) used so far.
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(who, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
