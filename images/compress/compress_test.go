@@ -3,10 +3,12 @@ package compress
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os/exec"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -32,33 +34,50 @@ func sample(n int) []byte {
 	return b.Bytes()[:n]
 }
 
-// compressWith writes data in chunks of the given size, calling Boundary
-// after every boundary-sized piece (0: never).
-func compressWith(t *testing.T, data []byte, chunk, boundaryEvery int) []byte {
+// compressWith writes data in chunks of the given size.
+func compressWith(t *testing.T, data []byte, chunk int) []byte {
 	t.Helper()
 	var out bytes.Buffer
 	z, err := NewZstd(&out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	since := 0
 	for i := 0; i < len(data); i += chunk {
-		piece := data[i:min(len(data), i+chunk)]
-		if _, err := z.Write(piece); err != nil {
+		if _, err := z.Write(data[i:min(len(data), i+chunk)]); err != nil {
 			t.Fatal(err)
-		}
-		since += len(piece)
-		if boundaryEvery > 0 && since >= boundaryEvery {
-			if err := z.Boundary(); err != nil {
-				t.Fatal(err)
-			}
-			since = 0
 		}
 	}
 	if err := z.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return out.Bytes()
+}
+
+// newc builds a newc archive of files of the given sizes (contents from
+// sample), ending with a trailer, and returns it with the offsets where
+// its entries end.
+func newc(sizes ...int) ([]byte, map[int64]bool) {
+	var b bytes.Buffer
+	ends := map[int64]bool{}
+	body := sample(slices.Max(append(sizes, 1)))
+	entry := func(name string, mode, size int) {
+		fmt.Fprintf(&b, "070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X", 1, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name)+1, 0)
+		b.WriteString(name)
+		b.WriteByte(0)
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+		b.Write(body[:size])
+		for b.Len()%4 != 0 {
+			b.WriteByte(0)
+		}
+		ends[int64(b.Len())] = true
+	}
+	for i, size := range sizes {
+		entry(fmt.Sprintf("f%d", i), 0o100644, size)
+	}
+	entry("TRAILER!!!", 0, 0)
+	return b.Bytes(), ends
 }
 
 func decode(t *testing.T, b []byte) []byte {
@@ -75,89 +94,138 @@ func decode(t *testing.T, b []byte) []byte {
 	return out
 }
 
-// TestZstdDeterministic: the output depends on the data and the
-// boundaries only — not on write sizes, nor GOMAXPROCS.
+// TestZstdDeterministic: the output depends on the data only — not on
+// write sizes, nor GOMAXPROCS — for a newc stream and for any other.
 func TestZstdDeterministic(t *testing.T) {
-	data := sample(50 << 20)
-	want := compressWith(t, data, 1<<20, 1<<20)
-	for _, tc := range []struct {
-		name  string
-		chunk int
-		procs int
-	}{
-		{"small writes", 4093, 0},
-		{"huge writes", 1 << 20, 0},
-		{"one cpu", 1 << 20, 1},
-		{"eight cpus", 65536, 8},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if tc.procs > 0 {
-				defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
-			}
-			// Boundaries at the same data offsets (every MiB), whatever
-			// the write size.
-			var out bytes.Buffer
-			z, _ := NewZstd(&out)
-			for off := 0; off < len(data); off += 1 << 20 {
-				mb := data[off:min(len(data), off+1<<20)]
-				for i := 0; i < len(mb); i += tc.chunk {
-					z.Write(mb[i:min(len(mb), i+tc.chunk)])
+	archive, _ := newc(5<<20, 7<<20+1, 9<<20+2, 3<<20+3, 11<<20, 2)
+	inputs := map[string][]byte{"newc": archive, "other": sample(34 << 20)}
+	for name, data := range inputs {
+		want := compressWith(t, data, 1<<20)
+		if !bytes.Equal(decode(t, want), data) {
+			t.Fatalf("%s: round trip differs", name)
+		}
+		for _, tc := range []struct {
+			name  string
+			chunk int
+			procs int
+		}{
+			{"small writes", 4093, 0},
+			{"huge writes", 7 << 20, 0},
+			{"one cpu", 1 << 20, 1},
+			{"eight cpus", 65536, 8},
+		} {
+			t.Run(name+"/"+tc.name, func(t *testing.T) {
+				if tc.procs > 0 {
+					defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
 				}
-				z.Boundary()
-			}
-			if err := z.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(out.Bytes(), want) {
-				t.Fatalf("output differs (%d vs %d bytes)", out.Len(), len(want))
-			}
-		})
-	}
-	if !bytes.Equal(decode(t, want), data) {
-		t.Fatal("round trip differs")
+				if got := compressWith(t, data, tc.chunk); !bytes.Equal(got, want) {
+					t.Fatalf("output differs (%d vs %d bytes)", len(got), len(want))
+				}
+			})
+		}
 	}
 }
 
-// TestZstdFrames: frames end only at boundaries, hold at least
-// ZstdFrameSize bytes (except the last), use an 8 MiB window and carry
-// checksums; without boundaries the stream is one frame.
+// frameSizes decodes each frame on its own and returns the decompressed
+// sizes, checking window and checksum on the way.
+func frameSizes(t *testing.T, b []byte) []int64 {
+	t.Helper()
+	frames, err := Frames(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sizes []int64
+	for _, f := range frames {
+		// Small frames get a smaller window; none a larger one.
+		if f.Window <= 0 || f.Window > ZstdWindow {
+			t.Errorf("frame at %d: window %d, want at most %d", f.Offset, f.Window, ZstdWindow)
+		}
+		if !f.Checksum {
+			t.Errorf("frame at %d: no checksum", f.Offset)
+		}
+		sizes = append(sizes, int64(len(decode(t, b[f.Offset:f.Offset+f.Size]))))
+	}
+	return sizes
+}
+
+// TestZstdFrames: in a newc stream frames end at the first entry end after
+// ZstdFrameSize bytes; any other stream is cut every ZstdFrameSize bytes.
 func TestZstdFrames(t *testing.T) {
-	data := sample(60 << 20)
+	const mib = 1 << 20
 	tests := []struct {
-		name     string
-		boundary int
-		want     []int64 // decompressed frame sizes
+		name  string
+		sizes []int // newc file sizes; nil for a non-newc stream of 40 MiB
+		// want is the frames' decompressed sizes, in entries (newc: each
+		// frame must end on an entry) or bytes.
+		want []int64
 	}{
-		// Boundaries every 5 MiB: frames end at the first one ≥ 16 MiB.
-		{"boundaries every 5 MiB", 5 << 20, []int64{20 << 20, 20 << 20, 20 << 20}},
-		{"boundaries every 16 MiB", 16 << 20, []int64{16 << 20, 16 << 20, 16 << 20, 12 << 20}},
-		{"no boundaries", 0, []int64{60 << 20}},
+		{"non-newc", nil, []int64{16 * mib, 16 * mib, 8 * mib}},
+		// Entries of 5 MiB: a frame ends after the 4th (20 MiB ≥ 16).
+		{"newc 5 MiB files", []int{5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib}, nil},
+		// A 40 MiB file is not cut: the first frame ends after it.
+		{"newc one big file", []int{3, 40 * mib, 3}, nil},
+		{"newc small files only", []int{100, 200, 300}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := compressWith(t, data, 1<<20, tc.boundary)
-			frames, err := Frames(bytes.NewReader(b))
-			if err != nil {
-				t.Fatal(err)
+			var data []byte
+			var ends map[int64]bool
+			if tc.sizes == nil {
+				data = sample(40 * mib)
+			} else {
+				data, ends = newc(tc.sizes...)
 			}
-			var sizes []int64
-			for _, f := range frames {
-				if f.Window != ZstdWindow {
-					t.Errorf("frame at %d: window %d, want %d", f.Offset, f.Window, ZstdWindow)
-				}
-				if !f.Checksum {
-					t.Errorf("frame at %d: no checksum", f.Offset)
-				}
-				d := decode(t, b[f.Offset:f.Offset+f.Size])
-				sizes = append(sizes, int64(len(d)))
-			}
-			if d := cmp.Diff(tc.want, sizes); d != "" {
-				t.Errorf("frame sizes (-want +got):\n%s", d)
-			}
+			b := compressWith(t, data, 1<<20)
+			sizes := frameSizes(t, b)
 			if !bytes.Equal(decode(t, b), data) {
 				t.Error("round trip differs")
 			}
+			if tc.sizes == nil {
+				if d := cmp.Diff(tc.want, sizes); d != "" {
+					t.Errorf("frame sizes (-want +got):\n%s", d)
+				}
+				return
+			}
+			// Every frame ends on an entry end, holds ≥ ZstdFrameSize
+			// unless it is the last, and ends at the first entry end
+			// after that.
+			var pos int64
+			for i, n := range sizes {
+				start := pos
+				pos += n
+				if !ends[pos] {
+					t.Errorf("frame %d ends at %d, inside an entry", i, pos)
+				}
+				if i < len(sizes)-1 && n < ZstdFrameSize {
+					t.Errorf("frame %d holds %d bytes, less than %d", i, n, ZstdFrameSize)
+				}
+				for e := range ends {
+					if e >= start+ZstdFrameSize && e < pos {
+						t.Errorf("frame %d runs past the entry end at %d", i, e)
+					}
+				}
+			}
+			if tc.name == "newc one big file" && (len(sizes) != 2 || sizes[0] < 40<<20) {
+				t.Errorf("frames %v, want the first to hold the big file whole, then one more", sizes)
+			}
+			if tc.name == "newc 5 MiB files" && len(sizes) != 3 {
+				t.Errorf("%d frames (%v), want 3", len(sizes), sizes)
+			}
 		})
+	}
+}
+
+// TestZstdNotNewcAfterAll: a stream that starts like newc and then stops
+// being it is cut at fixed sizes from there, and still round trips.
+func TestZstdNotNewcAfterAll(t *testing.T) {
+	archive, _ := newc(100)
+	data := append(append([]byte(nil), archive[:len(archive)-120]...), sample(40<<20)...)
+	b := compressWith(t, data, 1<<20)
+	if !bytes.Equal(decode(t, b), data) {
+		t.Fatal("round trip differs")
+	}
+	if n := len(frameSizes(t, b)); n < 2 {
+		t.Errorf("%d frames, want the rest cut in pieces", n)
 	}
 }
 
@@ -167,7 +235,7 @@ func TestZstdCLI(t *testing.T) {
 		t.Skip("zstd not installed (apt-get install zstd): cannot check against it")
 	}
 	data := sample(40 << 20)
-	b := compressWith(t, data, 1<<20, 1<<20)
+	b := compressWith(t, data, 1<<20)
 	cmd := exec.Command("zstd", "-d", "-c")
 	cmd.Stdin = bytes.NewReader(b)
 	out, err := cmd.Output()
@@ -180,7 +248,7 @@ func TestZstdCLI(t *testing.T) {
 }
 
 func TestZstdEmpty(t *testing.T) {
-	b := compressWith(t, nil, 1, 0)
+	b := compressWith(t, nil, 1)
 	frames, err := Frames(bytes.NewReader(b))
 	if err != nil || len(frames) != 1 {
 		t.Fatalf("frames %v, %v; want one empty frame", frames, err)
@@ -204,7 +272,7 @@ func (f *failWriter) Write(b []byte) (int, error) {
 // TestZstdWriteError: a failing destination surfaces from Write or Close,
 // without hanging.
 func TestZstdWriteError(t *testing.T) {
-	data := sample(80 << 20)
+	data := sample(48 << 20)
 	z, err := NewZstd(&failWriter{after: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -212,9 +280,6 @@ func TestZstdWriteError(t *testing.T) {
 	var werr error
 	for i := 0; i < len(data) && werr == nil; i += 1 << 20 {
 		_, werr = z.Write(data[i : i+1<<20])
-		if werr == nil {
-			werr = z.Boundary()
-		}
 	}
 	cerr := z.Close()
 	if !errors.Is(werr, errDisk) && !errors.Is(cerr, errDisk) {
@@ -222,9 +287,6 @@ func TestZstdWriteError(t *testing.T) {
 	}
 	if _, err := z.Write([]byte("x")); err == nil {
 		t.Error("write after close succeeded")
-	}
-	if err := z.Boundary(); err == nil {
-		t.Error("boundary after close succeeded")
 	}
 }
 
@@ -241,7 +303,7 @@ func TestDetectAndNewReader(t *testing.T) {
 	}{
 		{"plain", data, None},
 		{"gzip", gz.Bytes(), Gz},
-		{"zstd", compressWith(t, data, 1<<16, 0), Zst},
+		{"zstd", compressWith(t, data, 1<<16), Zst},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

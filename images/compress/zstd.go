@@ -14,10 +14,10 @@ import (
 // decompressor's memory small at boot.
 const ZstdWindow = 8 << 20
 
-// ZstdFrameSize is the least input a frame holds before a Boundary may end
-// it. Each frame is compressed on its own, so frames are compressed in
-// parallel; the cost is that a frame cannot refer back into the previous
-// one (about 0.3% of size at 16 MiB).
+// ZstdFrameSize is the least input a frame holds before it may end. Each
+// frame is compressed on its own, so frames are compressed in parallel;
+// the cost is that a frame cannot refer back into the previous one (about
+// 0.3% of size at 16 MiB).
 const ZstdFrameSize = 16 << 20
 
 // zstdWorkers is how many frames are compressed at once. It is fixed, not
@@ -30,30 +30,28 @@ const (
 	outAhead    = 1024    // compressed pieces queued per frame before its worker waits
 )
 
-// Boundarier is implemented by writers that can end a compressed frame at
-// a place the caller chooses. The cpio writer calls Boundary after every
-// entry when its writer has it: the kernel accepts an initramfs split into
-// compressed pieces only where each piece ends on a whole entry.
-type Boundarier interface {
-	Boundary() error
-}
-
-// ZstdWriter compresses to a stream of zstd frames, standard zstd that
-// any decompressor reads as one stream. A frame ends at the first Boundary
-// call after it holds ZstdFrameSize bytes of input (or at Close); without
-// Boundary calls the whole stream is one frame. Frames are compressed by
+// ZstdWriter compresses to a stream of independent zstd frames: standard
+// zstd that any decompressor reads as one stream. Frames are compressed by
 // two goroutines in parallel and written in order, at the default level
-// (about zstd -3) with a window of ZstdWindow and a checksum per frame. The
-// output depends only on the input and the Boundary calls, never on timing
-// or the number of CPUs. Memory stays bounded: input is queued in 1 MiB
-// blocks and a frame's output streams out once the frames before it are
-// written.
+// (about zstd -3), with a window of ZstdWindow and a checksum each.
+//
+// Where a frame ends: when the stream is a newc cpio archive (it starts
+// with 070701), the writer follows the entry headers as the bytes go by and
+// ends a frame at the first entry end after ZstdFrameSize bytes — the
+// kernel unpacks an initramfs made of compressed members only if each ends
+// between entries. Any other stream is cut every ZstdFrameSize bytes. So
+// the output depends only on the input, never on write sizes, timing or the
+// number of CPUs; wrapping the writer (to count bytes, say) changes nothing.
+//
+// Memory stays bounded: input is queued in 1 MiB blocks, and a frame's
+// output streams out as soon as the frames before it are written.
 type ZstdWriter struct {
 	w      io.Writer
 	buf    []byte // current input block
 	cur    *frame // frame being filled; nil between frames
-	curLen int64
-	frames int // frames started
+	curLen int64  // input bytes in the current frame, buf included
+	frames int    // frames started
+	scan   cpioScanner
 	jobs   chan *frame
 	order  chan *frame
 	wg     sync.WaitGroup
@@ -77,8 +75,7 @@ func Zstd(w io.Writer) (io.WriteCloser, error) {
 	return NewZstd(w)
 }
 
-// NewZstd is Zstd returning the concrete type, for callers that want its
-// Boundary method.
+// NewZstd is Zstd returning the concrete type.
 func NewZstd(w io.Writer) (*ZstdWriter, error) {
 	// Fail early on bad options rather than inside a worker.
 	if _, err := newEncoder(); err != nil {
@@ -121,14 +118,14 @@ func (z *ZstdWriter) Write(p []byte) (int, error) {
 	}
 	n := len(p)
 	for len(p) > 0 {
-		if z.buf == nil {
-			z.buf = (*blockPool.Get().(*[]byte))[:0]
+		// Up to the next place a frame may end, or all of p.
+		m, canEnd := z.scan.next(p, ZstdFrameSize-z.curLen)
+		if err := z.feed(p[:m]); err != nil {
+			return n - len(p), err
 		}
-		m := min(len(p), blockSize-len(z.buf))
-		z.buf = append(z.buf, p[:m]...)
 		p = p[m:]
-		if len(z.buf) == blockSize {
-			if err := z.send(); err != nil {
+		if canEnd && z.curLen >= ZstdFrameSize {
+			if err := z.endFrame(); err != nil {
 				return n - len(p), err
 			}
 		}
@@ -136,12 +133,30 @@ func (z *ZstdWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// feed appends p to the current frame's input.
+func (z *ZstdWriter) feed(p []byte) error {
+	for len(p) > 0 {
+		if z.buf == nil {
+			z.buf = (*blockPool.Get().(*[]byte))[:0]
+		}
+		m := min(len(p), blockSize-len(z.buf))
+		z.buf = append(z.buf, p[:m]...)
+		z.curLen += int64(m)
+		p = p[m:]
+		if len(z.buf) == blockSize {
+			if err := z.send(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // send hands the current block to the current frame, starting one if
 // needed.
 func (z *ZstdWriter) send() error {
 	if z.cur == nil {
 		z.cur = &frame{in: make(chan []byte, blocksAhead), out: make(chan []byte, outAhead)}
-		z.curLen = 0
 		z.frames++
 		select {
 		case z.order <- z.cur:
@@ -157,7 +172,6 @@ func (z *ZstdWriter) send() error {
 		z.err = writeErr(err)
 		return z.err
 	}
-	z.curLen += int64(len(z.buf))
 	z.buf = nil
 	return nil
 }
@@ -169,21 +183,7 @@ func writeErr(err error) error {
 	return err
 }
 
-// Boundary marks the end of a unit of input (a cpio entry): if the current
-// frame holds at least ZstdFrameSize bytes, it ends here.
-func (z *ZstdWriter) Boundary() error {
-	if z.closed {
-		return errors.New("zstd: boundary after close")
-	}
-	if z.err != nil {
-		return z.err
-	}
-	if z.curLen+int64(len(z.buf)) < ZstdFrameSize {
-		return nil
-	}
-	return z.endFrame()
-}
-
+// endFrame sends what is buffered and closes the current frame.
 func (z *ZstdWriter) endFrame() error {
 	if len(z.buf) > 0 || z.cur == nil {
 		if z.buf == nil {
@@ -279,4 +279,94 @@ func (z *ZstdWriter) writeOut() {
 	case z.done <- err:
 	default:
 	}
+}
+
+// cpioScanner follows newc headers through a stream to find where entries
+// end. It needs no buffering beyond one header.
+type cpioScanner struct {
+	opaque bool // not (or no longer) a newc stream
+	hdr    [110]byte
+	nhdr   int   // header bytes collected
+	rest   int64 // bytes of the current entry still to come after its header
+}
+
+// next returns how many bytes of p to take before the next place a frame
+// may end (canEnd) — an entry end in a newc stream, or, in any other
+// stream, the point where want more bytes have gone by — or len(p) when p
+// holds none.
+func (s *cpioScanner) next(p []byte, want int64) (n int, canEnd bool) {
+	if s.opaque {
+		if want <= 0 {
+			return 0, true
+		}
+		if int64(len(p)) >= want {
+			return int(want), true
+		}
+		return len(p), false
+	}
+	for n < len(p) {
+		switch {
+		case s.rest > 0:
+			m := min(int64(len(p)-n), s.rest)
+			n += int(m)
+			s.rest -= m
+			if s.rest == 0 {
+				return n, true
+			}
+		case s.nhdr == 0 && p[n] == 0:
+			// NUL padding between concatenated archives: no cut inside
+			// it (the kernel checks the alignment of what follows).
+			n++
+		default:
+			m := copy(s.hdr[s.nhdr:], p[n:])
+			n += m
+			s.nhdr += m
+			if s.nhdr < len(s.hdr) {
+				return n, false
+			}
+			s.nhdr = 0
+			size, ok := s.entrySize()
+			if !ok {
+				// Not newc after all: cut at fixed sizes from here.
+				s.opaque = true
+				return n, false
+			}
+			s.rest = size - int64(len(s.hdr))
+			if s.rest == 0 {
+				return n, true
+			}
+		}
+	}
+	return n, false
+}
+
+// entrySize parses the collected header: the whole entry's length,
+// header, name, data and padding included.
+func (s *cpioScanner) entrySize() (int64, bool) {
+	if m := string(s.hdr[:6]); m != "070701" && m != "070702" {
+		return 0, false
+	}
+	field := func(i int) (int64, bool) {
+		var v int64
+		for _, c := range s.hdr[6+8*i : 14+8*i] {
+			switch {
+			case c >= '0' && c <= '9':
+				v = v<<4 | int64(c-'0')
+			case c >= 'a' && c <= 'f':
+				v = v<<4 | int64(c-'a'+10)
+			case c >= 'A' && c <= 'F':
+				v = v<<4 | int64(c-'A'+10)
+			default:
+				return 0, false
+			}
+		}
+		return v, true
+	}
+	size, ok1 := field(6)
+	namesize, ok2 := field(11)
+	if !ok1 || !ok2 {
+		return 0, false
+	}
+	align := func(n int64) int64 { return (n + 3) &^ 3 }
+	return align(int64(len(s.hdr))+namesize) + align(size), true
 }

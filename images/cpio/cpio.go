@@ -15,10 +15,11 @@
 // would not set them (file capabilities must be set at boot instead).
 //
 // Through compress.Zstd, the archive is compressed as independent frames,
-// each ending on a whole entry: the kernel unpacks a compressed member that
-// ends between entries (its unpacker is back in its reset state there) and
-// rejects one that ends inside an entry ("junk at the end of compressed
-// archive"). GNU cpio and zstd -d see one ordinary archive.
+// each ending on a whole entry (the compressor follows the headers): the
+// kernel unpacks a compressed member that ends between entries (its
+// unpacker is back in its reset state there) and rejects one that ends
+// inside an entry ("junk at the end of compressed archive"). GNU cpio and
+// zstd -d see one ordinary archive.
 package cpio
 
 import (
@@ -58,14 +59,8 @@ type Options struct {
 
 // Write streams t to w as a newc archive ending with a trailer. Nothing is
 // buffered beyond a fixed-size write buffer; w is not closed.
-//
-// When w has a Boundary method (compress.ZstdWriter has), Write calls it
-// after every entry, so that a compressor that splits its output into
-// independent pieces ends each piece on a whole entry, as the kernel
-// requires. A wrapper around such a writer should forward Boundary.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	cw := &writer{bw: bufio.NewWriterSize(w, 1<<20)}
-	cw.split, _ = w.(interface{ Boundary() error })
 	if err := cw.tree(t, opts); err != nil {
 		return err
 	}
@@ -73,11 +68,10 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 }
 
 type writer struct {
-	bw    *bufio.Writer
-	split interface{ Boundary() error }
-	hdr   [headerLen]byte
-	pad   [4]byte
-	buf   []byte
+	bw  *bufio.Writer
+	hdr [headerLen]byte
+	pad [4]byte
+	buf []byte
 }
 
 func (cw *writer) tree(t *fstree.Tree, opts Options) error {
@@ -180,25 +174,8 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 				return err
 			}
 		}
-		if err := cw.boundary(); err != nil {
-			return err
-		}
 	}
-	if err := cw.header(header{name: Trailer, nlink: 1}); err != nil {
-		return err
-	}
-	return cw.boundary()
-}
-
-// boundary tells a splitting writer that an entry ended.
-func (cw *writer) boundary() error {
-	if cw.split == nil {
-		return nil
-	}
-	if err := cw.bw.Flush(); err != nil {
-		return err
-	}
-	return cw.split.Boundary()
+	return cw.header(header{name: Trailer, nlink: 1})
 }
 
 // header is the part of a newc header that varies; devmajor/devminor (the
