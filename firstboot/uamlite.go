@@ -301,7 +301,9 @@ func (u *uam) ensureAccount(usr nodeconf.User) {
 		u.change("user "+name, "update", "unexpired")
 		sf[7] = ""
 	}
-	if p := pf[1]; p != "x" {
+	if pf[1] != "x" {
+		// The password lives in shadow (shadowEntry took it from here).
+		u.change("user "+name, "update", "password moved to /etc/shadow")
 		pf[1] = "x"
 		u.passwd.set(pf)
 	}
