@@ -2,6 +2,7 @@ package squashfs
 
 import (
 	"bufio"
+	"context"
 	"crypto/md5"
 	"fmt"
 	"io"
@@ -265,7 +266,13 @@ func TestKernelMount(t *testing.T) {
 		Cmdline: "console=ttyS0 panic=-1 loglevel=3",
 		Drives:  drives,
 	})
-	vm.Wait(`END-CHECK`)
+	// Booting takes a few seconds under TCG; reading 150 MB of documentation
+	// through the emulated CPU's zstd takes longer on a busy machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*testvm.BootTimeout)
+	defer cancel()
+	if _, err := vm.WaitFor(ctx, regexp.MustCompile(`END-CHECK`)); err != nil {
+		t.Fatalf("waiting for the guest's checks: %v", err)
+	}
 	console := strings.ReplaceAll(vm.Console(), "\r", "")
 	m := regexp.MustCompile(`(?s)BEGIN-CHECK\n(.*?)END-CHECK`).FindStringSubmatch(console)
 	if m == nil {
