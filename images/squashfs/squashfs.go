@@ -158,8 +158,10 @@ func (o Options) withDefaults() (Options, error) {
 // io.NewOffsetWriter of the disk file.
 //
 // Entries are checked before anything is written: an entry beyond the
-// format's limits fails with an error wrapping ErrLimit; a file whose
-// content turns out to differ from its Size fails with ErrContent.
+// format's limits fails with an error wrapping ErrLimit. A file whose
+// content turns out to differ from its Size fails with ErrContent, and an
+// error while reading or writing leaves a partial image behind: write to a
+// temporary file and rename it, or discard the partition, on error.
 func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
