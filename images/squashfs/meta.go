@@ -144,9 +144,9 @@ func (m *metaWriter) finish() ([]byte, error) {
 }
 
 // writeLookupTable writes entries (fixed-size records) as metadata blocks to
-// out at position pos, followed by the uncompressed array of the blocks'
-// absolute positions, and returns the array's position: the layout of the
-// fragment, export and id tables.
+// out, followed by the uncompressed array of the blocks' absolute
+// positions, and returns the array's position: the layout of the fragment,
+// export and id tables.
 func writeLookupTable(out *countWriter, c compressor, entries []byte) (uint64, error) {
 	m := newMetaWriter(c)
 	if _, err := m.Write(entries); err != nil {
