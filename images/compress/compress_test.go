@@ -322,3 +322,45 @@ func TestDetectAndNewReader(t *testing.T) {
 		})
 	}
 }
+
+// FuzzZstd compresses arbitrary input — and newc archives with arbitrary
+// sizes — with tiny frames: it must round trip, and in a newc archive
+// every frame must end where an entry ends.
+func FuzzZstd(f *testing.F) {
+	f.Add([]byte("070701"), uint16(0), uint16(0), uint16(0), uint8(16))
+	f.Add([]byte{}, uint16(5), uint16(300), uint16(7), uint8(40))
+	f.Fuzz(func(t *testing.T, junk []byte, a, b, c uint16, frame uint8) {
+		archive, ends := newc(int(a), int(b), int(c))
+		for _, data := range [][]byte{junk, archive, append(append([]byte(nil), archive...), junk...)} {
+			var out bytes.Buffer
+			z, err := NewZstd(&out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			z.frameSize = int64(frame) + 1
+			for i := 0; i < len(data); i += 7 {
+				z.Write(data[i:min(len(data), i+7)])
+			}
+			if err := z.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := decode(t, out.Bytes()); !bytes.Equal(got, data) {
+				t.Fatalf("round trip differs: %d bytes in, %d out", len(data), len(got))
+			}
+			if len(data) != len(archive) {
+				continue
+			}
+			frames, err := Frames(bytes.NewReader(out.Bytes()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pos int64
+			for i, fr := range frames {
+				pos += int64(len(decode(t, out.Bytes()[fr.Offset:fr.Offset+fr.Size])))
+				if !ends[pos] && pos != 0 {
+					t.Fatalf("frame %d ends at %d, inside an entry", i, pos)
+				}
+			}
+		}
+	})
+}

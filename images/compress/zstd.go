@@ -50,14 +50,16 @@ type ZstdWriter struct {
 	buf    []byte // current input block
 	cur    *frame // frame being filled; nil between frames
 	curLen int64  // input bytes in the current frame, buf included
-	frames int    // frames started
-	scan   cpioScanner
-	jobs   chan *frame
-	order  chan *frame
-	wg     sync.WaitGroup
-	done   chan error // the ordered writer's result
-	closed bool
-	err    error
+	// frameSize is ZstdFrameSize; tests lower it to see many frames.
+	frameSize int64
+	frames    int // frames started
+	scan      cpioScanner
+	jobs      chan *frame
+	order     chan *frame
+	wg        sync.WaitGroup
+	done      chan error // the ordered writer's result
+	closed    bool
+	err       error
 }
 
 type frame struct {
@@ -82,10 +84,11 @@ func NewZstd(w io.Writer) (*ZstdWriter, error) {
 		return nil, err
 	}
 	z := &ZstdWriter{
-		w:     w,
-		jobs:  make(chan *frame, zstdWorkers),
-		order: make(chan *frame, zstdWorkers),
-		done:  make(chan error, 1),
+		w:         w,
+		frameSize: ZstdFrameSize,
+		jobs:      make(chan *frame, zstdWorkers),
+		order:     make(chan *frame, zstdWorkers),
+		done:      make(chan error, 1),
 	}
 	for range zstdWorkers {
 		z.wg.Add(1)
@@ -119,12 +122,12 @@ func (z *ZstdWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		// Up to the next place a frame may end, or all of p.
-		m, canEnd := z.scan.next(p, ZstdFrameSize-z.curLen)
+		m, canEnd := z.scan.next(p, z.frameSize-z.curLen)
 		if err := z.feed(p[:m]); err != nil {
 			return n - len(p), err
 		}
 		p = p[m:]
-		if canEnd && z.curLen >= ZstdFrameSize {
+		if canEnd && z.curLen >= z.frameSize {
 			if err := z.endFrame(); err != nil {
 				return n - len(p), err
 			}
