@@ -70,7 +70,8 @@ func fileEntry(t *testing.T, path, src string, mode os.FileMode) fstree.Entry {
 // TestUEFIBoot boots the ISO under OVMF twice: as a CD-ROM (El Torito) and
 // as a disk (the hybrid MBR's EFI partition, as from a USB stick). Each
 // time systemd-boot in the EFI image starts the kernel and the initramfs,
-// which mounts the medium with Linux's isofs and reads the files back.
+// which mounts the medium with Linux's isofs and reads the files back,
+// multi-extent ones included.
 func TestUEFIBoot(t *testing.T) {
 	testvm.Skip(t)
 	for _, p := range []string{testvm.OVMF, disk.SystemdBoot, "/bin/busybox"} {
@@ -132,6 +133,9 @@ poweroff -f
 	files.AddFile("bellbuild/root.squashfs", root, 0o644, 0, 0)
 	files.AddFile("bellbuild/node.json", []byte(`{"node":"from-iso"}`), 0o644, 0, 0)
 	files.Reproducible(epoch)
+	// Small extents: root.squashfs becomes nine multi-extent records that
+	// Linux must join, and the firmware must still find the EFI image.
+	setMaxExtent(t, 256<<10)
 	img := writeISO(t, files, Options{Epoch: epoch, ESP: esp})
 
 	for _, tc := range []struct {

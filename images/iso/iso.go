@@ -40,14 +40,30 @@ const (
 	catalogLBA   = 19
 	pathLLBA     = 20
 	maxDepth     = 8
+	// maxExtents bounds the directory records of one file (4 TiB).
+	maxExtents = 1024
 )
+
+// maxExtent is the most one directory record describes: a file larger than
+// this is stored as several records of contiguous extents, all but the
+// last flagged multi-extent (ECMA-119 9.1.6), as Linux's isofs and xorriso
+// read them. A variable so that tests can make small files multi-extent.
+var maxExtent int64 = 0xFFFFF800 // 4 GiB less one sector
+
+// extents is the number of directory records of a file of size bytes.
+func extents(size int64) int {
+	if size <= maxExtent {
+		return 1
+	}
+	return int((size + maxExtent - 1) / maxExtent)
+}
 
 // EFIImagePath is where the EFI system image appears in the ISO's tree
 // (as /efi/efiboot.img on Linux).
 const EFIImagePath = "EFI/EFIBOOT.IMG"
 
 // ErrUnsupported is returned (wrapped) for a tree the format cannot hold:
-// a symlink or special file, a file of 4 GiB or more, a name that collides
+// a symlink or special file, a file over 4 TiB, a name that collides
 // with another once mapped to ISO 9660, a path deeper than 8 levels.
 var ErrUnsupported = errors.New("not representable in ISO 9660")
 
@@ -169,8 +185,8 @@ func plan(files *fstree.Tree, opts Options) (*layout, error) {
 				}
 				n.size, n.data = target.Size, target.Data
 			}
-			if n.size >= 1<<32 {
-				return nil, fmt.Errorf("iso: %s: %d bytes needs multi-extent files: %w", e.Path, n.size, ErrUnsupported)
+			if extents(n.size) > maxExtents {
+				return nil, fmt.Errorf("iso: %s: %d bytes is more than %d extents hold: %w", e.Path, n.size, maxExtents, ErrUnsupported)
 			}
 			n.efi = opts.ESP != nil && e.Path == EFIImagePath
 		default:
@@ -327,7 +343,9 @@ func dirExtentSize(d *node) int64 {
 	add(recordLen(1)) // "."
 	add(recordLen(1)) // ".."
 	for _, c := range d.children {
-		add(recordLen(len(c.id)))
+		for range extents(c.size) {
+			add(recordLen(len(c.id)))
+		}
 	}
 	return sectors * sector
 }

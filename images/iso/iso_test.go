@@ -291,3 +291,70 @@ func TestIdentifierOrder(t *testing.T) {
 		t.Errorf("order (-want +got):\n%s", d)
 	}
 }
+
+// setMaxExtent makes files larger than n bytes multi-extent for one test.
+func setMaxExtent(t *testing.T, n int64) {
+	t.Helper()
+	old := maxExtent
+	maxExtent = n
+	t.Cleanup(func() { maxExtent = old })
+}
+
+// TestMultiExtent reads the root directory's records the way ECMA-119
+// lays them out: a file larger than one extent is several records of the
+// same name, contiguous, all but the last flagged multi-extent, whose
+// extents together hold the file's bytes.
+func TestMultiExtent(t *testing.T) {
+	setMaxExtent(t, 5*2048)
+	content := randomBytes(5, 5*2048*3+100) // three full extents and a bit
+	files := fstree.New()
+	files.AddFile("big.bin", content, 0o644, 0, 0)
+	files.AddFile("small.txt", []byte("small"), 0o644, 0, 0)
+	files.Reproducible(epoch)
+	img := writeISO(t, files, Options{Epoch: epoch})
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootRec := b[16*2048+156:]
+	rootLBA := binary.LittleEndian.Uint32(rootRec[2:])
+	dir := b[int(rootLBA)*2048 : int(rootLBA)*2048+2048]
+	type rec struct {
+		ID    string
+		Size  uint32
+		Flags byte
+	}
+	var got []rec
+	var joined []byte
+	for off := 0; off < len(dir) && dir[off] != 0; off += int(dir[off]) {
+		r := dir[off:]
+		id := string(r[33 : 33+int(r[32])])
+		if id == "\x00" || id == "\x01" {
+			continue
+		}
+		lba, size := binary.LittleEndian.Uint32(r[2:]), binary.LittleEndian.Uint32(r[10:])
+		got = append(got, rec{id, size, r[25]})
+		if id == "BIG.BIN;1" {
+			joined = append(joined, b[int64(lba)*2048:int64(lba)*2048+int64(size)]...)
+		}
+	}
+	want := []rec{
+		{"BIG.BIN;1", 10240, 0x80}, {"BIG.BIN;1", 10240, 0x80}, {"BIG.BIN;1", 10240, 0x80}, {"BIG.BIN;1", 100, 0},
+		{"SMALL.TXT;1", 5, 0},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("root directory records (-want +got):\n%s", d)
+	}
+	if !bytes.Equal(joined, content) {
+		t.Error("the extents do not hold big.bin's bytes in order")
+	}
+	if _, err := Size(files, Options{Epoch: epoch}); err != nil {
+		t.Fatal(err)
+	}
+	setMaxExtent(t, 2048)
+	huge := fstree.New()
+	huge.Add(fstree.Entry{Path: "huge", Type: fstree.Regular, Size: 2048*1024 + 1, Data: fstree.Bytes(nil)})
+	if err := Write(io.Discard, huge, Options{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("a file of 1025 extents: %v, want ErrUnsupported", err)
+	}
+}

@@ -165,7 +165,20 @@ func writeDirs(w *countWriter, l *layout) error {
 		}
 		add(dirRecord(parent, []byte{1}, l))
 		for _, c := range d.children {
-			add(dirRecord(c, []byte(c.id), l))
+			if c.isDir || c.size <= maxExtent {
+				add(dirRecord(c, []byte(c.id), l))
+				continue
+			}
+			for off := int64(0); off < c.size; off += maxExtent {
+				part := *c
+				part.lba = c.lba + uint32(off/sector)
+				part.size = min(maxExtent, c.size-off)
+				r := dirRecord(&part, []byte(c.id), l)
+				if off+maxExtent < c.size {
+					r[25] |= 0x80 // multi-extent: another record follows
+				}
+				add(r)
+			}
 		}
 		ext = append(ext, make([]byte, int(d.dirSize)-len(ext))...)
 		if _, err := w.Write(ext); err != nil {
