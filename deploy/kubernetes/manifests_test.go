@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,42 @@ func TestConfigMapAccepted(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "limits") {
 		t.Errorf("the plan does not mention the example's limits:\n%s", out)
+	}
+}
+
+// TestKustomization checks that kustomization.yaml lists every manifest
+// (and nothing else) and names the DaemonSet's image.
+func TestKustomization(t *testing.T) {
+	var k struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Resources  []string `json:"resources"`
+		Images     []struct {
+			Name    string `json:"name"`
+			NewName string `json:"newName,omitempty"`
+			NewTag  string `json:"newTag,omitempty"`
+		} `json:"images"`
+	}
+	decode(t, "kustomization.yaml", &k)
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		t.Errorf("apiVersion %q kind %q", k.APIVersion, k.Kind)
+	}
+	manifests, _ := filepath.Glob("*.yaml")
+	var want []string
+	for _, m := range manifests {
+		if m != "kustomization.yaml" {
+			want = append(want, m)
+		}
+	}
+	got := append([]string(nil), k.Resources...)
+	sort.Strings(got)
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("resources (-manifests in the directory +listed):\n%s", d)
+	}
+	var ds appsv1.DaemonSet
+	decode(t, "daemonset.yaml", &ds)
+	image, _, _ := strings.Cut(ds.Spec.Template.Spec.Containers[0].Image, ":")
+	if len(k.Images) != 1 || k.Images[0].Name != image {
+		t.Errorf("images %+v do not name the DaemonSet's image %q", k.Images, image)
 	}
 }
