@@ -241,16 +241,30 @@ func TestKernelMount(t *testing.T) {
 	}
 	init.WriteString("inspect xattrs " + strings.Join(xattrPaths, " ") + "\n")
 
+	// The multi-block files again, gzip (zlib) compressed, on a second drive.
+	gz := blocks()
+	gz.Reproducible(1700000000)
+	drives := []testvm.Drive{{Path: img, ReadOnly: true}, {Path: writeImage(t, gz, Options{Compression: Gzip}), ReadOnly: true}}
+	init.WriteString("mkdir -p /gz; mount -t squashfs -o ro /dev/vdb /gz || echo MOUNT-FAILED vdb\n")
+	for _, s := range []string{"text-6m", "holes-2m", "hard/b", "one-block-dup"} {
+		fmt.Fprintf(&init, "sha256sum '/gz/%s'\n", s)
+		src := gz.Get(s)
+		if g := gz.Links()[s]; g != nil {
+			src = g.Head
+		}
+		want = append(want, fmt.Sprintf("%x  /gz/%s", contentHash(t, src), s))
+	}
+	init.WriteString("umount /gz\n")
+
 	// A real tree: this machine's /usr/share/doc (the directory whose
-	// listing go-diskfs's writer corrupted), on a second drive.
-	drives := []testvm.Drive{{Path: img, ReadOnly: true}}
+	// listing go-diskfs's writer corrupted), on a third drive.
 	const docs = "/usr/share/doc"
 	if host, err := fstree.FromDir(docs); err != nil {
 		t.Logf("no %s to mount (%v): checking the generated tree only", docs, err)
 	} else {
 		want = append(want, hostTreeChecks(t, host)...)
 		drives = append(drives, testvm.Drive{Path: writeImage(t, host, Options{}), ReadOnly: true})
-		init.WriteString("mkdir -p /doc; mount -t squashfs -o ro /dev/vdb /doc || echo MOUNT-FAILED vdb\n")
+		init.WriteString("mkdir -p /doc; mount -t squashfs -o ro /dev/vdc /doc || echo MOUNT-FAILED vdc\n")
 		init.WriteString("echo DOC-ENTRIES $(find /doc | wc -l)\n")
 		init.WriteString("echo DOC-NONDIRS $(find /doc ! -type d -exec stat -c '%n %f %u %g %h %s %Y' {} + | md5sum | cut -d' ' -f1)\n")
 		init.WriteString("echo DOC-DIRS $(find /doc -type d -exec stat -c '%n %f %u %g %h %Y' {} + | md5sum | cut -d' ' -f1)\n")
