@@ -101,7 +101,7 @@ func FromDir(dir string) (*Tree, error) {
 		k := inodes[e]
 		if head, ok := heads[k]; ok {
 			e.LinkTo = head
-			t.hasLinks = true
+			t.ref(head, 1)
 		} else {
 			heads[k] = e.Path
 		}

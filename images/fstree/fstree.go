@@ -107,14 +107,15 @@ type Entry struct {
 // implicit root directory).
 type Tree struct {
 	entries map[string]*Entry
-	// hasLinks is set once any entry with LinkTo is added, so that the
-	// scan that keeps hardlink groups whole runs only when it can matter.
-	hasLinks bool
+	// linkers counts, per path, the entries added with a LinkTo naming
+	// it, so that replacing or removing a file scans for its hardlinks
+	// only when it has some.
+	linkers map[string]int
 }
 
 // New returns an empty tree whose root is a 0755 directory owned by root.
 func New() *Tree {
-	t := &Tree{entries: map[string]*Entry{}}
+	t := &Tree{entries: map[string]*Entry{}, linkers: map[string]int{}}
 	t.entries["."] = &Entry{Path: ".", Type: Dir, Mode: 0o755}
 	return t
 }
@@ -147,31 +148,55 @@ func (t *Tree) Add(e Entry) {
 		e.LinkTo = Clean(e.LinkTo)
 		if e.LinkTo == e.Path {
 			e.LinkTo = ""
-		} else {
-			t.hasLinks = true
 		}
 	}
 	if old, ok := t.entries[e.Path]; ok {
-		switch {
-		case old.Type == Dir && e.Type != Dir:
+		if old.Type == Dir && e.Type != Dir {
 			t.Remove(e.Path)
-		case old.Type == Regular:
-			t.detachLinks(old)
+		} else {
+			t.drop(old)
 		}
 	}
 	t.mkParents(e.Path)
 	ne := e
 	ne.implicit = false
 	t.entries[e.Path] = &ne
+	t.ref(ne.LinkTo, 1)
 }
 
-// detachLinks re-points the entries hardlinked to old (which is about to be
-// removed or replaced) at the first of them, which inherits old's content
-// and metadata, so the rest of the group stays a group.
-func (t *Tree) detachLinks(old *Entry) {
-	if !t.hasLinks {
+// drop deletes one entry (not what is below a directory), keeping the
+// hardlinks to it whole.
+func (t *Tree) drop(old *Entry) {
+	delete(t.entries, old.Path)
+	t.ref(old.LinkTo, -1)
+	if old.Type == Regular {
+		t.detachLinks(old)
+	}
+}
+
+// ref adjusts the count of entries linking to target.
+func (t *Tree) ref(target string, d int) {
+	if target == "" {
 		return
 	}
+	if t.linkers == nil {
+		t.linkers = map[string]int{}
+	}
+	if n := t.linkers[target] + d; n > 0 {
+		t.linkers[target] = n
+	} else {
+		delete(t.linkers, target)
+	}
+}
+
+// detachLinks re-points the entries hardlinked to old (just removed or
+// replaced) at the first of them, which inherits old's content and
+// metadata, so the rest of the group stays a group.
+func (t *Tree) detachLinks(old *Entry) {
+	if t.linkers[old.Path] == 0 {
+		return
+	}
+	delete(t.linkers, old.Path)
 	var linked []*Entry
 	for _, e := range t.entries {
 		if e.LinkTo == old.Path {
@@ -181,15 +206,17 @@ func (t *Tree) detachLinks(old *Entry) {
 	if len(linked) == 0 {
 		return
 	}
-	sort.Slice(linked, func(i, j int) bool { return Less(linked[i].Path, linked[j].Path) })
+	sortEntries(linked)
 	head := linked[0]
 	p := head.Path
 	*head = *old
 	head.Path = p
 	head.LinkTo = old.LinkTo
+	t.ref(head.LinkTo, 1)
 	for _, e := range linked[1:] {
 		e.LinkTo = p
 	}
+	t.ref(p, len(linked)-1)
 }
 
 func (t *Tree) mkParents(p string) {
@@ -198,7 +225,7 @@ func (t *Tree) mkParents(p string) {
 			if old.Type == Dir {
 				return
 			}
-			delete(t.entries, dir)
+			t.drop(old)
 		}
 		t.entries[dir] = &Entry{Path: dir, Type: Dir, Mode: 0o755, implicit: true}
 	}
@@ -210,7 +237,8 @@ func (t *Tree) Get(p string) *Entry {
 	return t.entries[Clean(p)]
 }
 
-// Remove deletes p and, for a directory, everything below it.
+// Remove deletes p and, for a directory, everything below it. Files
+// elsewhere that were hardlinks of removed files stay, with the content.
 func (t *Tree) Remove(p string) {
 	t.init()
 	p = Clean(p)
@@ -222,26 +250,24 @@ func (t *Tree) Remove(p string) {
 	if !ok {
 		return
 	}
-	delete(t.entries, p)
-	if old.Type == Regular {
-		t.detachLinks(old)
-		return
-	}
 	if old.Type != Dir {
+		t.drop(old)
 		return
 	}
+	delete(t.entries, p)
 	prefix := p + "/"
 	var removed []*Entry
 	for k, e := range t.entries {
 		if strings.HasPrefix(k, prefix) {
 			delete(t.entries, k)
+			t.ref(e.LinkTo, -1)
 			if e.Type == Regular {
 				removed = append(removed, e)
 			}
 		}
 	}
 	// Files outside the directory may be hardlinks of files inside it.
-	sort.Slice(removed, func(i, j int) bool { return Less(removed[i].Path, removed[j].Path) })
+	sortEntries(removed)
 	for _, e := range removed {
 		t.detachLinks(e)
 	}
@@ -333,22 +359,27 @@ func (t *Tree) AddFile(p string, data []byte, mode fs.FileMode, uid, gid uint32)
 	t.Add(Entry{Path: p, Type: Regular, Mode: mode, UID: uid, GID: gid, Size: int64(len(data)), Data: Bytes(data)})
 }
 
-// Merge copies every entry of o over t, in o's walk order (an upper layer
-// over a lower one). Directories that o only made up as parents of deeper
-// paths (see Add) do not override t's own directories.
+// Merge copies every entry of o over t (an upper layer over a lower one):
+// first the entries that are not hardlinks, in o's walk order, then the
+// hardlinks, so that a link in o names o's file, not the one it replaces.
+// Directories that o only made up as parents of deeper paths (see Add) do
+// not override t's own directories.
 func (t *Tree) Merge(o *Tree) {
-	for _, e := range o.Walk() {
-		if e.Path == "." {
-			continue
-		}
-		if e.implicit {
-			if old := t.Get(e.Path); old != nil && old.Type == Dir {
+	all := o.Walk()
+	for pass := range 2 {
+		for _, e := range all {
+			if e.Path == "." || (e.LinkTo != "") != (pass == 1) {
 				continue
 			}
-		}
-		t.Add(*e)
-		if e.implicit {
-			t.entries[e.Path].implicit = true
+			if e.implicit {
+				if old := t.Get(e.Path); old != nil && old.Type == Dir {
+					continue
+				}
+			}
+			t.Add(*e)
+			if e.implicit {
+				t.entries[e.Path].implicit = true
+			}
 		}
 	}
 }

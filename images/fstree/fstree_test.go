@@ -151,3 +151,39 @@ func TestUnixMode(t *testing.T) {
 		t.Error("type 07 accepted")
 	}
 }
+
+// TestMergeLinkGroups: an upper layer's hardlinks name the upper layer's
+// files, whatever the walk order; lower names not in the upper layer keep
+// the lower content, still linked together.
+func TestMergeLinkGroups(t *testing.T) {
+	layer := func(content string, names ...string) *Tree {
+		tr := New()
+		// The head sorts after its links, so a naive in-order merge
+		// would replace it after they were re-pointed.
+		tr.AddFile("z/head", []byte(content), 0o755, 0, 0)
+		for _, n := range names {
+			tr.Add(Entry{Path: n, Type: Regular, LinkTo: "z/head", Size: int64(len(content)), Data: Bytes(content)})
+		}
+		return tr
+	}
+	lower := layer("old", "a/one", "b/two", "c/three")
+	lower.Merge(layer("new", "a/one", "b/two"))
+	s, err := lower.Summary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		". dir 0755 0:0",
+		"a dir 0755 0:0",
+		"a/one file 0755 0:0 size=3 sha256=11507a0e2f5e69d5 links=a/one,b/two,z/head",
+		"b dir 0755 0:0",
+		"b/two file 0755 0:0 size=3 sha256=11507a0e2f5e69d5 links=a/one,b/two,z/head",
+		"c dir 0755 0:0",
+		"c/three file 0755 0:0 size=3 sha256=cba06b5736faf67e",
+		"z dir 0755 0:0",
+		"z/head file 0755 0:0 size=3 sha256=11507a0e2f5e69d5 links=a/one,b/two,z/head",
+	}
+	if d := cmp.Diff(want, s); d != "" {
+		t.Errorf("merged (-want +got):\n%s", d)
+	}
+}

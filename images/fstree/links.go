@@ -17,9 +17,6 @@ type LinkGroup struct {
 func (t *Tree) Links() map[string]*LinkGroup {
 	t.init()
 	out := map[string]*LinkGroup{}
-	if !t.hasLinks {
-		return out
-	}
 	heads := map[string]*LinkGroup{}
 	for _, e := range t.Walk() {
 		if e.Type != Regular || e.LinkTo == "" {
