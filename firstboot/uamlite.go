@@ -187,7 +187,7 @@ func (uamliteModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Con
 	}
 	// 3. Finish purges: homes go once the accounts are gone.
 	for _, name := range gone {
-		u.finishPurge(name)
+		u.finishPurge(name, purge)
 	}
 	if err := h.SaveLedger(); err != nil {
 		u.errs = append(u.errs, err)
@@ -394,15 +394,18 @@ func (u *uam) retire(ctx context.Context, name string, purge bool) {
 		}
 		return
 	}
-	sf := u.shadow.get(name, 9)
-	if sf == nil {
-		return
+	if u.passwd.get(name, 7) != nil {
+		// (A run killed half-way may have left no shadow entry yet.)
+		sf := u.shadowEntry(name)
+		if sf[7] != "1" || u.shadow.get(name, 9) == nil {
+			u.change("user "+name, "expire", "")
+			sf[7] = "1"
+			u.shadow.set(sf)
+		}
 	}
-	if sf[7] != "1" {
-		u.change("user "+name, "expire", "")
-		sf[7] = "1"
-		u.shadow.set(sf)
-	}
+	// Without a passwd entry (a creation or a purge cut short) there is no
+	// account to expire; the record stays so that a re-added user gets its
+	// group and ids back.
 	if r.Extra["state"] != "expired" {
 		r.Extra["state"] = "expired"
 		u.put(name, r)
@@ -651,9 +654,11 @@ func (u *uam) checkSudoers(ctx context.Context, name, data string) error {
 	return nil
 }
 
-// finishPurge removes a purged user's home and forgets the user; for an
-// adopted user that was released, it only forgets.
-func (u *uam) finishPurge(name string) {
+// finishPurge removes a purged user's home and forgets the user, once its
+// entries are gone from the account files (a purge that a killed run left
+// half-done is finished by the next purge, not by a run that expires); for
+// an adopted user that was released, it only forgets.
+func (u *uam) finishPurge(name string, purge bool) {
 	r, ok := u.rec(name)
 	if !ok || u.h.Plan {
 		return
@@ -661,6 +666,12 @@ func (u *uam) finishPurge(name string) {
 	switch r.Extra["state"] {
 	case "released":
 	case "purging":
+		if !purge || u.passwd.get(name, 7) != nil {
+			return
+		}
+		if g := u.group.get(name, 4); g != nil && g[2] == r.Extra["gid"] {
+			return
+		}
 		if r.Extra["home"] == "created" {
 			home := "home/" + name
 			if _, err := u.h.Lstat(home); err == nil {
