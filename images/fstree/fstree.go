@@ -150,6 +150,7 @@ func (t *Tree) Add(e Entry) {
 			e.LinkTo = ""
 		}
 	}
+	target := t.entries[e.LinkTo]
 	if old, ok := t.entries[e.Path]; ok {
 		if old.Type == Dir && e.Type != Dir {
 			t.Remove(e.Path)
@@ -158,6 +159,12 @@ func (t *Tree) Add(e Entry) {
 		}
 	}
 	t.mkParents(e.Path)
+	if target != nil && t.entries[e.LinkTo] != target {
+		// Making room for e removed what it links to (a file inside the
+		// directory it replaces, or a file where its parent goes): it
+		// stands alone with its own content.
+		e.LinkTo = ""
+	}
 	ne := e
 	ne.implicit = false
 	t.entries[e.Path] = &ne

@@ -1,11 +1,14 @@
 package fstree
 
 import (
+	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"sort"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestLess(t *testing.T) {
@@ -185,5 +188,58 @@ func TestMergeLinkGroups(t *testing.T) {
 	}
 	if d := cmp.Diff(want, s); d != "" {
 		t.Errorf("merged (-want +got):\n%s", d)
+	}
+}
+
+// TestLinkInvariants applies random adds, removes and merges and checks,
+// after each, that every hardlink names an existing regular file and that
+// the per-target counts match the entries.
+func TestLinkInvariants(t *testing.T) {
+	names := []string{"a", "a/b", "a/b/c", "a/d", "e", "e/f", "g", "h"}
+	r := rand.New(rand.NewPCG(7, 8))
+	randomTree := func(tr *Tree, ops int) {
+		for range ops {
+			p := names[r.IntN(len(names))]
+			switch r.IntN(6) {
+			case 0, 1:
+				tr.AddFile(p, []byte(p), 0o644, 0, 0)
+			case 2:
+				tr.Add(Entry{Path: p, Type: Dir, Mode: 0o755})
+			case 3:
+				tr.Add(Entry{Path: p, Type: Symlink, Target: "x"})
+			case 4:
+				target := names[r.IntN(len(names))]
+				if e := tr.Get(target); e != nil && e.Type == Regular && target != p {
+					tr.Add(Entry{Path: p, Type: Regular, LinkTo: target, Size: e.Size, Data: e.Data})
+				}
+			case 5:
+				tr.Remove(p)
+			}
+		}
+	}
+	check := func(tr *Tree, step string) {
+		t.Helper()
+		counts := map[string]int{}
+		for _, e := range tr.Walk() {
+			if e.LinkTo == "" {
+				continue
+			}
+			counts[e.LinkTo]++
+			if target := tr.Get(e.LinkTo); target == nil || target.Type != Regular {
+				t.Fatalf("%s: %s links to %s, which is %v", step, e.Path, e.LinkTo, target)
+			}
+		}
+		if d := cmp.Diff(counts, tr.linkers, cmpopts.EquateEmpty()); d != "" {
+			t.Fatalf("%s: link counts (-actual +kept):\n%s", step, d)
+		}
+	}
+	for i := range 2000 {
+		tr := New()
+		randomTree(tr, 12)
+		check(tr, fmt.Sprintf("tree %d", i))
+		upper := New()
+		randomTree(upper, 6)
+		tr.Merge(upper)
+		check(tr, fmt.Sprintf("merge %d", i))
 	}
 }
