@@ -33,6 +33,7 @@ import (
 // Type is the kind of an entry.
 type Type uint8
 
+// The entry types.
 const (
 	Regular Type = iota
 	Dir
@@ -43,6 +44,7 @@ const (
 	Socket
 )
 
+// String names the type as Summary shows it ("file", "dir", "symlink"...).
 func (t Type) String() string {
 	switch t {
 	case Regular:
