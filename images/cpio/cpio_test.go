@@ -540,3 +540,23 @@ func TestFramesEndOnEntries(t *testing.T) {
 		t.Error("frames do not decompress to the archive")
 	}
 }
+
+// TestReadGNUCpio reads what GNU cpio writes of the sample (hardlink data
+// on the last name, "./" names): the same tree.
+func TestReadGNUCpio(t *testing.T) {
+	needTool(t, "cpio")
+	dir := fixture.MakeDir(t)
+	cmd := exec.Command("sh", "-c", "find . | sort | cpio -o -H newc --quiet")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("cpio -o: %v", err)
+	}
+	tr, err := Read(bytes.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(fixture.Summary(false), summary(t, tr)); d != "" {
+		t.Errorf("read (-want +got):\n%s", d)
+	}
+}
