@@ -65,6 +65,8 @@ func runParser(ctx context.Context, h *host.Host, name, file string, args ...str
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, toolTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, parserArgs(h, empty, append(args, file)...)...)
 	cmd.Env = []string{"PATH=" + toolPath, "LC_ALL=C"}
 	out, err := cmd.CombinedOutput()

@@ -88,17 +88,18 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 func (filesModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	want := map[string]bool{}
+	var items []host.FileItem
 	for _, p := range sortedKeys(conf.Files) {
-		f := conf.Files[p]
 		want[p] = true
-		spec, err := fileSpec(h, p, f)
-		if err == nil {
-			_, err = h.EnsureFile("files", p, spec)
-		}
+		spec, err := fileSpec(h, p, conf.Files[p])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
 		}
+		items = append(items, host.FileItem{Key: p, Spec: spec})
 	}
+	_, ferrs := h.EnsureFiles("files", items)
+	errs = append(errs, ferrs...)
 	for _, p := range stale(h, "files", "", want) {
 		if _, err := h.ReleaseFile("files", p, p); err != nil {
 			errs = append(errs, err)

@@ -120,8 +120,8 @@ func TestConflictNotClobbered(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []string{
-			"limits: n: /etc/security/limits.d/bellbuild-n.conf: changed outside bellbuild",
-			"files: /etc/motd: /etc/motd: changed outside bellbuild",
+			"limits: /etc/security/limits.d/bellbuild-n.conf: changed outside bellbuild",
+			"files: /etc/motd: changed outside bellbuild",
 		}
 		if step.name == "removed" {
 			want = []string{

@@ -71,14 +71,15 @@ func validLimitValue(item, v string) bool {
 func (limitsModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	want := map[string]bool{}
+	var items []host.FileItem
 	for _, name := range sortedKeys(conf.Limits) {
 		l := conf.Limits[name]
 		want[name] = true
 		data := fmt.Sprintf("# Written by bellbuild apply (limits item %s).\n%s %s %s %s\n", name, l.Domain, l.Type, l.Item, l.Value)
-		if _, err := h.EnsureFile("limits", name, host.FileSpec{Path: limitsPath(name), Data: []byte(data), Mode: 0o644}); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-		}
+		items = append(items, host.FileItem{Key: name, Spec: host.FileSpec{Path: limitsPath(name), Data: []byte(data), Mode: 0o644}})
 	}
+	_, ferrs := h.EnsureFiles("limits", items)
+	errs = append(errs, ferrs...)
 	for _, name := range stale(h, "limits", "", want) {
 		if _, err := h.ReleaseFile("limits", name, limitsPath(name)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))

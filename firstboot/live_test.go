@@ -1,12 +1,14 @@
 package firstboot
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -103,7 +105,9 @@ func TestLiveInNamespaces(t *testing.T) {
 	}
 	script := filepath.Join(dir, "live.sh")
 	os.WriteFile(script, []byte(liveScript), 0o755)
-	out, err := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", script, bin, root, dir).CombinedOutput()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "unshare", "--net", "--mount", "--propagation", "private", "sh", script, bin, root, dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("unshare: %v\n%s", err, out)
 	}

@@ -10,6 +10,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 )
@@ -65,6 +66,8 @@ func liveCommand(ctx context.Context, name string, args ...string) ([]byte, erro
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, toolTimeout)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = []string{"PATH=" + toolPath, "LC_ALL=C"}
 	out, err := cmd.CombinedOutput()
@@ -73,6 +76,10 @@ func liveCommand(ctx context.Context, name string, args ...string) ([]byte, erro
 	}
 	return out, nil
 }
+
+// toolTimeout bounds one run of ethtool or apparmor_parser: a hung tool
+// must not hang the boot.
+const toolTimeout = 2 * time.Minute
 
 const toolPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -207,6 +207,12 @@ func Hash(data []byte) string {
 // directory. Parent directories are created 0755. A reader sees the old
 // file or the new one, never a part.
 func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) error {
+	return h.writeFile(p, data, mode, uid, gid, true)
+}
+
+// writeFile is WriteFile; syncDir false leaves the directory's fsync to the
+// caller (EnsureFiles syncs each directory once).
+func (h *Host) writeFile(p string, data []byte, mode fs.FileMode, uid, gid int, syncDir bool) error {
 	r := rel(p)
 	dir := path.Dir(r)
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
@@ -243,6 +249,9 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) 
 	if werr != nil {
 		d.Remove(tmp)
 		return fmt.Errorf("write %s: %w", p, werr)
+	}
+	if !syncDir {
+		return nil
 	}
 	return h.syncDir(dir)
 }
@@ -324,13 +333,75 @@ type FileSpec struct {
 // recording ownership under module/key. A file that already exists and is
 // not bellbuild's is backed up first so that ReleaseFile can restore it. A
 // managed file someone else changed is a conflict (ErrConflict) and is left
-// as it is. It reports whether anything changed.
+// as it is. A file already exactly as wanted is adopted without a rewrite.
+// It reports whether anything changed.
 func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
+	n, errs := h.EnsureFiles(module, []FileItem{{Key: key, Spec: spec}})
+	if len(errs) > 0 {
+		return n > 0, errs[0]
+	}
+	return n > 0, nil
+}
+
+// FileItem is one file of an EnsureFiles batch: its ledger key and spec.
+type FileItem struct {
+	Key  string
+	Spec FileSpec
+}
+
+// EnsureFiles is EnsureFile for many files of one module at once: every
+// record is written ahead in one ledger save, then the files are written
+// and each directory synced once, instead of a ledger save and a directory
+// sync per file. It returns how many files changed and the errors, each
+// naming its file; the other files are still done.
+func (h *Host) EnsureFiles(module string, items []FileItem) (int, []error) {
+	var errs []error
+	var writes []FileSpec
+	for _, it := range items {
+		write, err := h.prepareFile(module, it.Key, it.Spec)
+		if err != nil {
+			errs = append(errs, err)
+		} else if write {
+			writes = append(writes, it.Spec)
+		}
+	}
+	if h.Plan {
+		return len(writes), errs
+	}
+	// Write-ahead: the ledger learns every new hash (and the one each
+	// write replaces, Prev) before any file changes, so a run killed
+	// in between finds either content and does not take its own file
+	// for a conflict.
+	if err := h.SaveLedger(); err != nil {
+		return 0, append(errs, err)
+	}
+	n := 0
+	dirs := map[string]bool{}
+	for _, spec := range writes {
+		if err := h.writeFile(spec.Path, spec.Data, spec.Mode, spec.UID, spec.GID, false); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		dirs[path.Dir(rel(spec.Path))] = true
+		n++
+	}
+	for dir := range dirs {
+		if err := h.syncDir(dir); err != nil {
+			errs = append(errs, fmt.Errorf("sync /%s: %w", dir, err))
+		}
+	}
+	return n, errs
+}
+
+// prepareFile decides what EnsureFile does for one file: nothing, adopt it,
+// or write it (reported true), recording the change and putting the ledger
+// record (not yet saved) and any backup of an original.
+func (h *Host) prepareFile(module, key string, spec FileSpec) (bool, error) {
 	want := Hash(spec.Data)
 	cur, err := h.ReadFile(spec.Path)
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return false, err
+		return false, fmt.Errorf("%s: %w", spec.Path, err)
 	}
 	rec, owned := h.Ledger.Get(module, key)
 	if owned && exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != want && Hash(cur) != rec.Prev {
@@ -362,7 +433,7 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 		}
 		rec.Hash, rec.Prev = want, ""
 		h.Ledger.Put(module, key, rec)
-		return false, h.SaveLedger()
+		return false, nil
 	}
 	action := "create"
 	if exists {
@@ -385,20 +456,13 @@ func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
 			}
 		}
 	}
-	// Write-ahead: the ledger learns the new hash (and the one being
-	// replaced, Prev) before the file changes, so a run killed between
-	// the two finds either and does not mistake its own file for a
-	// conflict.
 	rec.Prev = ""
 	if exists {
 		rec.Prev = Hash(cur)
 	}
 	rec.Hash = want
 	h.Ledger.Put(module, key, rec)
-	if err := h.SaveLedger(); err != nil {
-		return false, err
-	}
-	return true, h.WriteFile(spec.Path, spec.Data, spec.Mode, spec.UID, spec.GID)
+	return true, nil
 }
 
 // backup saves cur, the original content of p (with its mode and owner),
