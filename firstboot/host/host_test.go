@@ -253,3 +253,38 @@ func TestEnsureFileAdopts(t *testing.T) {
 		t.Errorf("changes %v, ledger %v; want none", h.Changes(), h.Ledger.Modules)
 	}
 }
+
+// TestEnsureFilesBatch: one conflicting file is reported by name and left
+// alone, the others of the batch are still written; a rerun changes nothing.
+func TestEnsureFilesBatch(t *testing.T) {
+	root := t.TempDir()
+	h := openHost(t, root)
+	items := func(v string) []FileItem {
+		var out []FileItem
+		for _, n := range []string{"a", "b", "c"} {
+			p := "/etc/batch/" + n
+			out = append(out, FileItem{Key: n, Spec: FileSpec{Path: p, Data: []byte(v + n), Mode: 0o644}})
+		}
+		return out
+	}
+	if n, errs := h.EnsureFiles("files", items("1")); n != 3 || len(errs) != 0 {
+		t.Fatalf("first batch: %d changed, %v", n, errs)
+	}
+	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("theirs"), 0o644)
+	n, errs := h.EnsureFiles("files", items("2"))
+	if n != 2 || len(errs) != 1 || !errors.Is(errs[0], ErrConflict) || !strings.Contains(errs[0].Error(), "/etc/batch/b") {
+		t.Fatalf("second batch: %d changed, %v; want 2 and a conflict on /etc/batch/b", n, errs)
+	}
+	for name, want := range map[string]string{"a": "2a", "b": "theirs", "c": "2c"} {
+		if data, _ := os.ReadFile(filepath.Join(root, "etc/batch", name)); string(data) != want {
+			t.Errorf("%s = %q, want %q", name, data, want)
+		}
+	}
+	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("1b"), 0o644) // the admin puts it back
+	if n, errs := h.EnsureFiles("files", items("2")); n != 1 || len(errs) != 0 {
+		t.Fatalf("third batch: %d changed, %v; want only b", n, errs)
+	}
+	if n, errs := h.EnsureFiles("files", items("2")); n != 0 || len(errs) != 0 {
+		t.Fatalf("rerun: %d changed, %v; want nothing", n, errs)
+	}
+}
