@@ -27,7 +27,8 @@ import (
 //
 //   - Each script is written to /var/lib/bellbuild/exec/NAME (0700) and run
 //     with its args and env, chrooted in the root when the root is not "/"
-//     (see inRoot), working directory "/". Its output goes line by line to
+//     (see inRootAt), as ./NAME from that directory like Divingbell (a
+//     script's relative paths land there). Its output goes line by line to
 //     the log and, for the last run, to /var/lib/bellbuild/exec-logs/NAME.log
 //     (0600, the last 64 KiB).
 //   - rerun_policy always (default) | never | once_successfully is tracked by
@@ -402,7 +403,8 @@ func startScript(ctx context.Context, h *host.Host, name string, e nodeconf.Exec
 	for _, k := range sortedKeys(e.Env) {
 		env = append(env, k+"="+e.Env[k])
 	}
-	cmd := inRoot(context.WithoutCancel(ctx), h, env, path.Join(execDir, name), e.Args...)
+	// As in Divingbell: run as ./NAME from the scripts' directory.
+	cmd := inRootAt(context.WithoutCancel(ctx), h, env, execDir, "./"+name, e.Args...)
 	log := h.Log
 	out := &lineLog{log: log, script: name}
 	cmd.Stdout, cmd.Stderr = out.stream("stdout"), out.stream("stderr")

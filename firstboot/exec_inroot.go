@@ -17,7 +17,7 @@ import (
 // its own /proc and /dev, untouched. The script runs with the applier's
 // own shell and tools; the target needs none of them.
 const inRootScript = `set -e
-r=$1; shift
+r=$1; wd=$2; shift 2
 if [ -d "$r/proc" ] && [ ! -e "$r/proc/self" ]; then
 	mount -t proc -o nosuid,nodev,noexec bellbuild-proc "$r/proc"
 fi
@@ -36,6 +36,9 @@ if [ -d "$r/dev" ] && [ ! -c "$r/dev/null" ]; then
 	mkdir -m 0755 "$r/dev/pts"
 	mkdir -m 1777 "$r/dev/shm"
 fi
+if [ -n "$wd" ]; then
+	exec unshare --root="$r" --wd="$wd" -- "$@"
+fi
 exec chroot "$r" "$@"
 `
 
@@ -46,12 +49,22 @@ exec chroot "$r" "$@"
 // so signalling its process group reaches the program itself. Without
 // unshare on the applier's side it falls back to a plain chroot.
 func inRoot(ctx context.Context, h *host.Host, env []string, name string, args ...string) *exec.Cmd {
+	return inRootAt(ctx, h, env, "", name, args...)
+}
+
+// inRootAt is inRoot with the working directory wd (a path inside the
+// root; "" for "/"). A relative name is found from wd.
+func inRootAt(ctx context.Context, h *host.Host, env []string, wd, name string, args ...string) *exec.Cmd {
 	unshare, err := lookTool("unshare")
 	if h.RootDir == "/" || err != nil {
-		return h.Command(ctx, env, name, args...)
+		cmd := h.Command(ctx, env, name, args...)
+		if h.RootDir == "/" {
+			cmd.Dir = wd
+		}
+		return cmd
 	}
 	env = h.Command(ctx, env, name).Env
-	cmd := exec.CommandContext(ctx, unshare, append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", inRootScript, "sh", h.RootDir, name}, args...)...)
+	cmd := exec.CommandContext(ctx, unshare, append([]string{"--mount", "--propagation", "private", "--", "/bin/sh", "-c", inRootScript, "sh", h.RootDir, wd, name}, args...)...)
 	cmd.Env = env
 	return cmd
 }

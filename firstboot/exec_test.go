@@ -217,11 +217,11 @@ func TestExec(t *testing.T) {
 	f := false
 	probe := nodeconf.Exec{
 		Data: "#!/bin/sh\n" +
-			`echo "a args=$#:$1:$2 env=$A,$B cwd=$(pwd) proc=$(cat /proc/self/comm) null=$( [ -c /dev/null ] && echo yes)" >> /out` + "\n" +
+			`echo "$0 args=$#:$1:$2 env=$A,$B cwd=$(pwd) proc=$(cat /proc/self/comm) null=$( [ -c /dev/null ] && echo yes)" >> /out` + "\n" +
 			"echo to-stderr >&2\n",
 		Args: []string{"x", "y z"}, Env: map[string]string{"B": "2", "A": "1"}, RerunPolicy: once,
 	}
-	second := nodeconf.Exec{Data: "#!/bin/sh\necho b >> /out\n", RerunPolicy: once}
+	second := nodeconf.Exec{Data: "#!/bin/sh\necho b >> /out\necho \"$0\" >> exec_testfile\n", RerunPolicy: once}
 	fail := nodeconf.Exec{Data: "#!/bin/sh\necho failing >> /out\nexit 3\n", RerunPolicy: once}
 
 	cases := []struct {
@@ -240,8 +240,9 @@ func TestExec(t *testing.T) {
 			conf:     map[string]nodeconf.Exec{"002-b": second, "001-a": probe},
 			wantRuns: []string{"001-a", "002-b"},
 			wantFiles: map[string]string{
-				"/out":                                   "a args=2:x:y z env=1,2 cwd=/ proc=cat null=yes\nb\n",
+				"/out":                                   "./001-a args=2:x:y z env=1,2 cwd=/var/lib/bellbuild/exec proc=cat null=yes\nb\n",
 				"/var/lib/bellbuild/exec/002-b":          second.Data,
+				"/var/lib/bellbuild/exec/exec_testfile":  "./002-b\n",
 				"/var/lib/bellbuild/exec-logs/001-a.log": "to-stderr\n",
 			},
 			check: func(t *testing.T, root, log string) {
@@ -255,7 +256,7 @@ func TestExec(t *testing.T) {
 			},
 		}, {
 			conf:      map[string]nodeconf.Exec{"002-b": second, "001-a": probe},
-			wantFiles: map[string]string{"/out": "a args=2:x:y z env=1,2 cwd=/ proc=cat null=yes\nb\n"},
+			wantFiles: map[string]string{"/out": "./001-a args=2:x:y z env=1,2 cwd=/var/lib/bellbuild/exec proc=cat null=yes\nb\n"},
 		}, {
 			conf: map[string]nodeconf.Exec{"002-b": second, "001-a": func() nodeconf.Exec {
 				e := probe
@@ -263,7 +264,7 @@ func TestExec(t *testing.T) {
 				return e
 			}()},
 			wantRuns:  []string{"001-a"},
-			wantFiles: map[string]string{"/out": "a args=2:x:y z env=1,2 cwd=/ proc=cat null=yes\nb\na args=2:y z:x env=1,2 cwd=/ proc=cat null=yes\n"},
+			wantFiles: map[string]string{"/out": "./001-a args=2:x:y z env=1,2 cwd=/var/lib/bellbuild/exec proc=cat null=yes\nb\n./001-a args=2:y z:x env=1,2 cwd=/var/lib/bellbuild/exec proc=cat null=yes\n"},
 		}, {
 			conf: map[string]nodeconf.Exec{"001-a": probe},
 			// the definition changed back: it is a new object again

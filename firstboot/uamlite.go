@@ -32,8 +32,10 @@ import (
 // Sudo is /etc/sudoers.d/bellbuild-NAME (0440), "NAME ALL=(ALL)
 // NOPASSWD:ALL" as in Divingbell, checked with the root's visudo when it has
 // one. ~/.ssh/authorized_keys (0600, ~/.ssh 0700) holds the keys, unless
-// user_sshkeys is [Unmanaged]; with no keys, an existing file is emptied
-// (Divingbell deleted it; an emptied file can be put back).
+// user_sshkeys is [Unmanaged]; with no keys, the file bellbuild wrote is
+// removed (as Divingbell did) and a file it found is emptied (Divingbell
+// deleted it; an emptied file can be put back). The home is the user's:
+// see uamlite_keys.go for how bellbuild writes there safely.
 //
 // A user created by bellbuild that leaves the configuration is expired
 // (shadow expire = 1: no login of any kind), its sudo file and keys

@@ -30,6 +30,8 @@ func keysBackupName(name string) string { return host.Hash([]byte("uamlite\x00ke
 const keysBackupDir = "/var/lib/bellbuild/backup"
 
 // ensureKeys writes ~/.ssh/authorized_keys, unless the keys are Unmanaged.
+// With no keys, the file bellbuild wrote is removed; a file it found is
+// kept but emptied (its original stays in the backup for a revert).
 func (u *uam) ensureKeys(usr nodeconf.User) {
 	name := usr.UserName
 	key := "keys/" + name
@@ -43,6 +45,12 @@ func (u *uam) ensureKeys(usr nodeconf.User) {
 				u.h.Remove(path.Join(keysBackupDir, keysBackupName(name)))
 			}
 		}
+		return
+	}
+	if rec, owned := u.h.Ledger.Get("uamlite", key); len(usr.UserSSHKeys) == 0 && owned && !rec.HadOriginal {
+		// No keys, and the file is bellbuild's own: it goes, as in
+		// Divingbell. A file that was there before stays, emptied.
+		u.releaseKeys(name)
 		return
 	}
 	uid, gid, home, ok := u.ids(name)

@@ -456,6 +456,40 @@ func TestUamlite(t *testing.T) {
 		}})
 	})
 
+	t.Run("no keys: bellbuild's file goes, a found one is emptied", func(t *testing.T) {
+		root := t.TempDir()
+		uamBuild(t, root, debianAccounts)
+		uamBuild(t, root, map[string]string{
+			"/srv/app/.ssh":                 "dir 0700 1234:1234",
+			"/srv/app/.ssh/authorized_keys": "0600 1234:1234\nssh-rsa AAAAold old@example\n",
+		})
+		withKeys := &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserSSHKeys: []string{aliceKey}}, {UserName: "app"}}}
+		noKeys := &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice"}, {UserName: "app"}}}
+		runUamSteps(t, root, []uamStep{{
+			name: "alice with a key, app with none", conf: withKeys,
+			wantChanges: []string{"create user alice", "update user app", "create /home/alice", "create /home/alice/.ssh", "create /home/alice/.ssh/authorized_keys", "update /srv/app/.ssh/authorized_keys"},
+			want: map[string]string{
+				"/srv/app/.ssh/authorized_keys": "file 0600 1234:1234\n" + keysHeader,
+			},
+		}, {
+			// Divingbell's gate (uamlite test 2): keys dropped, file gone.
+			name: "alice's keys dropped", conf: noKeys,
+			wantChanges: []string{"revert /home/alice/.ssh/authorized_keys"},
+			want: map[string]string{
+				"/home/alice/.ssh/authorized_keys": missing,
+				"/srv/app/.ssh/authorized_keys":    "file 0600 1234:1234\n" + keysHeader,
+			},
+		}, {
+			name: "same again", conf: noKeys, unchanged: true,
+		}, {
+			name: "released: app's own file is back", conf: nil,
+			wantChanges: []string{"expire user alice", "revert /srv/app/.ssh/authorized_keys", "revert user app"},
+			want: map[string]string{
+				"/srv/app/.ssh/authorized_keys": "file 0600 1234:1234\nssh-rsa AAAAold old@example\n",
+			},
+		}})
+	})
+
 	t.Run("a hostile home cannot redirect bellbuild's writes", func(t *testing.T) {
 		root := t.TempDir()
 		uamBuild(t, root, debianAccounts)
