@@ -38,8 +38,8 @@ func generatedPaths(conf *nodeconf.Conf) map[string]string {
 }
 
 // claimedBy says which other module writes p (a files item, or a unit
-// file), or "".
-func claimedBy(conf *nodeconf.Conf, p string) string {
+// file), or "". generated is generatedPaths of the configuration.
+func claimedBy(generated map[string]string, p string) string {
 	if m, ok := reservedPaths[p]; ok {
 		return m
 	}
@@ -48,16 +48,17 @@ func claimedBy(conf *nodeconf.Conf, p string) string {
 			return m
 		}
 	}
-	return generatedPaths(conf)[p]
+	return generated[p]
 }
 
 // checkFileClaims reports files items that another module writes.
 func checkFileClaims(conf *nodeconf.Conf) []error {
 	var errs []error
+	generated := generatedPaths(conf)
 	for _, p := range sortedKeys(conf.Files) {
 		if strings.HasPrefix(p, "/var/lib/bellbuild/") {
 			errs = append(errs, fmt.Errorf("%s: /var/lib/bellbuild is the applier's own state", p))
-		} else if by := claimedBy(conf, p); by != "" {
+		} else if by := claimedBy(generated, p); by != "" {
 			errs = append(errs, fmt.Errorf("%s: written by %s; configure it there", p, by))
 		}
 		if u, ok := conf.Units[path.Base(p)]; ok && u.Content != "" && path.Dir(p) == unitDir {
@@ -70,11 +71,12 @@ func checkFileClaims(conf *nodeconf.Conf) []error {
 // checkUnitClaims reports unit files that another module writes.
 func checkUnitClaims(conf *nodeconf.Conf) []error {
 	var errs []error
+	generated := generatedPaths(conf)
 	for _, name := range sortedKeys(conf.Units) {
 		if conf.Units[name].Content == "" {
 			continue
 		}
-		if by := claimedBy(conf, path.Join(unitDir, name)); by != "" {
+		if by := claimedBy(generated, path.Join(unitDir, name)); by != "" {
 			errs = append(errs, fmt.Errorf("%s: written by %s; configure it there", name, by))
 		}
 	}
