@@ -263,9 +263,63 @@ func (im *image) stageTree() (*fstree.Tree, error) {
 		}
 		im.src.tree = t
 	}
-	im.src.tree.Merge(im.added)
+	addInto(im.src.tree, im.added)
 	im.stage = im.src.tree
 	return im.stage, nil
+}
+
+// addInto adds the entries of added to the stage t at the paths the
+// stage's own symlinks lead to: a merged-/usr root has lib -> usr/lib, so
+// lib/modules/... must go to usr/lib/modules/..., not replace the link
+// with a directory (which would hide the dynamic loader and every library).
+// Directories (or symlinks) that already exist there are left as they are.
+func addInto(t, added *fstree.Tree) {
+	for _, e := range added.Walk() {
+		if e.Path == "." {
+			continue
+		}
+		ne := *e
+		ne.Path = resolveParents(t, e.Path)
+		if ne.Type == fstree.Dir {
+			// An existing directory, or a symlink its entries will be
+			// put through, stays.
+			if old := t.Get(ne.Path); old != nil && (old.Type == fstree.Dir || old.Type == fstree.Symlink) {
+				continue
+			}
+		}
+		t.Add(ne)
+	}
+}
+
+// resolveParents follows the symlinks among p's parent directories inside
+// the tree (absolute targets from the tree's root), as the kernel would
+// when unpacking p over it; the last component is not followed.
+func resolveParents(t *fstree.Tree, p string) string {
+	dir, name := path.Split(fstree.Clean(p))
+	parts := strings.Split(strings.TrimSuffix(dir, "/"), "/")
+	cur := ""
+	for hops := 0; len(parts) > 0 && hops < 40; {
+		part := parts[0]
+		parts = parts[1:]
+		if part == "" || part == "." {
+			continue
+		}
+		next := fstree.Clean(path.Join(cur, part))
+		if e := t.Get(next); e != nil && e.Type == fstree.Symlink {
+			hops++
+			target := e.Target
+			if !path.IsAbs(target) {
+				target = path.Join(cur, target)
+			}
+			// Resolve the target's own components next.
+			parts = append(strings.Split(fstree.Clean(target), "/"), parts...)
+			cur = ""
+			continue
+		}
+		cur = next
+	}
+	// Past 40 links (a loop), the rest is taken as it is.
+	return fstree.Clean(path.Join(append(append([]string{cur}, parts...), name)...))
 }
 
 // fullTree is everything the initramfs unpacks to. The stage is read in

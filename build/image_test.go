@@ -721,3 +721,66 @@ func TestTarballRebakeSkipsStage(t *testing.T) {
 		}
 	}
 }
+
+func TestResolveParents(t *testing.T) {
+	tree := fstree.New()
+	tree.Add(fstree.Entry{Path: "usr/lib", Type: fstree.Dir, Mode: 0o755})
+	tree.Add(fstree.Entry{Path: "lib", Type: fstree.Symlink, Target: "usr/lib"})
+	tree.Add(fstree.Entry{Path: "usr/lib64", Type: fstree.Symlink, Target: "/usr/lib"})
+	tree.Add(fstree.Entry{Path: "opt/up", Type: fstree.Symlink, Target: "../usr"})
+	tree.Add(fstree.Entry{Path: "loop", Type: fstree.Symlink, Target: "loop"})
+	tests := []struct{ in, want string }{
+		{"lib/modules/6.1/kernel/a.ko", "usr/lib/modules/6.1/kernel/a.ko"},
+		{"usr/lib64/x", "usr/lib/x"},
+		{"opt/up/lib64/y", "usr/lib/y"},
+		{"lib", "lib"}, // the last component is not followed
+		{"etc/bellbuild/modules", "etc/bellbuild/modules"},
+		{"loop/z", "loop/z"}, // gives up after 40 hops
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			if got := resolveParents(tree, tt.in); got != tt.want {
+				t.Errorf("resolveParents(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestMergedUsrStage: the kernel modules of a bake go where a merged-/usr
+// stage's /lib symlink leads, and the symlink stays a symlink (replacing
+// it with a directory hides the dynamic loader: nothing in the stage could
+// run).
+func TestMergedUsrStage(t *testing.T) {
+	needHost(t)
+	root := t.TempDir()
+	for _, d := range []string{"usr/lib/x86_64-linux-gnu", "usr/bin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/lib/x86_64-linux-gnu/libc.so.6"), []byte("libc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for link, target := range map[string]string{"lib": "usr/lib", "bin": "usr/bin"} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp := &profiles.ImageSpec{Profile: "usrmerge", Chain: []string{"usrmerge"}, Stage: profiles.Stage{Dir: root},
+		Kernel: profiles.Kernel{Path: testKernel}, Outputs: []string{"initramfs"}}
+	opts := testOptions(t)
+	m, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := unpack(t, filepath.Join(opts.OutDir, "usrmerge", InitramfsFile))
+	if e := tree.Get("lib"); e == nil || e.Type != fstree.Symlink || e.Target != "usr/lib" {
+		t.Errorf("/lib = %+v, want the stage's symlink to usr/lib", e)
+	}
+	if tree.Get("usr/lib/x86_64-linux-gnu/libc.so.6") == nil {
+		t.Error("the stage's libraries are gone")
+	}
+	if mods := base(t, tree, "usr/lib/modules/"+m.KernelVersion); !slices.Contains(mods, "virtio_net.ko") {
+		t.Errorf("no virtio_net.ko under /usr/lib/modules/%s (through /lib): %v", m.KernelVersion, mods)
+	}
+}

@@ -24,7 +24,7 @@ import (
 // segmentFormat changes whenever the bytes a segment is written as change
 // for the same tree (writer or compressor settings): cached segments of an
 // older format are then never reused.
-const segmentFormat = "bellbuild-segment-v1 cpio-newc zstd-default-w8M-c2"
+const segmentFormat = "bellbuild-segment-v2 cpio-newc zstd-default-w8M-c2 usrmerge-modules"
 
 // segment is one cpio.zst piece of an initramfs: the kernel unpacks
 // concatenated archives one after the other, later entries over earlier
