@@ -285,6 +285,17 @@ func (vm *VM) Console() string {
 // unfinished last line is searched too (a prompt has no newline). It fails
 // with ErrExited when the VM stops first, or with ctx's error.
 func (vm *VM) WaitFor(ctx context.Context, re *regexp.Regexp) ([]string, error) {
+	return vm.wait(ctx, re, true)
+}
+
+// WaitForLine is WaitFor for complete lines only: the match is returned
+// once the line's newline has arrived (so that a caller that stops the VM
+// then has seen, and mirrored, the whole line).
+func (vm *VM) WaitForLine(ctx context.Context, re *regexp.Regexp) ([]string, error) {
+	return vm.wait(ctx, re, false)
+}
+
+func (vm *VM) wait(ctx context.Context, re *regexp.Regexp, partial bool) ([]string, error) {
 	for {
 		vm.mu.Lock()
 		changed := vm.changed
@@ -297,6 +308,9 @@ func (vm *VM) WaitFor(ctx context.Context, re *regexp.Regexp) ([]string, error) 
 				end = len(data)
 			} else {
 				end += start
+			}
+			if last && !partial {
+				break
 			}
 			line := strings.TrimRight(string(data[start:end]), "\r")
 			if m := re.FindStringSubmatch(line); m != nil {

@@ -104,19 +104,36 @@ func TestConsole(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitFor(booting) after it was passed: err = %v, want a deadline", err)
 	}
-	// An unfinished line (a prompt) matches.
-	if err := vm.Expect("prompt# ", 30*time.Second); err != nil {
-		t.Fatal(err)
+	// Once the prompt is there, WaitForLine still does not see it: its
+	// line is not finished.
+	for !strings.Contains(vm.Console(), "prompt# ") {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no prompt")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	short, cancelShort = context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = vm.WaitForLine(short, regexp.MustCompile(`prompt# `))
+	cancelShort()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitForLine(prompt) on an unfinished line: err = %v, want a deadline", err)
 	}
 	if err := vm.Send("hello\n"); err != nil {
 		t.Fatal(err)
 	}
-	if err := vm.Expect("got: hello", 30*time.Second); err != nil {
+	if _, err := vm.WaitForLine(ctx, regexp.MustCompile(`^prompt# got: hello$`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := vm.Wait(ctx); err != nil {
 		t.Errorf("clean exit: %v", err)
 	}
+	// An unfinished line (a prompt) matches WaitFor.
+	vm2 := fakeVM(t, "0")
+	if err := vm2.Expect("prompt# ", 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	vm2.Send("x\n")
 	if !strings.Contains(vm.Console(), "second: 2\nprompt# got: hello\n") {
 		t.Errorf("console without CRs: %q", vm.Console())
 	}

@@ -117,7 +117,7 @@ func runVM(ctx context.Context, o runFlags, stdin *os.File, stdout io.Writer) er
 
 	// 3a. Scripted: wait for the text.
 	if o.expect != "" {
-		_, err := vm.WaitFor(ctx, regexp.MustCompile(regexp.QuoteMeta(o.expect)))
+		_, err := vm.WaitForLine(ctx, regexp.MustCompile(regexp.QuoteMeta(o.expect)))
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "\nbellbuild run: %v\n", err)
 			return exitError{1}
