@@ -58,9 +58,9 @@ func (p *progress) end(note string) {
 	if p.term != nil {
 		p.draw(true)
 		if note != "" {
-			fmt.Fprintf(p.term, " (%s)", note)
+			note += ", "
 		}
-		fmt.Fprintln(p.term)
+		fmt.Fprintf(p.term, "  (%s%s)\n", note, d.Round(time.Millisecond))
 	} else {
 		attrs := []any{"step", fmt.Sprintf("%d/%d", p.n, p.total), "took", d.Round(time.Millisecond)}
 		if p.in > 0 {
