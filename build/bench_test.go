@@ -128,8 +128,8 @@ func BenchmarkBake(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			cmd := exec.Command("bash", "-c", "set -o pipefail; find . | sort | cpio -o -H newc --quiet | zstd -3 -T2 -q -f -o "+out)
 			cmd.Dir = dir
-			if b, err := cmd.CombinedOutput(); err != nil {
-				panic(fmt.Sprintf("pipeline: %v\n%s", err, b))
+			if msg, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("pipeline: %v\n%s", err, msg)
 			}
 			st, err := os.Stat(out)
 			if err != nil {
