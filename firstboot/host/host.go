@@ -218,15 +218,22 @@ func (h *Host) writeFile(p string, data []byte, mode fs.FileMode, uid, gid int, 
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
-	// One applier runs at a time (the lock), so a fixed temp name is safe,
-	// and a run killed mid-write leaves at most one stale temp per file,
-	// which the next write of that file reuses.
+	// One applier runs at a time (the lock), so a fixed temp name is
+	// enough, and a run killed mid-write leaves at most one stale temp per
+	// file. That stale name is removed (a symlink is removed, never
+	// followed) and the temp is created exclusively without following
+	// links: someone who can write to the directory (a user's home) must
+	// not be able to plant a link that turns this root-owned write, and
+	// the chown after it, onto another file such as /etc/shadow.
 	d, base := h.at(r)
 	tmp := "." + path.Base(r) + ".bellbuild-tmp"
 	if d == h.root {
 		tmp = path.Join(dir, tmp)
 	}
-	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err := d.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("write %s: stale temp: %w", p, err)
+	}
+	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}

@@ -60,6 +60,38 @@ func TestConfined(t *testing.T) {
 	}
 }
 
+// TestWriteFilePlantedTemp: a link planted at the temp name, even one that
+// stays inside the root, cannot redirect the write (or its chown) onto
+// another file: someone who can write to a directory bellbuild writes into
+// (a user's home) must not be able to take over /etc/shadow that way.
+func TestWriteFilePlantedTemp(t *testing.T) {
+	for _, link := range []string{"../../etc/shadow", "/etc/shadow"} {
+		t.Run(link, func(t *testing.T) {
+			root := t.TempDir()
+			os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+			os.MkdirAll(filepath.Join(root, "home/eve"), 0o755)
+			shadow := filepath.Join(root, "etc/shadow")
+			os.WriteFile(shadow, []byte("root:*:1::::::\n"), 0o640)
+			os.Symlink(link, filepath.Join(root, "home/eve/.authorized_keys.bellbuild-tmp"))
+			h := openHost(t, root)
+			if err := h.WriteFile("/home/eve/authorized_keys", []byte("ssh-ed25519 AAAA\n"), 0o600, 1000, 1000); err != nil {
+				t.Fatal(err)
+			}
+			data, _ := os.ReadFile(shadow)
+			fi, _ := os.Stat(shadow)
+			if string(data) != "root:*:1::::::\n" || metaOf(fi).String() != "0640 0:0" {
+				t.Errorf("/etc/shadow changed through a planted temp link: %q %s", data, metaOf(fi))
+			}
+			if got, _ := os.ReadFile(filepath.Join(root, "home/eve/authorized_keys")); string(got) != "ssh-ed25519 AAAA\n" {
+				t.Errorf("the file itself = %q", got)
+			}
+			if _, err := os.Lstat(filepath.Join(root, "home/eve/.authorized_keys.bellbuild-tmp")); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("temp left behind: %v", err)
+			}
+		})
+	}
+}
+
 // TestWriteFile: content, mode and owner land together, in a file that
 // replaced the old one (new inode), with no temp file left.
 func TestWriteFile(t *testing.T) {
