@@ -44,6 +44,7 @@ test-short: build
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+	for s in .ci/bench/*.sh; do bash $$s || exit 1; done
 
 demo: deps build
 	$(BIN) image demo -o out

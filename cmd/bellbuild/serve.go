@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bellbuild/bellbuild/build"
@@ -152,12 +155,61 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if err != nil {
 		return err
 	}
-	// 4. Serve until interrupted.
+	// 4. Serve until interrupted. Boot lines go through a buffer flushed
+	// every 100 ms: a DHCP storm logs thousands of lines a second, and one
+	// write each would cost more than answering the packet.
+	logOut := newFlushWriter(os.Stderr, 100*time.Millisecond)
+	defer logOut.Close()
+	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
 	srv, err := pxe.New(cfg, backend)
 	if err != nil {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// flushWriter buffers writes and flushes them every interval (and on
+// Close). It is safe for concurrent use.
+type flushWriter struct {
+	mu   sync.Mutex
+	w    *bufio.Writer
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newFlushWriter(w io.Writer, interval time.Duration) *flushWriter {
+	f := &flushWriter{w: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				f.mu.Lock()
+				f.w.Flush()
+				f.mu.Unlock()
+			case <-f.stop:
+				return
+			}
+		}
+	}()
+	return f
+}
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w.Write(p)
+}
+
+// Close stops the flusher and flushes what is left.
+func (f *flushWriter) Close() error {
+	close(f.stop)
+	<-f.done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.w.Flush()
 }
 
 // parsePool parses START-END[/PREFIX]; without a prefix the range must lie

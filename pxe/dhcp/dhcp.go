@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -86,9 +85,11 @@ type Config struct {
 	// ScriptURL returns the boot file for iPXE (user class "iPXE"): the
 	// URL of mac's boot script. Without it iPXE gets nothing to boot.
 	ScriptURL func(mac net.HardwareAddr) string
-	// Workers bounds the packets handled at once (default 4×GOMAXPROCS,
-	// at least 8); Queue bounds the packets waiting (default 4096). A
-	// packet that finds the queue full is dropped and counted.
+	// Workers bounds the packets handled at once (default 256: a worker
+	// mostly waits for its lease to reach the disk, and one fsync serves
+	// every lease of its batch, so many workers make large batches);
+	// Queue bounds the packets waiting (default 4096). A packet that finds
+	// the queue full is dropped and counted.
 	Workers, Queue int
 	// RelayPort is where relays are answered (default 67); ClientPort is
 	// where clients are (default 68). Tests change them.
@@ -109,7 +110,7 @@ func (c *Config) fill() {
 		c.Loaders.ARM64 = "ipxe-arm64.efi"
 	}
 	if c.Workers == 0 {
-		c.Workers = max(8, 4*runtime.GOMAXPROCS(0))
+		c.Workers = 256
 	}
 	if c.Queue == 0 {
 		c.Queue = 4096
