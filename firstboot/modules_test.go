@@ -1,6 +1,12 @@
 package firstboot
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -217,4 +223,32 @@ func TestApparmor(t *testing.T) {
 			"/etc/apparmor.d/force-complain/bellbuild.agent": linkEntry("/etc/apparmor.d/bellbuild.agent"),
 		},
 	}})
+}
+
+// TestPermRefusesLinks: a link where a perm glob looks (a user-writable
+// directory) is refused, and nothing of perm is applied: chown would
+// otherwise hand the link's target, here /etc/shadow, to the owner named.
+func TestPermRefusesLinks(t *testing.T) {
+	root := t.TempDir()
+	for p, data := range map[string]string{"etc/passwd": "root:x:0:0::/root:/bin/sh\neve:x:1000:1000::/home/eve:/bin/sh\n", "etc/group": "root:x:0:\neve:x:1000:\n", "etc/shadow": "root:*:1::::::\n", "home/eve/notes": "n\n"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(data), 0o640)
+	}
+	os.Symlink("../../etc/shadow", filepath.Join(root, "home/eve/link"))
+	node := &nodeconf.Node{Node: "n", Conf: nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{
+		{Path: "/home/eve/*", Owner: "eve", Group: "eve", Permissions: "0666"},
+	}}}}
+	rep, err := Apply(context.Background(), Options{RootDir: root}, node)
+	if err == nil && len(rep.Errors) == 0 {
+		t.Fatalf("a perm glob matching a link was applied: %+v", rep)
+	}
+	if msg := fmt.Sprint(err, rep.Errors); !strings.Contains(msg, "/home/eve/link is a symbolic link") {
+		t.Errorf("error does not name the link: %s", msg)
+	}
+	for _, p := range []string{"etc/shadow", "home/eve/notes"} {
+		fi, _ := os.Stat(filepath.Join(root, p))
+		if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o640 || st.Uid != 0 {
+			t.Errorf("%s changed: %v uid %d", p, fi.Mode().Perm(), st.Uid)
+		}
+	}
 }

@@ -76,6 +76,14 @@ func permTargets(h *host.Host, conf *nodeconf.Conf) (map[string]host.Meta, []err
 		m := host.Meta{Mode: mode, UID: uid, GID: gid}
 		for _, r := range matches {
 			abs := path.Join("/", r)
+			// chown and chmod follow links: a link planted where a glob
+			// looks (a user-writable directory) would hand another file
+			// to the owner named here. perm manages files and
+			// directories themselves, never what a link points at.
+			if fi, err := h.Lstat(abs); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+				bad("%s is a symbolic link; perm sets files and directories only", abs)
+				continue
+			}
 			if prev, ok := out[abs]; ok && prev != m {
 				bad("%s: conflicts with %s, which wants %s", abs, from[abs], prev)
 				continue
