@@ -401,7 +401,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	if err != nil {
 		return nil, err
 	}
-	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file, Key: im.kernel.version}
+	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file}
 	if im.kernel.file != "" {
 		if kin.SHA256, err = b.sumFile(im.kernel.file); err != nil {
 			return nil, fmt.Errorf("kernel: %w", err)
