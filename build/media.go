@@ -58,7 +58,13 @@ func wantsMedia(outputs []string) bool {
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
 	epoch := b.opts.SourceDateEpoch
 	kernel := filepath.Join(dir, KernelFile)
-	initrd := filepath.Join(dir, InitramfsFile)
+	initrd, err := b.mediaInitrd(ctx, im, dir)
+	if err != nil {
+		return fmt.Errorf("media initramfs: %w", err)
+	}
+	if initrd != filepath.Join(dir, InitramfsFile) {
+		defer os.Remove(initrd)
+	}
 	esp := func(arg string) (*fstree.Tree, error) {
 		kst, err := os.Stat(kernel)
 		if err != nil {
@@ -154,6 +160,27 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		m.Artifacts = append(m.Artifacts, a)
 	}
 	return ctx.Err()
+}
+
+// mediaInitrd writes the initramfs the media's ESP carries, in dir, and
+// returns its path. Its only job is to find and mount the root (the whole
+// image is the squashfs), so it holds the kernel modules, the applier as
+// /init and the bundle, not the stage: a few MiB instead of the whole
+// image in memory. A kernel taken from the stage has its modules only in
+// the stage; such an image boots from the full initramfs.
+func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string, error) {
+	if im.kernel.modules == "" {
+		return filepath.Join(dir, InitramfsFile), nil
+	}
+	t := fstree.New()
+	t.Merge(im.added)
+	t.Merge(im.applier)
+	t.Merge(im.config)
+	file := filepath.Join(dir, ".media-initrd.cpio.zst")
+	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, b.p); err != nil {
+		return "", err
+	}
+	return file, nil
 }
 
 // readBundleFile returns the bundle bytes the bake put in the image.

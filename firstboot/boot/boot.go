@@ -144,6 +144,10 @@ type Options struct {
 	Mount bool
 	// LoadModules loads the listed kernel modules (the real init does).
 	LoadModules bool
+	// Config, when set, is the configuration file to read instead of the
+	// image's bundle: a bundle or a single rendered node (a config
+	// volume's node.json), a path inside Root.
+	Config string
 }
 
 // Result is what Run did, for the caller to hand over.
@@ -200,15 +204,31 @@ func Run(ctx context.Context, opts Options) *Result {
 	// 3. Which node.
 	res := &Result{}
 	var errs []string
-	b, err := ReadBundle(filepath.Join(root, BundlePath))
-	if err != nil {
-		errs = append(errs, err.Error())
-		b = &nodeconf.Bundle{}
-	}
 	cmdline := readCmdline(root)
-	node, by, err := Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net")))
-	if err != nil {
-		errs = append(errs, err.Error())
+	var node *nodeconf.Node
+	var by string
+	if opts.Config != "" {
+		n, b, err := firstboot.ReadConfig(filepath.Join(root, opts.Config))
+		switch {
+		case err != nil:
+			errs = append(errs, err.Error())
+		case n != nil:
+			node, by = n, opts.Config
+		default:
+			if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
+	if node == nil {
+		b, err := ReadBundle(filepath.Join(root, BundlePath))
+		if err != nil {
+			errs = append(errs, err.Error())
+			b = &nodeconf.Bundle{}
+		}
+		if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
+			errs = append(errs, err.Error())
+		}
 	}
 	res.Node, res.By = node, by
 

@@ -14,8 +14,19 @@ import (
 
 // Main is the init: Run, then exec the stage's init as PID 1. It returns
 // only when there is nothing to exec; the caller then powers off.
+//
+// With bellbuild.root= on the command line (a disk or an ISO), the
+// initramfs only finds the root: MountMedia switches to an overlay of the
+// root image before the applier runs there with the config volume's
+// configuration.
 func Main(ctx context.Context) error {
-	res := Run(ctx, Options{Mount: true, LoadModules: true})
+	opts := Options{Mount: true, LoadModules: true}
+	mountEssentials("/") // Run reports what failed
+	cmdline, _ := os.ReadFile("/proc/cmdline")
+	if _, ok := Param(string(cmdline), RootParam); ok {
+		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
+	}
+	res := Run(ctx, opts)
 	if res.Init == "" {
 		return errors.New("no init to hand over to")
 	}
