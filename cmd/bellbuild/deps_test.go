@@ -23,6 +23,7 @@ var allowed = map[string][]string{
 	"images":            {"images"},
 	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
 	"firstboot":         {"firstboot", "profiles/nodeconf"},
+	"firstboot/vmtest":  {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
 	"pxe":               {"pxe"},
 	"testvm":            {"testvm"},
 	"deploy":            {},   // manifests; their test-only package imports nothing of ours
