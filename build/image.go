@@ -406,6 +406,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		if kin.SHA256, err = b.sumFile(im.kernel.file); err != nil {
 			return nil, fmt.Errorf("kernel: %w", err)
 		}
+		im.kernel.sum = kin.SHA256
 	} else {
 		kin.Path = "stage:/boot/vmlinuz-" + im.kernel.version
 	}
@@ -713,20 +714,41 @@ func cachedNote(c bool) string {
 	return ""
 }
 
-// copyKernel writes the kernel image to file.
+// copyKernel writes the kernel image to file. A kernel from the host is
+// copied file to file (copy_file_range) and keeps the sha256 its input
+// already has; one from the stage is hashed as it is written.
 func copyKernel(k *kernel, file string) (int64, string, error) {
-	var rc io.ReadCloser
-	var err error
-	if k.file != "" {
-		rc, err = os.Open(k.file)
-	} else {
-		rc, err = k.content.Open()
+	if k.file == "" {
+		rc, err := k.content.Open()
+		if err != nil {
+			return 0, "", fmt.Errorf("kernel: %w", err)
+		}
+		defer rc.Close()
+		return writeHashed(file, rc)
 	}
+	in, err := os.Open(k.file)
 	if err != nil {
 		return 0, "", fmt.Errorf("kernel: %w", err)
 	}
-	defer rc.Close()
-	return writeHashed(file, rc)
+	defer in.Close()
+	out, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return 0, "", err
+	}
+	n, err := io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != k.size {
+		err = fmt.Errorf("kernel %s changed during the bake (%d bytes, was %d)", k.file, n, k.size)
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	return n, k.sum, nil
 }
 
 // writeTar writes the tree as a reproducible stage tarball.

@@ -24,6 +24,7 @@ var BootModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000",
 	"sd_mod", "sr_mod", "ata_piix",
 	"loop", "squashfs", "overlay", "vfat", "nls_cp437", "nls_ascii", "isofs",
+	"ext4", // a disk's data partition (persist: true)
 }
 
 // ErrNoKernel means neither kernel.path nor the stage's /boot has a kernel.
@@ -34,6 +35,7 @@ type kernel struct {
 	// file is the kernel image on the build host, symlinks resolved (when
 	// it comes from the stage tree, content is set instead).
 	file    string
+	sum     string // its sha256, once known
 	content fstree.Content
 	size    int64
 	// version is its release ("6.1.0-56-amd64").
