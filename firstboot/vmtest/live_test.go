@@ -9,6 +9,7 @@ package vmtest
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/build"
+	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/testvm"
 )
@@ -154,6 +156,31 @@ func TestLiveEffects(t *testing.T) {
 		"profile":    "",
 	}
 
+	// The originals bellbuild recorded, write-ahead, before it changed the
+	// running kernel at boot must be those defaults: the revert below
+	// then proves it puts back what was live, not merely a known value.
+	ledger := readLedger(t, vm)
+	originals := map[string]string{}
+	for mod, keys := range map[string][]string{
+		"sysctl":  {"vm.swappiness", "kernel.domainname", "net.ipv4.ip_forward"},
+		"ethtool": {"feat:eth0/generic-receive-offload"},
+	} {
+		for _, k := range keys {
+			if rec, ok := ledger.Modules[mod][k]; ok && rec.HadOriginal {
+				originals[k] = rec.Original
+			}
+		}
+	}
+	wantOriginals := map[string]string{
+		"vm.swappiness":                     pristine["swappiness"],
+		"kernel.domainname":                 pristine["domainname"],
+		"net.ipv4.ip_forward":               pristine["ip_forward"],
+		"feat:eth0/generic-receive-offload": pristine["gro"],
+	}
+	if diff := cmp.Diff(wantOriginals, originals); diff != "" {
+		t.Errorf("originals in the VM's ledger after boot (-want +got):\n%s", diff)
+	}
+
 	applied := effects(t, vm, "a")
 	want := map[string]string{
 		"swappiness": "17",
@@ -207,6 +234,24 @@ func effects(t *testing.T, vm *testvm.T, tag string) map[string]string {
 		}
 	}
 	return got
+}
+
+// readLedger prints the VM's ledger on the console and decodes it.
+func readLedger(t *testing.T, vm *testvm.T) *host.Ledger {
+	t.Helper()
+	vm.Send("echo ledger-begin; cat /" + host.LedgerPath + "; echo; echo ledger-end\n")
+	waitLine(t, vm, `^ledger-end$`)
+	con := strings.ReplaceAll(vm.Console(), "\r", "")
+	begin := strings.LastIndex(con, "\nledger-begin\n")
+	end := strings.LastIndex(con, "\nledger-end\n")
+	if begin < 0 || end < begin {
+		t.Fatalf("no ledger between markers on the console")
+	}
+	var l host.Ledger
+	if err := json.Unmarshal([]byte(con[begin+len("\nledger-begin\n"):end]), &l); err != nil {
+		t.Fatalf("ledger printed in the VM: %v", err)
+	}
+	return &l
 }
 
 // waitLine waits for a complete console line matching re.
