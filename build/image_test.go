@@ -784,3 +784,47 @@ func TestMergedUsrStage(t *testing.T) {
 		t.Errorf("no virtio_net.ko under /usr/lib/modules/%s (through /lib): %v", m.KernelVersion, mods)
 	}
 }
+
+// TestKernelFromStage: kernel {from: stage} takes the newest
+// /boot/vmlinuz-* of the stage (its modules are the stage's own): the
+// artifact is that file, its version read from its boot header.
+func TestKernelFromStage(t *testing.T) {
+	needHost(t)
+	host, err := filepath.EvalSymlinks(testKernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "boot"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// An older kernel name that sorts after the newer one as a string.
+	if err := os.WriteFile(filepath.Join(root, "boot/vmlinuz-6.1.0-9-amd64"), []byte("old kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, host, filepath.Join(root, "boot", filepath.Base(host)), 0o644)
+	sp := &profiles.ImageSpec{Profile: "own", Chain: []string{"own"}, Stage: profiles.Stage{Dir: root},
+		Kernel: profiles.Kernel{From: "stage"}, Outputs: []string{"initramfs"}}
+	opts := testOptions(t)
+	m, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.TrimPrefix(filepath.Base(host), "vmlinuz-"); m.KernelVersion != want {
+		t.Errorf("kernel version %q, want %q", m.KernelVersion, want)
+	}
+	_, want := fileSum(t, host)
+	if m.Artifacts[0].Name != KernelFile || m.Artifacts[0].SHA256 != want {
+		t.Errorf("vmlinuz artifact %+v, want the stage's %s (sha256 %s)", m.Artifacts[0], filepath.Base(host), want)
+	}
+	if _, got := fileSum(t, filepath.Join(opts.OutDir, "own", KernelFile)); got != want {
+		t.Error("vmlinuz on disk is not the stage's kernel")
+	}
+	tree := unpack(t, filepath.Join(opts.OutDir, "own", InitramfsFile))
+	if tree.Get("etc/bellbuild/modules") == nil {
+		t.Error("no /etc/bellbuild/modules for the init")
+	}
+	if got := base(t, tree, "lib/modules"); len(got) != 0 {
+		t.Errorf("host modules added to a stage with its own kernel: %v", got)
+	}
+}
