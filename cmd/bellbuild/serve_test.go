@@ -105,7 +105,7 @@ func mustMAC(t *testing.T, s string) net.HardwareAddr {
 // 192.0.2.1/24 with tap devices on it.
 type netns struct{ name string }
 
-func newNetns(t *testing.T, taps int) *netns {
+func newNetns(t testing.TB, taps int) *netns {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("SKIPPING NETWORK BOOT TEST: needs root for network namespaces")
@@ -150,7 +150,7 @@ func (ns *netns) command(name string, args ...string) *exec.Cmd {
 
 // qemu writes a wrapper that runs QEMU inside the namespace (where the
 // taps are) and returns its path, for testvm.Config.Binary.
-func (ns *netns) qemu(t *testing.T) string {
+func (ns *netns) qemu(t testing.TB) string {
 	p := filepath.Join(t.TempDir(), "qemu-in-netns")
 	script := "#!/bin/sh\nexec ip netns exec " + ns.name + " " + testvm.QEMU + " \"$@\"\n"
 	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
@@ -179,7 +179,7 @@ func (s *syncBuffer) String() string {
 
 // startServe runs `bellbuild serve` in ns until the test ends, when it must
 // stop cleanly on SIGTERM.
-func startServe(t *testing.T, ns *netns, bin string, args ...string) *syncBuffer {
+func startServe(t testing.TB, ns *netns, bin string, args ...string) *syncBuffer {
 	t.Helper()
 	var log syncBuffer
 	cmd := ns.command(bin, append([]string{"serve", "--interface", "br0"}, args...)...)
@@ -220,7 +220,7 @@ func startServe(t *testing.T, ns *netns, bin string, args ...string) *syncBuffer
 }
 
 // bake runs `bellbuild image PROFILE -o out`.
-func bake(t *testing.T, bin, out, profile string) {
+func bake(t testing.TB, bin, out, profile string) {
 	t.Helper()
 	cmd := exec.Command(bin, "image", profile, "-o", out)
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -367,4 +367,30 @@ func fetch(t *testing.T, ns *netns, url string) string {
 		t.Fatalf("wget %s: %v", url, err)
 	}
 	return string(out)
+}
+
+// BenchmarkPXEBoot times a BIOS VM from power-on to the applier's summary
+// line, network-booted with the kernel and initramfs over HTTP, and over
+// TFTP only (--boot-via tftp).
+func BenchmarkPXEBoot(b *testing.B) {
+	testvm.Skip(b)
+	bin := testvm.Binary(b)
+	out := b.TempDir()
+	bake(b, bin, out, "demo")
+	for _, via := range []string{"http", "tftp"} {
+		b.Run(via, func(b *testing.B) {
+			ns := newNetns(b, 1)
+			startServe(b, ns, bin, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out,
+				"--state", b.TempDir(), "--boot-via", via)
+			qemu := ns.qemu(b)
+			b.ResetTimer()
+			for range b.N {
+				vm := testvm.New(b, testvm.Config{Binary: qemu, BootNetwork: true,
+					NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:00:01"}}})
+				vm.Wait(`bellbuild: node=demo-1 profile=demo changes=\d+ errors=0`)
+				vm.Close()
+			}
+			b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/boot")
+		})
+	}
 }
