@@ -432,6 +432,26 @@ func TestProxy(t *testing.T) {
 	if r := discover(); r != nil {
 		t.Errorf("proxy answered a client that is not PXE: %v", summarize(r))
 	}
+	// The PXE client's next step: a REQUEST to the proxy (port 4011),
+	// answered with an ACK carrying the boot fields and still no address.
+	req, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithHwAddr(macA),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(net.ParseIP("192.0.2.77")),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("192.0.2.1")))}, pxeBIOS...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack := exchange(t, conn, f.addr, req)
+	if ack == nil {
+		t.Fatal("no proxy ACK")
+	}
+	want.Type = "ACK"
+	if d := cmp.Diff(want, summarize(ack)); d != "" {
+		t.Errorf("proxy ack (-want +got):\n%s", d)
+	}
+	if _, ok := f.leases.Get(macA); ok {
+		t.Error("proxy mode bound an address")
+	}
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
