@@ -24,7 +24,7 @@ var BootModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000",
 	"sd_mod", "sr_mod", "ata_piix",
 	"loop", "squashfs", "overlay", "vfat", "nls_cp437", "nls_ascii", "isofs",
-	"ext4", // a disk's data partition (persist: true)
+	"crc32c_generic", "ext4", // a disk's data partition (persist: true); ext4 needs crc32c
 }
 
 // ErrNoKernel means neither kernel.path nor the stage's /boot has a kernel.

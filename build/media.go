@@ -40,6 +40,16 @@ const (
 	ConfigArg   = "bellbuild.config=LABEL=" + disk.ConfigLabel
 )
 
+// DataPartitionSize is the size of a disk's data partition (persist: true).
+// The partition is not written at bake time, so disk.raw stays sparse; the
+// init formats it (ext2, busybox mke2fs, carried in the ESP's initramfs as
+// /bellbuild/mke2fs) on the first boot.
+const DataPartitionSize = 256 << 20
+
+// mke2fsPath is where the media initramfs carries busybox for formatting
+// the data partition (busybox runs the applet its name says).
+const mke2fsPath = "bellbuild/mke2fs"
+
 // wantsMedia reports whether the profile asks for a disk or an ISO: both
 // need the kernel and the initramfs.
 func wantsMedia(outputs []string) bool {
@@ -104,7 +114,8 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			RootFunc: func(w io.WriteSeeker) (int64, error) {
 				return squashfs.Write(w, root, sqOpts)
 			},
-			Config: conf,
+			Config:   conf,
+			DataSize: dataSize(im),
 		})
 		if err != nil {
 			return err
@@ -162,6 +173,13 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 	return ctx.Err()
 }
 
+func dataSize(im *image) int64 {
+	if im.spec.Persist {
+		return DataPartitionSize
+	}
+	return 0
+}
+
 // mediaInitrd writes the initramfs the media's ESP carries, in dir, and
 // returns its path. Its only job is to find and mount the root (the whole
 // image is the squashfs), so it holds the kernel modules, the applier as
@@ -176,6 +194,29 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 	t.Merge(im.added)
 	t.Merge(im.applier)
 	t.Merge(im.config)
+	if im.spec.Persist {
+		bin := b.opts.Busybox
+		for _, p := range BusyboxPaths {
+			if _, err := os.Stat(p); bin == "" && err == nil {
+				bin = p
+			}
+		}
+		if bin == "" {
+			return "", fmt.Errorf("persist: no busybox at %s to format the data partition (apt-get install busybox-static)", strings.Join(BusyboxPaths, " or "))
+		}
+		real, err := filepath.EvalSymlinks(bin)
+		if err != nil {
+			return "", fmt.Errorf("persist: %w", err)
+		}
+		if err := checkStatic(real); err != nil {
+			return "", fmt.Errorf("persist: %w", err)
+		}
+		st, err := os.Stat(real)
+		if err != nil {
+			return "", fmt.Errorf("persist: %w", err)
+		}
+		t.Add(fstree.Entry{Path: mke2fsPath, Type: fstree.Regular, Mode: 0o755, Size: st.Size(), Data: fstree.File(real)})
+	}
 	file := filepath.Join(dir, ".media-initrd.cpio.zst")
 	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, b.p); err != nil {
 		return "", err

@@ -79,3 +79,62 @@ func TestDiskBoot(t *testing.T) {
 	// The stage's own init took over, in the new root.
 	vm.Wait(`^bellbuild: busybox init: shell on ttyS0$`)
 }
+
+// TestDiskDay2 boots a disk with a data partition twice. Between the boots
+// the machine is powered off and its config volume rewritten (one sysctl
+// changed, one removed, a user removed, a file added), as `bellbuild
+// config write disk.raw` does; the second boot converges from the state
+// the first one left on the data partition: the new values hold, the
+// removed user is expired, the removed sysctl is back to the kernel's.
+func TestDiskDay2(t *testing.T) {
+	testvm.Skip(t)
+	needHost(t)
+	needMediaTools(t)
+	s := testSite(t)
+	sp := spec(t, s, "persistent")
+	o := testOptions(t)
+	o.Site = s
+	m, err := Image(context.Background(), sp, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(m.Stats.Dir, DiskFile)
+	node := sp.Bundle.Default
+	node.Node = "p1"
+	writeNode(t, img, &node)
+
+	boot := func(t *testing.T, want ...string) {
+		vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+		if got := vm.Wait(`^bellbuild: root .*`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
+			t.Fatalf("init: %q, want the data partition as the writable layer", got)
+		}
+		vm.Wait(`^bellbuild: node=p1 profile=persistent changes=[1-9]\d* errors=0$`)
+		console := vm.Console()
+		for _, w := range want {
+			if !strings.Contains(console, "[020-state.sh] check: "+w+"\n") && !strings.Contains(console, "[010-report.sh] check: "+w+"\n") {
+				t.Errorf("the console lacks check: %s", w)
+			}
+		}
+		// Power off as a person would, through the stage's shell.
+		vm.Wait(`^bellbuild:/# `)
+		vm.Send("sync; poweroff -f\n")
+		ctx, cancel := context.WithTimeout(context.Background(), testvm.BootTimeout)
+		defer cancel()
+		if err := vm.VM.Wait(ctx); err != nil {
+			t.Fatalf("after poweroff -f: %v", err)
+		}
+	}
+	t.Run("day 1", func(t *testing.T) {
+		boot(t, "swappiness=23", "dirty_ratio=33", "persisted dirty_ratio=1", "temp=temp expire=", "day2=none")
+	})
+	if t.Failed() {
+		return
+	}
+	node.Conf.Sysctl = map[string]string{"vm.swappiness": "24"}
+	node.Conf.Uamlite.Users = nil
+	node.Conf.Files["/etc/day2-note"] = nodeconf.File{Content: "day 2\n"}
+	writeNode(t, img, &node)
+	t.Run("day 2", func(t *testing.T) {
+		boot(t, "swappiness=24", "dirty_ratio=20", "persisted dirty_ratio=0", "temp=temp expire=1", "day2=day 2")
+	})
+}

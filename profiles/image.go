@@ -23,6 +23,11 @@ type ImageSpec struct {
 	// Outputs are the artifacts to make: initramfs | raw | iso | tar;
 	// [initramfs] when the chain sets none.
 	Outputs []string
+	// Persist gives a disk (output raw) a data partition that holds the
+	// writable layer over its read-only root, so what the applier and
+	// the system change survives a reboot; without it the layer is in
+	// memory and every boot starts from the image.
+	Persist bool
 	// Bundle carries the rendered configuration: Default is
 	// RenderProfile(Profile, nil, ""), Nodes every inventory node that
 	// boots Profile, sorted by name.
@@ -254,6 +259,9 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	}
 	if v := r.fields["outputs"]; v != nil {
 		spec.Outputs = parseOutputs(v, "outputs", &errs)
+	}
+	if v := r.fields["persist"]; v != nil {
+		spec.Persist, _ = scalarBool(v)
 	}
 	if len(errs) > 0 {
 		return nil, errs.Err()

@@ -99,7 +99,7 @@ type node struct {
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -293,7 +293,7 @@ func stringList(v *value, path string, errs *ErrorList) ([]string, []Pos) {
 	return out, pos
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "conf", "overrides"}
+var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -345,6 +345,11 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "outputs":
 			if v.kind != kNull {
 				parseOutputs(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "persist":
+			if _, ok := scalarBool(v); !ok && v.kind != kNull {
+				errs.Add(v.pos, e.key, "want true or false")
 			}
 			p.fields[e.key] = v
 		case "conf":

@@ -31,9 +31,13 @@ import (
 // root by PARTLABEL=bellroot and the config volume by LABEL=BELLCONF (or
 // PARTLABEL=bellconf).
 const (
-	ESPName     = "esp"
-	RootName    = "bellroot"
-	ConfigName  = "bellconf"
+	ESPName    = "esp"
+	RootName   = "bellroot"
+	ConfigName = "bellconf"
+	// DataName is the optional fourth partition (Spec.DataSize), left
+	// empty: the init formats it on first boot and keeps the writable
+	// layer over the root there.
+	DataName    = "belldata"
 	ESPLabel    = "ESP"
 	ConfigLabel = "BELLCONF"
 )
@@ -73,6 +77,10 @@ type Spec struct {
 	Config *fstree.Tree
 	// ConfigSize is the config volume's size; 0: the smallest FAT32.
 	ConfigSize int64
+	// DataSize, when > 0, adds the data partition (belldata) of that many
+	// bytes (rounded up to MiB) after the config volume. It is written as
+	// zeros, i.e. not at all: the image file stays sparse.
+	DataSize int64
 }
 
 // Partition is one partition of a written disk.
@@ -117,7 +125,7 @@ func Plan(spec Spec) (*Layout, error) {
 	if rootSize <= 0 {
 		return nil, fmt.Errorf("disk: root: no content")
 	}
-	return layout(espSize, rootSize, confSize), nil
+	return layout(espSize, rootSize, confSize, spec.DataSize), nil
 }
 
 func fatSizes(spec Spec) (esp, conf int64, err error) {
@@ -139,15 +147,22 @@ func configTree(spec Spec) *fstree.Tree {
 	return spec.Config
 }
 
-// layout places the three partitions MiB-aligned from 1 MiB on, and leaves
-// 1 MiB at the end for the backup GPT.
-func layout(espSize, rootSize, confSize int64) *Layout {
+// layout places the three partitions (four with a data partition)
+// MiB-aligned from 1 MiB on, and leaves 1 MiB at the end for the backup GPT.
+func layout(espSize, rootSize, confSize, dataSize int64) *Layout {
 	l := &Layout{}
 	off := int64(mib) // after the protective MBR and the primary GPT
-	for i, p := range []struct {
+	parts := []struct {
 		name string
 		size int64
-	}{{ESPName, espSize}, {RootName, rootSize}, {ConfigName, confSize}} {
+	}{{ESPName, espSize}, {RootName, rootSize}, {ConfigName, confSize}}
+	if dataSize > 0 {
+		parts = append(parts, struct {
+			name string
+			size int64
+		}{DataName, dataSize})
+	}
+	for i, p := range parts {
 		size := roundMiB(p.size)
 		l.Partitions = append(l.Partitions, Partition{Index: i + 1, Name: p.name, Offset: off, Size: size})
 		off += size
@@ -177,7 +192,7 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 	}
 	// The root's size may be unknown until it is written: lay out the
 	// ESP and the root's start first, the rest once the root is there.
-	l := layout(espSize, max(spec.RootPartSize, spec.RootSize, 1), confSize)
+	l := layout(espSize, max(spec.RootPartSize, spec.RootSize, 1), confSize, spec.DataSize)
 	esp, root := &l.Partitions[0], &l.Partitions[1]
 
 	// 1. The ESP.
@@ -211,7 +226,7 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 		}
 		root.SHA256, rootBytes = hex.EncodeToString(hw.h.Sum(nil)), n
 	}
-	final := layout(espSize, max(spec.RootPartSize, rootBytes), confSize)
+	final := layout(espSize, max(spec.RootPartSize, rootBytes), confSize, spec.DataSize)
 	for i := range 2 {
 		final.Partitions[i].SHA256 = l.Partitions[i].SHA256
 	}
@@ -272,7 +287,7 @@ func writeFAT(f *os.File, p *Partition, t *fstree.Tree, label string) error {
 
 // writeGPT derives every GUID and writes the protective MBR and both GPTs.
 func writeGPT(f *os.File, l *Layout) error {
-	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: gpt.LinuxRootX86_64, ConfigName: gpt.LinuxFilesystem}
+	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: gpt.LinuxRootX86_64, ConfigName: gpt.LinuxFilesystem, DataName: gpt.LinuxFilesystem}
 	all := sha256.New()
 	table := &gpt.Table{LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true}
 	for i := range l.Partitions {
