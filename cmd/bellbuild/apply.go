@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "apply",
 		summary: "enforce a node's host configuration on a root (first boot and day 2)",
-		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan] [--offline | --live]",
+		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan | --watch] [--offline | --live]",
 		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
 ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
 root filesystem, idempotently: a second run with the same configuration
@@ -44,6 +44,11 @@ a mounted host root and gets persistent state only (files, units), unless
 State lives in ROOT/var/lib/bellbuild/: ledger.json (what bellbuild owns
 and the originals it replaced), last-run.json (the report), lock.
 
+--watch applies, then applies again whenever SRC's content changes (its
+SHA-256, looked at every --interval), until stopped: the day-2 rerun on a
+machine whose config volume is rewritten in place, or in a DaemonSet whose
+ConfigMap changes. A failed run is reported and retried at the next change.
+
 Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
 pending changes. One summary line goes to stdout.
 
@@ -54,7 +59,9 @@ Examples:
   # day 2 on the machine itself, from the site, node chosen by MAC
   bellbuild apply --config /srv/site --root /
   # a Divingbell values file for a host with labels
-  bellbuild apply --config values.yaml --root /host --live --hostname node7 --label compute_type=dpdk`,
+  bellbuild apply --config values.yaml --root /host --live --hostname node7 --label compute_type=dpdk
+  # rerun whenever the config volume changes
+  bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root / --watch`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o applyFlags
 			fs.StringVar(&o.config, "config", "", "rendered node or bundle file (`SRC`)")
@@ -76,9 +83,17 @@ Examples:
 			fs.BoolVar(&o.plan, "plan", false, "print what would change and exit 2 if anything would")
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
+			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
+			interval := fs.Duration("interval", defaultWatchInterval, "how often --watch looks at SRC")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
+				}
+				if *watch {
+					if o.plan {
+						return errors.New("--watch applies; it cannot be combined with --plan")
+					}
+					return watchApply(ctx, o, *interval, os.Stdout, os.Stderr)
 				}
 				return runApply(ctx, o, os.Stdout, os.Stderr)
 			}

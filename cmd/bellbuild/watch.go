@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// defaultWatchInterval is how often `apply --watch` looks at the
+// configuration.
+const defaultWatchInterval = 5 * time.Second
+
+// watchApply applies the configuration, then again whenever its content
+// changes, until ctx is cancelled (SIGTERM): the day-2 rerun of a running
+// machine (its config volume rewritten in place) or of a DaemonSet (its
+// ConfigMap updated). The content is polled every interval by its SHA-256,
+// so a rewrite with the same bytes does nothing and a file replaced by
+// rename is seen like one written in place. A failed run is reported and
+// the watch goes on; it is retried at the next change.
+func watchApply(ctx context.Context, o applyFlags, interval time.Duration, stdout, stderr io.Writer) error {
+	if o.config == "" || o.root == "" {
+		return errors.New("--config and --root are required (--root / applies to this machine)")
+	}
+	if interval <= 0 {
+		return fmt.Errorf("--interval %s: must be positive", interval)
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	applied, lastErr := "", ""
+	for {
+		sum, err := contentSum(o.config)
+		switch {
+		case err != nil:
+			// Said once per distinct problem (a volume being replaced
+			// may be missing for a moment).
+			if err.Error() != lastErr {
+				fmt.Fprintf(stderr, "bellbuild apply: watch: %v\n", err)
+				lastErr = err.Error()
+			}
+		case sum != applied:
+			lastErr = ""
+			applied = sum
+			if err := runApply(ctx, o, stdout, stderr); err != nil {
+				var ee exitError
+				if !errors.As(err, &ee) {
+					fmt.Fprintf(stderr, "bellbuild apply: %v\n", err)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// contentSum is the SHA-256 of a file, or of every regular file under a
+// directory (a site) with its relative path.
+func contentSum(p string) (string, error) {
+	h := sha256.New()
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", err
+	}
+	if !fi.IsDir() {
+		if err := hashFile(h, p); err != nil {
+			return "", err
+		}
+		return hex.EncodeToString(h.Sum(nil)), nil
+	}
+	err = filepath.WalkDir(p, func(f string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(p, f)
+		fmt.Fprintf(h, "%d:%s", len(rel), rel)
+		return hashFile(h, f)
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func hashFile(w io.Writer, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%x", h.Sum(nil))
+	return err
+}
