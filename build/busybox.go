@@ -41,7 +41,8 @@ ttyS0::respawn:-/bin/sh
 	{"etc/init.d/rcS", 0o755, `#!/bin/sh
 mkdir -p /dev/pts /dev/shm /run /tmp
 mount -t devpts devpts /dev/pts 2>/dev/null
-mount -t tmpfs -o nosuid,nodev tmpfs /run 2>/dev/null
+# a disk or ISO boot's init has mounted /run, with the config volume in it
+grep -q '^[^ ]* /run ' /proc/mounts || mount -t tmpfs -o nosuid,nodev tmpfs /run 2>/dev/null
 hostname -F /etc/hostname
 echo "bellbuild: busybox init: shell on ttyS0"
 `},

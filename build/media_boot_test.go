@@ -78,6 +78,17 @@ func TestDiskBoot(t *testing.T) {
 	}
 	// The stage's own init took over, in the new root.
 	vm.Wait(`^bellbuild: busybox init: shell on ttyS0$`)
+
+	// Day 2 without a reboot: the config volume changes under the running
+	// system (by hand here: remount it writable, edit node.json), and the
+	// applier the init left watching it (apply --watch from inittab)
+	// reruns with the new value.
+	vm.Wait(`^bellbuild:/# `)
+	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' /run/bellbuild/config/bellbuild/node.json && echo ed""ited` + "\n")
+	vm.Wait(`^edited$`)
+	vm.Wait(`check: swappiness=41`)
+	vm.Send("echo now=$(cat /proc/sys/vm/swappiness)\n")
+	vm.Wait(`^now=41$`)
 }
 
 // TestDiskDay2 boots a disk with a data partition twice. Between the boots
@@ -105,7 +116,7 @@ func TestDiskDay2(t *testing.T) {
 
 	boot := func(t *testing.T, want ...string) {
 		vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-		if got := vm.Wait(`^bellbuild: root .*`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
+		if got := vm.Wait(`^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
 			t.Fatalf("init: %q, want the data partition as the writable layer", got)
 		}
 		vm.Wait(`^bellbuild: node=p1 profile=persistent changes=[1-9]\d* errors=0$`)

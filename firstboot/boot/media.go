@@ -302,6 +302,15 @@ func MountMedia(cmdline string, log func(format string, args ...any)) (*MediaRoo
 	if err := mount("overlay", newRoot, "overlay", 0, opts); err != nil {
 		return nil, err
 	}
+	// /run is a tmpfs the system's init finds mounted (systemd, and the
+	// busybox stage's rcS, leave it then): what is mounted under
+	// /run/bellbuild stays visible.
+	if err := os.MkdirAll(filepath.Join(newRoot, "run"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := mount("tmpfs", filepath.Join(newRoot, "run"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+		return nil, err
+	}
 
 	// 4. The configuration.
 	if arg, ok := Param(cmdline, ConfigParam); ok {
@@ -521,10 +530,59 @@ func mediaBoot(cmdline string) Options {
 		cfg = "/" + BundlePath + " (the image's)"
 	}
 	log("root %s, writable layer %s, configuration %s", rootDesc(cmdline), mr.Upper, cfg)
+	if mr.Config != "" {
+		if _, err := AddWatch("/", mr.Config); err != nil {
+			log("error: rerun on config changes: %v", err)
+		}
+	}
 	return Options{Mount: true, Config: mr.Config}
 }
 
 func rootDesc(cmdline string) string {
 	v, _ := Param(cmdline, RootParam)
 	return v
+}
+
+// WatchUnit is the systemd service a media boot adds to a systemd stage to
+// rerun the applier when the config volume changes (see AddWatch).
+const WatchUnit = "etc/systemd/system/bellbuild-watch.service"
+
+// AddWatch makes the new root's init rerun the applier whenever config (a
+// file on the config volume, a path in the root) changes, with `bellbuild
+// apply --watch`: a respawn line in a busybox /etc/inittab, or an enabled
+// systemd service. The change lives in the writable layer, not in the
+// image. A root with neither init is left alone (false).
+func AddWatch(root, config string) (bool, error) {
+	cmd := "/" + Applier + " apply --config " + config + " --root / --watch"
+	inittab := filepath.Join(root, "etc/inittab")
+	if data, err := os.ReadFile(inittab); err == nil && bytes.Contains(data, []byte("::")) {
+		if bytes.Contains(data, []byte(" apply --config ")) {
+			return true, nil
+		}
+		f, err := os.OpenFile(inittab, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return false, err
+		}
+		_, err = fmt.Fprintf(f, "# bellbuild: rerun the applier when the config volume changes\n::respawn:%s\n", cmd)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err == nil, err
+	}
+	if _, err := os.Lstat(filepath.Join(root, "lib/systemd/systemd")); err != nil {
+		return false, nil
+	}
+	unit := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
+		"[Service]\nExecStart=" + cmd + "\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n"
+	if err := os.MkdirAll(filepath.Join(root, "etc/systemd/system/multi-user.target.wants"), 0o755); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(filepath.Join(root, WatchUnit), []byte(unit), 0o644); err != nil {
+		return false, err
+	}
+	link := filepath.Join(root, "etc/systemd/system/multi-user.target.wants", filepath.Base(WatchUnit))
+	if err := os.Symlink("/"+WatchUnit, link); err != nil && !errors.Is(err, os.ErrExist) {
+		return false, err
+	}
+	return true, nil
 }
