@@ -1,0 +1,206 @@
+package boot
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseSource(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Source
+		bad  bool
+	}{
+		{in: "PARTLABEL=bellroot", want: Source{By: "PARTLABEL", Name: "bellroot"}},
+		{in: "LABEL=BELLCONF", want: Source{By: "LABEL", Name: "BELLCONF"}},
+		{in: "LABEL=BELLBUILD:/bellbuild/root.squashfs", want: Source{By: "LABEL", Name: "BELLBUILD", File: "/bellbuild/root.squashfs"}},
+		{in: "UUID=1234", bad: true},
+		{in: "PARTLABEL=", bad: true},
+		{in: "LABEL=X:relative", bad: true},
+		{in: "/dev/vda2", bad: true},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseSource(tc.in)
+			if tc.bad {
+				if err == nil {
+					t.Fatalf("ParseSource(%q) = %+v, want an error", tc.in, got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("(-want +got):\n%s", d)
+			}
+			if got.String() != tc.in {
+				t.Errorf("String() = %q, want %q", got.String(), tc.in)
+			}
+		})
+	}
+}
+
+func TestParam(t *testing.T) {
+	cl := "console=ttyS0 bellbuild.root=PARTLABEL=a bellbuild.rootwait=5 bellbuild.root=PARTLABEL=b quiet"
+	if v, ok := Param(cl, RootParam); !ok || v != "PARTLABEL=b" {
+		t.Errorf("root = %q %v, want the last one, PARTLABEL=b", v, ok)
+	}
+	if v, ok := Param(cl, ConfigParam); ok {
+		t.Errorf("config = %q, want none", v)
+	}
+	if v, ok := Param("bellbuild.config=", ConfigParam); !ok || v != "" {
+		t.Errorf("empty config = %q %v", v, ok)
+	}
+}
+
+// hostMkfs runs a host formatter to make a filesystem image for Probe.
+func hostMkfs(t *testing.T, tool string, args ...string) {
+	t.Helper()
+	if _, err := exec.LookPath(tool); err != nil {
+		t.Skipf("SKIP: %s not installed: %v", tool, err)
+	}
+	if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", tool, err, out)
+	}
+}
+
+func sparse(t *testing.T, file string, size int64) string {
+	t.Helper()
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// TestProbe reads the type and label of filesystems made by the usual
+// tools, as the init does to find LABEL= sources.
+func TestProbe(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, fstype, label string
+		make                func(t *testing.T, file string)
+	}{
+		{"fat32", "vfat", "BELLCONF", func(t *testing.T, f string) {
+			hostMkfs(t, "mkfs.vfat", "-F", "32", "-n", "BELLCONF", sparse(t, f, 40<<20))
+		}},
+		{"fat16", "vfat", "SMALL", func(t *testing.T, f string) {
+			hostMkfs(t, "mkfs.vfat", "-F", "16", "-n", "SMALL", sparse(t, f, 16<<20))
+		}},
+		{"fat unlabelled", "vfat", "", func(t *testing.T, f string) {
+			hostMkfs(t, "mkfs.vfat", "-F", "32", sparse(t, f, 40<<20))
+		}},
+		{"ext2", "ext2", "belldata", func(t *testing.T, f string) {
+			hostMkfs(t, "mke2fs", "-q", "-t", "ext2", "-L", "belldata", sparse(t, f, 8<<20))
+		}},
+		{"squashfs", "squashfs", "", func(t *testing.T, f string) {
+			src := t.TempDir()
+			os.WriteFile(filepath.Join(src, "a"), []byte("a"), 0o644)
+			hostMkfs(t, "mksquashfs", src, f, "-quiet", "-no-progress")
+		}},
+		{"zeros", "", "", func(t *testing.T, f string) { sparse(t, f, 1<<20) }},
+		{"missing", "", "", func(*testing.T, string) {}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".img")
+			tc.make(t, f)
+			fstype, label := Probe(f)
+			if fstype != tc.fstype || label != tc.label {
+				t.Errorf("Probe = %q %q, want %q %q", fstype, label, tc.fstype, tc.label)
+			}
+		})
+	}
+}
+
+// TestFind scans a /sys/class/block made of files, as the kernel lays it
+// out, matching by GPT name and by label, and times out with the devices
+// it saw.
+func TestFind(t *testing.T) {
+	sys, dev := t.TempDir(), t.TempDir()
+	add := func(name, uevent string) {
+		os.MkdirAll(filepath.Join(sys, name), 0o755)
+		os.WriteFile(filepath.Join(sys, name, "uevent"), []byte(uevent), 0o644)
+	}
+	add("vda", "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n")
+	add("vda2", "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=bellroot\n")
+	add("vda3", "MAJOR=254\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nPARTN=3\nPARTNAME=bellconf\n")
+	hostMkfs(t, "mkfs.vfat", "-F", "32", "-n", "BELLCONF", sparse(t, filepath.Join(dev, "vda3"), 40<<20))
+
+	d, err := Find(Source{By: "PARTLABEL", Name: "bellroot"}, sys, dev, 0, nil)
+	if err != nil || d.Dev != filepath.Join(dev, "vda2") {
+		t.Errorf("PARTLABEL=bellroot: %+v %v", d, err)
+	}
+	d, err = Find(Source{By: "LABEL", Name: "BELLCONF"}, sys, dev, 0, nil)
+	if err != nil || d.Dev != filepath.Join(dev, "vda3") || d.FSType != "vfat" {
+		t.Errorf("LABEL=BELLCONF: %+v %v", d, err)
+	}
+	waited := false
+	start := time.Now()
+	_, err = Find(Source{By: "PARTLABEL", Name: "belldata"}, sys, dev, 300*time.Millisecond, func() { waited = true })
+	if !errors.Is(err, ErrNoDevice) || !waited || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("missing device: %v (waited %v after %s)", err, waited, time.Since(start))
+	}
+	if want := "vda3(bellconf vfat BELLCONF)"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not list %q", err, want)
+	}
+}
+
+// TestAddWatch: a busybox inittab gets one respawn line (once, however
+// often the boot runs), a systemd root an enabled service, any other root
+// nothing.
+func TestAddWatch(t *testing.T) {
+	const cmd = "/bellbuild/bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root / --watch"
+	t.Run("busybox", func(t *testing.T) {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+		os.WriteFile(filepath.Join(root, "etc/inittab"), []byte("::sysinit:/etc/init.d/rcS\nttyS0::respawn:-/bin/sh\n"), 0o644)
+		for range 2 {
+			if ok, err := AddWatch(root, "/run/bellbuild/config/bellbuild/node.json"); !ok || err != nil {
+				t.Fatalf("AddWatch: %v %v", ok, err)
+			}
+		}
+		got, _ := os.ReadFile(filepath.Join(root, "etc/inittab"))
+		want := "::sysinit:/etc/init.d/rcS\nttyS0::respawn:-/bin/sh\n# bellbuild: rerun the applier when the config volume changes\n::respawn:" + cmd + "\n"
+		if d := cmp.Diff(want, string(got)); d != "" {
+			t.Errorf("inittab (-want +got):\n%s", d)
+		}
+	})
+	t.Run("systemd", func(t *testing.T) {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "lib/systemd"), 0o755)
+		os.WriteFile(filepath.Join(root, "lib/systemd/systemd"), nil, 0o755)
+		if ok, err := AddWatch(root, "/run/bellbuild/config/bellbuild/node.json"); !ok || err != nil {
+			t.Fatalf("AddWatch: %v %v", ok, err)
+		}
+		unit, _ := os.ReadFile(filepath.Join(root, WatchUnit))
+		if !strings.Contains(string(unit), "\nExecStart="+cmd+"\n") {
+			t.Errorf("unit:\n%s", unit)
+		}
+		link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/bellbuild-watch.service"))
+		if err != nil || link != "/"+WatchUnit {
+			t.Errorf("wants link: %q %v", link, err)
+		}
+	})
+	t.Run("neither", func(t *testing.T) {
+		root := t.TempDir()
+		if ok, err := AddWatch(root, "/x.json"); ok || err != nil {
+			t.Errorf("AddWatch on an empty root: %v %v", ok, err)
+		}
+		if ents, _ := os.ReadDir(root); len(ents) != 0 {
+			t.Errorf("AddWatch wrote %v", ents)
+		}
+	})
+}
