@@ -1,6 +1,9 @@
 package boot
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
 func TestParseSource(t *testing.T) {
@@ -203,4 +208,60 @@ func TestAddWatch(t *testing.T) {
 			t.Errorf("AddWatch wrote %v", ents)
 		}
 	})
+}
+
+// TestRunConfig: with Options.Config (what a disk boot finds on its config
+// volume) the applier reads that file — a single node, or a bundle the
+// node is chosen from — instead of the image's bundle; an unreadable one
+// is reported and the image's bundle applies.
+func TestRunConfig(t *testing.T) {
+	motd := func(s string) nodeconf.Conf {
+		return nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: s + "\n"}}}
+	}
+	image := testBundle()
+	image.Default.Conf = motd("image default")
+	volBundle := testBundle()
+	volBundle.Default.Conf = motd("volume default")
+	volBundle.Nodes[1].Conf = motd("volume web-2")
+	for _, tc := range []struct {
+		name, cmdline string
+		config        any // written to run/bellbuild/config/bellbuild/node.json
+		wantMotd      string
+		wantErrors    int
+	}{
+		{name: "node", config: nodeconf.Node{Node: "d1", Profile: "web", Conf: motd("node d1")}, wantMotd: "node d1\n"},
+		{name: "bundle, by cmdline", cmdline: "bellbuild.node=web-2", config: volBundle, wantMotd: "volume web-2\n"},
+		{name: "bundle, default", config: volBundle, wantMotd: "volume default\n"},
+		{name: "broken", config: "{not json", wantMotd: "image default\n", wantErrors: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			write := func(p string, v any) {
+				data, ok := v.(string)
+				if !ok {
+					b, err := json.Marshal(v)
+					if err != nil {
+						t.Fatal(err)
+					}
+					data = string(b)
+				}
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				if err := os.WriteFile(filepath.Join(root, p), []byte(data), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write(BundlePath, image)
+			write("proc/cmdline", tc.cmdline+"\n")
+			write(filepath.Join(ConfigDir, ConfigNode), tc.config)
+			var con bytes.Buffer
+			res := Run(context.Background(), Options{Root: root, Console: &con, Config: "/" + filepath.Join(ConfigDir, ConfigNode)})
+			got, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
+			if string(got) != tc.wantMotd {
+				t.Errorf("/etc/motd = %q, want %q\nconsole:\n%s", got, tc.wantMotd, con.String())
+			}
+			if len(res.Report.Errors) != tc.wantErrors {
+				t.Errorf("errors %q, want %d", res.Report.Errors, tc.wantErrors)
+			}
+		})
+	}
 }
