@@ -1,7 +1,6 @@
 package disk
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"fmt"
@@ -12,64 +11,28 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/testvm"
 )
 
-// hostKernel returns the build host's Debian kernel and its module
-// directory (package linux-image-amd64).
-func hostKernel(t *testing.T) (string, string) {
+// hostModules returns the build host's Debian kernel (package
+// linux-image-amd64), its modules directory and the module files that
+// load names there, dependencies first; it skips the test when the host
+// has no kernel.
+func hostModules(t *testing.T, names ...string) (kernel, modDir string, files []string) {
 	t.Helper()
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(kernels) == 0 {
-		t.Skip("SKIP: no /boot/vmlinuz-* (Debian package linux-image-amd64)")
+	kernel, modDir, err := kmod.Host()
+	if err != nil {
+		t.Skipf("SKIP: %v (Debian package linux-image-amd64)", err)
 	}
-	k := kernels[len(kernels)-1]
-	mods := "/lib/modules/" + strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
-	if _, err := os.Stat(mods + "/modules.dep"); err != nil {
-		t.Skipf("SKIP: %s: %v", mods, err)
-	}
-	return k, mods
-}
-
-// moduleClosure returns the module files that load names, dependencies
-// first, read from modules.dep.
-func moduleClosure(t *testing.T, modDir string, names ...string) []string {
-	t.Helper()
-	f, err := os.Open(modDir + "/modules.dep")
+	d, err := kmod.Open(modDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	deps := map[string][]string{}
-	byName := map[string]string{}
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		mod, rest, _ := strings.Cut(s.Text(), ":")
-		deps[mod] = strings.Fields(rest)
-		base := strings.TrimSuffix(filepath.Base(mod), ".ko")
-		byName[strings.ReplaceAll(base, "-", "_")] = mod
+	if files, err = d.Closure(names...); err != nil {
+		t.Fatal(err)
 	}
-	var out []string
-	seen := map[string]bool{}
-	var visit func(m string)
-	visit = func(m string) {
-		if seen[m] {
-			return
-		}
-		seen[m] = true
-		for _, d := range deps[m] {
-			visit(d)
-		}
-		out = append(out, m)
-	}
-	for _, n := range names {
-		m, ok := byName[n]
-		if !ok {
-			continue // built into the kernel
-		}
-		visit(m)
-	}
-	return out
+	return kernel, modDir, files
 }
 
 // TestUEFIBoot boots the disk under OVMF: systemd-boot from the ESP loads
@@ -86,7 +49,7 @@ func TestUEFIBoot(t *testing.T) {
 	if _, err := os.Stat(busybox); err != nil {
 		t.Skipf("SKIP: %s missing (Debian package busybox-static): %v", busybox, err)
 	}
-	kernel, modDir := hostKernel(t)
+	kernel, modDir, mods := hostModules(t, "virtio_pci", "virtio_blk", "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
 
 	fx := newFixture("booted-node")
 	// A long, non-ASCII name: Linux must read the long-name entries.
@@ -96,7 +59,6 @@ func TestUEFIBoot(t *testing.T) {
 
 	// The initramfs: busybox, the modules to read the disk, and an init
 	// that reports what it sees on the console, then powers off.
-	mods := moduleClosure(t, modDir, "virtio_pci", "virtio_blk", "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
 	init := fmt.Sprintf(`#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mkdir -p /proc /sys /dev /esp /conf

@@ -1,7 +1,6 @@
 package iso
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"fmt"
@@ -13,47 +12,26 @@ import (
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/testvm"
 )
 
-// modules returns the host kernel and the module files (dependencies
-// first, from modules.dep) that load names; built-in ones are skipped.
+// modules returns the build host's Debian kernel (package
+// linux-image-amd64), its modules directory and the module files that
+// load names there, dependencies first; it skips the test when the host
+// has no kernel.
 func modules(t *testing.T, names ...string) (kernel, modDir string, files []string) {
 	t.Helper()
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(kernels) == 0 {
-		t.Skip("SKIP: no /boot/vmlinuz-* (Debian package linux-image-amd64)")
-	}
-	kernel = kernels[len(kernels)-1]
-	modDir = "/lib/modules/" + strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	f, err := os.Open(modDir + "/modules.dep")
+	kernel, modDir, err := kmod.Host()
 	if err != nil {
-		t.Skipf("SKIP: %v", err)
+		t.Skipf("SKIP: %v (Debian package linux-image-amd64)", err)
 	}
-	defer f.Close()
-	deps, byName := map[string][]string{}, map[string]string{}
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		mod, rest, _ := strings.Cut(s.Text(), ":")
-		deps[mod] = strings.Fields(rest)
-		byName[strings.ReplaceAll(strings.TrimSuffix(filepath.Base(mod), ".ko"), "-", "_")] = mod
+	d, err := kmod.Open(modDir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	seen := map[string]bool{}
-	var visit func(m string)
-	visit = func(m string) {
-		if seen[m] {
-			return
-		}
-		seen[m] = true
-		for _, d := range deps[m] {
-			visit(d)
-		}
-		files = append(files, m)
-	}
-	for _, n := range names {
-		if m, ok := byName[n]; ok {
-			visit(m)
-		}
+	if files, err = d.Closure(names...); err != nil {
+		t.Fatal(err)
 	}
 	return kernel, modDir, files
 }

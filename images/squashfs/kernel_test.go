@@ -1,7 +1,6 @@
 package squashfs
 
 import (
-	"bufio"
 	"context"
 	"crypto/md5"
 	"fmt"
@@ -16,54 +15,28 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/testvm"
 	"github.com/google/go-cmp/cmp"
 )
 
-// kernelModules returns the host kernel's directory of modules and the
-// modules (relative paths) that mods need, dependencies first, from
-// modules.dep.
-func kernelModules(t *testing.T, mods ...string) (string, []string) {
+// kernelModules returns the host kernel (package linux-image-amd64), its
+// modules directory and the module files (relative to it) that mods need,
+// dependencies first; it skips the test when the host has no kernel.
+func kernelModules(t *testing.T, mods ...string) (kernel, kdir string, files []string) {
 	t.Helper()
-	dirs, _ := filepath.Glob("/lib/modules/*/modules.dep")
-	if len(dirs) == 0 {
-		t.Skip("no /lib/modules/*/modules.dep: install linux-image-amd64")
+	kernel, kdir, err := kmod.Host()
+	if err != nil {
+		t.Skipf("SKIP: %v (apt-get install linux-image-amd64)", err)
 	}
-	kdir := filepath.Dir(dirs[0])
-	f, err := os.Open(dirs[0])
+	d, err := kmod.Open(kdir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	deps := map[string][]string{}
-	byName := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		mod, rest, _ := strings.Cut(sc.Text(), ":")
-		deps[mod] = strings.Fields(rest)
-		byName[strings.TrimSuffix(path.Base(mod), ".ko")] = mod
+	if files, err = d.Closure(mods...); err != nil {
+		t.Fatal(err)
 	}
-	var order []string
-	seen := map[string]bool{}
-	var visit func(m string)
-	visit = func(m string) {
-		if seen[m] {
-			return
-		}
-		seen[m] = true
-		for _, d := range deps[m] {
-			visit(d)
-		}
-		order = append(order, m)
-	}
-	for _, name := range mods {
-		m, ok := byName[name]
-		if !ok {
-			continue // built into the kernel
-		}
-		visit(m)
-	}
-	return kdir, order
+	return kernel, kdir, files
 }
 
 // bootInitramfs makes an initramfs with the cpio CLI: busybox, the
@@ -121,11 +94,7 @@ func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string
 // its end; and the checksums of multi-block zstd files.
 func TestKernelMount(t *testing.T) {
 	testvm.Skip(t)
-	kernel := "/vmlinuz"
-	if _, err := os.Stat(kernel); err != nil {
-		t.Skipf("no host kernel at %s (apt-get install linux-image-amd64): %v", kernel, err)
-	}
-	kdir, mods := kernelModules(t, "virtio_pci", "virtio_blk", "squashfs")
+	kernel, kdir, mods := kernelModules(t, "virtio_pci", "virtio_blk", "squashfs")
 
 	tr := everyType()
 	tr.Merge(bigDir(5000))
