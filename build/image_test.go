@@ -21,6 +21,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
@@ -124,30 +125,10 @@ func fileSum(t testing.TB, file string) (int64, string) {
 	return int64(len(b)), hex.EncodeToString(s[:])
 }
 
-func TestKernelVersion(t *testing.T) {
-	needHost(t)
-	real, err := filepath.EvalSymlinks(testKernel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(real)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	v, err := KernelVersion(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := strings.TrimPrefix(filepath.Base(real), "vmlinuz-"); v != want {
-		t.Errorf("KernelVersion = %q, want %q (from the file name)", v, want)
-	}
-	if _, err := KernelVersion(bytes.NewReader(make([]byte, 4096))); err == nil || !strings.Contains(err.Error(), "not an x86 bzImage") {
-		t.Errorf("zeros: err = %v, want not an x86 bzImage", err)
-	}
-}
-
-func TestModuleFiles(t *testing.T) {
+// TestBootModules: every module the images carry is one this kernel has
+// (as a module or built in), and the tree of an image holds each with its
+// dependencies and a modules.dep naming just them.
+func TestBootModules(t *testing.T) {
 	needHost(t)
 	k, err := hostKernel(testKernel)
 	if err != nil {
@@ -156,25 +137,27 @@ func TestModuleFiles(t *testing.T) {
 	if k.modules == "" {
 		t.Skipf("SKIPPING: no /lib/modules/%s", k.version)
 	}
-	files, missing, err := moduleFiles(k.modules, []string{"virtio_net", "vfat", "no_such_module"})
+	if _, err := moduleTree(k.modules, k.version, []string{"virtio_net", "no_such_module"}); !errors.Is(err, kmod.ErrUnknown) || !strings.Contains(err.Error(), "no_such_module") {
+		t.Errorf("an unknown module: err = %v, want kmod.ErrUnknown naming it", err)
+	}
+	tree, err := moduleTree(k.modules, k.version, BootModules)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("BootModules in kernel %s: %v", k.version, err)
+	}
+	dep := tree.Get("lib/modules/" + k.version + "/modules.dep")
+	if dep == nil {
+		t.Fatal("no modules.dep in the module tree")
 	}
 	var names []string
-	for _, f := range files {
-		names = append(names, moduleName(f))
-	}
-	for _, want := range []string{"virtio_net", "virtio", "virtio_ring", "net_failover", "failover", "vfat", "fat"} {
-		if !slices.Contains(names, want) {
-			t.Errorf("modules %v: %s (a dependency) missing", names, want)
+	for _, e := range tree.Walk() {
+		if strings.HasSuffix(e.Path, ".ko") || strings.Contains(e.Path, ".ko.") {
+			names = append(names, kmod.Name(e.Path))
 		}
 	}
-	if diff := cmp.Diff([]string{"no_such_module"}, missing); diff != "" {
-		t.Errorf("missing (-want +got):\n%s", diff)
-	}
-	// Every boot module is either a module or built in.
-	if _, missing, _ := moduleFiles(k.modules, BootModules); len(missing) > 0 {
-		t.Errorf("BootModules not in kernel %s: %v", k.version, missing)
+	for _, want := range []string{"virtio_net", "virtio", "virtio_ring", "net_failover", "failover", "vfat", "fat", "squashfs", "overlay"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("module tree %v: %s (a boot module or a dependency) missing", names, want)
+		}
 	}
 }
 

@@ -70,6 +70,10 @@ func Open(dir string) (*Dir, error) {
 	return d, nil
 }
 
+// Deps returns the direct dependencies modules.dep lists for file (a path
+// relative to d.Path), in its order.
+func (d *Dir) Deps(file string) []string { return d.deps[file] }
+
 // Builtin reports whether the kernel has the module name built in
 // (according to modules.builtin).
 func (d *Dir) Builtin(name string) bool { return d.builtin[Name(name)] }
@@ -166,7 +170,7 @@ func Host() (kernel, modDir string, err error) {
 		}
 		kernel = cands[0]
 		for _, c := range cands[1:] {
-			if versionLess(kernel, c) {
+			if VersionLess(kernel, c) {
 				kernel = c
 			}
 		}
@@ -185,9 +189,9 @@ func Host() (kernel, modDir string, err error) {
 	return kernel, modDir, nil
 }
 
-// versionLess orders "vmlinuz-6.1.0-9" before "vmlinuz-6.1.0-10":
+// VersionLess orders "vmlinuz-6.1.0-9" before "vmlinuz-6.1.0-10":
 // runs of digits compare as numbers.
-func versionLess(a, b string) bool {
+func VersionLess(a, b string) bool {
 	as, bs := splitDigits(a), splitDigits(b)
 	for i := 0; i < len(as) && i < len(bs); i++ {
 		if as[i] == bs[i] {
