@@ -4,13 +4,32 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bellbuild/bellbuild/images/confvol"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
 )
+
+// mediaBootTimeout bounds each wait of the disk boot tests: a UEFI boot
+// under TCG takes ~15 s alone, but the machine running the tests may be
+// loaded many times over.
+const mediaBootTimeout = 300 * time.Second
+
+// waitLong waits for a console line matching re, up to mediaBootTimeout.
+func waitLong(t *testing.T, vm *testvm.T, re string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), mediaBootTimeout)
+	defer cancel()
+	m, err := vm.WaitFor(ctx, regexp.MustCompile(re))
+	if err != nil {
+		t.Fatalf("VM: %v", err)
+	}
+	return m
+}
 
 // bakeImmutable bakes the test site's immutable profile (outputs [raw]).
 func bakeImmutable(t *testing.T) (*Manifest, *nodeconf.Node) {
@@ -57,8 +76,8 @@ func TestDiskBoot(t *testing.T) {
 	writeNode(t, img, node)
 
 	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-	vm.Wait(`^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
-	vm.Wait(`^bellbuild: node=d1 profile=immutable changes=[1-9]\d* errors=0$`)
+	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
+	waitLong(t, vm, `^bellbuild: node=d1 profile=immutable changes=[1-9]\d* errors=0$`)
 	// The script's lines came before the summary, in /proc/mounts' order.
 	console := vm.Console()
 	for _, want := range []string{
@@ -77,18 +96,18 @@ func TestDiskBoot(t *testing.T) {
 		t.Error("the init reported errors")
 	}
 	// The stage's own init took over, in the new root.
-	vm.Wait(`^bellbuild: busybox init: shell on ttyS0$`)
+	waitLong(t, vm, `^bellbuild: busybox init: shell on ttyS0$`)
 
 	// Day 2 without a reboot: the config volume changes under the running
 	// system (by hand here: remount it writable, edit node.json), and the
 	// applier the init left watching it (apply --watch from inittab)
 	// reruns with the new value.
-	vm.Wait(`^bellbuild:/# `)
+	waitLong(t, vm, `^bellbuild:/# `)
 	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' /run/bellbuild/config/bellbuild/node.json && echo ed""ited` + "\n")
-	vm.Wait(`^edited$`)
-	vm.Wait(`check: swappiness=41`)
+	waitLong(t, vm, `^edited$`)
+	waitLong(t, vm, `check: swappiness=41`)
 	vm.Send("echo now=$(cat /proc/sys/vm/swappiness)\n")
-	vm.Wait(`^now=41$`)
+	waitLong(t, vm, `^now=41$`)
 }
 
 // TestDiskDay2 boots a disk with a data partition twice. Between the boots
@@ -116,10 +135,10 @@ func TestDiskDay2(t *testing.T) {
 
 	boot := func(t *testing.T, want ...string) {
 		vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-		if got := vm.Wait(`^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
+		if got := waitLong(t, vm, `^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
 			t.Fatalf("init: %q, want the data partition as the writable layer", got)
 		}
-		vm.Wait(`^bellbuild: node=p1 profile=persistent changes=[1-9]\d* errors=0$`)
+		waitLong(t, vm, `^bellbuild: node=p1 profile=persistent changes=[1-9]\d* errors=0$`)
 		console := vm.Console()
 		for _, w := range want {
 			if !strings.Contains(console, "[020-state.sh] check: "+w+"\n") && !strings.Contains(console, "[010-report.sh] check: "+w+"\n") {
@@ -127,9 +146,9 @@ func TestDiskDay2(t *testing.T) {
 			}
 		}
 		// Power off as a person would, through the stage's shell.
-		vm.Wait(`^bellbuild:/# `)
+		waitLong(t, vm, `^bellbuild:/# `)
 		vm.Send("sync; poweroff -f\n")
-		ctx, cancel := context.WithTimeout(context.Background(), testvm.BootTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), mediaBootTimeout)
 		defer cancel()
 		if err := vm.VM.Wait(ctx); err != nil {
 			t.Fatalf("after poweroff -f: %v", err)
