@@ -170,6 +170,9 @@ func TestMediaBoot(t *testing.T) {
 	}{
 		{"disk", testvm.Drive{Path: filepath.Join(m.Stats.Dir, DiskFile)}},
 		{"iso", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}},
+		// The same file as a USB stick would be: a disk whose whole
+		// device is the ISO 9660 volume the init finds by label.
+		{"iso as disk", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), ReadOnly: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // two VMs at once: the boots are mostly waiting
