@@ -33,7 +33,16 @@ system, prints one line
   bellbuild: node=NAME profile=PROFILE changes=N errors=M
 
 on the console, and execs the stage's init (init= on the command line, else
-/sbin/init). Not meant to be run by hand.`,
+/sbin/init). Not meant to be run by hand.
+
+Booted from a disk or ISO (bellbuild.root=PARTLABEL=bellroot or
+bellbuild.root=LABEL=BELLBUILD:/bellbuild/root.squashfs on the command line),
+it first mounts the read-only squashfs root under a writable overlay (a
+tmpfs, or the belldata partition of a persist: true disk), the config volume
+(bellbuild.config=LABEL=BELLCONF) read-only at /run/bellbuild/config, and
+switches to that root; the node comes from the volume's node.json, else its
+bundle.json, and 'bellbuild apply --watch' is left rerunning on its changes.
+See docs/boot-media.md.`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			return func(ctx context.Context, _ []string) error {
 				if os.Getpid() != 1 {
