@@ -135,8 +135,8 @@ func TestRenderCommand(t *testing.T) {
 			f := strings.Fields(line)
 			if len(f) == 3 && f[0] == `conf.sysctl["vm.swappiness"]` {
 				found = true
-				if f[1] != `"60"` || f[2] != "embedded:profiles/demo.yaml:20:24" {
-					t.Errorf("explain line %q, want value \"60\" from embedded:profiles/demo.yaml:20:24", line)
+				if f[1] != `"60"` || f[2] != "embedded:profiles/demo.yaml:22:24" {
+					t.Errorf("explain line %q, want value \"60\" from embedded:profiles/demo.yaml:22:24", line)
 				}
 			}
 			if strings.Contains(line, "user_crypt_passwd") && !strings.Contains(line, "(secret)") {
