@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/profiles"
@@ -69,17 +68,7 @@ Examples:
 			fs.StringVar(&o.node, "node", "", "node `NAME` to apply (from a bundle)")
 			fs.StringVar(&o.hostname, "hostname", "", "host name to select by, instead of this machine's")
 			fs.StringVar(&o.profile, "profile", "", "profile `P` to render when no inventory node matches (a site or values file)")
-			fs.Func("label", "node label `k=v` (repeatable; for rendering a profile)", func(s string) error {
-				k, v, ok := strings.Cut(s, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("want k=v, got %q", s)
-				}
-				if o.labels == nil {
-					o.labels = map[string]string{}
-				}
-				o.labels[k] = v
-				return nil
-			})
+			fs.Var((*labelFlag)(&o.labels), "label", "node label `k=v` (repeatable; for rendering a profile)")
 			fs.BoolVar(&o.plan, "plan", false, "print what would change and exit 2 if anything would")
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")

@@ -46,17 +46,7 @@ Example:
 			fs.StringVar(&o.node, "node", "", "inventory node `NAME`")
 			fs.StringVar(&o.profile, "profile", "", "profile `P` to render without an inventory entry")
 			fs.StringVar(&o.host, "host", "", "host name `H` for host overrides (with --profile)")
-			fs.Func("label", "label `k=v` for label overrides (repeatable, with --profile)", func(s string) error {
-				k, v, ok := strings.Cut(s, "=")
-				if !ok || k == "" {
-					return fmt.Errorf("want k=v, got %q", s)
-				}
-				if o.labels == nil {
-					o.labels = map[string]string{}
-				}
-				o.labels[k] = v
-				return nil
-			})
+			fs.Var((*labelFlag)(&o.labels), "label", "label `k=v` for label overrides (repeatable, with --profile)")
 			fs.StringVar(&o.format, "o", "yaml", "output `FORMAT`: yaml or json")
 			fs.BoolVar(&o.explain, "explain", false, "print each value with the file and line that set it")
 			return func(ctx context.Context, args []string) error {

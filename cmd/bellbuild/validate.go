@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
+	"strings"
 
 	"github.com/bellbuild/bellbuild/profiles"
 )
@@ -43,6 +45,34 @@ Example:
 			}
 		},
 	})
+}
+
+// labelFlag is a repeatable --label k=v flag collecting node labels; it
+// stays nil until a label is given.
+type labelFlag map[string]string
+
+func (l *labelFlag) String() string {
+	if l == nil || *l == nil {
+		return ""
+	}
+	keys := make([]string, 0, len(*l))
+	for k := range *l {
+		keys = append(keys, k+"="+(*l)[k])
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
+}
+
+func (l *labelFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want k=v, got %q", s)
+	}
+	if *l == nil {
+		*l = map[string]string{}
+	}
+	(*l)[k] = v
+	return nil
 }
 
 // siteFlags choose the site a command reads.
