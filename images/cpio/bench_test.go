@@ -6,30 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 )
-
-// benchRoot is the tree the benchmark bakes: $BELLBUILD_BENCH_ROOT, or a
-// finished debootstrap root under /var/cache/bellbuild-test (one with a
-// .complete marker), or /usr/bin of this machine.
-func benchRoot() string {
-	if r := os.Getenv("BELLBUILD_BENCH_ROOT"); r != "" {
-		return r
-	}
-	roots, _ := filepath.Glob("/var/cache/bellbuild-test/debootstrap-*")
-	for _, r := range roots {
-		if _, err := os.Stat(r + ".complete"); err == nil && !strings.Contains(filepath.Base(r), ".") {
-			return r
-		}
-	}
-	return "/usr/bin"
-}
 
 func rusage(who int) time.Duration {
 	var ru syscall.Rusage
@@ -58,7 +42,7 @@ func BenchmarkInitramfs(b *testing.B) {
 			b.Skipf("%s not installed: no pipeline to compare with", tool)
 		}
 	}
-	root := benchRoot()
+	root := fixture.BenchRoot()
 	dir := b.TempDir()
 	// Warm the page cache: both read from memory. (Not with tar to
 	// /dev/null: GNU tar then skips reading the contents.)

@@ -6,30 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	benchfix "github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/images/squashfs"
 )
-
-// benchRoot is the root the benchmark puts on the disk: $BELLBUILD_BENCH_ROOT,
-// or a finished debootstrap root under /var/cache/bellbuild-test, or
-// /usr/bin of this machine.
-func benchRoot() string {
-	if r := os.Getenv("BELLBUILD_BENCH_ROOT"); r != "" {
-		return r
-	}
-	roots, _ := filepath.Glob("/var/cache/bellbuild-test/debootstrap-*")
-	for _, r := range roots {
-		if _, err := os.Stat(r + ".complete"); err == nil && !strings.Contains(filepath.Base(r), ".") {
-			return r
-		}
-	}
-	return "/usr/bin"
-}
 
 // shellPipeline is what one writes without bellbuild: mksquashfs, two
 // mkfs.vfat + mcopy volumes, sgdisk and dd. $1 root, $2 work dir, $3
@@ -92,7 +76,7 @@ func BenchmarkDiskVsShell(b *testing.B) {
 		b.Skip("SKIP: no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
 	}
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
-	root := benchRoot()
+	root := benchfix.BenchRoot()
 	w := b.TempDir()
 	// Warm the page cache so that both read from memory.
 	exec.Command("tar", "-cf", "/dev/null", "-C", root, ".").Run()
@@ -191,7 +175,7 @@ func BenchmarkAssembleVsShell(b *testing.B) {
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
 	w := b.TempDir()
 	sq := filepath.Join(w, "root.sqfs")
-	if out, err := exec.Command("mksquashfs", benchRoot(), sq, "-comp", "zstd", "-processors", "2", "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+	if out, err := exec.Command("mksquashfs", benchfix.BenchRoot(), sq, "-comp", "zstd", "-processors", "2", "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
 		b.Fatalf("mksquashfs: %v\n%s", err, out)
 	}
 	sst, err := os.Stat(sq)

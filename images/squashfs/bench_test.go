@@ -5,29 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 )
-
-// benchRoot is the tree the benchmark compresses: $BELLBUILD_BENCH_ROOT, or
-// a finished debootstrap root under /var/cache/bellbuild-test (one with a
-// .complete marker), or /usr/bin of this machine.
-func benchRoot() string {
-	if r := os.Getenv("BELLBUILD_BENCH_ROOT"); r != "" {
-		return r
-	}
-	roots, _ := filepath.Glob("/var/cache/bellbuild-test/debootstrap-*")
-	for _, r := range roots {
-		if _, err := os.Stat(r + ".complete"); err == nil && !strings.Contains(filepath.Base(r), ".") {
-			return r
-		}
-	}
-	return "/usr/bin"
-}
 
 // cpuTime is the user and system time this process has used.
 func cpuTime() time.Duration {
@@ -53,7 +37,7 @@ type benchRun struct {
 //	go test -run '^$' -bench VsMksquashfs -benchtime 3x ./images/squashfs
 func BenchmarkVsMksquashfs(b *testing.B) {
 	mk := needTool(b, "mksquashfs")
-	root := benchRoot()
+	root := fixture.BenchRoot()
 	tr, err := fstree.FromDir(root)
 	if err != nil {
 		b.Fatal(err)
