@@ -203,7 +203,12 @@ func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manife
 			return nil, fmt.Errorf("profile %s: output %q: %w (this build makes %s)", spec.Profile, o, ErrUnsupportedOutput, strings.Join(profiles.Outputs, ", "))
 		}
 	}
-	total := 8
+	total := 8 // and one for each boot medium
+	for _, o := range spec.Outputs {
+		if o == "raw" || o == "iso" {
+			total++
+		}
+	}
 	b := &baker{opts: opts, log: opts.Log, p: newProgress(opts.Progress, opts.Log, total)}
 	defer b.p.end("")
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -94,6 +95,9 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 	}
 	root := im.fullTree()
 	root.Reproducible(epoch)
+	if n, first := dropACLs(root); n > 0 {
+		b.log.Warn("squashfs root: POSIX ACLs dropped (squashfs and the kernel's squashfs driver have none)", "entries", n, "first", first)
+	}
 	bundle, err := readBundleFile(im)
 	if err != nil {
 		return err
@@ -252,4 +256,31 @@ func fileArtifact(dir, name string) (Artifact, error) {
 		return Artifact{}, err
 	}
 	return Artifact{Name: name, Size: st.Size(), SHA256: sum}, nil
+}
+
+// dropACLs removes the POSIX ACL attributes (system.posix_acl_access and
+// system.posix_acl_default, which systemd sets on /var/log/journal) from
+// t's entries: squashfs has no namespace to hold them and the kernel's
+// driver no ACL support, so mksquashfs drops them too. Any other system.
+// attribute still stops the squashfs writer. It returns how many entries
+// lost one and the first of them. t's entries get new maps: the stage's
+// tree, which may share them, is left as it was.
+func dropACLs(t *fstree.Tree) (int, string) {
+	n, first := 0, ""
+	for _, e := range t.Walk() {
+		_, a := e.Xattrs["system.posix_acl_access"]
+		_, d := e.Xattrs["system.posix_acl_default"]
+		if !a && !d {
+			continue
+		}
+		x := maps.Clone(e.Xattrs)
+		delete(x, "system.posix_acl_access")
+		delete(x, "system.posix_acl_default")
+		e.Xattrs = x
+		if n == 0 {
+			first = e.Path
+		}
+		n++
+	}
+	return n, first
 }

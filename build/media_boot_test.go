@@ -3,6 +3,8 @@ package build
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/confvol"
+	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
 )
@@ -167,4 +170,93 @@ func TestDiskDay2(t *testing.T) {
 	t.Run("day 2", func(t *testing.T) {
 		boot(t, "swappiness=24", "dirty_ratio=20", "persisted dirty_ratio=0", "temp=temp expire=1", "day2=day 2")
 	})
+}
+
+// debootstrapCache keeps the systemd test's debootstrap root between runs
+// (making it downloads ~100 MB and takes about a minute).
+const debootstrapCache = "/var/cache/bellbuild-test/bake-debootstrap"
+
+// TestDiskSystemd bakes a debootstrap stage (systemd, udev, openssh-server)
+// into disk.raw and boots it under OVMF: the init applies the config
+// volume's node and hands over to systemd, which reaches the multi-user
+// target on the overlay of the read-only squashfs. Then day 2 without a
+// reboot: the config volume is edited in place, and the path unit the
+// init enabled (bellbuild-apply.path) reruns the applier, which sets the
+// new value and reverts the removed user.
+func TestDiskSystemd(t *testing.T) {
+	testvm.Skip(t)
+	needHost(t)
+	needMediaTools(t)
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: a debootstrap stage needs root")
+	}
+	if _, err := exec.LookPath("debootstrap"); err != nil {
+		t.Skipf("SKIP: %v (Debian package debootstrap)", err)
+	}
+	s, err := profiles.Load("testdata/systemd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := spec(t, s, "systemd")
+	o := testOptions(t)
+	o.Site = s
+	if err := os.MkdirAll(debootstrapCache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(debootstrapCache, filepath.Join(o.CacheDir, "debootstrap")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	m, err := Image(ctx, sp, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(m.Stats.Dir, DiskFile)
+	node := sp.Bundle.Default
+	node.Node, node.Profile = "s1", "systemd"
+	node.Conf.Sysctl["vm.swappiness"] = "37"
+	writeNode(t, img, &node)
+
+	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
+	waitLong(t, vm, `^bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0$`)
+	waitLong(t, vm, `Reached target .*multi-user\.target`)
+	waitLong(t, vm, `root@[-\w]+:~# $`)
+	// check runs cmd in the console's shell and compares its output; the
+	// marker is split in the typed line so that only the output matches.
+	check := func(cmd, want string) {
+		t.Helper()
+		vm.Send("echo \"g\"\"ot: $(" + cmd + ")\"\n")
+		ctx, cancel := context.WithTimeout(context.Background(), mediaBootTimeout)
+		defer cancel()
+		m, err := vm.WaitForLine(ctx, regexp.MustCompile(`got: (.*)$`))
+		if err != nil {
+			t.Fatalf("VM: %v", err)
+		}
+		if m[1] != want {
+			t.Errorf("%s: %q, want %q", cmd, m[1], want)
+		}
+	}
+	check("systemctl is-active multi-user.target bellbuild-apply.path | paste -sd' '", "active active")
+	check("cat /proc/1/comm", "systemd")
+	check("findmnt -no FSTYPE,OPTIONS / | cut -d, -f1", "overlay rw")
+	check("findmnt -no FSTYPE,OPTIONS /run/bellbuild/lower | cut -d, -f1", "squashfs ro")
+	check("cat /proc/sys/vm/swappiness", "37")
+	check("id -un ops", "ops")
+
+	// Day 2 without a reboot: the mounted config volume changes (by hand
+	// here), one sysctl value changed and the user removed.
+	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' -e 's/"user_name": "ops"/"user_name": "ops2"/' /run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
+	waitLong(t, vm, `edited$`)
+	waitLong(t, vm, `bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0`)
+	check("cat /proc/sys/vm/swappiness", "41")
+	check("id -un ops2", "ops2")
+	check("chage -l ops | grep '^Account expires' | cut -d: -f2", " "+time.Unix(86400, 0).UTC().Format("Jan 02, 2006"))
+	// It was the path unit's service that ran it, once.
+	check("systemctl show -p Result --value bellbuild-apply.service", "success")
+	check("journalctl -b -u bellbuild-apply.service -o cat | grep -c '^bellbuild: node=s1 '", "1")
 }

@@ -140,6 +140,22 @@ func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (strin
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return "", "", fmt.Errorf("debootstrap stage: %w (apt-get install debootstrap)", err)
 	}
+	// One debootstrap per recipe at a time: a second bake waits for the
+	// first and then finds its root.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return "", "", err
+	}
+	lock, err := os.OpenFile(dir+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return "", "", err
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return "", "", fmt.Errorf("debootstrap stage: lock %s: %w", lock.Name(), err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
+		return root, key, nil
+	}
 	os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err

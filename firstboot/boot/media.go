@@ -543,17 +543,22 @@ func rootDesc(cmdline string) string {
 	return v
 }
 
-// WatchUnit is the systemd service a media boot adds to a systemd stage to
-// rerun the applier when the config volume changes (see AddWatch).
-const WatchUnit = "etc/systemd/system/bellbuild-watch.service"
+// The systemd units a media boot adds to a systemd stage (see AddWatch).
+const (
+	ApplyService = "etc/systemd/system/bellbuild-apply.service"
+	ApplyPath    = "etc/systemd/system/bellbuild-apply.path"
+)
 
 // AddWatch makes the new root's init rerun the applier whenever config (a
-// file on the config volume, a path in the root) changes, with `bellbuild
-// apply --watch`: a respawn line in a busybox /etc/inittab, or an enabled
-// systemd service. The change lives in the writable layer, not in the
-// image. A root with neither init is left alone (false).
+// file on the config volume, a path in the root) changes. A busybox root
+// gets a respawn line in /etc/inittab running `bellbuild apply --watch`;
+// a systemd root gets a path unit, bellbuild-apply.path, watching config's
+// directory (or config, a directory), which starts the oneshot
+// bellbuild-apply.service; its output goes to the journal and the console.
+// The boot has applied already, so nothing runs until a change. The units
+// live in the writable layer, not in the image. A root with neither init is
+// left alone (false).
 func AddWatch(root, config string) (bool, error) {
-	cmd := "/" + Applier + " apply --config " + config + " --root / --watch"
 	inittab := filepath.Join(root, "etc/inittab")
 	if data, err := os.ReadFile(inittab); err == nil && bytes.Contains(data, []byte("::")) {
 		if bytes.Contains(data, []byte(" apply --config ")) {
@@ -563,7 +568,7 @@ func AddWatch(root, config string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		_, err = fmt.Fprintf(f, "# bellbuild: rerun the applier when the config volume changes\n::respawn:%s\n", cmd)
+		_, err = fmt.Fprintf(f, "# bellbuild: rerun the applier when the config volume changes\n::respawn:/%s apply --config %s --root / --watch\n", Applier, config)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -572,16 +577,27 @@ func AddWatch(root, config string) (bool, error) {
 	if _, err := os.Lstat(filepath.Join(root, "lib/systemd/systemd")); err != nil {
 		return false, nil
 	}
-	unit := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
-		"[Service]\nExecStart=" + cmd + "\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n"
-	if err := os.MkdirAll(filepath.Join(root, "etc/systemd/system/multi-user.target.wants"), 0o755); err != nil {
+	watched := filepath.Dir(config)
+	if fi, err := os.Stat(filepath.Join(root, config)); err == nil && fi.IsDir() {
+		watched = config
+	}
+	service := "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n\n" +
+		"[Service]\nType=oneshot\nExecStart=/" + Applier + " apply --config " + config + " --root /\n" +
+		"StandardOutput=journal+console\nStandardError=journal+console\n"
+	path := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
+		"[Path]\nPathChanged=" + watched + "\nUnit=" + filepath.Base(ApplyService) + "\n\n" +
+		"[Install]\nWantedBy=multi-user.target\n"
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return false, err
 	}
-	if err := os.WriteFile(filepath.Join(root, WatchUnit), []byte(unit), 0o644); err != nil {
-		return false, err
+	for _, u := range []struct{ name, content string }{{ApplyService, service}, {ApplyPath, path}} {
+		if err := os.WriteFile(filepath.Join(root, u.name), []byte(u.content), 0o644); err != nil {
+			return false, err
+		}
 	}
-	link := filepath.Join(root, "etc/systemd/system/multi-user.target.wants", filepath.Base(WatchUnit))
-	if err := os.Symlink("/"+WatchUnit, link); err != nil && !errors.Is(err, os.ErrExist) {
+	link := filepath.Join(wants, filepath.Base(ApplyPath))
+	if err := os.Symlink("/"+ApplyPath, link); err != nil && !errors.Is(err, os.ErrExist) {
 		return false, err
 	}
 	return true, nil

@@ -164,8 +164,8 @@ func TestFind(t *testing.T) {
 }
 
 // TestAddWatch: a busybox inittab gets one respawn line (once, however
-// often the boot runs), a systemd root an enabled service, any other root
-// nothing.
+// often the boot runs), a systemd root an enabled path unit and its
+// oneshot service, any other root nothing.
 func TestAddWatch(t *testing.T) {
 	const cmd = "/bellbuild/bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root / --watch"
 	t.Run("busybox", func(t *testing.T) {
@@ -187,16 +187,39 @@ func TestAddWatch(t *testing.T) {
 		root := t.TempDir()
 		os.MkdirAll(filepath.Join(root, "lib/systemd"), 0o755)
 		os.WriteFile(filepath.Join(root, "lib/systemd/systemd"), nil, 0o755)
-		if ok, err := AddWatch(root, "/run/bellbuild/config/bellbuild/node.json"); !ok || err != nil {
+		for range 2 {
+			if ok, err := AddWatch(root, "/run/bellbuild/config/bellbuild/node.json"); !ok || err != nil {
+				t.Fatalf("AddWatch: %v %v", ok, err)
+			}
+		}
+		service, _ := os.ReadFile(filepath.Join(root, ApplyService))
+		for _, want := range []string{"\nType=oneshot\n", "\nExecStart=/bellbuild/bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root /\n", "\nStandardOutput=journal+console\n"} {
+			if !strings.Contains(string(service), want) {
+				t.Errorf("service lacks %q:\n%s", want, service)
+			}
+		}
+		path, _ := os.ReadFile(filepath.Join(root, ApplyPath))
+		for _, want := range []string{"\nPathChanged=/run/bellbuild/config/bellbuild\n", "\nUnit=bellbuild-apply.service\n", "\nWantedBy=multi-user.target\n"} {
+			if !strings.Contains(string(path), want) {
+				t.Errorf("path unit lacks %q:\n%s", want, path)
+			}
+		}
+		link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/bellbuild-apply.path"))
+		if err != nil || link != "/"+ApplyPath {
+			t.Errorf("wants link: %q %v", link, err)
+		}
+	})
+	t.Run("systemd, a site directory", func(t *testing.T) {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "lib/systemd"), 0o755)
+		os.WriteFile(filepath.Join(root, "lib/systemd/systemd"), nil, 0o755)
+		os.MkdirAll(filepath.Join(root, "srv/site"), 0o755)
+		if ok, err := AddWatch(root, "/srv/site"); !ok || err != nil {
 			t.Fatalf("AddWatch: %v %v", ok, err)
 		}
-		unit, _ := os.ReadFile(filepath.Join(root, WatchUnit))
-		if !strings.Contains(string(unit), "\nExecStart="+cmd+"\n") {
-			t.Errorf("unit:\n%s", unit)
-		}
-		link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/bellbuild-watch.service"))
-		if err != nil || link != "/"+WatchUnit {
-			t.Errorf("wants link: %q %v", link, err)
+		path, _ := os.ReadFile(filepath.Join(root, ApplyPath))
+		if !strings.Contains(string(path), "\nPathChanged=/srv/site\n") {
+			t.Errorf("path unit does not watch the directory itself:\n%s", path)
 		}
 	})
 	t.Run("neither", func(t *testing.T) {
