@@ -12,6 +12,8 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
 	"github.com/bellbuild/bellbuild/images/disk"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/squashfs"
 	"github.com/bellbuild/bellbuild/testvm"
 )
 
@@ -184,5 +186,43 @@ func TestMediaBoot(t *testing.T) {
 				t.Errorf("summary line %q: want profile fleet and no errors", got[0])
 			}
 		})
+	}
+}
+
+// TestDropACLs: POSIX ACLs leave the tree that goes into the squashfs, the
+// entry's other attributes stay, and the stage's tree sharing the maps is
+// left as it was.
+func TestDropACLs(t *testing.T) {
+	stage := fstree.New()
+	stage.Add(fstree.Entry{Path: "var/log/journal", Type: fstree.Dir, Mode: 0o2755, Xattrs: map[string][]byte{
+		"system.posix_acl_access":  {2, 0, 0, 0},
+		"system.posix_acl_default": {2, 0, 0, 0},
+		"user.keep":                []byte("1"),
+	}})
+	stage.AddFile("usr/bin/ping", nil, 0o755, 0, 0)
+	stage.Get("usr/bin/ping").Xattrs = map[string][]byte{"security.capability": {1}}
+	root := fstree.New()
+	root.Merge(stage)
+
+	n, first := dropACLs(root)
+	if n != 1 || first != "var/log/journal" {
+		t.Errorf("dropACLs = %d, %q; want 1, var/log/journal", n, first)
+	}
+	if got := root.Get("var/log/journal").Xattrs; len(got) != 1 || string(got["user.keep"]) != "1" {
+		t.Errorf("journal's attributes after: %q", got)
+	}
+	if got := root.Get("usr/bin/ping").Xattrs; len(got) != 1 {
+		t.Errorf("ping's capability: %q", got)
+	}
+	if got := stage.Get("var/log/journal").Xattrs; len(got) != 3 {
+		t.Errorf("the stage's tree lost attributes: %q", got)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "root.squashfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := squashfs.Write(f, root, squashfs.Options{}); err != nil {
+		t.Errorf("squashfs of the tree without ACLs: %v", err)
 	}
 }

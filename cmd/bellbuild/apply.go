@@ -18,7 +18,7 @@ func init() {
 	register(&command{
 		name:    "apply",
 		summary: "enforce a node's host configuration on a root (first boot and day 2)",
-		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan | --watch] [--offline | --live]",
+		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan | --watch [--interval D] [--resync D]] [--offline | --live]",
 		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
 ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
 root filesystem, idempotently: a second run with the same configuration
@@ -46,7 +46,10 @@ and the originals it replaced), last-run.json (the report), lock.
 --watch applies, then applies again whenever SRC's content changes (its
 SHA-256, looked at every --interval), until stopped: the day-2 rerun on a
 machine whose config volume is rewritten in place, or in a DaemonSet whose
-ConfigMap changes. A failed run is reported and retried at the next change.
+ConfigMap changes. A failed run is reported and retried after --interval,
+then twice as long each time (at most 5m), or at once when SRC changes.
+--resync D also applies again D after the last run with no change, which
+undoes drift (a sysctl set by hand, a managed file's mode changed).
 
 Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
 pending changes. One summary line goes to stdout.
@@ -60,7 +63,9 @@ Examples:
   # a Divingbell values file for a host with labels
   bellbuild apply --config values.yaml --root /host --live --hostname node7 --label compute_type=dpdk
   # rerun whenever the config volume changes
-  bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root / --watch`,
+  bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root / --watch
+  # a DaemonSet: the host at /host, its ConfigMap, hourly drift repair
+  bellbuild apply --config /etc/bellbuild/config/node.json --root /host --live --watch --interval 10s --resync 1h`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o applyFlags
 			fs.StringVar(&o.config, "config", "", "rendered node or bundle file (`SRC`)")
@@ -73,7 +78,9 @@ Examples:
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
-			interval := fs.Duration("interval", defaultWatchInterval, "how often --watch looks at SRC")
+			var w watchOptions
+			fs.DurationVar(&w.Interval, "interval", defaultWatchInterval, "how often --watch looks at SRC")
+			fs.DurationVar(&w.Resync, "resync", 0, "with --watch, also apply again after `D` without a change, to undo drift (0: never)")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
@@ -82,7 +89,10 @@ Examples:
 					if o.plan {
 						return errors.New("--watch applies; it cannot be combined with --plan")
 					}
-					return watchApply(ctx, o, *interval, os.Stdout, os.Stderr)
+					return watchApply(ctx, o, w, os.Stdout, os.Stderr)
+				}
+				if w.Resync != 0 {
+					return errors.New("--resync needs --watch")
 				}
 				return runApply(ctx, o, os.Stdout, os.Stderr)
 			}

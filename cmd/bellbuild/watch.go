@@ -17,25 +17,48 @@ import (
 // configuration.
 const defaultWatchInterval = 5 * time.Second
 
+// maxRetryWait bounds the wait between retries of a failing run.
+const maxRetryWait = 5 * time.Minute
+
+// watchOptions are apply --watch's timings.
+type watchOptions struct {
+	// Interval is how often the configuration's content is looked at.
+	Interval time.Duration
+	// Resync, when positive, applies again that long after the last run
+	// even if nothing changed, to undo drift (a sysctl set by hand, a
+	// managed file's mode changed).
+	Resync time.Duration
+}
+
 // watchApply applies the configuration, then again whenever its content
 // changes, until ctx is cancelled (SIGTERM): the day-2 rerun of a running
 // machine (its config volume rewritten in place) or of a DaemonSet (its
 // ConfigMap updated). The content is polled every interval by its SHA-256,
 // so a rewrite with the same bytes does nothing and a file replaced by
-// rename is seen like one written in place. A failed run is reported and
-// the watch goes on; it is retried at the next change.
-func watchApply(ctx context.Context, o applyFlags, interval time.Duration, stdout, stderr io.Writer) error {
+// rename (or a ConfigMap's ..data symlink swapped) is seen like one written
+// in place. A failed run is reported and retried after interval, then after
+// twice as long each time, up to five minutes, or at once on a change.
+func watchApply(ctx context.Context, o applyFlags, w watchOptions, stdout, stderr io.Writer) error {
 	if o.config == "" || o.root == "" {
 		return errors.New("--config and --root are required (--root / applies to this machine)")
 	}
-	if interval <= 0 {
-		return fmt.Errorf("--interval %s: must be positive", interval)
+	if w.Interval <= 0 {
+		return fmt.Errorf("--interval %s: must be positive", w.Interval)
 	}
-	t := time.NewTicker(interval)
+	if w.Resync < 0 {
+		return fmt.Errorf("--resync %s: must not be negative", w.Resync)
+	}
+	t := time.NewTicker(w.Interval)
 	defer t.Stop()
-	applied, lastErr := "", ""
+	var (
+		applied, lastErr string
+		lastRun, retryAt time.Time
+		failing          bool
+		wait             = w.Interval
+	)
 	for {
 		sum, err := contentSum(o.config)
+		now := time.Now()
 		switch {
 		case err != nil:
 			// Said once per distinct problem (a volume being replaced
@@ -44,14 +67,25 @@ func watchApply(ctx context.Context, o applyFlags, interval time.Duration, stdou
 				fmt.Fprintf(stderr, "bellbuild apply: watch: %v\n", err)
 				lastErr = err.Error()
 			}
-		case sum != applied:
-			lastErr = ""
-			applied = sum
-			if err := runApply(ctx, o, stdout, stderr); err != nil {
+		case sum != applied,
+			failing && !now.Before(retryAt),
+			w.Resync > 0 && now.Sub(lastRun) >= w.Resync:
+			if sum != applied {
+				wait = w.Interval
+			}
+			lastErr, applied, lastRun = "", sum, now
+			err := runApply(ctx, o, stdout, stderr)
+			failing = err != nil
+			if failing {
 				var ee exitError
 				if !errors.As(err, &ee) {
 					fmt.Fprintf(stderr, "bellbuild apply: %v\n", err)
 				}
+				retryAt = time.Now().Add(wait)
+				fmt.Fprintf(stderr, "bellbuild apply: watch: retrying in %s\n", wait)
+				wait = min(2*wait, maxRetryWait)
+			} else {
+				wait = w.Interval
 			}
 		}
 		select {

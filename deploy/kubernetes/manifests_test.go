@@ -1,19 +1,22 @@
 // Package kubernetes holds no code: its test checks the manifests in this
 // directory by decoding them strictly into the Kubernetes API types (an
 // unknown or misspelt field fails), asserts the settings the day-2
-// applier depends on, runs the DaemonSet's loop, and feeds the example
+// applier depends on, runs the DaemonSet's command with the real applier
+// against a kubelet-style ConfigMap volume, and feeds the example
 // ConfigMap to the real applier.
 package kubernetes
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,10 +166,10 @@ func TestManifests(t *testing.T) {
 	if cmv := volumes[conf.Name].ConfigMap; cmv == nil || cmv.Name != cm.Name {
 		t.Errorf("/etc/bellbuild/config is %+v, want ConfigMap %s", volumes[conf.Name].VolumeSource, cm.Name)
 	}
-	script := strings.Join(c.Command, " ")
-	for _, want := range []string{"bellbuild apply", `--config "$config"`, `--root "${HOST_ROOT:-/host}"`, "--live", "/etc/bellbuild/config/node.json"} {
-		if !strings.Contains(script, want) {
-			t.Errorf("the command lacks %q:\n%s", want, script)
+	cmdline := strings.Join(append(c.Command, c.Args...), " ")
+	for _, want := range []string{"bellbuild apply ", "--config /etc/bellbuild/config/node.json", "--root /host", "--live", "--watch"} {
+		if !strings.Contains(cmdline, want) {
+			t.Errorf("the command lacks %q:\n%s", want, cmdline)
 		}
 	}
 
@@ -182,99 +185,171 @@ func TestManifests(t *testing.T) {
 	}
 }
 
-// loopScript returns the DaemonSet container's shell script.
-func loopScript(t *testing.T) string {
+// containerCommand returns the DaemonSet container's command and args.
+func containerCommand(t *testing.T) []string {
 	t.Helper()
 	var ds appsv1.DaemonSet
 	decode(t, "daemonset.yaml", &ds)
-	cmd := ds.Spec.Template.Spec.Containers[0].Command
-	if len(cmd) != 3 || cmd[0] != "/bin/sh" || cmd[1] != "-c" {
-		t.Fatalf("command %q: want /bin/sh -c SCRIPT", cmd)
-	}
-	return cmd[2]
+	c := ds.Spec.Template.Spec.Containers[0]
+	return append(slices.Clone(c.Command), c.Args...)
 }
 
-// TestLoopRerunsOnChange runs the DaemonSet's loop with a stand-in for
-// bellbuild that records each run: one run at start, none while the
-// ConfigMap file is unchanged, one more once it changes (as the kubelet
-// swaps it), and retries while a run fails.
-func TestLoopRerunsOnChange(t *testing.T) {
+// configMapDir writes files as the kubelet lays out a ConfigMap volume: a
+// timestamped directory, the ..data link to it, and one link per key
+// through ..data. Called again, it swaps in a new version atomically (a
+// new directory, ..data renamed over) and removes the old one.
+func configMapDir(t *testing.T, dir, version string, files map[string]string) {
+	t.Helper()
+	ts := "..2026_11_23_" + version
+	if err := os.MkdirAll(filepath.Join(dir, ts), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range files {
+		if err := os.WriteFile(filepath.Join(dir, ts, k), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := os.Readlink(filepath.Join(dir, "..data"))
+	if err := os.Symlink(ts, filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for k := range files {
+		if err := os.Symlink(filepath.Join("..data", k), filepath.Join(dir, k)); err != nil && !errors.Is(err, os.ErrExist) {
+			t.Fatal(err)
+		}
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestDaemonSetCommand runs the DaemonSet container's command — the real
+// bellbuild, its paths moved into a temporary directory, its intervals
+// shortened — on a host root, with the ConfigMap laid out and updated as
+// the kubelet does it: the first version is applied at start, a new one
+// when the kubelet swaps it in, a failing run is retried without any
+// change until it succeeds, and drift (a managed file's mode) is undone by
+// the resync.
+func TestDaemonSetCommand(t *testing.T) {
+	args := containerCommand(t)
+	if len(args) == 0 || filepath.Base(args[0]) != "bellbuild" {
+		t.Fatalf("command %q: want bellbuild", args)
+	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
+	config, host := filepath.Join(dir, "config"), filepath.Join(dir, "host")
+	for _, d := range []string{config, filepath.Join(host, "etc")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	log := filepath.Join(dir, "runs.log")
-	fail := filepath.Join(dir, "fail")
-	stub := "#!/bin/sh\necho \"$* :: $(cat \"$3\")\" >> " + log + "\n[ -e " + fail + " ] && exit 1\nexit 0\n"
-	if err := os.WriteFile(filepath.Join(bin, "bellbuild"), []byte(stub), 0o755); err != nil {
-		t.Fatal(err)
+	args[0] = testvm.Binary(t)
+	for i, a := range args {
+		switch {
+		case strings.HasPrefix(a, "/etc/bellbuild/config/"):
+			args[i] = filepath.Join(config, strings.TrimPrefix(a, "/etc/bellbuild/config/"))
+		case a == "/host":
+			args[i] = host
+		case i > 0 && args[i-1] == "--interval":
+			args[i] = "50ms"
+		case i > 0 && args[i-1] == "--resync":
+			args[i] = "2s"
+		}
+		// --live stays: the test's configuration is files only, so
+		// nothing of this machine's kernel is touched either way.
 	}
-	config := filepath.Join(dir, "node.json")
-	if err := os.WriteFile(config, []byte("v1"), 0o644); err != nil {
-		t.Fatal(err)
+	node := func(motd string) string {
+		b, err := json.Marshal(nodeconf.Node{Node: "n1", Profile: "k8s", Conf: nodeconf.Conf{
+			Files: map[string]nodeconf.File{"/etc/motd": {Content: motd, Mode: "0644"}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
 	}
-	cmd := exec.Command("/bin/sh", "-c", loopScript(t))
-	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "CONFIG="+config, "HOST_ROOT="+dir+"/host",
-		"POLL_SECONDS=0.1", "RESYNC_SECONDS=3600")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	configMapDir(t, config, "v1", map[string]string{"node.json": node("v1\n")})
+
+	cmd := exec.Command(args[0], args[1:]...)
+	var stdout, stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-
-	runs := func() []string {
-		b, err := os.ReadFile(log)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return strings.Split(strings.TrimSpace(string(b)), "\n")
-	}
-	waitRuns := func(n int) []string {
+	motd := filepath.Join(host, "etc/motd")
+	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			if r := runs(); len(r) >= n {
-				return r
+		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s\nstdout:\n%s\nstderr:\n%s", what, stdout.String(), stderr.String())
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Fatalf("waited for %d runs, got %q; stderr:\n%s", n, runs(), stderr.String())
-		return nil
-	}
-	args := "apply --config " + config + " --root " + dir + "/host --live :: "
-	waitRuns(1)
-	time.Sleep(time.Second) // ten polls: an unchanged file is not reapplied
-	if r := runs(); len(r) != 1 || r[0] != args+"v1" {
-		t.Fatalf("runs before any change: %q", r)
-	}
-	// A new ConfigMap version arrives, and the first run of it fails.
-	if err := os.WriteFile(fail, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := config + ".new"
-	if err := os.WriteFile(tmp, []byte("v2"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, config); err != nil {
-		t.Fatal(err)
-	}
-	waitRuns(3) // retried while failing
-	if err := os.Remove(fail); err != nil {
-		t.Fatal(err)
-	}
-	r := waitRuns(4)
-	time.Sleep(time.Second)
-	r2 := runs()
-	if len(r2) != len(r) {
-		t.Errorf("the loop kept running after a successful apply: %q", r2)
-	}
-	for _, run := range r2[1:] {
-		if run != args+"v2" {
-			t.Errorf("run %q, want %q", run, args+"v2")
 		}
 	}
+	content := func(want string) func() bool {
+		return func() bool { b, _ := os.ReadFile(motd); return string(b) == want }
+	}
+	waitFor("the first version applied", content("v1\n"))
+
+	// The kubelet swaps in v2, which cannot be applied yet: /etc on the
+	// host is read-only to it (a file where the directory should be).
+	etc := filepath.Join(host, "etc")
+	if err := os.Rename(etc, etc+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(etc, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	configMapDir(t, config, "v2", map[string]string{"node.json": node("v2\n")})
+	waitFor("a failed run and a retry", func() bool { return strings.Count(stderr.String(), "watch: retrying in") >= 2 })
+	// Fixed on the host, not in the configuration: the next retry applies.
+	if err := os.Remove(etc); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(etc+".away", etc); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the retry to apply v2", content("v2\n"))
+
+	// Drift: someone changes the managed file's mode; the resync, with
+	// the ConfigMap unchanged, puts it back.
+	if err := os.Chmod(motd, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the resync to undo the drift", func() bool {
+		fi, err := os.Stat(motd)
+		return err == nil && fi.Mode().Perm() == 0o644
+	})
+	if n := strings.Count(stdout.String(), "bellbuild: node=n1 profile=k8s "); n < 3 {
+		t.Errorf("%d summary lines, want at least 3 (v1, v2, the resync):\n%s", n, stdout.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("after SIGTERM: %v\nstderr:\n%s", err, stderr.String())
+	}
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // TestConfigMapAccepted feeds the example node.json to the real applier,
