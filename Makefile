@@ -11,7 +11,7 @@ export BELLBUILD_BIN := $(CURDIR)/$(BIN)
 
 # Debian packages the product and its tests use (see docs/architecture.md).
 PKGS := qemu-system-x86 ipxe-qemu ovmf linux-image-amd64 busybox-static ipxe \
-	systemd-boot-efi debootstrap squashfs-tools gdisk dosfstools mtools cpio \
+	systemd-boot-efi isolinux syslinux-common debootstrap squashfs-tools gdisk dosfstools mtools cpio \
 	dnsmasq-base tftp-hpa bash-static apparmor ethtool zstd xz-utils iproute2 \
 	kea-admin kea-dhcp4-server
 

@@ -2,8 +2,10 @@ package build
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -65,7 +67,7 @@ func wantsMedia(outputs []string) bool {
 //  2. disk.raw: the ESP, the whole image tree as a squashfs written
 //     straight into the root partition, and the config volume;
 //  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
-//     the bundle as files.
+//     the bundle as files, and ISOLINUX for BIOS (see addISOLINUX).
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
 	epoch := b.opts.SourceDateEpoch
 	kernel := filepath.Join(dir, KernelFile)
@@ -76,6 +78,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 	if initrd != filepath.Join(dir, InitramfsFile) {
 		defer os.Remove(initrd)
 	}
+	cmdline := func(arg string) string { return strings.TrimSpace(m.Cmdline + " " + arg + " " + ConfigArg) }
 	esp := func(arg string) (*fstree.Tree, error) {
 		kst, err := os.Stat(kernel)
 		if err != nil {
@@ -88,7 +91,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		return disk.ESP(disk.Boot{
 			Kernel: fstree.File(kernel), KernelSize: kst.Size(),
 			Initrd: fstree.File(initrd), InitrdSize: ist.Size(),
-			Cmdline: strings.TrimSpace(m.Cmdline + " " + arg + " " + ConfigArg),
+			Cmdline: cmdline(arg),
 			Title:   "bellbuild " + im.spec.Profile,
 			Epoch:   epoch,
 		})
@@ -156,12 +159,15 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		files := fstree.New()
 		files.Add(fstree.Entry{Path: ISORootPath, Type: fstree.Regular, Mode: 0o444, Size: n, Data: fstree.File(sq.Name())})
 		files.AddFile(ISOConfigPath, bundle, 0o444, 0, 0)
+		if err := addISOLINUX(files, kernel, initrd, cmdline(ISORootArg), im.spec.Profile); err != nil {
+			return fmt.Errorf("iso: BIOS boot: %w", err)
+		}
 		files.Reproducible(epoch)
 		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 		if err != nil {
 			return err
 		}
-		err = iso.Write(out, files, iso.Options{Epoch: epoch, ESP: t})
+		err = iso.Write(out, files, iso.Options{Epoch: epoch, ESP: t, BIOS: isolinuxPath})
 		if err == nil {
 			err = out.Sync()
 		}
@@ -178,6 +184,44 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		m.Artifacts = append(m.Artifacts, a)
 	}
 	return ctx.Err()
+}
+
+// ISOLINUX, from Debian's isolinux and syslinux-common packages, boots the
+// ISO under BIOS: El Torito's default entry loads isolinux.bin, which reads
+// isolinux.cfg and starts the same kernel and initramfs as systemd-boot
+// does under UEFI (from the ISO 9660 tree rather than the EFI image).
+const (
+	ISOLINUXBin = "/usr/lib/ISOLINUX/isolinux.bin"
+	LDLINUXC32  = "/usr/lib/syslinux/modules/bios/ldlinux.c32"
+
+	isolinuxPath = "isolinux/isolinux.bin"
+	isoKernel    = "bellbuild/vmlinuz"
+	isoInitrd    = "bellbuild/initrd.img"
+)
+
+// addISOLINUX adds ISOLINUX, its configuration, the kernel and the initrd
+// to an ISO's files.
+func addISOLINUX(files *fstree.Tree, kernel, initrd, cmdline, profile string) error {
+	for _, f := range []struct{ path, src string }{
+		{isolinuxPath, ISOLINUXBin},
+		{"isolinux/ldlinux.c32", LDLINUXC32},
+		{isoKernel, kernel},
+		{isoInitrd, initrd},
+	} {
+		st, err := os.Stat(f.src)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) && (f.src == ISOLINUXBin || f.src == LDLINUXC32) {
+				return fmt.Errorf("%w (apt-get install isolinux syslinux-common)", err)
+			}
+			return err
+		}
+		files.Add(fstree.Entry{Path: f.path, Type: fstree.Regular, Mode: 0o444, Size: st.Size(), Data: fstree.File(f.src)})
+	}
+	cfg := "# bellbuild " + profile + ": BIOS boot (UEFI boots systemd-boot from the EFI image)\n" +
+		"SERIAL 0 115200\nDEFAULT bellbuild\nPROMPT 0\nTIMEOUT 0\n" +
+		"LABEL bellbuild\n  KERNEL /" + isoKernel + "\n  INITRD /" + isoInitrd + "\n  APPEND " + cmdline + "\n"
+	files.AddFile("isolinux/isolinux.cfg", []byte(cfg), 0o444, 0, 0)
+	return nil
 }
 
 func dataSize(im *image) int64 {

@@ -156,8 +156,8 @@ func mustRead(t *testing.T, p string) []byte {
 	return b
 }
 
-// TestMediaBoot boots the baked disk and ISO under OVMF to the applier's
-// summary line.
+// TestMediaBoot boots the baked disk and ISO under OVMF, and the ISO under
+// SeaBIOS, to the applier's summary line.
 func TestMediaBoot(t *testing.T) {
 	testvm.Skip(t)
 	needHost(t)
@@ -166,19 +166,26 @@ func TestMediaBoot(t *testing.T) {
 		t.Skipf("SKIP: %v (Debian package ovmf)", err)
 	}
 	m := bakeMedia(t, testOptions(t))
+	cdrom := testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}
 	for _, tc := range []struct {
-		name  string
-		drive testvm.Drive
+		name     string
+		firmware string
+		drive    testvm.Drive
 	}{
-		{"disk", testvm.Drive{Path: filepath.Join(m.Stats.Dir, DiskFile)}},
-		{"iso", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}},
+		{"disk", testvm.OVMF, testvm.Drive{Path: filepath.Join(m.Stats.Dir, DiskFile)}},
+		{"iso", testvm.OVMF, cdrom},
 		// The same file as a USB stick would be: a disk whose whole
 		// device is the ISO 9660 volume the init finds by label.
-		{"iso as disk", testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), ReadOnly: true}},
+		{"iso as disk", testvm.OVMF, testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), ReadOnly: true}},
+		// SeaBIOS: El Torito's default entry, ISOLINUX.
+		{"iso under BIOS", "", cdrom},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel() // two VMs at once: the boots are mostly waiting
-			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
+			t.Parallel() // the VMs at once: the boots are mostly waiting
+			vm := testvm.New(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
+			if tc.firmware == "" {
+				vm.Wait(`^ISOLINUX `)
+			}
 			// The exec script's report comes before the summary line.
 			vm.Wait(`check: swappiness=21$`)
 			got := vm.Wait(`bellbuild: node=(\S*) profile=(\S+) changes=\d+ errors=(\d+)`)

@@ -45,12 +45,19 @@ func fileEntry(t *testing.T, path, src string, mode os.FileMode) fstree.Entry {
 	return fstree.Entry{Path: path, Type: fstree.Regular, Mode: mode, Size: st.Size(), Data: fstree.File(src)}
 }
 
-// TestUEFIBoot boots the ISO under OVMF twice: as a CD-ROM (El Torito) and
-// as a disk (the hybrid MBR's EFI partition, as from a USB stick). Each
-// time systemd-boot in the EFI image starts the kernel and the initramfs,
-// which mounts the medium with Linux's isofs and reads the files back,
-// multi-extent ones included.
-func TestUEFIBoot(t *testing.T) {
+// Where Debian's isolinux and syslinux-common packages put ISOLINUX.
+const (
+	isolinuxBin = "/usr/lib/ISOLINUX/isolinux.bin"
+	ldlinuxC32  = "/usr/lib/syslinux/modules/bios/ldlinux.c32"
+)
+
+// TestBoot boots the ISO three times: under OVMF as a CD-ROM (El Torito's
+// EFI section) and as a disk (the hybrid MBR's EFI partition, as from a USB
+// stick), each time systemd-boot in the EFI image starting the kernel; and
+// under SeaBIOS as a CD-ROM, El Torito's default entry starting ISOLINUX.
+// Every time the initramfs mounts the medium with Linux's isofs and reads
+// the files back, multi-extent ones included.
+func TestBoot(t *testing.T) {
 	testvm.Skip(t)
 	for _, p := range []string{testvm.OVMF, disk.SystemdBoot, "/bin/busybox"} {
 		if _, err := os.Stat(p); err != nil {
@@ -111,22 +118,43 @@ poweroff -f
 	files.AddFile("bellbuild/root.squashfs", root, 0o644, 0, 0)
 	files.AddFile("bellbuild/node.json", []byte(`{"node":"from-iso"}`), 0o644, 0, 0)
 	files.Reproducible(epoch)
+	// BIOS: ISOLINUX, with the same kernel, initramfs and command line as
+	// ISO files, in an image of its own: ISOLINUX reads only the first
+	// extent of a file, and the image below splits files into small ones.
+	biosImg := ""
+	_, noISOLINUX := os.Stat(isolinuxBin)
+	if noISOLINUX == nil {
+		bios := fstree.New()
+		bios.Merge(files)
+		bios.Add(fileEntry(t, "isolinux/isolinux.bin", isolinuxBin, 0o444))
+		bios.Add(fileEntry(t, "isolinux/ldlinux.c32", ldlinuxC32, 0o444))
+		bios.AddFile("isolinux/isolinux.cfg", []byte("SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nLABEL linux\n  KERNEL /boot/vmlinuz\n  INITRD /boot/initrd.img\n  APPEND "+cmdline+"\n"), 0o444, 0, 0)
+		bios.Add(fileEntry(t, "boot/vmlinuz", kernel, 0o444))
+		bios.AddFile("boot/initrd.img", cpioBuf.Bytes(), 0o444, 0, 0)
+		bios.Reproducible(epoch)
+		biosImg = writeISO(t, bios, Options{Epoch: epoch, ESP: esp, BIOS: "isolinux/isolinux.bin"})
+	}
 	// Small extents: root.squashfs becomes nine multi-extent records that
 	// Linux must join, and the firmware must still find the EFI image.
 	setMaxExtent(t, 256<<10)
 	img := writeISO(t, files, Options{Epoch: epoch, ESP: esp})
 
 	for _, tc := range []struct {
-		name  string
-		drive testvm.Drive
-		dev   string
+		name     string
+		firmware string
+		drive    testvm.Drive
+		dev      string
 	}{
-		{"cdrom", testvm.Drive{Path: img, Interface: "ide", Media: "cdrom", ReadOnly: true}, "/dev/sr0"},
-		{"usb-like disk", testvm.Drive{Path: img, ReadOnly: true}, "/dev/vda"},
+		{"cdrom", testvm.OVMF, testvm.Drive{Path: img, Interface: "ide", Media: "cdrom", ReadOnly: true}, "/dev/sr0"},
+		{"usb-like disk", testvm.OVMF, testvm.Drive{Path: img, ReadOnly: true}, "/dev/vda"},
+		{"BIOS cdrom", "", testvm.Drive{Path: biosImg, Interface: "ide", Media: "cdrom", ReadOnly: true}, "/dev/sr0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel() // two VMs at once: the boots are mostly waiting
-			vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{tc.drive}})
+			if tc.firmware == "" && noISOLINUX != nil {
+				t.Skipf("SKIP: %v (Debian packages isolinux, syslinux-common)", noISOLINUX)
+			}
+			t.Parallel() // the VMs at once: the boots are mostly waiting
+			vm := testvm.New(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
 			if got := vm.Wait(`BELLISO cmdline=(.*) END$`)[1]; !strings.Contains(got, cmdline) {
 				t.Errorf("kernel command line %q lacks %q", got, cmdline)
 			}

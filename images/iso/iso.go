@@ -2,9 +2,11 @@
 // volume descriptors, an El Torito boot catalog, path tables, directories,
 // then file data, with an EFI system image (a FAT32 volume built on the fly
 // by images/fat from an ESP tree) as the El Torito no-emulation boot entry
-// for UEFI. The system area holds an MBR whose one partition (type 0xEF)
-// is that same EFI image, so the file also boots when written to a USB
-// stick ("isohybrid" for UEFI).
+// for UEFI and, optionally, a BIOS boot loader (ISOLINUX's isolinux.bin,
+// patched with its boot information table) as the entry for BIOS. The
+// system area holds an MBR whose one partition (type 0xEF) is that same
+// EFI image, so the file also boots when written to a USB stick under UEFI
+// ("isohybrid" for UEFI; BIOS boots it as a CD only).
 //
 // Names follow ISO 9660 level 2 without Rock Ridge or Joliet: upper case
 // d-characters ("ROOT.SQUASHFS;1"), which Linux's isofs shows in lower case
@@ -78,7 +80,17 @@ type Options struct {
 	// (EFI/BOOT/BOOTX64.EFI and whatever it loads); nil makes a
 	// non-bootable ISO.
 	ESP *fstree.Tree
+	// BIOS, when set, is the path in the tree of a no-emulation boot
+	// image for BIOS firmware (e.g. "isolinux/isolinux.bin"). It becomes
+	// the catalog's default entry, ahead of the EFI one, and its bytes 8
+	// to 63 are overwritten with the El Torito boot information table
+	// (where the volume descriptor and the file are, and a checksum), as
+	// ISOLINUX expects. Its content is read into memory: at most 1 MiB.
+	BIOS string
 }
+
+// maxBIOSImage bounds Options.BIOS's file (isolinux.bin is 38 KiB).
+const maxBIOSImage = 1 << 20
 
 // node is a directory or a file of the ISO.
 type node struct {
@@ -88,6 +100,7 @@ type node struct {
 	size     int64
 	data     fstree.Content
 	efi      bool // the EFI system image, written by fat.Write
+	bios     bool // the BIOS boot image, patched with the boot info table
 	lba      uint32
 	children []*node
 	parent   *node
@@ -104,6 +117,7 @@ type layout struct {
 	pathSecs  uint32
 	total     uint32 // sectors
 	efi       *node
+	bios      *node
 	volumeID  string
 	espOpts   fat.Options
 	espTree   *fstree.Tree
@@ -210,6 +224,19 @@ func plan(files *fstree.Tree, opts Options) (*layout, error) {
 		nodes[e.Path] = n
 		if n.efi {
 			l.efi = n
+		}
+		if opts.BIOS != "" && e.Path == fstree.Clean(opts.BIOS) {
+			n.bios, l.bios = true, n
+		}
+	}
+	if opts.BIOS != "" {
+		switch {
+		case l.bios == nil:
+			return nil, fmt.Errorf("iso: BIOS boot image %s: not a file of the tree: %w", opts.BIOS, ErrUnsupported)
+		case l.efi == nil:
+			return nil, fmt.Errorf("iso: BIOS boot image %s: needs the EFI image too (Options.ESP): %w", opts.BIOS, ErrUnsupported)
+		case l.bios.size < 64 || l.bios.size > maxBIOSImage:
+			return nil, fmt.Errorf("iso: BIOS boot image %s: %d bytes, want 64 to %d: %w", opts.BIOS, l.bios.size, maxBIOSImage, ErrUnsupported)
 		}
 	}
 

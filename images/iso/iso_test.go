@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -232,6 +233,66 @@ func TestElTorito(t *testing.T) {
 	}
 }
 
+// TestElToritoBIOS: with a BIOS boot image, the catalog's default entry
+// loads it (x86 platform, four 512-byte sectors) and a final EFI section
+// holds the EFI image; the image is patched with the boot information
+// table ISOLINUX reads, and nothing else of it changes.
+func TestElToritoBIOS(t *testing.T) {
+	loader := randomBytes(9, 5001) // not a multiple of 4: the sum pads with zeros
+	files := sampleFiles()
+	files.AddFile("isolinux/isolinux.bin", loader, 0o444, 0, 0)
+	files.Reproducible(epoch)
+	img := writeISO(t, files, Options{Epoch: epoch, ESP: sampleESP(), BIOS: "isolinux/isolinux.bin"})
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat := b[int(binary.LittleEndian.Uint32(b[17*2048+71:]))*2048:]
+	var sum uint16
+	for i := 0; i < 32; i += 2 {
+		sum += binary.LittleEndian.Uint16(cat[i:])
+	}
+	if cat[0] != 1 || cat[1] != 0 || sum != 0 {
+		t.Errorf("validation entry % x: want platform 0 (x86), checksum sum %#x", cat[:32], sum)
+	}
+	if cat[32] != 0x88 || cat[33] != 0 || binary.LittleEndian.Uint16(cat[38:]) != 4 {
+		t.Errorf("default entry % x: want bootable, no emulation, 4 sectors", cat[32:64])
+	}
+	if cat[64] != 0x91 || cat[65] != 0xEF || binary.LittleEndian.Uint16(cat[66:]) != 1 {
+		t.Errorf("section header % x: want the final one, EFI, one entry", cat[64:96])
+	}
+	if cat[96] != 0x88 || cat[97] != 0 {
+		t.Errorf("EFI entry % x", cat[96:128])
+	}
+	back := readBack(t, img)
+	efiOff := int(binary.LittleEndian.Uint32(cat[104:])) * 2048
+	if efi := back["efi/efiboot.img"]; string(b[efiOff:efiOff+len(efi)]) != efi {
+		t.Error("the EFI section does not point at EFI/EFIBOOT.IMG")
+	}
+	lba := binary.LittleEndian.Uint32(cat[40:])
+	got := b[int(lba)*2048 : int(lba)*2048+len(loader)]
+	if got := back["isolinux/isolinux.bin"]; len(got) != len(loader) {
+		t.Fatalf("isolinux.bin read back as %d bytes", len(got))
+	}
+	if string(got) != back["isolinux/isolinux.bin"] {
+		t.Error("the default entry does not point at isolinux/isolinux.bin")
+	}
+	var want uint32
+	padded := append(slices.Clone(loader[64:]), 0, 0, 0)
+	for i := 0; i+4 <= len(loader)-64+3; i += 4 {
+		want += binary.LittleEndian.Uint32(padded[i:])
+	}
+	table := []uint32{16, lba, uint32(len(loader)), want}
+	for i, w := range table {
+		if g := binary.LittleEndian.Uint32(got[8+4*i:]); g != w {
+			t.Errorf("boot info table word %d = %d, want %d", i, g, w)
+		}
+	}
+	if !bytes.Equal(got[:8], loader[:8]) || !bytes.Equal(got[64:], loader[64:]) || !bytes.Equal(got[24:64], make([]byte, 40)) {
+		t.Error("the loader changed outside bytes 8 to 63")
+	}
+}
+
 func TestReproducible(t *testing.T) {
 	a, _ := os.ReadFile(writeISO(t, sampleFiles(), Options{Epoch: epoch, ESP: sampleESP()}))
 	b, _ := os.ReadFile(writeISO(t, sampleFiles(), Options{Epoch: epoch, ESP: sampleESP()}))
@@ -268,6 +329,14 @@ func TestRejects(t *testing.T) {
 			tr.AddFile("1/2/3/4/5/6/7/8/f", nil, 0o644, 0, 0)
 		}, Options{}, "iso: 1/2/3/4/5/6/7/8: deeper than 8 directories: not representable in ISO 9660"},
 		{"volume id", func(tr *fstree.Tree) {}, Options{VolumeID: "bell build"}, `iso: volume ID "bell build": want at most 32 of A-Z 0-9 _: not representable in ISO 9660`},
+		{"BIOS image missing", func(tr *fstree.Tree) {}, Options{ESP: sampleESP(), BIOS: "isolinux/isolinux.bin"},
+			"iso: BIOS boot image isolinux/isolinux.bin: not a file of the tree: not representable in ISO 9660"},
+		{"BIOS without EFI", func(tr *fstree.Tree) {
+			tr.AddFile("isolinux/isolinux.bin", make([]byte, 2048), 0o644, 0, 0)
+		}, Options{BIOS: "isolinux/isolinux.bin"}, "iso: BIOS boot image isolinux/isolinux.bin: needs the EFI image too (Options.ESP): not representable in ISO 9660"},
+		{"BIOS image too small", func(tr *fstree.Tree) {
+			tr.AddFile("isolinux/isolinux.bin", make([]byte, 63), 0o644, 0, 0)
+		}, Options{ESP: sampleESP(), BIOS: "isolinux/isolinux.bin"}, "iso: BIOS boot image isolinux/isolinux.bin: 63 bytes, want 64 to 1048576: not representable in ISO 9660"},
 		{"reserved path", func(tr *fstree.Tree) {
 			tr.AddFile(EFIImagePath, nil, 0o644, 0, 0)
 		}, Options{ESP: sampleESP()}, "iso: EFI/EFIBOOT.IMG is reserved for the EFI image: not representable in ISO 9660"},

@@ -1,6 +1,7 @@
 package iso
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -81,14 +82,18 @@ func terminator(b []byte) {
 }
 
 // writeCatalog writes the El Torito boot catalog (sector 19): a validation
-// entry for the EFI platform and the default entry, the EFI image booted
-// without emulation.
+// entry, then the default entry, booted without emulation: the BIOS boot
+// image when there is one, followed by a final section for the EFI
+// platform holding the EFI image; else the EFI image itself.
 func writeCatalog(w *countWriter, l *layout) error {
 	cat := make([]byte, sector)
 	if l.efi != nil {
 		v := cat[0:32]
 		v[0] = 1
 		v[1] = 0xEF // EFI
+		if l.bios != nil {
+			v[1] = 0 // x86: the default entry is the BIOS one
+		}
 		copy(v[4:28], "BELLBUILD")
 		v[30], v[31] = 0x55, 0xAA
 		var sum uint16
@@ -96,19 +101,55 @@ func writeCatalog(w *countWriter, l *layout) error {
 			sum += binary.LittleEndian.Uint16(v[i:])
 		}
 		binary.LittleEndian.PutUint16(v[28:], -sum)
-		d := cat[32:64]
-		d[0] = 0x88 // bootable
-		d[1] = 0    // no emulation
-		// Sector count in 512-byte units; an EFI image larger than the
-		// 16-bit field says 0, which UEFI firmware reads as "to the end
-		// of the medium" (the FAT's own size bounds it).
-		if n := (l.efi.size + 511) / 512; n <= 0xFFFF {
-			binary.LittleEndian.PutUint16(d[6:], uint16(n))
+		if l.bios == nil {
+			bootEntry(cat[32:64], l.efi)
+		} else {
+			// BIOS loads 4 virtual (512-byte) sectors, isolinux.bin's
+			// first 2 KiB, which loads the rest itself.
+			d := cat[32:64]
+			d[0] = 0x88
+			binary.LittleEndian.PutUint16(d[6:], 4)
+			binary.LittleEndian.PutUint32(d[8:], l.bios.lba)
+			h := cat[64:96]
+			h[0] = 0x91 // final section header
+			h[1] = 0xEF // EFI
+			binary.LittleEndian.PutUint16(h[2:], 1)
+			bootEntry(cat[96:128], l.efi)
 		}
-		binary.LittleEndian.PutUint32(d[8:], l.efi.lba)
 	}
 	_, err := w.Write(cat)
 	return err
+}
+
+// bootEntry fills a no-emulation boot entry for the EFI image f.
+func bootEntry(d []byte, f *node) {
+	d[0] = 0x88 // bootable
+	d[1] = 0    // no emulation
+	// Sector count in 512-byte units; an EFI image larger than the
+	// 16-bit field says 0, which UEFI firmware reads as "to the end
+	// of the medium" (the FAT's own size bounds it).
+	if n := (f.size + 511) / 512; n <= 0xFFFF {
+		binary.LittleEndian.PutUint16(d[6:], uint16(n))
+	}
+	binary.LittleEndian.PutUint32(d[8:], f.lba)
+}
+
+// bootInfoTable patches an El Torito boot image (its whole content, b,
+// stored at lba) with the boot information table ISOLINUX reads at byte
+// 8: the primary volume descriptor's sector, the image's sector and
+// length, and the 32-bit sum of its little-endian words from byte 64 on.
+func bootInfoTable(b []byte, lba uint32) {
+	clear(b[8:64])
+	var sum uint32
+	for i := 64; i < len(b); i += 4 {
+		var word [4]byte
+		copy(word[:], b[i:])
+		sum += binary.LittleEndian.Uint32(word[:])
+	}
+	binary.LittleEndian.PutUint32(b[8:], pvdLBA)
+	binary.LittleEndian.PutUint32(b[12:], lba)
+	binary.LittleEndian.PutUint32(b[16:], uint32(len(b)))
+	binary.LittleEndian.PutUint32(b[20:], sum)
 }
 
 // writePathTables writes the L (little-endian) and M (big-endian) path
@@ -196,12 +237,24 @@ func writeFiles(w *countWriter, l *layout) error {
 			return err
 		}
 		start := w.n
-		if f.efi {
+		switch {
+		case f.efi:
 			if err := fat.Write(w, l.espTree, l.espOpts); err != nil {
 				return fmt.Errorf("iso: EFI image: %w", err)
 			}
-		} else if err := copyContent(w, f, buf); err != nil {
-			return err
+		case f.bios:
+			var b bytes.Buffer
+			if err := copyContent(&b, f, buf); err != nil {
+				return err
+			}
+			bootInfoTable(b.Bytes(), f.lba)
+			if _, err := w.Write(b.Bytes()); err != nil {
+				return err
+			}
+		default:
+			if err := copyContent(w, f, buf); err != nil {
+				return err
+			}
 		}
 		if w.n-start != f.size {
 			return fmt.Errorf("iso: %s: wrote %d bytes, want %d", f.path, w.n-start, f.size)
