@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -502,6 +503,11 @@ func FuzzHandlePacket(f *testing.F) {
 	}
 	peer := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 68}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// Serve sorts by the raw type: it must agree with the parser.
+		mt := messageType(b)
+		if req, err := dhcpv4.FromBytes(b); err == nil && mt != 0 && mt != byte(req.MessageType()) {
+			t.Fatalf("messageType %d, the parser says %s", mt, req.MessageType())
+		}
 		before := metrics.Value(m.Dropped)
 		out, to, err := srv.HandlePacket(context.Background(), b, peer)
 		if err != nil {
@@ -526,4 +532,68 @@ func FuzzHandlePacket(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNewReply: newReply builds, byte for byte, what the library's
+// NewReplyFromRequest does (a relayed request with a client identifier,
+// relay agent information and the broadcast flag), without its random
+// transaction ID.
+func TestNewReply(t *testing.T) {
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
+	req, err := dhcpv4.NewDiscovery(mac,
+		dhcpv4.WithBroadcast(true),
+		dhcpv4.WithGatewayIP(net.IPv4(192, 0, 2, 1)),
+		dhcpv4.WithOption(dhcpv4.OptClientIdentifier([]byte{1, 0x52, 0x54, 0, 0, 0, 9})),
+		dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.AgentCircuitIDSubOption, []byte("eth7")))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods := []dhcpv4.Modifier{
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeOffer),
+		dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 10)),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(198, 51, 100, 1))),
+	}
+	want, err := dhcpv4.NewReplyFromRequest(req, mods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := newReply(req, mods...)
+	if d := cmp.Diff(want.ToBytes(), got.ToBytes()); d != "" {
+		t.Errorf("newReply differs from NewReplyFromRequest (-want +got):\n%s\nwant %s\ngot %s", d, want.Summary(), got.Summary())
+	}
+	if got.TransactionID != req.TransactionID || got.OpCode != dhcpv4.OpcodeBootReply || !got.IsBroadcast() {
+		t.Errorf("reply %s", got.Summary())
+	}
+}
+
+// TestMessageType: the type Serve sorts packets by, read from the raw
+// options as the library parses it, and 0 for what is not DHCP.
+func TestMessageType(t *testing.T) {
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0, 9}
+	for _, mt := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeInform} {
+		// Other options first, some padding, a long one.
+		m, err := dhcpv4.New(dhcpv4.WithHwAddr(mac),
+			dhcpv4.WithOption(dhcpv4.OptHostName(strings.Repeat("h", 200))),
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient")),
+			dhcpv4.WithMessageType(mt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := messageType(m.ToBytes()); got != byte(mt) {
+			t.Errorf("messageType(%s) = %d", mt, got)
+		}
+	}
+	req, _ := dhcpv4.NewDiscovery(mac)
+	b := req.ToBytes()
+	for name, bad := range map[string][]byte{
+		"empty":         nil,
+		"header only":   b[:240],
+		"no cookie":     append(append([]byte{}, b[:236]...), make([]byte, len(b)-236)...),
+		"truncated TLV": append(append([]byte{}, b[:240]...), 12),
+		"no type":       append(append([]byte{}, b[:240]...), 12, 1, 'x', 255),
+	} {
+		if got := messageType(bad); got != 0 {
+			t.Errorf("%s: messageType = %d, want 0", name, got)
+		}
+	}
 }

@@ -354,7 +354,7 @@ func (s *Store) hold(ip netip.Addr, mac string, t time.Time) {
 	// a new DISCOVER, but a restarted server that remembers its offers does
 	// not offer the same address to a second machine meanwhile.
 	if s.persist && !s.replaying {
-		s.logLocked(fmt.Sprintf("O %s %s %d\n", ip, mac, t.Unix()), false)
+		s.logLocked(record('O', ip, mac, t), false)
 	}
 }
 
@@ -414,7 +414,7 @@ func (s *Store) Ack(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, d 
 	// Whole seconds: what is on disk is what is in memory.
 	exp := now.Add(d).Truncate(time.Second)
 	s.bind(ip, key, leased, exp)
-	wait := s.logLocked(fmt.Sprintf("L %s %s %d\n", ip, key, exp.Unix()), true)
+	wait := s.logLocked(record('L', ip, key, exp), true)
 	s.mu.Unlock()
 	if err := s.await(ctx, wait); err != nil {
 		return Lease{}, err
@@ -434,7 +434,7 @@ func (s *Store) Release(ctx context.Context, mac net.HardwareAddr, ip netip.Addr
 	}
 	now := s.opts.Now().Truncate(time.Second)
 	b.expiry = now
-	wait := s.logLocked(fmt.Sprintf("R %s %s %d\n", ip, key, now.Unix()), true)
+	wait := s.logLocked(record('R', ip, key, now), true)
 	s.mu.Unlock()
 	return s.await(ctx, wait)
 }
@@ -509,6 +509,19 @@ func (b *binding) lease() Lease {
 
 // logLocked queues line for the writer and returns the channel that
 // reports it durable (nil in memory-only mode). Called with s.mu held.
+// record formats one log line, "KIND IP MAC UNIXTIME\n", without fmt (a
+// line per DHCP exchange: fmt cost 3% of the server's CPU).
+func record(kind byte, ip netip.Addr, mac string, t time.Time) string {
+	b := make([]byte, 0, 64)
+	b = append(b, kind, ' ')
+	b = ip.AppendTo(b)
+	b = append(b, ' ')
+	b = append(b, mac...)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, t.Unix(), 10)
+	return string(append(b, '\n'))
+}
+
 func (s *Store) logLocked(line string, wait bool) chan error {
 	if !s.persist {
 		return nil

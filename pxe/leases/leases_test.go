@@ -312,3 +312,11 @@ func BenchmarkAck(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "leases/s")
 }
+
+// TestRecord: a log line as the replay reads it.
+func TestRecord(t *testing.T) {
+	got := record('L', netip.MustParseAddr("192.0.2.10"), "52:54:00:00:00:01", time.Unix(1700000000, 0))
+	if want := "L 192.0.2.10 52:54:00:00:00:01 1700000000\n"; got != want {
+		t.Errorf("record = %q, want %q", got, want)
+	}
+}
