@@ -74,6 +74,11 @@ type Options struct {
 	// CacheDir holds cached segments and debootstrap roots (default
 	// $BELLBUILD_CACHE, else ~/.cache/bellbuild).
 	CacheDir string
+	// CacheLimit bounds the cached segments' bytes: after a bake, the
+	// least recently used ones go until the rest fit (never the bake's
+	// own). 0 means DefaultCacheLimit, a negative value no limit.
+	// Debootstrap roots are not counted.
+	CacheLimit int64
 	// SourceDateEpoch is every file's mtime (default
 	// DefaultSourceDateEpoch; never the current time).
 	SourceDateEpoch int64
@@ -639,6 +644,17 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	// Disks and ISOs boot the same kernel and initramfs (media.go).
 	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
 	if wantInitramfs {
+		lock, err := lockCache(b.opts.CacheDir)
+		if err != nil {
+			return nil, err
+		}
+		defer lock.unlock()
+		var keep []string
+		defer func() {
+			if done {
+				b.prune(lock, keep)
+			}
+		}()
 		// 5. The stage segment, from the cache when possible.
 		b.p.begin("stage segment")
 		stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stageTree, im.stageDirs, epoch, stageInode, b.p)
@@ -663,6 +679,7 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		m.Stats.StageCached, m.Stats.ApplierCached = stageSeg.cached, appSeg.cached
 		m.Stats.StageRead = im.src.tree != nil
 		segs := []*segment{stageSeg, appSeg, confSeg}
+		keep = []string{stageSeg.file, appSeg.file}
 		for _, s := range segs {
 			m.Segments = append(m.Segments, Artifact{Name: s.name, Size: s.Size, SHA256: s.SHA256})
 		}

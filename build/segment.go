@@ -227,6 +227,7 @@ func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func
 	}
 	if info, err := readInfo(s.file); err == nil {
 		s.segmentInfo, s.cached = info, true
+		touchSegment(s.file)
 		return s, nil
 	}
 	t, err := tree()

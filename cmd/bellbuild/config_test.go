@@ -147,3 +147,20 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("failed commands left files: %v", left)
 	}
 }
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"512", 512, true}, {"500K", 500 << 10, true}, {"500m", 500 << 20, true},
+		{"20G", 20 << 30, true}, {"1T", 1 << 40, true},
+		{"", 0, false}, {"G", 0, false}, {"-1G", 0, false}, {"1.5G", 0, false}, {"9999999T", 0, false}, {"10X", 0, false},
+	} {
+		got, err := parseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, ok=%t", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}

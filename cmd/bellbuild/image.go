@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -37,8 +40,10 @@ hands over to the stage's init.
 The initramfs is three concatenated segments: the stage (cached by content
 under $BELLBUILD_CACHE, default ~/.cache/bellbuild), the applier (cached
 too), and the configuration, so changing a profile's conf or adding a node
-recompresses only the last, small one. Same inputs and source date give
-byte-identical artifacts; the output directory is replaced atomically.
+recompresses only the last, small one. After a bake, the least recently
+used cached segments beyond --cache-limit are removed. Same inputs and
+source date give byte-identical artifacts; the output directory is replaced
+atomically.
 
 Stages: {busybox: {}} (from the host's busybox-static), {tarball: FILE},
 {oci: DIR}, {dir: DIR}, {debootstrap: {...}} (needs root; cached), and
@@ -60,6 +65,17 @@ Example:
 			epoch := fs.Int64("source-date-epoch", 0, "file time stamps, in `SECONDS` since 1970 (default $SOURCE_DATE_EPOCH, else a fixed date)")
 			fs.StringVar(&o.Applier, "applier", "", "static bellbuild `PATH` to embed (default $BELLBUILD_BIN, else this binary)")
 			fs.StringVar(&o.CacheDir, "cache", "", "cache `DIR` (default $BELLBUILD_CACHE, else ~/.cache/bellbuild)")
+			fs.Func("cache-limit", "after the bake, drop the least recently used cached segments beyond `SIZE` (e.g. 20G, 500M; 0: no limit; default 8G)", func(v string) error {
+				n, err := parseSize(v)
+				if err != nil {
+					return err
+				}
+				o.CacheLimit = n
+				if n == 0 {
+					o.CacheLimit = -1
+				}
+				return nil
+			})
 			return func(ctx context.Context, args []string) error {
 				args, err := positional(fs, args)
 				if err != nil {
@@ -136,4 +152,31 @@ func printBake(w io.Writer, m *build.Manifest) error {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// parseSize reads a byte count with an optional binary suffix: 512, 500K,
+// 500M, 20G, 1T.
+func parseSize(v string) (int64, error) {
+	mult := int64(1)
+	num := strings.TrimSpace(v)
+	if num != "" {
+		switch strings.ToUpper(num[len(num)-1:]) {
+		case "K":
+			mult = 1 << 10
+		case "M":
+			mult = 1 << 20
+		case "G":
+			mult = 1 << 30
+		case "T":
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			num = num[:len(num)-1]
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with K, M, G or T", v)
+	}
+	return n * mult, nil
 }
