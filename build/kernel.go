@@ -1,10 +1,12 @@
 package build
 
 import (
+	"bytes"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -112,9 +114,65 @@ func stageKernel(t *fstree.Tree) (*kernel, error) {
 // moduleTree is the part of /lib/modules/VERSION an image needs: the
 // module files for names (with dependencies), a modules.dep listing just
 // them, modules.builtin, and /etc/bellbuild/modules naming what the init
-// loads.
+// loads. The modules come from dir on the host.
 func moduleTree(dir, version string, names []string) (*fstree.Tree, error) {
-	mods, err := kmod.Open(dir)
+	return modulesFrom(dir, version, names, func(rel string) (fstree.Content, int64, error) {
+		st, err := os.Stat(filepath.Join(dir, rel))
+		if err != nil {
+			return nil, 0, err
+		}
+		return fstree.File(filepath.Join(dir, rel)), st.Size(), nil
+	})
+}
+
+// stageModuleTree is moduleTree for a kernel the stage carries: its
+// modules come from the stage tree's /lib/modules/VERSION (through a
+// merged-/usr /lib link). The media's small initramfs needs them, not the
+// whole stage.
+func stageModuleTree(stage *fstree.Tree, version string, names []string) (*fstree.Tree, error) {
+	dir := resolveParents(stage, path.Join("lib/modules", version, "modules.dep"))
+	dir = path.Dir(dir)
+	return modulesFrom("stage:/"+dir, version, names, func(rel string) (fstree.Content, int64, error) {
+		p := path.Join(dir, rel)
+		e := stage.Get(p)
+		if e != nil && e.LinkTo != "" {
+			e = stage.Get(e.LinkTo)
+		}
+		if e == nil || e.Type != fstree.Regular || (e.Data == nil && e.Size > 0) {
+			return nil, 0, fmt.Errorf("/%s: %w", p, fs.ErrNotExist)
+		}
+		if e.Data == nil {
+			return fstree.Bytes(nil), 0, nil
+		}
+		return e.Data, e.Size, nil
+	})
+}
+
+// modulesFrom builds moduleTree's tree, reading the modules directory
+// (named dir in messages) through open, which returns a file's content and
+// size by its path relative to the directory.
+func modulesFrom(dir, version string, names []string, open func(rel string) (fstree.Content, int64, error)) (*fstree.Tree, error) {
+	read := func(rel string) ([]byte, error) {
+		c, _, err := open(rel)
+		if err != nil {
+			return nil, err
+		}
+		r, err := c.Open()
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		return io.ReadAll(r)
+	}
+	dep, err := read("modules.dep")
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: modules: %w", version, err)
+	}
+	builtin, err := read("modules.builtin")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("kernel %s: modules: %w", version, err)
+	}
+	mods, err := kmod.Parse(dir, bytes.NewReader(dep), builtin)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", version, err)
 	}
@@ -125,22 +183,22 @@ func moduleTree(dir, version string, names []string) (*fstree.Tree, error) {
 	sort.Strings(files)
 	t := fstree.New()
 	base := path.Join("lib/modules", version)
-	var dep strings.Builder
+	var deps strings.Builder
 	for _, f := range files {
-		st, err := os.Stat(filepath.Join(dir, f))
+		c, size, err := open(f)
 		if err != nil {
 			return nil, fmt.Errorf("kernel modules: %w", err)
 		}
-		t.Add(fstree.Entry{Path: path.Join(base, f), Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(filepath.Join(dir, f))})
-		fmt.Fprintf(&dep, "%s:", f)
+		t.Add(fstree.Entry{Path: path.Join(base, f), Type: fstree.Regular, Mode: 0o644, Size: size, Data: c})
+		fmt.Fprintf(&deps, "%s:", f)
 		for _, d := range mods.Deps(f) {
-			fmt.Fprintf(&dep, " %s", d)
+			fmt.Fprintf(&deps, " %s", d)
 		}
-		dep.WriteString("\n")
+		deps.WriteString("\n")
 	}
-	t.AddFile(path.Join(base, "modules.dep"), []byte(dep.String()), 0o644, 0, 0)
-	if data, err := os.ReadFile(filepath.Join(dir, "modules.builtin")); err == nil {
-		t.AddFile(path.Join(base, "modules.builtin"), data, 0o644, 0, 0)
+	t.AddFile(path.Join(base, "modules.dep"), []byte(deps.String()), 0o644, 0, 0)
+	if builtin != nil {
+		t.AddFile(path.Join(base, "modules.builtin"), builtin, 0o644, 0, 0)
 	}
 	t.AddFile("etc/bellbuild/modules", []byte("# kernel modules bellbuild's init loads (with modules.dep)\n"+strings.Join(names, "\n")+"\n"), 0o644, 0, 0)
 	return t, nil

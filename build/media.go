@@ -235,14 +235,25 @@ func dataSize(im *image) int64 {
 // returns its path. Its only job is to find and mount the root (the whole
 // image is the squashfs), so it holds the kernel modules, the applier as
 // /init and the bundle, not the stage: a few MiB instead of the whole
-// image in memory. A kernel taken from the stage has its modules only in
-// the stage; such an image boots from the full initramfs.
+// image in memory. A kernel taken from the stage brings the modules from
+// the stage's /lib/modules.
 func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string, error) {
-	if im.kernel.modules == "" {
-		return filepath.Join(dir, InitramfsFile), nil
-	}
 	t := fstree.New()
-	t.Merge(im.added)
+	if im.kernel.modules != "" {
+		t.Merge(im.added)
+	} else {
+		// A kernel from the stage: its modules are copied out of the
+		// stage's /lib/modules.
+		stage, err := im.stageTree()
+		if err != nil {
+			return "", err
+		}
+		mods, err := stageModuleTree(stage, im.kernel.version, b.opts.Modules)
+		if err != nil {
+			return "", err
+		}
+		t.Merge(mods)
+	}
 	t.Merge(im.applier)
 	t.Merge(im.config)
 	if im.spec.Persist {

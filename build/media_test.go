@@ -3,9 +3,12 @@ package build
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +17,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/squashfs"
+	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/testvm"
 )
 
@@ -232,4 +236,88 @@ func TestDropACLs(t *testing.T) {
 	if _, err := squashfs.Write(f, root, squashfs.Options{}); err != nil {
 		t.Errorf("squashfs of the tree without ACLs: %v", err)
 	}
+}
+
+// TestStageKernelMedia bakes a disk from a dir stage that carries its own
+// kernel and modules, merged-/usr style (/lib -> usr/lib): the ESP's
+// initramfs gets the boot modules out of the stage, not the whole stage,
+// and the disk boots under OVMF to the applier's line with them.
+func TestStageKernelMedia(t *testing.T) {
+	needHost(t)
+	needMediaTools(t)
+	host, err := filepath.EvalSymlinks(testKernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := hostKernel(host)
+	if err != nil || k.modules == "" {
+		t.Skipf("SKIP: the host kernel's modules: %v", err)
+	}
+	mods, err := moduleTree(k.modules, k.version, BootModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	for _, d := range []string{"boot", "usr/lib", "usr/bin"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, target := range map[string]string{"lib": "usr/lib", "bin": "usr/bin"} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(t, host, filepath.Join(root, "boot", "vmlinuz-"+k.version), 0o644)
+	copyFile(t, "/bin/busybox", filepath.Join(root, "usr/bin/busybox"), 0o755)
+	for _, e := range mods.Walk() {
+		if e.Type != fstree.Regular || !strings.HasPrefix(e.Path, "lib/modules/") {
+			continue
+		}
+		dst := filepath.Join(root, "usr", e.Path)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		r, err := e.Data.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(r)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp := &profiles.ImageSpec{Profile: "own", Chain: []string{"own"}, Stage: profiles.Stage{Dir: root},
+		Kernel: profiles.Kernel{From: "stage"}, Cmdline: []string{"console=ttyS0"}, Outputs: []string{"raw"}}
+	opts := testOptions(t)
+	m, err := Image(context.Background(), sp, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(m.Stats.Dir, DiskFile)
+	esp := filepath.Join(t.TempDir(), "initrd.img")
+	if err := os.WriteFile(esp, []byte(mtoolsType(t, img, partitions(t, img)[disk.ESPName][0], disk.InitrdPath)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	small := unpack(t, esp)
+	var kos []string
+	for _, e := range small.Walk() {
+		if strings.HasSuffix(e.Path, ".ko") || strings.HasSuffix(e.Path, ".ko.xz") {
+			kos = append(kos, path.Base(e.Path))
+		}
+	}
+	if small.Get("lib/modules/"+k.version+"/modules.dep") == nil || !slices.ContainsFunc(kos, func(s string) bool { return strings.HasPrefix(s, "squashfs.ko") }) {
+		t.Errorf("the ESP's initramfs lacks the stage's modules: %v", kos)
+	}
+	if small.Get("usr/bin/busybox") != nil || small.Get("boot") != nil {
+		t.Error("the ESP's initramfs carries the stage")
+	}
+
+	testvm.Skip(t)
+	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+	vm.Wait(`^bellbuild: node=\S* profile=own changes=\d+ errors=0$`)
 }

@@ -63,6 +63,9 @@ type Drive struct {
 	// Media is "disk" (default) or "cdrom".
 	Media    string
 	ReadOnly bool
+	// Snapshot sends the guest's writes to a temporary overlay: the file
+	// is left as it was.
+	Snapshot bool
 }
 
 // NIC is a network interface.
@@ -126,6 +129,9 @@ func (c Config) Args() []string {
 		}
 		if d.ReadOnly {
 			opt += ",readonly=on"
+		}
+		if d.Snapshot {
+			opt += ",snapshot=on"
 		}
 		a = append(a, "-drive", opt)
 	}

@@ -23,16 +23,24 @@ func init() {
 	register(&command{
 		name:    "run",
 		summary: "boot a baked image in QEMU with its console attached",
-		usage:   "PROFILE [-o OUT] [--node NAME] [--mac MAC] [--timeout D] [--expect TEXT]",
+		usage:   "PROFILE [-o OUT] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [--timeout D] [--expect TEXT]",
 		help: `run boots OUT/PROFILE (made by 'bellbuild image') in QEMU — always
 software emulation (-accel tcg), 1 GiB of memory, one virtio NIC on QEMU's
 user network — with the serial console on this terminal and the kernel
 command line from the manifest.
 
+--boot picks what boots: kernel (default) hands QEMU the kernel and the
+initramfs; disk boots disk.raw under UEFI (OVMF), iso boots image.iso as a
+CD under UEFI and iso-bios under BIOS (SeaBIOS, ISOLINUX) — profiles with
+outputs [raw] or [iso]. The guest's writes to a disk go to a temporary
+overlay: the baked file is not changed.
+
 --node NAME adds bellbuild.node=NAME to the command line, so the image's
-init applies that node's configuration; --mac boots with that MAC instead,
-to try the selection by MAC. On a terminal, keys go to the VM; Ctrl-]
-quits. The VM is always stopped when run ends.
+init applies that node's configuration (--boot kernel only: a disk's
+command line is on its ESP; write a node onto its config partition with
+'bellbuild config write'); --mac boots with that MAC instead, to try the
+selection by MAC. On a terminal, keys go to the VM; Ctrl-] quits. The VM is
+always stopped when run ends.
 
 --expect TEXT (for scripts) ends run with status 0 as soon as a console line
 contains TEXT, and status 1 when the VM stops or --timeout (default 120s
@@ -41,7 +49,8 @@ with --expect) passes first.
 Example:
   bellbuild image demo -o out
   bellbuild run demo -o out --node demo-2
-  bellbuild run demo -o out --timeout 120s --expect 'bellbuild: node='`,
+  bellbuild run demo -o out --timeout 120s --expect 'bellbuild: node='
+  bellbuild run k8s-worker -C examples/fleet -o out --boot iso-bios`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o runFlags
 			fs.StringVar(&o.out, "o", "out", "output `DIR` the image was baked into")
@@ -51,6 +60,7 @@ Example:
 			fs.StringVar(&o.expect, "expect", "", "exit 0 once a console line contains `TEXT`")
 			fs.StringVar(&o.appendArgs, "append", "", "extra kernel command line `ARGS`")
 			fs.StringVar(&o.log, "log", "", "also write the console to `FILE`")
+			fs.StringVar(&o.boot, "boot", "kernel", "boot the `MEDIUM`: kernel, disk, iso or iso-bios")
 			return func(ctx context.Context, args []string) error {
 				args, err := positional(fs, args)
 				if err != nil {
@@ -67,8 +77,50 @@ Example:
 }
 
 type runFlags struct {
-	out, profile, node, mac, expect, appendArgs, log string
-	timeout                                          time.Duration
+	out, profile, node, mac, expect, appendArgs, log, boot string
+	timeout                                                time.Duration
+}
+
+// bootConfig is the VM that boots dir's artifacts the way o.boot says.
+func bootConfig(o runFlags, dir, cmdline string) (testvm.Config, string, error) {
+	var c testvm.Config
+	var file string
+	switch o.boot {
+	case "", "kernel":
+		c.Kernel = filepath.Join(dir, build.KernelFile)
+		c.Initrd = filepath.Join(dir, build.InitramfsFile)
+		c.Cmdline = cmdline
+		return c, "kernel and initramfs, command line: " + cmdline, nil
+	case "disk":
+		file = filepath.Join(dir, build.DiskFile)
+		c.Firmware = testvm.OVMF
+		c.Drives = []testvm.Drive{{Path: file, Snapshot: true}}
+	case "iso", "iso-bios":
+		file = filepath.Join(dir, build.ISOFile)
+		if o.boot == "iso" {
+			c.Firmware = testvm.OVMF
+		}
+		c.Drives = []testvm.Drive{{Path: file, Interface: "ide", Media: "cdrom", ReadOnly: true}}
+	default:
+		return c, "", fmt.Errorf("--boot %q: want kernel, disk, iso or iso-bios", o.boot)
+	}
+	if o.node != "" || o.appendArgs != "" {
+		return c, "", fmt.Errorf("--node and --append need --boot kernel: a %s carries its own command line (choose the node with --mac, or write it onto the config partition with 'bellbuild config write')", o.boot)
+	}
+	if _, err := os.Stat(file); err != nil {
+		output := "iso"
+		if o.boot == "disk" {
+			output = "raw"
+		}
+		return c, "", fmt.Errorf("%w (add %s to the profile's outputs and bake again)", err, output)
+	}
+	if c.Firmware != "" {
+		if _, err := os.Stat(c.Firmware); err != nil {
+			return c, "", fmt.Errorf("UEFI firmware: %w (apt-get install ovmf)", err)
+		}
+		return c, file + " under UEFI", nil
+	}
+	return c, file + " under BIOS", nil
 }
 
 // escapeKey (Ctrl-]) ends an interactive run.
@@ -101,15 +153,14 @@ func runVM(ctx context.Context, o runFlags, stdin *os.File, stdout io.Writer) er
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	fmt.Fprintf(os.Stderr, "bellbuild run: booting %s (kernel %s) with: %s\n", dir, m.KernelVersion, cmdline)
-	vm, err := testvm.Start(context.Background(), testvm.Config{
-		Kernel:  filepath.Join(dir, build.KernelFile),
-		Initrd:  filepath.Join(dir, build.InitramfsFile),
-		Cmdline: cmdline,
-		NICs:    []testvm.NIC{{MAC: o.mac}},
-		Console: stdout,
-		LogFile: o.log,
-	})
+	c, what, err := bootConfig(o, dir, cmdline)
+	if err != nil {
+		return err
+	}
+	c.NICs = []testvm.NIC{{MAC: o.mac}}
+	c.Console, c.LogFile = stdout, o.log
+	fmt.Fprintf(os.Stderr, "bellbuild run: booting %s (kernel %s): %s\n", dir, m.KernelVersion, what)
+	vm, err := testvm.Start(context.Background(), c)
 	if err != nil {
 		return err
 	}

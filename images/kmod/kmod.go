@@ -42,8 +42,19 @@ func Open(dir string) (*Dir, error) {
 		return nil, fmt.Errorf("kmod: %w", err)
 	}
 	defer f.Close()
+	data, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("kmod: %w", err)
+	}
+	return Parse(dir, f, data)
+}
+
+// Parse reads a modules.dep from dep and the module list of a
+// modules.builtin (nil when there is none); dir names the modules
+// directory, in messages and as Dir.Path.
+func Parse(dir string, dep io.Reader, builtin []byte) (*Dir, error) {
 	d := &Dir{Path: dir, deps: map[string][]string{}, byName: map[string]string{}, builtin: map[string]bool{}}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(dep)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for line := 1; sc.Scan(); line++ {
 		text := sc.Text()
@@ -60,11 +71,7 @@ func Open(dir string) (*Dir, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("kmod: %s/modules.dep: %w", dir, err)
 	}
-	data, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("kmod: %w", err)
-	}
-	for _, l := range strings.Fields(string(data)) {
+	for _, l := range strings.Fields(string(builtin)) {
 		d.builtin[Name(l)] = true
 	}
 	return d, nil
