@@ -286,7 +286,8 @@ func (vm *VM) Console() string {
 }
 
 // WaitFor waits until a console line matches re and returns the match
-// (re.FindStringSubmatch of that line). Lines are searched from just after
+// (re.FindStringSubmatch of that line, without its terminal escape
+// sequences: systemd's colours, bash's bracketed-paste switches). Lines are searched from just after
 // the previous match, so successive calls see the console in order; the
 // unfinished last line is searched too (a prompt has no newline). It fails
 // with ErrExited when the VM stops first, or with ctx's error.
@@ -318,7 +319,7 @@ func (vm *VM) wait(ctx context.Context, re *regexp.Regexp, partial bool) ([]stri
 			if last && !partial {
 				break
 			}
-			line := strings.TrimRight(string(data[start:end]), "\r")
+			line := visible(strings.TrimRight(string(data[start:end]), "\r"))
 			if m := re.FindStringSubmatch(line); m != nil {
 				if last {
 					vm.cursor += end
@@ -341,7 +342,7 @@ func (vm *VM) wait(ctx context.Context, re *regexp.Regexp, partial bool) ([]stri
 			vm.mu.Lock()
 			rest := string(vm.console.Bytes()[vm.cursor:])
 			vm.mu.Unlock()
-			for _, line := range strings.Split(strings.ReplaceAll(rest, "\r", ""), "\n") {
+			for _, line := range strings.Split(visible(strings.ReplaceAll(rest, "\r", "")), "\n") {
 				if m := re.FindStringSubmatch(line); m != nil {
 					return m, nil
 				}
@@ -417,4 +418,16 @@ func (vm *VM) closeLog() {
 	if vm.log != nil {
 		vm.log.Close()
 	}
+}
+
+// escapes matches ANSI/VT100 control sequences: CSI (ESC [ ... final byte)
+// and two-byte ESC sequences.
+var escapes = regexp.MustCompile(`\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])`)
+
+// visible is line as a terminal shows it, without escape sequences.
+func visible(line string) string {
+	if !strings.Contains(line, "\x1b") {
+		return line
+	}
+	return escapes.ReplaceAllString(line, "")
 }

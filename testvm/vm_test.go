@@ -206,3 +206,16 @@ func TestBootPanicPowersOff(t *testing.T) {
 		t.Fatalf("QEMU after the panic: %v", err)
 	}
 }
+
+func TestVisible(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain": "plain",
+		"[\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mmulti-user.target\x1b[0m - Multi-User System.": "[  OK  ] Reached target multi-user.target - Multi-User System.",
+		"\x1b[?2004lgot: 41":  "got: 41",
+		"\x1b[Kerased\x1bMup": "erasedup",
+	} {
+		if got := visible(in); got != want {
+			t.Errorf("visible(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
