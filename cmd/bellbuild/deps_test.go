@@ -22,12 +22,14 @@ var allowed = map[string][]string{
 	"profiles":          {"profiles", "profiles/nodeconf"},
 	"images":            {"images"},
 	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
-	"firstboot":         {"firstboot", "profiles/nodeconf"},
-	"firstboot/vmtest":  {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
-	"pxe":               {"pxe"},
-	"testvm":            {"testvm"},
-	"deploy":            {},   // manifests; their test-only package imports nothing of ours
-	"cmd":               {""}, // anything
+	// firstboot/boot's init loads kernel modules with the modules.dep
+	// reader the bake chose them with.
+	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod"},
+	"firstboot/vmtest": {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
+	"pxe":              {"pxe"},
+	"testvm":           {"testvm"},
+	"deploy":           {},   // manifests; their test-only package imports nothing of ours
+	"cmd":              {""}, // anything
 }
 
 // TestImportDirection fails when a package imports one of ours that the
@@ -109,6 +111,9 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot", "profiles/nodeconf", true},
 		{"firstboot", "profiles", false},
 		{"firstboot/boot", "firstboot/host", true},
+		{"firstboot/boot", "images/kmod", true},
+		{"firstboot/boot", "images/squashfs", false},
+		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles", "profiles/nodeconf", true},
 		{"images/cpio", "images/fstree", true},

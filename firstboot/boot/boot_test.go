@@ -103,59 +103,6 @@ func TestMACs(t *testing.T) {
 	}
 }
 
-func TestLoadOrder(t *testing.T) {
-	// The shape of Debian's modules.dep: a module's dependencies, listed so
-	// that loading them from last to first works.
-	dep := `kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
-kernel/net/core/failover.ko:
-kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
-kernel/drivers/virtio/virtio_ring.ko:
-kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
-kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko
-kernel/fs/fat/fat.ko:
-kernel/fs/nls/nls_cp437.ko.xz:
-`
-	file := filepath.Join(t.TempDir(), "modules.dep")
-	if err := os.WriteFile(file, []byte(dep), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	deps, err := ModuleDeps(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	order, missing := LoadOrder(deps, []string{"virtio_net", "virtio-blk", "vfat", "nls_cp437", "ext4"})
-	want := []string{
-		"kernel/drivers/virtio/virtio_ring.ko",
-		"kernel/drivers/virtio/virtio.ko",
-		"kernel/net/core/failover.ko",
-		"kernel/drivers/net/net_failover.ko",
-		"kernel/drivers/net/virtio_net.ko",
-		"kernel/drivers/block/virtio_blk.ko",
-		"kernel/fs/fat/fat.ko",
-		"kernel/fs/fat/vfat.ko",
-		"kernel/fs/nls/nls_cp437.ko.xz",
-	}
-	if diff := cmp.Diff(want, order); diff != "" {
-		t.Errorf("load order (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]string{"ext4"}, missing); diff != "" {
-		t.Errorf("missing (-want +got):\n%s", diff)
-	}
-	// Every module comes after everything it depends on.
-	pos := map[string]int{}
-	for i, p := range order {
-		pos[p] = i
-	}
-	for _, p := range order {
-		for _, d := range deps[p] {
-			if pos[d] > pos[p] {
-				t.Errorf("%s loads before its dependency %s", p, d)
-			}
-		}
-	}
-}
-
 func TestReadModuleList(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "modules")
 	if err := os.WriteFile(file, []byte("# what the init loads\nvirtio_pci\n\n  squashfs  \n"), 0o644); err != nil {

@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/bellbuild/bellbuild/images/kmod"
 )
 
 // Main is the init: Run, then exec the stage's init as PID 1. It returns
@@ -91,94 +92,19 @@ func kernelRelease() string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// ModuleDeps reads a modules.dep file: module path (relative to its
-// directory) → the paths it depends on.
-func ModuleDeps(file string) (map[string][]string, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	deps := map[string][]string{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		mod, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		deps[mod] = strings.Fields(rest)
-	}
-	return deps, sc.Err()
-}
-
-// ModuleName is the name a module file is known by: its base name without
-// .ko (and a compression suffix), with '-' read as '_' as modprobe does.
-func ModuleName(p string) string {
-	b := filepath.Base(p)
-	for _, s := range []string{".xz", ".zst", ".gz"} {
-		b = strings.TrimSuffix(b, s)
-	}
-	return strings.ReplaceAll(strings.TrimSuffix(b, ".ko"), "-", "_")
-}
-
-// LoadOrder returns the module files to load for names, dependencies
-// first, each once. Names not in deps are reported as errors (they may be
-// built into the kernel, which modules.builtin would say; the caller
-// decides).
-func LoadOrder(deps map[string][]string, names []string) ([]string, []string) {
-	byName := map[string]string{}
-	for p := range deps {
-		byName[ModuleName(p)] = p
-	}
-	var order, missing []string
-	seen := map[string]bool{}
-	var visit func(p string)
-	visit = func(p string) {
-		if seen[p] {
-			return
-		}
-		seen[p] = true
-		// modules.dep lists a module's dependencies so that loading them
-		// from last to first works; visiting each one's own dependencies
-		// first gives the same guarantee independently of that order.
-		ds := deps[p]
-		for i := len(ds) - 1; i >= 0; i-- {
-			visit(ds[i])
-		}
-		order = append(order, p)
-	}
-	for _, n := range names {
-		p, ok := byName[ModuleName(n)]
-		if !ok {
-			missing = append(missing, n)
-			continue
-		}
-		visit(p)
-	}
-	return order, missing
-}
-
 // LoadModules loads names (and their dependencies) from dir
-// (/lib/modules/RELEASE) with finit_module. A module that is already
-// loaded or built in is not an error.
+// (/lib/modules/RELEASE) with finit_module, in the order modules.dep gives
+// (images/kmod, the reader the bake chose them with). A module that is
+// already loaded or built in is not an error.
 func LoadModules(dir string, names []string) []error {
-	deps, err := ModuleDeps(filepath.Join(dir, "modules.dep"))
+	mods, err := kmod.Open(dir)
 	if err != nil {
 		return []error{fmt.Errorf("modules: %w", err)}
 	}
-	builtin := map[string]bool{}
-	if data, err := os.ReadFile(filepath.Join(dir, "modules.builtin")); err == nil {
-		for _, l := range strings.Fields(string(data)) {
-			builtin[ModuleName(l)] = true
-		}
-	}
-	order, missing := LoadOrder(deps, names)
+	order, unknown := mods.Plan(names...)
 	var errs []error
-	for _, n := range missing {
-		if !builtin[ModuleName(n)] {
-			errs = append(errs, fmt.Errorf("module %s: not in %s/modules.dep", n, dir))
-		}
+	for _, n := range unknown {
+		errs = append(errs, fmt.Errorf("module %s: not in %s/modules.dep", n, dir))
 	}
 	for _, p := range order {
 		if err := loadModule(filepath.Join(dir, p)); err != nil {
@@ -200,7 +126,7 @@ func loadModule(file string) error {
 	}
 	err = unix.FinitModule(int(f.Fd()), "", flags)
 	if err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("module %s: %w", ModuleName(file), err)
+		return fmt.Errorf("module %s: %w", kmod.Name(file), err)
 	}
 	return nil
 }

@@ -92,7 +92,17 @@ func (d *Dir) Builtin(name string) bool { return d.builtin[Name(name)] }
 // skipped; a name that is neither a module nor built in is an error
 // wrapping ErrUnknown.
 func (d *Dir) Closure(names ...string) ([]string, error) {
-	var order, unknown []string
+	order, unknown := d.Plan(names...)
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("kmod: %s: %w: %s", d.Path, ErrUnknown, strings.Join(unknown, ", "))
+	}
+	return order, nil
+}
+
+// Plan is Closure for a loader that loads what it can: the load order of
+// the names that are modules, and the names that are neither modules nor
+// built in.
+func (d *Dir) Plan(names ...string) (order, unknown []string) {
 	seen := map[string]bool{}
 	var visit func(p string)
 	visit = func(p string) {
@@ -116,10 +126,7 @@ func (d *Dir) Closure(names ...string) ([]string, error) {
 			unknown = append(unknown, n)
 		}
 	}
-	if len(unknown) > 0 {
-		return nil, fmt.Errorf("kmod: %s: %w: %s", d.Path, ErrUnknown, strings.Join(unknown, ", "))
-	}
-	return order, nil
+	return order, unknown
 }
 
 // Name is the name a module file is known by: its base name without .ko

@@ -68,6 +68,52 @@ func TestClosureUnknown(t *testing.T) {
 	}
 }
 
+// TestPlan: what a loader that loads what it can gets: the order for the
+// known names, and the unknown ones (built-in names are neither).
+func TestPlan(t *testing.T) {
+	d, err := Open(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order, unknown := d.Plan("nosuch", "vfat", "squashfs", "btrfs")
+	if diff := cmp.Diff([]string{"kernel/fs/fat/fat.ko.xz", "kernel/fs/fat/vfat.ko.xz"}, order); diff != "" {
+		t.Errorf("order (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"nosuch", "btrfs"}, unknown); diff != "" {
+		t.Errorf("unknown (-want +got):\n%s", diff)
+	}
+}
+
+// TestParse: Parse reads what Open reads from a directory.
+func TestParse(t *testing.T) {
+	dep, err := os.ReadFile(filepath.Join(fixture, "modules.dep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin, err := os.ReadFile(filepath.Join(fixture, "modules.builtin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Parse("stage:/lib/modules/x", bytes.NewReader(dep), builtin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := Open(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, names := range [][]string{{"ata_piix", "sr_mod"}, {"squashfs", "vfat"}} {
+		a, _ := d.Closure(names...)
+		b, _ := o.Closure(names...)
+		if diff := cmp.Diff(b, a); diff != "" {
+			t.Errorf("Closure(%q) from Parse (-Open +Parse):\n%s", names, diff)
+		}
+	}
+	if _, err := Parse("x", bytes.NewReader([]byte("no colon here\n")), nil); err == nil || err.Error() != `kmod: x/modules.dep:1: want "module: dependencies...", got "no colon here"` {
+		t.Errorf("Parse of a bad line: %v", err)
+	}
+}
+
 func TestBuiltin(t *testing.T) {
 	d, err := Open(fixture)
 	if err != nil {
