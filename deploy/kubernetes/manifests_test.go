@@ -15,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -274,8 +273,8 @@ func TestDaemonSetCommand(t *testing.T) {
 	configMapDir(t, config, "v1", map[string]string{"node.json": node("v1\n")})
 
 	cmd := exec.Command(args[0], args[1:]...)
-	var stdout, stderr lockedBuffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdout, stderr := outputFile(t, dir, "stdout"), outputFile(t, dir, "stderr")
+	cmd.Stdout, cmd.Stderr = stdout.f, stderr.f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -334,22 +333,22 @@ func TestDaemonSetCommand(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+// output is a file a process writes to while the test reads it.
+type output struct{ f *os.File }
+
+func outputFile(t *testing.T, dir, name string) output {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return output{f}
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+func (o output) String() string {
+	b, _ := os.ReadFile(o.f.Name())
+	return string(b)
 }
 
 // TestConfigMapAccepted feeds the example node.json to the real applier,
