@@ -352,6 +352,11 @@ func (im *image) tree() (*fstree.Tree, error) {
 	t := fstree.New()
 	t.Merge(st)
 	t.Merge(im.applier)
+	if e := st.Get("dev/console"); e != nil {
+		// The applier brings /dev/console for stages without one; a
+		// stage's own stays as it is.
+		t.Add(*e)
+	}
 	t.Merge(im.config)
 	return t, nil
 }

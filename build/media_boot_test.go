@@ -3,15 +3,18 @@ package build
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/confvol"
+	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
@@ -216,6 +219,7 @@ func TestDiskSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := filepath.Join(m.Stats.Dir, DiskFile)
+	stageListedIn(t, filepath.Join(debootstrapCache, debootstrapKey(sp.Stage.Debootstrap), "root"), img)
 	node := sp.Bundle.Default
 	node.Node, node.Profile = "s1", "systemd"
 	node.Conf.Sysctl["vm.swappiness"] = "37"
@@ -259,4 +263,65 @@ func TestDiskSystemd(t *testing.T) {
 	// It was the path unit's service that ran it, once.
 	check("systemctl show -p Result --value bellbuild-apply.service", "success")
 	check("journalctl -b -u bellbuild-apply.service -o cat | grep -c '^bellbuild: node=s1 '", "1")
+}
+
+// lsLine is one entry of unsquashfs -lln: mode, uid/gid, size (or a
+// device's major, minor), date, time, path.
+var lsLine = regexp.MustCompile(`^(\S+) (\d+)/(\d+) +(\d+|\d+, *\d+) (\S+ \S+) squashfs-root(.*)$`)
+
+// listing is unsquashfs -lln of the squashfs at offset in file, one
+// normalized line per entry (a directory's size, which is its listing's
+// encoding, left out).
+func listing(t *testing.T, file string, offset int64) map[string]bool {
+	t.Helper()
+	cmd := exec.Command("unsquashfs", "-lln", "-o", fmt.Sprint(offset), file)
+	cmd.Env = append(os.Environ(), "TZ=UTC")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("unsquashfs -lln %s: %v", file, err)
+	}
+	lines := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		m := lsLine.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("unsquashfs -lln: unexpected line %q", l)
+		}
+		size := strings.ReplaceAll(m[4], " ", "")
+		if m[1][0] == 'd' {
+			size = "-"
+		}
+		lines[fmt.Sprintf("%s %s/%s %s %s /%s", m[1], m[2], m[3], size, m[5], strings.TrimPrefix(m[6], "/"))] = true
+	}
+	return lines
+}
+
+// stageListedIn checks that the disk's root squashfs holds every entry of
+// the stage directory root with its type, mode, owner, size (or device
+// number) and time, as unsquashfs lists them, against mksquashfs's image
+// of the same directory (the bake adds entries; it changes none).
+func stageListedIn(t *testing.T, root, img string) {
+	t.Helper()
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skipf("SKIP: %v (Debian package squashfs-tools)", err)
+	}
+	ref := filepath.Join(t.TempDir(), "ref.squashfs")
+	epoch := fmt.Sprint(DefaultSourceDateEpoch)
+	if out, err := exec.Command("mksquashfs", root, ref, "-noappend", "-quiet", "-no-progress", "-processors", "2",
+		"-comp", "zstd", "-all-time", epoch, "-mkfs-time", epoch).CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v\n%s", err, out)
+	}
+	want := listing(t, ref, 0)
+	got := listing(t, img, partitions(t, img)[disk.RootName][0])
+	var missing []string
+	for l := range want {
+		if !got[l] && !strings.HasSuffix(l, " /") { // the root directory's own mode is the image's
+			missing = append(missing, l)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("%d of the stage's %d entries are not in the disk's root as they are in the stage, e.g.:\n%s",
+			len(missing), len(want), strings.Join(missing[:min(len(missing), 20)], "\n"))
+	}
+	t.Logf("the disk's root lists all %d entries of the stage (and %d more)", len(want), len(got)-len(want))
 }
