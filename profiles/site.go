@@ -293,6 +293,25 @@ func stringList(v *value, path string, errs *ErrorList) ([]string, []Pos) {
 	return out, pos
 }
 
+// parseCmdline checks a kernel command line, one argument per item: an
+// item with white space would be several arguments, and an item that
+// starts with a digit right after a console= item is the rest of that
+// argument, split at its comma by YAML's [a, b] flow list
+// ([console=ttyS0,115200n8] is two items).
+func parseCmdline(v *value, path string, errs *ErrorList) {
+	items, pos := stringList(v, path, errs)
+	for i, it := range items {
+		at := path + nodeconf.Index(i)
+		switch {
+		case strings.ContainsAny(it, " \t\n"):
+			errs.Add(pos[i], at, "%q: one kernel argument per item (split it into several items)", it)
+		case i > 0 && pos[i].Line == pos[i-1].Line && strings.HasPrefix(items[i-1], "console=") &&
+			!strings.Contains(it, "=") && it != "" && it[0] >= '0' && it[0] <= '9':
+			errs.Add(pos[i], at, "%q looks like the rest of %q, split at the comma by YAML's [a, b] list: quote the argument (\"%s,%s\")", it, items[i-1], items[i-1], it)
+		}
+	}
+}
+
 var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
@@ -339,7 +358,7 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 			p.fields[e.key] = v
 		case "cmdline":
 			if v.kind != kNull {
-				stringList(v, e.key, errs)
+				parseCmdline(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "outputs":
