@@ -85,12 +85,13 @@ type Config struct {
 	// ScriptURL returns the boot file for iPXE (user class "iPXE"): the
 	// URL of mac's boot script. Without it iPXE gets nothing to boot.
 	ScriptURL func(mac net.HardwareAddr) string
-	// Workers bounds the REQUESTs handled at once (default 256: a worker
-	// mostly waits for its lease to reach the disk, and one fsync serves
-	// every lease of its batch, so many workers make large batches; other
-	// packets have workers of their own). Queue bounds the packets waiting
-	// (default 4096 REQUESTs, and as many others). A packet that finds its
-	// queue full is dropped and counted.
+	// Workers bounds the REQUESTs, RELEASEs and DECLINEs handled at once
+	// (default 256: a worker mostly waits for its lease record to reach
+	// the disk, and one fsync serves every record of its batch, so many
+	// workers make large batches; other packets have workers of their
+	// own). Queue bounds the packets waiting (default 4096 of those, and
+	// as many others). A packet that finds its queue full is dropped and
+	// counted.
 	Workers, Queue int
 	// RelayPort is where relays are answered (default 67); ClientPort is
 	// where clients are (default 68). Tests change them.
@@ -489,10 +490,11 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 const offerWorkers = 4
 
 // Serve reads requests from conn until ctx is done (then it closes conn
-// and returns nil) or reading fails. REQUESTs are handled by at most
-// Config.Workers goroutines, which wait for their leases to reach the
-// disk; every other packet (DISCOVER above all) by offerWorkers of their
-// own, so that a slow fsync delays ACKs but not OFFERs. When Config.Queue
+// and returns nil) or reading fails. REQUESTs, RELEASEs and DECLINEs are
+// handled by at most Config.Workers goroutines, which wait for their lease
+// records to reach the disk; every other packet (DISCOVER above all) by
+// offerWorkers of their own, so that a slow fsync delays ACKs but not
+// OFFERs. When Config.Queue
 // packets are already waiting for either, new ones are dropped and
 // counted rather than piling up.
 func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
@@ -529,8 +531,9 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 		}
 		peer, _ := addr.(*net.UDPAddr)
 		q := others
-		if messageType((*buf)[:n]) == byte(dhcpv4.MessageTypeRequest) {
-			q = requests
+		switch dhcpv4.MessageType(messageType((*buf)[:n])) {
+		case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
+			q = requests // each waits for its lease record to reach the disk
 		}
 		select {
 		case q <- packet{buf, n, peer}:
