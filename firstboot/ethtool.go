@@ -3,6 +3,7 @@ package firstboot
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -93,9 +94,12 @@ func parseFeatures(out string) map[string]feature {
 	return feats
 }
 
+// errNoDevice means a network device does not exist (yet).
+var errNoDevice = errors.New("no such network device")
+
 func readFeatures(ctx context.Context, dev string) (map[string]feature, error) {
 	if _, err := os.Stat(path.Join("/sys/class/net", dev)); err != nil {
-		return nil, fmt.Errorf("device %s: no such network device", dev)
+		return nil, fmt.Errorf("device %s: %w", dev, errNoDevice)
 	}
 	out, err := liveCommand(ctx, "ethtool", "-k", dev)
 	if err != nil {
@@ -137,6 +141,9 @@ func (ethtoolModule) Check(ctx context.Context, h *host.Host, conf *nodeconf.Con
 			continue
 		}
 		feats, err := readFeatures(ctx, dev)
+		if errors.Is(err, errNoDevice) && h.Boot {
+			continue // named by udev later in the boot: its unit applies it
+		}
 		if err != nil {
 			bad("%v", err)
 			continue
@@ -202,7 +209,13 @@ func (m ethtoolModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.C
 			want["feat:"+dev+"/"+longFeature(f)] = true
 		}
 		if h.Live {
-			if err := m.setLive(ctx, h, dev, settings); err != nil {
+			err := m.setLive(ctx, h, dev, settings)
+			switch {
+			case errors.Is(err, errNoDevice) && h.Boot:
+				// Before udev has named it: the unit written below
+				// applies the settings once the device appears.
+				h.Log.Info("ethtool: device not present yet at boot; its unit applies the settings when it appears", "device", dev, "unit", unit)
+			case err != nil:
 				errs = append(errs, fmt.Errorf("%s: %w", dev, err))
 				continue // not persisted
 			}

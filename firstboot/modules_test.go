@@ -252,3 +252,38 @@ func TestPermRefusesLinks(t *testing.T) {
 		}
 	}
 }
+
+// TestEthtoolDeviceNotYetNamed: the init applies before udev names the
+// NICs, so a device the configuration names may not exist yet. At boot
+// (Options.Boot) its unit is still written, for systemd to run when the
+// device appears, and that is not an error; on a running system (day 2)
+// a missing device is an error and nothing is written. No device of this
+// machine is touched: the name exists nowhere.
+func TestEthtoolDeviceNotYetNamed(t *testing.T) {
+	const dev = "bbnotyet0"
+	if _, err := os.Stat("/sys/class/net/" + dev); err == nil {
+		t.Skipf("SKIP: this machine has a device named %s", dev)
+	}
+	conf := nodeconf.Conf{Ethtool: map[string]map[string]string{dev: {"tso": "off"}}}
+	unit := "etc/systemd/system/bellbuild-ethtool-" + dev + ".service"
+	for _, tc := range []struct {
+		name string
+		boot bool
+	}{{"at boot", true}, {"day 2", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			rep, err := Apply(context.Background(), Options{RootDir: root, Live: true, Boot: tc.boot}, &nodeconf.Node{Node: "n1", Profile: "p", Conf: conf})
+			_, statErr := os.Stat(filepath.Join(root, unit))
+			if tc.boot {
+				if err != nil || len(rep.Errors) != 0 || statErr != nil {
+					t.Errorf("Apply: %v %v, unit: %v; want no error and the unit written", err, rep, statErr)
+				}
+				return
+			}
+			// The checks refuse it before anything is written.
+			if err == nil || !strings.Contains(err.Error(), "device "+dev+": no such network device") || statErr == nil {
+				t.Errorf("Apply: %v, unit: %v; want the missing device reported and no unit", err, statErr)
+			}
+		})
+	}
+}

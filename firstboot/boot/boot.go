@@ -234,7 +234,7 @@ func Run(ctx context.Context, opts Options) *Result {
 
 	// 4. Apply, live.
 	log := slog.New(&consoleHandler{w: con})
-	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Log: log}, node)
+	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}, node)
 	if rep == nil {
 		rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
 	}

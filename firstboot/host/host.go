@@ -35,6 +35,12 @@ type Options struct {
 	// mounts, ethtool, apparmor loads, systemctl). The apply command sets it
 	// for --root / (or --live) unless --offline.
 	Live bool
+	// Boot says the apply runs in the init, before the system's own init
+	// and udev: network devices do not have their final names yet (udev
+	// renames eth0 to ens3 later), so a device that is missing is left to
+	// its unit, which applies the settings when the device appears,
+	// instead of being an error.
+	Boot bool
 	// Plan records changes without making them.
 	Plan bool
 	// Log receives progress; secrets are never passed to it.
