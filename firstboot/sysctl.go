@@ -75,6 +75,9 @@ func (sysctlModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) 
 			continue
 		}
 		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) && h.Boot {
+			continue // a module loaded later in the boot brings it (see set)
+		}
 		if err != nil || !fi.Mode().IsRegular() {
 			errs = append(errs, fmt.Errorf("%s: unknown key: the running kernel has no %s", k, p))
 		} else if fi.Mode().Perm()&0o200 == 0 {
@@ -139,6 +142,18 @@ func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
 	}
 	p := sysctlPath(key)
 	cur, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) && h.Boot {
+		// At boot the init runs before udev and systemd-modules-load:
+		// a key of a module not loaded yet (net.bridge.* needs
+		// br_netfilter) is only persisted, and systemd-sysctl, which
+		// runs after the modules load, sets it from /etc/sysctl.d.
+		h.Log.Info("sysctl: not in the running kernel yet at boot; systemd-sysctl sets it from "+sysctlFile, "key", key)
+		if !h.Plan && (!owned || prev != val) {
+			rec.Extra = map[string]string{"value": val}
+			h.Ledger.Put("sysctl", key, rec)
+		}
+		return "", nil
+	}
 	if err != nil {
 		return prev, fmt.Errorf("%s: unknown key: %w", key, err)
 	}
