@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -309,5 +310,38 @@ func TestSysctlKeyNotYetLoaded(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), key+": unknown key") || len(file) != 0 {
 			t.Errorf("day 2: Apply: %v; file %q; want the unknown key refused and nothing written", err, file)
 		}
+	}
+}
+
+// TestMountDeviceNotYetPresent: at boot, before udev makes
+// /dev/disk/by-label/*, a mount of a device that is not there yet is left
+// to its unit (written and enabled, so systemd mounts it when the device
+// appears): no error, no live mount attempted or recorded. Nothing of this
+// machine is mounted: the device exists nowhere.
+func TestMountDeviceNotYetPresent(t *testing.T) {
+	const dev = "/dev/disk/by-label/bellbuild-test-not-there"
+	if _, err := os.Stat(dev); err == nil {
+		t.Skipf("SKIP: this machine has %s", dev)
+	}
+	root := t.TempDir()
+	conf := nodeconf.Conf{Mounts: map[string]nodeconf.Mount{"data": {MntTgt: "/srv/data", Device: dev, Type: "ext4"}}}
+	rep, err := Apply(context.Background(), Options{RootDir: root, Live: true, Boot: true}, &nodeconf.Node{Node: "n1", Profile: "p", Conf: conf})
+	if err != nil || len(rep.Errors) != 0 {
+		t.Fatalf("Apply: %v %+v", err, rep)
+	}
+	for _, p := range []string{"etc/systemd/system/srv-data.mount", "etc/systemd/system/local-fs.target.wants/srv-data.mount"} {
+		if _, err := os.Lstat(filepath.Join(root, p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	led, err := os.ReadFile(filepath.Join(root, host.LedgerPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(led), "live:") {
+		t.Errorf("a live mount was recorded:\n%s", led)
+	}
+	if _, err := os.Stat(filepath.Join(root, "srv/data")); err == nil {
+		t.Error("the mount point was made: a mount was attempted")
 	}
 }

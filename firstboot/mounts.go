@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -179,6 +181,15 @@ func liveWhere(h *host.Host, where string) string { return filepath.Join(h.RootD
 // when its device or type changed.
 func (mountsModule) mount(ctx context.Context, h *host.Host, unit string, m nodeconf.Mount) error {
 	where := liveWhere(h, m.MntTgt)
+	if h.Boot && strings.HasPrefix(m.Device, "/dev/") {
+		if _, err := os.Stat(m.Device); errors.Is(err, fs.ErrNotExist) {
+			// At boot the init runs before udev makes /dev/disk/by-*
+			// (and loads the drivers): the unit, enabled in
+			// local-fs.target, mounts it when the device appears.
+			h.Log.Info("mounts: device not present yet at boot; its unit mounts it when it appears", "device", m.Device, "unit", unit)
+			return nil
+		}
+	}
 	state := map[string]string{"what": m.Device, "where": where, "type": m.Type, "options": m.Options, "mnt_tgt": m.MntTgt}
 	rec, owned := h.Ledger.Get("mounts", "live:"+unit)
 	cur, mounted := mountedAt(where)

@@ -21,6 +21,11 @@ import (
 // root image before the applier runs there with the config volume's
 // configuration.
 func Main(ctx context.Context) error {
+	// The kernel starts init without a PATH: the applier's commands
+	// (apt-get, exec scripts) and the stage's init need one.
+	if os.Getenv("PATH") == "" {
+		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
 	opts := Options{Mount: true, LoadModules: true}
 	mountEssentials("/") // Run reports what failed
 	cmdline, _ := os.ReadFile("/proc/cmdline")
@@ -31,11 +36,7 @@ func Main(ctx context.Context) error {
 	if res.Init == "" {
 		return errors.New("no init to hand over to")
 	}
-	env := os.Environ()
-	if os.Getenv("PATH") == "" {
-		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	}
-	err := unix.Exec(res.Init, []string{res.Init}, env)
+	err := unix.Exec(res.Init, []string{res.Init}, os.Environ())
 	return fmt.Errorf("exec %s: %w", res.Init, err)
 }
 
