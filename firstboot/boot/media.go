@@ -555,7 +555,9 @@ const (
 // a systemd root gets a path unit, bellbuild-apply.path, watching config's
 // directory (or config, a directory), which starts the oneshot
 // bellbuild-apply.service; its output goes to the journal and the console.
-// The boot has applied already, so nothing runs until a change. The units
+// The service also runs once per boot after network-online.target: what
+// the init could not do before the network and udev (apt packages, say)
+// converges then; a rerun with nothing to do changes nothing. The units
 // live in the writable layer, not in the image. A root with neither init is
 // left alone (false).
 func AddWatch(root, config string) (bool, error) {
@@ -581,9 +583,11 @@ func AddWatch(root, config string) (bool, error) {
 	if fi, err := os.Stat(filepath.Join(root, config)); err == nil && fi.IsDir() {
 		watched = config
 	}
-	service := "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n\n" +
+	service := "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n" +
+		"Wants=network-online.target\nAfter=network-online.target\n\n" +
 		"[Service]\nType=oneshot\nExecStart=/" + Applier + " apply --config " + config + " --root /\n" +
-		"StandardOutput=journal+console\nStandardError=journal+console\n"
+		"StandardOutput=journal+console\nStandardError=journal+console\n\n" +
+		"[Install]\nWantedBy=multi-user.target\n"
 	path := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
 		"[Path]\nPathChanged=" + watched + "\nUnit=" + filepath.Base(ApplyService) + "\n\n" +
 		"[Install]\nWantedBy=multi-user.target\n"
@@ -596,9 +600,11 @@ func AddWatch(root, config string) (bool, error) {
 			return false, err
 		}
 	}
-	link := filepath.Join(wants, filepath.Base(ApplyPath))
-	if err := os.Symlink("/"+ApplyPath, link); err != nil && !errors.Is(err, os.ErrExist) {
-		return false, err
+	for _, u := range []string{ApplyPath, ApplyService} {
+		link := filepath.Join(wants, filepath.Base(u))
+		if err := os.Symlink("/"+u, link); err != nil && !errors.Is(err, os.ErrExist) {
+			return false, err
+		}
 	}
 	return true, nil
 }

@@ -204,9 +204,14 @@ func TestAddWatch(t *testing.T) {
 				t.Errorf("path unit lacks %q:\n%s", want, path)
 			}
 		}
-		link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/bellbuild-apply.path"))
-		if err != nil || link != "/"+ApplyPath {
-			t.Errorf("wants link: %q %v", link, err)
+		for _, u := range []string{ApplyPath, ApplyService} {
+			link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants", filepath.Base(u)))
+			if err != nil || link != "/"+u {
+				t.Errorf("wants link of %s: %q %v", u, link, err)
+			}
+		}
+		if !strings.Contains(string(service), "\nAfter=network-online.target\n") {
+			t.Errorf("the service does not wait for the network:\n%s", service)
 		}
 	})
 	t.Run("systemd, a site directory", func(t *testing.T) {
