@@ -52,3 +52,7 @@ require (
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
+
+// pin/tftp v3.1.0 with one fix to its send-ahead sender (recovery from a
+// lost packet); see pxe/tftp/pin/PATCHES.md.
+replace github.com/pin/tftp/v3 v3.1.0 => ./pxe/tftp/pin

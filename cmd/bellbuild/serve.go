@@ -24,6 +24,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
 	"github.com/bellbuild/bellbuild/pxe/leases"
+	"github.com/bellbuild/bellbuild/pxe/tftp"
 )
 
 func init() {
@@ -75,6 +76,7 @@ Example:
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
 			fs.StringVar(&o.tftpAddr, "tftp-addr", "0.0.0.0:69", "TFTP listen `ADDR` (off: no TFTP)")
+			fs.UintVar(&o.tftpWindow, "tftp-window", tftp.DefaultWindow, "TFTP blocks sent ahead of the client's ACKs (`N`; 1: lock-step)")
 			fs.StringVar(&o.bootVia, "boot-via", "http", "how iPXE fetches script, kernel and initramfs: `http` or tftp")
 			fs.StringVar(&o.defaultProfile, "default-profile", "", "boot MACs not in the inventory with `PROFILE` (default: ignore them)")
 			fs.DurationVar(&o.leaseTime, "lease-time", time.Hour, "DHCP lease `DURATION`")
@@ -98,9 +100,13 @@ type serveFlags struct {
 	bootVia, defaultProfile  string
 	leaseTime                time.Duration
 	loaders                  string
+	tftpWindow               uint
 }
 
 func runServe(ctx context.Context, o serveFlags) error {
+	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
+		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
+	}
 	// 1. Load the site.
 	site, err := o.site.load()
 	if err != nil {
@@ -110,7 +116,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	cfg := pxe.Config{
 		Interface: o.iface, DHCP: o.dhcp, LeaseTime: o.leaseTime, Artifacts: o.artifacts,
 		HTTPAddr: o.httpAddr, TFTPAddr: o.tftpAddr, BootVia: o.bootVia,
-		Loaders: pxe.DefaultLoaders(o.loaders),
+		Loaders: pxe.DefaultLoaders(o.loaders), TFTP: tftp.Config{Window: o.tftpWindow},
 	}
 	var subnet netip.Prefix
 	if o.iface != "" {

@@ -346,6 +346,33 @@ func TestNetworkBoot(t *testing.T) {
 	}
 }
 
+// TestNetworkBootTFTP boots a BIOS VM with --boot-via tftp: iPXE fetches
+// its script, the kernel and the initramfs over TFTP, which the server
+// sends ahead of the client's ACKs (its default window), and the VM comes
+// up as its node.
+func TestNetworkBootTFTP(t *testing.T) {
+	testvm.Skip(t)
+	ns := newNetns(t, 1)
+	bin := testvm.Binary(t)
+	out := t.TempDir()
+	bake(t, bin, out, "demo")
+	log := startServe(t, ns, bin, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out,
+		"--state", t.TempDir(), "--boot-via", "tftp")
+	vm := testvm.New(t, testvm.Config{Binary: ns.qemu(t), BootNetwork: true,
+		NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:00:01"}}})
+	vm.Wait(`bellbuild: node=demo-1 profile=demo changes=\d+ errors=0`)
+	lines := log.String()
+	for _, phase := range []string{"ipxe-script", "kernel", "initrd"} {
+		re := regexp.MustCompile(`phase=` + phase + ` mac=52:54:00:00:00:01 proto=tftp\b`)
+		if !re.MatchString(lines) {
+			t.Errorf("serve log has no %s line over tftp:\n%s", phase, lines)
+		}
+	}
+	if strings.Contains(lines, "tftp: transfer failed") {
+		t.Errorf("a TFTP transfer failed:\n%s", lines)
+	}
+}
+
 var unknownRE = regexp.MustCompile(`bellbuild_pxe_dropped_total\{proto="dhcp",reason="unknown-mac"\} (\d+)`)
 
 // unknownDrops is how many DHCP packets the server dropped for coming from

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -48,7 +47,7 @@ func benchSite(b *testing.B, size int64) string {
 }
 
 // startBellbuild serves root's benchFile on 127.0.0.1 (any port) with
-// window blocks sent ahead; it returns the port.
+// window blocks sent ahead (0: the default); it returns the port.
 func startBellbuild(b *testing.B, root string, window uint) string {
 	b.Helper()
 	mac, _ := net.ParseMAC("52:54:00:00:00:0b")
@@ -137,15 +136,15 @@ type server struct{ name, port, skip string }
 func servers(b *testing.B, root string) []server {
 	dport, skip := startDnsmasq(b, root)
 	return []server{
-		{"bellbuild", startBellbuild(b, root, 1), ""},
-		{"bellbuild-window16", startBellbuild(b, root, 16), ""},
+		{"bellbuild", startBellbuild(b, root, 0), ""},
+		{"bellbuild-lockstep", startBellbuild(b, root, 1), ""},
 		{"dnsmasq", dport, skip},
 	}
 }
 
 // BenchmarkTFTP64MiB downloads a 64 MiB file on loopback with stock
-// clients, from bellbuild (lock-step, its default, and pin's send-ahead of
-// 16 blocks) and from dnsmasq.
+// clients, from bellbuild (its default send-ahead window, and lock-step)
+// and from dnsmasq.
 func BenchmarkTFTP64MiB(b *testing.B) {
 	const size = 64 << 20
 	root := benchSite(b, size)
@@ -221,99 +220,6 @@ func BenchmarkTFTP100Clients(b *testing.B) {
 	}
 }
 
-// lossyProxy relays TFTP between clients and a server on loopback,
-// dropping each datagram, either way, with probability loss. (This machine
-// has no netem: the loss is made here, the same for every server.) Each
-// client gets its own pair of sockets, so the server's transfer port (TID)
-// is relayed as the proxy's own.
-type lossyProxy struct {
-	conn   *net.UDPConn
-	server *net.UDPAddr
-	loss   float64
-	mu     sync.Mutex
-	rng    *mrand.Rand
-}
-
-func newLossyProxy(b *testing.B, server string, loss float64) string {
-	b.Helper()
-	saddr, err := net.ResolveUDPAddr("udp4", server)
-	if err != nil {
-		b.Fatal(err)
-	}
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := &lossyProxy{conn: conn, server: saddr, loss: loss, rng: mrand.New(mrand.NewPCG(1, 2))}
-	var socks []*net.UDPConn
-	var smu sync.Mutex
-	b.Cleanup(func() {
-		conn.Close()
-		smu.Lock()
-		for _, s := range socks {
-			s.Close()
-		}
-		smu.Unlock()
-	})
-	go func() {
-		sessions := map[string]*net.UDPConn{}
-		buf := make([]byte, 65536)
-		for {
-			n, client, err := conn.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			up := sessions[client.String()]
-			if up == nil {
-				up, _ = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-				down, _ := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-				smu.Lock()
-				socks = append(socks, up, down)
-				smu.Unlock()
-				sessions[client.String()] = up
-				var mu sync.Mutex
-				peer := p.server // the server's transfer address, once known
-				go p.pump(up, func(from *net.UDPAddr) *net.UDPAddr {
-					mu.Lock()
-					peer = from
-					mu.Unlock()
-					return client
-				}, down)
-				go p.pump(down, func(*net.UDPAddr) *net.UDPAddr {
-					mu.Lock()
-					defer mu.Unlock()
-					return peer
-				}, up)
-			}
-			if !p.drop() {
-				up.WriteToUDP(buf[:n], p.server)
-			}
-		}
-	}()
-	return strconv.Itoa(conn.LocalAddr().(*net.UDPAddr).Port)
-}
-
-// pump forwards what arrives on in, through out, to where route says.
-func (p *lossyProxy) pump(in *net.UDPConn, route func(from *net.UDPAddr) *net.UDPAddr, out *net.UDPConn) {
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := in.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		to := route(from)
-		if !p.drop() {
-			out.WriteToUDP(buf[:n], to)
-		}
-	}
-}
-
-func (p *lossyProxy) drop() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.rng.Float64() < p.loss
-}
-
 // BenchmarkTFTPLoss downloads a 3 MiB file with busybox (blksize 1468)
 // through a relay that loses 0.5% of the datagrams each way.
 func BenchmarkTFTPLoss(b *testing.B) {
@@ -328,13 +234,13 @@ func BenchmarkTFTPLoss(b *testing.B) {
 			if s.skip != "" {
 				b.Skip(s.skip)
 			}
-			port := newLossyProxy(b, "127.0.0.1:"+s.port, 0.005)
+			_, port := newRelay(b, "127.0.0.1:"+s.port, randomLoss(0.005))
 			local := filepath.Join(b.TempDir(), "got")
 			b.SetBytes(size)
 			failed := 0
 			b.ResetTimer()
 			for range b.N {
-				// pin's send-ahead does not survive a lost block: counted.
+				// A client that gives up is counted, for every server alike.
 				if err := download(c, port, local, size); err != nil {
 					failed++
 				}
