@@ -421,3 +421,16 @@ func BenchmarkPXEBoot(b *testing.B) {
 		})
 	}
 }
+
+// TestServeBadWindow: a --tftp-window pin cannot send is refused before
+// anything is opened.
+func TestServeBadWindow(t *testing.T) {
+	for _, w := range []string{"0", "61"} {
+		var stdout, stderr bytes.Buffer
+		code := run([]string{"serve", "--server-ip", "192.0.2.1", "--state", t.TempDir(), "--tftp-window", w}, &stdout, &stderr)
+		want := "--tftp-window " + w + ": want 1 to 60 blocks"
+		if code == 0 || !strings.Contains(stderr.String(), want) {
+			t.Errorf("--tftp-window %s: exit %d, stderr %q; want an error saying %q", w, code, stderr.String(), want)
+		}
+	}
+}

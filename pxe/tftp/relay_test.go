@@ -24,6 +24,9 @@ type relay struct {
 	mu   sync.Mutex
 	// data counts the DATA datagrams the server sent, lost ones included.
 	data atomic.Int64
+	// acked is the highest block the client ACKed; ahead the most blocks
+	// the server had sent beyond it (under mu).
+	acked, ahead uint16
 }
 
 // newRelay starts a relay to server ("127.0.0.1:PORT") and returns the
@@ -103,12 +106,25 @@ func (r *relay) pump(in *net.UDPConn, toClient bool, route func(from *net.UDPAdd
 }
 
 func (r *relay) lose(toClient bool, p []byte) bool {
-	if toClient && len(p) >= 4 && binary.BigEndian.Uint16(p) == 3 {
-		r.data.Add(1)
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if len(p) >= 4 {
+		switch op, b := binary.BigEndian.Uint16(p), binary.BigEndian.Uint16(p[2:]); {
+		case toClient && op == opData:
+			r.data.Add(1)
+			r.ahead = max(r.ahead, b-r.acked)
+		case !toClient && op == opAck:
+			r.acked = max(r.acked, b)
+		}
+	}
 	return r.drop(toClient, p)
+}
+
+// maxAhead is the most DATA blocks the server had in flight.
+func (r *relay) maxAhead() uint16 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ahead
 }
 
 // randomLoss loses each datagram, either way, with probability rate (a
@@ -139,6 +155,26 @@ func loseOnce(op uint16, blocks ...uint16) func(bool, []byte) bool {
 		if left[b] {
 			delete(left, b)
 			return true
+		}
+		return false
+	}
+}
+
+// smallRing loses what a client that can hold only n blocks beyond its
+// latest ACK would drop: every DATA more than n blocks ahead of the last
+// ACK that passed.
+func smallRing(n uint16) func(bool, []byte) bool {
+	var acked uint16
+	return func(toClient bool, p []byte) bool {
+		if len(p) < 4 {
+			return false
+		}
+		op, b := binary.BigEndian.Uint16(p), binary.BigEndian.Uint16(p[2:])
+		switch {
+		case !toClient && op == opAck:
+			acked = max(acked, b)
+		case toClient && op == opData:
+			return b > acked+n
 		}
 		return false
 	}

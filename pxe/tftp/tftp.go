@@ -37,7 +37,9 @@ type Config struct {
 	// still ACKs every block, so any RFC 1350 client works: send-ahead only
 	// saves the server's wait for each ACK, 4–5× the lock-step rate on a
 	// LAN. A lost block costs one resend of the window's unacknowledged
-	// rest (see pxe/tftp/pin/PATCHES.md for the fix this needs in pin).
+	// rest, and the window adapts to a client that drops bursts (see
+	// pxe/tftp/pin/PATCHES.md for the fix this needs in pin). The iPXE
+	// loaders, which firmware fetches, are always sent in lock-step.
 	Window uint
 }
 
@@ -124,6 +126,12 @@ func (s *Server) read(name string, rf io.ReaderFrom) error {
 	if ot, ok := rf.(tftp.OutgoingTransfer); ok {
 		ot.SetSize(f.Size)
 	}
+	if w, ok := rf.(windowed); ok && f.Phase == metrics.PhaseLoader {
+		// Firmware fetches the loaders: its PXE client polls the NIC,
+		// whose ring may hold only a few packets. They are small; send
+		// them in lock-step.
+		w.SetWindow(1)
+	}
 	start := time.Now()
 	args := []any{"proto", "tftp", "from", from.String(), "file", name, "size", f.Size}
 	if f.Node != "" {
@@ -163,6 +171,10 @@ func (s *Server) macOf(from netip.Addr) net.HardwareAddr {
 	}
 	return nil
 }
+
+// windowed is a transfer whose send-ahead window can be set (our pin
+// patch).
+type windowed interface{ SetWindow(n uint) }
 
 // hook counts requests pin could not even parse.
 type hook struct{ m *metrics.Metrics }

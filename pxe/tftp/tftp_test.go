@@ -3,6 +3,8 @@ package tftp
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -299,6 +301,10 @@ func TestSendAheadRecovers(t *testing.T) {
 			{"last DATA lost", loseOnce(opData, blocks), 1},
 			{"ACK lost mid-window", loseOnce(opAck, 7, w*30+9), 0},
 			{"last ACK of a window lost", loseOnce(opAck, w, w*10), 2},
+			// The window adapts: a few losses find the ceiling, where a
+			// fixed window would lose most of each window, and halving
+			// alone (without the ceiling) resent 179 and 470 blocks.
+			{"client holds only 4 blocks ahead", smallRing(4), 64},
 		}
 		if c.random {
 			tests = append(tests, lossCase{"0.5% of datagrams lost each way", randomLoss(0.005), -1})
@@ -328,6 +334,93 @@ func TestSendAheadRecovers(t *testing.T) {
 					t.Errorf("%d DATA datagrams resent, want at most %d", resent, tt.resent)
 				}
 			})
+		}
+	}
+}
+
+// TestLoadersInLockStep: the iPXE loaders, which firmware fetches, go in
+// lock-step (one block in flight); the kernel goes a window ahead.
+func TestLoadersInLockStep(t *testing.T) {
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("SKIPPING: busybox not installed (apt-get install busybox-static)")
+	}
+	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
+	loader := f.site.Big[:200<<10]
+	if err := os.WriteFile(f.site.Loaders["undionly.kpxe"], loader, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		file  string
+		want  []byte
+		ahead uint16
+	}{
+		{"undionly.kpxe", loader, 1},
+		{"boot/52:54:00:00:00:0b/kernel", f.site.Big, DefaultWindow},
+	} {
+		t.Run(tt.file, func(t *testing.T) {
+			r, port := newRelay(t, f.addr.String(), func(bool, []byte) bool { return false })
+			out := filepath.Join(t.TempDir(), "got")
+			cmd := exec.Command("busybox", "tftp", "-g", "-b", "1468", "-r", tt.file, "-l", out, "127.0.0.1", port)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", cmd, err, b)
+			}
+			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, tt.want) {
+				t.Fatalf("got %d bytes (%v), want %d", len(got), err, len(tt.want))
+			}
+			if got := r.maxAhead(); got != tt.ahead {
+				t.Errorf("at most %d blocks in flight, want %d", got, tt.ahead)
+			}
+		})
+	}
+}
+
+// failingReader returns n bytes of zeros, then err.
+type failingReader struct {
+	n   int
+	err error
+}
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.n == 0 {
+		return 0, r.err
+	}
+	k := min(len(p), r.n)
+	clear(p[:k])
+	r.n -= k
+	return k, nil
+}
+
+// TestSendAheadReadError: a file that fails to read midway ends the
+// transfer with an error for the client (pin v3.1.0's send-ahead
+// panicked on a nil error here, taking the server down).
+func TestSendAheadReadError(t *testing.T) {
+	errDisk := errors.New("disk read failed")
+	srv := tftp.NewServer(func(name string, rf io.ReaderFrom) error {
+		_, err := rf.ReadFrom(&failingReader{n: 100 << 10, err: errDisk})
+		return err
+	}, nil)
+	srv.SetAnticipate(DefaultWindow)
+	srv.SetTimeout(500 * time.Millisecond)
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(conn) }()
+	defer func() { srv.Shutdown(); <-done }()
+	c, err := tftp.NewClient(conn.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetTimeout(2 * time.Second)
+	for range 2 { // and the server still answers
+		wt, err := c.Receive("file", "octet")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = wt.WriteTo(io.Discard)
+		if err == nil || !strings.Contains(err.Error(), errDisk.Error()) {
+			t.Fatalf("client's error = %v, want one saying %q", err, errDisk)
 		}
 	}
 }

@@ -14,6 +14,12 @@ type senderAnticipate struct {
 	num       uint     /* actual packets to send. */
 	acked     uint     /* packets of the window the peer has acknowledged (bellbuild patch) */
 	early     bool     /* the window was resent early on a duplicate ACK (bellbuild patch) */
+	lost      bool     /* part of the window was resent (bellbuild patch) */
+	cwnd      uint     /* packets in the next window, at most len(sends) (bellbuild patch) */
+	ceil      uint     /* largest window without a loss since the last one (bellbuild patch) */
+	clean     uint     /* windows without a loss at the ceiling (bellbuild patch) */
+	probe     uint     /* clean windows at the ceiling before trying one more (bellbuild patch) */
+	limit     uint     /* the handler's window for this transfer, 0: the server's (bellbuild patch) */
 	sends     [][]byte /* buffers for a number of packets */
 	sendslens []uint   /* data lens in buffers */
 }
@@ -40,6 +46,48 @@ func sendAInit(sA *senderAnticipate, ln uint, winSz uint) {
 	//fmt.Printf("  Set packet buffer size %v\n", ln)
 }
 
+// adapt sets the next window's size from how the last one went (bellbuild
+// patch; see readFromAnticipate).
+func (sA *senderAnticipate) adapt(max uint) {
+	c := sA.cwnd
+	switch {
+	case sA.lost:
+		if c > sA.ceil {
+			if sA.probe < 1024 {
+				sA.probe *= 2
+			}
+		} else {
+			sA.probe = 8
+		}
+		sA.ceil, sA.cwnd, sA.clean = c-1, c/2, 0
+		if sA.ceil == 0 {
+			sA.ceil = 1
+		}
+		if sA.cwnd == 0 {
+			sA.cwnd = 1
+		}
+	case c > sA.ceil:
+		sA.ceil = c // a try above the ceiling went through
+	case c < sA.ceil:
+		sA.cwnd++
+	case c < max:
+		if sA.clean++; sA.clean >= sA.probe {
+			sA.cwnd, sA.clean = c+1, 0
+		}
+	}
+}
+
+// SetWindow sets how many packets this transfer sends ahead, at most the
+// server's SetAnticipate window; 1 sends in lock-step (bellbuild patch).
+// Call it before ReadFrom.
+func (s *sender) SetWindow(n uint) {
+	if n <= 1 {
+		s.sendA.enabled = false
+		return
+	}
+	s.sendA.limit = n
+}
+
 // derived from ReadFrom()
 func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 	s.block = 1 // start data transmission with block 1
@@ -49,12 +97,24 @@ func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 		s.sendA.sendslens[k] = 0
 	}
 	s.sendA.num = 0
+	// bellbuild patch: the window adapts to what the peer takes. After a
+	// window that needed a resend it halves, and one less than the window
+	// that lost becomes its ceiling; below the ceiling it grows by one per
+	// clean window; at the ceiling it tries one more after probe clean
+	// windows, and a try that loses doubles probe (up to 1024), so a peer
+	// that drops bursts (a small receive ring) costs a few losses, not one
+	// per window; a loss below the ceiling (noise) resets probe to 8.
+	if s.sendA.limit > 0 && s.sendA.limit < ksz {
+		ksz = s.sendA.limit
+	}
+	s.sendA.cwnd, s.sendA.ceil, s.sendA.probe = ksz, ksz, 8
 	for {
 		nx := int64(0)
 		knum := uint(0)
 		kfillOk := true /* default ok */
 		kfillPartial := false
-		for k := uint(0); k < ksz; k++ {
+		var rerr error
+		for k := uint(0); k < s.sendA.cwnd; k++ {
 			lx, err := io.ReadFull(r, s.sendA.sends[k][4:])
 			nx += int64(lx)
 			if err != nil && err != io.ErrUnexpectedEOF {
@@ -70,6 +130,8 @@ func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 					break
 				}
 				kfillOk = false
+				// bellbuild patch: upstream aborted with a nil error (a panic).
+				rerr = err
 				break /* fail */
 			} else if err != nil /* has to be io.ErrUnexpectedEOF now */ {
 				kfillPartial = true /* set the flag and send the packet */
@@ -80,8 +142,8 @@ func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 			knum = k + 1
 		}
 		if !kfillOk {
-			s.abort(err)
-			return n, err
+			s.abort(rerr)
+			return n, rerr
 		}
 		s.sendA.num = knum
 		n += int64(nx)
@@ -94,11 +156,13 @@ func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 		}
 		s.sendA.acked = 0
 		s.sendA.early = false
+		s.sendA.lost = false
 		_, err = s.sendWithRetryAnticipate()
 		if err != nil {
 			s.abort(err)
 			return n, err
 		}
+		s.sendA.adapt(ksz)
 		if kfillPartial {
 			s.conn.close()
 			return n, nil
@@ -113,6 +177,7 @@ func (s *sender) sendWithRetryAnticipate() (*net.UDPAddr, error) {
 	for {
 		addr, err := s.sendDatagramAnticipate()
 		if _, ok := err.(net.Error); ok && s.retry.count() < s.retries {
+			s.sendA.lost = true
 			s.retry.backoff()
 			continue
 		}
@@ -179,6 +244,7 @@ func (s *sender) sendDatagramAnticipate() (*net.UDPAddr, error) {
 				}
 			case p.block() == s.block+uint16(k)-1 && !s.sendA.early:
 				s.sendA.early = true
+				s.sendA.lost = true
 				if err := s.conn.setDeadline(s.timeout); err != nil {
 					return nil, err
 				}
