@@ -140,6 +140,22 @@ func TestNodeFileOnlyToItsLease(t *testing.T) {
 	}
 }
 
+// runClient runs a stock client's download to out and checks that out
+// holds want.
+func runClient(t *testing.T, cmd *exec.Cmd, out string, want []byte) {
+	t.Helper()
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", cmd, err, b)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d", len(got), len(want))
+	}
+}
+
 // TestStockClients downloads with busybox's and tftp-hpa's clients.
 func TestStockClients(t *testing.T) {
 	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
@@ -165,19 +181,9 @@ func TestStockClients(t *testing.T) {
 				t.Skipf("SKIPPING: %s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
 			}
 			out := filepath.Join(t.TempDir(), "kernel")
-			cmd := exec.Command(c.bin, c.args("boot/52:54:00:00:00:0b/kernel", out)...)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("%s: %v\n%s", cmd, err, b)
-			}
-			got, err := os.ReadFile(out)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, f.site.Big) {
-				t.Fatalf("got %d bytes, want %d", len(got), len(f.site.Big))
-			}
+			runClient(t, exec.Command(c.bin, c.args("boot/52:54:00:00:00:0b/kernel", out)...), out, f.site.Big)
 			// A refused request fails the stock client too.
-			cmd = exec.Command(c.bin, c.args("../outside", filepath.Join(t.TempDir(), "x"))...)
+			cmd := exec.Command(c.bin, c.args("../outside", filepath.Join(t.TempDir(), "x"))...)
 			if b, err := cmd.CombinedOutput(); err == nil && !strings.Contains(string(b), "bad-name") {
 				t.Errorf("../outside: client succeeded: %s", b)
 			}
@@ -317,17 +323,7 @@ func TestSendAheadRecovers(t *testing.T) {
 				r, port := newRelay(t, f.addr.String(), tt.drop)
 				out := filepath.Join(t.TempDir(), "kernel")
 				start := time.Now()
-				cmd := exec.Command(c.bin, c.args(port, out)...)
-				if b, err := cmd.CombinedOutput(); err != nil {
-					t.Fatalf("%s: %v\n%s", cmd, err, b)
-				}
-				got, err := os.ReadFile(out)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(got, f.site.Big) {
-					t.Fatalf("got %d bytes, want %d", len(got), len(f.site.Big))
-				}
+				runClient(t, exec.Command(c.bin, c.args(port, out)...), out, f.site.Big)
 				resent := int(r.data.Load()) - int(blocks)
 				t.Logf("%d blocks in %v, %d resent", blocks, time.Since(start).Round(time.Millisecond), resent)
 				if tt.resent >= 0 && (resent < 0 || resent > tt.resent) {
@@ -360,13 +356,7 @@ func TestLoadersInLockStep(t *testing.T) {
 		t.Run(tt.file, func(t *testing.T) {
 			r, port := newRelay(t, f.addr.String(), func(bool, []byte) bool { return false })
 			out := filepath.Join(t.TempDir(), "got")
-			cmd := exec.Command("busybox", "tftp", "-g", "-b", "1468", "-r", tt.file, "-l", out, "127.0.0.1", port)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("%s: %v\n%s", cmd, err, b)
-			}
-			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, tt.want) {
-				t.Fatalf("got %d bytes (%v), want %d", len(got), err, len(tt.want))
-			}
+			runClient(t, exec.Command("busybox", "tftp", "-g", "-b", "1468", "-r", tt.file, "-l", out, "127.0.0.1", port), out, tt.want)
 			if got := r.maxAhead(); got != tt.ahead {
 				t.Errorf("at most %d blocks in flight, want %d", got, tt.ahead)
 			}
