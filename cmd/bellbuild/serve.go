@@ -53,7 +53,10 @@ MAC addresses not in the inventory get no answer, unless
 the PXE part beside an existing DHCP server; --dhcp off leaves DHCP to
 others entirely. Relayed requests get an address of the pool whose
 subnet holds the relay: give such pools their prefix (START-END/24).
-Each boot step logs one line per machine (phase=dhcp-offer, dhcp-ack,
+TFTP sends the kernel and initramfs 16 blocks ahead of the client's
+ACKs (--tftp-window; any RFC 1350 client works, and the window shrinks
+for one that drops bursts); the loaders go in lock-step, since firmware
+fetches them. Each boot step logs one line per machine (phase=dhcp-offer, dhcp-ack,
 tftp-loader, ipxe-script, kernel, initrd); /metrics serves Prometheus
 counters and /healthz answers "ok".
 
