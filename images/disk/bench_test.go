@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
-	benchfix "github.com/bellbuild/bellbuild/images/internal/fixture"
+	sample "github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/images/squashfs"
 )
 
@@ -76,7 +76,7 @@ func BenchmarkDiskVsShell(b *testing.B) {
 		b.Skip("SKIP: no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
 	}
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
-	root := benchfix.BenchRoot()
+	root := sample.BenchRoot()
 	w := b.TempDir()
 	// Warm the page cache so that both read from memory.
 	exec.Command("tar", "-cf", "/dev/null", "-C", root, ".").Run()
@@ -175,7 +175,7 @@ func BenchmarkAssembleVsShell(b *testing.B) {
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
 	w := b.TempDir()
 	sq := filepath.Join(w, "root.sqfs")
-	if out, err := exec.Command("mksquashfs", benchfix.BenchRoot(), sq, "-comp", "zstd", "-processors", "2", "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+	if out, err := exec.Command("mksquashfs", sample.BenchRoot(), sq, "-comp", "zstd", "-processors", "2", "-noappend", "-quiet", "-no-progress").CombinedOutput(); err != nil {
 		b.Fatalf("mksquashfs: %v\n%s", err, out)
 	}
 	sst, err := os.Stat(sq)

@@ -11,29 +11,9 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/fstree"
-	"github.com/bellbuild/bellbuild/images/kmod"
+	sample "github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm"
 )
-
-// hostModules returns the build host's Debian kernel (package
-// linux-image-amd64), its modules directory and the module files that
-// load names there, dependencies first; it skips the test when the host
-// has no kernel.
-func hostModules(t *testing.T, names ...string) (kernel, modDir string, files []string) {
-	t.Helper()
-	kernel, modDir, err := kmod.Host()
-	if err != nil {
-		t.Skipf("SKIP: %v (Debian package linux-image-amd64)", err)
-	}
-	d, err := kmod.Open(modDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if files, err = d.Closure(names...); err != nil {
-		t.Fatal(err)
-	}
-	return kernel, modDir, files
-}
 
 // TestUEFIBoot boots the disk under OVMF: systemd-boot from the ESP loads
 // the kernel and initramfs with the entry's command line, and the
@@ -49,7 +29,7 @@ func TestUEFIBoot(t *testing.T) {
 	if _, err := os.Stat(busybox); err != nil {
 		t.Skipf("SKIP: %s missing (Debian package busybox-static): %v", busybox, err)
 	}
-	kernel, modDir, mods := hostModules(t, "virtio_pci", "virtio_blk", "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
+	kernel, modDir, mods := sample.HostModules(t, "virtio_pci", "virtio_blk", "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
 
 	fx := newFixture("booted-node")
 	// A long, non-ASCII name: Linux must read the long-name entries.

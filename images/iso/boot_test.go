@@ -12,29 +12,9 @@ import (
 	"github.com/bellbuild/bellbuild/images/cpio"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
-	"github.com/bellbuild/bellbuild/images/kmod"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm"
 )
-
-// modules returns the build host's Debian kernel (package
-// linux-image-amd64), its modules directory and the module files that
-// load names there, dependencies first; it skips the test when the host
-// has no kernel.
-func modules(t *testing.T, names ...string) (kernel, modDir string, files []string) {
-	t.Helper()
-	kernel, modDir, err := kmod.Host()
-	if err != nil {
-		t.Skipf("SKIP: %v (Debian package linux-image-amd64)", err)
-	}
-	d, err := kmod.Open(modDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if files, err = d.Closure(names...); err != nil {
-		t.Fatal(err)
-	}
-	return kernel, modDir, files
-}
 
 func fileEntry(t *testing.T, path, src string, mode os.FileMode) fstree.Entry {
 	t.Helper()
@@ -64,7 +44,7 @@ func TestBoot(t *testing.T) {
 			t.Skipf("SKIP: %v (Debian packages ovmf, systemd-boot-efi, busybox-static)", err)
 		}
 	}
-	kernel, modDir, mods := modules(t, "ata_piix", "sr_mod", "virtio_pci", "virtio_blk", "isofs")
+	kernel, modDir, mods := fixture.HostModules(t, "ata_piix", "sr_mod", "virtio_pci", "virtio_blk", "isofs")
 	var names []string
 	for _, m := range mods {
 		names = append(names, filepath.Base(m))
