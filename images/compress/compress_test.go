@@ -37,13 +37,37 @@ func sample(n int) []byte {
 // compressWith writes data in chunks of the given size.
 func compressWith(t *testing.T, data []byte, chunk int) []byte {
 	t.Helper()
+	return compressVia(t, data, chunk, false)
+}
+
+// chunkReader returns at most n bytes per Read.
+type chunkReader struct {
+	r io.Reader
+	n int
+}
+
+func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), c.n)]) }
+
+// compressVia writes data in chunks of the given size; with readFrom,
+// every other chunk goes through ReadFrom (from a reader returning odd
+// sizes) instead of Write, the way cpio.Write passes file data.
+func compressVia(t *testing.T, data []byte, chunk int, readFrom bool) []byte {
+	t.Helper()
 	var out bytes.Buffer
 	z, err := NewZstd(&out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < len(data); i += chunk {
-		if _, err := z.Write(data[i:min(len(data), i+chunk)]); err != nil {
+	for i, n := 0, 0; i < len(data); i, n = i+chunk, n+1 {
+		p := data[i:min(len(data), i+chunk)]
+		if readFrom && n%2 == 1 {
+			m, err := z.ReadFrom(chunkReader{bytes.NewReader(p), 65537 + n})
+			if err != nil || m != int64(len(p)) {
+				t.Fatalf("ReadFrom: %d of %d bytes, %v", m, len(p), err)
+			}
+			continue
+		}
+		if _, err := z.Write(p); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -95,7 +119,8 @@ func decode(t *testing.T, b []byte) []byte {
 }
 
 // TestZstdDeterministic: the output depends on the data only — not on
-// write sizes, nor GOMAXPROCS — for a newc stream and for any other.
+// write sizes, nor GOMAXPROCS, nor whether it came through Write or
+// ReadFrom — for a newc stream and for any other.
 func TestZstdDeterministic(t *testing.T) {
 	archive, _ := newc(5<<20, 7<<20+1, 9<<20+2, 3<<20+3, 11<<20, 2)
 	inputs := map[string][]byte{"newc": archive, "other": sample(34 << 20)}
@@ -105,20 +130,23 @@ func TestZstdDeterministic(t *testing.T) {
 			t.Fatalf("%s: round trip differs", name)
 		}
 		for _, tc := range []struct {
-			name  string
-			chunk int
-			procs int
+			name     string
+			chunk    int
+			procs    int
+			readFrom bool
 		}{
-			{"small writes", 4093, 0},
-			{"huge writes", 7 << 20, 0},
-			{"one cpu", 1 << 20, 1},
-			{"eight cpus", 65536, 8},
+			{"small writes", 4093, 0, false},
+			{"huge writes", 7 << 20, 0, false},
+			{"one cpu", 1 << 20, 1, false},
+			{"eight cpus", 65536, 8, false},
+			{"ReadFrom, small", 4093, 0, true},
+			{"ReadFrom, large", 3<<20 + 5, 0, true},
 		} {
 			t.Run(name+"/"+tc.name, func(t *testing.T) {
 				if tc.procs > 0 {
 					defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
 				}
-				if got := compressWith(t, data, tc.chunk); !bytes.Equal(got, want) {
+				if got := compressVia(t, data, tc.chunk, tc.readFrom); !bytes.Equal(got, want) {
 					t.Fatalf("output differs (%d vs %d bytes)", len(got), len(want))
 				}
 			})

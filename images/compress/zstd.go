@@ -1,6 +1,7 @@
 package compress
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -25,9 +26,22 @@ const ZstdFrameSize = 16 << 20
 const zstdWorkers = 2
 
 const (
-	blockSize   = 1 << 20 // input is handed to the workers in blocks of this size
-	blocksAhead = 16      // blocks queued per frame before Write waits
-	outAhead    = 1024    // compressed pieces queued per frame before its worker waits
+	// blockSize is the size of the blocks input is handed to the
+	// workers in.
+	blockSize = 1 << 20
+	// inputBudget is how many input blocks may be queued or being
+	// compressed, over all frames, before Write waits: 64 MiB. It is
+	// several frames' worth, so that a frame made long by one big entry
+	// (an apt package list of 50 MB, say) does not hold up the frames
+	// after it: Write moves on while that frame's worker is still busy,
+	// and the other worker takes the next frame.
+	inputBudget = 64
+	// outSize is the size of the pieces compressed output is passed on
+	// and written in (one write system call each).
+	outSize = 256 << 10
+	// outAhead is how many compressed pieces a frame queues (32 MiB)
+	// before its worker waits for the frames before it to be written.
+	outAhead = 128
 )
 
 // ZstdWriter compresses to a stream of independent zstd frames: standard
@@ -43,8 +57,9 @@ const (
 // the output depends only on the input, never on write sizes, timing or the
 // number of CPUs; wrapping the writer (to count bytes, say) changes nothing.
 //
-// Memory stays bounded: input is queued in 1 MiB blocks, and a frame's
-// output streams out as soon as the frames before it are written.
+// Memory stays bounded: at most 64 MiB of input is queued, in 1 MiB
+// blocks, and a frame's output streams out as soon as the frames before it
+// are written. ReadFrom reads straight into those blocks.
 type ZstdWriter struct {
 	w      io.Writer
 	buf    []byte // current input block
@@ -57,7 +72,8 @@ type ZstdWriter struct {
 	jobs      chan *frame
 	order     chan *frame
 	wg        sync.WaitGroup
-	done      chan error // the ordered writer's result
+	done      chan error    // the ordered writer's result
+	budget    chan struct{} // one token per input block not yet compressed
 	closed    bool
 	err       error
 }
@@ -68,7 +84,10 @@ type frame struct {
 	err error // set by the worker before it closes out
 }
 
-var blockPool = sync.Pool{New: func() any { b := make([]byte, 0, blockSize); return &b }}
+var (
+	blockPool = sync.Pool{New: func() any { b := make([]byte, 0, blockSize); return &b }}
+	outPool   = sync.Pool{New: func() any { b := make([]byte, 0, outSize); return &b }}
+)
 
 // Zstd returns a ZstdWriter compressing to w. Close flushes the last frame
 // (and must be called: it also stops the writer's goroutines); it does not
@@ -89,6 +108,7 @@ func NewZstd(w io.Writer) (*ZstdWriter, error) {
 		jobs:      make(chan *frame, zstdWorkers),
 		order:     make(chan *frame, zstdWorkers),
 		done:      make(chan error, 1),
+		budget:    make(chan struct{}, inputBudget),
 	}
 	for range zstdWorkers {
 		z.wg.Add(1)
@@ -136,14 +156,69 @@ func (z *ZstdWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// feed appends p to the current frame's input.
+// ReadFrom implements io.ReaderFrom: it reads r until EOF straight into
+// the input blocks, saving the copy a Write makes. The output is the same
+// as writing the same bytes.
+func (z *ZstdWriter) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		if z.closed {
+			return total, errors.New("zstd: write after close")
+		}
+		if z.err != nil {
+			return total, z.err
+		}
+		if z.buf == nil {
+			z.buf = (*blockPool.Get().(*[]byte))[:0]
+		}
+		free := z.buf[len(z.buf):blockSize]
+		n, err := r.Read(free)
+		if n > 0 {
+			total += int64(n)
+			p := free[:n]
+			m, canEnd := z.scan.next(p, z.frameSize-z.curLen)
+			// A frame may end inside what was read (rarely: reads of an
+			// archive's file data end at or before an entry's end): the
+			// rest then goes through Write.
+			var rest []byte
+			if m < n {
+				rest = bytes.Clone(p[m:])
+			}
+			if werr := z.feed(p[:m]); werr != nil {
+				return total, werr
+			}
+			if canEnd && z.curLen >= z.frameSize {
+				if werr := z.endFrame(); werr != nil {
+					return total, werr
+				}
+			}
+			if _, werr := z.Write(rest); werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// feed appends p to the current frame's input. p may be the free space
+// just after the current block's bytes (ReadFrom reads there): then it is
+// already in place.
 func (z *ZstdWriter) feed(p []byte) error {
 	for len(p) > 0 {
 		if z.buf == nil {
 			z.buf = (*blockPool.Get().(*[]byte))[:0]
 		}
 		m := min(len(p), blockSize-len(z.buf))
-		z.buf = append(z.buf, p[:m]...)
+		if l := len(z.buf); &z.buf[:l+1][l] == &p[0] {
+			z.buf = z.buf[:l+m]
+		} else {
+			z.buf = append(z.buf, p[:m]...)
+		}
 		z.curLen += int64(m)
 		p = p[m:]
 		if len(z.buf) == blockSize {
@@ -159,7 +234,7 @@ func (z *ZstdWriter) feed(p []byte) error {
 // needed.
 func (z *ZstdWriter) send() error {
 	if z.cur == nil {
-		z.cur = &frame{in: make(chan []byte, blocksAhead), out: make(chan []byte, outAhead)}
+		z.cur = &frame{in: make(chan []byte, inputBudget), out: make(chan []byte, outAhead)}
 		z.frames++
 		select {
 		case z.order <- z.cur:
@@ -170,11 +245,12 @@ func (z *ZstdWriter) send() error {
 		z.jobs <- z.cur
 	}
 	select {
-	case z.cur.in <- z.buf:
+	case z.budget <- struct{}{}:
 	case err := <-z.done:
 		z.err = writeErr(err)
 		return z.err
 	}
+	z.cur.in <- z.buf // never blocks: the budget is the channel's capacity
 	z.buf = nil
 	return nil
 }
@@ -240,21 +316,47 @@ func (z *ZstdWriter) worker() {
 			}
 			b = b[:0]
 			blockPool.Put(&b)
+			<-z.budget
 		}
 		if cerr := enc.Close(); err == nil {
 			err = cerr
 		}
+		out.flush()
 		f.err = err
 		close(f.out)
 	}
 }
 
-// chanWriter passes copies of what the encoder writes to a channel.
-type chanWriter struct{ ch chan []byte }
+// chanWriter collects what the encoder writes (it reuses its buffers) into
+// pieces of outSize and passes full ones to a channel.
+type chanWriter struct {
+	ch  chan []byte
+	buf []byte
+}
 
 func (c *chanWriter) Write(p []byte) (int, error) {
-	c.ch <- append([]byte(nil), p...)
-	return len(p), nil
+	n := len(p)
+	for len(p) > 0 {
+		if c.buf == nil {
+			c.buf = (*outPool.Get().(*[]byte))[:0]
+		}
+		m := copy(c.buf[len(c.buf):cap(c.buf)], p)
+		c.buf = c.buf[:len(c.buf)+m]
+		p = p[m:]
+		if len(c.buf) == cap(c.buf) {
+			c.ch <- c.buf
+			c.buf = nil
+		}
+	}
+	return n, nil
+}
+
+// flush passes on the last, partly filled piece.
+func (c *chanWriter) flush() {
+	if len(c.buf) > 0 {
+		c.ch <- c.buf
+	}
+	c.buf = nil
 }
 
 // writeOut writes the frames' output in order. After a write error it
@@ -266,6 +368,8 @@ func (z *ZstdWriter) writeOut() {
 			if err == nil {
 				_, err = z.w.Write(b)
 			}
+			b = b[:0]
+			outPool.Put(&b)
 		}
 		if err == nil && f.err != nil {
 			err = fmt.Errorf("zstd: %w", f.err)

@@ -61,6 +61,7 @@ type Options struct {
 // buffered beyond a fixed-size write buffer; w is not closed.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	cw := &writer{bw: bufio.NewWriterSize(w, 1<<20)}
+	cw.rf, _ = w.(io.ReaderFrom)
 	if err := cw.tree(t, opts); err != nil {
 		return err
 	}
@@ -68,7 +69,11 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 }
 
 type writer struct {
-	bw  *bufio.Writer
+	bw *bufio.Writer
+	// rf is the destination when it can read file data in itself
+	// (compress.ZstdWriter into its blocks, os.File by copy_file_range):
+	// file data then skips bw's buffer.
+	rf  io.ReaderFrom
 	hdr [headerLen]byte
 	pad [4]byte
 	buf []byte
@@ -221,7 +226,14 @@ func (cw *writer) body(name string, c fstree.Content, size int64) error {
 	if err != nil {
 		return fmt.Errorf("cpio: %s: %w", name, err)
 	}
-	n, err := io.Copy(cw.bw, io.LimitReader(rc, size))
+	var n int64
+	if cw.rf != nil {
+		if err = cw.bw.Flush(); err == nil {
+			n, err = cw.rf.ReadFrom(io.LimitReader(rc, size))
+		}
+	} else {
+		n, err = io.Copy(cw.bw, io.LimitReader(rc, size))
+	}
 	if err == nil && n == size {
 		// The content must not be longer than the size in the header.
 		var one [1]byte
