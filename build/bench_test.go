@@ -58,12 +58,15 @@ func benchOptions(b *testing.B) Options {
 //
 //   - cold: a bake with an empty segment cache (the stage is compressed);
 //   - conf-only: a re-bake after a change to the configuration only (the
-//     stage and applier segments come from the cache);
+//     stage and applier segments come from the cache, and the initramfs
+//     an earlier bake replaced is taken over);
+//   - conf-only-copy: the same with no initramfs to take over (the
+//     segments are copied);
 //   - pipeline: `find | sort | cpio -o -H newc | zstd -3 -T2` of the same
 //     root, the shell way to make an initramfs.
 //
 // Run: make bench, or
-// go test -run '^$' -bench BenchmarkBake -benchtime 3x ./build
+// go test -run '^$' -bench BenchmarkBake -benchtime 5x -count 2 ./build
 func BenchmarkBake(b *testing.B) {
 	sp := benchSpec(b)
 	base := benchOptions(b)
@@ -102,21 +105,42 @@ func BenchmarkBake(b *testing.B) {
 		b.ReportMetric(float64(size)/1e6, "MB")
 		b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 	})
-	b.Run("conf-only", func(b *testing.B) {
-		o := base
-		c := cpuTime(syscall.RUSAGE_SELF)
-		for i := 0; i < b.N; i++ {
-			sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = fmt.Sprint(20 + i)
-			m, err := Image(context.Background(), sp, o)
-			if err != nil {
-				b.Fatal(err)
+	// conf-only: re-bakes one after the other, as when iterating on a
+	// configuration; from the third on, each takes over the initramfs
+	// the one before the last replaced (reuse.go). conf-only-copy: the
+	// same with nothing to take over (the spare removed before each), so
+	// the segments are copied and the replaced initramfs deleted.
+	for _, name := range []string{"conf-only", "conf-only-copy"} {
+		b.Run(name, func(b *testing.B) {
+			o := base
+			var cpu time.Duration
+			reused := 0
+			for i := 0; i < b.N; i++ {
+				if name == "conf-only-copy" {
+					b.StopTimer()
+					if err := os.RemoveAll(reuseDir(filepath.Join(o.OutDir, sp.Profile))); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+				sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = fmt.Sprint(20 + i)
+				c := cpuTime(syscall.RUSAGE_SELF)
+				m, err := Image(context.Background(), sp, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cpu += cpuTime(syscall.RUSAGE_SELF) - c
+				if !m.Stats.StageCached || !m.Stats.ApplierCached {
+					b.Fatalf("conf-only rebake recompressed: %+v", m.Stats)
+				}
+				if m.Stats.InitramfsReused {
+					reused++
+				}
 			}
-			if !m.Stats.StageCached || !m.Stats.ApplierCached {
-				b.Fatalf("conf-only rebake recompressed: %+v", m.Stats)
-			}
-		}
-		b.ReportMetric((cpuTime(syscall.RUSAGE_SELF)-c).Seconds()/float64(b.N), "cpu-s/op")
-	})
+			b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric(float64(reused)/float64(b.N), "reused")
+		})
+	}
 	b.Run("pipeline", func(b *testing.B) {
 		dir := sp.Stage.Dir
 		if dir == "" {

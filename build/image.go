@@ -181,6 +181,9 @@ type Stats struct {
 	// StageRead is false when the bake never read the stage's tree (its
 	// input named its cached segment).
 	StageRead bool
+	// InitramfsReused is true when the initramfs was made from the one an
+	// earlier bake replaced, instead of copying the segments (reuse.go).
+	InitramfsReused bool
 	// Dir is OUT/PROFILE.
 	Dir string
 }
@@ -646,6 +649,10 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		m.Nodes = append(m.Nodes, n.Node)
 	}
 
+	// What a later bake may reuse of the initramfs (reuse.go).
+	var prefix []Artifact
+	var prefixState []byte
+
 	// Disks and ISOs boot the same kernel and initramfs (media.go).
 	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
 	if wantInitramfs {
@@ -689,18 +696,35 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 			m.Segments = append(m.Segments, Artifact{Name: s.name, Size: s.Size, SHA256: s.SHA256})
 		}
 
-		// 8. Artifacts.
+		// 8. Artifacts. The kernel is copied while the initramfs is.
 		b.p.begin("assemble " + final)
-		kf := filepath.Join(tmp, KernelFile)
-		ksize, ksum, err := copyKernel(im.kernel, kf)
+		type copied struct {
+			size int64
+			sum  string
+			err  error
+		}
+		kernelDone := make(chan copied, 1)
+		go func() {
+			var c copied
+			c.size, c.sum, c.err = copyKernel(im.kernel, filepath.Join(tmp, KernelFile))
+			kernelDone <- c
+		}()
+		// The previous initramfs when it can be taken over, else a copy.
+		file := filepath.Join(tmp, InitramfsFile)
+		size, sum, state, err := reuseSpare(final, file, segs)
+		m.Stats.InitramfsReused = err == nil
+		if errors.Is(err, errNoSpare) {
+			size, sum, state, err = concat(file, segs)
+		}
+		prefix, prefixState = prefixOf(segs), state
+		k := <-kernelDone
+		if err == nil {
+			err = k.err
+		}
 		if err != nil {
 			return nil, err
 		}
-		m.Artifacts = append(m.Artifacts, Artifact{Name: KernelFile, Size: ksize, SHA256: ksum})
-		size, sum, err := concat(filepath.Join(tmp, InitramfsFile), segs)
-		if err != nil {
-			return nil, err
-		}
+		m.Artifacts = append(m.Artifacts, Artifact{Name: KernelFile, Size: k.size, SHA256: k.sum})
 		m.Artifacts = append(m.Artifacts, Artifact{Name: InitramfsFile, Size: size, SHA256: sum})
 		os.Remove(confSeg.file)
 	} else {
@@ -725,7 +749,15 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	if err := writeFileSync(filepath.Join(tmp, ManifestFile), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
-	if err := swapIn(tmp, final); err != nil {
+	keep := func(old string) {
+		if !wantInitramfs {
+			prefix = nil
+		}
+		if err := keepSpare(final, old, prefix, prefixState); err != nil {
+			b.log.Warn("bake: keeping the previous initramfs for reuse", "err", err)
+		}
+	}
+	if err := swapIn(tmp, final, keep); err != nil {
 		return nil, err
 	}
 	done = true
@@ -832,7 +864,9 @@ func writeFileSync(file string, data []byte, mode os.FileMode) error {
 // when final does not exist, else an atomic exchange (renameat2
 // RENAME_EXCHANGE) after which the old content, now at tmp, is removed.
 // Readers see either the old set of artifacts or the new one, never a mix.
-func swapIn(tmp, final string) error {
+// In between, keep is called with where the old content is ("" when there
+// was none), to take what it wants of it.
+func swapIn(tmp, final string, keep func(old string)) error {
 	if err := syncDir(tmp); err != nil {
 		return err
 	}
@@ -840,10 +874,12 @@ func swapIn(tmp, final string) error {
 		if err := os.Rename(tmp, final); err != nil {
 			return err
 		}
+		keep("")
 	} else {
 		if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
 			return fmt.Errorf("replacing %s: %w", final, err)
 		}
+		keep(tmp)
 		if err := os.RemoveAll(tmp); err != nil {
 			return fmt.Errorf("removing the previous %s: %w", final, err)
 		}

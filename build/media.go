@@ -280,7 +280,7 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 		t.Add(fstree.Entry{Path: mke2fsPath, Type: fstree.Regular, Mode: 0o755, Size: st.Size(), Data: fstree.File(real)})
 	}
 	file := filepath.Join(dir, ".media-initrd.cpio.zst")
-	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, b.p); err != nil {
+	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, false, b.p); err != nil {
 		return "", err
 	}
 	return file, nil

@@ -56,8 +56,10 @@ type segmentInfo struct {
 }
 
 // writeSegment writes t as a newc cpio compressed with zstd to file
-// (atomically: temp file, fsync, rename), reporting progress.
-func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64, inode uint32, p *progress) (info segmentInfo, err error) {
+// (atomically: temp file, fsync when durable, rename), reporting progress.
+// A segment that is copied into an initramfs and deleted need not be
+// durable: the initramfs is fsynced.
+func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64, inode uint32, durable bool, p *progress) (info segmentInfo, err error) {
 	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-*")
 	if err != nil {
 		return info, err
@@ -83,8 +85,10 @@ func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64,
 		return info, err
 	}
 	p.bytes(in.n, out.n)
-	if err := f.Sync(); err != nil {
-		return info, err
+	if durable {
+		if err := f.Sync(); err != nil {
+			return info, err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return info, err
@@ -114,10 +118,41 @@ func (c *countWriter) Write(b []byte) (int, error) {
 		}
 	}
 	n, err := c.w.Write(b)
+	c.add(n)
+	return n, err
+}
+
+func (c *countWriter) add(n int) {
 	c.n += int64(n)
 	if c.onWrite != nil {
 		c.onWrite(c.n)
 	}
+}
+
+// ReadFrom hands r to w's own ReadFrom when it has one (compress.ZstdWriter
+// reads file data straight into its blocks), counting what is read.
+func (c *countWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(&countReader{r: r, c: c})
+	}
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
+// countReader counts for a countWriter what its ReadFrom reads, and stops
+// on cancellation.
+type countReader struct {
+	r io.Reader
+	c *countWriter
+}
+
+func (cr *countReader) Read(b []byte) (int, error) {
+	if cr.c.ctx != nil {
+		if err := cr.c.ctx.Err(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := cr.r.Read(b)
+	cr.c.add(n)
 	return n, err
 }
 
@@ -214,7 +249,7 @@ func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func
 			return nil, err
 		}
 		s.file = filepath.Join(dir, name+".cpio.zst")
-		info, err := writeSegment(ctx, t, s.file, epoch, inode, p)
+		info, err := writeSegment(ctx, t, s.file, epoch, inode, false, p)
 		if err != nil {
 			return nil, fmt.Errorf("%s segment: %w", name, err)
 		}
@@ -234,7 +269,7 @@ func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func
 	if err != nil {
 		return nil, err
 	}
-	info, err := writeSegment(ctx, t, s.file, epoch, inode, p)
+	info, err := writeSegment(ctx, t, s.file, epoch, inode, true, p)
 	if err != nil {
 		return nil, fmt.Errorf("%s segment: %w", name, err)
 	}
@@ -288,47 +323,121 @@ func writeInfo(file string, info segmentInfo) error {
 	return os.Rename(tmp.Name(), file+".json")
 }
 
-// concat writes the segments one after the other to file and returns its
-// size and sha256. The hash resumes from the first segment's saved state,
-// so a large cached stage segment is copied (in the kernel, with
-// copy_file_range) but never read into the process.
-func concat(file string, segs []*segment) (int64, string, error) {
+// concat writes the segments one after the other to file, fsynced, and
+// returns its size, its sha256 and the hash state after the cached
+// segments it starts with (see reuseRecord). Three things overlap, since a
+// re-bake that cannot reuse the previous initramfs (reuse.go) is mostly
+// this copy:
+//   - the data goes file to file (copy_file_range: in the kernel, never
+//     read into the process), in chunks of writebackChunk, and after each
+//     chunk its writeback is started (sync_file_range), so the disk writes
+//     while the copy goes on and the final fsync waits for little;
+//   - the hash resumes from the first segment's saved state, and the other
+//     segments are read and hashed on another goroutine meanwhile;
+//   - the caller copies the kernel at the same time.
+func concat(file string, segs []*segment) (size int64, sum string, prefixState []byte, err error) {
 	out, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return 0, "", err
+		return 0, "", nil, err
 	}
 	defer out.Close()
 	h := sha256.New()
 	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(segs[0].State); err != nil {
-		return 0, "", fmt.Errorf("%s segment: hash state: %w", segs[0].name, err)
+		return 0, "", nil, fmt.Errorf("%s segment: hash state: %w", segs[0].name, err)
 	}
+	type hashed struct {
+		state []byte
+		err   error
+	}
+	hashDone := make(chan hashed, 1)
+	go func() {
+		var r hashed
+		r.state, r.err = hashSegments(h, segs, len(prefixOf(segs)))
+		hashDone <- r
+	}()
+	size, err = copySegments(out, segs)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if r := <-hashDone; err == nil {
+		prefixState, err = r.state, r.err
+	}
+	if err != nil {
+		return 0, "", nil, err
+	}
+	return size, hex.EncodeToString(h.Sum(nil)), prefixState, nil
+}
+
+// writebackChunk is how much concat copies before it starts that part's
+// writeback.
+const writebackChunk = 8 << 20
+
+// copySegments appends the segments' files to out, starting writeback as
+// it goes, and returns the bytes written.
+func copySegments(out *os.File, segs []*segment) (int64, error) {
 	var total int64
-	for i, s := range segs {
+	for _, s := range segs {
 		in, err := os.Open(s.file)
 		if err != nil {
-			return 0, "", err
+			return total, fmt.Errorf("%s segment: %w", s.name, err)
 		}
-		var dst io.Writer = out
-		if i > 0 {
-			dst = io.MultiWriter(out, h)
+		var n int64
+		for n < s.Size {
+			// io.CopyN from a file to a file is copy_file_range.
+			m, err := io.CopyN(out, in, min(writebackChunk, s.Size-n))
+			n += m
+			if m > 0 {
+				// Only a hint: the fsync after is what makes it durable.
+				unix.SyncFileRange(int(out.Fd()), total, m, unix.SYNC_FILE_RANGE_WRITE)
+				total += m
+			}
+			if err != nil {
+				in.Close()
+				if err == io.EOF {
+					err = fmt.Errorf("%s: %d bytes, want %d", s.file, n, s.Size)
+				}
+				return total, fmt.Errorf("%s segment: %w", s.name, err)
+			}
 		}
-		// The first segment goes file to file: io.Copy uses
-		// copy_file_range, and its hash is the saved state.
-		n, err := io.Copy(dst, in)
+		// The file must end where its info says.
+		var one [1]byte
+		m, _ := in.Read(one[:])
 		in.Close()
-		if err == nil && n != s.Size {
-			err = fmt.Errorf("%s: %d bytes, want %d", s.file, n, s.Size)
+		if m > 0 {
+			return total, fmt.Errorf("%s segment: %s is longer than %d bytes", s.name, s.file, s.Size)
+		}
+	}
+	return total, nil
+}
+
+// hashSegments adds the bytes of segs[1:] to h, which holds the state
+// after segs[0], and returns the state after the first n segments.
+func hashSegments(h hash.Hash, segs []*segment, n int) ([]byte, error) {
+	var state []byte
+	if n == 1 {
+		state = segs[0].State
+	}
+	for i, s := range segs[1:] {
+		in, err := os.Open(s.file)
+		if err != nil {
+			return nil, fmt.Errorf("%s segment: %w", s.name, err)
+		}
+		m, err := io.Copy(h, in)
+		in.Close()
+		if err == nil && m != s.Size {
+			err = fmt.Errorf("%s: %d bytes, want %d", s.file, m, s.Size)
 		}
 		if err != nil {
-			return 0, "", fmt.Errorf("%s segment: %w", s.name, err)
+			return nil, fmt.Errorf("%s segment: %w", s.name, err)
 		}
-		total += n
+		if i+2 == n {
+			if state, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+				return nil, err
+			}
+		}
 	}
-	if err := out.Sync(); err != nil {
-		return 0, "", err
-	}
-	if err := out.Close(); err != nil {
-		return 0, "", err
-	}
-	return total, hex.EncodeToString(h.Sum(nil)), nil
+	return state, nil
 }
