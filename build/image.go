@@ -198,7 +198,9 @@ type Stats struct {
 //  6. the same for the applier segment;
 //  7. write the configuration segment;
 //  8. assemble vmlinuz, initramfs.cpio.zst (and rootfs.tar) in a temporary
-//     directory beside OUT/PROFILE, write manifest.json, and swap it in;
+//     directory beside OUT/PROFILE — the initramfs from the one an earlier
+//     bake replaced when it starts with the same segments (reuse.go) —
+//     write manifest.json, and swap it in;
 //     outputs raw and iso add disk.raw and image.iso there (media.go).
 //
 // A failure at any step leaves OUT/PROFILE as it was.

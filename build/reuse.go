@@ -27,8 +27,8 @@ import (
 // becomes the next spare. The previous output is never written to, so a
 // bake that fails or is interrupted still leaves it whole.
 //
-// A spare is only trusted while it is provably the file that was written:
-// its record (written when it was an output) names its segments, the
+// A spare is only trusted while its metadata shows it unchanged since it
+// was written: its record (written when it was an output) names its segments, the
 // SHA-256 state after them, and the file's identity — device, inode, size,
 // mtime and ctime, as make and git's index know a file. Any write to it,
 // even one that restores the bytes, changes its ctime; then, or when the
