@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -76,7 +77,7 @@ func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64,
 	if err != nil {
 		return info, err
 	}
-	in := &countWriter{w: zw, ctx: ctx, onWrite: func(n int64) { p.bytes(n, out.n) }}
+	in := &countWriter{w: zw, ctx: ctx, onWrite: func(n int64) { p.bytes(n, out.n.Load()) }}
 	if err := cpio.Write(in, t, cpio.Options{MTime: &epoch, FirstInode: inode}); err != nil {
 		zw.Close()
 		return info, err
@@ -84,7 +85,7 @@ func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64,
 	if err := zw.Close(); err != nil {
 		return info, err
 	}
-	p.bytes(in.n, out.n)
+	p.bytes(in.n.Load(), out.n.Load())
 	if durable {
 		if err := f.Sync(); err != nil {
 			return info, err
@@ -100,13 +101,15 @@ func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64,
 	if err != nil {
 		return info, err
 	}
-	return segmentInfo{Size: out.n, SHA256: hex.EncodeToString(h.Sum(nil)), State: state}, nil
+	return segmentInfo{Size: out.n.Load(), SHA256: hex.EncodeToString(h.Sum(nil)), State: state}, nil
 }
 
 // countWriter counts bytes on their way to w and stops on cancellation.
+// The count may be read while another goroutine writes (the progress line
+// shows both ends of the compressor).
 type countWriter struct {
 	w       io.Writer
-	n       int64
+	n       atomic.Int64
 	ctx     context.Context
 	onWrite func(total int64)
 }
@@ -123,9 +126,9 @@ func (c *countWriter) Write(b []byte) (int, error) {
 }
 
 func (c *countWriter) add(n int) {
-	c.n += int64(n)
+	total := c.n.Add(int64(n))
 	if c.onWrite != nil {
-		c.onWrite(c.n)
+		c.onWrite(total)
 	}
 }
 
