@@ -297,24 +297,36 @@ func (f *failWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// TestZstdWriteError: a failing destination surfaces from Write or Close,
-// without hanging.
+// TestZstdWriteError: a failing destination surfaces from Write (or
+// ReadFrom) or Close, without hanging.
 func TestZstdWriteError(t *testing.T) {
 	data := sample(48 << 20)
-	z, err := NewZstd(&failWriter{after: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var werr error
-	for i := 0; i < len(data) && werr == nil; i += 1 << 20 {
-		_, werr = z.Write(data[i : i+1<<20])
-	}
-	cerr := z.Close()
-	if !errors.Is(werr, errDisk) && !errors.Is(cerr, errDisk) {
-		t.Fatalf("write error %v, close error %v; want %v", werr, cerr, errDisk)
-	}
-	if _, err := z.Write([]byte("x")); err == nil {
-		t.Error("write after close succeeded")
+	for _, readFrom := range []bool{false, true} {
+		name := map[bool]string{false: "Write", true: "ReadFrom"}[readFrom]
+		t.Run(name, func(t *testing.T) {
+			z, err := NewZstd(&failWriter{after: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var werr error
+			if readFrom {
+				_, werr = z.ReadFrom(chunkReader{bytes.NewReader(data), 100_000})
+			} else {
+				for i := 0; i < len(data) && werr == nil; i += 1 << 20 {
+					_, werr = z.Write(data[i : i+1<<20])
+				}
+			}
+			cerr := z.Close()
+			if !errors.Is(werr, errDisk) && !errors.Is(cerr, errDisk) {
+				t.Fatalf("write error %v, close error %v; want %v", werr, cerr, errDisk)
+			}
+			if _, err := z.Write([]byte("x")); err == nil {
+				t.Error("write after close succeeded")
+			}
+			if _, err := z.ReadFrom(bytes.NewReader([]byte("x"))); err == nil {
+				t.Error("ReadFrom after close succeeded")
+			}
+		})
 	}
 }
 
