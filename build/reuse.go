@@ -21,9 +21,9 @@ import (
 // filesystem without reflinks, copying them again and waiting for the disk
 // is most of the re-bake, and so is freeing the replaced file's blocks.
 // Instead, the initramfs the previous output replaced is kept aside (not
-// deleted) in OUT/.PROFILE.reuse/, and the next bake whose cached
-// segments are the same takes it over: it cuts it after those segments,
-// appends its configuration segment and fsyncs. The output it replaces
+// deleted) in OUT/.PROFILE.reuse/, cut after its cached segments (its
+// configuration goes), and the next bake whose cached segments are the
+// same takes it over: it appends its configuration segment and fsyncs. The output it replaces
 // becomes the next spare. The previous output is never written to, so a
 // bake that fails or is interrupted still leaves it whole.
 //
@@ -33,8 +33,8 @@ import (
 // mtime and ctime, as make and git's index know a file. Any write to it,
 // even one that restores the bytes, changes its ctime; then, or when the
 // record is missing or names other segments, the bake copies the segments
-// as usual. The cost is disk space: one more initramfs per profile, in a
-// hidden directory that can be deleted at any time.
+// as usual. The cost is disk space: one more stage and applier per
+// profile, in a hidden directory that can be deleted at any time.
 const reuseDirSuffix = ".reuse"
 
 // reuseRecord describes an initramfs this package wrote.
@@ -234,7 +234,9 @@ func keepSpare(final, old string, prefix []Artifact, state []byte) error {
 	return errors.Join(errs...)
 }
 
-// moveSpare moves the initramfs prev, described by rec, to be the spare.
+// moveSpare moves the initramfs prev, described by rec, to be the spare,
+// cut after its shared segments: the configuration it ended with (node
+// names, keys, passwords' hashes) does not outlive its output.
 func moveSpare(dir, prev string, rec reuseRecord) error {
 	spare := filepath.Join(dir, spareFile)
 	// Drop the old record first: a record must never name another file.
@@ -242,6 +244,13 @@ func moveSpare(dir, prev string, rec reuseRecord) error {
 		return err
 	}
 	if err := os.Rename(prev, spare); err != nil {
+		return err
+	}
+	var plen int64
+	for _, a := range rec.Prefix {
+		plen += a.Size
+	}
+	if err := os.Truncate(spare, plen); err != nil {
 		return err
 	}
 	id, err := statID(spare)

@@ -19,6 +19,7 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 	opts := testOptions(t)
 	sp := spec(t, testSite(t), "fleet")
 	spare := filepath.Join(opts.OutDir, ".fleet.reuse", spareFile)
+	var prev *Manifest
 	steps := []struct {
 		name       string
 		before     func(t *testing.T)
@@ -86,11 +87,17 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Fatalf("initramfs (%d bytes) differs from a bake from scratch (%d bytes)", len(got), len(want))
 			}
+			// The replaced initramfs is kept without its configuration.
 			if i >= 1 {
-				if _, err := os.Stat(spare); err != nil {
-					t.Errorf("after a re-bake, no spare: %v", err)
+				st, err := os.Stat(spare)
+				if err != nil {
+					t.Fatalf("after a re-bake, no spare: %v", err)
+				}
+				if want := prev.Segments[0].Size + prev.Segments[1].Size; st.Size() != want {
+					t.Errorf("spare: %d bytes, want the replaced initramfs's stage and applier segments, %d", st.Size(), want)
 				}
 			}
+			prev = m
 		})
 	}
 }
