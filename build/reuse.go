@@ -35,6 +35,13 @@ import (
 // record is missing or names other segments, the bake copies the segments
 // as usual. The cost is disk space: one more stage and applier per
 // profile, in a hidden directory that can be deleted at any time.
+//
+// An initramfs is only cut or extended while nothing else can see it: it
+// must have no other link (an operator's `cp -l` into a TFTP root) and no
+// other open descriptor (`bellbuild serve` still sending it to a machine
+// that began to boot before the swap), which a write lease (F_SETLEASE)
+// proves. Otherwise it is deleted as before, and its readers keep their
+// bytes.
 const reuseDirSuffix = ".reuse"
 
 // reuseRecord describes an initramfs this package wrote.
@@ -122,6 +129,31 @@ func prefixOf(segs []*segment) []Artifact {
 	return out
 }
 
+// errNotAlone means a file has other links or other open descriptors.
+var errNotAlone = errors.New("linked or open elsewhere")
+
+// openAlone opens file for writing when this is the only link to it and
+// the only open descriptor, and holds a write lease on it until release
+// (a process that opens it meanwhile waits for release; the kernel breaks
+// the lease after /proc/sys/fs/lease-break-time otherwise). It returns
+// errNotAlone when the file is shared, or the filesystem has no leases.
+func openAlone(file string) (f *os.File, release func(), err error) {
+	f, err = os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Nlink != 1 {
+		f.Close()
+		return nil, nil, errNotAlone
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %v", errNotAlone, err)
+	}
+	return f, func() { unix.FcntlInt(f.Fd(), unix.F_SETLEASE, unix.F_UNLCK) }, nil
+}
+
 // errNoSpare means there is no spare initramfs this bake can take over.
 var errNoSpare = errors.New("no reusable initramfs")
 
@@ -164,11 +196,13 @@ func reuseSpare(final, file string, segs []*segment) (int64, string, []byte, err
 		os.Remove(file)
 		return 0, "", nil, errNoSpare
 	}
-	out, err := os.OpenFile(file, os.O_WRONLY, 0)
+	out, release, err := openAlone(file)
 	if err != nil {
-		return 0, "", nil, err
+		os.Remove(file)
+		return 0, "", nil, errNoSpare
 	}
 	defer out.Close()
+	defer release()
 	if err := out.Truncate(plen); err != nil {
 		return 0, "", nil, err
 	}
@@ -246,11 +280,21 @@ func moveSpare(dir, prev string, rec reuseRecord) error {
 	if err := os.Rename(prev, spare); err != nil {
 		return err
 	}
+	f, release, err := openAlone(spare)
+	if err != nil {
+		// Someone still reads it (or links it): leave it to them.
+		return errors.Join(os.Remove(spare), ignoreNotAlone(err))
+	}
 	var plen int64
 	for _, a := range rec.Prefix {
 		plen += a.Size
 	}
-	if err := os.Truncate(spare, plen); err != nil {
+	err = f.Truncate(plen)
+	release()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	id, err := statID(spare)
@@ -259,6 +303,14 @@ func moveSpare(dir, prev string, rec reuseRecord) error {
 	}
 	rec.File = id
 	return writeRecord(filepath.Join(dir, spareRecord), rec)
+}
+
+// ignoreNotAlone is err unless it only says the file is shared.
+func ignoreNotAlone(err error) error {
+	if errors.Is(err, errNotAlone) {
+		return nil
+	}
+	return err
 }
 
 func removeIfExists(file string) error {

@@ -3,6 +3,10 @@ package build
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -100,4 +104,93 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 			prev = m
 		})
 	}
+}
+
+// TestRebakeLeavesReadersTheirBytes: an initramfs that is still open (a
+// machine mid-download from `bellbuild serve`) or linked elsewhere (an
+// operator's `cp -l`) when a re-bake replaces it is never cut or
+// extended: the reader and the link keep every byte, and the bake copies
+// instead of reusing.
+func TestRebakeLeavesReadersTheirBytes(t *testing.T) {
+	needHost(t)
+	opts := testOptions(t)
+	sp := spec(t, testSite(t), "fleet")
+	initramfs := filepath.Join(opts.OutDir, "fleet", InitramfsFile)
+	spare := filepath.Join(opts.OutDir, ".fleet.reuse", spareFile)
+	bake := func(t *testing.T, value string) *Manifest {
+		t.Helper()
+		sp.Bundle.Nodes[0].Conf.Sysctl["vm.swappiness"] = value
+		m, err := Image(context.Background(), sp, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	// sum is the sha256 of what f holds from its start.
+	sum := func(t *testing.T, f *os.File) string {
+		t.Helper()
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<40)); err != nil {
+			t.Fatal(err)
+		}
+		return hex.EncodeToString(h.Sum(nil))
+	}
+	noSpare := func(t *testing.T) {
+		t.Helper()
+		if _, err := os.Stat(spare); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a spare was kept (%v)", err)
+		}
+	}
+
+	t.Run("open when replaced", func(t *testing.T) {
+		m1 := bake(t, "11")
+		reader, err := os.Open(initramfs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reader.Close()
+		bake(t, "12")
+		if got, want := sum(t, reader), m1.Artifacts[1].SHA256; got != want {
+			t.Errorf("the reader's initramfs changed under it: sha256 %s, want %s", got, want)
+		}
+		noSpare(t)
+	})
+	t.Run("linked elsewhere when replaced", func(t *testing.T) {
+		m2 := bake(t, "13")
+		link := filepath.Join(t.TempDir(), "tftp-initramfs")
+		if err := os.Link(initramfs, link); err != nil {
+			t.Skipf("SKIPPING: cannot hardlink from %s to the temporary directory: %v", initramfs, err)
+		}
+		bake(t, "14")
+		f, err := os.Open(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if got, want := sum(t, f), m2.Artifacts[1].SHA256; got != want {
+			t.Errorf("the linked initramfs changed: sha256 %s, want %s", got, want)
+		}
+		noSpare(t)
+	})
+	t.Run("spare open when a bake would take it", func(t *testing.T) {
+		bake(t, "15") // the last output, unshared, becomes the spare
+		f, err := os.Open(spare)
+		if err != nil {
+			t.Fatalf("no spare to hold open: %v", err)
+		}
+		defer f.Close()
+		before := sum(t, f)
+		if m := bake(t, "16"); m.Stats.InitramfsReused {
+			t.Errorf("took over a spare that was open elsewhere")
+		}
+		if after := sum(t, f); after != before {
+			t.Errorf("the open spare changed: sha256 %s, was %s", after, before)
+		}
+	})
+	t.Run("unshared again: reused", func(t *testing.T) {
+		bake(t, "17")
+		if m := bake(t, "18"); !m.Stats.InitramfsReused {
+			t.Errorf("InitramfsReused = false once nothing else held the spare")
+		}
+	})
 }
