@@ -43,7 +43,10 @@ too), and the configuration, so changing a profile's conf or adding a node
 recompresses only the last, small one. After a bake, the least recently
 used cached segments beyond --cache-limit are removed. Same inputs and
 source date give byte-identical artifacts; the output directory is replaced
-atomically.
+atomically. The initramfs a bake replaces is kept, without its
+configuration, in OUT/.PROFILE.reuse/ (delete it at will): the next bake
+with the same stage and applier extends it instead of copying 100 MB and
+more, unless something else still has it open or linked.
 
 Stages: {busybox: {}} (from the host's busybox-static), {tarball: FILE},
 {oci: DIR}, {dir: DIR}, {debootstrap: {...}} (needs root; cached), and
