@@ -37,7 +37,7 @@ func sample(n int) []byte {
 // compressWith writes data in chunks of the given size.
 func compressWith(t *testing.T, data []byte, chunk int) []byte {
 	t.Helper()
-	return compressVia(t, data, chunk, false)
+	return compressVia(t, data, chunk, false, false)
 }
 
 // chunkReader returns at most n bytes per Read.
@@ -50,13 +50,17 @@ func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p)
 
 // compressVia writes data in chunks of the given size; with readFrom,
 // every other chunk goes through ReadFrom (from a reader returning odd
-// sizes) instead of Write, the way cpio.Write passes file data.
-func compressVia(t *testing.T, data []byte, chunk int, readFrom bool) []byte {
+// sizes) instead of Write, the way cpio.Write passes file data; with hint,
+// the writer is told the data's size first (as cpio.Write does).
+func compressVia(t *testing.T, data []byte, chunk int, readFrom, hint bool) []byte {
 	t.Helper()
 	var out bytes.Buffer
 	z, err := NewZstd(&out)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hint {
+		z.SizeHint(int64(len(data)))
 	}
 	for i, n := 0, 0; i < len(data); i, n = i+chunk, n+1 {
 		p := data[i:min(len(data), i+chunk)]
@@ -122,34 +126,41 @@ func decode(t *testing.T, b []byte) []byte {
 // write sizes, nor GOMAXPROCS, nor whether it came through Write or
 // ReadFrom — for a newc stream and for any other.
 func TestZstdDeterministic(t *testing.T) {
-	archive, _ := newc(5<<20, 7<<20+1, 9<<20+2, 3<<20+3, 11<<20, 2)
+	// With a big entry (a frame of its own, compressed on two
+	// goroutines) that starts after a frame is under way.
+	archive, _ := newc(5<<20, 7<<20+1, 9<<20+2, 3<<20+3, 20<<20+1, 11<<20, 2)
 	inputs := map[string][]byte{"newc": archive, "other": sample(34 << 20)}
-	for name, data := range inputs {
-		want := compressWith(t, data, 1<<20)
-		if !bytes.Equal(decode(t, want), data) {
-			t.Fatalf("%s: round trip differs", name)
-		}
-		for _, tc := range []struct {
-			name     string
-			chunk    int
-			procs    int
-			readFrom bool
-		}{
-			{"small writes", 4093, 0, false},
-			{"huge writes", 7 << 20, 0, false},
-			{"one cpu", 1 << 20, 1, false},
-			{"eight cpus", 65536, 8, false},
-			{"ReadFrom, small", 4093, 0, true},
-			{"ReadFrom, large", 3<<20 + 5, 0, true},
-		} {
-			t.Run(name+"/"+tc.name, func(t *testing.T) {
-				if tc.procs > 0 {
-					defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
-				}
-				if got := compressVia(t, data, tc.chunk, tc.readFrom); !bytes.Equal(got, want) {
-					t.Fatalf("output differs (%d vs %d bytes)", len(got), len(want))
-				}
-			})
+	for _, hint := range []bool{false, true} {
+		for name, data := range inputs {
+			if hint {
+				name += ", size hint"
+			}
+			want := compressVia(t, data, 1<<20, false, hint)
+			if !bytes.Equal(decode(t, want), data) {
+				t.Fatalf("%s: round trip differs", name)
+			}
+			for _, tc := range []struct {
+				name     string
+				chunk    int
+				procs    int
+				readFrom bool
+			}{
+				{"small writes", 4093, 0, false},
+				{"huge writes", 7 << 20, 0, false},
+				{"one cpu", 1 << 20, 1, false},
+				{"eight cpus", 65536, 8, false},
+				{"ReadFrom, small", 4093, 0, true},
+				{"ReadFrom, large", 3<<20 + 5, 0, true},
+			} {
+				t.Run(name+"/"+tc.name, func(t *testing.T) {
+					if tc.procs > 0 {
+						defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(tc.procs))
+					}
+					if got := compressVia(t, data, tc.chunk, tc.readFrom, hint); !bytes.Equal(got, want) {
+						t.Fatalf("output differs (%d vs %d bytes)", len(got), len(want))
+					}
+				})
+			}
 		}
 	}
 }
@@ -176,23 +187,61 @@ func frameSizes(t *testing.T, b []byte) []int64 {
 	return sizes
 }
 
+// tailFrames lists the frames of a stream of n bytes that is not newc: the
+// given ones, then a quarter of what is left each, at least 1 MiB.
+func tailFrames(n int64, first ...int64) []int64 {
+	out := first
+	for _, f := range first {
+		n -= f
+	}
+	for n > 0 {
+		f := min(n, max(n/4, 1<<20))
+		out = append(out, f)
+		n -= f
+	}
+	return out
+}
+
 // TestZstdFrames: in a newc stream frames end at the first entry end after
-// ZstdFrameSize bytes; any other stream is cut every ZstdFrameSize bytes.
+// ZstdFrameSize bytes, or before a big entry (of bigEntry bytes or more),
+// which gets a frame of its own; any other stream is cut every
+// ZstdFrameSize bytes.
 func TestZstdFrames(t *testing.T) {
 	const mib = 1 << 20
 	tests := []struct {
 		name  string
 		sizes []int // newc file sizes; nil for a non-newc stream of 40 MiB
+		hint  bool  // tell the writer the size first
 		// want is the frames' decompressed sizes, in entries (newc: each
 		// frame must end on an entry) or bytes.
 		want []int64
 	}{
-		{"non-newc", nil, []int64{16 * mib, 16 * mib, 8 * mib}},
+		{"non-newc", nil, false, []int64{16 * mib, 16 * mib, 8 * mib}},
+		// Under two frames before the end, frames hold a quarter of
+		// what is left (at least 1 MiB), so that the workers finish
+		// together.
+		{"non-newc, size hint", nil, true, tailFrames(40*mib, 16*mib, 6*mib, 4.5*mib)},
 		// Entries of 5 MiB: a frame ends after the 4th (20 MiB ≥ 16).
-		{"newc 5 MiB files", []int{5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib}, nil},
-		// A 40 MiB file is not cut: the first frame ends after it.
-		{"newc one big file", []int{3, 40 * mib, 3}, nil},
-		{"newc small files only", []int{100, 200, 300}, nil},
+		{"newc 5 MiB files", []int{5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib}, false, nil},
+		// With the size: 4 files (20 MiB ≥ 16), then 2, 1, 1, 1, as
+		// a quarter of what is left goes under 5 MiB, then the
+		// trailer.
+		{"newc 5 MiB files, size hint", []int{5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib}, true, nil},
+		// A 40 MiB file is not cut: the first frame ends after it
+		// (what comes before it, under a block, goes with it).
+		{"newc one big file", []int{3, 40 * mib, 3}, false, nil},
+		// Near the end of a stream of known size, a frame under way
+		// ends before a big file, which is a frame of its own
+		// (compressed on two goroutines); without the size it is not.
+		{"newc big file at the end, size hint", []int{3 * mib, 2 * mib, 20 * mib, 100}, true, nil},
+		{"newc big file at the end", []int{3 * mib, 2 * mib, 20 * mib, 100}, false, nil},
+		// Two big files at the end: each keeps the other worker busy,
+		// neither is split.
+		{"newc two big files at the end, size hint", []int{3 * mib, 20 * mib, 20 * mib, 100}, true, nil},
+		// Not near the end (more than its size follows): no frame of
+		// its own.
+		{"newc big file early, size hint", []int{3 * mib, 2 * mib, 20 * mib, 5 * mib, 5 * mib, 5 * mib, 5 * mib, 1}, true, nil},
+		{"newc small files only", []int{100, 200, 300}, false, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -203,7 +252,7 @@ func TestZstdFrames(t *testing.T) {
 			} else {
 				data, ends = newc(tc.sizes...)
 			}
-			b := compressWith(t, data, 1<<20)
+			b := compressVia(t, data, 1<<20, false, tc.hint)
 			sizes := frameSizes(t, b)
 			if !bytes.Equal(decode(t, b), data) {
 				t.Error("round trip differs")
@@ -214,9 +263,19 @@ func TestZstdFrames(t *testing.T) {
 				}
 				return
 			}
-			// Every frame ends on an entry end, holds ≥ ZstdFrameSize
-			// unless it is the last, and ends at the first entry end
-			// after that.
+			// Every frame ends on an entry end, holds ≥ its target
+			// (ZstdFrameSize, or less near the end of a stream of known
+			// size) unless it is the last or a big entry follows, and
+			// ends at the first entry end after that.
+			nextEnd := func(pos int64) int64 {
+				next := int64(len(data))
+				for e := range ends {
+					if e > pos && e < next {
+						next = e
+					}
+				}
+				return next
+			}
 			var pos int64
 			for i, n := range sizes {
 				start := pos
@@ -224,17 +283,46 @@ func TestZstdFrames(t *testing.T) {
 				if !ends[pos] {
 					t.Errorf("frame %d ends at %d, inside an entry", i, pos)
 				}
-				if i < len(sizes)-1 && n < ZstdFrameSize {
-					t.Errorf("frame %d holds %d bytes, less than %d", i, n, ZstdFrameSize)
+				target := int64(ZstdFrameSize)
+				if left := int64(len(data)) - start; tc.hint && left < 2*ZstdFrameSize {
+					target = max(left/4, tailFrame)
+				}
+				if i < len(sizes)-1 && n < target && nextEnd(pos)-pos < bigEntry {
+					t.Errorf("frame %d holds %d bytes, less than %d, and no big entry follows", i, n, target)
 				}
 				for e := range ends {
-					if e >= start+ZstdFrameSize && e < pos {
+					if e >= start+target && e < pos {
 						t.Errorf("frame %d runs past the entry end at %d", i, e)
 					}
 				}
 			}
 			if tc.name == "newc one big file" && (len(sizes) != 2 || sizes[0] < 40<<20) {
 				t.Errorf("frames %v, want the first to hold the big file whole, then one more", sizes)
+			}
+			switch tc.name {
+			case "newc big file at the end, size hint":
+				if len(sizes) != 3 || sizes[0] > 6*mib || sizes[1]-20*mib > 120 {
+					t.Errorf("frames %v, want the two files before the big one, the big one alone (20 MiB and its header), the rest", sizes)
+				}
+				// Compressed in jobs on two goroutines, with their window.
+				if frames, _ := Frames(bytes.NewReader(b)); len(frames) > 1 && frames[1].Window != bigWindow {
+					t.Errorf("the big file's frame has a window of %d, want %d", frames[1].Window, bigWindow)
+				}
+			case "newc two big files at the end, size hint":
+				frames, _ := Frames(bytes.NewReader(b))
+				for i, f := range frames {
+					if f.Window == bigWindow && i < len(sizes) && sizes[i] >= bigEntry {
+						t.Errorf("frame %d (of %v) compressed in jobs, want none", i, sizes)
+					}
+				}
+			case "newc big file at the end", "newc big file early, size hint":
+				if sizes[0] < 25*mib {
+					t.Errorf("frames %v, want the big file in the first frame with the files before it", sizes)
+				}
+			case "newc 5 MiB files, size hint":
+				if len(sizes) != 6 {
+					t.Errorf("%d frames (%v), want 6", len(sizes), sizes)
+				}
 			}
 			if tc.name == "newc 5 MiB files" && len(sizes) != 3 {
 				t.Errorf("%d frames (%v), want 3", len(sizes), sizes)

@@ -19,7 +19,9 @@
 // kernel unpacks a compressed member that ends between entries (its
 // unpacker is back in its reset state there) and rejects one that ends
 // inside an entry ("junk at the end of compressed archive"). GNU cpio and
-// zstd -d see one ordinary archive.
+// zstd -d see one ordinary archive. Write tells the compressor the
+// archive's length first (SizeHinter), by which it frames the end of the
+// stream so that both its workers finish together.
 package cpio
 
 import (
@@ -57,10 +59,18 @@ type Options struct {
 	FirstInode uint32
 }
 
+// SizeHinter is a destination that frames its output better when told
+// the archive's length before the first byte (compress.ZstdWriter).
+type SizeHinter interface {
+	SizeHint(n int64)
+}
+
 // Write streams t to w as a newc archive ending with a trailer. Nothing is
-// buffered beyond a fixed-size write buffer; w is not closed.
+// buffered beyond a fixed-size write buffer; w is not closed. When w is a
+// SizeHinter, Write first tells it the archive's length.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	cw := &writer{bw: bufio.NewWriterSize(w, 1<<20)}
+	cw.hint, _ = w.(SizeHinter)
 	cw.rf, _ = w.(io.ReaderFrom)
 	if err := cw.tree(t, opts); err != nil {
 		return err
@@ -73,10 +83,11 @@ type writer struct {
 	// rf is the destination when it can read file data in itself
 	// (compress.ZstdWriter into its blocks, os.File by copy_file_range):
 	// file data then skips bw's buffer.
-	rf  io.ReaderFrom
-	hdr [headerLen]byte
-	pad [4]byte
-	buf []byte
+	rf   io.ReaderFrom
+	hint SizeHinter
+	hdr  [headerLen]byte
+	pad  [4]byte
+	buf  []byte
 }
 
 func (cw *writer) tree(t *fstree.Tree, opts Options) error {
@@ -101,6 +112,7 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 		target string
 	}
 	items := make([]item, 0, len(entries))
+	var total int64 // the archive's length, trailer aside
 	for _, e := range entries {
 		h := header{
 			name:  e.Path,
@@ -160,6 +172,10 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 			ino++
 		}
 		items = append(items, item{h, body, target})
+		total += entryLen(h)
+	}
+	if cw.hint != nil {
+		cw.hint.SizeHint(total + entryLen(header{name: Trailer}))
 	}
 	for _, it := range items {
 		h, body, target := it.h, it.body, it.target
@@ -181,6 +197,13 @@ func (cw *writer) tree(t *fstree.Tree, opts Options) error {
 		}
 	}
 	return cw.header(header{name: Trailer, nlink: 1})
+}
+
+// entryLen is the length of h's entry in the archive: header, name, NUL,
+// data and the padding after each.
+func entryLen(h header) int64 {
+	n := int64(headerLen + len(h.name) + 1)
+	return n + int64(pad4(int(n%4))) + int64(h.size) + int64(pad4(int(h.size%4)))
 }
 
 // header is the part of a newc header that varies; devmajor/devminor (the

@@ -560,3 +560,45 @@ func TestReadGNUCpio(t *testing.T) {
 		t.Errorf("read (-want +got):\n%s", d)
 	}
 }
+
+// hintRecorder is a destination that records the size hints it is given
+// and when (after how many bytes).
+type hintRecorder struct {
+	bytes.Buffer
+	hints []int64
+	at    []int
+}
+
+func (h *hintRecorder) SizeHint(n int64) {
+	h.hints = append(h.hints, n)
+	h.at = append(h.at, h.Len())
+}
+
+// TestSizeHint: a destination that takes a size hint (compress.ZstdWriter
+// frames the end of its stream by it) is told the archive's exact length,
+// once, before the first byte.
+func TestSizeHint(t *testing.T) {
+	odd := fstree.New()
+	odd.AddFile("a", []byte("x"), 0o644, 0, 0)
+	odd.AddFile("bb/ccc", bytes.Repeat([]byte("y"), 4099), 0o644, 0, 0)
+	odd.AddFile("empty", nil, 0o644, 0, 0)
+	odd.Add(fstree.Entry{Path: "bb/link", Type: fstree.Symlink, Target: "ccc", Mode: 0o777})
+	odd.Add(fstree.Entry{Path: "hard", Type: fstree.Regular, LinkTo: "bb/ccc"})
+	odd.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
+	sample, err := fstree.FromDir(fixture.MakeDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tr := range map[string]*fstree.Tree{"odd sizes": odd, "sample": sample, "empty": fstree.New()} {
+		t.Run(name, func(t *testing.T) {
+			var h hintRecorder
+			if err := Write(&h, tr, Options{}); err != nil {
+				t.Fatal(err)
+			}
+			want := []int64{int64(h.Len())}
+			if d := cmp.Diff(want, h.hints); d != "" || h.at[0] != 0 {
+				t.Errorf("hints (-archive length +hinted):\n%s(given after %v bytes)", d, h.at)
+			}
+		})
+	}
+}
