@@ -25,7 +25,7 @@ import (
 // segmentFormat changes whenever the bytes a segment is written as change
 // for the same tree (writer or compressor settings): cached segments of an
 // older format are then never reused.
-const segmentFormat = "bellbuild-segment-v2 cpio-newc zstd-default-w8M-c2 usrmerge-modules"
+const segmentFormat = "bellbuild-segment-v3 cpio-newc zstd-default-w8M-c2 usrmerge-modules size-hinted-frames"
 
 // segment is one cpio.zst piece of an initramfs: the kernel unpacks
 // concatenated archives one after the other, later entries over earlier
@@ -129,6 +129,16 @@ func (c *countWriter) add(n int) {
 	total := c.n.Add(int64(n))
 	if c.onWrite != nil {
 		c.onWrite(total)
+	}
+}
+
+var _ cpio.SizeHinter = (*countWriter)(nil)
+
+// SizeHint passes the archive's length on to w when it takes one
+// (compress.ZstdWriter frames the end of its stream by it).
+func (c *countWriter) SizeHint(n int64) {
+	if h, ok := c.w.(cpio.SizeHinter); ok {
+		h.SizeHint(n)
 	}
 }
 
