@@ -715,7 +715,12 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		file := filepath.Join(tmp, InitramfsFile)
 		size, sum, state, err := reuseSpare(final, file, segs)
 		m.Stats.InitramfsReused = err == nil
-		if errors.Is(err, errNoSpare) {
+		if err != nil {
+			// Reuse only saves time: whatever stopped it, copy.
+			if !errors.Is(err, errNoSpare) {
+				b.log.Warn("bake: could not extend the previous initramfs; copying", "err", err)
+				os.Remove(file)
+			}
 			size, sum, state, err = concat(file, segs)
 		}
 		prefix, prefixState = prefixOf(segs), state
@@ -752,9 +757,6 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		return nil, err
 	}
 	keep := func(old string) {
-		if !wantInitramfs {
-			prefix = nil
-		}
 		if err := keepSpare(final, old, prefix, prefixState); err != nil {
 			b.log.Warn("bake: keeping the previous initramfs for reuse", "err", err)
 		}

@@ -209,22 +209,17 @@ func reuseSpare(final, file string, segs []*segment) (int64, string, []byte, err
 	if _, err := out.Seek(plen, io.SeekStart); err != nil {
 		return 0, "", nil, err
 	}
-	total := plen
-	for _, s := range segs[len(prefix):] {
-		in, err := os.Open(s.file)
-		if err != nil {
-			return 0, "", nil, fmt.Errorf("%s segment: %w", s.name, err)
-		}
-		n, err := io.Copy(io.MultiWriter(out, h), in)
-		in.Close()
-		if err == nil && n != s.Size {
-			err = fmt.Errorf("%s: %d bytes, want %d", s.file, n, s.Size)
-		}
-		if err != nil {
-			return 0, "", nil, fmt.Errorf("%s segment: %w", s.name, err)
-		}
-		total += n
+	rest := segs[len(prefix):]
+	n, err := copySegments(out, rest)
+	if err != nil {
+		return 0, "", nil, err
 	}
+	for _, s := range rest {
+		if err := hashSegment(h, s); err != nil {
+			return 0, "", nil, err
+		}
+	}
+	total := plen + n
 	if err := out.Sync(); err != nil {
 		return 0, "", nil, err
 	}

@@ -391,6 +391,11 @@ const writebackChunk = 8 << 20
 // copySegments appends the segments' files to out, starting writeback as
 // it goes, and returns the bytes written.
 func copySegments(out *os.File, segs []*segment) (int64, error) {
+	// Where the writes start (a reused initramfs is appended to).
+	start, err := out.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
 	var total int64
 	for _, s := range segs {
 		in, err := os.Open(s.file)
@@ -404,7 +409,7 @@ func copySegments(out *os.File, segs []*segment) (int64, error) {
 			n += m
 			if m > 0 {
 				// Only a hint: the fsync after is what makes it durable.
-				unix.SyncFileRange(int(out.Fd()), total, m, unix.SYNC_FILE_RANGE_WRITE)
+				unix.SyncFileRange(int(out.Fd()), start+total, m, unix.SYNC_FILE_RANGE_WRITE)
 				total += m
 			}
 			if err != nil {
@@ -426,6 +431,23 @@ func copySegments(out *os.File, segs []*segment) (int64, error) {
 	return total, nil
 }
 
+// hashSegment adds the bytes of s's file to h.
+func hashSegment(h hash.Hash, s *segment) error {
+	in, err := os.Open(s.file)
+	if err != nil {
+		return fmt.Errorf("%s segment: %w", s.name, err)
+	}
+	m, err := io.Copy(h, in)
+	in.Close()
+	if err == nil && m != s.Size {
+		err = fmt.Errorf("%s: %d bytes, want %d", s.file, m, s.Size)
+	}
+	if err != nil {
+		return fmt.Errorf("%s segment: %w", s.name, err)
+	}
+	return nil
+}
+
 // hashSegments adds the bytes of segs[1:] to h, which holds the state
 // after segs[0], and returns the state after the first n segments.
 func hashSegments(h hash.Hash, segs []*segment, n int) ([]byte, error) {
@@ -434,19 +456,11 @@ func hashSegments(h hash.Hash, segs []*segment, n int) ([]byte, error) {
 		state = segs[0].State
 	}
 	for i, s := range segs[1:] {
-		in, err := os.Open(s.file)
-		if err != nil {
-			return nil, fmt.Errorf("%s segment: %w", s.name, err)
-		}
-		m, err := io.Copy(h, in)
-		in.Close()
-		if err == nil && m != s.Size {
-			err = fmt.Errorf("%s: %d bytes, want %d", s.file, m, s.Size)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s segment: %w", s.name, err)
+		if err := hashSegment(h, s); err != nil {
+			return nil, err
 		}
 		if i+2 == n {
+			var err error
 			if state, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 				return nil, err
 			}
