@@ -51,7 +51,7 @@ demo: deps build
 	$(BIN) run demo -o out --timeout 120s --expect 'bellbuild: node='
 
 fmt:
-	gofmt -w $$(git ls-files '*.go' ':!pxe/tftp/pin')
+	gofmt -w $$(git ls-files '*.go')
 
 clean:
 	rm -rf bin out
