@@ -57,11 +57,15 @@ func benchOptions(b *testing.B) Options {
 // BenchmarkBake measures, side by side on one real root:
 //
 //   - cold: a bake with an empty segment cache (the stage is compressed);
-//   - conf-only: a re-bake after a change to the configuration only (the
-//     stage and applier segments come from the cache, and the initramfs
-//     an earlier bake replaced is taken over);
-//   - conf-only-copy: the same with no initramfs to take over (the
-//     segments are copied);
+//   - conf-only: the first re-bake after a change to the configuration
+//     only, into an OUT a bake just filled: the stage and applier
+//     segments come from the cache, and the bake takes the cached stage's
+//     file over (reuse.go);
+//   - conf-only-busy: re-bakes one after the other while another bake
+//     holds the cache, so none can take the stage over: from the second
+//     on, each takes over the spare initramfs the one before kept;
+//   - conf-only-copy: a re-bake with nothing to take over (the reuse
+//     records removed before each): the segments are copied;
 //   - pipeline: `find | sort | cpio -o -H newc | zstd -3 -T2` of the same
 //     root, the shell way to make an initramfs.
 //
@@ -105,25 +109,36 @@ func BenchmarkBake(b *testing.B) {
 		b.ReportMetric(float64(size)/1e6, "MB")
 		b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 	})
-	// conf-only: re-bakes one after the other, as when iterating on a
-	// configuration; from the third on, each takes over the initramfs
-	// the one before the last replaced (reuse.go). conf-only-copy: the
-	// same with nothing to take over (the spare removed before each), so
-	// the segments are copied and the replaced initramfs deleted.
-	for _, name := range []string{"conf-only", "conf-only-copy"} {
+	for _, name := range []string{"conf-only", "conf-only-busy", "conf-only-copy"} {
 		b.Run(name, func(b *testing.B) {
 			o := base
+			if name == "conf-only-busy" {
+				o.OutDir = b.TempDir()
+				busy, err := lockCache(o.CacheDir, false)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer busy.unlock()
+			}
 			var cpu time.Duration
 			reused := 0
 			for i := 0; i < b.N; i++ {
-				if name == "conf-only-copy" {
-					b.StopTimer()
+				b.StopTimer()
+				switch name {
+				case "conf-only":
+					// A bake into a new OUT (from the cache), then the
+					// timed re-bake.
+					o.OutDir = b.TempDir()
+					if _, err := Image(context.Background(), sp, o); err != nil {
+						b.Fatal(err)
+					}
+				case "conf-only-copy":
 					if err := os.RemoveAll(reuseDir(filepath.Join(o.OutDir, sp.Profile))); err != nil {
 						b.Fatal(err)
 					}
-					b.StartTimer()
 				}
 				sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = fmt.Sprint(20 + i)
+				b.StartTimer()
 				c := cpuTime(syscall.RUSAGE_SELF)
 				m, err := Image(context.Background(), sp, o)
 				if err != nil {

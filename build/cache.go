@@ -23,10 +23,18 @@ const staleTemp = 24 * time.Hour
 
 // cacheLock is held shared by every bake that uses the segment cache and
 // taken exclusively, without waiting, to prune it: a prune never removes
-// a segment another bake is reading (it skips pruning instead).
-type cacheLock struct{ f *os.File }
+// a segment another bake is reading (it skips pruning instead). A bake
+// that may take a cached segment file over (reuse.go) tries to hold it
+// exclusively from the start, and other bakes wait for it.
+type cacheLock struct {
+	f    *os.File
+	excl bool
+}
 
-func lockCache(dir string) (*cacheLock, error) {
+// lockCache locks the cache in dir: exclusively when tryExclusive is set
+// and no other bake holds it, else shared (waiting for an exclusive
+// holder).
+func lockCache(dir string, tryExclusive bool) (*cacheLock, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -34,17 +42,26 @@ func lockCache(dir string) (*cacheLock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
+	l := &cacheLock{f: f}
+	if tryExclusive && unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		l.excl = true
+		return l, nil
+	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("cache: lock %s: %w", f.Name(), err)
 	}
-	return &cacheLock{f}, nil
+	return l, nil
 }
 
 // exclusive turns the shared lock into an exclusive one if no other bake
-// holds it; false means the cache is in use.
+// holds it; false means the cache is in use. (Linux drops the shared lock
+// when the upgrade fails: call it only when done with the cache.)
 func (l *cacheLock) exclusive() bool {
-	return unix.Flock(int(l.f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil
+	if !l.excl {
+		l.excl = unix.Flock(int(l.f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil
+	}
+	return l.excl
 }
 
 func (l *cacheLock) unlock() { l.f.Close() }

@@ -181,9 +181,13 @@ type Stats struct {
 	// StageRead is false when the bake never read the stage's tree (its
 	// input named its cached segment).
 	StageRead bool
-	// InitramfsReused is true when the initramfs was made from the one an
-	// earlier bake replaced, instead of copying the segments (reuse.go).
+	// InitramfsReused is true when the initramfs was made by extending a
+	// file that already held its cached segments, instead of copying them
+	// (reuse.go).
 	InitramfsReused bool
+	// StageTaken is true when that initramfs was the cached stage
+	// segment's file, taken over and given back (reuse.go).
+	StageTaken bool
 	// Dir is OUT/PROFILE.
 	Dir string
 }
@@ -651,14 +655,20 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		m.Nodes = append(m.Nodes, n.Node)
 	}
 
-	// What a later bake may reuse of the initramfs (reuse.go).
+	// What a later bake may reuse of the initramfs (reuse.go), and the
+	// cached stage segment this one took over.
 	var prefix []Artifact
 	var prefixState []byte
+	var taken *segment
 
 	// Disks and ISOs boot the same kernel and initramfs (media.go).
 	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
 	if wantInitramfs {
-		lock, err := lockCache(b.opts.CacheDir)
+		// A re-bake whose replaced output starts with the cached stage
+		// may take the stage's cache file over (reuse.go) if it gets the
+		// cache to itself.
+		mayTake := mayTakeStage(final, b.opts.CacheDir, im.stageKey)
+		lock, err := lockCache(b.opts.CacheDir, mayTake)
 		if err != nil {
 			return nil, err
 		}
@@ -667,6 +677,15 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		defer func() {
 			if done {
 				b.prune(lock, keep)
+			}
+		}()
+		// A stage segment taken over goes back to the cache if the bake
+		// fails before the swap gives it back.
+		defer func() {
+			if taken != nil {
+				if err := putBack(filepath.Join(tmp, InitramfsFile), taken); err != nil {
+					b.log.Warn("cache: returning the stage segment", "err", err)
+				}
 			}
 		}()
 		// 5. The stage segment, from the cache when possible.
@@ -711,9 +730,17 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 			c.size, c.sum, c.err = copyKernel(im.kernel, filepath.Join(tmp, KernelFile))
 			kernelDone <- c
 		}()
-		// The previous initramfs when it can be taken over, else a copy.
+		// The spare initramfs when it can be taken over, else the cached
+		// stage's file, else a copy.
 		file := filepath.Join(tmp, InitramfsFile)
 		size, sum, state, err := reuseSpare(final, file, segs)
+		if errors.Is(err, errNoSpare) && mayTake && lock.excl && stageSeg.cached {
+			size, sum, state, err = takeStage(file, segs)
+			if err == nil {
+				taken = stageSeg
+				m.Stats.StageTaken = true
+			}
+		}
 		m.Stats.InitramfsReused = err == nil
 		if err != nil {
 			// Reuse only saves time: whatever stopped it, copy.
@@ -757,7 +784,9 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		return nil, err
 	}
 	keep := func(old string) {
-		if err := keepSpare(final, old, prefix, prefixState); err != nil {
+		back := taken
+		taken = nil // the swap is done: the output keeps its initramfs
+		if err := keepSpare(final, old, prefix, prefixState, back); err != nil {
 			b.log.Warn("bake: keeping the previous initramfs for reuse", "err", err)
 		}
 	}

@@ -100,7 +100,7 @@ func TestOCIStage(t *testing.T) {
 		Bundle:  &nodeconf.Bundle{Profile: "oci", Default: nodeconf.Node{Profile: "oci", Conf: nodeconf.Conf{Sysctl: map[string]string{"vm.swappiness": "1"}}}},
 	}
 	opts := testOptions(t)
-	for i, want := range []Stats{{StageRead: true}, {StageCached: true, ApplierCached: true}} {
+	for i, want := range []Stats{{StageRead: true}, {StageCached: true, ApplierCached: true, InitramfsReused: true, StageTaken: true}} {
 		sp.Bundle.Default.Conf.Sysctl["vm.swappiness"] = string(rune('1' + i))
 		m, err := Image(context.Background(), sp, opts)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -39,6 +40,9 @@ type segment struct {
 	segmentInfo
 	// cached is true when file was reused from the cache, not written.
 	cached bool
+	// mtime is the cached file's, kept while a bake has taken the file
+	// over (reuse.go), so that it goes back as it was.
+	mtime time.Time
 }
 
 // segmentInfo is kept beside a cached segment (FILE.json), so that a cache
@@ -211,6 +215,11 @@ func treeKey(t *fstree.Tree, salt ...string) (string, bool) {
 			writeStr(h, "file")
 			writeStr(h, string(c))
 			writeInts(h, int64(st.Dev), int64(st.Ino), st.Size, st.Mtim.Nano(), st.Ctim.Nano())
+		case fstree.SourceFile:
+			// As for File, with the identity FromDir saw.
+			writeStr(h, "file")
+			writeStr(h, string(c.File))
+			writeInts(h, int64(c.Dev), int64(c.Ino), c.Size, c.MTime, c.CTime)
 		default:
 			return "", false
 		}

@@ -43,10 +43,13 @@ too), and the configuration, so changing a profile's conf or adding a node
 recompresses only the last, small one. After a bake, the least recently
 used cached segments beyond --cache-limit are removed. Same inputs and
 source date give byte-identical artifacts; the output directory is replaced
-atomically. The initramfs a bake replaces is kept, without its
-configuration, in OUT/.PROFILE.reuse/ (delete it at will): the next bake
-with the same stage and applier extends it instead of copying 100 MB and
-more, unless something else still has it open or linked.
+atomically. A re-bake with the same stage does not copy it (100 MB and
+more): with the cache to itself, it takes the cached stage's file over,
+appends the rest, and gives the cache back the initramfs it replaced,
+cut to the stage; while another bake uses the cache, it keeps the
+replaced initramfs in OUT/.PROFILE.reuse/ (delete it at will) for the
+next bake to extend. An initramfs something else still has open or
+linked is never cut.
 
 Stages: {busybox: {}} (from the host's busybox-static), {tarball: FILE},
 {oci: DIR}, {dir: DIR}, {debootstrap: {...}} (needs root; cached), and

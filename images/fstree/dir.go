@@ -31,11 +31,22 @@ func (f File) Open() (io.ReadCloser, error) {
 	return os.NewFile(uintptr(fd), string(f)), nil
 }
 
+// SourceFile is a File with the identity its path had when FromDir read
+// it: device, inode, size, and modification and change times in
+// nanoseconds. A cache can tell from it whether the content may have
+// changed since, without another stat.
+type SourceFile struct {
+	File
+	Dev, Ino     uint64
+	Size         int64
+	MTime, CTime int64
+}
+
 // FromDir reads the directory dir into a tree, without following symlinks:
 // owners, modes (setuid, setgid, sticky), symlink targets, device numbers,
 // FIFOs, sockets, extended attributes, and hardlinks (regular files sharing
 // a device and inode become LinkTo entries of the first name in Walk
-// order). Contents are not read: each file's Data opens its path later, so
+// order). Contents are not read: each file's Data (a SourceFile) opens its path later, so
 // the directory must stay in place until the tree is written. dir's own
 // metadata becomes the root's. Reading needs no privileges beyond read
 // access; nothing is changed.
@@ -256,7 +267,7 @@ func readEntry(p, rel string, st *unix.Stat_t, readlink func() (string, error)) 
 	case Regular:
 		e.Size = st.Size
 		if st.Size > 0 {
-			e.Data = File(p)
+			e.Data = SourceFile{File: File(p), Dev: uint64(st.Dev), Ino: st.Ino, Size: st.Size, MTime: st.Mtim.Nano(), CTime: st.Ctim.Nano()}
 		}
 	case Symlink:
 		if e.Target, err = readlink(); err != nil {
