@@ -318,16 +318,7 @@ func takeStage(file string, segs []*segment) (int64, string, []byte, error) {
 	if err != nil {
 		return 0, "", nil, err
 	}
-	type hashed struct {
-		state []byte
-		err   error
-	}
-	hashDone := make(chan hashed, 1)
-	go func() {
-		var r hashed
-		r.state, r.err = hashSegments(h.Hash, segs, len(prefixOf(segs)))
-		hashDone <- r
-	}()
+	hashDone := hashSegmentsAsync(h.Hash, segs)
 	size, err := appendSegments(out, s.Size, segs[1:])
 	r := <-hashDone
 	if err == nil {

@@ -367,16 +367,7 @@ func concat(file string, segs []*segment) (size int64, sum string, prefixState [
 	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(segs[0].State); err != nil {
 		return 0, "", nil, fmt.Errorf("%s segment: hash state: %w", segs[0].name, err)
 	}
-	type hashed struct {
-		state []byte
-		err   error
-	}
-	hashDone := make(chan hashed, 1)
-	go func() {
-		var r hashed
-		r.state, r.err = hashSegments(h, segs, len(prefixOf(segs)))
-		hashDone <- r
-	}()
+	hashDone := hashSegmentsAsync(h, segs)
 	size, err = copySegments(out, segs)
 	if err == nil {
 		err = out.Sync()
@@ -455,6 +446,25 @@ func hashSegment(h hash.Hash, s *segment) error {
 		return fmt.Errorf("%s segment: %w", s.name, err)
 	}
 	return nil
+}
+
+// hashed is what hashSegmentsAsync delivers.
+type hashed struct {
+	state []byte
+	err   error
+}
+
+// hashSegmentsAsync runs hashSegments(h, segs, len(prefixOf(segs))) on
+// another goroutine, so the segments are read and hashed while the caller
+// writes them; the result arrives once on the returned channel.
+func hashSegmentsAsync(h hash.Hash, segs []*segment) <-chan hashed {
+	done := make(chan hashed, 1)
+	go func() {
+		var r hashed
+		r.state, r.err = hashSegments(h, segs, len(prefixOf(segs)))
+		done <- r
+	}()
+	return done
 }
 
 // hashSegments adds the bytes of segs[1:] to h, which holds the state
