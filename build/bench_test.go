@@ -14,7 +14,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // benchSpec bakes the real root the benchmarks bake: $BELLBUILD_BENCH_ROOT (a
@@ -37,17 +37,17 @@ func benchSpec(b *testing.B) *profiles.ImageSpec {
 		return sp
 	}
 	if os.Geteuid() != 0 {
-		b.Skip("SKIPPING: debootstrap needs root (or set BELLBUILD_BENCH_ROOT to a root directory)")
+		testtool.Skipf(b, "debootstrap needs root (or set BELLBUILD_BENCH_ROOT to a root directory)")
 	}
 	if _, err := exec.LookPath("debootstrap"); err != nil {
-		b.Skip("SKIPPING: debootstrap not installed (or set BELLBUILD_BENCH_ROOT)")
+		testtool.Skipf(b, "debootstrap not installed (or set BELLBUILD_BENCH_ROOT)")
 	}
 	sp.Stage.Debootstrap = &profiles.Debootstrap{Suite: "bookworm", Variant: "minbase", Include: []string{"systemd", "systemd-sysv", "openssh-server"}}
 	return sp
 }
 
 func benchOptions(b *testing.B) Options {
-	o := Options{Applier: testvm.Binary(b), Log: discardLog()}
+	o := Options{Applier: testtool.Binary(b), Log: discardLog()}
 	if err := o.defaults(); err != nil {
 		b.Fatal(err)
 	}

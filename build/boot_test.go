@@ -9,6 +9,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // bootCase is one boot: a profile baked from a site, booted with extra
@@ -22,7 +23,7 @@ type bootCase struct {
 	nics    []testvm.NIC
 	want    []string
 	// then, when set, runs against the booted VM after want.
-	then func(t *testing.T, vm *testvm.T)
+	then func(t *testing.T, vm *testtool.VM)
 }
 
 // baked is a profile baked for boot tests.
@@ -37,7 +38,7 @@ func defaultSite(testing.TB) *profiles.Site { return profiles.Default() }
 // console, the applier's summary and the values the node's configuration
 // put in force inside the VM.
 func TestBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	needHost(t)
 	cases := []bootCase{
 		{
@@ -48,14 +49,14 @@ func TestBoot(t *testing.T) {
 				`^bellbuild: node=- profile=minimal changes=[1-9]\d* errors=0$`,
 				`^bellbuild: busybox init: shell on ttyS0$`,
 			},
-			then: func(t *testing.T, vm *testvm.T) {
+			then: func(t *testing.T, vm *testtool.VM) {
 				// The shell is the stage's: busybox init handed over.
 				vm.Wait(`^bellbuild:/# `)
 				vm.Send("echo swappiness=$(cat /proc/sys/vm/swappiness) pid1=$(cat /proc/1/comm)\n")
 				vm.Wait(`^swappiness=10 pid1=init$`)
 				// Power-off is seen as QEMU ending.
 				vm.Send("poweroff -f\n")
-				ctx, cancel := context.WithTimeout(context.Background(), testvm.BootTimeout)
+				ctx, cancel := context.WithTimeout(context.Background(), testtool.BootTimeout)
 				defer cancel()
 				if err := vm.VM.Wait(ctx); err != nil {
 					t.Fatalf("after poweroff -f: %v", err)
@@ -124,7 +125,7 @@ func TestBoot(t *testing.T) {
 			}
 			// panic=-1 with QEMU's -no-reboot: a failed boot ends the VM
 			// at once instead of waiting for the timeout.
-			vm := testvm.New(t, testvm.Config{
+			vm := testtool.NewVM(t, testvm.Config{
 				Kernel:  filepath.Join(im.dir, KernelFile),
 				Initrd:  filepath.Join(im.dir, InitramfsFile),
 				Cmdline: im.cmdline + " panic=-1 " + tc.cmdline,

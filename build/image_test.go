@@ -24,7 +24,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // testKernel is the kernel the test profiles boot (linux-image-amd64).
@@ -35,7 +35,7 @@ const testKernel = "/vmlinuz"
 func needHost(t testing.TB) {
 	t.Helper()
 	if _, err := os.Stat(testKernel); err != nil {
-		t.Skipf("SKIPPING: no kernel at %s (apt-get install linux-image-amd64)", testKernel)
+		testtool.Skipf(t, "no kernel at %s (apt-get install linux-image-amd64)", testKernel)
 	}
 	found := false
 	for _, p := range BusyboxPaths {
@@ -44,7 +44,7 @@ func needHost(t testing.TB) {
 		}
 	}
 	if !found {
-		t.Skip("SKIPPING: no busybox (apt-get install busybox-static)")
+		testtool.Skipf(t, "no busybox (apt-get install busybox-static)")
 	}
 }
 
@@ -55,7 +55,7 @@ func testOptions(t testing.TB) Options {
 	return Options{
 		OutDir:   filepath.Join(t.TempDir(), "out"),
 		CacheDir: filepath.Join(t.TempDir(), "cache"),
-		Applier:  testvm.Binary(t),
+		Applier:  testtool.Binary(t),
 	}
 }
 
@@ -135,7 +135,7 @@ func TestBootModules(t *testing.T) {
 		t.Fatal(err)
 	}
 	if k.modules == "" {
-		t.Skipf("SKIPPING: no /lib/modules/%s", k.version)
+		testtool.Skipf(t, "no /lib/modules/%s", k.version)
 	}
 	if _, err := moduleTree(k.modules, k.version, []string{"virtio_net", "no_such_module"}); !errors.Is(err, kmod.ErrUnknown) || !strings.Contains(err.Error(), "no_such_module") {
 		t.Errorf("an unknown module: err = %v, want kmod.ErrUnknown naming it", err)
@@ -655,7 +655,7 @@ func TestProgress(t *testing.T) {
 func TestTarballRebakeSkipsStage(t *testing.T) {
 	needHost(t)
 	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skip("SKIPPING: tar not installed")
+		testtool.Skipf(t, "tar not installed")
 	}
 	src := filepath.Join(t.TempDir(), "src")
 	for _, d := range []struct {

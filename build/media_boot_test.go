@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // mediaBootTimeout bounds each wait of the disk boot tests: a UEFI boot
@@ -26,7 +27,7 @@ import (
 const mediaBootTimeout = 300 * time.Second
 
 // waitLong waits for a console line matching re, up to mediaBootTimeout.
-func waitLong(t *testing.T, vm *testvm.T, re string) []string {
+func waitLong(t *testing.T, vm *testtool.VM, re string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), mediaBootTimeout)
 	defer cancel()
@@ -71,7 +72,7 @@ func writeNode(t *testing.T, img string, n *nodeconf.Node) {
 // and applies the configuration the config partition holds (a node.json
 // written after the bake, whose values the image's bundle does not have).
 func TestDiskBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	needHost(t)
 	needMediaTools(t)
 	m, node := bakeImmutable(t)
@@ -81,7 +82,7 @@ func TestDiskBoot(t *testing.T) {
 	node.Conf.Files["/etc/bellbuild-note"] = nodeconf.File{Content: "from the config volume\n"}
 	writeNode(t, img, node)
 
-	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
 	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
 	waitLong(t, vm, `^bellbuild: node=d1 profile=immutable changes=[1-9]\d* errors=0$`)
 	// The script's lines came before the summary, in /proc/mounts' order.
@@ -123,7 +124,7 @@ func TestDiskBoot(t *testing.T) {
 // the first one left on the data partition: the new values hold, the
 // removed user is expired, the removed sysctl is back to the kernel's.
 func TestDiskDay2(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	needHost(t)
 	needMediaTools(t)
 	s := testSite(t)
@@ -140,7 +141,7 @@ func TestDiskDay2(t *testing.T) {
 	writeNode(t, img, &node)
 
 	boot := func(t *testing.T, want ...string) {
-		vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+		vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
 		if got := waitLong(t, vm, `^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
 			t.Fatalf("init: %q, want the data partition as the writable layer", got)
 		}
@@ -187,14 +188,14 @@ const debootstrapCache = "/var/cache/bellbuild-test/bake-debootstrap"
 // init enabled (bellbuild-apply.path) reruns the applier, which sets the
 // new value and reverts the removed user.
 func TestDiskSystemd(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	needHost(t)
 	needMediaTools(t)
 	if os.Geteuid() != 0 {
-		t.Skip("SKIP: a debootstrap stage needs root")
+		testtool.Skipf(t, "a debootstrap stage needs root")
 	}
 	if _, err := exec.LookPath("debootstrap"); err != nil {
-		t.Skipf("SKIP: %v (Debian package debootstrap)", err)
+		testtool.Skipf(t, "%v (Debian package debootstrap)", err)
 	}
 	s, err := profiles.Load("testdata/systemd")
 	if err != nil {
@@ -225,7 +226,7 @@ func TestDiskSystemd(t *testing.T) {
 	node.Conf.Sysctl["vm.swappiness"] = "37"
 	writeNode(t, img, &node)
 
-	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
 	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
 	waitLong(t, vm, `^bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0$`)
 	waitLong(t, vm, `Reached target .*multi-user\.target`)
@@ -306,7 +307,7 @@ func listing(t *testing.T, file string, offset int64) map[string]bool {
 func stageListedIn(t *testing.T, root, img string) {
 	t.Helper()
 	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skipf("SKIP: %v (Debian package squashfs-tools)", err)
+		testtool.Skipf(t, "%v (Debian package squashfs-tools)", err)
 	}
 	ref := filepath.Join(t.TempDir(), "ref.squashfs")
 	epoch := fmt.Sprint(DefaultSourceDateEpoch)

@@ -19,17 +19,18 @@ import (
 	"github.com/bellbuild/bellbuild/images/squashfs"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func needMediaTools(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"sgdisk", "unsquashfs", "mtype"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages gdisk, squashfs-tools, mtools): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (Debian packages gdisk, squashfs-tools, mtools): %v", tool, err)
 		}
 	}
 	if _, err := os.Stat(disk.SystemdBoot); err != nil {
-		t.Skipf("SKIP: %v (Debian package systemd-boot-efi)", err)
+		testtool.Skipf(t, "%v (Debian package systemd-boot-efi)", err)
 	}
 }
 
@@ -163,11 +164,11 @@ func mustRead(t *testing.T, p string) []byte {
 // TestMediaBoot boots the baked disk and ISO under OVMF, and the ISO under
 // SeaBIOS, to the applier's summary line.
 func TestMediaBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	needHost(t)
 	needMediaTools(t)
 	if _, err := os.Stat(testvm.OVMF); err != nil {
-		t.Skipf("SKIP: %v (Debian package ovmf)", err)
+		testtool.Skipf(t, "%v (Debian package ovmf)", err)
 	}
 	m := bakeMedia(t, testOptions(t))
 	cdrom := testvm.Drive{Path: filepath.Join(m.Stats.Dir, ISOFile), Interface: "ide", Media: "cdrom", ReadOnly: true}
@@ -186,7 +187,7 @@ func TestMediaBoot(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // the VMs at once: the boots are mostly waiting
-			vm := testvm.New(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
+			vm := testtool.NewVM(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
 			if tc.firmware == "" {
 				vm.Wait(`^ISOLINUX `)
 			}
@@ -251,7 +252,7 @@ func TestStageKernelMedia(t *testing.T) {
 	}
 	k, err := hostKernel(host)
 	if err != nil || k.modules == "" {
-		t.Skipf("SKIP: the host kernel's modules: %v", err)
+		testtool.Skipf(t, "the host kernel's modules: %v", err)
 	}
 	mods, err := moduleTree(k.modules, k.version, BootModules)
 	if err != nil {
@@ -317,7 +318,7 @@ func TestStageKernelMedia(t *testing.T) {
 		t.Error("the ESP's initramfs carries the stage")
 	}
 
-	testvm.Skip(t)
-	vm := testvm.New(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
+	testtool.SkipVM(t)
+	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
 	vm.Wait(`^bellbuild: node=\S* profile=own changes=\d+ errors=0$`)
 }

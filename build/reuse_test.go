@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // TestRebakeReusesInitramfs: a conf-only re-bake makes its initramfs
@@ -285,7 +287,7 @@ func TestRebakeLeavesReadersTheirBytes(t *testing.T) {
 		m2 := bake(t, "13")
 		link := filepath.Join(t.TempDir(), "tftp-initramfs")
 		if err := os.Link(initramfs, link); err != nil {
-			t.Skipf("SKIPPING: cannot hardlink from %s to the temporary directory: %v", initramfs, err)
+			testtool.Skipf(t, "cannot hardlink from %s to the temporary directory: %v", initramfs, err)
 		}
 		// The link changed the initramfs's ctime, so its record no
 		// longer vouches for it: the bake copies.

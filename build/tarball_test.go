@@ -10,9 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"golang.org/x/sys/unix"
-
-	"github.com/bellbuild/bellbuild/testvm"
 )
 
 // nobody is the unprivileged user the tarball bake runs as.
@@ -27,11 +26,11 @@ const nobody = 65534
 func TestTarballStageUnprivileged(t *testing.T) {
 	needHost(t)
 	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING: needs root to make files owned by another uid and to run the bake as nobody")
+		testtool.Skipf(t, "needs root to make files owned by another uid and to run the bake as nobody")
 	}
 	for _, tool := range []string{"tar", "cpio", "zstd"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIPPING: %s not installed (apt-get install %s)", tool, tool)
+			testtool.Skipf(t, "%s not installed (apt-get install %s)", tool, tool)
 		}
 	}
 	work := t.TempDir()
@@ -122,7 +121,7 @@ func TestTarballStageUnprivileged(t *testing.T) {
 
 	// 3. Bake as nobody, with a copy of bellbuild nobody can run.
 	bin := filepath.Join(work, "bellbuild")
-	copyFile(t, testvm.Binary(t), bin, 0o755)
+	copyFile(t, testtool.Binary(t), bin, 0o755)
 	out := filepath.Join(work, "out")
 	cache := filepath.Join(work, "cache")
 	for _, d := range []string{out, cache} {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func TestCompareDebVersions(t *testing.T) {
@@ -233,14 +234,14 @@ func debianRoot(t *testing.T) string {
 		t.Skip("apt tests install packages in a debootstrap root: skipped under -short")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("apt tests chroot into a Debian root: need root")
+		testtool.Skipf(t, "apt tests chroot into a Debian root: need root")
 	}
 	if runtime.GOARCH != "amd64" {
-		t.Skipf("the cached root is amd64; this is %s", runtime.GOARCH)
+		testtool.Skipf(t, "the cached root is amd64; this is %s", runtime.GOARCH)
 	}
 	for _, tool := range []string{"debootstrap", "unshare", "chroot", "cp"} {
 		if _, err := lookTool(tool); err != nil {
-			t.Skipf("apt tests need %v", err)
+			testtool.Skipf(t, "apt tests need %v", err)
 		}
 	}
 	sum := sha256.Sum256([]byte(debootstrapRecipe))
@@ -457,7 +458,7 @@ func TestAptDebian(t *testing.T) {
 
 	key, err := os.ReadFile("/usr/share/keyrings/debian-archive-keyring.gpg")
 	if err != nil {
-		t.Skipf("no Debian archive keyring on this machine for the repository step: %v", err)
+		testtool.Skipf(t, "no Debian archive keyring on this machine for the repository step: %v", err)
 	}
 	repo := &nodeconf.Apt{Repositories: []nodeconf.Repository{{
 		URL: "http://deb.debian.org/debian", Distributions: []string{"bookworm-updates"}, Components: []string{"main"},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // BenchmarkAccountsScriptsPackagesNoChange1000 measures a no-change rerun
@@ -20,12 +21,12 @@ import (
 // database, so that apt has nothing to run).
 func BenchmarkAccountsScriptsPackagesNoChange1000(b *testing.B) {
 	if os.Geteuid() != 0 {
-		b.Skip("needs root (chown to the test users, chroot for the scripts)")
+		testtool.Skipf(b, "needs root (chown to the test users, chroot for the scripts)")
 	}
 	root := b.TempDir()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		b.Skipf("needs /bin/busybox: %v", err)
+		testtool.Skipf(b, "needs /bin/busybox: %v", err)
 	}
 	for _, d := range []string{"bin", "proc", "dev", "tmp", "etc", "var/lib/dpkg"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {

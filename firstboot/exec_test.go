@@ -19,10 +19,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // A test binary started with this variable set applies the exec module of
@@ -94,11 +95,11 @@ func TestExecApplierKilled(t *testing.T) {
 func busyboxRoot(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("exec tests chroot into a test root: need root")
+		testtool.Skipf(t, "exec tests chroot into a test root: need root")
 	}
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		t.Skipf("exec tests need a static busybox at /bin/busybox (Debian package busybox-static): %v", err)
+		testtool.Skipf(t, "exec tests need a static busybox at /bin/busybox (Debian package busybox-static): %v", err)
 	}
 	root := t.TempDir()
 	for _, d := range []string{"bin", "proc", "dev", "tmp", "etc"} {

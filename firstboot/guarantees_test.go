@@ -15,6 +15,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/bad/*.apply from the current output")
@@ -34,7 +35,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			if name == "apparmor" {
 				if _, err := lookTool("apparmor_parser"); err != nil {
-					t.Skipf("apparmor_parser is not installed (package apparmor): %v", err)
+					testtool.Skipf(t, "apparmor_parser is not installed (package apparmor): %v", err)
 				}
 			}
 			root := t.TempDir()

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // liveScript runs the applier with --live inside fresh network and mount
@@ -63,14 +63,14 @@ func TestLiveInNamespaces(t *testing.T) {
 		t.Skip("builds the binary and runs it in namespaces: skipped in -short")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network and mount namespaces")
+		testtool.Skipf(t, "needs root to create network and mount namespaces")
 	}
 	for _, tool := range []string{"unshare", "ethtool"} {
 		if _, err := lookTool(tool); err != nil {
-			t.Skipf("%v", err)
+			testtool.Skipf(t, "%v", err)
 		}
 	}
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	root, dir := t.TempDir(), t.TempDir()
 	buildRoot(t, root)
 	mount := func(opts string) map[string]nodeconf.Mount {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func TestSysctl(t *testing.T) {
@@ -197,7 +198,7 @@ func TestUnits(t *testing.T) {
 
 func TestApparmor(t *testing.T) {
 	if _, err := lookTool("apparmor_parser"); err != nil {
-		t.Skipf("apparmor_parser is not installed (package apparmor): %v", err)
+		testtool.Skipf(t, "apparmor_parser is not installed (package apparmor): %v", err)
 	}
 	runRootCases(t, []rootCase{{
 		name: "includes resolved in the root's /etc/apparmor.d",
@@ -263,7 +264,7 @@ func TestPermRefusesLinks(t *testing.T) {
 func TestEthtoolDeviceNotYetNamed(t *testing.T) {
 	const dev = "bbnotyet0"
 	if _, err := os.Stat("/sys/class/net/" + dev); err == nil {
-		t.Skipf("SKIP: this machine has a device named %s", dev)
+		testtool.Skipf(t, "this machine has a device named %s", dev)
 	}
 	conf := nodeconf.Conf{Ethtool: map[string]map[string]string{dev: {"tso": "off"}}}
 	unit := "etc/systemd/system/bellbuild-ethtool-" + dev + ".service"
@@ -321,7 +322,7 @@ func TestSysctlKeyNotYetLoaded(t *testing.T) {
 func TestMountDeviceNotYetPresent(t *testing.T) {
 	const dev = "/dev/disk/by-label/bellbuild-test-not-there"
 	if _, err := os.Stat(dev); err == nil {
-		t.Skipf("SKIP: this machine has %s", dev)
+		testtool.Skipf(t, "this machine has %s", dev)
 	}
 	root := t.TempDir()
 	conf := nodeconf.Conf{Mounts: map[string]nodeconf.Mount{"data": {MntTgt: "/srv/data", Device: dev, Type: "ext4"}}}

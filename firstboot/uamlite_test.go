@@ -20,6 +20,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // A test binary started with this variable set holds the lckpwdf lock of
@@ -262,7 +263,7 @@ func runUamSteps(t *testing.T, root string, steps []uamStep) {
 
 func TestUamlite(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("uamlite tests chown files to test users: need root")
+		testtool.Skipf(t, "uamlite tests chown files to test users: need root")
 	}
 	alice := nodeconf.User{UserName: "alice", UserCryptPasswd: aliceHash, UserSudo: true, UserSSHKeys: []string{aliceKey}}
 	bob := nodeconf.User{UserName: "bob"}
@@ -768,7 +769,7 @@ func init() {
 // converges, after which a rerun changes nothing.
 func TestUamliteKilled(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("uamlite tests chown files to test users: need root")
+		testtool.Skipf(t, "uamlite tests chown files to test users: need root")
 	}
 	root := t.TempDir()
 	uamBuild(t, root, debianAccounts)

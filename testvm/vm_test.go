@@ -189,24 +189,6 @@ func TestCloseKills(t *testing.T) {
 	}
 }
 
-// TestBootPanicPowersOff boots the host's Debian kernel with no initramfs:
-// it cannot mount a root, panics, and with panic=-1 under -no-reboot QEMU
-// exits — the harness's power-off detection on a real VM.
-func TestBootPanicPowersOff(t *testing.T) {
-	Skip(t)
-	kernel := "/vmlinuz"
-	if _, err := os.Stat(kernel); err != nil {
-		t.Skipf("SKIPPING: no host kernel at %s (apt-get install linux-image-amd64)", kernel)
-	}
-	vm := New(t, Config{Kernel: kernel, Cmdline: "console=ttyS0 panic=-1 quiet"})
-	vm.Wait(`Kernel panic - not syncing`)
-	ctx, cancel := context.WithTimeout(context.Background(), BootTimeout)
-	defer cancel()
-	if err := vm.VM.Wait(ctx); err != nil {
-		t.Fatalf("QEMU after the panic: %v", err)
-	}
-}
-
 func TestVisible(t *testing.T) {
 	for in, want := range map[string]string{
 		"plain": "plain",

@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // applyRoot makes a small target root with its own accounts.
@@ -77,7 +77,7 @@ func writeJSON(t *testing.T, p string, v any) {
 // runBin runs the bellbuild binary and returns its exit code and output.
 func runBin(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(testvm.Binary(t), args...)
+	cmd := exec.Command(testtool.Binary(t), args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -232,7 +232,7 @@ func TestApplyKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills 100 appliers: skipped in -short")
 	}
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	dir := t.TempDir()
 	confs := killConfs()
 	var nodes [2]string

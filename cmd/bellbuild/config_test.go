@@ -14,12 +14,13 @@ import (
 	"github.com/bellbuild/bellbuild/images/confvol"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func needMtools(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("mtype"); err != nil {
-		t.Skipf("SKIP: mtype not installed (Debian package mtools): %v", err)
+		testtool.Skipf(t, "mtype not installed (Debian package mtools): %v", err)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 const module = "github.com/bellbuild/bellbuild"
@@ -28,36 +30,76 @@ var allowed = map[string][]string{
 	"firstboot/vmtest": {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
 	"pxe":              {"pxe"},
 	"testvm":           {"testvm"},
-	"deploy":           {},   // manifests; their test-only package imports nothing of ours
-	"cmd":              {""}, // anything
+	// Test helpers (they import testing; only test files import them).
+	"images/internal/fixture": {"images", "testvm/testtool"},
+	"pxe/internal/pxetest":    {"pxe", "testvm/testtool"},
+	"deploy":                  {},   // manifests; their test-only package imports nothing of ours
+	"cmd":                     {""}, // anything
 }
 
-// TestImportDirection fails when a package imports one of ours that the
-// layering above forbids, e.g. firstboot importing profiles.
-func TestImportDirection(t *testing.T) {
+// testAllowed widens a package's rule for its test files, beyond the test
+// helpers (testHelpers) that every test may import.
+var testAllowed = map[string][]string{
+	"firstboot/vmtest": {"build", "profiles", "firstboot"}, // bake an image, boot it, read the effects
+	"deploy":           {"profiles/nodeconf"},              // the manifests carry a rendered node
+}
+
+// testHelpers may be imported by any test file (and by nothing else that
+// ships: see TestTestHelpersStayInTests).
+var testHelpers = []string{"testvm", "testvm/testtool"}
+
+// pkgInfo is what go list says of one of our packages.
+type pkgInfo struct {
+	ImportPath   string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
+}
+
+// listPackages lists every package of the module with its imports, test
+// files' included.
+func listPackages(t *testing.T) []pkgInfo {
+	t.Helper()
 	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("go command not in PATH: cannot list packages")
+		testtool.Skipf(t, "go command not in PATH: cannot list packages")
 	}
-	cmd := exec.Command("go", "list", "-e", "-json=ImportPath,Imports", module+"/...")
+	cmd := exec.Command("go", "list", "-e", "-json=ImportPath,Imports,TestImports,XTestImports", module+"/...")
 	cmd.Dir = "../.."
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
 	dec := json.NewDecoder(strings.NewReader(string(out)))
-	var bad []string
-	seen := 0
+	var pkgs []pkgInfo
 	for {
-		var p struct {
-			ImportPath string
-			Imports    []string
-		}
+		var p pkgInfo
 		if err := dec.Decode(&p); err == io.EOF {
 			break
 		} else if err != nil {
 			t.Fatal(err)
 		}
-		seen++
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) == 0 {
+		t.Fatal("go list returned no packages")
+	}
+	return pkgs
+}
+
+func ours(imp string) (string, bool) {
+	if !strings.HasPrefix(imp, module+"/") {
+		return "", false
+	}
+	return strings.TrimPrefix(imp, module+"/"), true
+}
+
+// TestImportDirection fails when a package imports one of ours that the
+// layering above forbids, e.g. firstboot importing profiles; its test
+// files are held to the same rule, widened only by testAllowed and the
+// test helpers.
+func TestImportDirection(t *testing.T) {
+	var bad []string
+	for _, p := range listPackages(t) {
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
 		rule, ok := ruleFor(rel)
 		if !ok {
@@ -65,22 +107,72 @@ func TestImportDirection(t *testing.T) {
 			continue
 		}
 		for _, imp := range p.Imports {
-			if !strings.HasPrefix(imp, module+"/") {
-				continue
-			}
-			dep := strings.TrimPrefix(imp, module+"/")
-			if !permitted(rule, dep) {
+			if dep, ok := ours(imp); ok && !permitted(rule, dep) {
 				bad = append(bad, rel+" imports "+dep)
 			}
 		}
-	}
-	if seen == 0 {
-		t.Fatal("go list returned no packages")
+		testRule := append(append(append([]string{rel}, rule...), testHelpers...), testRuleFor(rel)...)
+		for _, imp := range append(p.TestImports, p.XTestImports...) {
+			if dep, ok := ours(imp); ok && !permitted(testRule, dep) {
+				bad = append(bad, rel+" (tests) imports "+dep)
+			}
+		}
 	}
 	sort.Strings(bad)
 	for _, b := range bad {
 		t.Error(b)
 	}
+}
+
+// TestTestHelpersStayInTests fails when a package that imports "testing"
+// outside its test files (a test helper) is imported by a file that is not
+// a test, and when package testing reaches the bellbuild binary (and with
+// it every image's /init).
+func TestTestHelpersStayInTests(t *testing.T) {
+	pkgs := listPackages(t)
+	helper := map[string]bool{}
+	for _, p := range pkgs {
+		for _, imp := range p.Imports {
+			if imp == "testing" {
+				helper[p.ImportPath] = true
+			}
+		}
+	}
+	if !helper[module+"/testvm/testtool"] {
+		t.Errorf("testvm/testtool does not import testing: the check below proves nothing")
+	}
+	for _, p := range pkgs {
+		for _, imp := range p.Imports {
+			if helper[imp] && !helper[p.ImportPath] {
+				t.Errorf("%s imports the test helper %s outside its test files", p.ImportPath, imp)
+			}
+		}
+	}
+	cmd := exec.Command("go", "list", "-deps", "./cmd/bellbuild")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep == "testing" || helper[dep] {
+			t.Errorf("the bellbuild binary links %s", dep)
+		}
+	}
+}
+
+// testRuleFor is testAllowed's entry for rel (longest prefix).
+func testRuleFor(rel string) []string {
+	best, found := "", false
+	for prefix := range testAllowed {
+		if (rel == prefix || strings.HasPrefix(rel, prefix+"/")) && len(prefix) >= len(best) {
+			best, found = prefix, true
+		}
+	}
+	if !found {
+		return nil
+	}
+	return testAllowed[best]
 }
 
 func ruleFor(rel string) ([]string, bool) {

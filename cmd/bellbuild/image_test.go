@@ -10,17 +10,18 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // TestImageAndRun is `make demo` in a temporary directory: the real binary
 // bakes the embedded demo profile, then `run --node demo-1 --expect` boots
 // it and returns as soon as the applier's summary names the node.
 func TestImageAndRun(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	if _, err := os.Stat("/vmlinuz"); err != nil {
-		t.Skip("SKIPPING: no host kernel at /vmlinuz (apt-get install linux-image-amd64)")
+		testtool.Skipf(t, "no host kernel at /vmlinuz (apt-get install linux-image-amd64)")
 	}
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	out := filepath.Join(t.TempDir(), "out")
 	env := append(os.Environ(), "BELLBUILD_CACHE="+filepath.Join(t.TempDir(), "cache"))
 
@@ -71,13 +72,13 @@ func TestRunWithoutImage(t *testing.T) {
 // under BIOS. The disk file is unchanged afterwards (the guest wrote to an
 // overlay). Bad --boot uses are refused before a VM starts.
 func TestRunMedia(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	for _, p := range []string{"/vmlinuz", testvm.OVMF, "/usr/lib/ISOLINUX/isolinux.bin"} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skipf("SKIPPING: %v (Debian packages linux-image-amd64, ovmf, isolinux)", err)
+			testtool.Skipf(t, "%v (Debian packages linux-image-amd64, ovmf, isolinux)", err)
 		}
 	}
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	site := t.TempDir()
 	writeTestFile(t, filepath.Join(site, "profiles/media.yaml"), `stage: {busybox: {}}
 kernel: {path: /vmlinuz}

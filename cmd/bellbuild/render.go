@@ -11,7 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"

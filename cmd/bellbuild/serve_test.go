@@ -22,6 +22,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func TestParsePool(t *testing.T) {
@@ -108,10 +109,10 @@ type netns struct{ name string }
 func newNetns(t testing.TB, taps int) *netns {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("SKIPPING NETWORK BOOT TEST: needs root for network namespaces")
+		testtool.Skipf(t, "needs root for network namespaces")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("SKIPPING NETWORK BOOT TEST: ip not found (apt-get install iproute2)")
+		testtool.Skipf(t, "ip not found (apt-get install iproute2)")
 	}
 	var b [3]byte
 	rand.Read(b[:])
@@ -244,9 +245,9 @@ type bootCase struct {
 // OVMF's own PXE (which fetches ipxe.efi over TFTP); a MAC that is not in
 // the inventory gets no answer at all.
 func TestNetworkBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	ns := newNetns(t, 4)
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	out := t.TempDir()
 	bake(t, bin, out, "demo")
 	state := t.TempDir()
@@ -278,17 +279,17 @@ func TestNetworkBoot(t *testing.T) {
 				nic := testvm.NIC{Netdev: "tap", Ifname: c.tap, MAC: c.mac}
 				if c.firmware == testvm.OVMF {
 					if _, err := os.Stat(testvm.OVMF); err != nil {
-						t.Skipf("SKIPPING UEFI BOOT: %s missing (apt-get install ovmf)", testvm.OVMF)
+						testtool.Skipf(t, "%s missing (apt-get install ovmf)", testvm.OVMF)
 					}
 					// No iPXE ROM: the firmware's own PXE must fetch ipxe.efi.
 					nic.Model = "virtio-net-pci,romfile="
 				}
-				vm := testvm.New(t, testvm.Config{Binary: qemu, Firmware: c.firmware, NICs: []testvm.NIC{nic}, BootNetwork: true})
+				vm := testtool.NewVM(t, testvm.Config{Binary: qemu, Firmware: c.firmware, NICs: []testvm.NIC{nic}, BootNetwork: true})
 				if len(c.want) == 0 {
 					// SeaBIOS's iPXE ROM prints nothing on the serial
 					// console: the server's counters show it asked, again
 					// and again, and was not answered.
-					deadline := time.Now().Add(testvm.BootTimeout)
+					deadline := time.Now().Add(testtool.BootTimeout)
 					for unknownDrops(t, ns) < 3 {
 						if time.Now().After(deadline) {
 							t.Fatalf("the unknown MAC's DHCP requests never reached the server")
@@ -351,14 +352,14 @@ func TestNetworkBoot(t *testing.T) {
 // sends ahead of the client's ACKs (its default window), and the VM comes
 // up as its node.
 func TestNetworkBootTFTP(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	ns := newNetns(t, 1)
-	bin := testvm.Binary(t)
+	bin := testtool.Binary(t)
 	out := t.TempDir()
 	bake(t, bin, out, "demo")
 	log := startServe(t, ns, bin, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out,
 		"--state", t.TempDir(), "--boot-via", "tftp")
-	vm := testvm.New(t, testvm.Config{Binary: ns.qemu(t), BootNetwork: true,
+	vm := testtool.NewVM(t, testvm.Config{Binary: ns.qemu(t), BootNetwork: true,
 		NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:00:01"}}})
 	vm.Wait(`bellbuild: node=demo-1 profile=demo changes=\d+ errors=0`)
 	lines := log.String()
@@ -400,8 +401,8 @@ func fetch(t *testing.T, ns *netns, url string) string {
 // line, network-booted with the kernel and initramfs over HTTP, and over
 // TFTP only (--boot-via tftp).
 func BenchmarkPXEBoot(b *testing.B) {
-	testvm.Skip(b)
-	bin := testvm.Binary(b)
+	testtool.SkipVM(b)
+	bin := testtool.Binary(b)
 	out := b.TempDir()
 	bake(b, bin, out, "demo")
 	for _, via := range []string{"http", "tftp"} {
@@ -412,7 +413,7 @@ func BenchmarkPXEBoot(b *testing.B) {
 			qemu := ns.qemu(b)
 			b.ResetTimer()
 			for range b.N {
-				vm := testvm.New(b, testvm.Config{Binary: qemu, BootNetwork: true,
+				vm := testtool.NewVM(b, testvm.Config{Binary: qemu, BootNetwork: true,
 					NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:00:01"}}})
 				vm.Wait(`bellbuild: node=demo-1 profile=demo changes=\d+ errors=0`)
 				vm.Close()

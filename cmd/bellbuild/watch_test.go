@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // TestApplyWatch runs `bellbuild apply --watch` on a root and changes its
@@ -37,7 +37,7 @@ func TestApplyWatch(t *testing.T) {
 	}
 	replace(node("first\n"))
 
-	cmd := exec.Command(testvm.Binary(t), "apply", "--config", conf, "--root", root, "--watch", "--interval", "50ms")
+	cmd := exec.Command(testtool.Binary(t), "apply", "--config", conf, "--root", root, "--watch", "--interval", "50ms")
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {

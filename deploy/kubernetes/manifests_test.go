@@ -26,7 +26,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 const namespace = "bellbuild-system"
@@ -246,7 +246,7 @@ func TestDaemonSetCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	args[0] = testvm.Binary(t)
+	args[0] = testtool.Binary(t)
 	for i, a := range args {
 		switch {
 		case strings.HasPrefix(a, "/etc/bellbuild/config/"):
@@ -365,7 +365,7 @@ func TestConfigMapAccepted(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(testvm.Binary(t), "apply", "--config", config, "--root", root, "--offline", "--plan").CombinedOutput()
+	out, err := exec.Command(testtool.Binary(t), "apply", "--config", config, "--root", root, "--offline", "--plan").CombinedOutput()
 	var ee *exec.ExitError
 	if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 2) {
 		t.Fatalf("bellbuild apply --plan rejects the example: %v\n%s", err, out)

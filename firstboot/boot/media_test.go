@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func TestParseSource(t *testing.T) {
@@ -69,7 +70,7 @@ func TestParam(t *testing.T) {
 func hostMkfs(t *testing.T, tool string, args ...string) {
 	t.Helper()
 	if _, err := exec.LookPath(tool); err != nil {
-		t.Skipf("SKIP: %s not installed: %v", tool, err)
+		testtool.Skipf(t, "%s not installed: %v", tool, err)
 	}
 	if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", tool, err, out)

@@ -26,6 +26,7 @@ import (
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // kernel is the build host's Debian kernel (linux-image-amd64).
@@ -102,9 +103,9 @@ cmdline: [console=ttyS0, quiet]
 // them reverted to what the kernel had before bellbuild touched it; a
 // second apply changes nothing.
 func TestLiveEffects(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	if _, err := os.Stat(kernel); err != nil {
-		t.Skipf("SKIPPING: no kernel at %s (apt-get install linux-image-amd64)", kernel)
+		testtool.Skipf(t, "no kernel at %s (apt-get install linux-image-amd64)", kernel)
 	}
 	stage := makeStage(t)
 	siteDir := t.TempDir()
@@ -121,7 +122,7 @@ func TestLiveEffects(t *testing.T) {
 	m, err := build.Image(context.Background(), spec, build.Options{
 		OutDir:   filepath.Join(t.TempDir(), "out"),
 		CacheDir: filepath.Join(t.TempDir(), "cache"),
-		Applier:  testvm.Binary(t),
+		Applier:  testtool.Binary(t),
 		Site:     site,
 	})
 	if err != nil {
@@ -133,7 +134,7 @@ func TestLiveEffects(t *testing.T) {
 	// enables AppArmor by default, as the images boot in production; the
 	// applier mounts securityfs itself (busybox init does not).
 	start := time.Now()
-	vm := testvm.New(t, testvm.Config{
+	vm := testtool.NewVM(t, testvm.Config{
 		Kernel:  filepath.Join(m.Stats.Dir, build.KernelFile),
 		Initrd:  filepath.Join(m.Stats.Dir, build.InitramfsFile),
 		Cmdline: m.Cmdline + " panic=-1 bellbuild.node=node-a",
@@ -219,7 +220,7 @@ func TestLiveEffects(t *testing.T) {
 }
 
 // effects runs the report at the console and returns its KEY=VALUE lines.
-func effects(t *testing.T, vm *testvm.T, tag string) map[string]string {
+func effects(t *testing.T, vm *testtool.VM, tag string) map[string]string {
 	t.Helper()
 	vm.Send("vmtest-report " + tag + "\n")
 	waitLine(t, vm, `^fx-end `+tag+`$`)
@@ -237,7 +238,7 @@ func effects(t *testing.T, vm *testvm.T, tag string) map[string]string {
 }
 
 // readLedger prints the VM's ledger on the console and decodes it.
-func readLedger(t *testing.T, vm *testvm.T) *host.Ledger {
+func readLedger(t *testing.T, vm *testtool.VM) *host.Ledger {
 	t.Helper()
 	vm.Send("echo ledger-begin; cat /" + host.LedgerPath + "; echo; echo ledger-end\n")
 	waitLine(t, vm, `^ledger-end$`)
@@ -255,7 +256,7 @@ func readLedger(t *testing.T, vm *testvm.T) *host.Ledger {
 }
 
 // waitLine waits for a complete console line matching re.
-func waitLine(t *testing.T, vm *testvm.T, re string) []string {
+func waitLine(t *testing.T, vm *testtool.VM, re string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), lineTimeout)
 	defer cancel()
@@ -279,7 +280,7 @@ func makeStage(t *testing.T) string {
 		}
 	}
 	if busybox == "" {
-		t.Skip("SKIPPING: no busybox (apt-get install busybox-static)")
+		testtool.Skipf(t, "no busybox (apt-get install busybox-static)")
 	}
 	dir := filepath.Join(t.TempDir(), "stage")
 	for _, d := range []string{"bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "root", "proc", "sys", "dev", "run", "mnt", "tmp", "var/lib", "lib/modules"} {
@@ -331,7 +332,7 @@ func makeStage(t *testing.T) string {
 			}
 		}
 		if err != nil {
-			t.Skipf("SKIPPING: no %s on this machine (apt-get install ethtool apparmor)", name)
+			testtool.Skipf(t, "no %s on this machine (apt-get install ethtool apparmor)", name)
 		}
 		dst := filepath.Join(dir, "usr/sbin", name)
 		os.Remove(dst)

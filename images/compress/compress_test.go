@@ -11,6 +11,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/zstd"
 )
@@ -348,7 +349,7 @@ func TestZstdNotNewcAfterAll(t *testing.T) {
 // TestZstdCLI: GNU zstd reads the multi-frame stream as one.
 func TestZstdCLI(t *testing.T) {
 	if _, err := exec.LookPath("zstd"); err != nil {
-		t.Skip("zstd not installed (apt-get install zstd): cannot check against it")
+		testtool.Skipf(t, "zstd not installed (apt-get install zstd): cannot check against it")
 	}
 	data := sample(40 << 20)
 	b := compressWith(t, data, 1<<20)

@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 const epoch = 1700000000
@@ -26,7 +27,7 @@ func need(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages gdisk, dosfstools, mtools): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (Debian packages gdisk, dosfstools, mtools): %v", tool, err)
 		}
 	}
 }

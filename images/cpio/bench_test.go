@@ -13,6 +13,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/internal/fixture"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func rusage(who int) time.Duration {
@@ -48,7 +49,7 @@ type benchRun struct {
 func BenchmarkInitramfs(b *testing.B) {
 	for _, tool := range []string{"cpio", "zstd", "find", "sort", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("%s not installed: no pipeline to compare with", tool)
+			testtool.Skipf(b, "%s not installed: no pipeline to compare with", tool)
 		}
 	}
 	root := fixture.BenchRoot()

@@ -19,6 +19,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // noise is Content of pseudo-random bytes made on demand.
@@ -56,14 +57,14 @@ func (n noise) sum(t *testing.T) string {
 // names and data lie in different frames, device nodes, owners and a
 // setuid file. The init script reports what the kernel made of it.
 func TestKernelUnpacks(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	kernel, _, err := kmod.Host()
 	if err != nil {
-		t.Skipf("SKIP: %v (apt-get install linux-image-amd64): cannot boot", err)
+		testtool.Skipf(t, "%v (apt-get install linux-image-amd64): cannot boot", err)
 	}
 	const busybox = "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
-		t.Skip("no /bin/busybox (apt-get install busybox-static): cannot boot")
+		testtool.Skipf(t, "no /bin/busybox (apt-get install busybox-static): cannot boot")
 	}
 
 	// The last filler is big enough to be split into jobs (see
@@ -129,7 +130,7 @@ func TestKernelUnpacks(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	vm := testvm.New(t, testvm.Config{
+	vm := testtool.NewVM(t, testvm.Config{
 		Kernel:  kernel,
 		Initrd:  initrd,
 		Cmdline: "console=ttyS0 panic=-1 loglevel=3",

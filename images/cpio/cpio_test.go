@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/internal/fixture"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -27,7 +28,7 @@ func epoch(n int64) *int64 { return &n }
 func needTool(t *testing.T, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install %s): cannot check against it", name, name)
+		testtool.Skipf(t, "%s not installed (apt-get install %s): cannot check against it", name, name)
 	}
 }
 

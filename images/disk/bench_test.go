@@ -13,6 +13,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	sample "github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/images/squashfs"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // shellPipeline is what one writes without bellbuild: mksquashfs, two
@@ -67,13 +68,13 @@ dd if=conf.img of=disk.raw bs=1M seek=$(( 1 + esp + rootmib )) conv=notrunc,spar
 func BenchmarkDiskVsShell(b *testing.B) {
 	for _, tool := range []string{"mksquashfs", "mkfs.vfat", "mcopy", "sgdisk", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("SKIP: %s not installed: %v", tool, err)
+			testtool.Skipf(b, "%s not installed: %v", tool, err)
 		}
 	}
 	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
 	initrds, _ := filepath.Glob("/boot/initrd.img-*")
 	if len(kernels) == 0 || len(initrds) == 0 {
-		b.Skip("SKIP: no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
+		testtool.Skipf(b, "no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
 	}
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
 	root := sample.BenchRoot()
@@ -164,13 +165,13 @@ func cpuTime(who int) time.Duration {
 func BenchmarkAssembleVsShell(b *testing.B) {
 	for _, tool := range []string{"mksquashfs", "mkfs.vfat", "mcopy", "sgdisk", "bash"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("SKIP: %s not installed: %v", tool, err)
+			testtool.Skipf(b, "%s not installed: %v", tool, err)
 		}
 	}
 	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
 	initrds, _ := filepath.Glob("/boot/initrd.img-*")
 	if len(kernels) == 0 || len(initrds) == 0 {
-		b.Skip("SKIP: no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
+		testtool.Skipf(b, "no /boot/vmlinuz-* and /boot/initrd.img-* (linux-image-amd64)")
 	}
 	kernel, initrd := kernels[len(kernels)-1], initrds[len(initrds)-1]
 	w := b.TempDir()

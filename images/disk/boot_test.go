@@ -13,6 +13,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	sample "github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // TestUEFIBoot boots the disk under OVMF: systemd-boot from the ESP loads
@@ -20,14 +21,14 @@ import (
 // initramfs finds the partitions by name and label, reads the root image
 // back and mounts both FAT volumes with Linux's own vfat driver.
 func TestUEFIBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	need(t, "sgdisk")
 	if _, err := os.Stat(testvm.OVMF); err != nil {
-		t.Skipf("SKIP: %s missing (Debian package ovmf): %v", testvm.OVMF, err)
+		testtool.Skipf(t, "%s missing (Debian package ovmf): %v", testvm.OVMF, err)
 	}
 	const busybox = "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
-		t.Skipf("SKIP: %s missing (Debian package busybox-static): %v", busybox, err)
+		testtool.Skipf(t, "%s missing (Debian package busybox-static): %v", busybox, err)
 	}
 	kernel, modDir, mods := sample.HostModules(t, "virtio_pci", "virtio_blk", "fat", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
 
@@ -87,7 +88,7 @@ poweroff -f
 	}
 	img, _ := build(t, Spec{ESP: esp, Root: bytes.NewReader(fx.root), RootSize: int64(len(fx.root)), Config: fx.config})
 
-	vm := testvm.New(t, testvm.Config{
+	vm := testtool.NewVM(t, testvm.Config{
 		Firmware: testvm.OVMF,
 		Drives:   []testvm.Drive{{Path: img}},
 	})

@@ -17,6 +17,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/squashfs"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -26,11 +27,11 @@ func need(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages gdisk, dosfstools, mtools, squashfs-tools): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (Debian packages gdisk, dosfstools, mtools, squashfs-tools): %v", tool, err)
 		}
 	}
 	if _, err := os.Stat(SystemdBoot); err != nil {
-		t.Skipf("SKIP: %s missing (Debian package systemd-boot-efi): %v", SystemdBoot, err)
+		testtool.Skipf(t, "%s missing (Debian package systemd-boot-efi): %v", SystemdBoot, err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -23,7 +24,7 @@ func need(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages dosfstools, mtools): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (Debian packages dosfstools, mtools): %v", tool, err)
 		}
 	}
 }

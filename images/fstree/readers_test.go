@@ -20,6 +20,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/compress"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/internal/fixture"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/bad")
@@ -36,7 +37,7 @@ func summary(t *testing.T, tr *fstree.Tree) []string {
 func needTool(t *testing.T, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed: cannot check against it", name)
+		testtool.Skipf(t, "%s not installed: cannot check against it", name)
 	}
 }
 
@@ -73,10 +74,7 @@ func TestGNUTarballs(t *testing.T) {
 	run(t, dir, "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-C", src, "-cf", "stage.tar", ".")
 	files := []string{"stage.tar"}
 	for _, c := range []struct{ tool, ext string }{{"gzip", ".gz"}, {"xz", ".xz"}, {"zstd", ".zst"}, {"bzip2", ".bz2"}} {
-		if _, err := exec.LookPath(c.tool); err != nil {
-			t.Logf("%s not installed: %s case left out", c.tool, c.ext)
-			continue
-		}
+		testtool.LookPath(t, c.tool, c.tool)
 		run(t, dir, c.tool, "-k", "-q", "stage.tar")
 		files = append(files, "stage.tar"+c.ext)
 	}

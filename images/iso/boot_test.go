@@ -14,6 +14,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func fileEntry(t *testing.T, path, src string, mode os.FileMode) fstree.Entry {
@@ -38,10 +39,10 @@ const (
 // Every time the initramfs mounts the medium with Linux's isofs and reads
 // the files back, multi-extent ones included.
 func TestBoot(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	for _, p := range []string{testvm.OVMF, disk.SystemdBoot, "/bin/busybox"} {
 		if _, err := os.Stat(p); err != nil {
-			t.Skipf("SKIP: %v (Debian packages ovmf, systemd-boot-efi, busybox-static)", err)
+			testtool.Skipf(t, "%v (Debian packages ovmf, systemd-boot-efi, busybox-static)", err)
 		}
 	}
 	kernel, modDir, mods := fixture.HostModules(t, "ata_piix", "sr_mod", "virtio_pci", "virtio_blk", "isofs")
@@ -131,10 +132,10 @@ poweroff -f
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.firmware == "" && noISOLINUX != nil {
-				t.Skipf("SKIP: %v (Debian packages isolinux, syslinux-common)", noISOLINUX)
+				testtool.Skipf(t, "%v (Debian packages isolinux, syslinux-common)", noISOLINUX)
 			}
 			t.Parallel() // the VMs at once: the boots are mostly waiting
-			vm := testvm.New(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
+			vm := testtool.NewVM(t, testvm.Config{Firmware: tc.firmware, Drives: []testvm.Drive{tc.drive}})
 			if got := vm.Wait(`BELLISO cmdline=(.*) END$`)[1]; !strings.Contains(got, cmdline) {
 				t.Errorf("kernel command line %q lacks %q", got, cmdline)
 			}

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 const epoch = 1700000000
@@ -177,7 +178,7 @@ func TestReadBack(t *testing.T) {
 func TestElTorito(t *testing.T) {
 	for _, tool := range []string{"fsck.vfat", "mtype"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP: %s not installed (Debian packages dosfstools, mtools): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (Debian packages dosfstools, mtools): %v", tool, err)
 		}
 	}
 	esp := sampleESP()
@@ -186,9 +187,8 @@ func TestElTorito(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := exec.LookPath("file"); err != nil {
-		t.Logf("file(1) not installed: not asking it for a second opinion")
-	} else if out, err := exec.Command("file", "-b", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "ISO 9660 CD-ROM filesystem data") || !strings.Contains(string(out), "'BELLBUILD' (bootable)") {
+	testtool.LookPath(t, "file", "file")
+	if out, err := exec.Command("file", "-b", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "ISO 9660 CD-ROM filesystem data") || !strings.Contains(string(out), "'BELLBUILD' (bootable)") {
 		t.Errorf("file: %v: %s", err, out)
 	}
 	br := b[17*2048:]

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -273,7 +274,7 @@ func TestHostFixture(t *testing.T) {
 func TestHost(t *testing.T) {
 	kernel, modDir, err := Host()
 	if err != nil {
-		t.Skipf("SKIP: %v (Debian package linux-image-amd64)", err)
+		testtool.Skipf(t, "%v (Debian package linux-image-amd64)", err)
 	}
 	f, err := os.Open(kernel)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -25,7 +26,7 @@ func needTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("%s not installed (apt-get install squashfs-tools): %v", name, err)
+		testtool.Skipf(t, "%s not installed (apt-get install squashfs-tools): %v", name, err)
 	}
 	return p
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -27,7 +28,7 @@ func kernelModules(t *testing.T, mods ...string) (kernel, kdir string, files []s
 	t.Helper()
 	kernel, kdir, err := kmod.Host()
 	if err != nil {
-		t.Skipf("SKIP: %v (apt-get install linux-image-amd64)", err)
+		testtool.Skipf(t, "%v (apt-get install linux-image-amd64)", err)
 	}
 	d, err := kmod.Open(kdir)
 	if err != nil {
@@ -46,7 +47,7 @@ func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string
 	t.Helper()
 	for _, tool := range []string{"cpio", "/bin/busybox"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install cpio busybox-static): %v", tool, err)
+			testtool.Skipf(t, "%s not installed (apt-get install cpio busybox-static): %v", tool, err)
 		}
 	}
 	root := t.TempDir()
@@ -93,7 +94,7 @@ func bootInitramfs(t *testing.T, kdir string, mods []string, init string) string
 // tree of every type; the whole of a 5,000-entry directory plus lookups at
 // its end; and the checksums of multi-block zstd files.
 func TestKernelMount(t *testing.T) {
-	testvm.Skip(t)
+	testtool.SkipVM(t)
 	kernel, kdir, mods := kernelModules(t, "virtio_pci", "virtio_blk", "squashfs")
 
 	tr := everyType()
@@ -243,7 +244,7 @@ func TestKernelMount(t *testing.T) {
 	init.WriteString("echo END-CHECK\numount /mnt\npoweroff -f\n")
 
 	initrd := bootInitramfs(t, kdir, mods, init.String())
-	vm := testvm.New(t, testvm.Config{
+	vm := testtool.NewVM(t, testvm.Config{
 		Kernel:  kernel,
 		Initrd:  initrd,
 		Cmdline: "console=ttyS0 panic=-1 loglevel=3",
@@ -251,7 +252,7 @@ func TestKernelMount(t *testing.T) {
 	})
 	// Booting takes a few seconds under TCG; reading 150 MB of documentation
 	// through the emulated CPU's zstd takes longer on a busy machine.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*testvm.BootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*testtool.BootTimeout)
 	defer cancel()
 	if _, err := vm.WaitFor(ctx, regexp.MustCompile(`END-CHECK`)); err != nil {
 		t.Fatalf("waiting for the guest's checks: %v", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/catalog"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
 	"github.com/bellbuild/bellbuild/pxe/node"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // benchFile is what the benchmarks download: boot/MAC/kernel from
@@ -152,10 +153,10 @@ func BenchmarkTFTP64MiB(b *testing.B) {
 		for _, c := range clients {
 			b.Run(s.name+"/"+c.name, func(b *testing.B) {
 				if _, err := exec.LookPath(c.bin); err != nil {
-					b.Skipf("SKIPPING: %s not installed", c.bin)
+					testtool.Skipf(b, "%s not installed", c.bin)
 				}
 				if s.skip != "" {
-					b.Skip(s.skip)
+					testtool.Skipf(b, "%v", s.skip)
 				}
 				port := s.port
 				local := filepath.Join(b.TempDir(), "got")
@@ -179,12 +180,12 @@ func BenchmarkTFTP100Clients(b *testing.B) {
 	root := benchSite(b, size)
 	c := clients[0]
 	if _, err := exec.LookPath(c.bin); err != nil {
-		b.Skipf("SKIPPING: %s not installed", c.bin)
+		testtool.Skipf(b, "%s not installed", c.bin)
 	}
 	for _, s := range servers(b, root) {
 		b.Run(s.name, func(b *testing.B) {
 			if s.skip != "" {
-				b.Skip(s.skip)
+				testtool.Skipf(b, "%v", s.skip)
 			}
 			port := s.port
 			dir := b.TempDir()
@@ -227,12 +228,12 @@ func BenchmarkTFTPLoss(b *testing.B) {
 	root := benchSite(b, size)
 	c := clients[0]
 	if _, err := exec.LookPath(c.bin); err != nil {
-		b.Skipf("SKIPPING: %s not installed", c.bin)
+		testtool.Skipf(b, "%s not installed", c.bin)
 	}
 	for _, s := range servers(b, root) {
 		b.Run(s.name, func(b *testing.B) {
 			if s.skip != "" {
-				b.Skip(s.skip)
+				testtool.Skipf(b, "%v", s.skip)
 			}
 			_, port := newRelay(b, "127.0.0.1:"+s.port, randomLoss(0.005))
 			local := filepath.Join(b.TempDir(), "got")

@@ -21,6 +21,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/catalog"
 	"github.com/bellbuild/bellbuild/pxe/internal/pxetest"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
@@ -178,7 +179,7 @@ func TestStockClients(t *testing.T) {
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			if _, err := exec.LookPath(c.bin); err != nil {
-				t.Skipf("SKIPPING: %s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
+				testtool.Skipf(t, "%s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
 			}
 			out := filepath.Join(t.TempDir(), "kernel")
 			runClient(t, exec.Command(c.bin, c.args("boot/52:54:00:00:00:0b/kernel", out)...), out, f.site.Big)
@@ -318,7 +319,7 @@ func TestSendAheadRecovers(t *testing.T) {
 		for _, tt := range tests {
 			t.Run(c.name+"/"+tt.name, func(t *testing.T) {
 				if _, err := exec.LookPath(c.bin); err != nil {
-					t.Skipf("SKIPPING: %s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
+					testtool.Skipf(t, "%s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
 				}
 				r, port := newRelay(t, f.addr.String(), tt.drop)
 				out := filepath.Join(t.TempDir(), "kernel")
@@ -338,7 +339,7 @@ func TestSendAheadRecovers(t *testing.T) {
 // lock-step (one block in flight); the kernel goes a window ahead.
 func TestLoadersInLockStep(t *testing.T) {
 	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Skip("SKIPPING: busybox not installed (apt-get install busybox-static)")
+		testtool.Skipf(t, "busybox not installed (apt-get install busybox-static)")
 	}
 	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
 	loader := f.site.Big[:200<<10]

@@ -1,4 +1,4 @@
-package testvm
+package testtool
 
 import (
 	"context"
@@ -8,40 +8,42 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/bellbuild/bellbuild/testvm"
 )
 
 // BootTimeout is a generous bound for one boot under TCG on a shared,
 // two-core machine (a boot normally takes 6–15 s).
 const BootTimeout = 180 * time.Second
 
-// Skip skips t, loudly, when VMs cannot or should not run: under -short, or
-// without qemu-system-x86_64.
-func Skip(t testing.TB) {
+// SkipVM skips t when VMs should not or cannot run: under -short, or
+// without qemu-system-x86_64 (a failure under BELLBUILD_REQUIRE_TOOLS=1).
+func SkipVM(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a QEMU VM: skipped under -short")
 	}
-	if _, err := exec.LookPath(QEMU); err != nil {
-		t.Skipf("SKIPPING VM TEST: %s not found in PATH (apt-get install qemu-system-x86)", QEMU)
+	if _, err := exec.LookPath(testvm.QEMU); err != nil {
+		Skipf(t, "VM test: %s not found in PATH (Debian package qemu-system-x86)", testvm.QEMU)
 	}
 }
 
-// T is a VM owned by a test: it is killed when the test ends, and its
+// VM is a VM owned by a test: it is killed when the test ends, and its
 // console is written to the test log when the test fails.
-type T struct {
-	*VM
+type VM struct {
+	*testvm.VM
 	t testing.TB
 }
 
-// New boots c for t (after Skip), with the console also logged to a file in
+// NewVM boots c for t (after SkipVM), with the console also logged to a file in
 // t's temporary directory unless c.LogFile is set.
-func New(t testing.TB, c Config) *T {
+func NewVM(t testing.TB, c testvm.Config) *VM {
 	t.Helper()
-	Skip(t)
+	SkipVM(t)
 	if c.LogFile == "" {
 		c.LogFile = filepath.Join(t.TempDir(), "console.log")
 	}
-	vm, err := Start(context.Background(), c)
+	vm, err := testvm.Start(context.Background(), c)
 	if err != nil {
 		t.Fatalf("starting VM: %v", err)
 	}
@@ -51,11 +53,11 @@ func New(t testing.TB, c Config) *T {
 			t.Logf("VM console (%s):\n%s", c.LogFile, tail(vm.Console(), 150))
 		}
 	})
-	return &T{VM: vm, t: t}
+	return &VM{VM: vm, t: t}
 }
 
 // Wait is WaitFor with BootTimeout that fails the test on error.
-func (v *T) Wait(re string) []string {
+func (v *VM) Wait(re string) []string {
 	v.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), BootTimeout)
 	defer cancel()

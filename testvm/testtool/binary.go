@@ -1,4 +1,4 @@
-package testvm
+package testtool
 
 import (
 	"os"
@@ -27,7 +27,7 @@ func Binary(t testing.TB) string {
 	}
 	binOnce.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
-		top := filepath.Dir(filepath.Dir(file))
+		top := filepath.Dir(filepath.Dir(filepath.Dir(file)))
 		dir, err := os.MkdirTemp("", "bellbuild-bin-")
 		if err != nil {
 			binErr = err
