@@ -25,6 +25,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 const (
@@ -149,7 +150,7 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 			return err
 		}
 	}
-	cw := &countWriter{w: w}
+	cw := offset.NewWriter(w)
 	if err := writeHeader(cw, l, label, id, opts.HiddenSectors); err != nil {
 		return err
 	}
@@ -161,8 +162,14 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	if err := writeData(cw, l, label); err != nil {
 		return err
 	}
-	total := int64(l.totalSectors) * sectorSize
-	return pad(cw, total-cw.n, opts.Sparse)
+	free := int64(l.totalSectors)*sectorSize - cw.N
+	if opts.Sparse {
+		if err := cw.Hole(free); err != nil {
+			return fmt.Errorf("fat: skip free space: %w", err)
+		}
+		return nil
+	}
+	return cw.Zeros(free)
 }
 
 // buildTree turns the fstree into nodes with FAT names, checking that
@@ -435,7 +442,7 @@ func writeHeader(w io.Writer, l *layout, label [11]byte, id, hidden uint32) erro
 
 // writeFAT writes one FAT: the two reserved entries, a contiguous chain
 // for every allocated node, and zeros (free) for the rest.
-func writeFAT(w io.Writer, l *layout) error {
+func writeFAT(w *offset.Writer, l *layout) error {
 	const chunk = 16 << 10
 	buf := make([]byte, 0, chunk)
 	flush := func() error {
@@ -474,15 +481,15 @@ func writeFAT(w io.Writer, l *layout) error {
 		return err
 	}
 	written := int64(2+l.used) * 4
-	return pad(w, int64(l.fatSectors)*sectorSize-written, false)
+	return w.Zeros(int64(l.fatSectors)*sectorSize - written)
 }
 
 // writeData writes every allocated node's clusters in order.
-func writeData(w *countWriter, l *layout, label [11]byte) error {
+func writeData(w *offset.Writer, l *layout, label [11]byte) error {
 	cs := l.clusterSize()
 	buf := make([]byte, 256<<10)
 	for _, n := range l.order {
-		start := w.n
+		start := w.N
 		if n.isDir {
 			if _, err := w.Write(dirBytes(n, n == l.root, label)); err != nil {
 				return err
@@ -490,8 +497,8 @@ func writeData(w *countWriter, l *layout, label [11]byte) error {
 		} else if err := copyContent(w, n, buf); err != nil {
 			return err
 		}
-		if err := pad(w, int64(n.clusters)*cs-(w.n-start), false); err != nil {
-			return err
+		if err := w.PadTo(start + int64(n.clusters)*cs); err != nil {
+			return fmt.Errorf("fat: %s: %w", n.e.Path, err)
 		}
 	}
 	return nil
@@ -617,44 +624,4 @@ func dosTime(sec int64) (uint16, uint16) {
 	tm := uint16(t.Hour()<<11 | t.Minute()<<5 | t.Second()/2)
 	dt := uint16((t.Year()-1980)<<9 | int(t.Month())<<5 | t.Day())
 	return tm, dt
-}
-
-// countWriter counts what has been written.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-var zeroBuf = make([]byte, 64<<10)
-
-// pad writes n zero bytes, or, when sparse and w can seek, skips them.
-func pad(w io.Writer, n int64, sparse bool) error {
-	if n <= 0 {
-		return nil
-	}
-	if sparse {
-		if cw, ok := w.(*countWriter); ok {
-			if s, ok := cw.w.(io.Seeker); ok {
-				if _, err := s.Seek(n, io.SeekCurrent); err != nil {
-					return fmt.Errorf("fat: skip free space: %w", err)
-				}
-				cw.n += n
-				return nil
-			}
-		}
-	}
-	for n > 0 {
-		k := min(n, int64(len(zeroBuf)))
-		if _, err := w.Write(zeroBuf[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }

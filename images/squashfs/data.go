@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // A block job travels from the reader (which fills raw) through a worker
@@ -28,7 +30,7 @@ type job struct {
 // writeData streams every regular file's content to out: full blocks
 // compressed in parallel and written in order, tails packed into fragment
 // blocks, duplicates stored once.
-func (b *builder) writeData(out *countWriter) error {
+func (b *builder) writeData(out *offset.Writer) error {
 	bs := b.opts.BlockSize
 	// The reader runs up to 16 blocks per worker ahead of the writer, so
 	// that the workers keep busy while it opens small files or waits for
@@ -97,7 +99,7 @@ func (b *builder) writeData(out *countWriter) error {
 			close(quit)
 			continue
 		}
-		pos := uint64(out.n)
+		pos := uint64(out.N)
 		if _, err := out.Write(j.out); err != nil {
 			writeErr = err
 			close(quit)

@@ -28,6 +28,7 @@ import (
 	"runtime"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // Compression names a squashfs compressor.
@@ -176,7 +177,7 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
 	bw := bufio.NewWriterSize(w, 1<<20)
-	out := &countWriter{w: bw}
+	out := offset.NewWriter(bw)
 	if _, err := out.Write(make([]byte, superSize)); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
@@ -187,11 +188,9 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
-	sb.bytesUsed = uint64(out.n)
-	if pad := (imagePadding - out.n%imagePadding) % imagePadding; pad > 0 {
-		if _, err := out.Write(make([]byte, pad)); err != nil {
-			return 0, fmt.Errorf("squashfs: %w", err)
-		}
+	sb.bytesUsed = uint64(out.N)
+	if err := out.Zeros((imagePadding - out.N%imagePadding) % imagePadding); err != nil {
+		return 0, fmt.Errorf("squashfs: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
@@ -202,21 +201,10 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 	if _, err := w.Write(sb.marshal()); err != nil {
 		return 0, fmt.Errorf("squashfs: superblock: %w", err)
 	}
-	if _, err := w.Seek(base+out.n, io.SeekStart); err != nil {
+	if _, err := w.Seek(base+out.N, io.SeekStart); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
-	return out.n, nil
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return out.N, nil
 }
 
 type superblock struct {
