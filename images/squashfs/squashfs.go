@@ -90,7 +90,8 @@ type Options struct {
 var ErrLimit = errors.New("beyond squashfs's limits")
 
 // ErrContent is wrapped by errors about a regular file whose content does
-// not match the tree (a different size than Entry.Size, no Data).
+// not match the tree (no Data, or a different size than Entry.Size: then
+// the error also holds an *fstree.SizeError).
 var ErrContent = errors.New("file content does not match the tree")
 
 const (
@@ -160,7 +161,8 @@ func (o Options) withDefaults() (Options, error) {
 //
 // Entries are checked before anything is written: an entry beyond the
 // format's limits fails with an error wrapping ErrLimit. A file whose
-// content turns out to differ from its Size fails with ErrContent, and an
+// content turns out to differ from its Size fails with ErrContent and an
+// *fstree.SizeError, and an
 // error while reading or writing leaves a partial image behind: write to a
 // temporary file and rename it, or discard the partition, on error.
 func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
