@@ -130,7 +130,11 @@ func Size(t *fstree.Tree, opts Options) (int64, error) {
 // Write writes a FAT32 image of t to w: every directory and regular file
 // of t (hardlinks become copies; owners and modes are not representable
 // and are dropped). It fails with ErrUnsupported on symlinks and special
-// files, and with ErrTooSmall when opts.Size cannot hold the tree.
+// files, with ErrTooSmall when opts.Size cannot hold the tree, and with an
+// *fstree.SizeError when a file's content is not its Size (it changed
+// after the tree was read). With a derived VolumeID every file is read
+// before the first byte is written, so a file that changed before Write
+// was called fails it before w is touched.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	label, err := volumeLabel(opts.Label)
 	if err != nil {
@@ -365,34 +369,12 @@ func deriveID(l *layout, label [11]byte) (uint32, error) {
 		if n.isDir || n.size == 0 {
 			continue
 		}
-		if err := copyContent(h, n, buf); err != nil {
-			return 0, err
+		if err := fstree.CopyContent(h, n.e.Path, n.data, n.size, buf); err != nil {
+			return 0, fmt.Errorf("fat: %w", err)
 		}
 	}
 	fmt.Fprintf(h, "%d", l.totalSectors)
 	return binary.LittleEndian.Uint32(h.Sum(nil)), nil
-}
-
-// copyContent copies exactly n.size bytes of n's content to w.
-func copyContent(w io.Writer, n *node, buf []byte) error {
-	if n.data == nil {
-		return fmt.Errorf("fat: %s: %d bytes but no content", n.e.Path, n.size)
-	}
-	r, err := n.data.Open()
-	if err != nil {
-		return fmt.Errorf("fat: open %s: %w", n.e.Path, err)
-	}
-	got, err := io.CopyBuffer(w, io.LimitReader(r, n.size), buf)
-	if cerr := r.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fat: read %s: %w", n.e.Path, err)
-	}
-	if got != n.size {
-		return fmt.Errorf("fat: %s: content is %d bytes, entry says %d", n.e.Path, got, n.size)
-	}
-	return nil
 }
 
 // writeHeader writes the reserved region: boot sector, FSInfo, their
@@ -494,8 +476,8 @@ func writeData(w *offset.Writer, l *layout, label [11]byte) error {
 			if _, err := w.Write(dirBytes(n, n == l.root, label)); err != nil {
 				return err
 			}
-		} else if err := copyContent(w, n, buf); err != nil {
-			return err
+		} else if err := fstree.CopyContent(w, n.e.Path, n.data, n.size, buf); err != nil {
+			return fmt.Errorf("fat: %w", err)
 		}
 		if err := w.PadTo(start + int64(n.clusters)*cs); err != nil {
 			return fmt.Errorf("fat: %s: %w", n.e.Path, err)

@@ -127,6 +127,8 @@ type layout struct {
 
 // Write writes an ISO 9660 image of files (directories and regular files)
 // plus, when opts.ESP is set, the EFI system image at EFIImagePath, to w.
+// A file whose content is not its Size (it changed after the tree was
+// read) fails the write with an *fstree.SizeError.
 func Write(w io.Writer, files *fstree.Tree, opts Options) error {
 	l, err := plan(files, opts)
 	if err != nil {

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 
 	"github.com/bellbuild/bellbuild/images/fat"
+	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/offset"
 )
 
@@ -245,16 +245,16 @@ func writeFiles(w *offset.Writer, l *layout) error {
 			}
 		case f.bios:
 			var b bytes.Buffer
-			if err := copyContent(&b, f, buf); err != nil {
-				return err
+			if err := fstree.CopyContent(&b, f.path, f.data, f.size, buf); err != nil {
+				return fmt.Errorf("iso: %w", err)
 			}
 			bootInfoTable(b.Bytes(), f.lba)
 			if _, err := w.Write(b.Bytes()); err != nil {
 				return err
 			}
 		default:
-			if err := copyContent(w, f, buf); err != nil {
-				return err
+			if err := fstree.CopyContent(w, f.path, f.data, f.size, buf); err != nil {
+				return fmt.Errorf("iso: %w", err)
 			}
 		}
 		if w.N-start != f.size {
@@ -263,27 +263,6 @@ func writeFiles(w *offset.Writer, l *layout) error {
 	}
 	if err := w.PadTo(int64(l.total) * sector); err != nil {
 		return fmt.Errorf("iso: %w", err)
-	}
-	return nil
-}
-
-func copyContent(w io.Writer, f *node, buf []byte) error {
-	if f.data == nil {
-		return fmt.Errorf("iso: %s: %d bytes but no content", f.path, f.size)
-	}
-	r, err := f.data.Open()
-	if err != nil {
-		return fmt.Errorf("iso: open %s: %w", f.path, err)
-	}
-	n, err := io.CopyBuffer(w, io.LimitReader(r, f.size), buf)
-	if cerr := r.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("iso: read %s: %w", f.path, err)
-	}
-	if n != f.size {
-		return fmt.Errorf("iso: %s: content is %d bytes, entry says %d", f.path, n, f.size)
 	}
 	return nil
 }
