@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // ErrZstdFormat reports bytes that are not a well-formed zstd stream.
@@ -26,16 +28,16 @@ type FrameInfo struct {
 // Frames walks a zstd stream's frame and block headers without
 // decompressing, and lists its frames (skippable frames are left out).
 func Frames(r io.Reader) ([]FrameInfo, error) {
-	cr := &countReader{r: r}
+	cr := &offset.Reader{R: r}
 	var out []FrameInfo
 	for {
 		var magic [4]byte
 		if _, err := io.ReadFull(cr, magic[:]); err == io.EOF {
 			return out, nil
 		} else if err != nil {
-			return nil, fmt.Errorf("%w: truncated frame at %d", ErrZstdFormat, cr.n)
+			return nil, fmt.Errorf("%w: truncated frame at %d", ErrZstdFormat, cr.N)
 		}
-		start := cr.n - 4
+		start := cr.N - 4
 		m := binary.LittleEndian.Uint32(magic[:])
 		if m&0xfffffff0 == 0x184d2a50 { // skippable frame
 			var size [4]byte
@@ -54,7 +56,7 @@ func Frames(r io.Reader) ([]FrameInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: frame at %d: %v", ErrZstdFormat, start, err)
 		}
-		f.Offset, f.Size = start, cr.n-start
+		f.Offset, f.Size = start, cr.N-start
 		out = append(out, f)
 	}
 }
@@ -129,15 +131,4 @@ func readFrame(r io.Reader) (FrameInfo, error) {
 		}
 	}
 	return f, nil
-}
-
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.n += int64(n)
-	return n, err
 }

@@ -104,9 +104,11 @@ func Partition(f *os.File) (offset, size int64, err error) {
 // Rewrite replaces the config partition of the disk image or block device
 // at path with a new volume holding files, leaving every byte outside the
 // partition as it was. The tree is checked against the partition's size
-// (names, entry types, space) before the first byte is overwritten, so a
-// bad tree changes nothing. The volume must not be mounted while it is
-// rewritten; on a running machine use WriteDir on the mounted volume.
+// (names, entry types, space) and every file's content is read (for the
+// volume's serial) before the first byte is overwritten, so a bad tree,
+// or a file that changed since the tree was read, changes nothing. The
+// volume must not be mounted while it is rewritten; on a running machine
+// use WriteDir on the mounted volume.
 func Rewrite(path string, files *fstree.Tree) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -137,7 +139,8 @@ func Rewrite(path string, files *fstree.Tree) error {
 // volume on a running machine: each file goes to a temporary name in its
 // directory, is synced, then renamed over the old one, so the applier's
 // path unit only ever sees whole files. Files already in dir that are not
-// in files are left alone.
+// in files are left alone. A file whose content is not its Size fails
+// with an *fstree.SizeError before it replaces anything.
 func WriteDir(dir string, files *fstree.Tree) error {
 	for _, e := range files.Walk() {
 		if e.Type != fstree.Regular {
@@ -160,18 +163,9 @@ func writeFileAtomic(dst string, e *fstree.Entry) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if e.Data != nil {
-		r, err := e.Data.Open()
-		if err != nil {
-			tmp.Close()
-			return err
-		}
-		_, err = io.Copy(tmp, r)
-		r.Close()
-		if err != nil {
-			tmp.Close()
-			return err
-		}
+	if err := fstree.CopyContent(tmp, e.Path, e.Data, e.Size, nil); err != nil {
+		tmp.Close()
+		return err
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()

@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
@@ -281,5 +282,77 @@ func TestWriteFileMode(t *testing.T) {
 	}
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("mode %v, want 0600 (the volume carries password hashes)", st.Mode().Perm())
+	}
+}
+
+// TestChangedFile: a file of the volume that grew or shrank on disk after
+// the tree was read fails every way of writing the volume with an error
+// naming it and both sizes, and leaves nothing behind: no standalone
+// image, a disk whose config partition is as it was, a mounted volume
+// whose file is as it was, no temporary file.
+func TestChangedFile(t *testing.T) {
+	tests := []struct {
+		name string
+		// write writes tr and returns a check of what is left after the
+		// failure, and the error.
+		write func(t *testing.T, tr *fstree.Tree) (func(t *testing.T), error)
+	}{
+		{"Write", func(t *testing.T, tr *fstree.Tree) (func(t *testing.T), error) {
+			return func(*testing.T) {}, Write(io.Discard, tr, 0)
+		}},
+		{"WriteFile", func(t *testing.T, tr *fstree.Tree) (func(t *testing.T), error) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "conf.img")
+			check := func(t *testing.T) {
+				if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) > 0 {
+					t.Errorf("files left: %v", left)
+				}
+				if left, _ := filepath.Glob(filepath.Join(dir, ".*")); len(left) > 0 {
+					t.Errorf("temporary files left: %v", left)
+				}
+			}
+			return check, WriteFile(p, tr, 0)
+		}},
+		{"Rewrite", func(t *testing.T, tr *fstree.Tree) (func(t *testing.T), error) {
+			img, l := makeDisk(t, node("n1"))
+			before := hashRange(t, img, 0, l.Size)
+			check := func(t *testing.T) {
+				if hashRange(t, img, 0, l.Size) != before {
+					t.Error("a failed Rewrite changed the disk")
+				}
+			}
+			return check, Rewrite(img, tr)
+		}},
+		{"WriteDir", func(t *testing.T, tr *fstree.Tree) (func(t *testing.T), error) {
+			dir := t.TempDir()
+			if err := WriteDir(dir, node("n1")); err != nil {
+				t.Fatal(err)
+			}
+			old, err := os.ReadFile(filepath.Join(dir, NodePath))
+			if err != nil {
+				t.Fatal(err)
+			}
+			check := func(t *testing.T) {
+				if b, err := os.ReadFile(filepath.Join(dir, NodePath)); err != nil || !bytes.Equal(b, old) {
+					t.Errorf("%s changed: %q (%v), was %q", NodePath, b, err, old)
+				}
+				if left, _ := filepath.Glob(filepath.Join(dir, "bellbuild", ".*")); len(left) > 0 {
+					t.Errorf("temporary files left: %v", left)
+				}
+			}
+			return check, WriteDir(dir, tr)
+		}},
+	}
+	for _, tc := range tests {
+		for _, c := range fixture.Changes {
+			t.Run(tc.name+"/"+c.Name, func(t *testing.T) {
+				after, err := tc.write(t, c.Tree(t, NodePath))
+				c.Check(t, err, NodePath)
+				if !strings.HasPrefix(err.Error(), "confvol: ") {
+					t.Errorf("error %q does not say which writer failed", err)
+				}
+				after(t)
+			})
+		}
 	}
 }

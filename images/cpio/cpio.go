@@ -71,7 +71,9 @@ type SizeHinter interface {
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	cw := &writer{bw: bufio.NewWriterSize(w, 1<<20)}
 	cw.hint, _ = w.(SizeHinter)
-	cw.rf, _ = w.(io.ReaderFrom)
+	if _, ok := w.(io.ReaderFrom); ok {
+		cw.direct = w
+	}
 	if err := cw.tree(t, opts); err != nil {
 		return err
 	}
@@ -80,14 +82,13 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 
 type writer struct {
 	bw *bufio.Writer
-	// rf is the destination when it can read file data in itself
-	// (compress.ZstdWriter into its blocks, os.File by copy_file_range):
-	// file data then skips bw's buffer.
-	rf   io.ReaderFrom
-	hint SizeHinter
-	hdr  [headerLen]byte
-	pad  [4]byte
-	buf  []byte
+	// direct is the destination when it can read file data in itself
+	// (an io.ReaderFrom: compress.ZstdWriter into its blocks, os.File by
+	// copy_file_range): file data then skips bw's buffer.
+	direct io.Writer
+	hint   SizeHinter
+	hdr    [headerLen]byte
+	pad    [4]byte
 }
 
 func (cw *writer) tree(t *fstree.Tree, opts Options) error {
@@ -243,35 +244,19 @@ func (cw *writer) header(h header) error {
 	return err
 }
 
-// body copies exactly size bytes of c, then the padding.
+// body copies exactly size bytes of c, then the padding. A content that
+// turns out shorter or longer than its header says is an
+// *fstree.SizeError.
 func (cw *writer) body(name string, c fstree.Content, size int64) error {
-	rc, err := c.Open()
-	if err != nil {
-		return fmt.Errorf("cpio: %s: %w", name, err)
-	}
-	var n int64
-	if cw.rf != nil {
-		if err = cw.bw.Flush(); err == nil {
-			n, err = cw.rf.ReadFrom(io.LimitReader(rc, size))
+	var w io.Writer = cw.bw
+	if cw.direct != nil {
+		if err := cw.bw.Flush(); err != nil {
+			return err
 		}
-	} else {
-		n, err = io.Copy(cw.bw, io.LimitReader(rc, size))
+		w = cw.direct
 	}
-	if err == nil && n == size {
-		// The content must not be longer than the size in the header.
-		var one [1]byte
-		if m, _ := io.ReadFull(rc, one[:]); m > 0 {
-			err = fmt.Errorf("content longer than its %d-byte size", size)
-		}
-	}
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && n < size {
-		err = fmt.Errorf("content ended after %d of %d bytes", n, size)
-	}
-	if err != nil {
-		return fmt.Errorf("cpio: %s: %w", name, err)
+	if err := fstree.CopyContent(w, name, c, size, nil); err != nil {
+		return fmt.Errorf("cpio: %w", err)
 	}
 	return cw.padTo(size)
 }

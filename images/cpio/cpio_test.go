@@ -321,22 +321,22 @@ func TestErrors(t *testing.T) {
 		{
 			name:  "shorter than its size",
 			entry: fstree.Entry{Path: "etc/short", Type: fstree.Regular, Size: 10, Data: fstree.Bytes("abc")},
-			want:  "cpio: etc/short: content ended after 3 of 10 bytes",
+			want:  "cpio: etc/short: content is 3 bytes, not its declared 10 (changed after the tree was read)",
 		},
 		{
 			name:  "longer than its size",
 			entry: fstree.Entry{Path: "etc/long", Type: fstree.Regular, Size: 2, Data: fstree.Bytes("abc")},
-			want:  "cpio: etc/long: content longer than its 2-byte size",
+			want:  "cpio: etc/long: content is 3 bytes, not its declared 2 (changed after the tree was read)",
 		},
 		{
 			name:  "file shorter than its size",
 			entry: fstree.Entry{Path: "etc/short", Type: fstree.Regular, Size: 10, Data: fstree.File(abc)},
-			want:  "cpio: etc/short: content ended after 3 of 10 bytes",
+			want:  "cpio: etc/short: content is 3 bytes, not its declared 10 (changed after the tree was read)",
 		},
 		{
 			name:  "file longer than its size",
 			entry: fstree.Entry{Path: "etc/long", Type: fstree.Regular, Size: 2, Data: fstree.File(abc)},
-			want:  "cpio: etc/long: content longer than its 2-byte size",
+			want:  "cpio: etc/long: content is 3 bytes, not its declared 2 (changed after the tree was read)",
 		},
 		{
 			name:  "file gone",
@@ -601,5 +601,46 @@ func TestSizeHint(t *testing.T) {
 				t.Errorf("hints (-archive length +hinted):\n%s(given after %v bytes)", d, h.at)
 			}
 		})
+	}
+}
+
+// TestChangedFile: a file that grew or shrank on disk after the tree was
+// read fails the write with an error naming it and both sizes, whichever
+// way the data goes: through the write buffer, into a file
+// (copy_file_range) or into the zstd compressor's blocks (ReadFrom).
+func TestChangedFile(t *testing.T) {
+	const p = "usr/lib/libchanged.so"
+	tests := []struct {
+		name string
+		dest func(t *testing.T) io.Writer
+	}{
+		{"buffered", func(t *testing.T) io.Writer { return struct{ io.Writer }{io.Discard} }},
+		{"file", func(t *testing.T) io.Writer {
+			f, err := os.Create(filepath.Join(t.TempDir(), "out.cpio"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			return f
+		}},
+		{"zstd", func(t *testing.T) io.Writer {
+			zw, err := compress.Zstd(io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { zw.Close() })
+			return zw
+		}},
+	}
+	for _, tc := range tests {
+		for _, c := range fixture.Changes {
+			t.Run(tc.name+"/"+c.Name, func(t *testing.T) {
+				err := Write(tc.dest(t), c.Tree(t, p), Options{})
+				c.Check(t, err, p)
+				if !strings.HasPrefix(err.Error(), "cpio: ") {
+					t.Errorf("error %q does not say which writer failed", err)
+				}
+			})
+		}
 	}
 }

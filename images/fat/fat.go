@@ -25,6 +25,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 const (
@@ -129,7 +130,11 @@ func Size(t *fstree.Tree, opts Options) (int64, error) {
 // Write writes a FAT32 image of t to w: every directory and regular file
 // of t (hardlinks become copies; owners and modes are not representable
 // and are dropped). It fails with ErrUnsupported on symlinks and special
-// files, and with ErrTooSmall when opts.Size cannot hold the tree.
+// files, with ErrTooSmall when opts.Size cannot hold the tree, and with an
+// *fstree.SizeError when a file's content is not its Size (it changed
+// after the tree was read). With a derived VolumeID every file is read
+// before the first byte is written, so a file that changed before Write
+// was called fails it before w is touched.
 func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	label, err := volumeLabel(opts.Label)
 	if err != nil {
@@ -149,7 +154,7 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 			return err
 		}
 	}
-	cw := &countWriter{w: w}
+	cw := offset.NewWriter(w)
 	if err := writeHeader(cw, l, label, id, opts.HiddenSectors); err != nil {
 		return err
 	}
@@ -161,8 +166,14 @@ func Write(w io.Writer, t *fstree.Tree, opts Options) error {
 	if err := writeData(cw, l, label); err != nil {
 		return err
 	}
-	total := int64(l.totalSectors) * sectorSize
-	return pad(cw, total-cw.n, opts.Sparse)
+	free := int64(l.totalSectors)*sectorSize - cw.N
+	if opts.Sparse {
+		if err := cw.Hole(free); err != nil {
+			return fmt.Errorf("fat: skip free space: %w", err)
+		}
+		return nil
+	}
+	return cw.Zeros(free)
 }
 
 // buildTree turns the fstree into nodes with FAT names, checking that
@@ -358,34 +369,12 @@ func deriveID(l *layout, label [11]byte) (uint32, error) {
 		if n.isDir || n.size == 0 {
 			continue
 		}
-		if err := copyContent(h, n, buf); err != nil {
-			return 0, err
+		if err := fstree.CopyContent(h, n.e.Path, n.data, n.size, buf); err != nil {
+			return 0, fmt.Errorf("fat: %w", err)
 		}
 	}
 	fmt.Fprintf(h, "%d", l.totalSectors)
 	return binary.LittleEndian.Uint32(h.Sum(nil)), nil
-}
-
-// copyContent copies exactly n.size bytes of n's content to w.
-func copyContent(w io.Writer, n *node, buf []byte) error {
-	if n.data == nil {
-		return fmt.Errorf("fat: %s: %d bytes but no content", n.e.Path, n.size)
-	}
-	r, err := n.data.Open()
-	if err != nil {
-		return fmt.Errorf("fat: open %s: %w", n.e.Path, err)
-	}
-	got, err := io.CopyBuffer(w, io.LimitReader(r, n.size), buf)
-	if cerr := r.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fat: read %s: %w", n.e.Path, err)
-	}
-	if got != n.size {
-		return fmt.Errorf("fat: %s: content is %d bytes, entry says %d", n.e.Path, got, n.size)
-	}
-	return nil
 }
 
 // writeHeader writes the reserved region: boot sector, FSInfo, their
@@ -435,7 +424,7 @@ func writeHeader(w io.Writer, l *layout, label [11]byte, id, hidden uint32) erro
 
 // writeFAT writes one FAT: the two reserved entries, a contiguous chain
 // for every allocated node, and zeros (free) for the rest.
-func writeFAT(w io.Writer, l *layout) error {
+func writeFAT(w *offset.Writer, l *layout) error {
 	const chunk = 16 << 10
 	buf := make([]byte, 0, chunk)
 	flush := func() error {
@@ -474,24 +463,24 @@ func writeFAT(w io.Writer, l *layout) error {
 		return err
 	}
 	written := int64(2+l.used) * 4
-	return pad(w, int64(l.fatSectors)*sectorSize-written, false)
+	return w.Zeros(int64(l.fatSectors)*sectorSize - written)
 }
 
 // writeData writes every allocated node's clusters in order.
-func writeData(w *countWriter, l *layout, label [11]byte) error {
+func writeData(w *offset.Writer, l *layout, label [11]byte) error {
 	cs := l.clusterSize()
 	buf := make([]byte, 256<<10)
 	for _, n := range l.order {
-		start := w.n
+		start := w.N
 		if n.isDir {
 			if _, err := w.Write(dirBytes(n, n == l.root, label)); err != nil {
 				return err
 			}
-		} else if err := copyContent(w, n, buf); err != nil {
-			return err
+		} else if err := fstree.CopyContent(w, n.e.Path, n.data, n.size, buf); err != nil {
+			return fmt.Errorf("fat: %w", err)
 		}
-		if err := pad(w, int64(n.clusters)*cs-(w.n-start), false); err != nil {
-			return err
+		if err := w.PadTo(start + int64(n.clusters)*cs); err != nil {
+			return fmt.Errorf("fat: %s: %w", n.e.Path, err)
 		}
 	}
 	return nil
@@ -617,44 +606,4 @@ func dosTime(sec int64) (uint16, uint16) {
 	tm := uint16(t.Hour()<<11 | t.Minute()<<5 | t.Second()/2)
 	dt := uint16((t.Year()-1980)<<9 | int(t.Month())<<5 | t.Day())
 	return tm, dt
-}
-
-// countWriter counts what has been written.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-var zeroBuf = make([]byte, 64<<10)
-
-// pad writes n zero bytes, or, when sparse and w can seek, skips them.
-func pad(w io.Writer, n int64, sparse bool) error {
-	if n <= 0 {
-		return nil
-	}
-	if sparse {
-		if cw, ok := w.(*countWriter); ok {
-			if s, ok := cw.w.(io.Seeker); ok {
-				if _, err := s.Seek(n, io.SeekCurrent); err != nil {
-					return fmt.Errorf("fat: skip free space: %w", err)
-				}
-				cw.n += n
-				return nil
-			}
-		}
-	}
-	for n > 0 {
-		k := min(n, int64(len(zeroBuf)))
-		if _, err := w.Write(zeroBuf[:k]); err != nil {
-			return err
-		}
-		n -= k
-	}
-	return nil
 }

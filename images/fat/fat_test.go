@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 	"github.com/google/go-cmp/cmp"
 )
@@ -287,7 +289,7 @@ func TestRejects(t *testing.T) {
 			"fat: size 33554432 is below the FAT32 minimum 34603008: filesystem too small for its content"},
 		{"short content", func(tr *fstree.Tree) {
 			tr.Add(fstree.Entry{Path: "short", Type: fstree.Regular, Size: 10, Data: fstree.Bytes("abc")})
-		}, Options{}, nil, "fat: short: content is 3 bytes, entry says 10"},
+		}, Options{}, nil, "fat: short: content is 3 bytes, not its declared 10 (changed after the tree was read)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -407,5 +409,32 @@ func TestRandomTrees(t *testing.T) {
 				t.Errorf("got %d files, want %d (at least 80)", len(gotFiles), len(wantFiles))
 			}
 		})
+	}
+}
+
+// TestChangedFile: a file that grew or shrank on disk after the tree was
+// read fails the write with an error naming it and both sizes, whether
+// the serial number is derived (the content is read before anything is
+// written) or set (the content is read as it is written), instead of
+// being cut short or padded with zeros.
+func TestChangedFile(t *testing.T) {
+	const p = "EFI/BOOT/grub.cfg"
+	for _, c := range fixture.Changes {
+		for _, opts := range []struct {
+			name string
+			opts Options
+		}{
+			{"derived serial", Options{}},
+			{"fixed serial", Options{VolumeID: 0x1234abcd}},
+		} {
+			t.Run(c.Name+"/"+opts.name, func(t *testing.T) {
+				tr := c.Tree(t, p)
+				err := Write(io.Discard, tr, opts.opts)
+				c.Check(t, err, p)
+				if !strings.HasPrefix(err.Error(), "fat: ") {
+					t.Errorf("error %q does not say which writer failed", err)
+				}
+			})
+		}
 	}
 }

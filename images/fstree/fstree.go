@@ -1,14 +1,20 @@
 // Package fstree holds a root filesystem as an in-memory tree of entries:
 // paths, types, modes, owners, link targets, device numbers and extended
 // attributes, with file contents opened lazily. Stage readers fill a Tree;
-// image writers (cpio, squashfs) stream it out. Nothing here needs root or
-// extracts anything onto the build host.
+// image writers (cpio, squashfs, fat, iso) stream it out. Nothing here
+// needs root or extracts anything onto the build host.
 //
 // Readers: FromDir (a directory on the host, read with lstat), FromTar and
 // OpenTar (a tarball: plain, gzip, xz, zstd or bzip2), FromOCI (an OCI
 // image layout, layers and whiteouts applied). Writer: WriteTar, a
 // reproducible stage tarball. Summary describes a tree line by line for
 // comparing trees in tests.
+//
+// Content: every writer (here and in the image formats) copies a file's
+// content with CopyContent, or reads it with OpenContent, which take
+// exactly the entry's Size and fail with a *SizeError when the content is
+// shorter or longer (a host file that changed after FromDir read it):
+// no image holds a file cut short.
 //
 // Order: Walk sorts paths component by component, parents first; writers
 // number inodes in that order, and Reproducible fixes every mtime, so the
@@ -85,7 +91,8 @@ type Entry struct {
 	// MTime in seconds since the epoch; writers normally replace it with the
 	// source date (see Reproducible).
 	MTime int64
-	// Size of a regular file's content.
+	// Size of a regular file's content: writers copy exactly this many
+	// bytes (see CopyContent).
 	Size int64
 	// Data opens a regular file's content (nil for an empty file).
 	Data Content

@@ -37,13 +37,8 @@ func (t *Tree) Summary() ([]string, error) {
 		switch e.Type {
 		case Regular:
 			sum := sha256.New()
-			if src.Size > 0 {
-				if src.Data == nil {
-					return nil, fmt.Errorf("%s: %d bytes but no content", e.Path, src.Size)
-				}
-				if err := copyContent(sum, src.Data, src.Size); err != nil {
-					return nil, fmt.Errorf("%s: %w", e.Path, err)
-				}
+			if err := CopyContent(sum, e.Path, src.Data, src.Size, nil); err != nil {
+				return nil, err
 			}
 			fmt.Fprintf(&b, " size=%d sha256=%s", src.Size, hex.EncodeToString(sum.Sum(nil))[:16])
 			if g := links[e.Path]; g != nil {

@@ -395,8 +395,8 @@ func WriteTar(w io.Writer, t *Tree, epoch int64) error {
 			return fmt.Errorf("tar: %s: %w", e.Path, err)
 		}
 		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-			if err := copyContent(tw, src.Data, hdr.Size); err != nil {
-				return fmt.Errorf("tar: %s: %w", e.Path, err)
+			if err := CopyContent(tw, e.Path, src.Data, hdr.Size, nil); err != nil {
+				return fmt.Errorf("tar: %w", err)
 			}
 		}
 	}
@@ -404,27 +404,4 @@ func WriteTar(w io.Writer, t *Tree, epoch int64) error {
 		return fmt.Errorf("tar: %w", err)
 	}
 	return bw.Flush()
-}
-
-// copyContent copies exactly size bytes of c to w, failing if c is shorter
-// or longer (a file that changed since the tree was read).
-func copyContent(w io.Writer, c Content, size int64) error {
-	rc, err := c.Open()
-	if err != nil {
-		return err
-	}
-	n, err := io.Copy(w, io.LimitReader(rc, size))
-	if err == nil && n == size {
-		var one [1]byte
-		if m, _ := io.ReadFull(rc, one[:]); m > 0 {
-			err = fmt.Errorf("content longer than its %d-byte size", size)
-		}
-	}
-	if cerr := rc.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && n < size {
-		err = fmt.Errorf("content ended after %d of %d bytes", n, size)
-	}
-	return err
 }

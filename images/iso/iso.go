@@ -31,6 +31,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 const (
@@ -126,13 +127,15 @@ type layout struct {
 
 // Write writes an ISO 9660 image of files (directories and regular files)
 // plus, when opts.ESP is set, the EFI system image at EFIImagePath, to w.
+// A file whose content is not its Size (it changed after the tree was
+// read) fails the write with an *fstree.SizeError.
 func Write(w io.Writer, files *fstree.Tree, opts Options) error {
 	l, err := plan(files, opts)
 	if err != nil {
 		return err
 	}
-	cw := &countWriter{w: w}
-	steps := []func(*countWriter, *layout) error{
+	cw := offset.NewWriter(w)
+	steps := []func(*offset.Writer, *layout) error{
 		writeSystemArea, writeVolumeDescriptors, writeCatalog, writePathTables, writeDirs, writeFiles,
 	}
 	for _, step := range steps {
@@ -140,8 +143,8 @@ func Write(w io.Writer, files *fstree.Tree, opts Options) error {
 			return err
 		}
 	}
-	if cw.n != int64(l.total)*sector {
-		return fmt.Errorf("iso: wrote %d bytes, planned %d", cw.n, int64(l.total)*sector)
+	if cw.N != int64(l.total)*sector {
+		return fmt.Errorf("iso: wrote %d bytes, planned %d", cw.N, int64(l.total)*sector)
 	}
 	return nil
 }
@@ -375,33 +378,6 @@ func dirExtentSize(d *node) int64 {
 		}
 	}
 	return sectors * sector
-}
-
-// countWriter counts what has been written.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// padTo writes zeros up to byte offset off.
-func (c *countWriter) padTo(off int64) error {
-	var zero [sector]byte
-	for c.n < off {
-		k := min(off-c.n, sector)
-		if _, err := c.Write(zero[:k]); err != nil {
-			return err
-		}
-	}
-	if c.n != off {
-		return fmt.Errorf("iso: at byte %d, past %d", c.n, off)
-	}
-	return nil
 }
 
 // Both-endian fields (ECMA-119 7.2.3, 7.3.3).

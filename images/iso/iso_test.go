@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
@@ -425,5 +426,41 @@ func TestMultiExtent(t *testing.T) {
 	huge.Add(fstree.Entry{Path: "huge", Type: fstree.Regular, Size: 2048*1024 + 1, Data: fstree.Bytes(nil)})
 	if err := Write(io.Discard, huge, Options{}); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("a file of 1025 extents: %v, want ErrUnsupported", err)
+	}
+}
+
+// TestChangedFile: a file that grew or shrank on disk after the tree was
+// read fails the write with an error naming it and both sizes, instead of
+// being cut short or padded with zeros: a file of the ISO, the BIOS boot
+// image (read into memory to be patched) and a file of the EFI image.
+func TestChangedFile(t *testing.T) {
+	tests := []struct {
+		name string
+		path string
+		// opts makes the options and files of the image around the
+		// changed tree.
+		opts func(changed *fstree.Tree) (*fstree.Tree, Options)
+	}{
+		{"file", "bellbuild/root.squashfs", func(changed *fstree.Tree) (*fstree.Tree, Options) {
+			return changed, Options{Epoch: epoch, ESP: sampleESP()}
+		}},
+		{"BIOS image", "isolinux/isolinux.bin", func(changed *fstree.Tree) (*fstree.Tree, Options) {
+			return changed, Options{Epoch: epoch, ESP: sampleESP(), BIOS: "isolinux/isolinux.bin"}
+		}},
+		{"EFI image", "EFI/BOOT/BOOTX64.EFI", func(changed *fstree.Tree) (*fstree.Tree, Options) {
+			return sampleFiles(), Options{Epoch: epoch, ESP: changed}
+		}},
+	}
+	for _, tc := range tests {
+		for _, c := range fixture.Changes {
+			t.Run(tc.name+"/"+c.Name, func(t *testing.T) {
+				files, opts := tc.opts(c.Tree(t, tc.path))
+				err := Write(io.Discard, files, opts)
+				c.Check(t, err, tc.path)
+				if !strings.HasPrefix(err.Error(), "iso: ") {
+					t.Errorf("error %q does not say which writer failed", err)
+				}
+			})
+		}
 	}
 }

@@ -4,15 +4,16 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
 
 	"github.com/bellbuild/bellbuild/images/fat"
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // writeSystemArea writes sectors 0–15: zeros, except, for a bootable image,
 // an MBR whose one partition (type 0xEF) is the EFI image, so that UEFI
 // firmware finds its ESP when the image is a disk rather than a CD.
-func writeSystemArea(w *countWriter, l *layout) error {
+func writeSystemArea(w *offset.Writer, l *layout) error {
 	area := make([]byte, firstDataLBA*sector)
 	if l.efi != nil {
 		p := area[446:462]
@@ -30,7 +31,7 @@ func writeSystemArea(w *countWriter, l *layout) error {
 
 // writeVolumeDescriptors writes the primary volume descriptor, the El
 // Torito boot record and the set terminator (sectors 16–18).
-func writeVolumeDescriptors(w *countWriter, l *layout) error {
+func writeVolumeDescriptors(w *offset.Writer, l *layout) error {
 	pvd := make([]byte, sector)
 	pvd[0] = 1
 	copy(pvd[1:6], "CD001")
@@ -85,7 +86,7 @@ func terminator(b []byte) {
 // entry, then the default entry, booted without emulation: the BIOS boot
 // image when there is one, followed by a final section for the EFI
 // platform holding the EFI image; else the EFI image itself.
-func writeCatalog(w *countWriter, l *layout) error {
+func writeCatalog(w *offset.Writer, l *layout) error {
 	cat := make([]byte, sector)
 	if l.efi != nil {
 		v := cat[0:32]
@@ -154,7 +155,7 @@ func bootInfoTable(b []byte, lba uint32) {
 
 // writePathTables writes the L (little-endian) and M (big-endian) path
 // tables.
-func writePathTables(w *countWriter, l *layout) error {
+func writePathTables(w *offset.Writer, l *layout) error {
 	for _, order := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
 		b := make([]byte, 0, int(l.pathSecs)*sector)
 		for _, d := range l.dirs {
@@ -184,10 +185,10 @@ func writePathTables(w *countWriter, l *layout) error {
 }
 
 // writeDirs writes every directory's records, never across a sector.
-func writeDirs(w *countWriter, l *layout) error {
+func writeDirs(w *offset.Writer, l *layout) error {
 	for _, d := range l.dirs {
-		if err := w.padTo(int64(d.lba) * sector); err != nil {
-			return err
+		if err := w.PadTo(int64(d.lba) * sector); err != nil {
+			return fmt.Errorf("iso: %s: %w", d.path, err)
 		}
 		ext := make([]byte, 0, d.dirSize)
 		used := 0
@@ -230,13 +231,13 @@ func writeDirs(w *countWriter, l *layout) error {
 }
 
 // writeFiles writes every file's data, each from a sector boundary.
-func writeFiles(w *countWriter, l *layout) error {
+func writeFiles(w *offset.Writer, l *layout) error {
 	buf := make([]byte, 256<<10)
 	for _, f := range l.files {
-		if err := w.padTo(int64(f.lba) * sector); err != nil {
-			return err
+		if err := w.PadTo(int64(f.lba) * sector); err != nil {
+			return fmt.Errorf("iso: %s: %w", f.path, err)
 		}
-		start := w.n
+		start := w.N
 		switch {
 		case f.efi:
 			if err := fat.Write(w, l.espTree, l.espOpts); err != nil {
@@ -244,42 +245,24 @@ func writeFiles(w *countWriter, l *layout) error {
 			}
 		case f.bios:
 			var b bytes.Buffer
-			if err := copyContent(&b, f, buf); err != nil {
-				return err
+			if err := fstree.CopyContent(&b, f.path, f.data, f.size, buf); err != nil {
+				return fmt.Errorf("iso: %w", err)
 			}
 			bootInfoTable(b.Bytes(), f.lba)
 			if _, err := w.Write(b.Bytes()); err != nil {
 				return err
 			}
 		default:
-			if err := copyContent(w, f, buf); err != nil {
-				return err
+			if err := fstree.CopyContent(w, f.path, f.data, f.size, buf); err != nil {
+				return fmt.Errorf("iso: %w", err)
 			}
 		}
-		if w.n-start != f.size {
-			return fmt.Errorf("iso: %s: wrote %d bytes, want %d", f.path, w.n-start, f.size)
+		if w.N-start != f.size {
+			return fmt.Errorf("iso: %s: wrote %d bytes, want %d", f.path, w.N-start, f.size)
 		}
 	}
-	return w.padTo(int64(l.total) * sector)
-}
-
-func copyContent(w io.Writer, f *node, buf []byte) error {
-	if f.data == nil {
-		return fmt.Errorf("iso: %s: %d bytes but no content", f.path, f.size)
-	}
-	r, err := f.data.Open()
-	if err != nil {
-		return fmt.Errorf("iso: open %s: %w", f.path, err)
-	}
-	n, err := io.CopyBuffer(w, io.LimitReader(r, f.size), buf)
-	if cerr := r.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("iso: read %s: %w", f.path, err)
-	}
-	if n != f.size {
-		return fmt.Errorf("iso: %s: content is %d bytes, entry says %d", f.path, n, f.size)
+	if err := w.PadTo(int64(l.total) * sector); err != nil {
+		return fmt.Errorf("iso: %w", err)
 	}
 	return nil
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"sync"
+
+	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // A block job travels from the reader (which fills raw) through a worker
@@ -28,7 +31,7 @@ type job struct {
 // writeData streams every regular file's content to out: full blocks
 // compressed in parallel and written in order, tails packed into fragment
 // blocks, duplicates stored once.
-func (b *builder) writeData(out *countWriter) error {
+func (b *builder) writeData(out *offset.Writer) error {
 	bs := b.opts.BlockSize
 	// The reader runs up to 16 blocks per worker ahead of the writer, so
 	// that the workers keep busy while it opens small files or waits for
@@ -97,7 +100,7 @@ func (b *builder) writeData(out *countWriter) error {
 			close(quit)
 			continue
 		}
-		pos := uint64(out.n)
+		pos := uint64(out.N)
 		if _, err := out.Write(j.out); err != nil {
 			writeErr = err
 			close(quit)
@@ -234,39 +237,39 @@ func (b *builder) readFiles(pool *bufPool, send func(*job) bool) error {
 			}
 			continue
 		}
-		rc, err := f.e.Data.Open()
+		r, err := openContent(f)
 		if err != nil {
-			return fmt.Errorf("%s: %w", f.e.Path, err)
+			return err
 		}
 		for i := range full {
 			raw := pool.get()[:bs]
-			if _, err := io.ReadFull(rc, raw); err != nil {
-				rc.Close()
-				return sizeErr(f, err)
+			if _, err := io.ReadFull(r, raw); err != nil {
+				r.Close()
+				return contentErr(err)
 			}
 			if !send(&job{raw: raw, file: f, block: i, frag: -1, holes: true}) {
-				rc.Close()
+				r.Close()
 				return errStopped
 			}
 		}
 		if tail > 0 {
 			if len(frag)+tail > int(bs) && !flushFrag() {
-				rc.Close()
+				r.Close()
 				return errStopped
 			}
 			f.frag, f.offset = uint32(nfrag), uint32(len(frag))
 			frag = frag[:len(frag)+tail]
-			if _, err := io.ReadFull(rc, frag[len(frag)-tail:]); err != nil {
-				rc.Close()
-				return sizeErr(f, err)
+			if _, err := io.ReadFull(r, frag[len(frag)-tail:]); err != nil {
+				r.Close()
+				return contentErr(err)
 			}
 		}
-		err = checkEOF(f, rc)
-		if cerr := rc.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("%s: %w", f.e.Path, cerr)
+		err = r.End()
+		if cerr := r.Close(); err == nil {
+			err = cerr
 		}
 		if err != nil {
-			return err
+			return contentErr(err)
 		}
 	}
 	if !flushFrag() {
@@ -275,56 +278,47 @@ func (b *builder) readFiles(pool *bufPool, send func(*job) bool) error {
 	return nil
 }
 
-func sizeErr(f *fileData, err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: content is shorter than its size %d: %w", f.e.Path, f.size, ErrContent)
-	}
-	return fmt.Errorf("%s: %w", f.e.Path, err)
+// openContent opens f's content to be read as exactly its size.
+func openContent(f *fileData) (*fstree.ContentReader, error) {
+	return fstree.OpenContent(f.e.Path, f.e.Data, int64(f.size))
 }
 
-func checkEOF(f *fileData, r io.Reader) error {
-	var one [1]byte
-	n, err := io.ReadFull(r, one[:])
-	if n > 0 {
-		return fmt.Errorf("%s: content is longer than its size %d: %w", f.e.Path, f.size, ErrContent)
+// contentErr marks a content that is not its declared size with
+// ErrContent too; other errors (they name the file) pass unchanged.
+func contentErr(err error) error {
+	if _, ok := errors.AsType[*fstree.SizeError](err); ok {
+		return fmt.Errorf("%w: %w", err, ErrContent)
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: %w", f.e.Path, err)
-	}
-	return nil
+	return err
 }
 
 // readSmall reads a file of at most one block into a pooled buffer.
 func readSmall(f *fileData, pool *bufPool) ([]byte, error) {
-	rc, err := f.e.Data.Open()
+	r, err := openContent(f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.e.Path, err)
-	}
-	defer rc.Close()
-	buf := pool.get()[:f.size]
-	if _, err := io.ReadFull(rc, buf); err != nil {
-		return nil, sizeErr(f, err)
-	}
-	if err := checkEOF(f, rc); err != nil {
 		return nil, err
+	}
+	defer r.Close()
+	buf := pool.get()[:f.size]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, contentErr(err)
+	}
+	if err := r.End(); err != nil {
+		return nil, contentErr(err)
 	}
 	return buf, nil
 }
 
 func hashFile(f *fileData) ([sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
-	rc, err := f.e.Data.Open()
+	r, err := openContent(f)
 	if err != nil {
-		return sum, fmt.Errorf("%s: %w", f.e.Path, err)
+		return sum, err
 	}
-	defer rc.Close()
+	defer r.Close()
 	h := sha256.New()
-	n, err := io.Copy(h, rc)
-	if err != nil {
-		return sum, fmt.Errorf("%s: %w", f.e.Path, err)
-	}
-	if uint64(n) != f.size {
-		return sum, fmt.Errorf("%s: content is %d bytes, its size %d: %w", f.e.Path, n, f.size, ErrContent)
+	if _, err := io.Copy(h, r); err != nil {
+		return sum, contentErr(err)
 	}
 	h.Sum(sum[:0])
 	return sum, nil

@@ -8,6 +8,8 @@ import (
 
 	"github.com/klauspost/compress/zlib"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // compressor compresses one block at a time. Each block is a frame of its
@@ -147,7 +149,7 @@ func (m *metaWriter) finish() ([]byte, error) {
 // out, followed by the uncompressed array of the blocks' absolute
 // positions, and returns the array's position: the layout of the fragment,
 // export and id tables.
-func writeLookupTable(out *countWriter, c compressor, entries []byte) (uint64, error) {
+func writeLookupTable(out *offset.Writer, c compressor, entries []byte) (uint64, error) {
 	m := newMetaWriter(c)
 	if _, err := m.Write(entries); err != nil {
 		return 0, err
@@ -156,7 +158,7 @@ func writeLookupTable(out *countWriter, c compressor, entries []byte) (uint64, e
 	if err != nil {
 		return 0, err
 	}
-	start := uint64(out.n)
+	start := uint64(out.N)
 	if _, err := out.Write(blocks); err != nil {
 		return 0, err
 	}
@@ -164,7 +166,7 @@ func writeLookupTable(out *countWriter, c compressor, entries []byte) (uint64, e
 	for _, s := range m.starts[:len(m.starts)-1] {
 		index = binary.LittleEndian.AppendUint64(index, start+s)
 	}
-	at := uint64(out.n)
+	at := uint64(out.N)
 	if _, err := out.Write(index); err != nil {
 		return 0, err
 	}

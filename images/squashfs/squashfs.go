@@ -28,6 +28,7 @@ import (
 	"runtime"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // Compression names a squashfs compressor.
@@ -89,7 +90,8 @@ type Options struct {
 var ErrLimit = errors.New("beyond squashfs's limits")
 
 // ErrContent is wrapped by errors about a regular file whose content does
-// not match the tree (a different size than Entry.Size, no Data).
+// not match the tree (no Data, or a different size than Entry.Size: then
+// the error also holds an *fstree.SizeError).
 var ErrContent = errors.New("file content does not match the tree")
 
 const (
@@ -159,7 +161,8 @@ func (o Options) withDefaults() (Options, error) {
 //
 // Entries are checked before anything is written: an entry beyond the
 // format's limits fails with an error wrapping ErrLimit. A file whose
-// content turns out to differ from its Size fails with ErrContent, and an
+// content turns out to differ from its Size fails with ErrContent and an
+// *fstree.SizeError, and an
 // error while reading or writing leaves a partial image behind: write to a
 // temporary file and rename it, or discard the partition, on error.
 func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
@@ -176,7 +179,7 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
 	bw := bufio.NewWriterSize(w, 1<<20)
-	out := &countWriter{w: bw}
+	out := offset.NewWriter(bw)
 	if _, err := out.Write(make([]byte, superSize)); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
@@ -187,11 +190,9 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
-	sb.bytesUsed = uint64(out.n)
-	if pad := (imagePadding - out.n%imagePadding) % imagePadding; pad > 0 {
-		if _, err := out.Write(make([]byte, pad)); err != nil {
-			return 0, fmt.Errorf("squashfs: %w", err)
-		}
+	sb.bytesUsed = uint64(out.N)
+	if err := out.Zeros((imagePadding - out.N%imagePadding) % imagePadding); err != nil {
+		return 0, fmt.Errorf("squashfs: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
@@ -202,21 +203,10 @@ func Write(w io.WriteSeeker, t *fstree.Tree, opts Options) (int64, error) {
 	if _, err := w.Write(sb.marshal()); err != nil {
 		return 0, fmt.Errorf("squashfs: superblock: %w", err)
 	}
-	if _, err := w.Seek(base+out.n, io.SeekStart); err != nil {
+	if _, err := w.Seek(base+out.N, io.SeekStart); err != nil {
 		return 0, fmt.Errorf("squashfs: %w", err)
 	}
-	return out.n, nil
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return out.N, nil
 }
 
 type superblock struct {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/internal/fixture"
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 )
@@ -275,9 +276,9 @@ func TestErrors(t *testing.T) {
 		{name: "no data", entry: fstree.Entry{Path: "f", Type: fstree.Regular, Size: 3}, is: ErrContent,
 			message: "squashfs: f: 3 bytes but no Data: file content does not match the tree"},
 		{name: "short content", entry: fstree.Entry{Path: "f", Type: fstree.Regular, Size: 300000, Data: fstree.Bytes("abc")}, is: ErrContent,
-			message: "squashfs: f: content is shorter than its size 300000: file content does not match the tree"},
+			message: "squashfs: f: content is 3 bytes, not its declared 300000 (changed after the tree was read): file content does not match the tree"},
 		{name: "long content", entry: fstree.Entry{Path: "f", Type: fstree.Regular, Size: 2, Data: fstree.Bytes("abc")}, is: ErrContent,
-			message: "squashfs: f: content is longer than its size 2: file content does not match the tree"},
+			message: "squashfs: f: content is 3 bytes, not its declared 2 (changed after the tree was read): file content does not match the tree"},
 		{name: "open fails", entry: fstree.Entry{Path: "f", Type: fstree.Regular, Size: 2, Data: failingContent{errOpen}}, is: errOpen,
 			message: "squashfs: f: disk on fire"},
 		{name: "block size", entry: fstree.Entry{Path: "f", Type: fstree.FIFO}, opts: Options{BlockSize: 3000},
@@ -401,5 +402,35 @@ func TestHugeSparseFile(t *testing.T) {
 			}
 		}
 		off = hole
+	}
+}
+
+// TestChangedFile: a file that grew or shrank on disk after the tree was
+// read fails the write with an error naming it and both sizes (and
+// ErrContent), whether it is read block by block (a size no other file
+// has) or first hashed for deduplication (a size another file shares).
+func TestChangedFile(t *testing.T) {
+	const p = "usr/lib/libchanged.so"
+	tests := []struct {
+		name   string
+		others []string
+	}{
+		{"unique size", nil},
+		{"shared size", []string{"usr/lib/libsame.so"}},
+	}
+	for _, tc := range tests {
+		for _, c := range fixture.Changes {
+			t.Run(tc.name+"/"+c.Name, func(t *testing.T) {
+				var out seekBuffer
+				_, err := Write(&out, c.Tree(t, p, tc.others...), Options{})
+				c.Check(t, err, p)
+				if !errors.Is(err, ErrContent) {
+					t.Errorf("error %v is not ErrContent", err)
+				}
+				if !strings.HasPrefix(err.Error(), "squashfs: ") {
+					t.Errorf("error %q does not say which writer failed", err)
+				}
+			})
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math/bits"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/offset"
 )
 
 // Inode types; a directory entry always names the basic type.
@@ -52,7 +53,7 @@ type tables struct {
 // writeTables writes the inode, directory, fragment, export, id and xattr
 // tables after the data, in the order the kernel's sanity checks expect
 // (each table ends where the next begins), and returns the superblock.
-func (b *builder) writeTables(out *countWriter) (*superblock, error) {
+func (b *builder) writeTables(out *offset.Writer) (*superblock, error) {
 	c, err := newCompressor(b.opts)
 	if err != nil {
 		return nil, err
@@ -82,11 +83,11 @@ func (b *builder) writeTables(out *countWriter) (*superblock, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb.inodeTable = uint64(out.n)
+	sb.inodeTable = uint64(out.N)
 	if _, err := out.Write(inodeTable); err != nil {
 		return nil, err
 	}
-	sb.dirTable = uint64(out.n)
+	sb.dirTable = uint64(out.N)
 	if _, err := out.Write(dirTable); err != nil {
 		return nil, err
 	}
@@ -131,7 +132,7 @@ func (b *builder) writeTables(out *countWriter) (*superblock, error) {
 // writeXattrs writes the key/value metadata blocks, then the lookup table
 // of (reference, count, size) per set, then the header the superblock
 // points to, which ends the image.
-func (b *builder) writeXattrs(out *countWriter, c compressor) (uint64, error) {
+func (b *builder) writeXattrs(out *offset.Writer, c compressor) (uint64, error) {
 	kv := newMetaWriter(c)
 	ids := make([]byte, 0, 16*len(b.xsets))
 	for _, s := range b.xsets {
@@ -146,7 +147,7 @@ func (b *builder) writeXattrs(out *countWriter, c compressor) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	kvStart := uint64(out.n)
+	kvStart := uint64(out.N)
 	if _, err := out.Write(kvBlocks); err != nil {
 		return 0, err
 	}
@@ -158,7 +159,7 @@ func (b *builder) writeXattrs(out *countWriter, c compressor) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	idStart := uint64(out.n)
+	idStart := uint64(out.N)
 	if _, err := out.Write(idBlocks); err != nil {
 		return 0, err
 	}
@@ -168,7 +169,7 @@ func (b *builder) writeXattrs(out *countWriter, c compressor) (uint64, error) {
 	for _, s := range idm.starts[:len(idm.starts)-1] {
 		hdr = binary.LittleEndian.AppendUint64(hdr, idStart+s)
 	}
-	at := uint64(out.n)
+	at := uint64(out.N)
 	_, err = out.Write(hdr)
 	return at, err
 }
