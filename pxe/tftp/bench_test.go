@@ -235,7 +235,7 @@ func BenchmarkTFTPLoss(b *testing.B) {
 			if s.skip != "" {
 				testtool.Skipf(b, "%v", s.skip)
 			}
-			_, port := newRelay(b, "127.0.0.1:"+s.port, randomLoss(0.005))
+			_, port := newRelay(b, "127.0.0.1:"+s.port, 0, randomLoss(0.005))
 			local := filepath.Join(b.TempDir(), "got")
 			b.SetBytes(size)
 			failed := 0
