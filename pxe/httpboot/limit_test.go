@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -192,5 +193,23 @@ func TestStalledDownload(t *testing.T) {
 	n, err := io.Copy(io.Discard, rc.r)
 	if isTimeout(err) || n >= size {
 		t.Fatalf("stalled download: read %d bytes (headers and body) of a %d-byte file, then %v; want the server to give up", n, size, err)
+	}
+}
+
+// TestHalfCloseAfterUnreadBody: a request whose body the server does not
+// read ends its connection; the server half-closes it as soon as the
+// response is out, as net/http does on a bare TCP connection, so the
+// client sees the end at once (not only when the server closes for good
+// half a second later).
+func TestHalfCloseAfterUnreadBody(t *testing.T) {
+	f := startWith(t, nil, Limits{}, nil)
+	rc := f.dial(t)
+	body := strings.Repeat("x", 4<<20)
+	go io.WriteString(rc.c, "GET /healthz HTTP/1.1\r\nHost: test\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	if code, text, err := rc.response(5 * time.Second); code != 200 || text != "ok\n" || err != nil {
+		t.Fatalf("%d %q %v, want the response", code, text, err)
+	}
+	if took, closed := rc.closedWithin(5 * time.Second); !closed || took > 300*time.Millisecond {
+		t.Errorf("end of the connection seen after %v (closed: %v), want at once", took, closed)
 	}
 }
