@@ -86,6 +86,9 @@ type Config struct {
 	// initramfs over HTTP) or "tftp" (for networks without HTTP).
 	BootVia string
 	TFTP    tftp.Config
+	// HTTP bounds the HTTP server's connections: idle and read-header
+	// timeouts and a cap (see httpboot.Limits for the defaults).
+	HTTP httpboot.Limits
 	// DHCPWorkers and DHCPQueue bound the DHCP server (see dhcp.Config).
 	DHCPWorkers, DHCPQueue int
 	// RelayPort is where relays are answered (default 67).
@@ -226,6 +229,9 @@ func (c *Config) fill() error {
 	default:
 		return fmt.Errorf("pxe: boot via %q: want http or tftp", c.BootVia)
 	}
+	if err := c.HTTP.Check(); err != nil {
+		return fmt.Errorf("pxe: %w", err)
+	}
 	if !c.ServerIP.IsValid() {
 		if c.Interface == "" {
 			return errors.New("pxe: need an interface or a server address")
@@ -309,7 +315,7 @@ func (s *Server) Run(ctx context.Context) error {
 		run("tftp", func(ctx context.Context) error { return s.tftp.Serve(ctx, s.tftpConn) })
 	}
 	if s.httpLn != nil {
-		run("http", func(ctx context.Context) error { return httpboot.Serve(ctx, s.httpLn, s.http) })
+		run("http", func(ctx context.Context) error { return httpboot.Serve(ctx, s.httpLn, s.http, s.cfg.HTTP) })
 	}
 	s.cfg.Log.Info("serving", "server", s.cfg.ServerIP.String(), "dhcp", s.cfg.DHCP,
 		"dhcp_addr", addrString(s.dhcpConn), "tftp", addrString(s.tftpConn), "http", addrString(s.httpLn),

@@ -1,6 +1,7 @@
 package pxe
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -192,5 +193,42 @@ func TestSecondServerOnTheSamePortFails(t *testing.T) {
 	port := r.srv.DHCPAddr().(*net.UDPAddr).Port
 	if _, err := New(loopbackConfig("", port), fleet(1)); err == nil {
 		t.Fatal("a second server bound the same DHCP port (SO_REUSEPORT would split the traffic)")
+	}
+}
+
+// TestHTTPLimits: Config.HTTP reaches the HTTP server (an idle keep-alive
+// connection is closed after its idle timeout), and a negative limit is
+// refused before anything is opened.
+func TestHTTPLimits(t *testing.T) {
+	cfg := loopbackConfig("", 0)
+	cfg.HTTP.IdleTimeout = 300 * time.Millisecond
+	r := serve(t, cfg, fleet(1))
+	defer r.stop(t)
+	c, err := net.Dial("tcp4", r.srv.HTTPAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection: %v after %v, want the server to close it", err, time.Since(start))
+	}
+
+	bad := loopbackConfig("", 0)
+	bad.HTTP.MaxConns = -1
+	want := "pxe: http connection cap -1: want a positive number (0: the default)"
+	if _, err := New(bad, fleet(1)); err == nil || err.Error() != want {
+		t.Errorf("New with a negative cap: %v, want %q", err, want)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/leases"
 	"github.com/bellbuild/bellbuild/pxe/tftp"
 )
@@ -78,6 +79,8 @@ Example:
 			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases and the nodes' rendered files")
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
+			fs.DurationVar(&o.httpIdle, "http-idle-timeout", httpboot.DefaultIdleTimeout, "close an HTTP keep-alive connection that asks nothing for `DURATION`")
+			fs.IntVar(&o.httpMaxConns, "http-max-conns", httpboot.DefaultMaxConns, "HTTP connections open at once (`N`); more wait, and the longest idle is closed to make room")
 			fs.StringVar(&o.tftpAddr, "tftp-addr", "0.0.0.0:69", "TFTP listen `ADDR` (off: no TFTP)")
 			fs.UintVar(&o.tftpWindow, "tftp-window", tftp.DefaultWindow, "TFTP blocks sent ahead of the client's ACKs (`N`; 1: lock-step)")
 			fs.StringVar(&o.bootVia, "boot-via", "http", "how iPXE fetches script, kernel and initramfs: `http` or tftp")
@@ -104,6 +107,8 @@ type serveFlags struct {
 	leaseTime                time.Duration
 	loaders                  string
 	tftpWindow               uint
+	httpIdle                 time.Duration
+	httpMaxConns             int
 }
 
 func runServe(ctx context.Context, o serveFlags) error {
@@ -120,6 +125,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 		Interface: o.iface, DHCP: o.dhcp, LeaseTime: o.leaseTime, Artifacts: o.artifacts,
 		HTTPAddr: o.httpAddr, TFTPAddr: o.tftpAddr, BootVia: o.bootVia,
 		Loaders: pxe.DefaultLoaders(o.loaders), TFTP: tftp.Config{Window: o.tftpWindow},
+		HTTP: httpboot.Limits{IdleTimeout: o.httpIdle, MaxConns: o.httpMaxConns},
 	}
 	var subnet netip.Prefix
 	if o.iface != "" {

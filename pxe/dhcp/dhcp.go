@@ -306,14 +306,39 @@ func (s *Server) Handle(ctx context.Context, req *dhcpv4.DHCPv4, peer *net.UDPAd
 		s.m.Log.Info("dhcp release", "mac", mac.String(), "ip", ip.String())
 		return nil, nil, errNoReply
 	case dhcpv4.MessageTypeDecline:
-		ip, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
-		if err := s.leases.Decline(ctx, mac, ip); err != nil {
-			return nil, nil, drop(DropLease, err)
-		}
-		s.m.Log.Warn("dhcp decline: address in use on the network", "mac", mac.String(), "ip", ip.String())
-		return nil, nil, errNoReply
+		return s.decline(ctx, req, reserved)
 	}
 	return nil, nil, drop(DropUnsupported, fmt.Errorf("message type %v", mt))
+}
+
+// decline handles a DHCPDECLINE: the client found the address it was
+// given in use by another host. Anyone can send one with any MAC, so it
+// takes an address out of the pool (leases.Store.Decline, for
+// leases.Options.DeclineHold) only when it names this server (or none)
+// and the address is a dynamic one bound to that MAC. A node's fixed
+// address is never quarantined, only logged: the node has no other
+// address to fall back on, so keeping it from the node would only let a
+// forged DECLINE carrying the node's MAC stop the node from booting.
+func (s *Server) decline(ctx context.Context, req *dhcpv4.DHCPv4, reserved netip.Addr) (*dhcpv4.DHCPv4, *net.UDPAddr, error) {
+	mac := req.ClientHWAddr
+	if sid := req.ServerIdentifier(); sid != nil && !sid.Equal(s.cfg.ServerIP.AsSlice()) {
+		return nil, nil, drop(DropOtherServer, nil)
+	}
+	ip, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
+	if ip.IsValid() && ip == reserved {
+		s.m.Log.Warn("dhcp decline of a fixed address: kept for its node", "mac", mac.String(), "ip", ip.String())
+		return nil, nil, errNoReply
+	}
+	declined, err := s.leases.Decline(ctx, mac, ip)
+	if err != nil {
+		return nil, nil, drop(DropLease, err)
+	}
+	if !declined {
+		s.m.Log.Info("dhcp decline ignored: the address is not bound to this MAC", "mac", mac.String(), "ip", ip.String())
+		return nil, nil, errNoReply
+	}
+	s.m.Log.Warn("dhcp decline: address in use on the network; kept out of the pool", "mac", mac.String(), "ip", ip.String())
+	return nil, nil, errNoReply
 }
 
 // errNoReply marks messages that are handled but never answered (RELEASE,

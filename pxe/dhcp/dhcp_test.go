@@ -1,13 +1,16 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,10 +76,38 @@ type fixture struct {
 	leases *leases.Store
 	reg    *prometheus.Registry
 	m      *metrics.Metrics
+	log    *logBuffer
+}
+
+// logBuffer collects the server's log lines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // start runs a server on 127.0.0.1 (any port) until the test ends.
 func start(t *testing.T, cfg Config, store *leases.Store) *fixture {
+	t.Helper()
+	f, stop := startStoppable(t, cfg, store)
+	t.Cleanup(stop)
+	return f
+}
+
+// startStoppable runs a server on 127.0.0.1 (any port) until stop is
+// called (stop leaves the lease store open).
+func startStoppable(t *testing.T, cfg Config, store *leases.Store) (f *fixture, stop func()) {
 	t.Helper()
 	if store == nil {
 		var err error
@@ -85,7 +116,8 @@ func start(t *testing.T, cfg Config, store *leases.Store) *fixture {
 		}
 	}
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, slog.New(slog.DiscardHandler))
+	log := &logBuffer{}
+	m := metrics.New(reg, slog.New(slog.NewTextHandler(log, nil)))
 	srv, err := New(cfg, inventory(), store, m)
 	if err != nil {
 		t.Fatal(err)
@@ -97,13 +129,13 @@ func start(t *testing.T, cfg Config, store *leases.Store) *fixture {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, conn) }()
-	t.Cleanup(func() {
+	stop = func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-	})
-	return &fixture{srv: srv, addr: conn.LocalAddr().(*net.UDPAddr), leases: store, reg: reg, m: m}
+	}
+	return &fixture{srv: srv, addr: conn.LocalAddr().(*net.UDPAddr), leases: store, reg: reg, m: m, log: log}, stop
 }
 
 func (f *fixture) client(t *testing.T, mac net.HardwareAddr) *nclient4.Client {
@@ -398,6 +430,161 @@ func TestRequests(t *testing.T) {
 			t.Errorf("declined address leased again: %v", err)
 		}
 	})
+}
+
+// TestDecline: a DHCPDECLINE quarantines an address only when it comes
+// from the MAC that holds that address and the address is not a node's
+// fixed one; whatever it does lasts across a restart on the same lease
+// file. Each case runs real exchanges (nclient4 DORA, then raw DECLINE
+// and renewing REQUEST packets) against a server on loopback.
+func TestDecline(t *testing.T) {
+	type bound struct {
+		mac net.HardwareAddr
+		ip  string
+	}
+	tests := []struct {
+		name string
+		// before: DORAs run first, each must get its address.
+		before []bound
+		// decline: who sends the DECLINE, for which address, naming
+		// which server (nil: none, like some clients).
+		from net.HardwareAddr
+		ip   string
+		sid  net.IP
+		// renewed: REQUESTs from an address already held (RENEWING,
+		// ciaddr set) that must be ACKed right after the DECLINE.
+		renewed []bound
+		// after: DORAs run after the DECLINE and again, in this order,
+		// after a restart on the same lease file.
+		after []bound
+		// log: a line the server must have logged.
+		log string
+	}{{
+		name:    "a node's fixed address is only logged",
+		before:  []bound{{macRes, "192.0.2.50"}},
+		from:    macRes,
+		ip:      "192.0.2.50",
+		sid:     net.ParseIP("192.0.2.1"),
+		renewed: []bound{{macRes, "192.0.2.50"}},
+		after:   []bound{{macRes, "192.0.2.50"}},
+		log:     `msg="dhcp decline of a fixed address: kept for its node" mac=52:54:00:00:00:0c ip=192.0.2.50`,
+	}, {
+		name:    "a node's fixed address, without a server identifier",
+		before:  []bound{{macRes, "192.0.2.50"}},
+		from:    macRes,
+		ip:      "192.0.2.50",
+		renewed: []bound{{macRes, "192.0.2.50"}},
+		after:   []bound{{macRes, "192.0.2.50"}},
+	}, {
+		name:    "a dynamic address from a MAC that does not hold it",
+		before:  []bound{{macA, "192.0.2.100"}},
+		from:    macB,
+		ip:      "192.0.2.100",
+		sid:     net.ParseIP("192.0.2.1"),
+		renewed: []bound{{macA, "192.0.2.100"}},
+		after:   []bound{{macA, "192.0.2.100"}, {macB, "192.0.2.101"}},
+		log:     `msg="dhcp decline ignored: the address is not bound to this MAC" mac=52:54:00:00:00:0b ip=192.0.2.100`,
+	}, {
+		name:    "a dynamic address from a node with a fixed address",
+		before:  []bound{{macA, "192.0.2.100"}, {macRes, "192.0.2.50"}},
+		from:    macRes,
+		ip:      "192.0.2.100",
+		sid:     net.ParseIP("192.0.2.1"),
+		renewed: []bound{{macA, "192.0.2.100"}, {macRes, "192.0.2.50"}},
+		after:   []bound{{macA, "192.0.2.100"}, {macRes, "192.0.2.50"}},
+	}, {
+		name:    "a DECLINE naming another server",
+		before:  []bound{{macA, "192.0.2.100"}},
+		from:    macA,
+		ip:      "192.0.2.100",
+		sid:     net.ParseIP("192.0.2.254"),
+		renewed: []bound{{macA, "192.0.2.100"}},
+		after:   []bound{{macA, "192.0.2.100"}},
+	}, {
+		// The one DECLINE that quarantines: the holder's own dynamic
+		// address leaves the pool, the holder and everyone else get
+		// others, before and after the restart.
+		name:   "a dynamic address from its holder",
+		before: []bound{{macA, "192.0.2.100"}},
+		from:   macA,
+		ip:     "192.0.2.100",
+		sid:    net.ParseIP("192.0.2.1"),
+		after:  []bound{{macA, "192.0.2.101"}, {macB, "192.0.2.102"}},
+		log:    `msg="dhcp decline: address in use on the network; kept out of the pool" mac=52:54:00:00:00:0a ip=192.0.2.100`,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "leases")
+			store, err := leases.Open(path, leases.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, stop := startStoppable(t, testConfig(), store)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			dora := func(f *fixture, when string, want []bound) {
+				t.Helper()
+				for _, b := range want {
+					l, err := f.client(t, b.mac).Request(ctx)
+					if err != nil {
+						t.Fatalf("%s: %s got no lease: %v", when, b.mac, err)
+					}
+					if got := l.ACK.YourIPAddr.String(); got != b.ip {
+						t.Errorf("%s: %s got %s, want %s", when, b.mac, got, b.ip)
+					}
+				}
+			}
+			dora(f, "before the DECLINE", tt.before)
+
+			conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			mods := []dhcpv4.Modifier{dhcpv4.WithHwAddr(tt.from),
+				dhcpv4.WithMessageType(dhcpv4.MessageTypeDecline),
+				dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP(tt.ip)))}
+			if tt.sid != nil {
+				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptServerIdentifier(tt.sid)))
+			}
+			decline, err := dhcpv4.New(mods...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := exchange(t, conn, f.addr, decline); r != nil {
+				t.Fatalf("DECLINE answered: %s", r.Summary())
+			}
+			for _, b := range tt.renewed {
+				req, err := dhcpv4.New(dhcpv4.WithHwAddr(b.mac),
+					dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+					dhcpv4.WithClientIP(net.ParseIP(b.ip)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				r := exchange(t, conn, f.addr, req)
+				if r == nil || r.MessageType() != dhcpv4.MessageTypeAck || r.YourIPAddr.String() != b.ip {
+					t.Errorf("%s renewing %s after the DECLINE: got %v, want an ACK", b.mac, b.ip, r)
+				}
+			}
+			dora(f, "after the DECLINE", tt.after)
+			if tt.log != "" && !strings.Contains(f.log.String(), tt.log) {
+				t.Errorf("log lacks %q:\n%s", tt.log, f.log)
+			}
+
+			stop()
+			if err := store.Close(); err != nil {
+				t.Fatal(err)
+			}
+			store, err = leases.Open(path, leases.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			f, stop = startStoppable(t, testConfig(), store)
+			defer stop()
+			dora(f, "after a restart", tt.after)
+		})
+	}
 }
 
 func TestProxy(t *testing.T) {

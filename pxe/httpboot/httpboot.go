@@ -10,7 +10,9 @@
 //	GET /healthz               "ok"
 //
 // Everything a client reads is resolved by package catalog, the same way
-// as over TFTP.
+// as over TFTP. Serve bounds what clients can hold (Limits): idle,
+// read-header and stall timeouts, and a cap on connections beyond which
+// new ones wait.
 package httpboot
 
 import (
@@ -180,9 +182,21 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// Serve serves h on l until ctx is done, then shuts down gracefully.
-func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+// Serve serves h on l within lim until ctx is done, then shuts down
+// gracefully.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, lim Limits) error {
+	if err := lim.Check(); err != nil {
+		return err
+	}
+	lim.fill()
+	ll := newLimitListener(l, lim)
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		IdleTimeout:       lim.IdleTimeout,
+		ConnState:         ll.connState,
+	}
+	l = ll
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

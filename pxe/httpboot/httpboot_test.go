@@ -27,7 +27,17 @@ type fixture struct {
 
 func start(t *testing.T, owners pxetest.Owners) *fixture {
 	t.Helper()
+	return startWith(t, owners, Limits{}, nil)
+}
+
+// startWith serves the fixture's site within lim, after prep (when not
+// nil) has added to it.
+func startWith(t *testing.T, owners pxetest.Owners, lim Limits, prep func(*pxetest.Site)) *fixture {
+	t.Helper()
 	site := pxetest.New(t)
+	if prep != nil {
+		prep(site)
+	}
 	cat, err := catalog.New(catalog.Config{Loaders: site.Loaders, Artifacts: site.Artifacts, Files: site.Files},
 		site.Backend, owners)
 	if err != nil {
@@ -41,7 +51,7 @@ func start(t *testing.T, owners pxetest.Owners) *fixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, New(Config{Gatherer: reg}, cat, m)) }()
+	go func() { done <- Serve(ctx, l, New(Config{Gatherer: reg}, cat, m), lim) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -315,7 +315,8 @@ func (s *Store) bind(ip netip.Addr, mac string, st state, expiry time.Time) *bin
 }
 
 // Offer picks the address to offer mac: reserved when valid (it must not be
-// live for another MAC), else the address mac already has in pool, else a
+// live for another MAC; a quarantine after a DECLINE does not count, since
+// a reserved address has no other machine to go to), else the address mac already has in pool, else a
 // never-used address of pool, else the longest-expired one. The address is
 // held for mac for Options.OfferHold.
 func (s *Store) Offer(mac net.HardwareAddr, reserved netip.Addr, pool Range) (netip.Addr, error) {
@@ -325,7 +326,7 @@ func (s *Store) Offer(mac net.HardwareAddr, reserved netip.Addr, pool Range) (ne
 	now := s.opts.Now()
 	hold := now.Add(s.opts.OfferHold)
 	if reserved.IsValid() {
-		if b := s.byIP[reserved]; b != nil && b.mac != key && b.live(now) {
+		if b := s.byIP[reserved]; b != nil && b.mac != key && b.state != declined && b.live(now) {
 			return netip.Addr{}, fmt.Errorf("reserved %s: %w", reserved, ErrInUse)
 		}
 		s.hold(reserved, key, hold)
@@ -440,20 +441,21 @@ func (s *Store) Release(ctx context.Context, mac net.HardwareAddr, ip netip.Addr
 }
 
 // Decline takes ip out of use for Options.DeclineHold: mac found it in use
-// by someone else. mac loses its binding.
-func (s *Store) Decline(ctx context.Context, mac net.HardwareAddr, ip netip.Addr) error {
+// by someone else. mac loses its binding. It reports whether it did so: a
+// DECLINE from a MAC that ip is not bound to changes nothing.
+func (s *Store) Decline(ctx context.Context, mac net.HardwareAddr, ip netip.Addr) (bool, error) {
 	key := mac.String()
 	s.mu.Lock()
 	b := s.byIP[ip]
 	if s.closed || b == nil || b.mac != key {
 		s.mu.Unlock()
-		return nil
+		return false, nil
 	}
 	until := s.opts.Now().Add(s.opts.DeclineHold).Truncate(time.Second)
 	s.bind(ip, "", declined, until)
 	wait := s.logLocked(fmt.Sprintf("D %s %d\n", ip, until.Unix()), true)
 	s.mu.Unlock()
-	return s.await(ctx, wait)
+	return true, s.await(ctx, wait)
 }
 
 // Get returns mac's binding: its lease (or offer), expired or not.

@@ -201,6 +201,42 @@ func TestCorruptLog(t *testing.T) {
 	}
 }
 
+// TestDecline: only the MAC an address is bound to can quarantine it; the
+// quarantine is on disk, and it never keeps a reserved (fixed) address
+// from the MAC it is reserved for.
+func TestDecline(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "leases")
+	c := newClock()
+	s := open(t, path, c)
+	ctx := context.Background()
+	a := offerAck(t, s, mac(1))
+	if ok, err := s.Decline(ctx, mac(2), a); ok || err != nil {
+		t.Fatalf("DECLINE from a MAC that does not hold %s: %v %v, want false", a, ok, err)
+	}
+	if m, ok := s.MACFor(a); !ok || m.String() != mac(1).String() {
+		t.Errorf("after another MAC's DECLINE, %s is leased to %v %v, want MAC 1", a, m, ok)
+	}
+	if ok, err := s.Decline(ctx, mac(1), a); !ok || err != nil {
+		t.Fatalf("DECLINE from the holder: %v %v, want true", ok, err)
+	}
+	s.Close()
+	s = open(t, path, c)
+	defer s.Close()
+	if _, err := s.Ack(ctx, mac(3), a, time.Hour); !errors.Is(err, ErrInUse) {
+		t.Errorf("declined %s leased after a restart: %v, want ErrInUse", a, err)
+	}
+	// A quarantine of an address that is now reserved for a MAC (a log
+	// written before the server stopped declining fixed addresses, or
+	// an address that left the pool to become a node's) does not keep
+	// it from that MAC.
+	if ip, err := s.Offer(mac(4), a, pool); ip != a || err != nil {
+		t.Errorf("reserved %s under quarantine: offered %v %v", a, ip, err)
+	}
+	if _, err := s.Ack(ctx, mac(4), a, time.Hour); err != nil {
+		t.Errorf("reserved %s under quarantine: %v", a, err)
+	}
+}
+
 func TestSecondOpenLocked(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "leases")
 	s := open(t, path, newClock())

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -235,7 +236,7 @@ func BenchmarkTFTPLoss(b *testing.B) {
 			if s.skip != "" {
 				testtool.Skipf(b, "%v", s.skip)
 			}
-			_, port := newRelay(b, "127.0.0.1:"+s.port, randomLoss(0.005))
+			_, port := newRelay(b, "127.0.0.1:"+s.port, 0, randomLoss(0.005))
 			local := filepath.Join(b.TempDir(), "got")
 			b.SetBytes(size)
 			failed := 0
@@ -249,4 +250,92 @@ func BenchmarkTFTPLoss(b *testing.B) {
 			b.ReportMetric(float64(failed)/float64(b.N), "failed/op")
 		})
 	}
+}
+
+// BenchmarkTFTPDelay downloads a 4 MiB file with both stock clients
+// through a relay that adds a fixed round trip to every exchange, 0.2 ms
+// and 1 ms, as a LAN does (loopback's own is a few tens of µs, which
+// favours lock-step servers: they wait a round trip per block, send-ahead
+// ones one per window). It also reports the round trip the relay gave
+// (rtt-ms: the median of pings through it, loopback and the relay's own
+// wake-ups included).
+//
+//	go test ./pxe/tftp -run '^$' -bench BenchmarkTFTPDelay -benchtime 3x
+func BenchmarkTFTPDelay(b *testing.B) {
+	const size = 4 << 20
+	root := benchSite(b, size)
+	srvs := servers(b, root)
+	for _, rtt := range []time.Duration{200 * time.Microsecond, time.Millisecond} {
+		for _, s := range srvs {
+			for _, c := range clients {
+				name := fmt.Sprintf("rtt-%gms/%s/%s", float64(rtt)/float64(time.Millisecond), s.name, c.name)
+				b.Run(name, func(b *testing.B) {
+					if _, err := exec.LookPath(c.bin); err != nil {
+						testtool.Skipf(b, "%s not installed", c.bin)
+					}
+					if s.skip != "" {
+						testtool.Skipf(b, "%v", s.skip)
+					}
+					_, port := newRelay(b, "127.0.0.1:"+s.port, rtt, func(bool, []byte) bool { return false })
+					local := filepath.Join(b.TempDir(), "got")
+					b.SetBytes(size)
+					b.ResetTimer()
+					for range b.N {
+						if err := download(c, port, local, size); err != nil {
+							b.Error(err)
+						}
+					}
+					b.StopTimer()
+					b.ReportMetric(relayRTT(b, rtt).Seconds()*1000, "rtt-ms")
+				})
+			}
+		}
+	}
+}
+
+// relayRTT is the median round trip of 100 pings through a relay adding
+// rtt, to an echo server on loopback.
+func relayRTT(tb testing.TB, rtt time.Duration) time.Duration {
+	tb.Helper()
+	echo, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := echo.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			echo.WriteToUDP(buf[:n], from)
+		}
+	}()
+	_, port := newRelay(tb, echo.LocalAddr().String(), rtt, func(bool, []byte) bool { return false })
+	to, err := net.ResolveUDPAddr("udp4", "127.0.0.1:"+port)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Not connected: the answers come from the relay's other socket.
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	var rtts []time.Duration
+	buf := make([]byte, 1500)
+	for range 100 {
+		start := time.Now()
+		if _, err := c.WriteToUDP([]byte{0, opAck, 0, 0}, to); err != nil {
+			tb.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, _, err := c.ReadFromUDP(buf); err != nil {
+			tb.Fatalf("ping through the relay: %v", err)
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2]
 }

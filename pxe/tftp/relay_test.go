@@ -1,37 +1,56 @@
 package tftp
 
 import (
+	"bytes"
 	"encoding/binary"
+	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"os"
+	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// relay forwards TFTP between clients and a server on loopback, dropping
-// the datagrams its drop function picks. (This machine has no netem: loss
-// is made here, the same for every server.) Each client gets its own pair
-// of sockets, so the server's transfer port (TID) is relayed as the
-// relay's own.
+// relay forwards TFTP between clients and a server on loopback, delaying
+// every datagram by half a round trip each way and dropping the datagrams
+// its drop function picks. (This machine has no netem: delay and loss are
+// made here, the same for every server.) Each client gets its own pair of
+// sockets, so the server's transfer port (TID) is relayed as the relay's
+// own.
 type relay struct {
 	conn   *net.UDPConn
 	server *net.UDPAddr
 	// drop says whether to lose p, a datagram going to the client
 	// (toClient) or to the server. Calls are serialised.
 	drop func(toClient bool, p []byte) bool
-	mu   sync.Mutex
+	// up and down delay what goes to the server and to the client.
+	up, down *delayLine
+	mu       sync.Mutex
 	// data counts the DATA datagrams the server sent, lost ones included.
 	data atomic.Int64
 	// acked is the highest block the client ACKed; ahead the most blocks
 	// the server had sent beyond it (under mu).
 	acked, ahead uint16
+	// sent is the highest DATA block the server sent, reached the highest
+	// ACK delivered to it; windows the number of blocks it sent for the
+	// first time after each new ACK reached it (under mu): with a round
+	// trip far longer than the server takes to send a window, the sizes of
+	// its send-ahead windows, in order.
+	sent, reached uint16
+	windows       []int
+	lastWin       int // the ACK that started the last window (-1: none yet)
 }
 
-// newRelay starts a relay to server ("127.0.0.1:PORT") and returns the
-// port clients should use.
-func newRelay(tb testing.TB, server string, drop func(toClient bool, p []byte) bool) (*relay, string) {
+// newRelay starts a relay to server ("127.0.0.1:PORT") that adds rtt to
+// every round trip (0: none) and returns the port clients should use.
+func newRelay(tb testing.TB, server string, rtt time.Duration, drop func(toClient bool, p []byte) bool) (*relay, string) {
 	tb.Helper()
 	saddr, err := net.ResolveUDPAddr("udp4", server)
 	if err != nil {
@@ -41,10 +60,13 @@ func newRelay(tb testing.TB, server string, drop func(toClient bool, p []byte) b
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r := &relay{conn: conn, server: saddr, drop: drop}
+	r := &relay{conn: conn, server: saddr, drop: drop, lastWin: -1,
+		up: newDelayLine(tb, rtt/2), down: newDelayLine(tb, rtt/2)}
 	var socks []*net.UDPConn
 	var smu sync.Mutex
 	tb.Cleanup(func() {
+		r.up.stop()
+		r.down.stop()
 		conn.Close()
 		smu.Lock()
 		for _, s := range socks {
@@ -83,7 +105,7 @@ func newRelay(tb testing.TB, server string, drop func(toClient bool, p []byte) b
 				}, up)
 			}
 			if !r.lose(false, buf[:n]) {
-				up.WriteToUDP(buf[:n], r.server)
+				r.forward(false, up, buf[:n], r.server)
 			}
 		}
 	}()
@@ -100,8 +122,29 @@ func (r *relay) pump(in *net.UDPConn, toClient bool, route func(from *net.UDPAdd
 		}
 		to := route(from)
 		if !r.lose(toClient, buf[:n]) {
-			out.WriteToUDP(buf[:n], to)
+			r.forward(toClient, out, buf[:n], to)
 		}
+	}
+}
+
+// forward sends p through out to to, after the delay of its direction.
+func (r *relay) forward(toClient bool, out *net.UDPConn, p []byte, to *net.UDPAddr) {
+	if toClient {
+		r.down.send(out, p, to, nil)
+		return
+	}
+	r.up.send(out, p, to, r.deliver)
+}
+
+// deliver notes p, a datagram that has just been sent to the server.
+func (r *relay) deliver(p []byte) {
+	if len(p) < 4 || binary.BigEndian.Uint16(p) != opAck {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b := binary.BigEndian.Uint16(p[2:]); b-r.reached < 1<<15 {
+		r.reached = b
 	}
 }
 
@@ -113,6 +156,14 @@ func (r *relay) lose(toClient bool, p []byte) bool {
 		case toClient && op == opData:
 			r.data.Add(1)
 			r.ahead = max(r.ahead, b-r.acked)
+			if b-r.sent == 1 { // sent for the first time
+				r.sent = b
+				if int(r.reached) != r.lastWin {
+					r.lastWin = int(r.reached)
+					r.windows = append(r.windows, 0)
+				}
+				r.windows[len(r.windows)-1]++
+			}
 		case !toClient && op == opAck:
 			r.acked = max(r.acked, b)
 		}
@@ -125,6 +176,112 @@ func (r *relay) maxAhead() uint16 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.ahead
+}
+
+// windowSizes is how many new blocks the server sent after each new ACK,
+// in order (see relay.windows).
+func (r *relay) windowSizes() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.windows)
+}
+
+// delayLine sends datagrams a fixed delay after they were queued, in
+// order. It waits on a timerfd, which the runtime's netpoller wakes to the
+// microsecond: Go's own timers cannot wait less than a millisecond when
+// the process is otherwise idle (the netpoller's epoll_wait takes whole
+// milliseconds), and a 0.2 ms round trip needs 0.1 ms each way. (A
+// nanosleep(2) would hold one of the process's Ps for the whole sleep,
+// stalling the in-process server that the benchmarks measure.)
+type delayLine struct {
+	d     time.Duration
+	q     chan delayed
+	done  chan struct{}
+	once  sync.Once
+	timer *os.File
+	fd    int
+}
+
+type delayed struct {
+	due  time.Time
+	p    []byte
+	out  *net.UDPConn
+	to   *net.UDPAddr
+	sent func([]byte)
+}
+
+// newDelayLine returns a line delaying by d (nil for 0: no delay).
+func newDelayLine(tb testing.TB, d time.Duration) *delayLine {
+	if d <= 0 {
+		return nil
+	}
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err != nil {
+		tb.Fatalf("timerfd: %v", err)
+	}
+	l := &delayLine{d: d, q: make(chan delayed, 8192), done: make(chan struct{}),
+		timer: os.NewFile(uintptr(fd), "timerfd"), fd: fd}
+	go l.run()
+	return l
+}
+
+// send sends p through out to to after the line's delay, then calls sent
+// (when not nil) with p.
+func (l *delayLine) send(out *net.UDPConn, p []byte, to *net.UDPAddr, sent func([]byte)) {
+	if l == nil {
+		out.WriteToUDP(p, to)
+		if sent != nil {
+			sent(p)
+		}
+		return
+	}
+	select {
+	case l.q <- delayed{time.Now().Add(l.d), bytes.Clone(p), out, to, sent}:
+	case <-l.done:
+	}
+}
+
+func (l *delayLine) run() {
+	defer l.timer.Close()
+	var expirations [8]byte
+	for {
+		var x delayed
+		select {
+		case x = <-l.q:
+		case <-l.done:
+			return
+		}
+		if w := time.Until(x.due); w > spinBelow {
+			spec := unix.ItimerSpec{Value: unix.NsecToTimespec(w.Nanoseconds())}
+			if err := unix.TimerfdSettime(l.fd, 0, &spec, nil); err != nil {
+				panic(fmt.Sprintf("timerfd_settime: %v", err))
+			}
+			if _, err := l.timer.Read(expirations[:]); err != nil {
+				return // closed
+			}
+		}
+		for time.Now().Before(x.due) {
+			runtime.Gosched()
+		}
+		x.out.WriteToUDP(x.p, x.to)
+		if x.sent != nil {
+			x.sent(x.p)
+		}
+	}
+}
+
+// spinBelow is the shortest wait a delay line sleeps for; it spins through
+// shorter ones. The datagrams of a burst (a send-ahead window) follow each
+// other by a few µs: waking up for each, 50–150 µs late on a busy
+// machine, would spread the window out and slow send-ahead down for the
+// relay's sake, not the network's.
+const spinBelow = 50 * time.Microsecond
+
+// stop ends the line: what it still holds is lost.
+func (l *delayLine) stop() {
+	if l != nil {
+		l.once.Do(func() { close(l.done) })
+	}
 }
 
 // randomLoss loses each datagram, either way, with probability rate (a

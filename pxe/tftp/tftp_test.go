@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -321,7 +322,7 @@ func TestSendAheadRecovers(t *testing.T) {
 				if _, err := exec.LookPath(c.bin); err != nil {
 					testtool.Skipf(t, "%s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
 				}
-				r, port := newRelay(t, f.addr.String(), tt.drop)
+				r, port := newRelay(t, f.addr.String(), 0, tt.drop)
 				out := filepath.Join(t.TempDir(), "kernel")
 				start := time.Now()
 				runClient(t, exec.Command(c.bin, c.args(port, out)...), out, f.site.Big)
@@ -335,33 +336,154 @@ func TestSendAheadRecovers(t *testing.T) {
 	}
 }
 
-// TestLoadersInLockStep: the iPXE loaders, which firmware fetches, go in
-// lock-step (one block in flight); the kernel goes a window ahead.
-func TestLoadersInLockStep(t *testing.T) {
-	if _, err := exec.LookPath("busybox"); err != nil {
-		testtool.Skipf(t, "busybox not installed (apt-get install busybox-static)")
+// pinGet downloads name from port on 127.0.0.1 with pin's own client
+// (blksize 1468), to out.
+func pinGet(port, name, out string) error {
+	c, err := tftp.NewClient("127.0.0.1:" + port)
+	if err != nil {
+		return err
 	}
+	c.SetTimeout(200 * time.Millisecond)
+	c.SetBlockSize(1468)
+	wt, err := c.Receive(name, "octet")
+	if err != nil {
+		return err
+	}
+	var b bytes.Buffer
+	if _, err := wt.WriteTo(&b); err != nil {
+		return err
+	}
+	return os.WriteFile(out, b.Bytes(), 0o644)
+}
+
+// TestLoadersInLockStep: the iPXE loaders, which firmware fetches, go in
+// lock-step, as seen on the wire: never more than one block beyond the
+// client's last ACK. The kernel goes a window ahead. This fails if the
+// pin fork stops providing SetWindow (read() then has nothing to put a
+// transfer in lock-step with) or stops honouring it.
+func TestLoadersInLockStep(t *testing.T) {
 	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
 	loader := f.site.Big[:200<<10]
 	if err := os.WriteFile(f.site.Loaders["undionly.kpxe"], loader, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range []struct {
-		file  string
-		want  []byte
-		ahead uint16
+	clients := []struct {
+		name string
+		bin  string // "": pin's own client, in the test
+		get  func(port, name, out string) *exec.Cmd
 	}{
-		{"undionly.kpxe", loader, 1},
-		{"boot/52:54:00:00:00:0b/kernel", f.site.Big, DefaultWindow},
-	} {
-		t.Run(tt.file, func(t *testing.T) {
-			r, port := newRelay(t, f.addr.String(), func(bool, []byte) bool { return false })
-			out := filepath.Join(t.TempDir(), "got")
-			runClient(t, exec.Command("busybox", "tftp", "-g", "-b", "1468", "-r", tt.file, "-l", out, "127.0.0.1", port), out, tt.want)
-			if got := r.maxAhead(); got != tt.ahead {
-				t.Errorf("at most %d blocks in flight, want %d", got, tt.ahead)
-			}
-		})
+		{name: "pin"},
+		{"busybox", "busybox", func(port, name, out string) *exec.Cmd {
+			return exec.Command("busybox", "tftp", "-g", "-b", "1468", "-r", name, "-l", out, "127.0.0.1", port)
+		}},
+		{"tftp-hpa", "tftp", func(port, name, out string) *exec.Cmd {
+			return exec.Command("tftp", "-l", "-m", "binary", "127.0.0.1", port, "-c", "get", name, out)
+		}},
+	}
+	for _, c := range clients {
+		for _, tt := range []struct {
+			file  string
+			want  []byte
+			ahead uint16
+		}{
+			{"undionly.kpxe", loader, 1},
+			{"boot/52:54:00:00:00:0b/kernel", f.site.Big, DefaultWindow},
+		} {
+			t.Run(c.name+"/"+tt.file, func(t *testing.T) {
+				r, port := newRelay(t, f.addr.String(), 0, func(bool, []byte) bool { return false })
+				out := filepath.Join(t.TempDir(), "got")
+				if c.bin == "" {
+					if err := pinGet(port, tt.file, out); err != nil {
+						t.Fatal(err)
+					}
+					if got, _ := os.ReadFile(out); !bytes.Equal(got, tt.want) {
+						t.Fatalf("got %d bytes, want %d", len(got), len(tt.want))
+					}
+				} else {
+					if _, err := exec.LookPath(c.bin); err != nil {
+						testtool.Skipf(t, "%s not installed (apt-get install busybox-static tftp-hpa)", c.bin)
+					}
+					runClient(t, c.get(port, tt.file, out), out, tt.want)
+				}
+				if got := r.maxAhead(); got != tt.ahead {
+					t.Errorf("at most %d blocks in flight, want %d", got, tt.ahead)
+				}
+			})
+		}
+	}
+}
+
+// TestForkProvidesSetWindow: every transfer pin hands the handler can be
+// given its own window (the fork's SetWindow), which is how read() sends
+// the loaders in lock-step. Without it, read() would silently send them
+// a whole window ahead.
+func TestForkProvidesSetWindow(t *testing.T) {
+	got := make(chan bool, 1)
+	srv := tftp.NewServer(func(name string, rf io.ReaderFrom) error {
+		_, ok := rf.(windowed)
+		got <- ok
+		return errors.New("refused")
+	}, nil)
+	srv.SetAnticipate(DefaultWindow)
+	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(conn) }()
+	defer func() { srv.Shutdown(); <-done }()
+	c, err := tftp.NewClient(conn.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Receive("file", "octet")
+	if !<-got {
+		t.Fatal("pin's transfer has no SetWindow(n uint): the fork's patch is gone (pxe/tftp/pin/PATCHES.md)")
+	}
+}
+
+// TestForkUnitTests runs the pin fork's own tests of the bellbuild patch
+// (pxe/tftp/pin/window_test.go: the window's rules case by case, and
+// SetWindow). The fork is a module of its own, which `go test ./...`
+// does not enter; the main module reaches it through its replace line.
+func TestForkUnitTests(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		testtool.Skipf(t, "the go command is not on PATH: %v", err)
+	}
+	out, err := exec.Command(goBin, "test", "-count=1", "-run", "^TestBellbuild", "-v", "github.com/pin/tftp/v3").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test github.com/pin/tftp/v3: %v\n%s", err, out)
+	}
+	for _, name := range []string{"TestBellbuildWindowAdapts", "TestBellbuildSetWindow"} {
+		if !strings.Contains(string(out), "--- PASS: "+name+" ") {
+			t.Errorf("%s did not run and pass:\n%s", name, out)
+		}
+	}
+}
+
+// TestWindowOnTheWire watches the send-ahead window adapt on a real
+// socket: through a relay adding a 4 ms round trip (far longer than the
+// server takes to send a window, so each window shows as the new blocks
+// sent after one ACK), one DATA datagram of the third window is lost.
+// The window sizes are the ones the fork's unit test
+// (TestBellbuildWindowAdapts) expects: full windows, a loss, half the
+// window growing back by one to the new ceiling, 8 windows there, then a
+// try at the full window that goes through.
+func TestWindowOnTheWire(t *testing.T) {
+	f := start(t, pxetest.Owners{loopback: pxetest.MACA}, Config{})
+	r, port := newRelay(t, f.addr.String(), 4*time.Millisecond, loseOnce(opData, 2*DefaultWindow+5))
+	out := filepath.Join(t.TempDir(), "kernel")
+	if err := pinGet(port, "boot/52:54:00:00:00:0b/kernel", out); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, f.site.Big) {
+		t.Fatalf("got %d bytes, want %d", len(got), len(f.site.Big))
+	}
+	want := []int{16, 16, 16, 8, 9, 10, 11, 12, 13, 14, 15, 15, 15, 15, 15, 15, 15, 15, 16, 16, 16}
+	got := r.windowSizes()
+	if len(got) < len(want) || !slices.Equal(got[:len(want)], want) {
+		t.Errorf("window sizes on the wire:\n got %v\nwant %v…", got, want)
 	}
 }
 

@@ -46,8 +46,27 @@ func sendAInit(sA *senderAnticipate, ln uint, winSz uint) {
 	//fmt.Printf("  Set packet buffer size %v\n", ln)
 }
 
-// adapt sets the next window's size from how the last one went (bellbuild
-// patch; see readFromAnticipate).
+// start sets up the window of a transfer and returns its largest size:
+// the server's, or the handler's SetWindow when smaller (bellbuild patch).
+//
+// The window adapts to what the peer takes (adapt). After a window that
+// needed a resend it halves, and one less than the window that lost
+// becomes its ceiling; below the ceiling it grows by one per clean window;
+// at the ceiling it tries one more after probe clean windows, and a try
+// that loses doubles probe (up to 1024), so a peer that drops bursts (a
+// small receive ring) costs a few losses, not one per window; a loss below
+// the ceiling (noise) resets probe to 8.
+func (sA *senderAnticipate) start() uint {
+	ksz := uint(len(sA.sends))
+	if sA.limit > 0 && sA.limit < ksz {
+		ksz = sA.limit
+	}
+	sA.cwnd, sA.ceil, sA.probe, sA.clean = ksz, ksz, 8, 0
+	return ksz
+}
+
+// adapt sets the next window's size from how the last one went, at most
+// max (bellbuild patch; see start).
 func (sA *senderAnticipate) adapt(max uint) {
 	c := sA.cwnd
 	switch {
@@ -97,17 +116,7 @@ func readFromAnticipate(s *sender, r io.Reader) (n int64, err error) {
 		s.sendA.sendslens[k] = 0
 	}
 	s.sendA.num = 0
-	// bellbuild patch: the window adapts to what the peer takes. After a
-	// window that needed a resend it halves, and one less than the window
-	// that lost becomes its ceiling; below the ceiling it grows by one per
-	// clean window; at the ceiling it tries one more after probe clean
-	// windows, and a try that loses doubles probe (up to 1024), so a peer
-	// that drops bursts (a small receive ring) costs a few losses, not one
-	// per window; a loss below the ceiling (noise) resets probe to 8.
-	if s.sendA.limit > 0 && s.sendA.limit < ksz {
-		ksz = s.sendA.limit
-	}
-	s.sendA.cwnd, s.sendA.ceil, s.sendA.probe = ksz, ksz, 8
+	ksz = s.sendA.start()
 	for {
 		nx := int64(0)
 		knum := uint(0)
