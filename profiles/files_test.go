@@ -72,6 +72,10 @@ func TestBadFiles(t *testing.T) {
 		},
 		want: "profiles/a.yaml: a symbolic link to ../pipe, which is a FIFO (named pipe), not a regular file\n",
 	}, {
+		name:  "site.yaml linked out of the site",
+		setup: func(t *testing.T, site string) { symlink(t, secret, site, "site.yaml") },
+		want:  "site.yaml: a symbolic link to $SECRET, outside the site: site files are read only from inside it\n",
+	}, {
 		name: "nodes.yaml a directory",
 		setup: func(t *testing.T, site string) {
 			if err := os.Mkdir(filepath.Join(site, "nodes.yaml"), 0o755); err != nil {

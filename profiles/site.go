@@ -7,6 +7,7 @@
 //
 //	SITE/profiles/NAME.yaml   one profile per file
 //	SITE/nodes.yaml           the inventory (optional)
+//	SITE/site.yaml            site-wide settings: the boot network (optional)
 //
 // Site files are read only from inside the site (a symbolic link that
 // leads out of it is refused), only when they are regular files, and only
@@ -22,6 +23,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -47,6 +49,8 @@ type Site struct {
 	// nodesSource is the Sources entry for nodes.yaml ("" when absent).
 	nodesSource string
 	resolved    map[string]*resolved
+	// network is the boot network site.yaml declares (nil: none).
+	network *Network
 }
 
 // NodeInfo is one inventory entry.
@@ -55,6 +59,9 @@ type NodeInfo struct {
 	MACs    []string // lower case, colon separated
 	Profile string
 	Labels  map[string]string
+	// IP is the node's fixed address on the boot network, from its "ip"
+	// label (the zero Addr when it has none).
+	IP netip.Addr
 }
 
 // profile is one parsed profile file.
@@ -98,6 +105,8 @@ type hostOverride struct {
 type node struct {
 	NodeInfo
 	pos  Pos
+	path string // nodes[N]
+	ipAt Pos    // the "ip" label's value
 	conf *value
 }
 
@@ -219,7 +228,13 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			s.nodesSource = srcPrefix + "nodes.yaml"
 		}
 	}
-
+	if fsys.exists(SiteFile) {
+		file := displayName(dir, SiteFile)
+		if root := readYAML(fsys, SiteFile, file, &errs); root != nil {
+			s.parseSiteFile(root, &errs)
+		}
+	}
+	s.checkAddresses(&errs)
 	// Render-level checks run even when the structure has problems, so
 	// that one pass reports everything: they cover what did parse. A
 	// position that already has a parse error is not reported twice.
@@ -667,8 +682,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		if !expectMap(it, ip, errs) {
 			continue
 		}
-		n := &node{pos: it.pos}
+		n := &node{pos: it.pos, path: ip}
 		var macs []*value
+		var ipAt Pos
 		ok := true
 		for _, e := range it.ents {
 			fp := joinKey(ip, e.key)
@@ -707,6 +723,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 					}
 					if v, good := scalarString(l.val, lp, errs); good {
 						n.Labels[l.key] = v
+						if l.key == "ip" {
+							ipAt = l.val.pos
+						}
 					}
 				}
 			case "conf":
@@ -714,6 +733,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}
+		}
+		if ipAt.File != "" {
+			n.parseIP(n.Labels["ip"], ipAt, errs)
 		}
 		if it.get("name") == nil {
 			errs.Add(it.pos, ip+".name", "required")
