@@ -1,10 +1,12 @@
 package profiles
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -176,4 +178,105 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// genWideSite writes a site whose profile base has n sysctl keys and n
+// users, a child profile that sets every one of them again, and a node
+// whose own conf sets them a third time: each merge lays a map (and a
+// named list) of n entries over another of n. With bad, every sysctl
+// value is empty, an error each.
+func genWideSite(tb testing.TB, dir string, n int, bad bool) {
+	tb.Helper()
+	var sysctl, users strings.Builder
+	for i := range n {
+		if bad {
+			fmt.Fprintf(&sysctl, "    net.k%d.v: ''\n", i)
+			continue
+		}
+		fmt.Fprintf(&sysctl, "    net.k%d.v: %d\n", i, i)
+	}
+	for i := range n {
+		fmt.Fprintf(&users, "    - {user_name: u%d, user_sudo: true}\n", i)
+	}
+	conf := "conf:\n  sysctl:\n" + sysctl.String() + "  uamlite:\n    users:\n" + users.String()
+	files := map[string]string{
+		"profiles/base.yaml":  conf,
+		"profiles/child.yaml": "inherits: base\n" + conf,
+		"nodes.yaml": "nodes:\n- name: n1\n  mac: 52:54:00:00:00:01\n  profile: child\n  conf:\n" +
+			indent(strings.TrimPrefix(conf, "conf:\n"), "  "),
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+func indent(s, pre string) string {
+	return pre + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n"+pre) + "\n"
+}
+
+// TestWideMapLoadsLinearly loads a site whose maps have 10,000 and then
+// 40,000 keys and counts the keys that merging and the positioning of
+// errors compare: four times the keys must cost about four times the
+// comparisons, not sixteen (a merge that scanned the map for every key
+// took seconds for 40,000 sysctls, and a 33 MB profile did not finish in
+// 11 minutes). The count is deterministic, unlike a timing.
+func TestWideMapLoadsLinearly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: loads large generated sites")
+	}
+	for _, bad := range []bool{false, true} {
+		t.Run(fmt.Sprintf("every value bad=%v", bad), func(t *testing.T) {
+			var probes [2]int64
+			for i, n := range []int{10_000, 40_000} {
+				dir := t.TempDir()
+				genWideSite(t, dir, n, bad)
+				var count atomic.Int64
+				keyProbes = &count
+				s, err := Load(dir)
+				keyProbes = nil
+				probes[i] = count.Load()
+				t.Logf("%d keys: %d comparisons (%.1f per key)", n, probes[i], float64(probes[i])/float64(n))
+				if bad {
+					var list ErrorList
+					if !errors.As(err, &list) || len(list) != 3*n {
+						t.Fatalf("%d keys, every value empty: %d errors, want %d", n, len(list), 3*n)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				node, err := s.RenderNode("n1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(node.Conf.Sysctl) != n || len(node.Conf.Uamlite.Users) != n {
+					t.Fatalf("%d keys: the node has %d sysctls and %d users", n, len(node.Conf.Sysctl), len(node.Conf.Uamlite.Users))
+				}
+			}
+			if ratio := float64(probes[1]) / float64(probes[0]); ratio > 5 {
+				t.Errorf("4x the keys cost %.1fx the comparisons (%d, then %d): not linear", ratio, probes[0], probes[1])
+			}
+		})
+	}
+}
+
+// BenchmarkLoadWide loads the site of TestWideMapLoadsLinearly with 40,000
+// sysctls and 40,000 users, merged three times.
+func BenchmarkLoadWide(b *testing.B) {
+	dir := b.TempDir()
+	genWideSite(b, dir, 40_000, false)
+	cpu := cpuTime()
+	for b.Loop() {
+		if _, err := Load(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/op")
 }

@@ -27,6 +27,16 @@ func (p Pos) String() string {
 	return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col)
 }
 
+// ref names the place other in a message about a problem at at: "line N"
+// within the same file, else the whole position (for a flag, Pos{File:
+// "--pool"}, its name).
+func ref(at, other Pos) string {
+	if other.File == at.File && other.Line > 0 {
+		return fmt.Sprintf("line %d", other.Line)
+	}
+	return other.String()
+}
+
 func comparePos(a, b Pos) int {
 	return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
 }

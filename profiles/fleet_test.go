@@ -23,7 +23,7 @@ func TestDefaultSite(t *testing.T) {
 		{Name: "demo-1", MACs: []string{"52:54:00:00:00:01"}, Profile: "demo", Labels: map[string]string{"role": "web"}},
 		{Name: "demo-2", MACs: []string{"52:54:00:00:00:02"}, Profile: "demo", Labels: map[string]string{"role": "db"}},
 	}
-	if diff := cmp.Diff(want, s.Nodes()); diff != "" {
+	if diff := cmp.Diff(want, s.Nodes(), equateAddr); diff != "" {
 		t.Errorf("nodes (-want +got):\n%s", diff)
 	}
 	minimal, err := s.Image("minimal")

@@ -271,6 +271,7 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 	tree := r.effective(labels, host, own)
 	var errs ErrorList
 	conf := decodeConf(tree, &errs)
+	keys := keyFinder{}
 	for _, err := range conf.Validate() {
 		var fe *nodeconf.FieldError
 		if !errors.As(err, &fe) {
@@ -280,11 +281,11 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 		pos := Pos{File: s.profiles[profile].pos.File}
 		msg := fe.Msg
 		if tree != nil {
-			pos = lookup(tree, fe.Path)
+			pos = keys.lookup(tree, fe.Path)
 			// Name where the other half of a contradiction was set,
 			// when it is elsewhere.
 			for _, rel := range fe.Related {
-				switch rp := lookup(tree, rel); {
+				switch rp := keys.lookup(tree, rel); {
 				case rp == pos || rp.File == "":
 				case rp.File == pos.File:
 					msg += fmt.Sprintf(" (%s is set at line %d)", strings.TrimPrefix(rel[strings.LastIndexByte(rel, '.'):], "."), rp.Line)

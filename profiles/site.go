@@ -7,6 +7,11 @@
 //
 //	SITE/profiles/NAME.yaml   one profile per file
 //	SITE/nodes.yaml           the inventory (optional)
+//	SITE/site.yaml            site-wide settings: the boot network (optional)
+//
+// Site files are read only from inside the site (a symbolic link that
+// leads out of it is refused), only when they are regular files, and only
+// up to MaxFileSize.
 //
 // docs/config.md describes the format and the merge rules. Every problem
 // found is reported at once as an ErrorList of FILE:LINE:COL: PATH: MESSAGE.
@@ -14,9 +19,11 @@ package profiles
 
 import (
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -25,8 +32,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -44,6 +49,8 @@ type Site struct {
 	// nodesSource is the Sources entry for nodes.yaml ("" when absent).
 	nodesSource string
 	resolved    map[string]*resolved
+	// network is the boot network site.yaml declares (nil: none).
+	network *Network
 }
 
 // NodeInfo is one inventory entry.
@@ -52,6 +59,9 @@ type NodeInfo struct {
 	MACs    []string // lower case, colon separated
 	Profile string
 	Labels  map[string]string
+	// IP is the node's fixed address on the boot network, from its "ip"
+	// label (the zero Addr when it has none).
+	IP netip.Addr
 }
 
 // profile is one parsed profile file.
@@ -95,6 +105,8 @@ type hostOverride struct {
 type node struct {
 	NodeInfo
 	pos  Pos
+	path string // nodes[N]
+	ipAt Pos    // the "ip" label's value
 	conf *value
 }
 
@@ -114,7 +126,7 @@ var defaultSite = sync.OnceValues(func() (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadFS(sub, "", "embedded:")
+	return loadFS(embedFS{sub}, "", "embedded:")
 })
 
 // Default returns the site embedded in the binary: a `minimal` busybox
@@ -135,10 +147,12 @@ func Load(dir string) (*Site, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load site: %w", err)
 	}
-	if fi, err := os.Stat(filepath.Join(dir, "profiles")); err != nil || !fi.IsDir() {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
 		return nil, ErrorList{{Pos: Pos{File: filepath.Join(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
 	}
-	s, err := loadFS(os.DirFS(dir), dir, "")
+	defer root.Close()
+	s, err := loadFS(rootFS{root}, dir, "")
 	if s != nil {
 		s.dir = abs
 		for _, p := range s.profiles {
@@ -162,15 +176,19 @@ func displayName(prefix, rel string) string {
 
 // loadFS loads a site from fsys; files are named in messages as
 // displayName(dir, rel) and in Sources as srcPrefix+rel.
-func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
+func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 	if srcPrefix != "" {
 		dir = srcPrefix
 	}
 	var errs ErrorList
 	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{}}
-	ents, err := fs.ReadDir(fsys, "profiles")
+	ents, err := fsys.readDir("profiles")
 	if err != nil {
-		return nil, ErrorList{{Pos: Pos{File: displayName(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
+		msg := "not a site: no profiles directory"
+		if fe := (*fileError)(nil); errors.As(err, &fe) && fsys.exists("profiles") {
+			msg = "not a site: profiles is " + fe.Error()
+		}
+		return nil, ErrorList{{Pos: Pos{File: displayName(dir, "profiles")}, Msg: msg}}
 	}
 	for _, e := range ents {
 		rel := path.Join("profiles", e.Name())
@@ -203,13 +221,20 @@ func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
 
 	s.resolveAll(&errs)
 
-	if _, err := fs.Stat(fsys, "nodes.yaml"); err == nil {
+	if fsys.exists("nodes.yaml") {
 		file := displayName(dir, "nodes.yaml")
 		if root := readYAML(fsys, "nodes.yaml", file, &errs); root != nil {
 			s.parseNodes(root, &errs)
 			s.nodesSource = srcPrefix + "nodes.yaml"
 		}
 	}
+	if fsys.exists(SiteFile) {
+		file := displayName(dir, SiteFile)
+		if root := readYAML(fsys, SiteFile, file, &errs); root != nil {
+			s.parseSiteFile(root, &errs)
+		}
+	}
+	s.checkAddresses(&errs)
 	// Render-level checks run even when the structure has problems, so
 	// that one pass reports everything: they cover what did parse. A
 	// position that already has a parse error is not reported twice.
@@ -230,10 +255,10 @@ func loadFS(fsys fs.FS, dir, srcPrefix string) (*Site, error) {
 	return s, nil
 }
 
-// readYAML parses one file into a value tree (nil on a syntax error, which
-// is reported).
-func readYAML(fsys fs.FS, rel, file string, errs *ErrorList) *value {
-	data, err := fs.ReadFile(fsys, rel)
+// readYAML parses one file into a value tree (nil when the file cannot be
+// read or is not YAML, which is reported).
+func readYAML(fsys siteFS, rel, file string, errs *ErrorList) *value {
+	data, err := fsys.readFile(rel)
 	if err != nil {
 		errs.Add(Pos{File: file}, "", "%v", err)
 		return nil
@@ -241,23 +266,54 @@ func readYAML(fsys fs.FS, rel, file string, errs *ErrorList) *value {
 	return parseYAML(data, file, errs)
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+// expectFileMap reports the top of a site file unless it is a map. What
+// the file holds is not quoted: a file that is not a map is not one of
+// ours, and may be anything (a password file).
+func expectFileMap(v *value, errs *ErrorList) bool {
+	if v.kind == kMap {
+		return true
+	}
+	errs.Add(v.pos, "", "expected a map, got %s", v.shape())
+	return false
+}
 
-func parseYAML(data []byte, file string, errs *ErrorList) *value {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		pos, msg := Pos{File: file}, err.Error()
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			fmt.Sscan(m[1], &pos.Line)
-			msg = m[2]
-		}
-		errs.Add(pos, "", "YAML syntax: %s", msg)
-		return nil
+// keyLikeRE is what a key of a site file's top level looks like. An
+// unknown key of another form is not quoted in messages: it is more
+// likely a line of some other file (/etc/shadow's
+// "root:$6$...:19000:0:99999:7::") than a typo.
+var keyLikeRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`)
+
+// topKeys reports the unknown keys of a site file's top-level map.
+type topKeys struct {
+	known []string
+	// hint follows an unknown key's message (a suggestion when empty).
+	hint string
+	odd  []Pos // unknown keys that do not look like keys
+}
+
+func (t *topKeys) unknown(e entry, errs *ErrorList) {
+	if !keyLikeRE.MatchString(e.key) {
+		t.odd = append(t.odd, e.kpos)
+		return
 	}
-	if doc.Kind == 0 {
-		return &value{kind: kNull, pos: Pos{File: file, Line: 1, Col: 1}}
+	hint := t.hint
+	if hint == "" {
+		hint = suggestList(e.key, t.known)
 	}
-	return fromYAML(&doc, file, errs)
+	errs.Add(e.kpos, e.key, "unknown key %q%s", e.key, hint)
+}
+
+// done reports the odd keys once, at the first of them, without quoting
+// any.
+func (t *topKeys) done(errs *ErrorList) {
+	switch len(t.odd) {
+	case 0:
+	case 1:
+		errs.Add(t.odd[0], "", "an unknown key that does not look like a key (not shown; want %s)", strings.Join(t.known, ", "))
+	default:
+		errs.Add(t.odd[0], "", "%d unknown keys that do not look like keys, the last at line %d (not shown; want %s)",
+			len(t.odd), t.odd[len(t.odd)-1].Line, strings.Join(t.known, ", "))
+	}
 }
 
 // expectMap reports v unless it is a map.
@@ -319,9 +375,11 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 	if root.kind == kNull {
 		return p
 	}
-	if !expectMap(root, "", errs) {
+	if !expectFileMap(root, errs) {
 		return p
 	}
+	top := topKeys{known: profileKeys}
+	defer top.done(errs)
 	for _, e := range root.ents {
 		v := e.val
 		switch e.key {
@@ -376,7 +434,7 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "overrides":
 			p.labelOv, p.hostOv = parseNativeOverrides(v, "overrides", errs)
 		default:
-			errs.Add(e.kpos, e.key, "unknown key %q%s", e.key, suggestList(e.key, profileKeys))
+			top.unknown(e, errs)
 		}
 	}
 	return p
@@ -597,17 +655,19 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
 		return
 	}
-	if !expectMap(root, "", errs) {
+	if !expectFileMap(root, errs) {
 		return
 	}
 	var list *value
+	top := topKeys{known: []string{"nodes"}, hint: " (want nodes)"}
 	for _, e := range root.ents {
 		if e.key != "nodes" {
-			errs.Add(e.kpos, e.key, "unknown key %q (want nodes)", e.key)
+			top.unknown(e, errs)
 			continue
 		}
 		list = e.val
 	}
+	top.done(errs)
 	if list == nil || list.kind == kNull {
 		return
 	}
@@ -622,8 +682,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		if !expectMap(it, ip, errs) {
 			continue
 		}
-		n := &node{pos: it.pos}
+		n := &node{pos: it.pos, path: ip}
 		var macs []*value
+		var ipAt Pos
 		ok := true
 		for _, e := range it.ents {
 			fp := joinKey(ip, e.key)
@@ -662,6 +723,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 					}
 					if v, good := scalarString(l.val, lp, errs); good {
 						n.Labels[l.key] = v
+						if l.key == "ip" {
+							ipAt = l.val.pos
+						}
 					}
 				}
 			case "conf":
@@ -669,6 +733,9 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}
+		}
+		if ipAt.File != "" {
+			n.parseIP(n.Labels["ip"], ipAt, errs)
 		}
 		if it.get("name") == nil {
 			errs.Add(it.pos, ip+".name", "required")
@@ -698,6 +765,10 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				errs.Add(mv.pos, mp, "bad MAC %q: want six hex bytes like 52:54:00:12:34:56", text)
 				continue
 			}
+			if why := notAMachine(hw); why != "" {
+				errs.Add(mv.pos, mp, "bad MAC %s: %s, not a machine's", hw, why)
+				continue
+			}
 			mac := hw.String()
 			if other, dup := macPos[mac]; dup {
 				errs.Add(mv.pos, mp, "duplicate MAC %s (also %s)", mac, other)
@@ -723,6 +794,21 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		s.nodes = append(s.nodes, n)
 	}
 	sort.Slice(s.nodes, func(i, j int) bool { return s.nodes[i].Name < s.nodes[j].Name })
+}
+
+// notAMachine says why hw cannot be one machine's network card: the
+// broadcast address, all zeros, or a multicast (group) address, whose
+// first byte has its low bit set ("" when it can be).
+func notAMachine(hw net.HardwareAddr) string {
+	switch {
+	case hw.String() == "ff:ff:ff:ff:ff:ff":
+		return "the broadcast address"
+	case hw.String() == "00:00:00:00:00:00":
+		return "all zeros"
+	case hw[0]&1 != 0:
+		return "a multicast address (the group bit, the low bit of the first byte, is set)"
+	}
+	return ""
 }
 
 // ProfileNames returns the names of every profile, sorted.
@@ -769,7 +855,11 @@ var valuesIgnored = []string{"chroot_mnt_path", "log_colors"}
 // the chart and are ignored.
 func LoadValues(file string) (*Site, error) {
 	var errs ErrorList
-	data, err := os.ReadFile(file)
+	data, err := readNamedFile(file)
+	if fe := (*fileError)(nil); errors.As(err, &fe) {
+		errs.Add(Pos{File: file}, "", "%v", err)
+		return nil, errs.Err()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load values: %w", err)
 	}
@@ -781,7 +871,7 @@ func LoadValues(file string) (*Site, error) {
 	if abs, err := filepath.Abs(file); err == nil {
 		p.source = abs
 	}
-	if expectMap(root, "", &errs) {
+	if expectFileMap(root, &errs) {
 		if c := root.get("conf"); c != nil {
 			if c.kind == kMap {
 				for _, k := range valuesIgnored {

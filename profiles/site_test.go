@@ -3,6 +3,7 @@ package profiles
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -324,7 +325,7 @@ nodes:
 		{Name: "a", MACs: []string{"52:54:00:aa:bb:01"}, Profile: "p"},
 		{Name: "b", MACs: []string{"52:54:00:aa:bb:02", "52:54:00:aa:bb:03"}, Profile: "p", Labels: map[string]string{"rack": "7", "role": "db"}},
 	}
-	if diff := cmp.Diff(want, s.Nodes()); diff != "" {
+	if diff := cmp.Diff(want, s.Nodes(), equateAddr); diff != "" {
 		t.Errorf("Nodes (-want +got):\n%s", diff)
 	}
 	mac, _ := net.ParseMAC("52:54:00:aa:bb:03")
@@ -339,3 +340,6 @@ nodes:
 		t.Errorf("RenderNode(zz) = %v, want not found", err)
 	}
 }
+
+// equateAddr lets cmp compare netip.Addr values (NodeInfo.IP).
+var equateAddr = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })

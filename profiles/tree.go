@@ -1,8 +1,10 @@
 package profiles
 
 import (
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"go.yaml.in/yaml/v3"
 
@@ -82,23 +84,73 @@ func (v *value) describe() string {
 	return "string " + strconv.Quote(v.text)
 }
 
-// maxValues bounds the values one file may expand to, so that aliases of
-// aliases (a "billion laughs" file) fail instead of eating the memory.
-const maxValues = 1 << 18
+// shape names the value's type without its text, for a value that may
+// not be ours to quote.
+func (v *value) shape() string {
+	if v.kind != kScalar {
+		return v.kind.String()
+	}
+	switch v.tag {
+	case "!!int":
+		return "integer"
+	case "!!float":
+		return "number"
+	case "!!bool":
+		return "boolean"
+	}
+	return "string"
+}
+
+// maxValues and maxBytes bound what one file may expand to, so that
+// aliases (a "billion laughs" file, or one long string repeated by
+// aliases) fail instead of eating the memory: at most maxValues values,
+// and at most maxBytes bytes of keys and scalars counted as often as
+// aliases repeat them.
+const (
+	maxValues = 1 << 18
+	maxBytes  = 64 << 20
+)
+
+// budget is what is left of a file's expansion.
+type budget struct {
+	values, bytes int
+	spent         bool // an error has been reported
+}
 
 // fromYAML converts a parsed document into a value tree, reporting
 // duplicate keys, non-scalar keys and merge keys.
 func fromYAML(n *yaml.Node, file string, errs *ErrorList) *value {
-	budget := maxValues
-	return convert(n, file, errs, &budget)
+	b := budget{values: maxValues, bytes: maxBytes}
+	return convert(n, file, errs, &b)
 }
 
-func convert(n *yaml.Node, file string, errs *ErrorList, budget *int) *value {
-	pos := Pos{File: file, Line: n.Line, Col: n.Column}
-	if *budget--; *budget == 0 {
-		errs.Add(pos, "", "the file expands to more than %d values (aliases of aliases?)", maxValues)
+// spend takes values (0 for a map key, else 1) of size bytes from the
+// budget and reports, once, when the budget is exhausted.
+func (b *budget) spend(pos Pos, values, size int, errs *ErrorList) bool {
+	if b.spent {
+		return false
 	}
-	if *budget <= 0 {
+	b.values -= values
+	b.bytes -= size
+	switch {
+	case b.values <= 0:
+		errs.Add(pos, "", "the file expands to more than %d values (aliases of aliases?)", maxValues)
+	case b.bytes < 0:
+		errs.Add(pos, "", "the file expands to more than %d bytes (%d MiB) of keys and values (aliases?)", maxBytes, maxBytes>>20)
+	default:
+		return true
+	}
+	b.spent = true
+	return false
+}
+
+func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value {
+	pos := Pos{File: file, Line: n.Line, Col: n.Column}
+	size := 0
+	if n.Kind == yaml.ScalarNode {
+		size = len(n.Value)
+	}
+	if !budget.spend(pos, 1, size, errs) {
 		return &value{kind: kNull, pos: pos, tag: reported}
 	}
 	switch n.Kind {
@@ -140,12 +192,25 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *int) *value {
 				continue
 			}
 			seen[k.Value] = kpos
+			budget.spend(kpos, 0, len(k.Value), errs)
 			v.ents = append(v.ents, entry{key: k.Value, kpos: kpos, val: convert(val, file, errs, budget)})
 		}
 		return v
 	}
 	errs.Add(pos, "", "unsupported YAML node")
 	return &value{kind: kNull, pos: pos}
+}
+
+// keyProbes, when a test sets it, counts the map keys and list items that
+// merging and the positioning of errors compare: their number must grow
+// linearly with the size of what is merged, or a large map takes minutes
+// to load.
+var keyProbes *atomic.Int64
+
+func probe(n int) {
+	if keyProbes != nil {
+		keyProbes.Add(int64(n))
+	}
 }
 
 // mergeOpts says how lists merge.
@@ -187,17 +252,15 @@ func merge(dst, src *value, o mergeOpts, trail string, depth int) *value {
 	}
 	out := &value{kind: kMap, pos: dst.pos, ents: make([]entry, len(dst.ents), len(dst.ents)+len(src.ents))}
 	copy(out.ents, dst.ents)
+	// The keys of src are unique, so each is looked for among dst's keys
+	// only: by a scan while dst is small, through an index beyond.
+	find := finder(len(dst.ents), func(i int) string { return dst.ents[i].key })
+	removed := false
 	for _, se := range src.ents {
-		idx := -1
-		for i := range out.ents {
-			if out.ents[i].key == se.key {
-				idx = i
-				break
-			}
-		}
+		idx := find(se.key)
 		if se.val.kind == kNull {
 			if idx >= 0 {
-				out.ents = append(out.ents[:idx], out.ents[idx+1:]...)
+				out.ents[idx].val, removed = nil, true
 			}
 			continue
 		}
@@ -215,7 +278,43 @@ func merge(dst, src *value, o mergeOpts, trail string, depth int) *value {
 		}
 		out.ents[idx].val = merge(out.ents[idx].val, se.val, o, sub, depth+1)
 	}
+	if removed {
+		out.ents = slices.DeleteFunc(out.ents, func(e entry) bool { return e.val == nil })
+	}
 	return out
+}
+
+// smallScan is the size up to which finder scans instead of indexing.
+const smallScan = 8
+
+// finder returns a function that finds a key among n keys (key(i) is the
+// i-th; -1 when absent). Only the first match counts, as for get. Each
+// lookup costs O(1) beyond smallScan keys, so that merging two maps (or
+// named lists) costs the sum of their sizes, not the product.
+func finder(n int, key func(int) string) func(string) int {
+	if n <= smallScan {
+		return func(k string) int {
+			for i := range n {
+				probe(1)
+				if key(i) == k {
+					return i
+				}
+			}
+			return -1
+		}
+	}
+	index := make(map[string]int, n)
+	for i := n - 1; i >= 0; i-- {
+		index[key(i)] = i
+	}
+	probe(n)
+	return func(k string) int {
+		probe(1)
+		if i, ok := index[k]; ok {
+			return i
+		}
+		return -1
+	}
 }
 
 // mergeNamed merges two lists of maps by keyField: an item of src whose key
@@ -224,18 +323,37 @@ func merge(dst, src *value, o mergeOpts, trail string, depth int) *value {
 func mergeNamed(dst, src *value, keyField string, o mergeOpts) *value {
 	out := &value{kind: kList, pos: dst.pos, items: make([]*value, len(dst.items), len(dst.items)+len(src.items))}
 	copy(out.items, dst.items)
+	// An item without a scalar name matches nothing: it is indexed as
+	// "!", and names are looked up as "=NAME".
+	nameOf := func(v *value) (string, bool) {
+		if n := v.get(keyField); n != nil && n.kind == kScalar {
+			return n.text, true
+		}
+		return "", false
+	}
+	find := finder(len(dst.items), func(i int) string {
+		if name, ok := nameOf(dst.items[i]); ok {
+			return "=" + name
+		}
+		return "!"
+	})
+	// An item appended from src is matched by a later item of src with
+	// the same name, as it was when the list was scanned whole.
+	added := map[string]int{}
 	for _, si := range src.items {
-		name := si.get(keyField)
+		name, ok := nameOf(si)
 		idx := -1
-		if name != nil && name.kind == kScalar {
-			for i, di := range out.items {
-				if dn := di.get(keyField); dn != nil && dn.kind == kScalar && dn.text == name.text {
-					idx = i
-					break
+		if ok {
+			if idx = find("=" + name); idx < 0 {
+				if j, seen := added[name]; seen {
+					idx = j
 				}
 			}
 		}
 		if idx < 0 {
+			if ok {
+				added[name] = len(out.items)
+			}
 			out.items = append(out.items, clean(si))
 			continue
 		}
@@ -302,11 +420,37 @@ func without(v *value, key string) *value {
 	return &out
 }
 
+// keyFinder finds the keys of the maps of one tree, indexing each large
+// map the first time it is searched: looking up the position of each of
+// many errors in a large map costs each O(1), not a scan.
+type keyFinder map[*value]func(string) int
+
+func (f keyFinder) entry(v *value, key string) *entry {
+	if v == nil || v.kind != kMap {
+		return nil
+	}
+	if len(v.ents) <= smallScan {
+		return v.entry(key)
+	}
+	find, ok := f[v]
+	if !ok {
+		find = finder(len(v.ents), func(i int) string { return v.ents[i].key })
+		f[v] = find
+	}
+	if i := find(key); i >= 0 {
+		return &v.ents[i]
+	}
+	return nil
+}
+
 // lookup follows a nodeconf path (`uamlite.users[0].user_name`,
 // `sysctl["vm.swappiness"]`) from v as far as it goes and returns the
 // deepest value reached, with the position of its map key when the last
 // step was a key.
-func lookup(v *value, path string) Pos {
+func lookup(v *value, path string) Pos { return keyFinder{}.lookup(v, path) }
+
+// lookup is lookup with the maps' indexes kept in f.
+func (f keyFinder) lookup(v *value, path string) Pos {
 	pos := v.pos
 	for path != "" && v != nil {
 		var seg string
@@ -351,7 +495,7 @@ func lookup(v *value, path string) Pos {
 			pos = v.pos
 			continue
 		}
-		e := v.entry(seg)
+		e := f.entry(v, seg)
 		if e == nil {
 			return pos
 		}

@@ -62,6 +62,8 @@ func TestValidateCommand(t *testing.T) {
 		{name: "Divingbell values", args: []string{"validate", "--values", "../../profiles/testdata/divingbell/values.yaml"}, out: "ok: 1 profiles, 0 nodes\n"},
 		{name: "bad site: every error, one per line", args: []string{"validate", "-C", bad}, code: 1, err: wantBad.String()},
 		{name: "not a site", args: []string{"validate", "-C", t.TempDir()}, code: 1, errContain: "not a site: no profiles directory"},
+		{name: "fixed address inside site.yaml's pool", args: []string{"validate", "-C", "../../profiles/testdata/bad/ip-inside-pool"}, code: 1,
+			errContain: `nodes[0].labels.ip: node "pooled": 192.0.2.150 is inside the dynamic pool 192.0.2.100-192.0.2.199`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

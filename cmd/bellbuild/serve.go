@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +48,15 @@ into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
      rendered configuration is also served, to that node's address only,
      at /files/node.json.
 
+The boot network is the site's (SITE/site.yaml's network: server,
+subnet, pools) where it declares one: --server-ip and --pool replace
+its server and pools, and the interface gives what is still unknown.
+Before anything is opened, every node's "ip" label is checked against
+it: the server's own address, a network or broadcast address, an
+address outside every subnet, one inside a dynamic pool (which could
+lease it to another machine first) and two nodes with one address stop
+serve, each problem naming the node and the pool (exit status 1).
+
 MAC addresses not in the inventory get no answer, unless
 --default-profile names a profile for them. --dhcp proxy answers only
 the PXE part beside an existing DHCP server; --dhcp off leaves DHCP to
@@ -69,9 +77,9 @@ Example:
 			var o serveFlags
 			o.site.register(fs)
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
-			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: the interface's)")
+			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
-			fs.Func("pool", "addresses to lease, `START-END[/PREFIX]` (repeatable; PREFIX defaults to the interface's)", func(s string) error {
+			fs.Func("pool", "addresses to lease, `START-END[/PREFIX]` (repeatable; default: site.yaml's network.pools; PREFIX defaults to site.yaml's subnet, else the interface's)", func(s string) error {
 				o.pools = append(o.pools, s)
 				return nil
 			})
@@ -120,37 +128,27 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
 	}
-	// 2. Work out the server's address and the pools.
+	// 2. Work out the boot network and check every node's fixed address
+	// against it, before anything is opened.
+	nw, err := o.network(site)
+	if err != nil {
+		return err
+	}
+	if err := site.CheckNetwork(nw); err != nil {
+		return printSiteErrors(os.Stderr, err)
+	}
 	cfg := pxe.Config{
 		Interface: o.iface, DHCP: o.dhcp, LeaseTime: o.leaseTime, Artifacts: o.artifacts,
 		HTTPAddr: o.httpAddr, TFTPAddr: o.tftpAddr, BootVia: o.bootVia,
 		Loaders: pxe.DefaultLoaders(o.loaders), TFTP: tftp.Config{Window: o.tftpWindow},
-		HTTP: httpboot.Limits{IdleTimeout: o.httpIdle, MaxConns: o.httpMaxConns},
+		HTTP:     httpboot.Limits{IdleTimeout: o.httpIdle, MaxConns: o.httpMaxConns},
+		ServerIP: nw.Server,
 	}
-	var subnet netip.Prefix
-	if o.iface != "" {
-		cfg.ServerIP, subnet, err = pxe.InterfaceAddr(o.iface)
-		if err != nil {
-			return err
-		}
-	}
-	if o.serverIP != "" {
-		if cfg.ServerIP, err = netip.ParseAddr(o.serverIP); err != nil || !cfg.ServerIP.Is4() {
-			return fmt.Errorf("--server-ip %q: want an IPv4 address", o.serverIP)
-		}
-	}
-	if !cfg.ServerIP.IsValid() {
-		return errors.New("need --interface (or --server-ip)")
-	}
-	for _, p := range o.pools {
-		pool, err := parsePool(p, subnet)
-		if err != nil {
-			return err
-		}
-		cfg.Pools = append(cfg.Pools, pool)
+	for _, p := range nw.Pools {
+		cfg.Pools = append(cfg.Pools, dhcp.Pool{Range: leases.Range{Start: p.Start, End: p.End}, Subnet: p.Subnet})
 	}
 	if o.dhcp == pxe.DHCPFull && len(cfg.Pools) == 0 {
-		return errors.New("--dhcp full needs at least one --pool START-END")
+		return errors.New("--dhcp full needs at least one --pool START-END (or network.pools in site.yaml)")
 	}
 	if len(cfg.Loaders) == 0 {
 		slog.Warn("no iPXE loaders found: firmware PXE clients cannot boot (apt-get install ipxe)", "dir", o.loaders)
@@ -181,6 +179,55 @@ func runServe(ctx context.Context, o serveFlags) error {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// network is the boot network serve works with: site.yaml's network
+// (profiles.Site.Network), with each part a flag gives replaced by it, and
+// what is still unknown taken from the interface. The server's address is
+// --server-ip, else site.yaml's, else the interface's; the pools are the
+// --pool flags, else site.yaml's; a pool without a prefix lies in
+// site.yaml's subnet, else the interface's.
+func (o serveFlags) network(site *profiles.Site) (profiles.Network, error) {
+	nw, _ := site.Network()
+	var ifAddr netip.Addr
+	var ifSubnet netip.Prefix
+	if o.iface != "" {
+		var err error
+		if ifAddr, ifSubnet, err = pxe.InterfaceAddr(o.iface); err != nil {
+			return nw, err
+		}
+	}
+	ifPos := profiles.Pos{File: "--interface " + o.iface}
+	switch {
+	case o.serverIP != "":
+		a, err := netip.ParseAddr(o.serverIP)
+		if err != nil || !a.Is4() {
+			return nw, fmt.Errorf("--server-ip %q: want an IPv4 address", o.serverIP)
+		}
+		nw.Server, nw.ServerPos = a, profiles.Pos{File: "--server-ip"}
+	case nw.Server.IsValid(): // site.yaml's
+	case ifAddr.IsValid():
+		nw.Server, nw.ServerPos = ifAddr, ifPos
+	default:
+		return nw, errors.New("need --interface (or --server-ip, or network.server in site.yaml)")
+	}
+	switch {
+	case !nw.Subnet.IsValid():
+		nw.Subnet, nw.SubnetPos = ifSubnet, ifPos
+	case ifSubnet.IsValid() && ifSubnet != nw.Subnet:
+		slog.Warn("the interface is not on site.yaml's subnet", "interface", o.iface, "subnet", ifSubnet, "site", nw.Subnet)
+	}
+	if len(o.pools) > 0 {
+		nw.Pools = nil
+		for _, s := range o.pools {
+			p, err := parsePool(s, nw.Subnet)
+			if err != nil {
+				return nw, err
+			}
+			nw.Pools = append(nw.Pools, p)
+		}
+	}
+	return nw, nil
 }
 
 // flushWriter buffers writes and flushes them every interval (and on
@@ -227,25 +274,18 @@ func (f *flushWriter) Close() error {
 	return f.w.Flush()
 }
 
-// parsePool parses START-END[/PREFIX]; without a prefix the range must lie
-// in the interface's subnet.
-func parsePool(s string, subnet netip.Prefix) (dhcp.Pool, error) {
-	rs, prefix, hasPrefix := strings.Cut(s, "/")
-	r, err := leases.ParseRange(rs)
-	if err != nil {
-		return dhcp.Pool{}, fmt.Errorf("--pool: %w", err)
+// parsePool parses a --pool flag, START-END[/PREFIX]; without a prefix the
+// range must lie in subnet (the interface's, or site.yaml's).
+func parsePool(s string, subnet netip.Prefix) (profiles.Pool, error) {
+	p, err := profiles.ParsePool(s, subnet)
+	switch {
+	case errors.Is(err, profiles.ErrOutsideSubnet):
+		return p, fmt.Errorf("--pool %q: not inside the interface's subnet %v: give its prefix (START-END/24)", s, p.Subnet)
+	case err != nil:
+		return p, fmt.Errorf("--pool: %w", err)
 	}
-	if hasPrefix {
-		p, err := netip.ParsePrefix(r.Start.String() + "/" + prefix)
-		if err != nil {
-			return dhcp.Pool{}, fmt.Errorf("--pool %q: %w", s, err)
-		}
-		subnet = p.Masked()
-	}
-	if !subnet.IsValid() || !subnet.Contains(r.Start) || !subnet.Contains(r.End) {
-		return dhcp.Pool{}, fmt.Errorf("--pool %q: not inside the interface's subnet %v: give its prefix (START-END/24)", s, subnet)
-	}
-	return dhcp.Pool{Range: r, Subnet: subnet}, nil
+	p.Pos = profiles.Pos{File: "--pool"}
+	return p, nil
 }
 
 // siteBackend answers pxe's Lookup from the inventory and the baked
@@ -290,12 +330,8 @@ func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*si
 			Cmdline: cmdline(n.Profile),
 			Files:   map[string]string{NodeFile: NodeFile},
 		}
-		if s, ok := n.Labels["ip"]; ok {
-			ip := net.ParseIP(s).To4()
-			if ip == nil {
-				return nil, fmt.Errorf("node %s: label ip=%q is not an IPv4 address", n.Name, s)
-			}
-			m.IP = ip
+		if n.IP.IsValid() { // its "ip" label, checked by profiles
+			m.IP = n.IP.AsSlice()
 		}
 		for _, mac := range n.MACs {
 			hw, err := net.ParseMAC(mac)

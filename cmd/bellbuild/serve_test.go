@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -46,7 +49,7 @@ func TestParsePool(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := p.Range.String() + " in " + p.Subnet.String(); got != tt.want {
+			if got := p.String() + " in " + p.Subnet.String(); got != tt.want {
 				t.Errorf("= %s, want %s", got, tt.want)
 			}
 		})
@@ -433,5 +436,102 @@ func TestServeBadWindow(t *testing.T) {
 		if code == 0 || !strings.Contains(stderr.String(), want) {
 			t.Errorf("--tftp-window %s: exit %d, stderr %q; want an error saying %q", w, code, stderr.String(), want)
 		}
+	}
+}
+
+// TestServeRefusesConflictingAddresses: serve checks every node's ip label
+// against the boot network that site.yaml and its flags make, and exits
+// with every problem, naming the node and the pool or flag, before it
+// opens anything: no lease file and no rendered node in STATE, nothing
+// bound.
+func TestServeRefusesConflictingAddresses(t *testing.T) {
+	site := t.TempDir()
+	for name, data := range map[string]string{
+		"profiles/p.yaml": "conf: {}\n",
+		"site.yaml":       "network:\n  server: 192.0.2.1\n  subnet: 192.0.2.0/24\n  pools: [192.0.2.200-192.0.2.250]\n",
+		"nodes.yaml": `nodes:
+- {name: a, mac: "52:54:00:00:00:01", profile: p, labels: {ip: 192.0.2.150}}
+- {name: b, mac: "52:54:00:00:00:02", profile: p, labels: {ip: 192.0.2.10}}
+- {name: c, mac: "52:54:00:00:00:03", profile: p}
+`,
+	} {
+		writeTestFile(t, filepath.Join(site, name), data)
+	}
+	nodes := filepath.Join(site, "nodes.yaml")
+	tests := []struct {
+		name  string
+		flags []string
+		want  string
+	}{{
+		name:  "a --pool over a node's address",
+		flags: []string{"--pool", "192.0.2.100-192.0.2.199"},
+		want:  nodes + `:2:64: nodes[0].labels.ip: node "a": 192.0.2.150 is inside the dynamic pool 192.0.2.100-192.0.2.199 (--pool), which may lease it to another machine` + "\n",
+	}, {
+		name:  "--server-ip on a node's address, a pool over the server",
+		flags: []string{"--server-ip", "192.0.2.10", "--pool", "192.0.2.5-192.0.2.20", "--pool", "192.0.2.200-192.0.2.250"},
+		want: "--pool: pool 192.0.2.5-192.0.2.20 holds the server's own address 192.0.2.10 (--server-ip)\n" +
+			nodes + `:3:64: nodes[1].labels.ip: node "b": 192.0.2.10 is inside the dynamic pool 192.0.2.5-192.0.2.20 (--pool), which may lease it to another machine` + "\n" +
+			nodes + `:3:64: nodes[1].labels.ip: node "b": 192.0.2.10 is the server's own address (--server-ip)` + "\n",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			state := t.TempDir()
+			args := append([]string{"serve", "-C", site, "--state", state, "--artifacts", t.TempDir(),
+				"--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0"}, tt.flags...)
+			code, out, errOut := runCmd(t, args...)
+			if code != 1 || out != "" {
+				t.Errorf("exit %d, stdout %q; want 1 and nothing", code, out)
+			}
+			if diff := cmp.Diff(tt.want, errOut); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+			if ents, _ := os.ReadDir(state); len(ents) > 0 {
+				t.Errorf("serve wrote %s into STATE before refusing", ents[0].Name())
+			}
+		})
+	}
+}
+
+// TestServeNetwork: serve's boot network is site.yaml's, each part a
+// flag gives replaced by it.
+func TestServeNetwork(t *testing.T) {
+	site := t.TempDir()
+	writeTestFile(t, filepath.Join(site, "profiles/p.yaml"), "conf: {}\n")
+	writeTestFile(t, filepath.Join(site, "site.yaml"), "network:\n  server: 192.0.2.1\n  subnet: 192.0.2.0/24\n  pools: [192.0.2.200-192.0.2.250]\n")
+	s, err := profiles.Load(site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	describe := func(n profiles.Network) string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "server %v (%s) subnet %v pools", n.Server, strings.TrimPrefix(n.ServerPos.String(), site+"/"), n.Subnet)
+		for _, p := range n.Pools {
+			fmt.Fprintf(&b, " %v/%d (%s)", p, p.Subnet.Bits(), strings.TrimPrefix(p.Pos.String(), site+"/"))
+		}
+		return b.String()
+	}
+	tests := []struct {
+		name string
+		o    serveFlags
+		want string
+	}{
+		{name: "site.yaml alone", want: "server 192.0.2.1 (site.yaml:2:11) subnet 192.0.2.0/24 pools 192.0.2.200-192.0.2.250/24 (site.yaml:4:11)"},
+		{name: "flags replace", o: serveFlags{serverIP: "192.0.2.2", pools: []string{"192.0.2.10-192.0.2.20", "198.51.100.10-198.51.100.20/25"}},
+			want: "server 192.0.2.2 (--server-ip) subnet 192.0.2.0/24 pools 192.0.2.10-192.0.2.20/24 (--pool) 198.51.100.10-198.51.100.20/25 (--pool)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := tt.o.network(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := describe(n); got != tt.want {
+				t.Errorf("network:\n got %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+	if _, err := (serveFlags{}).network(profiles.Default()); err == nil ||
+		err.Error() != "need --interface (or --server-ip, or network.server in site.yaml)" {
+		t.Errorf("no server address anywhere: %v", err)
 	}
 }
