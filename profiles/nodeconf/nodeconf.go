@@ -65,11 +65,11 @@ type Conf struct {
 }
 
 // Modules lists the module names in the order the applier runs them
-// (Divingbell's order, with files and units before exec so that scripts see
-// them in place).
+// (Divingbell's order, with files, units and credentials before exec so
+// that scripts see them in place).
 var Modules = []string{
 	"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt",
-	"files", "units", "exec", "apparmor",
+	"files", "units", "credentials", "exec", "apparmor",
 }
 
 // Limit is one pam_limits line, written to /etc/security/limits.d/.
