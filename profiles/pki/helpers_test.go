@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -50,6 +51,9 @@ func newSite(t testing.TB, edit ...func(*Options)) *site {
 		e(&o)
 	}
 	rootDir := filepath.Join(dir, "root-out")
+	if err := os.MkdirAll(o.Site, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	s, err := Init(context.Background(), o, rootDir, false)
 	if err != nil {
 		t.Fatalf("Init: %v", err)

@@ -74,12 +74,15 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 	pub, priv := dirsOf(o)
 	// 1. Check.
 	if rootOut == "" {
-		return nil, errors.New("pki init: no root-out directory (the root key goes there, and then offline)")
+		return nil, errors.New("init: no root-out directory (the root key goes there, and then offline)")
 	}
 	for _, d := range []struct{ dir, what string }{{o.Site, "the site"}, {o.Private, "the private directory"}} {
 		if inside(rootOut, d.dir) {
-			return nil, fmt.Errorf("pki init: --root-out %s is inside %s (%s): the root key must go elsewhere, and then offline", rootOut, d.what, d.dir)
+			return nil, fmt.Errorf("init: --root-out %s is inside %s (%s): the root key must go elsewhere, and then offline", rootOut, d.what, d.dir)
 		}
+	}
+	if fi, err := os.Stat(o.Site); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("init: site directory %s: not a directory (%v)", o.Site, err)
 	}
 	var found []string
 	for _, p := range []string{filepath.Join(pub, "root.pem"), priv, filepath.Join(rootOut, RootKeyFile)} {
@@ -88,7 +91,7 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 		}
 	}
 	if len(found) > 0 && !force {
-		return nil, fmt.Errorf("pki init: %w (%s); --force keeps it aside and makes a new one", ErrExists, strings.Join(found, ", "))
+		return nil, fmt.Errorf("init: %w (%s); --force keeps it aside and makes a new one", ErrExists, strings.Join(found, ", "))
 	}
 	if _, err := os.Stat(o.Private); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(o.Private, 0o700); err != nil {
@@ -200,7 +203,7 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 	if err := writeDir(pub, pubFiles, 0o755, 0o644); err != nil {
 		return nil, err
 	}
-	o.Log.Info("pki init: made the root CA and the hosts, services and users CAs", "algorithm", o.Algorithm, "root_out", rootOut, "public", pub, "private", priv)
+	o.Log.Info("pki: made the root CA and the hosts, services and users CAs", "algorithm", o.Algorithm, "root_out", rootOut, "public", pub, "private", priv)
 	return Open(o)
 }
 
