@@ -42,6 +42,13 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 		idx     []int
 		newKeys = map[string][]byte{}
 	)
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		if seen[r.Slot] {
+			return nil, fmt.Errorf("%s: asked for twice in one batch", r.Slot)
+		}
+		seen[r.Slot] = true
+	}
 	s.mu.Lock()
 	for i, r := range reqs {
 		ca, err := s.usable(r.CA, now)

@@ -315,6 +315,9 @@ func TestEnsure(t *testing.T) {
 	if a[0].Serial != b[0].Serial || !bytes.Equal(a[0].Key.Reveal(), b[0].Key.Reveal()) || b[0].Key.IsZero() {
 		t.Fatalf("second Ensure: serial %s -> %s, same key %v", a[0].Serial, b[0].Serial, bytes.Equal(a[0].Key.Reveal(), b[0].Key.Reveal()))
 	}
+	if _, err := s.Ensure(ctx, req, req); err == nil || !strings.Contains(err.Error(), "asked for twice") {
+		t.Errorf("one slot twice in a batch: %v", err)
+	}
 	kf := s.keyFile(req.Slot)
 	if fi, err := os.Stat(kf); err != nil || fi.Mode() != 0o600 {
 		t.Fatalf("key file %s: %v %v", kf, fi.Mode(), err)

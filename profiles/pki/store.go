@@ -85,7 +85,7 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 		return nil, fmt.Errorf("init: site directory %s: not a directory (%v)", o.Site, err)
 	}
 	var found []string
-	for _, p := range []string{filepath.Join(pub, "root.pem"), priv, filepath.Join(rootOut, RootKeyFile)} {
+	for _, p := range []string{pub, priv, filepath.Join(rootOut, RootKeyFile)} {
 		if _, err := os.Lstat(p); err == nil {
 			found = append(found, p)
 		}
