@@ -82,7 +82,12 @@ func (l *serialLog) readFrom(f *os.File, fn func(record) error) error {
 	}
 }
 
-// load reads the whole log (no lock: a torn tail is ignored).
+// refresh reads the complete lines appended since the last read (no
+// lock: a torn tail, or a line being written, waits for the next call).
+func (l *serialLog) refresh(fn func(record) error) error { return l.load(fn) }
+
+// load reads the log from where this process stopped (all of it the first
+// time; no lock: a torn tail is ignored).
 func (l *serialLog) load(fn func(record) error) error {
 	f, err := os.Open(l.path)
 	if err != nil {

@@ -542,6 +542,18 @@ func TestRevoke(t *testing.T) {
 	if got, err := s.Revoke(ctx, Selector{Serial: user.Serial}, ""); err != nil || len(got) != 0 {
 		t.Errorf("revoking again: %v %v", got, err)
 	}
+	// Another process's revocation is seen after a refresh.
+	other := s.reopen(t)
+	n2 := all[5] // n2's host certificate
+	if r, err := other.Revoked(n2.Serial); err != nil || r {
+		t.Fatalf("n2 before: revoked %v %v", r, err)
+	}
+	if _, err := s.Revoke(ctx, Selector{Serial: n2.Serial}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := other.Revoked(n2.Serial); err != nil || !r {
+		t.Errorf("n2 after another store revoked it: revoked %v %v", r, err)
+	}
 }
 
 // TestExtend: an expired sub-CA refuses to issue with the extend command

@@ -161,3 +161,28 @@ func (s *Store) Material(ctx context.Context, withKeys bool, nodes ...NodeCreden
 	}
 	return out, nil
 }
+
+// Refresh reads what other processes appended to the log since this
+// store last did (a `pki revoke` while serve runs). Every commit refreshes
+// too.
+func (s *Store) Refresh() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.refresh(s.st.apply)
+}
+
+// Revoked reports whether the certificate with serial (hex) is revoked,
+// after a Refresh.
+func (s *Store) Revoked(serial string) (bool, error) {
+	serial, err := ParseSerial(serial)
+	if err != nil {
+		return false, err
+	}
+	if err := s.Refresh(); err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.st.revoked[serial]
+	return ok, nil
+}
