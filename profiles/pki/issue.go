@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -356,6 +355,3 @@ func (s *Store) SignCSR(ctx context.Context, r Request, csr *x509.CertificateReq
 	}
 	return out[0], nil
 }
-
-// errNoKey: a slot's key file is missing.
-var errNoKey = errors.New("no key")
