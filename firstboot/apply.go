@@ -52,11 +52,25 @@ type Report struct {
 	Plan    bool          `json:"plan,omitempty"`
 	Changes []host.Change `json:"changes"`
 	Errors  []string      `json:"errors"`
+	// Pending are items that wait for something the configuration does
+	// not carry yet (a credential's private key): neither changes nor
+	// errors.
+	Pending []string `json:"pending,omitempty"`
 }
+
+// pendingError is what a module returns for an item that waits (see
+// Report.Pending).
+type pendingError struct{ item, why string }
+
+func (e *pendingError) Error() string { return e.item + ": pending (" + e.why + ")" }
 
 // Summary is the one line a run prints.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+	s := fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+	if len(r.Pending) > 0 {
+		s += fmt.Sprintf(" pending=%d", len(r.Pending))
+	}
+	return s
 }
 
 func orDash(s string) string {
@@ -129,6 +143,11 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 			break
 		}
 		for _, err := range m.Apply(ctx, h, &node.Conf) {
+			var p *pendingError
+			if errors.As(err, &p) {
+				rep.Pending = append(rep.Pending, name+": "+p.item)
+				continue
+			}
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))
 		}
 		h.ForgetDirs()

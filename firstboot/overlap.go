@@ -26,6 +26,7 @@ var reservedPrefixes = map[string]string{
 	"/etc/apparmor.d/bellbuild.":             "apparmor",
 	"/etc/systemd/system/bellbuild-ethtool-": "ethtool",
 	"/var/lib/bellbuild/":                    "the applier's own state",
+	credRoot + "/":                           "credentials",
 }
 
 // generatedPaths are the files the mounts module writes for conf.

@@ -35,6 +35,9 @@ var allowed = map[string][]string{
 	"pxe/internal/pxetest":    {"pxe", "testvm/testtool"},
 	"deploy":                  {},   // manifests; their test-only package imports nothing of ours
 	"cmd":                     {""}, // anything
+	// The site's PKI: the schema's types (credentials, secrets), nothing
+	// of the site model.
+	"profiles/pki": {"profiles/nodeconf"},
 }
 
 // testAllowed widens a package's rule for its test files, beyond the test
@@ -208,6 +211,8 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles", "profiles/nodeconf", true},
+		{"profiles/pki", "profiles/nodeconf", true},
+		{"profiles/pki", "profiles", false},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},

@@ -55,14 +55,21 @@ type Conf struct {
 	Units    map[string]Unit              `json:"units,omitempty" yaml:"units,omitempty"`
 	Exec     map[string]Exec              `json:"exec,omitempty" yaml:"exec,omitempty"`
 	Apparmor *Apparmor                    `json:"apparmor,omitempty" yaml:"apparmor,omitempty"`
+	// Credentials are the X.509 credentials the node's services need
+	// (minicluster's schema; merged by name across profiles).
+	Credentials []Credential `json:"credentials,omitempty" yaml:"credentials,omitempty"`
+	// X509 is what the site's PKI issued for Credentials. The site model
+	// fills it in when it renders a node with its PKI at hand; it is not a
+	// module and no profile can set it.
+	X509 *X509 `json:"x509,omitempty" yaml:"x509,omitempty"`
 }
 
 // Modules lists the module names in the order the applier runs them
-// (Divingbell's order, with files and units before exec so that scripts see
-// them in place).
+// (Divingbell's order, with files, units and credentials before exec so
+// that scripts see them in place).
 var Modules = []string{
 	"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt",
-	"files", "units", "exec", "apparmor",
+	"files", "units", "credentials", "exec", "apparmor",
 }
 
 // Limit is one pam_limits line, written to /etc/security/limits.d/.
@@ -202,4 +209,90 @@ type Apparmor struct {
 	ComplainMode bool `json:"complain_mode,omitempty" yaml:"complain_mode,omitempty"`
 	// Profiles maps a file name under /etc/apparmor.d/ to its text.
 	Profiles map[string]string `json:"profiles,omitempty" yaml:"profiles,omitempty"`
+}
+
+// Credential is one X.509 credential a service needs, in minicluster's
+// schema plus the owner of its files. The applier installs it under
+// /etc/credentials/x509/NAME/{client,server}/.
+type Credential struct {
+	// Name is the service's name: a safe path component.
+	Name string `json:"name" yaml:"name"`
+	// EnableClient asks for a client certificate (default true).
+	EnableClient *bool `json:"enable_client,omitempty" yaml:"enable_client,omitempty"`
+	// ClientCertMode is the client certificate's extended key usage:
+	// client (default), server or both.
+	ClientCertMode string `json:"client_cert_mode,omitempty" yaml:"client_cert_mode,omitempty"`
+	// EnableServer asks for a server certificate (default true).
+	EnableServer *bool `json:"enable_server,omitempty" yaml:"enable_server,omitempty"`
+	// ServerCertMode is the server certificate's extended key usage:
+	// server (default), client or both.
+	ServerCertMode string `json:"server_cert_mode,omitempty" yaml:"server_cert_mode,omitempty"`
+	// ExtraSAN are more DNS names for the server certificate; the node's
+	// domain is appended to each.
+	ExtraSAN []string `json:"extra_san,omitempty" yaml:"extra_san,omitempty"`
+	// Owner and Group own the credential's directories and private keys
+	// (default root, and the owner's primary group).
+	Owner string `json:"owner,omitempty" yaml:"owner,omitempty"`
+	Group string `json:"group,omitempty" yaml:"group,omitempty"`
+}
+
+// Certificate modes: which extended key usages a certificate carries.
+const (
+	CertModeClient = "client"
+	CertModeServer = "server"
+	CertModeBoth   = "both"
+)
+
+// CertModes are the values of client_cert_mode and server_cert_mode.
+var CertModes = []string{CertModeClient, CertModeServer, CertModeBoth}
+
+// ClientEnabled reports whether c wants a client certificate.
+func (c Credential) ClientEnabled() bool { return c.EnableClient == nil || *c.EnableClient }
+
+// ServerEnabled reports whether c wants a server certificate.
+func (c Credential) ServerEnabled() bool { return c.EnableServer == nil || *c.EnableServer }
+
+// ClientMode is c's client_cert_mode, defaulted.
+func (c Credential) ClientMode() string {
+	if c.ClientCertMode == "" {
+		return CertModeClient
+	}
+	return c.ClientCertMode
+}
+
+// ServerMode is c's server_cert_mode, defaulted.
+func (c Credential) ServerMode() string {
+	if c.ServerCertMode == "" {
+		return CertModeServer
+	}
+	return c.ServerCertMode
+}
+
+// X509 is the issued material of a node's credentials: public
+// certificates and, when the node may have them here, private keys.
+type X509 struct {
+	// CA is the PEM of the CA certificates a peer needs to verify the
+	// site's certificates (/etc/credentials/x509/ca.pem).
+	CA string `json:"ca,omitempty" yaml:"ca,omitempty"`
+	// CRL is the PEM of the CAs' revocation lists
+	// (/etc/credentials/x509/crl.pem).
+	CRL string `json:"crl,omitempty" yaml:"crl,omitempty"`
+	// Credentials maps a credential's name to its certificates.
+	Credentials map[string]IssuedCredential `json:"credentials,omitempty" yaml:"credentials,omitempty"`
+}
+
+// IssuedCredential is the client and server certificate of one credential.
+type IssuedCredential struct {
+	Client *IssuedCert `json:"client,omitempty" yaml:"client,omitempty"`
+	Server *IssuedCert `json:"server,omitempty" yaml:"server,omitempty"`
+}
+
+// IssuedCert is one certificate and, optionally, its private key. Without
+// the key the applier reports the credential as pending (the key is
+// delivered later).
+type IssuedCert struct {
+	// Cert is the certificate, PEM.
+	Cert string `json:"cert" yaml:"cert"`
+	// Key is the PKCS#8 private key, PEM.
+	Key Secret `json:"key,omitzero" yaml:"key,omitempty"`
 }

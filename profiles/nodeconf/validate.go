@@ -106,6 +106,10 @@ func (c *Conf) Validate() []error {
 	}
 	v.files(c.Files)
 	v.units(c.Units)
+	v.credentials(c.Credentials)
+	if c.X509 != nil {
+		v.x509(c.X509, c.Credentials)
+	}
 	v.exec(c.Exec)
 	if c.Apparmor != nil {
 		v.apparmor(c.Apparmor)

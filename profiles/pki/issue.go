@@ -1,0 +1,357 @@
+package pki
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// Issued is a certificate this PKI signed (or, from Ensure, found still
+// current in its log).
+type Issued struct {
+	// Request is what was asked, with the names the CA allowed.
+	Request
+	// Serial is the certificate's serial number, lower-case hex.
+	Serial string
+	Cert   *x509.Certificate
+	// CertPEM is Cert, PEM.
+	CertPEM []byte
+	// Key is the private key (PKCS#8 PEM) when it was made here; zero
+	// when the request brought its public key.
+	Key nodeconf.Secret
+}
+
+// job is one request on its way to a certificate.
+type job struct {
+	req    Request
+	ca     *CA
+	key    crypto.Signer // made here, or nil
+	keyPEM []byte
+	out    *Issued
+}
+
+// Issue signs reqs and records every serial in the log (one fsynced
+// append) before it returns the certificates:
+//  1. check each request and the CA that signs it (not expired);
+//  2. make the keys that are not given;
+//  3. sign (on every core for a large batch);
+//  4. append to the log; a serial already there (another process drew
+//     it) fails the whole batch, which the caller may retry.
+func (s *Store) Issue(ctx context.Context, reqs ...Request) ([]*Issued, error) {
+	now := s.opts.Now()
+	jobs, err := s.prepare(reqs, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sign(ctx, jobs, now); err != nil {
+		return nil, err
+	}
+	if err := s.record(jobs, now); err != nil {
+		return nil, err
+	}
+	out := make([]*Issued, len(jobs))
+	for i, j := range jobs {
+		out[i] = j.out
+	}
+	return out, nil
+}
+
+// prepare checks reqs (1) and makes the missing keys (2).
+func (s *Store) prepare(reqs []Request, now time.Time) ([]*job, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	jobs := make([]*job, len(reqs))
+	for i, r := range reqs {
+		ca, err := s.usable(r.CA, now)
+		if err != nil {
+			return nil, err
+		}
+		if r, err = s.allowed(r, ca); err != nil {
+			return nil, err
+		}
+		jobs[i] = &job{req: r, ca: ca}
+	}
+	for _, j := range jobs {
+		if j.req.PublicKey != nil {
+			continue
+		}
+		k, err := newKey(s.opts.Algorithm)
+		if err != nil {
+			return nil, err
+		}
+		if j.keyPEM, err = keyPEM(k); err != nil {
+			return nil, err
+		}
+		j.key, j.req.PublicKey = k, k.Public()
+	}
+	return jobs, nil
+}
+
+// allowed checks r and returns it with the names its CA's constraints
+// allow: short (dot-less) host names are left out under name constraints;
+// any other name or address outside them is an error.
+func (s *Store) allowed(r Request, ca *CA) (Request, error) {
+	if r.Slot == "" || r.CommonName == "" {
+		return r, fmt.Errorf("request for the %s CA without slot or common name", r.CA)
+	}
+	if !slices.Contains(nodeconf.CertModes, r.Mode) {
+		return r, fmt.Errorf("%s: mode %q is not one of client, server, both", r.Slot, r.Mode)
+	}
+	if r.Validity < 0 {
+		return r, fmt.Errorf("%s: negative validity", r.Slot)
+	}
+	if r.PublicKey != nil {
+		if err := CheckPublicKey(r.PublicKey); err != nil {
+			return r, fmt.Errorf("%s: %w", r.Slot, err)
+		}
+	}
+	for _, n := range r.DNSNames {
+		if !nodeconf.ValidDNSName(n) {
+			return r, fmt.Errorf("%s: %q is not a DNS name", r.Slot, n)
+		}
+	}
+	c := ca.Cert
+	if len(c.PermittedDNSDomains) == 0 && len(c.PermittedIPRanges) == 0 {
+		return r, nil
+	}
+	var names []string
+	for _, n := range r.DNSNames {
+		if !strings.Contains(n, ".") && n != "localhost" {
+			continue // a short name cannot satisfy a DNS subtree
+		}
+		if len(c.PermittedDNSDomains) > 0 && !slices.ContainsFunc(c.PermittedDNSDomains, func(d string) bool { return n == d || strings.HasSuffix(n, "."+d) }) {
+			return r, fmt.Errorf("%s: %s is outside the %s CA's name constraints (%s)", r.Slot, n, ca.Kind, strings.Join(c.PermittedDNSDomains, ", "))
+		}
+		names = append(names, n)
+	}
+	r.DNSNames = names
+	if len(c.PermittedIPRanges) > 0 {
+		for _, ip := range r.IPs {
+			if !slices.ContainsFunc(c.PermittedIPRanges, func(n *net.IPNet) bool { return n.Contains(ip.AsSlice()) }) {
+				return r, fmt.Errorf("%s: %s is outside the %s CA's name constraints (subnets %s)", r.Slot, ip, ca.Kind, ipNets(c.PermittedIPRanges))
+			}
+		}
+	}
+	return r, nil
+}
+
+func ipNets(ns []*net.IPNet) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = n.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// sign makes every job's certificate (3), on GOMAXPROCS goroutines.
+func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
+	workers := min(runtime.GOMAXPROCS(0), (len(jobs)+15)/16)
+	var (
+		wg    sync.WaitGroup
+		next  = make(chan *job)
+		errMu sync.Mutex
+		first error
+	)
+	for range max(workers, 1) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				if err := s.signOne(j, now); err != nil {
+					errMu.Lock()
+					first = cmpErr(first, err)
+					errMu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, j := range jobs {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return first
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// leafTemplate is the certificate r asks for, valid from now.
+func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificate, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	life := r.Validity
+	if life == 0 {
+		life = s.opts.Validity.Leaf
+	}
+	t := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: r.CommonName},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              clampEnd(now.Add(life), ca.Cert),
+		KeyUsage:              keyUsage(r.PublicKey),
+		ExtKeyUsage:           extKeyUsage(r.Mode),
+		BasicConstraintsValid: true,
+		DNSNames:              r.DNSNames,
+	}
+	for _, ip := range r.IPs {
+		t.IPAddresses = append(t.IPAddresses, ip.AsSlice())
+	}
+	return t, nil
+}
+
+func (s *Store) signOne(j *job, now time.Time) error {
+	t, err := s.leafTemplate(j.req, j.ca, now)
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, t, j.ca.Cert, j.req.PublicKey, j.ca.key)
+	if err != nil {
+		return fmt.Errorf("%s: %w", j.req.Slot, err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	j.out = &Issued{Request: j.req, Serial: serialHex(c.SerialNumber), Cert: c, CertPEM: certPEM(der)}
+	if j.keyPEM != nil {
+		j.out.Key = nodeconf.NewSecret("key of "+j.req.Slot, j.keyPEM)
+	}
+	return nil
+}
+
+// record appends the jobs' certificates to the log (4).
+func (s *Store) record(jobs []*job, now time.Time) error {
+	recs := make([]record, len(jobs))
+	for i, j := range jobs {
+		recs[i] = record{Op: "issue", Time: now, Serial: j.out.Serial, CA: j.req.CA, Slot: j.req.Slot,
+			Node: j.req.Node, Service: j.req.Service, Cert: j.out.Cert.Raw}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.log.commit(recs, s.st.apply, func() error {
+		for _, r := range recs {
+			if _, dup := s.st.serials[r.Serial]; dup {
+				return fmt.Errorf("serial %s is already in the log (drawn twice): nothing was issued, try again", r.Serial)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		s.opts.Log.Debug("pki: issued", "slot", r.Slot, "serial", r.Serial, "ca", r.CA)
+	}
+	return nil
+}
+
+func extKeyUsage(mode string) []x509.ExtKeyUsage {
+	switch mode {
+	case nodeconf.CertModeClient:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	case nodeconf.CertModeServer:
+		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	}
+	return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+}
+
+// modeOf reads a certificate's mode back from its extended key usage.
+func modeOf(c *x509.Certificate) string {
+	cl, sv := slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth), slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	switch {
+	case cl && sv:
+		return nodeconf.CertModeBoth
+	case sv:
+		return nodeconf.CertModeServer
+	}
+	return nodeconf.CertModeClient
+}
+
+// MaxCSR is the largest CSR ParseCSR reads.
+const MaxCSR = 16 << 10
+
+// ParseCSR reads a certificate signing request (PEM or DER, at most
+// MaxCSR bytes), checks its signature and refuses a weak key or an
+// unknown algorithm.
+func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+	if len(data) > MaxCSR {
+		return nil, fmt.Errorf("CSR of %d bytes: larger than %d", len(data), MaxCSR)
+	}
+	der := data
+	if b, _ := pem.Decode(data); b != nil {
+		if b.Type != "CERTIFICATE REQUEST" && b.Type != "NEW CERTIFICATE REQUEST" {
+			return nil, fmt.Errorf("PEM block %q: not a CERTIFICATE REQUEST", b.Type)
+		}
+		der = b.Bytes
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("CSR: %w", err)
+	}
+	if err := CheckPublicKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("CSR: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("CSR: bad signature: %w", err)
+	}
+	return csr, nil
+}
+
+// SignCSR issues r for the key of csr (parsed by ParseCSR). The CSR may
+// ask for no names, or for names r has: its common name, DNS names and
+// IPs must each be among r's (the site, not the CSR, says what a node
+// may be called); anything else is refused.
+func (s *Store) SignCSR(ctx context.Context, r Request, csr *x509.CertificateRequest) (*Issued, error) {
+	if err := CheckPublicKey(csr.PublicKey); err != nil {
+		return nil, err
+	}
+	if cn := csr.Subject.CommonName; cn != "" && cn != r.CommonName {
+		return nil, fmt.Errorf("CSR asks for CN %q; %s may have %q", cn, r.Slot, r.CommonName)
+	}
+	for _, n := range csr.DNSNames {
+		if !slices.Contains(r.DNSNames, n) {
+			return nil, fmt.Errorf("CSR asks for DNS name %q, which %s may not have (%s)", n, r.Slot, strings.Join(r.DNSNames, ", "))
+		}
+	}
+	for _, ip := range csr.IPAddresses {
+		a, _ := netip.AddrFromSlice(ip)
+		if !slices.Contains(r.IPs, a.Unmap()) {
+			return nil, fmt.Errorf("CSR asks for IP %s, which %s may not have", ip, r.Slot)
+		}
+	}
+	if len(csr.EmailAddresses) > 0 || len(csr.URIs) > 0 {
+		return nil, fmt.Errorf("CSR asks for e-mail or URI names, which this PKI does not issue")
+	}
+	r.PublicKey = csr.PublicKey
+	out, err := s.Issue(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
