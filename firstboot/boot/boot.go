@@ -61,13 +61,13 @@ func InitParam(cmdline string) string {
 	return v
 }
 
-// Choose picks the node to apply with firstboot.SelectNode, as `bellbuild
+// Choose picks the node to apply with firstboot.Select, as `bellbuild
 // apply` does on day 2: bellbuild.node= on the command line, else a MAC,
 // else the bundle's default. A bellbuild.node= that is not in the bundle
 // is returned as an error together with the default node, so a mistyped
 // name still boots with the profile's defaults and says so.
 func Choose(b *nodeconf.Bundle, cmdline string, macs []net.HardwareAddr) (*nodeconf.Node, string, error) {
-	n, by, err := firstboot.SelectNode(b, firstboot.Machine{Cmdline: cmdline, MACs: macs})
+	n, by, err := firstboot.Select(firstboot.BundleInventory(b), firstboot.Machine{Cmdline: cmdline, MACs: macs})
 	if err == nil {
 		return n, by, nil
 	}

@@ -1,4 +1,4 @@
-package main
+package firstboot
 
 import (
 	"context"
@@ -13,16 +13,18 @@ import (
 	"time"
 )
 
-// defaultWatchInterval is how often `apply --watch` looks at the
-// configuration.
-const defaultWatchInterval = 5 * time.Second
+// DefaultWatchInterval is how often Watch looks at the configuration.
+const DefaultWatchInterval = 5 * time.Second
 
 // maxRetryWait bounds the wait between retries of a failing run.
 const maxRetryWait = 5 * time.Minute
 
-// watchOptions are apply --watch's timings.
-type watchOptions struct {
-	// Interval is how often the configuration's content is looked at.
+// WatchOptions configure Watch.
+type WatchOptions struct {
+	// Run is the run to repeat; Run.Source.Path is what is watched.
+	Run RunOptions
+	// Interval is how often the configuration's content is looked at
+	// (0: DefaultWatchInterval).
 	Interval time.Duration
 	// Resync, when positive, applies again that long after the last run
 	// even if nothing changed, to undo drift (a sysctl set by hand, a
@@ -30,62 +32,66 @@ type watchOptions struct {
 	Resync time.Duration
 }
 
-// watchApply applies the configuration, then again whenever its content
-// changes, until ctx is cancelled (SIGTERM): the day-2 rerun of a running
-// machine (its config volume rewritten in place) or of a DaemonSet (its
-// ConfigMap updated). The content is polled every interval by its SHA-256,
-// so a rewrite with the same bytes does nothing and a file replaced by
-// rename (or a ConfigMap's ..data symlink swapped) is seen like one written
-// in place. A failed run is reported and retried after interval, then after
-// twice as long each time, up to five minutes, or at once on a change.
-func watchApply(ctx context.Context, o applyFlags, w watchOptions, stdout, stderr io.Writer) error {
-	if o.config == "" || o.root == "" {
-		return errors.New("--config and --root are required (--root / applies to this machine)")
+// Watch runs the configuration, then again whenever its content changes,
+// until ctx is cancelled (SIGTERM): the day-2 rerun of a running machine
+// (its config volume rewritten in place) or of a DaemonSet (its ConfigMap
+// updated).
+//
+// The content is looked at every Interval, by its SHA-256, so a rewrite
+// with the same bytes does nothing and a file replaced by rename (or a
+// ConfigMap's ..data symlink swapped) is seen like one written in place.
+// A failed run is reported and retried after Interval, then after twice as
+// long each time, up to five minutes, or at once on a change.
+func Watch(ctx context.Context, o WatchOptions) error {
+	interval := o.Interval
+	if interval == 0 {
+		interval = DefaultWatchInterval
 	}
-	if w.Interval <= 0 {
-		return fmt.Errorf("--interval %s: must be positive", w.Interval)
+	if interval < 0 {
+		return fmt.Errorf("watch interval %s: must be positive", o.Interval)
 	}
-	if w.Resync < 0 {
-		return fmt.Errorf("--resync %s: must not be negative", w.Resync)
+	if o.Resync < 0 {
+		return fmt.Errorf("resync %s: must not be negative", o.Resync)
 	}
-	t := time.NewTicker(w.Interval)
+	stderr := orDiscard(o.Run.Stderr)
+	path := o.Run.Source.Path
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	var (
-		applied, lastErr string
+		applied, said    string
 		lastRun, retryAt time.Time
 		failing          bool
-		wait             = w.Interval
+		wait             = interval
 	)
 	for {
-		sum, err := contentSum(o.config)
+		sum, err := contentSum(path)
 		now := time.Now()
 		switch {
 		case err != nil:
 			// Said once per distinct problem (a volume being replaced
 			// may be missing for a moment).
-			if err.Error() != lastErr {
+			if err.Error() != said {
 				fmt.Fprintf(stderr, "bellbuild apply: watch: %v\n", err)
-				lastErr = err.Error()
+				said = err.Error()
 			}
 		case sum != applied,
 			failing && !now.Before(retryAt),
-			w.Resync > 0 && now.Sub(lastRun) >= w.Resync:
+			o.Resync > 0 && now.Sub(lastRun) >= o.Resync:
 			if sum != applied {
-				wait = w.Interval
+				wait = interval
 			}
-			lastErr, applied, lastRun = "", sum, now
-			err := runApply(ctx, o, stdout, stderr)
+			said, applied, lastRun = "", sum, now
+			err := Run(ctx, o.Run)
 			failing = err != nil
 			if failing {
-				var ee exitError
-				if !errors.As(err, &ee) {
+				if !errors.Is(err, ErrFailed) {
 					fmt.Fprintf(stderr, "bellbuild apply: %v\n", err)
 				}
 				retryAt = time.Now().Add(wait)
 				fmt.Fprintf(stderr, "bellbuild apply: watch: retrying in %s\n", wait)
 				wait = min(2*wait, maxRetryWait)
 			} else {
-				wait = w.Interval
+				wait = interval
 			}
 		}
 		select {
