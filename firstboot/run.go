@@ -13,8 +13,9 @@ import (
 
 // Source is where `bellbuild apply` finds the configuration to apply.
 type Source struct {
-	// Path is a rendered node or bundle file, or a site: a directory, or
-	// a file that is neither (a Divingbell values file).
+	// Path is a file written by nodeconf.Encode (a rendered node or a
+	// bundle), or a site: a directory, or a file with none of a rendered
+	// document's keys (a Divingbell values file).
 	Path string
 	// Machine is the machine to choose a node for.
 	Machine Machine
@@ -43,7 +44,7 @@ func (s Source) Load(log *slog.Logger) (*nodeconf.Node, error) {
 	} else {
 		node, bundle, err := ReadConfig(s.Path)
 		switch {
-		case errors.Is(err, ErrNotRendered):
+		case errors.Is(err, nodeconf.ErrNotRendered):
 			if inv, err = s.openSite(); err != nil {
 				return nil, err
 			}
@@ -68,7 +69,7 @@ func (s Source) Load(log *slog.Logger) (*nodeconf.Node, error) {
 
 func (s Source) openSite() (Inventory, error) {
 	if s.OpenSite == nil {
-		return nil, fmt.Errorf("%s: %w", s.Path, ErrNotRendered)
+		return nil, fmt.Errorf("%s: %w", s.Path, nodeconf.ErrNotRendered)
 	}
 	return s.OpenSite(s.Path)
 }

@@ -75,7 +75,7 @@ func TestLoadValuesWithoutSite(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Source{Path: values}.Load(nil)
-	if !errors.Is(err, ErrNotRendered) || !strings.HasPrefix(err.Error(), values+": ") {
-		t.Errorf("error %v, want %s: ... %v", err, values, ErrNotRendered)
+	if !errors.Is(err, nodeconf.ErrNotRendered) || !strings.HasPrefix(err.Error(), values+": ") {
+		t.Errorf("error %v, want %s: ... %v", err, values, nodeconf.ErrNotRendered)
 	}
 }

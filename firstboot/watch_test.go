@@ -2,7 +2,6 @@ package firstboot
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -23,11 +22,11 @@ func watchNode(motd string) *nodeconf.Node {
 // encodeNode is what `bellbuild render -o json` writes for n.
 func encodeNode(t *testing.T, n *nodeconf.Node) []byte {
 	t.Helper()
-	data, err := json.MarshalIndent(n, "", "  ")
+	data, err := nodeconf.Marshal(n, nodeconf.JSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(data, '\n')
+	return data
 }
 
 // watcher runs Watch on a real root in the background, as `bellbuild

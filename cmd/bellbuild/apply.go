@@ -27,9 +27,11 @@ changes nothing, and an item removed from the configuration is reverted to
 what was there before bellbuild first touched it. Everything is validated
 before anything changes.
 
-SRC is a site directory, a rendered node file (bellbuild render -o json),
-an image's bundle, or a Divingbell values file (its conf:, overrides
-included). The node is chosen by --node, else by bellbuild.node= on the
+SRC is a site directory, a rendered node file (bellbuild render -o json
+or -o yaml), an image's bundle, or a Divingbell values file (its conf:,
+overrides included). A rendered node or bundle ends with the checksum
+bellbuild wrote: a file cut short, changed by hand, empty or without a
+checksum is refused (exit 1) and nothing is applied. The node is chosen by --node, else by bellbuild.node= on the
 kernel command line, else by a MAC of this machine, else by the hostname;
 --hostname (with --label) describes another machine instead of this one.
 With no inventory match, a bundle gives its default, and a site renders

@@ -14,7 +14,7 @@ import (
 func TestApplyWatchFlags(t *testing.T) {
 	root := applyRoot(t)
 	conf := filepath.Join(t.TempDir(), "node.json")
-	writeJSON(t, conf, nodeconf.Node{Node: "n1", Profile: "p"})
+	writeConf(t, conf, &nodeconf.Node{Node: "n1", Profile: "p"})
 	for _, tc := range []struct {
 		args []string
 		msg  string
