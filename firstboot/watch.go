@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
 // DefaultWatchInterval is how often Watch looks at the configuration.
@@ -40,8 +42,12 @@ type WatchOptions struct {
 // The content is looked at every Interval, by its SHA-256, so a rewrite
 // with the same bytes does nothing and a file replaced by rename (or a
 // ConfigMap's ..data symlink swapped) is seen like one written in place.
-// A failed run is reported and retried after Interval, then after twice as
-// long each time, up to five minutes, or at once on a change.
+// Only a complete, stable configuration is run: the same content on two
+// consecutive looks, and, for a rendered node or bundle, one that verifies
+// (nodeconf.Decode). A file caught half-written is waited for; one that
+// stays incomplete or invalid is reported once, never run. A failed run
+// is reported and retried after Interval, then after twice as long each
+// time, up to five minutes, or at once on a change.
 func Watch(ctx context.Context, o WatchOptions) error {
 	interval := o.Interval
 	if interval == 0 {
@@ -58,22 +64,31 @@ func Watch(ctx context.Context, o WatchOptions) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var (
-		applied, said    string
-		lastRun, retryAt time.Time
-		failing          bool
-		wait             = interval
+		seen, applied, said string
+		lastRun, retryAt    time.Time
+		failing             bool
+		wait                = interval
 	)
+	// say reports a problem once, until it changes or goes away.
+	say := func(msg string) {
+		if msg != said {
+			fmt.Fprintf(stderr, "bellbuild apply: watch: %s\n", msg)
+			said = msg
+		}
+	}
 	for {
-		sum, err := contentSum(path)
+		sum, bad, err := look(path)
 		now := time.Now()
+		stable := err == nil && sum == seen
+		seen = sum
 		switch {
 		case err != nil:
-			// Said once per distinct problem (a volume being replaced
-			// may be missing for a moment).
-			if err.Error() != said {
-				fmt.Fprintf(stderr, "bellbuild apply: watch: %v\n", err)
-				said = err.Error()
-			}
+			// A volume being replaced may be missing for a moment.
+			say(err.Error())
+		case !stable:
+			// Changing (or looked at once): look again.
+		case bad != nil:
+			say(fmt.Sprintf("%v; not applied: waiting for a complete configuration", bad))
 		case sum != applied,
 			failing && !now.Before(retryAt),
 			o.Resync > 0 && now.Sub(lastRun) >= o.Resync:
@@ -93,6 +108,8 @@ func Watch(ctx context.Context, o WatchOptions) error {
 			} else {
 				wait = interval
 			}
+		default:
+			said = ""
 		}
 		select {
 		case <-ctx.Done():
@@ -102,20 +119,27 @@ func Watch(ctx context.Context, o WatchOptions) error {
 	}
 }
 
-// contentSum is the SHA-256 of a file, or of every regular file under a
-// directory (a site) with its relative path.
-func contentSum(p string) (string, error) {
-	h := sha256.New()
+// look returns the SHA-256 of a configuration file, or of every regular
+// file under a directory (a site) with its relative path; and, for a file
+// that is a rendered node or bundle, why it does not verify (nil when it
+// does, or when it is a values file, which has nothing to verify).
+func look(p string) (sum string, bad, err error) {
 	fi, err := os.Stat(p)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if !fi.IsDir() {
-		if err := hashFile(h, p); err != nil {
-			return "", err
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return "", nil, err
 		}
-		return hex.EncodeToString(h.Sum(nil)), nil
+		h := sha256.Sum256(data)
+		if _, _, err := decodeConfig(p, data); err != nil && !errors.Is(err, nodeconf.ErrNotRendered) {
+			bad = err
+		}
+		return hex.EncodeToString(h[:]), bad, nil
 	}
+	h := sha256.New()
 	err = filepath.WalkDir(p, func(f string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
@@ -125,9 +149,9 @@ func contentSum(p string) (string, error) {
 		return hashFile(h, f)
 	})
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hex.EncodeToString(h.Sum(nil)), nil, nil
 }
 
 func hashFile(w io.Writer, file string) error {

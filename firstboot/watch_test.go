@@ -109,11 +109,65 @@ func TestWatch(t *testing.T) {
 		t.Errorf("%d runs after rewriting the same content, want 2:\n%s", n, w.stdout.String())
 	}
 
-	// A broken file fails its run; the watch survives it.
+	// A broken file is reported, not run; the watch survives it.
 	replace(t, conf, []byte("{not json"))
 	w.waitFor("the broken file's error", func() bool { return strings.Contains(w.stderr.String(), conf) })
 	replace(t, conf, encodeNode(t, watchNode("third\n")))
 	w.waitFor("the run after the error", func() bool { return w.motd() == "third\n" && w.runs() == 3 })
+}
+
+// TestWatchWaitsForCompleteFile writes a rendered node in place in two
+// halves, with a pause of many intervals between them: nothing is applied
+// while the file is half-written, however long it stays so (it is reported
+// once, and no run fails), and the whole file is applied once complete.
+func TestWatchWaitsForCompleteFile(t *testing.T) {
+	for _, format := range []nodeconf.Format{nodeconf.JSON, nodeconf.YAML} {
+		t.Run(string(format), func(t *testing.T) {
+			conf := filepath.Join(t.TempDir(), "node."+string(format))
+			first, err := nodeconf.Marshal(watchNode("first\n"), format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			replace(t, conf, first)
+			w := startWatch(t, conf, 20*time.Millisecond)
+			w.waitFor("the first run", func() bool { return w.motd() == "first\n" && w.runs() == 1 })
+
+			// The new file, written in place by a slow writer: its first
+			// half ends at a line, so in YAML it parses.
+			second, err := nodeconf.Marshal(watchNode("second\nmore\n"), format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			half := strings.LastIndexByte(string(second[:len(second)/2]), '\n') + 1
+			f, err := os.OpenFile(conf, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Write(second[:half]); err != nil {
+				t.Fatal(err)
+			}
+			w.waitFor("the half-written file reported", func() bool {
+				return strings.Contains(w.stderr.String(), "not applied: waiting for a complete configuration")
+			})
+			time.Sleep(500 * time.Millisecond) // 25 more intervals
+			if got := w.motd(); got != "first\n" || w.runs() != 1 {
+				t.Fatalf("a half-written file was applied: motd %q, %d runs\nstdout:\n%s", got, w.runs(), w.stdout.String())
+			}
+			if _, err := f.Write(second[half:]); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			w.waitFor("the complete file applied", func() bool { return w.motd() == "second\nmore\n" && w.runs() == 2 })
+			if n := strings.Count(w.stderr.String(), "waiting for a complete configuration"); n != 1 {
+				t.Errorf("the half-written file was reported %d times, want once:\n%s", n, w.stderr.String())
+			}
+			if strings.Contains(w.stderr.String(), "retrying") {
+				t.Errorf("a run failed:\n%s", w.stderr.String())
+			}
+		})
+	}
 }
 
 // TestWatchOptions: bad timings are refused before anything runs.

@@ -49,8 +49,11 @@ and the originals it replaced), last-run.json (the report), lock.
 --watch applies, then applies again whenever SRC's content changes (its
 SHA-256, looked at every --interval), until stopped: the day-2 rerun on a
 machine whose config volume is rewritten in place, or in a DaemonSet whose
-ConfigMap changes. A failed run is reported and retried after --interval,
-then twice as long each time (at most 5m), or at once when SRC changes.
+ConfigMap changes. Only a complete, stable SRC is applied: the same content
+on two looks in a row and, for a rendered file, a checksum that verifies;
+a file caught half-written is waited for (and reported once if it stays
+so). A failed run is reported and retried after --interval, then twice as
+long each time (at most 5m), or at once when SRC changes.
 --resync D also applies again D after the last run with no change, which
 undoes drift (a sysctl set by hand, a managed file's mode changed).
 
