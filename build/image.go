@@ -516,11 +516,10 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		return nil, err
 	}
 	im.bundle = bundle
-	data, err := json.MarshalIndent(bundle, "", "  ")
+	data, err := nodeconf.Marshal(bundle, nodeconf.JSON)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
-	data = append(data, '\n')
 	im.config = fstree.New()
 	im.config.Add(fstree.Entry{Path: "etc/bellbuild", Type: fstree.Dir, Mode: 0o755})
 	// The bundle holds password hashes: root only.

@@ -275,9 +275,9 @@ func TestImage(t *testing.T) {
 	check("bin/busybox", fstree.Regular, 0o755)
 	check("etc/bellbuild", fstree.Dir, 0o755)
 	if e := check(bundlePath, fstree.Regular, 0o600); e != nil {
-		var b struct{ Profile string }
-		if err := json.Unmarshal(readAll(t, e.Data), &b); err != nil || b.Profile != "minimal" {
-			t.Errorf("bundle: profile %q, %v", b.Profile, err)
+		// The bundle verifies, as the init reads it.
+		if _, b, err := nodeconf.Decode(readAll(t, e.Data)); err != nil || b == nil || b.Profile != "minimal" {
+			t.Errorf("bundle: %+v, %v", b, err)
 		}
 	}
 	mods := base(t, tree, "lib/modules/"+m.KernelVersion)

@@ -2,12 +2,13 @@ package build
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -58,13 +59,29 @@ func bakeImmutable(t *testing.T) (*Manifest, *nodeconf.Node) {
 // `bellbuild config write disk.raw --node` does.
 func writeNode(t *testing.T, img string, n *nodeconf.Node) {
 	t.Helper()
-	data, err := json.MarshalIndent(n, "", "  ")
+	data, err := nodeconf.Marshal(n, nodeconf.JSON)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := confvol.Rewrite(img, confvol.Tree(append(data, '\n'), DefaultSourceDateEpoch)); err != nil {
+	if err := confvol.Rewrite(img, confvol.Tree(data, DefaultSourceDateEpoch)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sedChecksum is the sed expression that replaces before's checksum with
+// after's in a node.json edited by hand: the applier refuses an edit that
+// does not carry the checksum of what it says.
+func sedChecksum(t *testing.T, before, after *nodeconf.Node) string {
+	t.Helper()
+	old, err := nodeconf.Checksum(before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := nodeconf.Checksum(after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`-e 's/"checksum": "%s"/"checksum": "%s"/'`, old, sum)
 }
 
 // TestDiskBoot boots disk.raw under OVMF: the init finds the root by its
@@ -110,7 +127,10 @@ func TestDiskBoot(t *testing.T) {
 	// applier the init left watching it (apply --watch from inittab)
 	// reruns with the new value.
 	waitLong(t, vm, `^bellbuild:/# `)
-	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' /run/bellbuild/config/bellbuild/node.json && echo ed""ited` + "\n")
+	day2 := *node
+	day2.Conf.Sysctl = maps.Clone(node.Conf.Sysctl)
+	day2.Conf.Sysctl["vm.swappiness"] = "41"
+	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i ` + sedChecksum(t, node, &day2) + ` -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' /run/bellbuild/config/bellbuild/node.json && echo ed""ited` + "\n")
 	waitLong(t, vm, `^edited$`)
 	waitLong(t, vm, `check: swappiness=41`)
 	vm.Send("echo now=$(cat /proc/sys/vm/swappiness)\n")
@@ -257,8 +277,17 @@ func TestDiskSystemd(t *testing.T) {
 	check("id -un ops", "ops")
 
 	// Day 2 without a reboot: the mounted config volume changes (by hand
-	// here), one sysctl value changed and the user removed.
-	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' -e 's/"user_name": "ops"/"user_name": "ops2"/' /run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
+	// here), one sysctl value changed and the user renamed.
+	day2 := node
+	day2.Conf.Sysctl = maps.Clone(node.Conf.Sysctl)
+	day2.Conf.Sysctl["vm.swappiness"] = "41"
+	day2.Conf.Uamlite = &nodeconf.Uamlite{PurgeExpiredUsers: node.Conf.Uamlite.PurgeExpiredUsers, Users: slices.Clone(node.Conf.Uamlite.Users)}
+	for i, u := range day2.Conf.Uamlite.Users {
+		if u.UserName == "ops" {
+			day2.Conf.Uamlite.Users[i].UserName = "ops2"
+		}
+	}
+	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i ` + sedChecksum(t, &node, &day2) + ` -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' -e 's/"user_name": "ops"/"user_name": "ops2"/' /run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
 	waitLong(t, vm, `edited$`)
 	waitLong(t, vm, `bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0`)
 	check("cat /proc/sys/vm/swappiness", "41")

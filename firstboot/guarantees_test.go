@@ -1,6 +1,7 @@
 package firstboot
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -43,7 +45,7 @@ func TestBadConfigChangesNothing(t *testing.T) {
 			before, stamps := snapshot(t, root)
 
 			var got string
-			node, _, err := ReadConfig(f)
+			node, _, err := ReadConfig(sealed(t, f))
 			if err == nil {
 				_, err = Apply(context.Background(), Options{RootDir: root}, node)
 				if err == nil {
@@ -87,6 +89,36 @@ func TestBadConfigChangesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sealed returns a copy of a hand-written rendered node (a testdata
+// fixture) that ends with the checksum `bellbuild render` would give it,
+// so that ReadConfig takes it as a whole file. A fixture that does not
+// decode is returned as it is, for ReadConfig to refuse.
+func sealed(t *testing.T, f string) string {
+	t.Helper()
+	data, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n nodeconf.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&n); err != nil {
+		return f
+	}
+	sum, err := nodeconf.Checksum(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), filepath.Base(f))
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n')
+	}
+	if err := os.WriteFile(out, append(data, nodeconf.ChecksumKey+": "+sum+"\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func applyNode(root string, conf nodeconf.Conf) (*Report, error) {

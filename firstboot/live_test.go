@@ -2,7 +2,6 @@ package firstboot
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,7 +97,10 @@ func TestLiveInNamespaces(t *testing.T) {
 		"empty":   {},
 	}
 	for name, c := range confs {
-		data, _ := json.Marshal(nodeconf.Node{Node: "n1", Profile: "p", Conf: c})
+		data, err := nodeconf.Marshal(&nodeconf.Node{Node: "n1", Profile: "p", Conf: c}, nodeconf.JSON)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(filepath.Join(dir, name+".json"), data, 0o644); err != nil {
 			t.Fatal(err)
 		}

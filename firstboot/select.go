@@ -11,8 +11,9 @@ import (
 )
 
 // Machine is what identifies the running machine when a node is chosen
-// from a bundle: an explicit name, the kernel command line, the MACs of its
-// interfaces and its hostname, in that order of precedence.
+// from an inventory (see Select): an explicit name, the kernel command
+// line, the MACs of its interfaces and its hostname, in that order of
+// precedence.
 type Machine struct {
 	// Node is an explicit node name (--node); it must exist.
 	Node string
@@ -52,52 +53,100 @@ func CmdlineNode(cmdline string) string {
 	return ""
 }
 
-// ErrNoSuchNode means an explicitly named node is not in the bundle.
+// ErrNoSuchNode means an explicitly named node is not in the inventory.
 var ErrNoSuchNode = errors.New("no such node")
 
-// SelectNode picks this machine's configuration from a bundle: by
-// m.Node, else by bellbuild.node= on the command line, else by a MAC,
-// else by hostname; with no match, the bundle's default. It says how the
-// node was chosen ("--node", "cmdline", "mac aa:bb:..", "hostname",
-// "default").
-func SelectNode(b *nodeconf.Bundle, m Machine) (*nodeconf.Node, string, error) {
-	byName := func(name string) *nodeconf.Node {
-		for i := range b.Nodes {
-			if b.Nodes[i].Node == name {
-				return &b.Nodes[i]
-			}
-		}
-		return nil
-	}
+// Inventory is where a machine's configuration is found: a bundle
+// (BundleInventory) or a site, which cmd adapts (the applier never reads
+// the site model).
+type Inventory interface {
+	// Node returns the configuration of the node called name, or an error
+	// wrapping ErrNoSuchNode when there is none.
+	Node(name string) (*nodeconf.Node, error)
+	// NodeByMAC returns the name of the node with hardware address mac,
+	// or "".
+	NodeByMAC(mac net.HardwareAddr) string
+	// Default returns the configuration of a machine that is no node of
+	// the inventory, known by its host name (which may be "").
+	Default(hostname string) (*nodeconf.Node, error)
+}
+
+// Select picks this machine's configuration from an inventory: by m.Node,
+// else by bellbuild.node= on the command line (either must name a node),
+// else by a MAC, else by hostname; with no match, the inventory's default.
+// It says how the node was chosen ("--node", "cmdline", "mac aa:bb:..",
+// "hostname", "default"). This is the one place that order is written:
+// the init, `bellbuild apply` from a bundle and from a site all use it.
+func Select(inv Inventory, m Machine) (*nodeconf.Node, string, error) {
 	if m.Node != "" {
-		if n := byName(m.Node); n != nil {
-			return n, "--node", nil
+		n, err := inv.Node(m.Node)
+		if err != nil {
+			return nil, "", fmt.Errorf("node %q: %w", m.Node, err)
 		}
-		return nil, "", fmt.Errorf("node %q: %w in the bundle of profile %s", m.Node, ErrNoSuchNode, b.Profile)
+		return n, "--node", nil
 	}
 	if name := CmdlineNode(m.Cmdline); name != "" {
-		if n := byName(name); n != nil {
-			return n, "cmdline", nil
+		n, err := inv.Node(name)
+		if err != nil {
+			return nil, "", fmt.Errorf("bellbuild.node=%s: %w", name, err)
 		}
-		return nil, "", fmt.Errorf("bellbuild.node=%s: %w in the bundle of profile %s", name, ErrNoSuchNode, b.Profile)
+		return n, "cmdline", nil
 	}
 	for _, mac := range m.MACs {
-		for i := range b.Nodes {
-			for _, s := range b.Nodes[i].MACs {
-				if hw, err := net.ParseMAC(s); err == nil && hw.String() == mac.String() {
-					return &b.Nodes[i], "mac " + mac.String(), nil
-				}
+		if name := inv.NodeByMAC(mac); name != "" {
+			n, err := inv.Node(name)
+			if err != nil {
+				return nil, "", fmt.Errorf("mac %s: node %q: %w", mac, name, err)
 			}
+			return n, "mac " + mac.String(), nil
 		}
 	}
 	if m.Hostname != "" {
-		if n := byName(m.Hostname); n != nil {
+		n, err := inv.Node(m.Hostname)
+		switch {
+		case err == nil:
 			return n, "hostname", nil
+		case !errors.Is(err, ErrNoSuchNode):
+			return nil, "", fmt.Errorf("hostname %s: %w", m.Hostname, err)
 		}
 	}
-	d := b.Default
-	if d.Profile == "" {
-		d.Profile = b.Profile
+	n, err := inv.Default(m.Hostname)
+	if err != nil {
+		return nil, "", err
 	}
-	return &d, "default", nil
+	return n, "default", nil
+}
+
+// BundleInventory is the Inventory of a bundle: its nodes, and its
+// default (with the bundle's profile) for any other machine.
+func BundleInventory(b *nodeconf.Bundle) Inventory { return bundleInventory{b} }
+
+type bundleInventory struct{ b *nodeconf.Bundle }
+
+func (i bundleInventory) Node(name string) (*nodeconf.Node, error) {
+	for k := range i.b.Nodes {
+		if i.b.Nodes[k].Node == name {
+			return &i.b.Nodes[k], nil
+		}
+	}
+	return nil, fmt.Errorf("%w in the bundle of profile %s", ErrNoSuchNode, i.b.Profile)
+}
+
+func (i bundleInventory) NodeByMAC(mac net.HardwareAddr) string {
+	for _, n := range i.b.Nodes {
+		for _, s := range n.MACs {
+			if hw, err := net.ParseMAC(s); err == nil && hw.String() == mac.String() {
+				return n.Node
+			}
+		}
+	}
+	return ""
+}
+
+func (i bundleInventory) Default(string) (*nodeconf.Node, error) {
+	d := i.b.Default
+	if d.Profile == "" {
+		d.Profile = i.b.Profile
+	}
+	return &d, nil
 }

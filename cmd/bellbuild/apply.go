@@ -5,9 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
+	"net"
 	"os"
+	"slices"
 
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/profiles"
@@ -26,9 +27,11 @@ changes nothing, and an item removed from the configuration is reverted to
 what was there before bellbuild first touched it. Everything is validated
 before anything changes.
 
-SRC is a site directory, a rendered node file (bellbuild render -o json),
-an image's bundle, or a Divingbell values file (its conf:, overrides
-included). The node is chosen by --node, else by bellbuild.node= on the
+SRC is a site directory, a rendered node file (bellbuild render -o json
+or -o yaml), an image's bundle, or a Divingbell values file (its conf:,
+overrides included). A rendered node or bundle ends with the checksum
+bellbuild wrote: a file cut short, changed by hand, empty or without a
+checksum is refused (exit 1) and nothing is applied. The node is chosen by --node, else by bellbuild.node= on the
 kernel command line, else by a MAC of this machine, else by the hostname;
 --hostname (with --label) describes another machine instead of this one.
 With no inventory match, a bundle gives its default, and a site renders
@@ -46,8 +49,11 @@ and the originals it replaced), last-run.json (the report), lock.
 --watch applies, then applies again whenever SRC's content changes (its
 SHA-256, looked at every --interval), until stopped: the day-2 rerun on a
 machine whose config volume is rewritten in place, or in a DaemonSet whose
-ConfigMap changes. A failed run is reported and retried after --interval,
-then twice as long each time (at most 5m), or at once when SRC changes.
+ConfigMap changes. Only a complete, stable SRC is applied: the same content
+on two looks in a row and, for a rendered file, a checksum that verifies;
+a file caught half-written is waited for (and reported once if it stays
+so). A failed run is reported and retried after --interval, then twice as
+long each time (at most 5m), or at once when SRC changes.
 --resync D also applies again D after the last run with no change, which
 undoes drift (a sysctl set by hand, a managed file's mode changed).
 
@@ -78,23 +84,28 @@ Examples:
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
-			var w watchOptions
-			fs.DurationVar(&w.Interval, "interval", defaultWatchInterval, "how often --watch looks at SRC")
+			var w firstboot.WatchOptions
+			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
 			fs.DurationVar(&w.Resync, "resync", 0, "with --watch, also apply again after `D` without a change, to undo drift (0: never)")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
 				}
+				ro, err := o.runOptions()
+				if err != nil {
+					return err
+				}
 				if *watch {
 					if o.plan {
 						return errors.New("--watch applies; it cannot be combined with --plan")
 					}
-					return watchApply(ctx, o, w, os.Stdout, os.Stderr)
+					w.Run = ro
+					return exitStatus(firstboot.Watch(ctx, w))
 				}
 				if w.Resync != 0 {
 					return errors.New("--resync needs --watch")
 				}
-				return runApply(ctx, o, os.Stdout, os.Stderr)
+				return exitStatus(firstboot.Run(ctx, ro))
 			}
 		},
 	})
@@ -106,141 +117,86 @@ type applyFlags struct {
 	plan, offline, live                   bool
 }
 
-// runApply loads the configuration, picks the node, and applies it.
-func runApply(ctx context.Context, o applyFlags, stdout, stderr io.Writer) error {
-	// 1. Options.
+// runOptions checks the flags and turns them into firstboot's options.
+func (o applyFlags) runOptions() (firstboot.RunOptions, error) {
 	if o.config == "" || o.root == "" {
-		return errors.New("--config and --root are required (--root / applies to this machine)")
+		return firstboot.RunOptions{}, errors.New("--config and --root are required (--root / applies to this machine)")
 	}
 	if o.offline && o.live {
-		return errors.New("--offline and --live contradict each other")
+		return firstboot.RunOptions{}, errors.New("--offline and --live contradict each other")
 	}
-	live := (o.root == "/" || o.live) && !o.offline
+	// The machine to choose a node for: the one --node or --hostname
+	// describes, else this one.
+	m := firstboot.Machine{Node: o.node, Hostname: o.hostname}
+	if o.node == "" && o.hostname == "" {
+		m = firstboot.ThisMachine()
+	}
+	return firstboot.RunOptions{
+		Source: firstboot.Source{Path: o.config, Machine: m, OpenSite: o.openSite},
+		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
+			Plan: o.plan, Log: slog.Default()},
+		Stdout: os.Stdout, Stderr: os.Stderr,
+	}, nil
+}
 
-	// 2. The node's configuration.
-	node, err := loadNode(o)
-	if err != nil {
-		return err
-	}
-
-	// 3. Apply, report.
-	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: o.root, Live: live, Plan: o.plan, Log: slog.Default()}, node)
-	if err != nil {
-		printErrors(stderr, err)
-		fmt.Fprintln(stdout, rep.Summary())
-		return exitError{1}
-	}
-	if o.plan {
-		fmt.Fprint(stdout, firstboot.PlanText(rep))
-	}
-	for _, e := range rep.Errors {
-		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)
-	}
-	fmt.Fprintln(stdout, rep.Summary())
+// exitStatus turns firstboot.Run's outcome into apply's exit status: 2
+// for pending changes, 1 for errors it has printed.
+func exitStatus(err error) error {
 	switch {
-	case len(rep.Errors) > 0:
-		return exitError{1}
-	case o.plan && len(rep.Changes) > 0:
+	case errors.Is(err, firstboot.ErrPending):
 		return exitError{2}
+	case errors.Is(err, firstboot.ErrFailed):
+		return exitError{1}
 	}
-	return nil
+	return err
 }
 
-// printErrors lists each of a joined error's errors on its own line.
-func printErrors(w io.Writer, err error) {
-	var j interface{ Unwrap() []error }
-	if errors.As(err, &j) {
-		for _, e := range j.Unwrap() {
-			printErrors(w, e)
-		}
-		return
-	}
-	fmt.Fprintf(w, "bellbuild apply: %v\n", err)
-}
-
-// loadNode reads SRC and returns the node to apply.
-func loadNode(o applyFlags) (*nodeconf.Node, error) {
-	fi, err := os.Stat(o.config)
-	if err != nil {
-		return nil, err
-	}
-	if fi.IsDir() {
-		site, err := profiles.Load(o.config)
+// openSite opens a site directory or a Divingbell values file for
+// firstboot, which never reads the site model itself.
+func (o applyFlags) openSite(path string) (firstboot.Inventory, error) {
+	var site *profiles.Site
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		site, err = profiles.Load(path)
 		if err != nil {
 			return nil, err
 		}
-		return renderFor(site, o)
-	}
-	node, bundle, err := firstboot.ReadConfig(o.config)
-	if errors.Is(err, firstboot.ErrNotRendered) {
-		site, err := profiles.LoadValues(o.config)
+	} else {
+		site, err = profiles.LoadValues(path)
 		if err != nil {
 			return nil, err
 		}
-		return renderFor(site, o)
 	}
-	if err != nil {
-		return nil, err
-	}
-	if node != nil {
-		if o.node != "" && node.Node != o.node {
-			return nil, fmt.Errorf("%s is the configuration of node %q, not %q", o.config, node.Node, o.node)
-		}
-		return node, nil
-	}
-	n, how, err := firstboot.SelectNode(bundle, machine(o))
-	if err != nil {
-		return nil, err
-	}
-	slog.Info("node selected", "node", n.Node, "profile", n.Profile, "by", how)
-	return n, nil
+	return siteInventory{site: site, profile: o.profile, labels: o.labels}, nil
 }
 
-// machine describes the machine to select a node for: the one given by
-// --node or --hostname, else this one.
-func machine(o applyFlags) firstboot.Machine {
-	if o.node != "" || o.hostname != "" {
-		return firstboot.Machine{Node: o.node, Hostname: o.hostname}
-	}
-	return firstboot.ThisMachine()
+// siteInventory is a site as a firstboot.Inventory: its inventory's nodes
+// by name and MAC, and for any other machine --profile (or the site's only
+// profile) rendered with --label and the machine's host name.
+type siteInventory struct {
+	site    *profiles.Site
+	profile string
+	labels  map[string]string
 }
 
-// renderFor renders the node of a site (or Divingbell values file): by
-// --node, else bellbuild.node= on the kernel command line, else a MAC of
-// this machine in the inventory, else the hostname in the inventory, else
-// --profile (or the site's only profile) with --label and the hostname.
-func renderFor(site *profiles.Site, o applyFlags) (*nodeconf.Node, error) {
-	m := machine(o)
-	name, how := m.Node, "--node"
-	if name == "" {
-		name, how = firstboot.CmdlineNode(m.Cmdline), "cmdline"
+func (s siteInventory) Node(name string) (*nodeconf.Node, error) {
+	if !slices.ContainsFunc(s.site.Nodes(), func(n profiles.NodeInfo) bool { return n.Name == name }) {
+		return nil, fmt.Errorf("%w in the site's inventory", firstboot.ErrNoSuchNode)
 	}
-	if name == "" {
-		for _, mac := range m.MACs {
-			if n, ok := site.NodeByMAC(mac); ok {
-				name, how = n.Name, "mac "+mac.String()
-				break
-			}
-		}
-	}
-	if name == "" && m.Hostname != "" {
-		for _, n := range site.Nodes() {
-			if n.Name == m.Hostname {
-				name, how = n.Name, "hostname"
-			}
-		}
-	}
-	if name != "" {
-		slog.Info("node selected", "node", name, "by", how)
-		return site.RenderNode(name)
-	}
-	profile := o.profile
-	if names := site.ProfileNames(); profile == "" && len(names) == 1 {
+	return s.site.RenderNode(name)
+}
+
+func (s siteInventory) NodeByMAC(mac net.HardwareAddr) string {
+	n, _ := s.site.NodeByMAC(mac)
+	return n.Name
+}
+
+func (s siteInventory) Default(hostname string) (*nodeconf.Node, error) {
+	profile := s.profile
+	if names := s.site.ProfileNames(); profile == "" && len(names) == 1 {
 		profile = names[0]
 	}
 	if profile == "" {
-		return nil, fmt.Errorf("no inventory node matches this machine (hostname %q): name one with --node, or a profile with --profile", m.Hostname)
+		return nil, fmt.Errorf("no inventory node matches this machine (hostname %q): name one with --node, or a profile with --profile", hostname)
 	}
-	slog.Info("profile selected", "profile", profile, "hostname", m.Hostname, "labels", o.labels)
-	return site.RenderProfile(profile, o.labels, m.Hostname)
+	return s.site.RenderProfile(profile, s.labels, hostname)
 }

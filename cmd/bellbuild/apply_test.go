@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -65,9 +64,10 @@ func writeTestFile(t *testing.T, p, content string) {
 	}
 }
 
-func writeJSON(t *testing.T, p string, v any) {
+// writeConf writes a node or bundle as `bellbuild render -o json` does.
+func writeConf[D nodeconf.Node | nodeconf.Bundle](t *testing.T, p string, d *D) {
 	t.Helper()
-	data, err := json.MarshalIndent(v, "", "  ")
+	data, err := nodeconf.Marshal(d, nodeconf.JSON)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,21 +99,21 @@ func TestApplyCommand(t *testing.T) {
 		Files:  map[string]nodeconf.File{"/etc/motd": {Content: "node n1\n"}},
 	}
 	node := filepath.Join(dir, "node.json")
-	writeJSON(t, node, nodeconf.Node{Node: "n1", Profile: "worker", Conf: conf})
+	writeConf(t, node, &nodeconf.Node{Node: "n1", Profile: "worker", Conf: conf})
 	bundle := filepath.Join(dir, "bundle.yaml")
-	writeJSON(t, bundle, nodeconf.Bundle{Profile: "worker",
+	writeConf(t, bundle, &nodeconf.Bundle{Profile: "worker",
 		Default: nodeconf.Node{Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "default\n"}}}},
 		Nodes: []nodeconf.Node{
 			{Node: "n1", Profile: "worker", Conf: conf},
 			{Node: "n2", Profile: "worker", Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "node n2\n"}}}},
 		}})
 	bad := filepath.Join(dir, "bad.json")
-	writeJSON(t, bad, nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
+	writeConf(t, bad, &nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
 		Sysctl: map[string]string{"bad..key": "1"},
 		Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/nothing", Owner: "root", Group: "root", Permissions: "0644"}}},
 	}})
 	badRoot := filepath.Join(dir, "badroot.json")
-	writeJSON(t, badRoot, nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
+	writeConf(t, badRoot, &nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{
 		Sysctl: map[string]string{"vm.swappiness": "1"},
 		Perm:   &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/nothing", Owner: "root", Group: "root", Permissions: "0644"}}},
 		Files:  map[string]nodeconf.File{"/etc/x": {Content: "x", Owner: "www-data"}},
@@ -238,7 +238,7 @@ func TestApplyKill9(t *testing.T) {
 	var nodes [2]string
 	for i, c := range confs {
 		nodes[i] = filepath.Join(dir, fmt.Sprintf("node%d.json", i))
-		writeJSON(t, nodes[i], nodeconf.Node{Node: "n", Profile: "p", Conf: c})
+		writeConf(t, nodes[i], &nodeconf.Node{Node: "n", Profile: "p", Conf: c})
 	}
 	// Reference states: each configuration applied to a clean root.
 	root := memRoot(t)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -119,11 +118,11 @@ func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
-	data, err := json.MarshalIndent(n, "", "  ")
+	data, err := nodeconf.Marshal(n, nodeconf.JSON)
 	if err != nil {
 		return err
 	}
-	files := confvol.Tree(append(data, '\n'), epoch)
+	files := confvol.Tree(data, epoch)
 
 	// 3. Write the volume.
 	if o.sub == "image" {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,8 +9,6 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -32,7 +29,9 @@ matching host overrides, then the node's own conf (docs/config.md).
 in the inventory, with the labels and host name given. With --values, the
 profile is "divingbell" unless --profile says otherwise.
 
--o json writes exactly what 'bellbuild apply --config' reads back.
+-o json (or yaml) writes exactly what 'bellbuild apply --config' reads
+back: the document ends with a checksum of its content, and apply refuses
+a file whose checksum is missing or wrong (cut short, or changed by hand).
 --explain prints instead one line per effective value: its path, its value
 and the FILE:LINE:COL that set it.
 
@@ -114,17 +113,7 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
-	if o.format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(n)
-	}
-	enc := yaml.NewEncoder(stdout)
-	enc.SetIndent(2)
-	if err := enc.Encode(n); err != nil {
-		return err
-	}
-	return enc.Close()
+	return nodeconf.Encode(stdout, n, nodeconf.Format(o.format))
 }
 
 // explainValue shows a value on one line: long or multi-line text is cut.

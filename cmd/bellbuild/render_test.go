@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,11 +87,11 @@ func TestValidateCommand(t *testing.T) {
 func TestRenderCommand(t *testing.T) {
 	decode := func(t *testing.T, out string) nodeconf.Node {
 		t.Helper()
-		var n nodeconf.Node
-		if err := json.Unmarshal([]byte(out), &n); err != nil {
-			t.Fatalf("render output is not a nodeconf.Node: %v\n%s", err, out)
+		n, _, err := nodeconf.Decode([]byte(out))
+		if err != nil || n == nil {
+			t.Fatalf("render output is not a nodeconf.Node that verifies: %v\n%s", err, out)
 		}
-		return n
+		return *n
 	}
 	t.Run("node as json", func(t *testing.T) {
 		code, out, errOut := runCmd(t, "render", "--node", "demo-2", "-o", "json")
@@ -114,6 +113,17 @@ func TestRenderCommand(t *testing.T) {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
 			}
+		}
+		// The checksum is the last line, and the output verifies.
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if last := lines[len(lines)-1]; !strings.HasPrefix(last, "checksum: sha256:") {
+			t.Errorf("last line %q, want the checksum", last)
+		}
+		if n := decode(t, out); n.Node != "other" {
+			t.Errorf("node %q", n.Node)
+		}
+		if _, again, _ := runCmd(t, "render", "--profile", "demo", "--label", "role=db", "--host", "other"); again != out {
+			t.Errorf("two renders differ:\n%s\n%s", out, again)
 		}
 	})
 	t.Run("Divingbell values file for a host", func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/build"
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
@@ -316,11 +317,11 @@ func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*si
 		if err != nil {
 			return nil, fmt.Errorf("rendering node %s: %w", n.Name, err)
 		}
-		data, err := json.MarshalIndent(node, "", "  ")
+		data, err := nodeconf.Marshal(node, nodeconf.JSON)
 		if err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(filepath.Join(files, n.Name, NodeFile), append(data, '\n')); err != nil {
+		if err := writeFileAtomic(filepath.Join(files, n.Name, NodeFile), data); err != nil {
 			return nil, err
 		}
 		m := &pxe.Machine{

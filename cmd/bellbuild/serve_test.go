@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -76,9 +75,8 @@ func TestSiteBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n nodeconf.Node
-	if err := json.Unmarshal(data, &n); err != nil || n.Node != "demo-2" {
-		t.Errorf("node file: %v, node %q", err, n.Node)
+	if n, _, err := nodeconf.Decode(data); err != nil || n == nil || n.Node != "demo-2" {
+		t.Errorf("node file: %v, node %+v", err, n)
 	}
 	if _, err := b.Lookup(context.Background(), mustMAC(t, "52:54:00:00:00:99")); err == nil {
 		t.Error("an unknown MAC boots without --default-profile")

@@ -14,30 +14,28 @@ import (
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
-// TestApplyWatch runs `bellbuild apply --watch` on a root and changes its
-// configuration under it: a new content is applied once, the same bytes
-// written again are not, a broken file is reported and the watch goes on,
-// and SIGTERM ends it with status 0.
-func TestApplyWatch(t *testing.T) {
+// TestApplyWatchProcess runs `bellbuild apply --watch` and rewrites its
+// configuration in place, in two halves with a pause of many intervals:
+// the half-written file is reported once and not applied, the whole one
+// is, and SIGTERM ends the watch with status 0. (firstboot's own tests
+// cover the rest of the watch.)
+func TestApplyWatchProcess(t *testing.T) {
 	root := applyRoot(t)
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "node.json")
-	node := func(motd string) nodeconf.Node {
-		return nodeconf.Node{Node: "n1", Profile: "p", Conf: nodeconf.Conf{
+	conf := filepath.Join(t.TempDir(), "node.yaml")
+	node := func(motd string) []byte {
+		data, err := nodeconf.Marshal(&nodeconf.Node{Node: "n1", Profile: "p", Conf: nodeconf.Conf{
 			Files: map[string]nodeconf.File{"/etc/motd": {Content: motd}},
-		}}
-	}
-	// Replaced by rename, as `bellbuild config write` does on a volume.
-	replace := func(v any) {
-		t.Helper()
-		writeJSON(t, conf+".tmp", v)
-		if err := os.Rename(conf+".tmp", conf); err != nil {
+			Uamlite: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "ops", UserSudo: true,
+				UserSSHKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvCKado9531t9oyr7ok/dUnUOGkvPSS1rh63JQy4IoH ops@example.org"}}}},
+		}}, nodeconf.YAML)
+		if err != nil {
 			t.Fatal(err)
 		}
+		return data
 	}
-	replace(node("first\n"))
+	writeTestFile(t, conf, string(node("first\n")))
 
-	cmd := exec.Command(testtool.Binary(t), "apply", "--config", conf, "--root", root, "--watch", "--interval", "50ms")
+	cmd := exec.Command(testtool.Binary(t), "apply", "--config", conf, "--root", root, "--offline", "--watch", "--interval", "50ms")
 	var stdout, stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
@@ -53,29 +51,43 @@ func TestApplyWatch(t *testing.T) {
 			}
 		}
 	}
-	motd := func(want string) func() bool {
-		return func() bool {
-			b, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
-			return string(b) == want
-		}
+	motd := func() string {
+		b, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
+		return string(b)
+	}
+	waitFor("the first run", func() bool { return motd() == "first\n" && runs() == 1 })
+	sudo := filepath.Join(root, "etc/sudoers.d/bellbuild-ops")
+	if _, err := os.Stat(sudo); err != nil {
+		t.Fatalf("the first run gave ops no sudo: %v", err)
 	}
 
-	waitFor("the first run", func() bool { return motd("first\n")() && runs() == 1 })
-	replace(node("second\n"))
-	waitFor("the rerun after a change", func() bool { return motd("second\n")() && runs() == 2 })
-
-	// The same bytes again: nothing to do, no run.
-	replace(node("second\n"))
-	time.Sleep(500 * time.Millisecond) // ten intervals
-	if n := runs(); n != 2 {
-		t.Errorf("%d runs after rewriting the same content, want 2:\n%s", n, stdout.String())
+	// The first half ends at a line before the users: valid YAML that
+	// has no users, no sudo and no keys.
+	second := node("second\n")
+	half := bytes.Index(second, []byte("  uamlite:"))
+	f, err := os.OpenFile(conf, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
 	}
-
-	// A broken file fails its run; the watch survives it.
-	writeTestFile(t, conf, "{not json")
-	waitFor("the broken file's error", func() bool { return strings.Contains(stderr.String(), conf) })
-	replace(node("third\n"))
-	waitFor("the rerun after the error", func() bool { return motd("third\n")() })
+	defer f.Close()
+	if _, err := f.Write(second[:half]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the half-written file reported", func() bool { return strings.Contains(stderr.String(), "waiting for a complete configuration") })
+	time.Sleep(time.Second) // twenty intervals
+	if runs() != 1 || motd() != "first\n" {
+		t.Fatalf("the half-written file was applied: motd %q, %d runs\nstdout:\n%s\nstderr:\n%s", motd(), runs(), stdout.String(), stderr.String())
+	}
+	if _, err := os.Stat(sudo); err != nil {
+		t.Fatalf("the half-written file took ops's sudo: %v", err)
+	}
+	if _, err := f.Write(second[half:]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the whole file applied", func() bool { return motd() == "second\n" && runs() == 2 })
+	if n := strings.Count(stderr.String(), "waiting for a complete configuration"); n != 1 {
+		t.Errorf("reported %d times, want once:\n%s", n, stderr.String())
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -85,19 +97,19 @@ func TestApplyWatch(t *testing.T) {
 	}
 }
 
-// TestApplyWatchFlags: the watch's timings are checked before anything
-// is applied.
+// TestApplyWatchFlags: the watch's flags are checked before anything is
+// applied.
 func TestApplyWatchFlags(t *testing.T) {
 	root := applyRoot(t)
 	conf := filepath.Join(t.TempDir(), "node.json")
-	writeJSON(t, conf, nodeconf.Node{Node: "n1", Profile: "p"})
+	writeConf(t, conf, &nodeconf.Node{Node: "n1", Profile: "p"})
 	for _, tc := range []struct {
 		args []string
 		msg  string
 	}{
 		{[]string{"--resync", "1h"}, "bellbuild apply: --resync needs --watch\n"},
-		{[]string{"--watch", "--resync", "-1s"}, "bellbuild apply: --resync -1s: must not be negative\n"},
-		{[]string{"--watch", "--interval", "0s"}, "bellbuild apply: --interval 0s: must be positive\n"},
+		{[]string{"--watch", "--resync", "-1s"}, "bellbuild apply: resync -1s: must not be negative\n"},
+		{[]string{"--watch", "--interval", "-1s"}, "bellbuild apply: watch interval -1s: must be positive\n"},
 		{[]string{"--watch", "--plan"}, "bellbuild apply: --watch applies; it cannot be combined with --plan\n"},
 	} {
 		var stdout, stderr bytes.Buffer

@@ -7,7 +7,6 @@
 package kubernetes
 
 import (
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -172,15 +171,18 @@ func TestManifests(t *testing.T) {
 		}
 	}
 
-	// The example configuration is a node in the schema the applier reads.
-	var n nodeconf.Node
-	dec := json.NewDecoder(strings.NewReader(cm.Data["node.json"]))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&n); err != nil {
-		t.Errorf("configmap.yaml node.json: %v", err)
+	// The example configuration is a node in the schema the applier reads,
+	// whose checksum verifies, byte for byte what `bellbuild render -o
+	// json` writes.
+	n, _, err := nodeconf.Decode([]byte(cm.Data["node.json"]))
+	if err != nil || n == nil {
+		t.Fatalf("configmap.yaml node.json: %v", err)
 	}
 	if n.Conf.Sysctl["vm.swappiness"] != "10" {
 		t.Errorf("example sysctl = %v", n.Conf.Sysctl)
+	}
+	if again, err := nodeconf.Marshal(n, nodeconf.JSON); err != nil || string(again) != cm.Data["node.json"] {
+		t.Errorf("configmap.yaml node.json is not as rendered (%v):\n%s", err, again)
 	}
 }
 
@@ -262,9 +264,9 @@ func TestDaemonSetCommand(t *testing.T) {
 		// nothing of this machine's kernel is touched either way.
 	}
 	node := func(motd string) string {
-		b, err := json.Marshal(nodeconf.Node{Node: "n1", Profile: "k8s", Conf: nodeconf.Conf{
+		b, err := nodeconf.Marshal(&nodeconf.Node{Node: "n1", Profile: "k8s", Conf: nodeconf.Conf{
 			Files: map[string]nodeconf.File{"/etc/motd": {Content: motd, Mode: "0644"}},
-		}})
+		}}, nodeconf.JSON)
 		if err != nil {
 			t.Fatal(err)
 		}

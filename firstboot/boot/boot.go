@@ -8,7 +8,9 @@
 //  3. reads the image's bundle (/etc/bellbuild/bundle.json) and picks this
 //     machine's node: bellbuild.node= on the kernel command line, else a
 //     MAC address of one of its NICs, else the profile's defaults;
-//  4. runs the applier (package firstboot) live on "/";
+//  4. runs the applier (package firstboot) live on "/" (not at all when
+//     the bundle cannot be read or does not verify: nothing is applied
+//     from a configuration cut short);
 //  5. prints exactly one summary line on the console,
 //     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", preceded
 //     by one line per error and by the output of exec scripts;
@@ -22,7 +24,6 @@ package boot
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -61,13 +62,13 @@ func InitParam(cmdline string) string {
 	return v
 }
 
-// Choose picks the node to apply with firstboot.SelectNode, as `bellbuild
+// Choose picks the node to apply with firstboot.Select, as `bellbuild
 // apply` does on day 2: bellbuild.node= on the command line, else a MAC,
 // else the bundle's default. A bellbuild.node= that is not in the bundle
 // is returned as an error together with the default node, so a mistyped
 // name still boots with the profile's defaults and says so.
 func Choose(b *nodeconf.Bundle, cmdline string, macs []net.HardwareAddr) (*nodeconf.Node, string, error) {
-	n, by, err := firstboot.SelectNode(b, firstboot.Machine{Cmdline: cmdline, MACs: macs})
+	n, by, err := firstboot.Select(firstboot.BundleInventory(b), firstboot.Machine{Cmdline: cmdline, MACs: macs})
 	if err == nil {
 		return n, by, nil
 	}
@@ -78,17 +79,17 @@ func Choose(b *nodeconf.Bundle, cmdline string, macs []net.HardwareAddr) (*nodec
 	return &d, "default", err
 }
 
-// ReadBundle reads a bundle file.
+// ReadBundle reads a bundle file written by nodeconf.Encode; one that does
+// not verify (cut short, changed) is refused (firstboot.ReadConfig).
 func ReadBundle(file string) (*nodeconf.Bundle, error) {
-	data, err := os.ReadFile(file)
+	_, b, err := firstboot.ReadConfig(file)
 	if err != nil {
 		return nil, err
 	}
-	var b nodeconf.Bundle
-	if err := json.Unmarshal(data, &b); err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
+	if b == nil {
+		return nil, fmt.Errorf("%s: a single node, not a bundle", file)
 	}
-	return &b, nil
+	return b, nil
 }
 
 // MACs lists the hardware addresses of the network interfaces under
@@ -152,6 +153,8 @@ type Options struct {
 
 // Result is what Run did, for the caller to hand over.
 type Result struct {
+	// Node is the node applied (nil when no configuration could be read:
+	// then nothing was applied).
 	Node *nodeconf.Node
 	// By says how the node was chosen ("cmdline", "mac ...", "default").
 	By     string
@@ -221,25 +224,31 @@ func Run(ctx context.Context, opts Options) *Result {
 		}
 	}
 	if node == nil {
+		// A bundle that cannot be read (missing, cut short) gives no node:
+		// nothing is applied, rather than an empty configuration that
+		// would revert what an earlier boot set (a persistent layer).
 		b, err := ReadBundle(filepath.Join(root, BundlePath))
 		if err != nil {
 			errs = append(errs, err.Error())
-			b = &nodeconf.Bundle{}
-		}
-		if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
+		} else if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
 			errs = append(errs, err.Error())
 		}
 	}
 	res.Node, res.By = node, by
 
 	// 4. Apply, live.
-	log := slog.New(&consoleHandler{w: con})
-	rep, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}, node)
-	if rep == nil {
-		rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
-	}
-	if err != nil && len(rep.Errors) == 0 {
-		rep.Errors = append(rep.Errors, err.Error())
+	rep := &firstboot.Report{}
+	if node != nil {
+		log := slog.New(&consoleHandler{w: con})
+		r, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}, node)
+		if r != nil {
+			rep = r
+		} else {
+			rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
+		}
+		if err != nil && len(rep.Errors) == 0 {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
 	}
 	rep.Errors = append(errs, rep.Errors...)
 	res.Report = rep

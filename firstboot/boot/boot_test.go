@@ -3,7 +3,6 @@ package boot
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -170,7 +169,7 @@ func TestRunOnRoot(t *testing.T) {
 			b.Default.Conf = motd("default")
 			b.Nodes[0].Conf = motd("web-1")
 			b.Nodes[1].Conf = motd("web-2")
-			data, err := json.Marshal(b)
+			data, err := nodeconf.Marshal(b, nodeconf.JSON)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,5 +222,52 @@ func TestRunWithoutBundle(t *testing.T) {
 	}
 	if res.Init != "" {
 		t.Errorf("init = %q, want none", res.Init)
+	}
+}
+
+// TestRunBundleCutShort: a boot whose image bundle is cut short (a persist
+// disk that already holds what an earlier boot applied) applies nothing:
+// the earlier boot's files stay, the error is on the console, and the
+// stage's init still runs.
+func TestRunBundleCutShort(t *testing.T) {
+	root := t.TempDir()
+	b := testBundle()
+	b.Default.Conf = nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "default\n"}}}
+	data, err := nodeconf.Marshal(b, nodeconf.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, content := range map[string]string{
+		BundlePath:  string(data),
+		"sbin/init": "#!/bin/sh\n",
+	} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var con bytes.Buffer
+	Run(context.Background(), Options{Root: root, Console: &con})
+	if got, _ := os.ReadFile(filepath.Join(root, "etc/motd")); string(got) != "default\n" {
+		t.Fatalf("the whole bundle: /etc/motd = %q\n%s", got, con.String())
+	}
+	// The next boot's bundle lost its end.
+	cut := data[:bytes.Index(data, []byte(`"checksum"`))]
+	if err := os.WriteFile(filepath.Join(root, BundlePath), cut, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	con.Reset()
+	res := Run(context.Background(), Options{Root: root, Console: &con})
+	if got, _ := os.ReadFile(filepath.Join(root, "etc/motd")); string(got) != "default\n" {
+		t.Errorf("after a boot with a cut bundle: /etc/motd = %q, want the earlier boot's\n%s", got, con.String())
+	}
+	lines := strings.Split(strings.TrimSpace(con.String()), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "bellbuild: error: "+filepath.Join(root, BundlePath)+": ") || lines[1] != "bellbuild: node=- profile=- changes=0 errors=1" {
+		t.Errorf("console:\n%s", con.String())
+	}
+	if res.Init != "/sbin/init" {
+		t.Errorf("init = %q", res.Init)
 	}
 }

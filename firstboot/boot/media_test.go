@@ -3,7 +3,6 @@ package boot
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -262,17 +261,30 @@ func TestRunConfig(t *testing.T) {
 		{name: "bundle, by cmdline", cmdline: "bellbuild.node=web-2", config: volBundle, wantMotd: "volume web-2\n"},
 		{name: "bundle, default", config: volBundle, wantMotd: "volume default\n"},
 		{name: "broken", config: "{not json", wantMotd: "image default\n", wantErrors: 1},
+		// A node cut short at a line (valid YAML) is refused, not applied.
+		{name: "cut short", config: cutShort(t, nodeconf.Node{Node: "d1", Profile: "web", Conf: motd("node d1")}), wantMotd: "image default\n", wantErrors: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			write := func(p string, v any) {
-				data, ok := v.(string)
-				if !ok {
-					b, err := json.Marshal(v)
+				var data string
+				switch v := v.(type) {
+				case string:
+					data = v
+				case nodeconf.Node:
+					b, err := nodeconf.Marshal(&v, nodeconf.JSON)
 					if err != nil {
 						t.Fatal(err)
 					}
 					data = string(b)
+				case *nodeconf.Bundle:
+					b, err := nodeconf.Marshal(v, nodeconf.JSON)
+					if err != nil {
+						t.Fatal(err)
+					}
+					data = string(b)
+				default:
+					t.Fatalf("cannot write %T", v)
 				}
 				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
 				if err := os.WriteFile(filepath.Join(root, p), []byte(data), 0o644); err != nil {
@@ -293,4 +305,18 @@ func TestRunConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cutShort is n rendered as YAML, cut at the line before its checksum.
+func cutShort(t *testing.T, n nodeconf.Node) string {
+	t.Helper()
+	data, err := nodeconf.Marshal(&n, nodeconf.YAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _, ok := strings.Cut(string(data), nodeconf.ChecksumKey+":")
+	if !ok {
+		t.Fatalf("no checksum in\n%s", data)
+	}
+	return body
 }

@@ -1,0 +1,153 @@
+package firstboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+)
+
+// Source is where `bellbuild apply` finds the configuration to apply.
+type Source struct {
+	// Path is a file written by nodeconf.Encode (a rendered node or a
+	// bundle), or a site: a directory, or a file with none of a rendered
+	// document's keys (a Divingbell values file).
+	Path string
+	// Machine is the machine to choose a node for.
+	Machine Machine
+	// OpenSite opens a site as an Inventory (cmd wires the site model);
+	// nil accepts rendered files only.
+	OpenSite func(path string) (Inventory, error)
+}
+
+// Load reads the configuration and returns this machine's node: a
+// rendered node as it is (it must be Machine.Node's, when that is set);
+// from a bundle or a site, the node Select chooses. How it was chosen is
+// logged on log (nil: slog's default).
+func (s Source) Load(log *slog.Logger) (*nodeconf.Node, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	fi, err := os.Stat(s.Path)
+	if err != nil {
+		return nil, err
+	}
+	var inv Inventory
+	if fi.IsDir() {
+		if inv, err = s.openSite(); err != nil {
+			return nil, err
+		}
+	} else {
+		node, bundle, err := ReadConfig(s.Path)
+		switch {
+		case errors.Is(err, nodeconf.ErrNotRendered):
+			if inv, err = s.openSite(); err != nil {
+				return nil, err
+			}
+		case err != nil:
+			return nil, err
+		case node != nil:
+			if s.Machine.Node != "" && node.Node != s.Machine.Node {
+				return nil, fmt.Errorf("%s is the configuration of node %q, not %q", s.Path, node.Node, s.Machine.Node)
+			}
+			return node, nil
+		default:
+			inv = BundleInventory(bundle)
+		}
+	}
+	n, how, err := Select(inv, s.Machine)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("node selected", "node", n.Node, "profile", n.Profile, "by", how)
+	return n, nil
+}
+
+func (s Source) openSite() (Inventory, error) {
+	if s.OpenSite == nil {
+		return nil, fmt.Errorf("%s: %w", s.Path, nodeconf.ErrNotRendered)
+	}
+	return s.OpenSite(s.Path)
+}
+
+// RunOptions configure Run.
+type RunOptions struct {
+	// Source is the configuration.
+	Source Source
+	// Options are the run's: root, live, plan, log.
+	Options Options
+	// Stdout gets the plan and the summary line, Stderr every error
+	// (nil: discarded).
+	Stdout, Stderr io.Writer
+}
+
+var (
+	// ErrFailed means Run failed and has printed why.
+	ErrFailed = errors.New("apply failed")
+	// ErrPending means a plan found changes to make.
+	ErrPending = errors.New("changes pending")
+)
+
+// Run is one `bellbuild apply`:
+//
+//  1. load the node (Source.Load);
+//  2. apply it (Apply);
+//  3. print each error on Stderr, one per line ("bellbuild apply: ..."),
+//     then the plan (with Options.Plan) and the summary line on Stdout.
+//
+// It returns nil when the root is converged, ErrPending when a plan has
+// changes to make, ErrFailed when errors were printed, or the error that
+// kept the configuration from loading (printed by nobody yet).
+func Run(ctx context.Context, o RunOptions) error {
+	stdout, stderr := orDiscard(o.Stdout), orDiscard(o.Stderr)
+	// 1. The node's configuration.
+	node, err := o.Source.Load(o.Options.Log)
+	if err != nil {
+		return err
+	}
+
+	// 2. Apply, report.
+	rep, err := Apply(ctx, o.Options, node)
+	if err != nil {
+		printErrors(stderr, err)
+		fmt.Fprintln(stdout, rep.Summary())
+		return ErrFailed
+	}
+	if o.Options.Plan {
+		fmt.Fprint(stdout, PlanText(rep))
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)
+	}
+	fmt.Fprintln(stdout, rep.Summary())
+	switch {
+	case len(rep.Errors) > 0:
+		return ErrFailed
+	case o.Options.Plan && len(rep.Changes) > 0:
+		return ErrPending
+	}
+	return nil
+}
+
+// printErrors lists each of a joined error's errors on its own line.
+func printErrors(w io.Writer, err error) {
+	var j interface{ Unwrap() []error }
+	if errors.As(err, &j) {
+		for _, e := range j.Unwrap() {
+			printErrors(w, e)
+		}
+		return
+	}
+	fmt.Fprintf(w, "bellbuild apply: %v\n", err)
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
