@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -45,11 +46,11 @@ const (
 	TarFile       = "rootfs.tar"
 )
 
-// Paths inside the image, shared with the init (package firstboot/boot,
-// which build may not import: the init is bellbuild itself).
+// Paths inside the image, where the init (package firstboot/boot) looks
+// for them: both sides take them from images/layout.
 const (
-	applierPath = "bellbuild/bellbuild"
-	bundlePath  = "etc/bellbuild/bundle.json"
+	applierPath = layout.Applier
+	bundlePath  = layout.Bundle
 )
 
 // Inode numbers of each segment start apart, so that no two entries of the
@@ -443,7 +444,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		// A kernel from the stage has its modules in the stage: only the
 		// list of what to load is added.
 		im.added = fstree.New()
-		im.added.AddFile("etc/bellbuild/modules", []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
+		im.added.AddFile(layout.Modules, []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
 	}
 	if st.key == "" {
 		stageTree, err := im.stageTree()
@@ -498,9 +499,9 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	}
 	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app, SHA256: asum})
 	im.applier = fstree.New()
-	im.applier.Add(fstree.Entry{Path: "bellbuild", Type: fstree.Dir, Mode: 0o755})
+	im.applier.Add(fstree.Entry{Path: path.Dir(applierPath), Type: fstree.Dir, Mode: 0o755})
 	im.applier.Add(fstree.Entry{Path: applierPath, Type: fstree.Regular, Mode: 0o755, Size: ast.Size(), Data: fstree.File(app)})
-	im.applier.Add(fstree.Entry{Path: "init", Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
+	im.applier.Add(fstree.Entry{Path: layout.Init, Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
 	// The kernel opens /dev/console for init before anything mounts /dev.
 	im.applier.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
 	im.applier.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
@@ -522,7 +523,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	}
 	data = append(data, '\n')
 	im.config = fstree.New()
-	im.config.Add(fstree.Entry{Path: "etc/bellbuild", Type: fstree.Dir, Mode: 0o755})
+	im.config.Add(fstree.Entry{Path: path.Dir(bundlePath), Type: fstree.Dir, Mode: 0o755})
 	// The bundle holds password hashes: root only.
 	im.config.AddFile(bundlePath, data, 0o600, 0, 0)
 	if err := keepParents(im.config, im.stageDirs); err != nil {
@@ -544,7 +545,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 
 // upperDirs are the directories the applier and configuration segments
 // hold; the stage's metadata for them is kept with its cached segment.
-var upperDirs = []string{".", "bellbuild", "dev", "etc", "etc/bellbuild"}
+var upperDirs = []string{".", path.Dir(applierPath), "dev", "etc", path.Dir(bundlePath)}
 
 // dirMeta is a stage directory's metadata.
 type dirMeta struct {

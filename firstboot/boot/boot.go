@@ -33,16 +33,8 @@ import (
 	"strings"
 
 	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-)
-
-// Paths inside the image that the bake writes and the init reads.
-const (
-	BundlePath  = "etc/bellbuild/bundle.json"
-	ModulesPath = "etc/bellbuild/modules"
-	// Applier is where the bake puts the static bellbuild binary; /init is
-	// a symlink to it.
-	Applier = "bellbuild/bellbuild"
 )
 
 // inits are tried in order when the command line has no init=.
@@ -189,12 +181,12 @@ func Run(ctx context.Context, opts Options) *Result {
 
 	// 2. Modules.
 	if opts.LoadModules {
-		names, err := ReadModuleList(filepath.Join(root, ModulesPath))
+		names, err := ReadModuleList(filepath.Join(root, layout.Modules))
 		if err != nil {
 			printf("error: %v", err)
 		}
 		if len(names) > 0 {
-			dir := filepath.Join(root, "lib/modules", kernelRelease())
+			dir := filepath.Join(root, layout.ModulesDir(kernelRelease()))
 			for _, err := range LoadModules(dir, names) {
 				printf("error: %v", err)
 			}
@@ -221,7 +213,7 @@ func Run(ctx context.Context, opts Options) *Result {
 		}
 	}
 	if node == nil {
-		b, err := ReadBundle(filepath.Join(root, BundlePath))
+		b, err := ReadBundle(filepath.Join(root, layout.Bundle))
 		if err != nil {
 			errs = append(errs, err.Error())
 			b = &nodeconf.Bundle{}

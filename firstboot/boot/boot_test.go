@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -175,7 +176,7 @@ func TestRunOnRoot(t *testing.T) {
 				t.Fatal(err)
 			}
 			for p, content := range map[string]string{
-				BundlePath:     string(data),
+				layout.Bundle:  string(data),
 				"proc/cmdline": tt.cmdline + "\n",
 				"sbin/init":    "#!/bin/sh\n",
 				"bin/sh":       "#!/bin/sh\n",
@@ -214,7 +215,7 @@ func TestRunWithoutBundle(t *testing.T) {
 	var con bytes.Buffer
 	res := Run(context.Background(), Options{Root: root, Console: &con})
 	want := []string{
-		"bellbuild: error: open " + filepath.Join(root, BundlePath) + ": no such file or directory",
+		"bellbuild: error: open " + filepath.Join(root, layout.Bundle) + ": no such file or directory",
 		"bellbuild: node=- profile=- changes=0 errors=1",
 		"bellbuild: error: no init to hand over to (tried init=, /sbin/init, /etc/init, /bin/init, /lib/systemd/systemd, /bin/sh)",
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
@@ -55,13 +56,13 @@ func TestParseSource(t *testing.T) {
 
 func TestParam(t *testing.T) {
 	cl := "console=ttyS0 bellbuild.root=PARTLABEL=a bellbuild.rootwait=5 bellbuild.root=PARTLABEL=b quiet"
-	if v, ok := Param(cl, RootParam); !ok || v != "PARTLABEL=b" {
+	if v, ok := Param(cl, layout.RootParam); !ok || v != "PARTLABEL=b" {
 		t.Errorf("root = %q %v, want the last one, PARTLABEL=b", v, ok)
 	}
-	if v, ok := Param(cl, ConfigParam); ok {
+	if v, ok := Param(cl, layout.ConfigParam); ok {
 		t.Errorf("config = %q, want none", v)
 	}
-	if v, ok := Param("bellbuild.config=", ConfigParam); !ok || v != "" {
+	if v, ok := Param("bellbuild.config=", layout.ConfigParam); !ok || v != "" {
 		t.Errorf("empty config = %q %v", v, ok)
 	}
 }
@@ -279,11 +280,11 @@ func TestRunConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			write(BundlePath, image)
+			write(layout.Bundle, image)
 			write("proc/cmdline", tc.cmdline+"\n")
-			write(filepath.Join(ConfigDir, ConfigNode), tc.config)
+			write(filepath.Join(layout.ConfigMount, layout.ConfigNode), tc.config)
 			var con bytes.Buffer
-			res := Run(context.Background(), Options{Root: root, Console: &con, Config: "/" + filepath.Join(ConfigDir, ConfigNode)})
+			res := Run(context.Background(), Options{Root: root, Console: &con, Config: "/" + filepath.Join(layout.ConfigMount, layout.ConfigNode)})
 			got, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
 			if string(got) != tc.wantMotd {
 				t.Errorf("/etc/motd = %q, want %q\nconsole:\n%s", got, tc.wantMotd, con.String())
