@@ -80,9 +80,10 @@ type Options struct {
 	// own). 0 means DefaultCacheLimit, a negative value no limit.
 	// Debootstrap roots are not counted.
 	CacheLimit int64
-	// SourceDateEpoch is every file's mtime (default
-	// DefaultSourceDateEpoch; never the current time).
-	SourceDateEpoch int64
+	// SourceDateEpoch is every file's mtime, in seconds since 1970
+	// (SOURCE_DATE_EPOCH); nil means DefaultSourceDateEpoch, never the
+	// current time. A pointer, so that 0 (1970-01-01) can be asked for.
+	SourceDateEpoch *int64
 	// Applier is the static bellbuild binary to embed (default
 	// $BELLBUILD_BIN, else the running executable).
 	Applier string
@@ -114,8 +115,9 @@ func (o *Options) defaults() error {
 		}
 		o.CacheDir = filepath.Join(dir, "bellbuild")
 	}
-	if o.SourceDateEpoch == 0 {
-		o.SourceDateEpoch = DefaultSourceDateEpoch
+	if o.SourceDateEpoch == nil {
+		e := int64(DefaultSourceDateEpoch)
+		o.SourceDateEpoch = &e
 	}
 	if o.Applier == "" {
 		o.Applier = os.Getenv("BELLBUILD_BIN")
@@ -246,6 +248,9 @@ type baker struct {
 	// depth is the chain of {profile: NAME} stages being baked.
 	depth []string
 }
+
+// epoch is the source date (defaults filled it in).
+func (b *baker) epoch() int64 { return *b.opts.SourceDateEpoch }
 
 // image is a profile's prepared content, before anything is written.
 type image struct {
@@ -396,7 +401,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	b.depth = append(b.depth, spec.Profile)
 	defer func() { b.depth = b.depth[:len(b.depth)-1] }()
 	im := &image{spec: spec}
-	epoch := fmt.Sprint(b.opts.SourceDateEpoch)
+	epoch := fmt.Sprint(b.epoch())
 
 	// 1. Stage: read now only when its content has no other name (or an
 	// output needs it); else a cache hit never reads it.
@@ -622,7 +627,7 @@ func filterBundle(spec *profiles.ImageSpec, names []string) (*nodeconf.Bundle, e
 // write does steps 5–8.
 func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	spec := im.spec
-	epoch := b.opts.SourceDateEpoch
+	epoch := b.epoch()
 	if err := os.MkdirAll(b.opts.OutDir, 0o755); err != nil {
 		return nil, err
 	}

@@ -70,7 +70,7 @@ func wantsMedia(outputs []string) bool {
 //  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
 //     the bundle as files, and ISOLINUX for BIOS (see addISOLINUX).
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
-	epoch := b.opts.SourceDateEpoch
+	epoch := b.epoch()
 	kernel := filepath.Join(dir, KernelFile)
 	initrd, err := b.mediaInitrd(ctx, im, dir)
 	if err != nil {
@@ -281,7 +281,7 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 		t.Add(fstree.Entry{Path: mke2fsPath, Type: fstree.Regular, Mode: 0o755, Size: st.Size(), Data: fstree.File(real)})
 	}
 	file := filepath.Join(dir, ".media-initrd.cpio.zst")
-	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, false, b.p); err != nil {
+	if _, err := writeSegment(ctx, t, file, b.epoch(), stageInode, false, b.p); err != nil {
 		return "", err
 	}
 	return file, nil

@@ -76,7 +76,8 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 		}, copied, true},
 		{"then the spare again", nil, spared, true},
 		{"other cached segments (a new source date)", func(t *testing.T) {
-			opts.SourceDateEpoch = 1_800_000_000
+			epoch := int64(1_800_000_000)
+			opts.SourceDateEpoch = &epoch
 		}, copied, true},
 		// The spare is now the initramfs of the old segments.
 		{"the spare has the old segments: the stage is taken", nil, stage, false},
