@@ -161,6 +161,12 @@ type Manifest struct {
 type Input struct {
 	Name string `json:"name"`
 	Kind string `json:"kind,omitempty"`
+	// Path is where it was read: "site:REL" for a file or directory of
+	// the site (REL relative to the site's directory, which the manifest
+	// does not record, so that the same site baked from another checkout
+	// gives the same manifest), else an absolute path on the build host,
+	// "embedded:..." for the built-in site, "stage:/..." for a file of the
+	// stage, or a name (a profile, a debootstrap recipe).
 	Path string `json:"path,omitempty"`
 	// SHA256 of the input's bytes, when it is one file.
 	SHA256 string `json:"sha256,omitempty"`
@@ -548,6 +554,31 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	return im, nil
 }
 
+// siteRelative returns inputs with the paths inside the site directory dir
+// (or where its symlinks lead) written "site:REL".
+func siteRelative(dir string, inputs []Input) []Input {
+	if dir == "" {
+		return inputs
+	}
+	dirs := []string{dir}
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+		dirs = append(dirs, real)
+	}
+	out := slices.Clone(inputs)
+	for i, in := range out {
+		if !filepath.IsAbs(in.Path) {
+			continue
+		}
+		for _, d := range dirs {
+			if rel, err := filepath.Rel(d, in.Path); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+				out[i].Path = "site:" + filepath.ToSlash(rel)
+				break
+			}
+		}
+	}
+	return out
+}
+
 // upperDirs are the directories the applier and configuration segments
 // hold; the stage's metadata for them is kept with its cached segment.
 var upperDirs = []string{".", path.Dir(applierPath), "dev", "etc", path.Dir(bundlePath)}
@@ -653,7 +684,7 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		Cmdline:         strings.Join(spec.Cmdline, " "),
 		KernelVersion:   im.kernel.version,
 		Nodes:           []string{},
-		Inputs:          im.inputs,
+		Inputs:          siteRelative(spec.SiteDir, im.inputs),
 		Segments:        []Artifact{},
 		Artifacts:       []Artifact{},
 	}

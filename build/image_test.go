@@ -820,3 +820,73 @@ func TestKernelFromStage(t *testing.T) {
 		t.Errorf("host modules added to a stage with its own kernel: %v", got)
 	}
 }
+
+// TestManifestAcrossCheckouts bakes one site from two directories (two
+// checkouts of it): the manifests and the artifacts are byte-identical,
+// and the manifest names the site's files relative to the site.
+func TestManifestAcrossCheckouts(t *testing.T) {
+	needHost(t)
+	files := map[string]string{
+		"profiles/tiny.yaml": "stage: {dir: stage}\nkernel: {path: /vmlinuz}\ncmdline: [console=ttyS0]\noutputs: [initramfs, tar]\nconf: {sysctl: {vm.swappiness: 12}}\n",
+		"nodes.yaml":         "nodes:\n- {name: t1, mac: '52:54:00:00:09:01', profile: tiny}\n",
+		"stage/etc/hostname": "tiny\n",
+		"stage/bin/hello":    "#!/bin/sh\necho hello\n",
+	}
+	bake := func() (site string, out string) {
+		site = filepath.Join(t.TempDir(), "checkout", "site")
+		for p, c := range files {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(site, p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(site, p), []byte(c), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := profiles.Load(site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := testOptions(t)
+		opts.Site = s
+		if _, err := Image(context.Background(), spec(t, s, "tiny"), opts); err != nil {
+			t.Fatal(err)
+		}
+		return site, filepath.Join(opts.OutDir, "tiny")
+	}
+	site1, out1 := bake()
+	site2, out2 := bake()
+	for _, name := range []string{ManifestFile, KernelFile, InitramfsFile, TarFile} {
+		a, err := os.ReadFile(filepath.Join(out1, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(out2, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between the bakes from %s and %s", name, site1, site2)
+			if name == ManifestFile {
+				t.Logf("first:\n%s\nsecond:\n%s", a, b)
+			}
+		}
+	}
+	var m Manifest
+	data, err := os.ReadFile(filepath.Join(out1, ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, in := range m.Inputs {
+		if in.Name == "site" || in.Name == "stage" {
+			paths = append(paths, in.Name+" "+in.Path)
+		}
+	}
+	want := []string{"stage site:stage", "site site:profiles/tiny.yaml", "site site:nodes.yaml"}
+	if diff := cmp.Diff(want, paths); diff != "" {
+		t.Errorf("the manifest's site inputs (-want +got):\n%s", diff)
+	}
+}

@@ -27,7 +27,9 @@ func init() {
   initramfs.cpio.zst  the stage with the kernel modules the boot needs, the
                       applier (this bellbuild binary, static) as /init, and
                       the configuration of every node of the profile
-  manifest.json       the profile chain, every input with its sha256, every
+  manifest.json       the profile chain, every input with its sha256 (the
+                      site's files as site:PATH, relative to the site, so
+                      another checkout of it gives the same manifest), every
                       artifact with its sha256 and size, the kernel command
                       line, the source date
   rootfs.tar          the whole tree, when the profile lists outputs: [tar]
