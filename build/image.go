@@ -46,6 +46,13 @@ const (
 	TarFile       = "rootfs.tar"
 )
 
+// artifactMode is the mode of the artifacts that carry the image's files
+// (initramfs.cpio.zst, rootfs.tar, image.iso and disk.raw): owner only, as
+// they hold the bundle (password hashes) and the stage's 0600 files. The
+// kernel and the manifest stay world-readable. `bellbuild serve` reads
+// them as the same user that baked them.
+const artifactMode = 0o600
+
 // Paths inside the image, where the init (package firstboot/boot) looks
 // for them: both sides take them from images/layout.
 const (
@@ -853,7 +860,7 @@ func copyKernel(k *kernel, file string) (int64, string, error) {
 			return 0, "", fmt.Errorf("kernel: %w", err)
 		}
 		defer rc.Close()
-		return writeHashed(file, rc)
+		return writeHashed(file, rc, 0o644)
 	}
 	in, err := os.Open(k.file)
 	if err != nil {
@@ -886,7 +893,7 @@ func writeTar(ctx context.Context, t *fstree.Tree, file string, epoch int64) (Ar
 	go func() {
 		pw.CloseWithError(fstree.WriteTar(&countWriter{w: pw, ctx: ctx}, t, epoch))
 	}()
-	size, sum, err := writeHashed(file, pr)
+	size, sum, err := writeHashed(file, pr, artifactMode)
 	pr.Close()
 	if err != nil {
 		return Artifact{}, fmt.Errorf("tar: %w", err)
@@ -894,10 +901,10 @@ func writeTar(ctx context.Context, t *fstree.Tree, file string, epoch int64) (Ar
 	return Artifact{Name: TarFile, Size: size, SHA256: sum}, nil
 }
 
-// writeHashed copies r to a new file, fsyncs it, and returns its size and
-// sha256.
-func writeHashed(file string, r io.Reader) (int64, string, error) {
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+// writeHashed copies r to a new file of that mode, fsyncs it, and returns
+// its size and sha256.
+func writeHashed(file string, r io.Reader, mode os.FileMode) (int64, string, error) {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return 0, "", err
 	}

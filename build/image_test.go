@@ -230,6 +230,7 @@ func TestImage(t *testing.T) {
 	if len(ents) != 3 {
 		t.Errorf("%s has %d files, want vmlinuz, initramfs and manifest", dir, len(ents))
 	}
+	checkModes(t, dir)
 	// The segments add up to the initramfs.
 	var total int64
 	for _, s := range m.Segments {
@@ -297,6 +298,31 @@ func TestImage(t *testing.T) {
 var cmpIgnoreStats = cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Stats" }, cmp.Ignore())
 
 // base lists the base names of the files under dir in a tree.
+// checkModes fails t unless every artifact in the output directory dir
+// has its mode: owner only for those that carry the image's files (the
+// bundle's password hashes, the stage's 0600 files), world-readable for
+// the kernel and the manifest.
+func checkModes(t testing.TB, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o600)
+		if e.Name() == KernelFile || e.Name() == ManifestFile {
+			want = 0o644
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v", filepath.Join(dir, e.Name()), fi.Mode(), want)
+		}
+	}
+}
+
 func base(t testing.TB, tree *fstree.Tree, dir string) []string {
 	var out []string
 	for _, e := range tree.Walk() {
@@ -530,6 +556,7 @@ func TestProfileStageAndTar(t *testing.T) {
 	if m.Inputs[0].Kind != "profile" || m.Inputs[0].Path != "fleet" {
 		t.Errorf("stage input %+v, want profile fleet", m.Inputs[0])
 	}
+	checkModes(t, m.Stats.Dir)
 	tarFile := filepath.Join(opts.OutDir, "layered", TarFile)
 	size, sum := fileSum(t, tarFile)
 	if a := m.Artifacts[len(m.Artifacts)-1]; a.Name != TarFile || a.Size != size || a.SHA256 != sum {

@@ -164,7 +164,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			return fmt.Errorf("iso: BIOS boot: %w", err)
 		}
 		files.Reproducible(epoch)
-		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
 		if err != nil {
 			return err
 		}

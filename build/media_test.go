@@ -99,6 +99,7 @@ func TestMedia(t *testing.T) {
 			t.Errorf("no %s among the artifacts %v", want, m.Artifacts)
 		}
 	}
+	checkModes(t, dir)
 
 	img := filepath.Join(dir, DiskFile)
 	if out, err := exec.Command("sgdisk", "-v", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
