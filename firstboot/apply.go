@@ -52,11 +52,29 @@ type Report struct {
 	Plan    bool          `json:"plan,omitempty"`
 	Changes []host.Change `json:"changes"`
 	Errors  []string      `json:"errors"`
+	// Deferred are the items a boot run left to the system's own init
+	// (see ErrDeferred), each with the reason; never an error.
+	Deferred []string `json:"deferred,omitempty"`
 }
 
-// Summary is the one line a run prints.
+// ErrDeferred marks (wrapped) an item a boot run cannot do yet and leaves
+// to the system that starts after it: a sysctl key that is missing even
+// after the modules of modules-load.d were loaded, in a system whose
+// systemd-sysctl sets it from /etc/sysctl.d once systemd-modules-load and
+// udev have loaded their modules. A module returns it among its errors;
+// the report counts it apart (deferred=N), and the run after the boot
+// (bellbuild-apply.service) is strict again, so an item still missing
+// then is an error.
+var ErrDeferred = errors.New("deferred")
+
+// Summary is the one line a run prints; deferred=N only when a boot run
+// deferred something.
 func (r *Report) Summary() string {
-	return fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+	s := fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+	if len(r.Deferred) > 0 {
+		s += fmt.Sprintf(" deferred=%d", len(r.Deferred))
+	}
+	return s
 }
 
 func orDash(s string) string {
@@ -129,6 +147,10 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 			break
 		}
 		for _, err := range m.Apply(ctx, h, &node.Conf) {
+			if errors.Is(err, ErrDeferred) {
+				rep.Deferred = append(rep.Deferred, fmt.Sprintf("%s: %v", name, err))
+				continue
+			}
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))
 		}
 		h.ForgetDirs()

@@ -126,6 +126,74 @@ func TestReadModuleList(t *testing.T) {
 // modules) against a root directory: the node named on the command line is
 // applied there, the console shows the script's output, then exactly one
 // summary line, and the stage's init is found.
+// TestStageModules reads modules-load.d as systemd-modules-load does: the
+// .conf files of every directory by name, an /etc file hiding a
+// /usr/lib one of the same name, comments, blank lines and repeats
+// skipped, a symlinked file (Debian's modules.conf -> ../modules) read
+// through.
+func TestStageModules(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		links map[string]string
+		want  []string
+	}{
+		{name: "none", want: nil},
+		{
+			name: "by file name across directories",
+			files: map[string]string{
+				"usr/lib/modules-load.d/50-b.conf": "br_netfilter\n",
+				"etc/modules-load.d/10-a.conf":     "# the bridge's sysctls\n\n  nf_conntrack  \n; old comment\nbr_netfilter\n",
+				"run/modules-load.d/70-c.conf":     "sctp\n",
+				"etc/modules-load.d/README":        "not_a_module\n",
+			},
+			want: []string{"nf_conntrack", "br_netfilter", "sctp"},
+		},
+		{
+			name: "/etc hides /usr/lib",
+			files: map[string]string{
+				"usr/lib/modules-load.d/k8s.conf": "overlay\nbr_netfilter\n",
+				"etc/modules-load.d/k8s.conf":     "overlay\n",
+			},
+			want: []string{"overlay"},
+		},
+		{
+			name:  "Debian's /etc/modules through its link",
+			files: map[string]string{"etc/modules": "# /etc/modules\nloop\n"},
+			links: map[string]string{"etc/modules-load.d/modules.conf": "../modules"},
+			want:  []string{"loop"},
+		},
+		{
+			name:  "the same link without /etc/modules",
+			links: map[string]string{"etc/modules-load.d/modules.conf": "../modules"},
+			want:  nil,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, c := range tc.files {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for p, target := range tc.links {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := StageModules(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("StageModules (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestRunOnRoot(t *testing.T) {
 	tests := []struct {
 		name       string

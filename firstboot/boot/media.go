@@ -563,11 +563,7 @@ func AddWatch(root, config string) (bool, error) {
 	if fi, err := os.Stat(filepath.Join(root, config)); err == nil && fi.IsDir() {
 		watched = config
 	}
-	service := "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n" +
-		"Wants=network-online.target\nAfter=network-online.target\n\n" +
-		"[Service]\nType=oneshot\nExecStart=/" + layout.Applier + " apply --config " + config + " --root /\n" +
-		"StandardOutput=journal+console\nStandardError=journal+console\n\n" +
-		"[Install]\nWantedBy=multi-user.target\n"
+	service := applyService(config, "")
 	path := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
 		"[Path]\nPathChanged=" + watched + "\nUnit=" + filepath.Base(ApplyService) + "\n\n" +
 		"[Install]\nWantedBy=multi-user.target\n"
@@ -585,6 +581,47 @@ func AddWatch(root, config string) (bool, error) {
 		if err := os.Symlink("/"+u, link); err != nil && !errors.Is(err, os.ErrExist) {
 			return false, err
 		}
+	}
+	return true, nil
+}
+
+// applyService is bellbuild-apply.service: one run of the applier on config
+// (for node, when set) after network-online.target, its output to the
+// journal and the console.
+func applyService(config, node string) string {
+	args := " apply --config " + config + " --root /"
+	if node != "" {
+		args += " --node " + node
+	}
+	return "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n" +
+		"Wants=network-online.target\nAfter=network-online.target\n\n" +
+		"[Service]\nType=oneshot\nExecStart=/" + layout.Applier + args + "\n" +
+		"StandardOutput=journal+console\nStandardError=journal+console\n\n" +
+		"[Install]\nWantedBy=multi-user.target\n"
+}
+
+// AddRecheck makes a systemd root run the applier once after the boot
+// (bellbuild-apply.service, enabled, without the path unit) on config for
+// node, unless AddWatch already arranged it: the init calls it when it
+// deferred something to the system (a sysctl key left to systemd-sysctl),
+// so that the run after the boot, strict again, reports what is still
+// missing. A root without systemd is left alone (false).
+func AddRecheck(root, config, node string) (bool, error) {
+	if _, err := os.Lstat(filepath.Join(root, "lib/systemd/systemd")); err != nil {
+		return false, nil
+	}
+	if _, err := os.Lstat(filepath.Join(root, ApplyService)); err == nil {
+		return true, nil
+	}
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(filepath.Join(root, ApplyService), []byte(applyService(config, node)), 0o644); err != nil {
+		return false, err
+	}
+	if err := os.Symlink("/"+ApplyService, filepath.Join(wants, filepath.Base(ApplyService))); err != nil && !errors.Is(err, os.ErrExist) {
+		return false, err
 	}
 	return true, nil
 }
