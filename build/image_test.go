@@ -859,6 +859,9 @@ func TestManifestAcrossCheckouts(t *testing.T) {
 		"stage/etc/hostname": "tiny\n",
 		"stage/bin/hello":    "#!/bin/sh\necho hello\n",
 	}
+	// One cache: the second bake reuses the first one's segments only if
+	// their content keys (which a path in them would change) agree.
+	cache := filepath.Join(t.TempDir(), "cache")
 	bake := func() (site string, out string) {
 		site = filepath.Join(t.TempDir(), "checkout", "site")
 		for p, c := range files {
@@ -874,7 +877,7 @@ func TestManifestAcrossCheckouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		opts := testOptions(t)
-		opts.Site = s
+		opts.Site, opts.CacheDir = s, cache
 		if _, err := Image(context.Background(), spec(t, s, "tiny"), opts); err != nil {
 			t.Fatal(err)
 		}
