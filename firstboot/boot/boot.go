@@ -325,7 +325,6 @@ func Run(ctx context.Context, opts Options) *Result {
 	for _, d := range rep.Deferred {
 		printf("deferred: %s", d)
 	}
-
 	fmt.Fprintln(con, rep.Summary())
 
 	res.Init = findInit(root, InitParam(cmdline))
