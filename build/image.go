@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -45,11 +46,18 @@ const (
 	TarFile       = "rootfs.tar"
 )
 
-// Paths inside the image, shared with the init (package firstboot/boot,
-// which build may not import: the init is bellbuild itself).
+// artifactMode is the mode of the artifacts that carry the image's files
+// (initramfs.cpio.zst, rootfs.tar, image.iso and disk.raw): owner only, as
+// they hold the bundle (password hashes) and the stage's 0600 files. The
+// kernel and the manifest stay world-readable. `bellbuild serve` reads
+// them as the same user that baked them.
+const artifactMode = 0o600
+
+// Paths inside the image, where the init (package firstboot/boot) looks
+// for them: both sides take them from images/layout.
 const (
-	applierPath = "bellbuild/bellbuild"
-	bundlePath  = "etc/bellbuild/bundle.json"
+	applierPath = layout.Applier
+	bundlePath  = layout.Bundle
 )
 
 // Inode numbers of each segment start apart, so that no two entries of the
@@ -79,9 +87,10 @@ type Options struct {
 	// own). 0 means DefaultCacheLimit, a negative value no limit.
 	// Debootstrap roots are not counted.
 	CacheLimit int64
-	// SourceDateEpoch is every file's mtime (default
-	// DefaultSourceDateEpoch; never the current time).
-	SourceDateEpoch int64
+	// SourceDateEpoch is every file's mtime, in seconds since 1970
+	// (SOURCE_DATE_EPOCH); nil means DefaultSourceDateEpoch, never the
+	// current time. A pointer, so that 0 (1970-01-01) can be asked for.
+	SourceDateEpoch *int64
 	// Applier is the static bellbuild binary to embed (default
 	// $BELLBUILD_BIN, else the running executable).
 	Applier string
@@ -113,8 +122,9 @@ func (o *Options) defaults() error {
 		}
 		o.CacheDir = filepath.Join(dir, "bellbuild")
 	}
-	if o.SourceDateEpoch == 0 {
-		o.SourceDateEpoch = DefaultSourceDateEpoch
+	if o.SourceDateEpoch == nil {
+		e := int64(DefaultSourceDateEpoch)
+		o.SourceDateEpoch = &e
 	}
 	if o.Applier == "" {
 		o.Applier = os.Getenv("BELLBUILD_BIN")
@@ -158,6 +168,12 @@ type Manifest struct {
 type Input struct {
 	Name string `json:"name"`
 	Kind string `json:"kind,omitempty"`
+	// Path is where it was read: "site:REL" for a file or directory of
+	// the site (REL relative to the site's directory, which the manifest
+	// does not record, so that the same site baked from another checkout
+	// gives the same manifest), else an absolute path on the build host,
+	// "embedded:..." for the built-in site, "stage:/..." for a file of the
+	// stage, or a name (a profile, a debootstrap recipe).
 	Path string `json:"path,omitempty"`
 	// SHA256 of the input's bytes, when it is one file.
 	SHA256 string `json:"sha256,omitempty"`
@@ -245,6 +261,9 @@ type baker struct {
 	// depth is the chain of {profile: NAME} stages being baked.
 	depth []string
 }
+
+// epoch is the source date (defaults filled it in).
+func (b *baker) epoch() int64 { return *b.opts.SourceDateEpoch }
 
 // image is a profile's prepared content, before anything is written.
 type image struct {
@@ -395,7 +414,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	b.depth = append(b.depth, spec.Profile)
 	defer func() { b.depth = b.depth[:len(b.depth)-1] }()
 	im := &image{spec: spec}
-	epoch := fmt.Sprint(b.opts.SourceDateEpoch)
+	epoch := fmt.Sprint(b.epoch())
 
 	// 1. Stage: read now only when its content has no other name (or an
 	// output needs it); else a cache hit never reads it.
@@ -443,7 +462,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		// A kernel from the stage has its modules in the stage: only the
 		// list of what to load is added.
 		im.added = fstree.New()
-		im.added.AddFile("etc/bellbuild/modules", []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
+		im.added.AddFile(layout.Modules, []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
 	}
 	if st.key == "" {
 		stageTree, err := im.stageTree()
@@ -498,9 +517,9 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	}
 	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app, SHA256: asum})
 	im.applier = fstree.New()
-	im.applier.Add(fstree.Entry{Path: "bellbuild", Type: fstree.Dir, Mode: 0o755})
+	im.applier.Add(fstree.Entry{Path: path.Dir(applierPath), Type: fstree.Dir, Mode: 0o755})
 	im.applier.Add(fstree.Entry{Path: applierPath, Type: fstree.Regular, Mode: 0o755, Size: ast.Size(), Data: fstree.File(app)})
-	im.applier.Add(fstree.Entry{Path: "init", Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
+	im.applier.Add(fstree.Entry{Path: layout.Init, Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
 	// The kernel opens /dev/console for init before anything mounts /dev.
 	im.applier.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
 	im.applier.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
@@ -521,7 +540,7 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
 	im.config = fstree.New()
-	im.config.Add(fstree.Entry{Path: "etc/bellbuild", Type: fstree.Dir, Mode: 0o755})
+	im.config.Add(fstree.Entry{Path: path.Dir(bundlePath), Type: fstree.Dir, Mode: 0o755})
 	// The bundle holds password hashes: root only.
 	im.config.AddFile(bundlePath, data, 0o600, 0, 0)
 	if err := keepParents(im.config, im.stageDirs); err != nil {
@@ -541,9 +560,34 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	return im, nil
 }
 
+// siteRelative returns inputs with the paths inside the site directory dir
+// (or where its symlinks lead) written "site:REL".
+func siteRelative(dir string, inputs []Input) []Input {
+	if dir == "" {
+		return inputs
+	}
+	dirs := []string{dir}
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+		dirs = append(dirs, real)
+	}
+	out := slices.Clone(inputs)
+	for i, in := range out {
+		if !filepath.IsAbs(in.Path) {
+			continue
+		}
+		for _, d := range dirs {
+			if rel, err := filepath.Rel(d, in.Path); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+				out[i].Path = "site:" + filepath.ToSlash(rel)
+				break
+			}
+		}
+	}
+	return out
+}
+
 // upperDirs are the directories the applier and configuration segments
 // hold; the stage's metadata for them is kept with its cached segment.
-var upperDirs = []string{".", "bellbuild", "dev", "etc", "etc/bellbuild"}
+var upperDirs = []string{".", path.Dir(applierPath), "dev", "etc", path.Dir(bundlePath)}
 
 // dirMeta is a stage directory's metadata.
 type dirMeta struct {
@@ -620,7 +664,7 @@ func filterBundle(spec *profiles.ImageSpec, names []string) (*nodeconf.Bundle, e
 // write does steps 5–8.
 func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	spec := im.spec
-	epoch := b.opts.SourceDateEpoch
+	epoch := b.epoch()
 	if err := os.MkdirAll(b.opts.OutDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -646,7 +690,7 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		Cmdline:         strings.Join(spec.Cmdline, " "),
 		KernelVersion:   im.kernel.version,
 		Nodes:           []string{},
-		Inputs:          im.inputs,
+		Inputs:          siteRelative(spec.SiteDir, im.inputs),
 		Segments:        []Artifact{},
 		Artifacts:       []Artifact{},
 	}
@@ -815,7 +859,7 @@ func copyKernel(k *kernel, file string) (int64, string, error) {
 			return 0, "", fmt.Errorf("kernel: %w", err)
 		}
 		defer rc.Close()
-		return writeHashed(file, rc)
+		return writeHashed(file, rc, 0o644)
 	}
 	in, err := os.Open(k.file)
 	if err != nil {
@@ -848,7 +892,7 @@ func writeTar(ctx context.Context, t *fstree.Tree, file string, epoch int64) (Ar
 	go func() {
 		pw.CloseWithError(fstree.WriteTar(&countWriter{w: pw, ctx: ctx}, t, epoch))
 	}()
-	size, sum, err := writeHashed(file, pr)
+	size, sum, err := writeHashed(file, pr, artifactMode)
 	pr.Close()
 	if err != nil {
 		return Artifact{}, fmt.Errorf("tar: %w", err)
@@ -856,10 +900,10 @@ func writeTar(ctx context.Context, t *fstree.Tree, file string, epoch int64) (Ar
 	return Artifact{Name: TarFile, Size: size, SHA256: sum}, nil
 }
 
-// writeHashed copies r to a new file, fsyncs it, and returns its size and
-// sha256.
-func writeHashed(file string, r io.Reader) (int64, string, error) {
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+// writeHashed copies r to a new file of that mode, fsyncs it, and returns
+// its size and sha256.
+func writeHashed(file string, r io.Reader, mode os.FileMode) (int64, string, error) {
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return 0, "", err
 	}

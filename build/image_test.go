@@ -230,6 +230,7 @@ func TestImage(t *testing.T) {
 	if len(ents) != 3 {
 		t.Errorf("%s has %d files, want vmlinuz, initramfs and manifest", dir, len(ents))
 	}
+	checkModes(t, dir)
 	// The segments add up to the initramfs.
 	var total int64
 	for _, s := range m.Segments {
@@ -297,6 +298,31 @@ func TestImage(t *testing.T) {
 var cmpIgnoreStats = cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Stats" }, cmp.Ignore())
 
 // base lists the base names of the files under dir in a tree.
+// checkModes fails t unless every artifact in the output directory dir
+// has its mode: owner only for those that carry the image's files (the
+// bundle's password hashes, the stage's 0600 files), world-readable for
+// the kernel and the manifest.
+func checkModes(t testing.TB, dir string) {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o600)
+		if e.Name() == KernelFile || e.Name() == ManifestFile {
+			want = 0o644
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s: mode %v, want %v", filepath.Join(dir, e.Name()), fi.Mode(), want)
+		}
+	}
+}
+
 func base(t testing.TB, tree *fstree.Tree, dir string) []string {
 	var out []string
 	for _, e := range tree.Walk() {
@@ -314,7 +340,7 @@ func base(t testing.TB, tree *fstree.Tree, dir string) []string {
 func TestReproducible(t *testing.T) {
 	needHost(t)
 	s := testSite(t)
-	bake := func(epoch int64) (Options, *Manifest) {
+	bake := func(epoch *int64) (Options, *Manifest) {
 		opts := testOptions(t)
 		opts.SourceDateEpoch = epoch
 		m, err := Image(context.Background(), spec(t, s, "fleet"), opts)
@@ -326,8 +352,8 @@ func TestReproducible(t *testing.T) {
 		}
 		return opts, m
 	}
-	o1, m1 := bake(0)
-	o2, m2 := bake(0)
+	o1, m1 := bake(nil)
+	o2, m2 := bake(nil)
 	if o1.OutDir == o2.OutDir {
 		t.Fatal("same output directory")
 	}
@@ -347,7 +373,8 @@ func TestReproducible(t *testing.T) {
 	if diff := cmp.Diff(m1, m2, cmpIgnoreStats); diff != "" {
 		t.Errorf("manifests differ (-first +second):\n%s", diff)
 	}
-	_, m3 := bake(DefaultSourceDateEpoch + 86400)
+	other := int64(DefaultSourceDateEpoch + 86400)
+	_, m3 := bake(&other)
 	if m3.Artifacts[1].SHA256 == m1.Artifacts[1].SHA256 {
 		t.Error("another SOURCE_DATE_EPOCH gave the same initramfs")
 	}
@@ -529,6 +556,7 @@ func TestProfileStageAndTar(t *testing.T) {
 	if m.Inputs[0].Kind != "profile" || m.Inputs[0].Path != "fleet" {
 		t.Errorf("stage input %+v, want profile fleet", m.Inputs[0])
 	}
+	checkModes(t, m.Stats.Dir)
 	tarFile := filepath.Join(opts.OutDir, "layered", TarFile)
 	size, sum := fileSum(t, tarFile)
 	if a := m.Artifacts[len(m.Artifacts)-1]; a.Name != TarFile || a.Size != size || a.SHA256 != sum {
@@ -817,5 +845,78 @@ func TestKernelFromStage(t *testing.T) {
 	}
 	if got := base(t, tree, "lib/modules"); len(got) != 0 {
 		t.Errorf("host modules added to a stage with its own kernel: %v", got)
+	}
+}
+
+// TestManifestAcrossCheckouts bakes one site from two directories (two
+// checkouts of it): the manifests and the artifacts are byte-identical,
+// and the manifest names the site's files relative to the site.
+func TestManifestAcrossCheckouts(t *testing.T) {
+	needHost(t)
+	files := map[string]string{
+		"profiles/tiny.yaml": "stage: {dir: stage}\nkernel: {path: /vmlinuz}\ncmdline: [console=ttyS0]\noutputs: [initramfs, tar]\nconf: {sysctl: {vm.swappiness: 12}}\n",
+		"nodes.yaml":         "nodes:\n- {name: t1, mac: '52:54:00:00:09:01', profile: tiny}\n",
+		"stage/etc/hostname": "tiny\n",
+		"stage/bin/hello":    "#!/bin/sh\necho hello\n",
+	}
+	// One cache: the second bake reuses the first one's segments only if
+	// their content keys (which a path in them would change) agree.
+	cache := filepath.Join(t.TempDir(), "cache")
+	bake := func() (site string, out string) {
+		site = filepath.Join(t.TempDir(), "checkout", "site")
+		for p, c := range files {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(site, p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(site, p), []byte(c), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := profiles.Load(site)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := testOptions(t)
+		opts.Site, opts.CacheDir = s, cache
+		if _, err := Image(context.Background(), spec(t, s, "tiny"), opts); err != nil {
+			t.Fatal(err)
+		}
+		return site, filepath.Join(opts.OutDir, "tiny")
+	}
+	site1, out1 := bake()
+	site2, out2 := bake()
+	for _, name := range []string{ManifestFile, KernelFile, InitramfsFile, TarFile} {
+		a, err := os.ReadFile(filepath.Join(out1, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(out2, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between the bakes from %s and %s", name, site1, site2)
+			if name == ManifestFile {
+				t.Logf("first:\n%s\nsecond:\n%s", a, b)
+			}
+		}
+	}
+	var m Manifest
+	data, err := os.ReadFile(filepath.Join(out1, ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, in := range m.Inputs {
+		if in.Name == "site" || in.Name == "stage" {
+			paths = append(paths, in.Name+" "+in.Path)
+		}
+	}
+	want := []string{"stage site:stage", "site site:profiles/tiny.yaml", "site site:nodes.yaml"}
+	if diff := cmp.Diff(want, paths); diff != "" {
+		t.Errorf("the manifest's site inputs (-want +got):\n%s", diff)
 	}
 }

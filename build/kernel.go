@@ -15,6 +15,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/kmod"
+	"github.com/bellbuild/bellbuild/images/layout"
 )
 
 // BootModules are the kernel modules every image carries and its init
@@ -130,7 +131,7 @@ func moduleTree(dir, version string, names []string) (*fstree.Tree, error) {
 // merged-/usr /lib link). The media's small initramfs needs them, not the
 // whole stage.
 func stageModuleTree(stage *fstree.Tree, version string, names []string) (*fstree.Tree, error) {
-	dir := resolveParents(stage, path.Join("lib/modules", version, "modules.dep"))
+	dir := resolveParents(stage, path.Join(layout.ModulesDir(version), "modules.dep"))
 	dir = path.Dir(dir)
 	return modulesFrom("stage:/"+dir, version, names, func(rel string) (fstree.Content, int64, error) {
 		p := path.Join(dir, rel)
@@ -182,7 +183,7 @@ func modulesFrom(dir, version string, names []string, open func(rel string) (fst
 	}
 	sort.Strings(files)
 	t := fstree.New()
-	base := path.Join("lib/modules", version)
+	base := layout.ModulesDir(version)
 	var deps strings.Builder
 	for _, f := range files {
 		c, size, err := open(f)
@@ -200,7 +201,7 @@ func modulesFrom(dir, version string, names []string, open func(rel string) (fst
 	if builtin != nil {
 		t.AddFile(path.Join(base, "modules.builtin"), builtin, 0o644, 0, 0)
 	}
-	t.AddFile("etc/bellbuild/modules", []byte("# kernel modules bellbuild's init loads (with modules.dep)\n"+strings.Join(names, "\n")+"\n"), 0o644, 0, 0)
+	t.AddFile(layout.Modules, []byte("# kernel modules bellbuild's init loads (with modules.dep)\n"+strings.Join(names, "\n")+"\n"), 0o644, 0, 0)
 	return t, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/iso"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/images/squashfs"
 )
 
@@ -24,23 +25,23 @@ const (
 	ISOFile  = "image.iso"
 )
 
-// Where the media keep the root image and the configuration. The config
-// volume (LABEL=BELLCONF, mounted by the init at /run/bellbuild/config)
-// holds the bake's bundle as bellbuild/bundle.json; `bellbuild config
-// write` adds a single node as bellbuild/node.json (images/confvol), which
-// the init prefers.
+// Where the media keep the root image and the configuration
+// (images/layout, where the init looks). The config volume (LABEL=BELLCONF,
+// mounted by the init at /run/bellbuild/config) holds the bake's bundle as
+// bellbuild/bundle.json; `bellbuild config write` adds a single node as
+// bellbuild/node.json (images/confvol), which the init prefers.
 const (
-	ConfigBundlePath = "bellbuild/bundle.json"
-	ISORootPath      = "bellbuild/root.squashfs"
-	ISOConfigPath    = ConfigBundlePath
+	ConfigBundlePath = layout.ConfigBundle
+	ISORootPath      = layout.ISORoot
+	ISOConfigPath    = layout.ISOBundle
 )
 
 // Kernel command line arguments the media add, telling the init where its
 // root and its configuration are.
 const (
-	DiskRootArg = "bellbuild.root=PARTLABEL=" + disk.RootName
-	ISORootArg  = "bellbuild.root=LABEL=BELLBUILD:/" + ISORootPath
-	ConfigArg   = "bellbuild.config=LABEL=" + disk.ConfigLabel
+	DiskRootArg = layout.DiskRootArg
+	ISORootArg  = layout.ISORootArg
+	ConfigArg   = layout.ConfigArg
 )
 
 // DataPartitionSize is the size of a disk's data partition (persist: true).
@@ -51,7 +52,7 @@ const DataPartitionSize = 256 << 20
 
 // mke2fsPath is where the media initramfs carries busybox for formatting
 // the data partition (busybox runs the applet its name says).
-const mke2fsPath = "bellbuild/mke2fs"
+const mke2fsPath = layout.Mke2fs
 
 // wantsMedia reports whether the profile asks for a disk or an ISO: both
 // need the kernel and the initramfs.
@@ -69,7 +70,7 @@ func wantsMedia(outputs []string) bool {
 //  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
 //     the bundle as files, and ISOLINUX for BIOS (see addISOLINUX).
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
-	epoch := b.opts.SourceDateEpoch
+	epoch := b.epoch()
 	kernel := filepath.Join(dir, KernelFile)
 	initrd, err := b.mediaInitrd(ctx, im, dir)
 	if err != nil {
@@ -163,11 +164,11 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			return fmt.Errorf("iso: BIOS boot: %w", err)
 		}
 		files.Reproducible(epoch)
-		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
 		if err != nil {
 			return err
 		}
-		err = iso.Write(out, files, iso.Options{Epoch: epoch, ESP: t, BIOS: isolinuxPath})
+		err = iso.Write(out, files, iso.Options{VolumeID: layout.ISOLabel, Epoch: epoch, ESP: t, BIOS: isolinuxPath})
 		if err == nil {
 			err = out.Sync()
 		}
@@ -280,7 +281,7 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 		t.Add(fstree.Entry{Path: mke2fsPath, Type: fstree.Regular, Mode: 0o755, Size: st.Size(), Data: fstree.File(real)})
 	}
 	file := filepath.Join(dir, ".media-initrd.cpio.zst")
-	if _, err := writeSegment(ctx, t, file, b.opts.SourceDateEpoch, stageInode, false, b.p); err != nil {
+	if _, err := writeSegment(ctx, t, file, b.epoch(), stageInode, false, b.p); err != nil {
 		return "", err
 	}
 	return file, nil

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/squashfs"
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
@@ -99,6 +101,7 @@ func TestMedia(t *testing.T) {
 			t.Errorf("no %s among the artifacts %v", want, m.Artifacts)
 		}
 	}
+	checkModes(t, dir)
 
 	img := filepath.Join(dir, DiskFile)
 	if out, err := exec.Command("sgdisk", "-v", img).CombinedOutput(); err != nil || !strings.Contains(string(out), "No problems found") {
@@ -243,6 +246,13 @@ func TestDropACLs(t *testing.T) {
 // kernel and modules, merged-/usr style (/lib -> usr/lib): the ESP's
 // initramfs gets the boot modules out of the stage, not the whole stage,
 // and the disk boots under OVMF to the applier's line with them.
+//
+// The stage is busybox only (no systemd-sysctl), its modules-load.d names
+// br_netfilter (which the stage carries and the init does not load by
+// itself), and the configuration sets two sysctl keys the kernel lacks at
+// first: br_netfilter's, which the init's applier gets by loading the
+// modules of modules-load.d, and one that exists nowhere, which is an
+// error that names it (nothing would set it later).
 func TestStageKernelMedia(t *testing.T) {
 	needHost(t)
 	needMediaTools(t)
@@ -254,7 +264,7 @@ func TestStageKernelMedia(t *testing.T) {
 	if err != nil || k.modules == "" {
 		testtool.Skipf(t, "the host kernel's modules: %v", err)
 	}
-	mods, err := moduleTree(k.modules, k.version, BootModules)
+	mods, err := moduleTree(k.modules, k.version, append(slices.Clone(BootModules), "br_netfilter"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +281,17 @@ func TestStageKernelMedia(t *testing.T) {
 	}
 	copyFile(t, host, filepath.Join(root, "boot", "vmlinuz-"+k.version), 0o644)
 	copyFile(t, "/bin/busybox", filepath.Join(root, "usr/bin/busybox"), 0o755)
+	for _, applet := range []string{"sh", "cat"} {
+		if err := os.Symlink("busybox", filepath.Join(root, "usr/bin", applet)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/modules-load.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/modules-load.d/bridge.conf"), []byte("# the bridge's netfilter sysctls\nbr_netfilter\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, e := range mods.Walk() {
 		if e.Type != fstree.Regular || !strings.HasPrefix(e.Path, "lib/modules/") {
 			continue
@@ -292,8 +313,17 @@ func TestStageKernelMedia(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	const (
+		bridgeKey = "net.bridge.bridge-nf-call-iptables" // 1 when br_netfilter loads
+		noSuchKey = "net.bellbuild_test.no_such_key"
+	)
+	conf := nodeconf.Conf{
+		Sysctl: map[string]string{bridgeKey: "0", noSuchKey: "1"},
+		Exec:   map[string]nodeconf.Exec{"010-report.sh": {Data: "#!/bin/sh\necho \"check: bridge-nf-call-iptables=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables)\"\n"}},
+	}
 	sp := &profiles.ImageSpec{Profile: "own", Chain: []string{"own"}, Stage: profiles.Stage{Dir: root},
-		Kernel: profiles.Kernel{From: "stage"}, Cmdline: []string{"console=ttyS0"}, Outputs: []string{"raw"}}
+		Kernel: profiles.Kernel{From: "stage"}, Cmdline: []string{"console=ttyS0"}, Outputs: []string{"raw"},
+		Bundle: &nodeconf.Bundle{Profile: "own", Default: nodeconf.Node{Profile: "own", Conf: conf}}}
 	opts := testOptions(t)
 	m, err := Image(context.Background(), sp, opts)
 	if err != nil {
@@ -320,5 +350,10 @@ func TestStageKernelMedia(t *testing.T) {
 
 	testtool.SkipVM(t)
 	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-	vm.Wait(`^bellbuild: node=\S* profile=own changes=\d+ errors=0$`)
+	vm.Wait(`^\[010-report.sh\] check: bridge-nf-call-iptables=0$`)
+	vm.Wait(`^bellbuild: error: sysctl: ` + regexp.QuoteMeta(noSuchKey) + `: unknown key: the running kernel has no /proc/sys/net/bellbuild_test/no_such_key, even with the modules of modules-load.d loaded, and nothing in this system \(no systemd-sysctl\) sets it later$`)
+	vm.Wait(`^bellbuild: node=\S* profile=own changes=\d+ errors=1$`)
+	if c := vm.Console(); strings.Count(c, "bellbuild: error:") != 1 || strings.Contains(c, "bellbuild: warn") || strings.Contains(c, "bellbuild: deferred") {
+		t.Errorf("want one error (the unknown key), no warning (br_netfilter loaded), nothing deferred; console:\n%s", c)
+	}
 }

@@ -201,9 +201,13 @@ func takeFile(src, file string, want func(fileID) bool, back bool) (*os.File, fu
 	return f, release, nil
 }
 
-// appendSegments cuts f to plen bytes, appends segs and fsyncs f. It
-// returns f's size.
+// appendSegments cuts f to plen bytes, appends segs and fsyncs f, which
+// becomes an initramfs: its mode is artifactMode whatever it was (a spare
+// made by an older bellbuild, a cached segment). It returns f's size.
 func appendSegments(f *os.File, plen int64, segs []*segment) (int64, error) {
+	if err := f.Chmod(artifactMode); err != nil {
+		return 0, err
+	}
 	if err := f.Truncate(plen); err != nil {
 		return 0, err
 	}

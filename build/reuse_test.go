@@ -58,7 +58,21 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 		{"second bake takes the cached stage", nil, stage, false},
 		{"third bake too", nil, stage, false},
 		{"the cache busy: a copy, the replaced initramfs kept", holdCache, copied, true},
-		{"a spare before the cache", nil, spared, true},
+		{"a spare before the cache (one an older bellbuild left world-readable)", func(t *testing.T) {
+			if err := os.Chmod(spare, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := readRecord(filepath.Join(filepath.Dir(spare), spareRecord))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.File, err = statID(spare); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeRecord(filepath.Join(filepath.Dir(spare), spareRecord), rec); err != nil {
+				t.Fatal(err)
+			}
+		}, spared, true},
 		{"a spare written to is not trusted", func(t *testing.T) {
 			holdCache(t)
 			f, err := os.OpenFile(spare, os.O_RDWR, 0)
@@ -76,7 +90,8 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 		}, copied, true},
 		{"then the spare again", nil, spared, true},
 		{"other cached segments (a new source date)", func(t *testing.T) {
-			opts.SourceDateEpoch = 1_800_000_000
+			epoch := int64(1_800_000_000)
+			opts.SourceDateEpoch = &epoch
 		}, copied, true},
 		// The spare is now the initramfs of the old segments.
 		{"the spare has the old segments: the stage is taken", nil, stage, false},
@@ -113,6 +128,10 @@ func TestRebakeReusesInitramfs(t *testing.T) {
 				t.Errorf("manifest says %+v, the file is %d bytes sha256 %s", a, size, sum)
 			}
 			checkCachedSegment(t, opts.CacheDir, m.Segments[0])
+			checkModes(t, m.Stats.Dir)
+			if st, err := os.Stat(spare); err == nil && st.Mode() != 0o600 {
+				t.Errorf("spare: mode %v, want 0600", st.Mode())
+			}
 			fresh := opts
 			fresh.OutDir = t.TempDir()
 			f, err := Image(context.Background(), sp, fresh)

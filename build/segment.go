@@ -358,7 +358,7 @@ func writeInfo(file string, info segmentInfo) error {
 //     segments are read and hashed on another goroutine meanwhile;
 //   - the caller copies the kernel at the same time.
 func concat(file string, segs []*segment) (size int64, sum string, prefixState []byte, err error) {
-	out, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	out, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
 	if err != nil {
 		return 0, "", nil, err
 	}

@@ -56,6 +56,9 @@ type Report struct {
 	// not carry yet (a credential's private key): neither changes nor
 	// errors.
 	Pending []string `json:"pending,omitempty"`
+	// Deferred are the items a boot run left to the system's own init
+	// (see ErrDeferred), each with the reason; never an error.
+	Deferred []string `json:"deferred,omitempty"`
 }
 
 // pendingError is what a module returns for an item that waits (see
@@ -64,11 +67,25 @@ type pendingError struct{ item, why string }
 
 func (e *pendingError) Error() string { return e.item + ": pending (" + e.why + ")" }
 
-// Summary is the one line a run prints.
+// ErrDeferred marks (wrapped) an item a boot run cannot do yet and leaves
+// to the system that starts after it: a sysctl key that is missing even
+// after the modules of modules-load.d were loaded, in a system whose
+// systemd-sysctl sets it from /etc/sysctl.d once systemd-modules-load and
+// udev have loaded their modules. A module returns it among its errors;
+// the report counts it apart (deferred=N), and the run after the boot
+// (bellbuild-apply.service) is strict again, so an item still missing
+// then is an error.
+var ErrDeferred = errors.New("deferred")
+
+// Summary is the one line a run prints; pending=N and deferred=N only
+// when there are such items.
 func (r *Report) Summary() string {
 	s := fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
 	if len(r.Pending) > 0 {
 		s += fmt.Sprintf(" pending=%d", len(r.Pending))
+	}
+	if len(r.Deferred) > 0 {
+		s += fmt.Sprintf(" deferred=%d", len(r.Deferred))
 	}
 	return s
 }
@@ -146,6 +163,10 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 			var p *pendingError
 			if errors.As(err, &p) {
 				rep.Pending = append(rep.Pending, name+": "+p.item)
+				continue
+			}
+			if errors.Is(err, ErrDeferred) {
+				rep.Deferred = append(rep.Deferred, fmt.Sprintf("%s: %v", name, err))
 				continue
 			}
 			rep.Errors = append(rep.Errors, fmt.Sprintf("%s: %v", name, err))

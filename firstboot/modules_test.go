@@ -290,27 +290,116 @@ func TestEthtoolDeviceNotYetNamed(t *testing.T) {
 	}
 }
 
-// TestSysctlKeyNotYetLoaded: at boot, a key whose module is not loaded
-// yet (net.bridge.* before br_netfilter) is persisted for systemd-sysctl,
-// which runs after the modules load, and is not an error; on day 2 an
-// unknown key is refused by the checks. No key of this machine is
-// written: the name exists in no kernel.
+// TestSysctlKeyNotYetLoaded: at boot, a key the kernel lacks makes the
+// sysctl module have the init load the modules of modules-load.d (once)
+// and look again; a key that appears then is set; one still missing is
+// deferred to systemd-sysctl (persisted, counted apart) when the root has
+// it, and an error (not persisted) when nothing will set it later. On day
+// 2 an unknown key is refused by the checks. The kernel's keys are files
+// under a temporary procSys, where loading a module is making its file.
 func TestSysctlKeyNotYetLoaded(t *testing.T) {
-	const key = "net.bellbuild_test.not_loaded"
-	conf := nodeconf.Conf{Sysctl: map[string]string{key: "1"}}
-	for _, boot := range []bool{true, false} {
-		root := t.TempDir()
-		rep, err := Apply(context.Background(), Options{RootDir: root, Live: true, Boot: boot}, &nodeconf.Node{Node: "n1", Profile: "p", Conf: conf})
-		file, _ := os.ReadFile(filepath.Join(root, "etc/sysctl.d/60-bellbuild.conf"))
-		if boot {
-			if err != nil || len(rep.Errors) != 0 || !strings.Contains(string(file), key+" = 1\n") {
-				t.Errorf("at boot: Apply: %v %+v; sysctl.d file:\n%s\nwant no error and the key persisted", err, rep, file)
+	const (
+		missing = "net.bellbuild_test.not_loaded"
+		late    = "net.bridge.bridge-nf-call-iptables" // br_netfilter's
+	)
+	old := procSys
+	t.Cleanup(func() { procSys = old })
+	put := func(t *testing.T, p, content string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		boot bool
+		// systemd puts systemd-sysctl in the root.
+		systemd bool
+		// module is a key the modules of modules-load.d bring.
+		module string
+		conf   map[string]string
+		// The run's errors and deferred items (substrings, in order),
+		// and the keys persisted in /etc/sysctl.d.
+		errors, deferred []string
+		persisted        []string
+		summary          string
+	}{{
+		name: "boot, systemd-sysctl in the root: deferred", boot: true, systemd: true,
+		conf:      map[string]string{missing: "1"},
+		deferred:  []string{"sysctl: " + missing + ": not in the running kernel (no PROC/net/bellbuild_test/not_loaded), even with the modules of modules-load.d loaded: deferred to systemd-sysctl"},
+		persisted: []string{missing + " = 1"},
+		summary:   "changes=1 errors=0 deferred=1", // the sysctl.d file
+	}, {
+		name: "boot, no systemd-sysctl: an error", boot: true,
+		conf:    map[string]string{missing: "1"},
+		errors:  []string{"sysctl: " + missing + ": unknown key: the running kernel has no PROC/net/bellbuild_test/not_loaded, even with the modules of modules-load.d loaded, and nothing in this system (no systemd-sysctl) sets it later"},
+		summary: "changes=0 errors=1",
+	}, {
+		name: "boot, a module of modules-load.d brings one key: it is set", boot: true, module: late,
+		conf:      map[string]string{late: "0", missing: "1"},
+		errors:    []string{"sysctl: " + missing + ": unknown key"},
+		persisted: []string{late + " = 0"},
+		summary:   "changes=2 errors=1", // the key and the sysctl.d file
+	}, {
+		name: "day 2: refused by the checks", module: late,
+		conf:    map[string]string{late: "0", missing: "1"},
+		errors:  []string{"sysctl: " + missing + ": unknown key", "sysctl: " + late + ": unknown key"},
+		summary: "changes=0 errors=2",
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			procSys = t.TempDir()
+			root := t.TempDir()
+			if tc.systemd {
+				put(t, filepath.Join(root, "usr/lib/systemd/systemd-sysctl"), "")
 			}
-			continue
-		}
-		if err == nil || !strings.Contains(err.Error(), key+": unknown key") || len(file) != 0 {
-			t.Errorf("day 2: Apply: %v; file %q; want the unknown key refused and nothing written", err, file)
-		}
+			loads := 0
+			opts := Options{RootDir: root, Live: true, Boot: tc.boot, LoadModules: func() []error {
+				loads++
+				if tc.module != "" {
+					put(t, sysctlPath(tc.module), "1\n")
+				}
+				return nil
+			}}
+			rep, _ := Apply(context.Background(), opts, &nodeconf.Node{Node: "n1", Profile: "p", Conf: nodeconf.Conf{Sysctl: tc.conf}})
+			check := func(what string, got, want []string) {
+				t.Helper()
+				if len(got) != len(want) {
+					t.Errorf("%s: %q, want %d", what, got, len(want))
+					return
+				}
+				for i := range want {
+					if w := strings.ReplaceAll(want[i], "PROC", procSys); !strings.Contains(got[i], w) {
+						t.Errorf("%s[%d]: %q, want it to contain %q", what, i, got[i], w)
+					}
+				}
+			}
+			check("errors", rep.Errors, tc.errors)
+			check("deferred", rep.Deferred, tc.deferred)
+			if !strings.HasSuffix(rep.Summary(), tc.summary) {
+				t.Errorf("summary %q, want it to end with %q", rep.Summary(), tc.summary)
+			}
+			file, _ := os.ReadFile(filepath.Join(root, "etc/sysctl.d/60-bellbuild.conf"))
+			var got []string
+			for _, l := range strings.Split(string(file), "\n") {
+				if l != "" && !strings.HasPrefix(l, "#") {
+					got = append(got, l)
+				}
+			}
+			if strings.Join(got, "|") != strings.Join(tc.persisted, "|") {
+				t.Errorf("persisted %q, want %q", got, tc.persisted)
+			}
+			if want := map[bool]int{true: 1, false: 0}[tc.boot]; loads != want {
+				t.Errorf("the modules of modules-load.d were loaded %d times, want %d", loads, want)
+			}
+			if tc.module != "" && tc.boot {
+				if v, _ := os.ReadFile(sysctlPath(tc.module)); string(v) != "0\n" {
+					t.Errorf("%s = %q after the run, want 0", tc.module, v)
+				}
+			}
+		})
 	}
 }
 

@@ -35,6 +35,15 @@ var sysctlKeyRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.\-/@+]*$`)
 // persisted. Removing a key restores the value that was live before
 // bellbuild first set it (recorded in the ledger) and drops its line.
 //
+// At boot (the init runs before udev and systemd-modules-load) a missing
+// key may belong to a module not loaded yet (net.bridge.* needs
+// br_netfilter): the module has the init load what the root's
+// modules-load.d names (host.Options.LoadModules) and looks again. A key
+// still missing is deferred (ErrDeferred: persisted for systemd-sysctl,
+// which runs after the modules load; the run after the boot is strict)
+// when the root has systemd-sysctl, and an error when nothing will set it
+// later.
+//
 // Ledger: key "file:/etc/sysctl.d/60-bellbuild.conf" for the file; one
 // record per sysctl name with Original = the live value before bellbuild
 // touched it (HadOriginal only when it was read live) and
@@ -91,16 +100,34 @@ func (m sysctlModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf
 	var errs []error
 	persist := map[string]string{}
 	want := map[string]bool{sysctlFileKey: true}
+	// At boot, the modules of modules-load.d are loaded once, for the
+	// first key found missing.
+	loaded := false
+	loadModules := func() bool {
+		if loaded || h.LoadModules == nil {
+			return false
+		}
+		loaded = true
+		for _, err := range h.LoadModules() {
+			h.Log.Warn("sysctl: loading the kernel modules of modules-load.d", "err", err)
+		}
+		return true
+	}
 	for _, k := range sortedKeys(conf.Sysctl) {
 		want[k] = true
-		if v, err := m.set(h, k, conf.Sysctl[k]); err != nil {
+		v, err := m.set(h, k, conf.Sysctl[k], loadModules)
+		switch {
+		case errors.Is(err, ErrDeferred):
+			errs = append(errs, err)
+			persist[k] = conf.Sysctl[k] // for systemd-sysctl
+		case err != nil:
 			errs = append(errs, err)
 			if v != "" {
 				persist[k] = v // keep the value accepted before
 			}
-			continue
+		default:
+			persist[k] = conf.Sysctl[k]
 		}
-		persist[k] = conf.Sysctl[k]
 	}
 	for _, k := range stale(h, "sysctl", "", want) {
 		if err := m.revert(h, k); err != nil {
@@ -126,8 +153,11 @@ func (m sysctlModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf
 
 // set makes key hold val. Offline it only records the key. Live it writes
 // /proc/sys, reads the value back, and on a refusal puts the old value back
-// and returns the value accepted before (if any) with the error.
-func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
+// and returns the value accepted before (if any) with the error. At boot,
+// a missing key makes it call loadModules (which says whether it loaded
+// anything) and look again; a key still missing is deferred or an error
+// (see sysctlModule).
+func (sysctlModule) set(h *host.Host, key, val string, loadModules func() bool) (string, error) {
 	rec, owned := h.Ledger.Get("sysctl", key)
 	prev := rec.Extra["value"]
 	if !h.Live {
@@ -142,17 +172,20 @@ func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
 	}
 	p := sysctlPath(key)
 	cur, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) && h.Boot && loadModules() {
+		cur, err = os.ReadFile(p)
+	}
 	if errors.Is(err, fs.ErrNotExist) && h.Boot {
-		// At boot the init runs before udev and systemd-modules-load:
-		// a key of a module not loaded yet (net.bridge.* needs
-		// br_netfilter) is only persisted, and systemd-sysctl, which
-		// runs after the modules load, sets it from /etc/sysctl.d.
-		h.Log.Info("sysctl: not in the running kernel yet at boot; systemd-sysctl sets it from "+sysctlFile, "key", key)
+		if !systemdSysctl(h) {
+			return prev, fmt.Errorf("%s: unknown key: the running kernel has no %s, even with the modules of modules-load.d loaded, and nothing in this system (no systemd-sysctl) sets it later", key, p)
+		}
+		// systemd-sysctl, which runs after systemd-modules-load and
+		// udev have loaded their modules, sets it from /etc/sysctl.d.
 		if !h.Plan && (!owned || prev != val) {
 			rec.Extra = map[string]string{"value": val}
 			h.Ledger.Put("sysctl", key, rec)
 		}
-		return "", nil
+		return "", fmt.Errorf("%s: not in the running kernel (no %s), even with the modules of modules-load.d loaded: %w to systemd-sysctl (%s); the run after the boot fails if it is still missing", key, p, ErrDeferred, sysctlFile)
 	}
 	if err != nil {
 		return prev, fmt.Errorf("%s: unknown key: %w", key, err)
@@ -203,6 +236,20 @@ func (sysctlModule) set(h *host.Host, key, val string) (string, error) {
 		return prev, fmt.Errorf("%s: reading back: %w", key, rerr)
 	}
 	return prev, fmt.Errorf("%s: the kernel turned %q into %q; not persisted", key, val, strings.TrimSpace(string(got)))
+}
+
+// systemdSysctlPaths are where a root may have systemd-sysctl.
+var systemdSysctlPaths = []string{"/usr/lib/systemd/systemd-sysctl", "/lib/systemd/systemd-sysctl"}
+
+// systemdSysctl reports whether the root has systemd-sysctl, which sets
+// the keys of /etc/sysctl.d once the system's modules are loaded.
+func systemdSysctl(h *host.Host) bool {
+	for _, p := range systemdSysctlPaths {
+		if fi, err := h.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return true
+		}
+	}
+	return false
 }
 
 // revert drops key from bellbuild's care, restoring its original live value.

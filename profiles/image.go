@@ -35,6 +35,11 @@ type ImageSpec struct {
 	// Sources are the site files that contributed: absolute paths, or
 	// "embedded:profiles/NAME.yaml" for the default site.
 	Sources []string
+	// SiteDir is the site's directory (absolute), against which its
+	// relative paths were resolved; "" for the embedded site. A bake
+	// names the site's files relative to it, so that the same site in
+	// two checkouts bakes the same manifest.
+	SiteDir string
 }
 
 // Stage is the base root tree of an image. Exactly one field is set; paths
@@ -234,7 +239,7 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
 	}
 	var errs ErrorList
-	spec := &ImageSpec{Profile: profile, Chain: slices.Clone(r.chain), Outputs: []string{"initramfs"}}
+	spec := &ImageSpec{Profile: profile, Chain: slices.Clone(r.chain), Outputs: []string{"initramfs"}, SiteDir: s.dir}
 	if v := r.fields["description"]; v != nil {
 		spec.Description = v.text
 	}

@@ -253,6 +253,7 @@ stage: {profile: leaf}
 			Outputs: []string{"initramfs"},
 			Sources: []string{filepath.Join(abs, "profiles/base.yaml"), filepath.Join(abs, "profiles/mid.yaml"),
 				filepath.Join(abs, "profiles/leaf.yaml"), filepath.Join(abs, "nodes.yaml")},
+			SiteDir: abs,
 		},
 	}, {
 		profile: "deb",
@@ -263,6 +264,7 @@ stage: {profile: leaf}
 			Cmdline: []string{"console=ttyS0", "quiet"},
 			Outputs: []string{"initramfs", "iso"},
 			Sources: []string{filepath.Join(abs, "profiles/base.yaml"), filepath.Join(abs, "profiles/deb.yaml")},
+			SiteDir: abs,
 		},
 	}, {
 		profile: "onleaf",
@@ -273,6 +275,7 @@ stage: {profile: leaf}
 			Cmdline: []string{"console=ttyS0", "quiet"},
 			Outputs: []string{"initramfs", "iso"},
 			Sources: []string{filepath.Join(abs, "profiles/base.yaml"), filepath.Join(abs, "profiles/onleaf.yaml")},
+			SiteDir: abs,
 		},
 	}}
 	for _, tt := range tests {

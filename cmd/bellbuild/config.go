@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 
 	"github.com/bellbuild/bellbuild/images/confvol"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -149,13 +148,9 @@ func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
 
 // configEpoch is SOURCE_DATE_EPOCH, or 0 when it is unset.
 func configEpoch() (int64, error) {
-	v := os.Getenv("SOURCE_DATE_EPOCH")
-	if v == "" {
-		return 0, nil
+	e, err := envSourceDate()
+	if err != nil || e == nil {
+		return 0, err
 	}
-	e, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || e < 0 {
-		return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970", v)
-	}
-	return e, nil
+	return *e, nil
 }

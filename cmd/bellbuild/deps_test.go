@@ -23,10 +23,14 @@ var allowed = map[string][]string{
 	"profiles/nodeconf": {},
 	"profiles":          {"profiles", "profiles/nodeconf"},
 	"images":            {"images"},
-	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
+	// Where things live in an image: the bake writes there and the init
+	// reads there, so it depends on neither.
+	"images/layout": {},
+	"build":         {"build", "profiles", "profiles/nodeconf", "images"},
 	// firstboot/boot's init loads kernel modules with the modules.dep
-	// reader the bake chose them with.
-	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod"},
+	// reader the bake chose them with, and finds what the bake put in the
+	// image where images/layout says.
+	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout"},
 	"firstboot/vmtest": {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
 	"pxe":              {"pxe"},
 	"testvm":           {"testvm"},
@@ -207,7 +211,10 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot", "profiles", false},
 		{"firstboot/boot", "firstboot/host", true},
 		{"firstboot/boot", "images/kmod", true},
+		{"firstboot/boot", "images/layout", true},
 		{"firstboot/boot", "images/squashfs", false},
+		{"images/layout", "images/fstree", false},
+		{"build", "images/layout", true},
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles", "profiles/nodeconf", true},

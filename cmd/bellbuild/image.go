@@ -27,7 +27,9 @@ func init() {
   initramfs.cpio.zst  the stage with the kernel modules the boot needs, the
                       applier (this bellbuild binary, static) as /init, and
                       the configuration of every node of the profile
-  manifest.json       the profile chain, every input with its sha256, every
+  manifest.json       the profile chain, every input with its sha256 (the
+                      site's files as site:PATH, relative to the site, so
+                      another checkout of it gives the same manifest), every
                       artifact with its sha256 and size, the kernel command
                       line, the source date
   rootfs.tar          the whole tree, when the profile lists outputs: [tar]
@@ -68,7 +70,8 @@ Example:
 				o.Nodes = append(o.Nodes, s)
 				return nil
 			})
-			epoch := fs.Int64("source-date-epoch", 0, "file time stamps, in `SECONDS` since 1970 (default $SOURCE_DATE_EPOCH, else a fixed date)")
+			var epoch sourceDateFlag
+			fs.Var(&epoch, "source-date-epoch", "file time stamps, in `SECONDS` since 1970 (default $SOURCE_DATE_EPOCH, else a fixed date)")
 			fs.StringVar(&o.Applier, "applier", "", "static bellbuild `PATH` to embed (default $BELLBUILD_BIN, else this binary)")
 			fs.StringVar(&o.CacheDir, "cache", "", "cache `DIR` (default $BELLBUILD_CACHE, else ~/.cache/bellbuild)")
 			fs.Func("cache-limit", "after the bake, drop the least recently used cached segments beyond `SIZE` (e.g. 20G, 500M; 0: no limit; default 8G)", func(v string) error {
@@ -98,7 +101,7 @@ Example:
 				if err != nil {
 					return printSiteErrors(os.Stderr, err)
 				}
-				if o.SourceDateEpoch, err = sourceDate(*epoch); err != nil {
+				if o.SourceDateEpoch, err = epoch.date(); err != nil {
 					return err
 				}
 				o.Site = s
@@ -127,22 +130,6 @@ func positional(fs *flag.FlagSet, args []string) ([]string, error) {
 		args = fs.Args()
 	}
 	return pos, nil
-}
-
-// sourceDate is --source-date-epoch, else $SOURCE_DATE_EPOCH, else 0 (the
-// build's fixed default).
-func sourceDate(flagValue int64) (int64, error) {
-	if flagValue != 0 {
-		return flagValue, nil
-	}
-	if v := os.Getenv("SOURCE_DATE_EPOCH"); v != "" {
-		var n int64
-		if _, err := fmt.Sscan(v, &n); err != nil || n <= 0 {
-			return 0, fmt.Errorf("SOURCE_DATE_EPOCH=%q: want seconds since 1970", v)
-		}
-		return n, nil
-	}
-	return 0, nil
 }
 
 func printBake(w io.Writer, m *build.Manifest) error {

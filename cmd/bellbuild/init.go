@@ -32,8 +32,11 @@ system, prints one line
 
   bellbuild: node=NAME profile=PROFILE changes=N errors=M
 
-on the console, and execs the stage's init (init= on the command line, else
-/sbin/init). Not meant to be run by hand.
+on the console (with " deferred=D" when it left D sysctl keys the kernel
+lacks, even with the modules of the stage's modules-load.d loaded, to
+systemd-sysctl; the run after the boot is strict again), and execs the
+stage's init (init= on the command line, else /sbin/init). Not meant to be
+run by hand.
 
 Booted from a disk or ISO (bellbuild.root=PARTLABEL=bellroot or
 bellbuild.root=LABEL=BELLBUILD:/bellbuild/root.squashfs on the command line),

@@ -10,10 +10,14 @@
 //     MAC address of one of its NICs, else the profile's defaults;
 //  4. runs the applier (package firstboot) live on "/" (not at all when
 //     the bundle cannot be read or does not verify: nothing is applied
-//     from a configuration cut short);
+//     from a configuration cut short); a sysctl key the kernel lacks makes
+//     it load the modules the stage's modules-load.d names (StageModules)
+//     and look again;
 //  5. prints exactly one summary line on the console,
-//     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", preceded
-//     by one line per error and by the output of exec scripts;
+//     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", with
+//     " deferred=D" when it left D items to the stage's init (a sysctl key
+//     for systemd-sysctl), preceded by one line per error and per
+//     deferred item and by the output of exec scripts;
 //  6. hands over to the stage's own init (init= on the command line, else
 //     /sbin/init, ...), as the same process (PID 1).
 //
@@ -31,19 +35,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-)
-
-// Paths inside the image that the bake writes and the init reads.
-const (
-	BundlePath  = "etc/bellbuild/bundle.json"
-	ModulesPath = "etc/bellbuild/modules"
-	// Applier is where the bake puts the static bellbuild binary; /init is
-	// a symlink to it.
-	Applier = "bellbuild/bellbuild"
 )
 
 // inits are tried in order when the command line has no init=.
@@ -134,6 +131,58 @@ func ReadModuleList(file string) ([]string, error) {
 	return out, sc.Err()
 }
 
+// modulesLoadDirs are the directories of modules-load.d(5), in order of
+// precedence: a file name in an earlier one hides the same name in a later
+// one.
+var modulesLoadDirs = []string{"etc/modules-load.d", "run/modules-load.d", "usr/local/lib/modules-load.d", "usr/lib/modules-load.d", "lib/modules-load.d"}
+
+// StageModules lists the kernel modules the root's modules-load.d names,
+// as systemd-modules-load reads them: the *.conf files of modulesLoadDirs,
+// by file name (an earlier directory's file hides a later one's of the
+// same name), one module per line, # and ; comments; a link to nothing
+// names none. A name is listed once, in the order first seen.
+func StageModules(root string) ([]string, error) {
+	files := map[string]string{}
+	for _, d := range modulesLoadDirs {
+		ents, err := os.ReadDir(filepath.Join(root, d))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		for _, e := range ents {
+			if _, seen := files[e.Name()]; !seen && strings.HasSuffix(e.Name(), ".conf") {
+				files[e.Name()] = filepath.Join(root, d, e.Name())
+			}
+		}
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []string
+	seen := map[string]bool{}
+	var errs []error
+	for _, n := range names {
+		data, err := os.ReadFile(files[n])
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a dangling link (Debian's modules.conf -> ../modules without kmod): none
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			l = strings.TrimSpace(l)
+			if l == "" || l[0] == '#' || l[0] == ';' || seen[l] {
+				continue
+			}
+			seen[l] = true
+			out = append(out, l)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
 // Options configure Run. The zero value is the real init.
 type Options struct {
 	// Root is the filesystem root (default "/"); tests point it elsewhere.
@@ -192,12 +241,12 @@ func Run(ctx context.Context, opts Options) *Result {
 
 	// 2. Modules.
 	if opts.LoadModules {
-		names, err := ReadModuleList(filepath.Join(root, ModulesPath))
+		names, err := ReadModuleList(filepath.Join(root, layout.Modules))
 		if err != nil {
 			printf("error: %v", err)
 		}
 		if len(names) > 0 {
-			dir := filepath.Join(root, "lib/modules", kernelRelease())
+			dir := filepath.Join(root, layout.ModulesDir(kernelRelease()))
 			for _, err := range LoadModules(dir, names) {
 				printf("error: %v", err)
 			}
@@ -210,24 +259,26 @@ func Run(ctx context.Context, opts Options) *Result {
 	cmdline := readCmdline(root)
 	var node *nodeconf.Node
 	var by string
+	config := "/" + layout.Bundle // the file the node came from
 	if opts.Config != "" {
 		n, b, err := firstboot.ReadConfig(filepath.Join(root, opts.Config))
 		switch {
 		case err != nil:
 			errs = append(errs, err.Error())
 		case n != nil:
-			node, by = n, opts.Config
+			node, by, config = n, opts.Config, opts.Config
 		default:
 			if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
 				errs = append(errs, err.Error())
 			}
+			config = opts.Config
 		}
 	}
 	if node == nil {
 		// A bundle that cannot be read (missing, cut short) gives no node:
 		// nothing is applied, rather than an empty configuration that
 		// would revert what an earlier boot set (a persistent layer).
-		b, err := ReadBundle(filepath.Join(root, BundlePath))
+		b, err := ReadBundle(filepath.Join(root, layout.Bundle))
 		if err != nil {
 			errs = append(errs, err.Error())
 		} else if node, by, err = Choose(b, cmdline, MACs(filepath.Join(root, "sys/class/net"))); err != nil {
@@ -236,11 +287,27 @@ func Run(ctx context.Context, opts Options) *Result {
 	}
 	res.Node, res.By = node, by
 
-	// 4. Apply, live.
+	// 4. Apply, live. A sysctl key the kernel lacks may be a module's
+	// that the stage's modules-load.d names: systemd-modules-load would
+	// load it later, the applier has it loaded now.
 	rep := &firstboot.Report{}
 	if node != nil {
 		log := slog.New(&consoleHandler{w: con})
-		r, err := firstboot.Apply(ctx, firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}, node)
+		fo := firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}
+		if fo.Live {
+			fo.LoadModules = func() []error {
+				names, err := StageModules(root)
+				var errs []error
+				if err != nil {
+					errs = append(errs, fmt.Errorf("modules-load.d: %w", err))
+				}
+				if len(names) > 0 {
+					errs = append(errs, LoadModules(filepath.Join(root, layout.ModulesDir(kernelRelease())), names)...)
+				}
+				return errs
+			}
+		}
+		r, err := firstboot.Apply(ctx, fo, node)
 		if r != nil {
 			rep = r
 		} else {
@@ -251,11 +318,21 @@ func Run(ctx context.Context, opts Options) *Result {
 		}
 	}
 	rep.Errors = append(errs, rep.Errors...)
+	if len(rep.Deferred) > 0 {
+		// What was deferred is checked by a run after the boot (on a
+		// disk with a config volume, AddWatch arranged it already).
+		if _, err := AddRecheck(root, config, node.Node); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("the run after the boot, for what was deferred: %v", err))
+		}
+	}
 	res.Report = rep
 
-	// 5. One line, after the errors.
+	// 5. One line, after the errors and what was deferred.
 	for _, e := range rep.Errors {
 		printf("error: %s", e)
+	}
+	for _, d := range rep.Deferred {
+		printf("deferred: %s", d)
 	}
 	fmt.Fprintln(con, rep.Summary())
 

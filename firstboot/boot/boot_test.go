@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/bellbuild/bellbuild/firstboot"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -124,6 +125,74 @@ func TestReadModuleList(t *testing.T) {
 // modules) against a root directory: the node named on the command line is
 // applied there, the console shows the script's output, then exactly one
 // summary line, and the stage's init is found.
+// TestStageModules reads modules-load.d as systemd-modules-load does: the
+// .conf files of every directory by name, an /etc file hiding a
+// /usr/lib one of the same name, comments, blank lines and repeats
+// skipped, a symlinked file (Debian's modules.conf -> ../modules) read
+// through.
+func TestStageModules(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files map[string]string
+		links map[string]string
+		want  []string
+	}{
+		{name: "none", want: nil},
+		{
+			name: "by file name across directories",
+			files: map[string]string{
+				"usr/lib/modules-load.d/50-b.conf": "br_netfilter\n",
+				"etc/modules-load.d/10-a.conf":     "# the bridge's sysctls\n\n  nf_conntrack  \n; old comment\nbr_netfilter\n",
+				"run/modules-load.d/70-c.conf":     "sctp\n",
+				"etc/modules-load.d/README":        "not_a_module\n",
+			},
+			want: []string{"nf_conntrack", "br_netfilter", "sctp"},
+		},
+		{
+			name: "/etc hides /usr/lib",
+			files: map[string]string{
+				"usr/lib/modules-load.d/k8s.conf": "overlay\nbr_netfilter\n",
+				"etc/modules-load.d/k8s.conf":     "overlay\n",
+			},
+			want: []string{"overlay"},
+		},
+		{
+			name:  "Debian's /etc/modules through its link",
+			files: map[string]string{"etc/modules": "# /etc/modules\nloop\n"},
+			links: map[string]string{"etc/modules-load.d/modules.conf": "../modules"},
+			want:  []string{"loop"},
+		},
+		{
+			name:  "the same link without /etc/modules",
+			links: map[string]string{"etc/modules-load.d/modules.conf": "../modules"},
+			want:  nil,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			for p, c := range tc.files {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for p, target := range tc.links {
+				os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+				if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := StageModules(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("StageModules (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestRunOnRoot(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -174,7 +243,7 @@ func TestRunOnRoot(t *testing.T) {
 				t.Fatal(err)
 			}
 			for p, content := range map[string]string{
-				BundlePath:     string(data),
+				layout.Bundle:  string(data),
 				"proc/cmdline": tt.cmdline + "\n",
 				"sbin/init":    "#!/bin/sh\n",
 				"bin/sh":       "#!/bin/sh\n",
@@ -213,7 +282,7 @@ func TestRunWithoutBundle(t *testing.T) {
 	var con bytes.Buffer
 	res := Run(context.Background(), Options{Root: root, Console: &con})
 	want := []string{
-		"bellbuild: error: open " + filepath.Join(root, BundlePath) + ": no such file or directory",
+		"bellbuild: error: open " + filepath.Join(root, layout.Bundle) + ": no such file or directory",
 		"bellbuild: node=- profile=- changes=0 errors=1",
 		"bellbuild: error: no init to hand over to (tried init=, /sbin/init, /etc/init, /bin/init, /lib/systemd/systemd, /bin/sh)",
 	}
@@ -238,8 +307,8 @@ func TestRunBundleCutShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for p, content := range map[string]string{
-		BundlePath:  string(data),
-		"sbin/init": "#!/bin/sh\n",
+		layout.Bundle: string(data),
+		"sbin/init":   "#!/bin/sh\n",
 	} {
 		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
 			t.Fatal(err)
@@ -255,7 +324,7 @@ func TestRunBundleCutShort(t *testing.T) {
 	}
 	// The next boot's bundle lost its end.
 	cut := data[:bytes.Index(data, []byte(`"checksum"`))]
-	if err := os.WriteFile(filepath.Join(root, BundlePath), cut, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(root, layout.Bundle), cut, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	con.Reset()
@@ -264,7 +333,7 @@ func TestRunBundleCutShort(t *testing.T) {
 		t.Errorf("after a boot with a cut bundle: /etc/motd = %q, want the earlier boot's\n%s", got, con.String())
 	}
 	lines := strings.Split(strings.TrimSpace(con.String()), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "bellbuild: error: "+filepath.Join(root, BundlePath)+": ") || lines[1] != "bellbuild: node=- profile=- changes=0 errors=1" {
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "bellbuild: error: "+filepath.Join(root, layout.Bundle)+": ") || lines[1] != "bellbuild: node=- profile=- changes=0 errors=1" {
 		t.Errorf("console:\n%s", con.String())
 	}
 	if res.Init != "/sbin/init" {

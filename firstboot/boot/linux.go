@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bellbuild/bellbuild/images/kmod"
+	"github.com/bellbuild/bellbuild/images/layout"
 )
 
 // Main is the init: Run, then exec the stage's init as PID 1. It returns
@@ -29,7 +30,7 @@ func Main(ctx context.Context) error {
 	opts := Options{Mount: true, LoadModules: true}
 	mountEssentials("/") // Run reports what failed
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	if _, ok := Param(string(cmdline), RootParam); ok {
+	if _, ok := Param(string(cmdline), layout.RootParam); ok {
 		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
 	}
 	res := Run(ctx, opts)

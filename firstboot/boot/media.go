@@ -13,37 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// Kernel command line parameters of a boot from a disk or an ISO (written
-// by the bake, build/media.go): where the root image and the configuration
-// volume are.
-//
-//	bellbuild.root=PARTLABEL=bellroot                   a squashfs partition
-//	bellbuild.root=LABEL=BELLBUILD:/bellbuild/root.squashfs  a squashfs file on a volume
-//	bellbuild.config=LABEL=BELLCONF                     the FAT config volume
-//	bellbuild.rootwait=SECONDS                          how long to wait for the root (default 90)
-const (
-	RootParam     = "bellbuild.root"
-	ConfigParam   = "bellbuild.config"
-	RootWaitParam = "bellbuild.rootwait"
-)
-
-// Paths of a media boot, inside the new root (and, before the switch, under
-// the initramfs's /run/bellbuild).
-const (
-	// ConfigDir is where the config volume is mounted, read-only.
-	ConfigDir = "run/bellbuild/config"
-	// ConfigNode and ConfigBundle are the files on the config volume: a
-	// single rendered node (written by `bellbuild config write`) wins over
-	// the bake's bundle.
-	ConfigNode   = "bellbuild/node.json"
-	ConfigBundle = "bellbuild/bundle.json"
-	// DataName is the GPT name of the optional persistent data partition:
-	// when a disk has one, the overlay's upper layer lives there instead
-	// of in memory, so what the applier and the system change survives a
-	// reboot.
-	DataName = "belldata"
+	"github.com/bellbuild/bellbuild/images/layout"
 )
 
 // DefaultRootWait bounds the wait for the root device: generous, as an
@@ -226,7 +197,16 @@ const (
 
 // MountMedia is the first half of a disk or ISO boot, run by the init in
 // the initramfs after /proc, /sys and /dev are mounted and the modules
-// loaded:
+// loaded. The kernel command line (written by the bake, build/media.go,
+// with images/layout's names) says where the root and the configuration
+// volume are:
+//
+//	bellbuild.root=PARTLABEL=bellroot                   a squashfs partition
+//	bellbuild.root=LABEL=BELLBUILD:/bellbuild/root.squashfs  a squashfs file on a volume
+//	bellbuild.config=LABEL=BELLCONF                     the FAT config volume
+//	bellbuild.rootwait=SECONDS                          how long to wait for the root (default 90)
+//
+// It does:
 //
 //  1. wait for the root source and mount its squashfs read-only (through a
 //     read-only loop device when it is a file on an ISO);
@@ -241,13 +221,13 @@ const (
 //
 // After it returns, the process runs in the new root.
 func MountMedia(cmdline string, log func(format string, args ...any)) (*MediaRoot, error) {
-	rootArg, _ := Param(cmdline, RootParam)
+	rootArg, _ := Param(cmdline, layout.RootParam)
 	src, err := ParseSource(rootArg)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", RootParam, err)
+		return nil, fmt.Errorf("%s: %w", layout.RootParam, err)
 	}
 	wait := DefaultRootWait
-	if v, ok := Param(cmdline, RootWaitParam); ok {
+	if v, ok := Param(cmdline, layout.RootWaitParam); ok {
 		if s, err := strconv.Atoi(v); err == nil && s > 0 {
 			wait = time.Duration(s) * time.Second
 		}
@@ -278,7 +258,7 @@ func MountMedia(cmdline string, log func(format string, args ...any)) (*MediaRoo
 
 	// 2. The writable layer.
 	res := &MediaRoot{Upper: "tmpfs"}
-	data := Source{By: "PARTLABEL", Name: DataName}
+	data := Source{By: "PARTLABEL", Name: layout.DataPartition}
 	if d, err := Find(data, "/sys/class/block", "/dev", 0, nil); err == nil {
 		if err := mountData(d, log); err != nil {
 			log("error: %v; the writable layer is in memory", err)
@@ -313,13 +293,13 @@ func MountMedia(cmdline string, log func(format string, args ...any)) (*MediaRoo
 	}
 
 	// 4. The configuration.
-	if arg, ok := Param(cmdline, ConfigParam); ok {
+	if arg, ok := Param(cmdline, layout.ConfigParam); ok {
 		if err := mountConfig(arg, log); err != nil {
 			log("error: config volume: %v; using the image's bundle", err)
 		} else {
-			for _, f := range []string{ConfigNode, ConfigBundle} {
-				if _, err := os.Stat(filepath.Join(newRoot, ConfigDir, f)); err == nil {
-					res.Config = "/" + filepath.Join(ConfigDir, f)
+			for _, f := range []string{layout.ConfigNode, layout.ConfigBundle} {
+				if _, err := os.Stat(filepath.Join(newRoot, layout.ConfigMount, f)); err == nil {
+					res.Config = "/" + filepath.Join(layout.ConfigMount, f)
 					break
 				}
 			}
@@ -362,7 +342,7 @@ func mount(source, target, fstype string, flags uintptr, data string) error {
 	return nil
 }
 
-// mountConfig mounts the config volume read-only at ConfigDir in the new
+// mountConfig mounts the config volume read-only at layout.ConfigMount in the new
 // root, waiting a little for it (it is normally on the root's disk).
 func mountConfig(arg string, log func(string, ...any)) error {
 	src, err := ParseSource(arg)
@@ -373,7 +353,7 @@ func mountConfig(arg string, log func(string, ...any)) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(newRoot, ConfigDir)
+	dir := filepath.Join(newRoot, layout.ConfigMount)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -405,15 +385,15 @@ func mountData(d Device, log func(string, ...any)) error {
 
 // mke2fs are the places a formatter for the data partition may be in the
 // initramfs (the bake adds busybox's when a disk has a data partition).
-var mke2fs = []string{"/bellbuild/mke2fs", "/sbin/mke2fs", "/bin/mke2fs"}
+var mke2fs = []string{"/" + layout.Mke2fs, "/sbin/mke2fs", "/bin/mke2fs"}
 
-// mkfs makes an ext2 filesystem labelled DataName on dev.
+// mkfs makes an ext2 filesystem labelled layout.DataPartition on dev.
 func mkfs(dev string) error {
 	for _, p := range mke2fs {
 		if _, err := os.Stat(p); err != nil {
 			continue
 		}
-		out, err := exec.Command(p, "-L", DataName, dev).CombinedOutput()
+		out, err := exec.Command(p, "-L", layout.DataPartition, dev).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s %s: %w: %s", p, dev, err, bytes.TrimSpace(out))
 		}
@@ -513,11 +493,11 @@ func mediaBoot(cmdline string) Options {
 		con = f
 	}
 	log := func(format string, args ...any) { fmt.Fprintf(con, "bellbuild: "+format+"\n", args...) }
-	names, err := ReadModuleList("/" + ModulesPath)
+	names, err := ReadModuleList("/" + layout.Modules)
 	if err != nil {
 		log("error: %v", err)
 	}
-	for _, err := range LoadModules(filepath.Join("/lib/modules", kernelRelease()), names) {
+	for _, err := range LoadModules("/"+layout.ModulesDir(kernelRelease()), names) {
 		log("error: %v", err)
 	}
 	mr, err := MountMedia(cmdline, log)
@@ -527,7 +507,7 @@ func mediaBoot(cmdline string) Options {
 	}
 	cfg := mr.Config
 	if cfg == "" {
-		cfg = "/" + BundlePath + " (the image's)"
+		cfg = "/" + layout.Bundle + " (the image's)"
 	}
 	log("root %s, writable layer %s, configuration %s", rootDesc(cmdline), mr.Upper, cfg)
 	if mr.Config != "" {
@@ -539,7 +519,7 @@ func mediaBoot(cmdline string) Options {
 }
 
 func rootDesc(cmdline string) string {
-	v, _ := Param(cmdline, RootParam)
+	v, _ := Param(cmdline, layout.RootParam)
 	return v
 }
 
@@ -570,7 +550,7 @@ func AddWatch(root, config string) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		_, err = fmt.Fprintf(f, "# bellbuild: rerun the applier when the config volume changes\n::respawn:/%s apply --config %s --root / --watch\n", Applier, config)
+		_, err = fmt.Fprintf(f, "# bellbuild: rerun the applier when the config volume changes\n::respawn:/%s apply --config %s --root / --watch\n", layout.Applier, config)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -583,11 +563,7 @@ func AddWatch(root, config string) (bool, error) {
 	if fi, err := os.Stat(filepath.Join(root, config)); err == nil && fi.IsDir() {
 		watched = config
 	}
-	service := "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n" +
-		"Wants=network-online.target\nAfter=network-online.target\n\n" +
-		"[Service]\nType=oneshot\nExecStart=/" + Applier + " apply --config " + config + " --root /\n" +
-		"StandardOutput=journal+console\nStandardError=journal+console\n\n" +
-		"[Install]\nWantedBy=multi-user.target\n"
+	service := applyService(config, "")
 	path := "[Unit]\nDescription=bellbuild: rerun the applier when the config volume changes\n\n" +
 		"[Path]\nPathChanged=" + watched + "\nUnit=" + filepath.Base(ApplyService) + "\n\n" +
 		"[Install]\nWantedBy=multi-user.target\n"
@@ -605,6 +581,47 @@ func AddWatch(root, config string) (bool, error) {
 		if err := os.Symlink("/"+u, link); err != nil && !errors.Is(err, os.ErrExist) {
 			return false, err
 		}
+	}
+	return true, nil
+}
+
+// applyService is bellbuild-apply.service: one run of the applier on config
+// (for node, when set) after network-online.target, its output to the
+// journal and the console.
+func applyService(config, node string) string {
+	args := " apply --config " + config + " --root /"
+	if node != "" {
+		args += " --node " + node
+	}
+	return "[Unit]\nDescription=bellbuild: apply the config volume's configuration\n" +
+		"Wants=network-online.target\nAfter=network-online.target\n\n" +
+		"[Service]\nType=oneshot\nExecStart=/" + layout.Applier + args + "\n" +
+		"StandardOutput=journal+console\nStandardError=journal+console\n\n" +
+		"[Install]\nWantedBy=multi-user.target\n"
+}
+
+// AddRecheck makes a systemd root run the applier once after the boot
+// (bellbuild-apply.service, enabled, without the path unit) on config for
+// node, unless AddWatch already arranged it: the init calls it when it
+// deferred something to the system (a sysctl key left to systemd-sysctl),
+// so that the run after the boot, strict again, reports what is still
+// missing. A root without systemd is left alone (false).
+func AddRecheck(root, config, node string) (bool, error) {
+	if _, err := os.Lstat(filepath.Join(root, "lib/systemd/systemd")); err != nil {
+		return false, nil
+	}
+	if _, err := os.Lstat(filepath.Join(root, ApplyService)); err == nil {
+		return true, nil
+	}
+	wants := filepath.Join(root, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(filepath.Join(root, ApplyService), []byte(applyService(config, node)), 0o644); err != nil {
+		return false, err
+	}
+	if err := os.Symlink("/"+ApplyService, filepath.Join(wants, filepath.Base(ApplyService))); err != nil && !errors.Is(err, os.ErrExist) {
+		return false, err
 	}
 	return true, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
@@ -54,13 +55,13 @@ func TestParseSource(t *testing.T) {
 
 func TestParam(t *testing.T) {
 	cl := "console=ttyS0 bellbuild.root=PARTLABEL=a bellbuild.rootwait=5 bellbuild.root=PARTLABEL=b quiet"
-	if v, ok := Param(cl, RootParam); !ok || v != "PARTLABEL=b" {
+	if v, ok := Param(cl, layout.RootParam); !ok || v != "PARTLABEL=b" {
 		t.Errorf("root = %q %v, want the last one, PARTLABEL=b", v, ok)
 	}
-	if v, ok := Param(cl, ConfigParam); ok {
+	if v, ok := Param(cl, layout.ConfigParam); ok {
 		t.Errorf("config = %q, want none", v)
 	}
-	if v, ok := Param("bellbuild.config=", ConfigParam); !ok || v != "" {
+	if v, ok := Param("bellbuild.config=", layout.ConfigParam); !ok || v != "" {
 		t.Errorf("empty config = %q %v", v, ok)
 	}
 }
@@ -238,6 +239,64 @@ func TestAddWatch(t *testing.T) {
 	})
 }
 
+// TestAddRecheck: when the init deferred something, a systemd root gets
+// the run after the boot (bellbuild-apply.service, enabled) for the node
+// the init applied, unless AddWatch arranged it already; a root without
+// systemd gets nothing.
+func TestAddRecheck(t *testing.T) {
+	const bundle = "/etc/bellbuild/bundle.json"
+	systemd := func(t *testing.T) string {
+		root := t.TempDir()
+		os.MkdirAll(filepath.Join(root, "lib/systemd"), 0o755)
+		os.WriteFile(filepath.Join(root, "lib/systemd/systemd"), nil, 0o755)
+		return root
+	}
+	for _, tc := range []struct {
+		name   string
+		root   func(t *testing.T) string
+		node   string
+		ok     bool
+		exec   string // ExecStart=, "" for no service
+		noPath bool
+	}{
+		{"systemd, a node", systemd, "web-1", true, "/bellbuild/bellbuild apply --config " + bundle + " --root / --node web-1", true},
+		{"systemd, the default", systemd, "", true, "/bellbuild/bellbuild apply --config " + bundle + " --root /", true},
+		{"systemd, AddWatch first", func(t *testing.T) string {
+			root := systemd(t)
+			if ok, err := AddWatch(root, "/run/bellbuild/config/bellbuild/node.json"); !ok || err != nil {
+				t.Fatalf("AddWatch: %v %v", ok, err)
+			}
+			return root
+		}, "web-1", true, "/bellbuild/bellbuild apply --config /run/bellbuild/config/bellbuild/node.json --root /", false},
+		{"busybox", func(t *testing.T) string { return t.TempDir() }, "web-1", false, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := tc.root(t)
+			for range 2 {
+				if ok, err := AddRecheck(root, bundle, tc.node); ok != tc.ok || err != nil {
+					t.Fatalf("AddRecheck: %v %v, want %v", ok, err, tc.ok)
+				}
+			}
+			service, err := os.ReadFile(filepath.Join(root, ApplyService))
+			if tc.exec == "" {
+				if err == nil {
+					t.Errorf("a service was written:\n%s", service)
+				}
+				return
+			}
+			if !strings.Contains(string(service), "\nExecStart="+tc.exec+"\n") || !strings.Contains(string(service), "\nAfter=network-online.target\n") {
+				t.Errorf("service, want ExecStart=%s after the network:\n%s", tc.exec, service)
+			}
+			if link, err := os.Readlink(filepath.Join(root, "etc/systemd/system/multi-user.target.wants", filepath.Base(ApplyService))); err != nil || link != "/"+ApplyService {
+				t.Errorf("the service is not enabled: %q %v", link, err)
+			}
+			if _, err := os.Lstat(filepath.Join(root, ApplyPath)); (err != nil) != tc.noPath {
+				t.Errorf("path unit: %v, want it only from AddWatch", err)
+			}
+		})
+	}
+}
+
 // TestRunConfig: with Options.Config (what a disk boot finds on its config
 // volume) the applier reads that file — a single node, or a bundle the
 // node is chosen from — instead of the image's bundle; an unreadable one
@@ -291,11 +350,11 @@ func TestRunConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			write(BundlePath, image)
+			write(layout.Bundle, image)
 			write("proc/cmdline", tc.cmdline+"\n")
-			write(filepath.Join(ConfigDir, ConfigNode), tc.config)
+			write(filepath.Join(layout.ConfigMount, layout.ConfigNode), tc.config)
 			var con bytes.Buffer
-			res := Run(context.Background(), Options{Root: root, Console: &con, Config: "/" + filepath.Join(ConfigDir, ConfigNode)})
+			res := Run(context.Background(), Options{Root: root, Console: &con, Config: "/" + filepath.Join(layout.ConfigMount, layout.ConfigNode)})
 			got, _ := os.ReadFile(filepath.Join(root, "etc/motd"))
 			if string(got) != tc.wantMotd {
 				t.Errorf("/etc/motd = %q, want %q\nconsole:\n%s", got, tc.wantMotd, con.String())

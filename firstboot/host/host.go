@@ -41,6 +41,11 @@ type Options struct {
 	// its unit, which applies the settings when the device appears,
 	// instead of being an error.
 	Boot bool
+	// LoadModules, set by the init (with Boot), loads the kernel modules
+	// the root's modules-load.d names, as systemd-modules-load would later,
+	// and returns what failed. A module that finds something of the
+	// running kernel missing (a sysctl key) calls it before it looks again.
+	LoadModules func() []error
 	// Plan records changes without making them.
 	Plan bool
 	// Log receives progress; secrets are never passed to it.

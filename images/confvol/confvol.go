@@ -20,6 +20,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/layout"
 )
 
 // Label is the volume's filesystem label; the init finds it by
@@ -29,7 +30,7 @@ const Label = disk.ConfigLabel
 // NodePath is where the node's rendered configuration (nodeconf.Node as
 // JSON) sits on the volume; mounted at /run/bellbuild/config it is
 // /run/bellbuild/config/bellbuild/node.json.
-const NodePath = "bellbuild/node.json"
+const NodePath = layout.ConfigNode
 
 // ErrNoConfigPartition is returned (wrapped) by Rewrite when the disk has
 // no config partition.

@@ -25,21 +25,22 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	imagelayout "github.com/bellbuild/bellbuild/images/layout"
 )
 
 // Partition names in the GPT and filesystem labels: the init finds the
 // root by PARTLABEL=bellroot and the config volume by LABEL=BELLCONF (or
-// PARTLABEL=bellconf).
+// PARTLABEL=bellconf); the names it looks for are images/layout's.
 const (
 	ESPName    = "esp"
-	RootName   = "bellroot"
+	RootName   = imagelayout.RootPartition
 	ConfigName = "bellconf"
 	// DataName is the optional fourth partition (Spec.DataSize), left
 	// empty: the init formats it on first boot and keeps the writable
 	// layer over the root there.
-	DataName    = "belldata"
+	DataName    = imagelayout.DataPartition
 	ESPLabel    = "ESP"
-	ConfigLabel = "BELLCONF"
+	ConfigLabel = imagelayout.ConfigLabel
 )
 
 const (
