@@ -21,7 +21,8 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles":          {"profiles", "profiles/nodeconf"},
+	"profiles/secrets":  {}, // the site's secret store (age files); the site model reads it through secrets.Resolver
+	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets"},
 	"images":            {"images"},
 	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
 	// firstboot/boot's init loads kernel modules with the modules.dep
@@ -207,6 +208,11 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot/boot", "images/squashfs", false},
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
+		{"profiles/secrets", "profiles", false},
+		{"profiles/secrets", "profiles/nodeconf", false},
+		{"profiles", "profiles/secrets", true},
+		{"firstboot", "profiles/secrets", false},
+		{"pxe/http", "profiles/secrets", false},
 		{"profiles", "profiles/nodeconf", true},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
