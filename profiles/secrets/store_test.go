@@ -27,8 +27,8 @@ func TestRoundTripEveryRecipient(t *testing.T) {
 	if st, _ := os.Stat(file); st.Mode().Perm() != 0o644 {
 		t.Errorf("%s mode %v, want 0644", file, st.Mode())
 	}
-	for _, k := range []key{a, b, c} {
-		t.Run(filepath.Base(k.file), func(t *testing.T) {
+	for i, k := range []key{a, b, c} {
+		t.Run([]string{"age-a", "age-b", "ssh-c"}[i], func(t *testing.T) {
 			mustDecrypt(t, file, k, "hunter2\n") // age itself, from the file
 			v, err := s.Get("db-password", loadID(t, k))
 			if err != nil {
@@ -38,6 +38,13 @@ func TestRoundTripEveryRecipient(t *testing.T) {
 				t.Errorf("Get = %q (%s), want %q", got, v.Name(), "hunter2\n")
 			}
 		})
+	}
+	// A key that is not a recipient: the error says whom the file is for,
+	// as far as age tells (SSH keys leave an ID, age keys do not).
+	_, err = s.Get("db-password", loadID(t, newKey(t)))
+	if want := "it is encrypted to 3 recipient(s): ssh-ed25519 "; !errors.Is(err, ErrWrongIdentity) || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "(secrets/recipients.txt:5), 2 X25519 key(s)") {
+		t.Errorf("Get with a stranger's key: %v\nwant %q and the SSH key's line", err, want)
 	}
 	// Set again replaces the value.
 	if err := s.Set("db-password", []byte("correct horse")); err != nil {
