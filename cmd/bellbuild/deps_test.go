@@ -21,7 +21,8 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles":          {"profiles", "profiles/nodeconf"},
+	"profiles/secrets":  {}, // the site's secret store (age files); the site model reads it through secrets.Resolver
+	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets"},
 	"images":            {"images"},
 	// Where things live in an image: the bake writes there and the init
 	// reads there, so it depends on neither.
@@ -217,6 +218,11 @@ func TestRuleFor(t *testing.T) {
 		{"build", "images/layout", true},
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
+		{"profiles/secrets", "profiles", false},
+		{"profiles/secrets", "profiles/nodeconf", false},
+		{"profiles", "profiles/secrets", true},
+		{"firstboot", "profiles/secrets", false},
+		{"pxe/http", "profiles/secrets", false},
 		{"profiles", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles", false},
