@@ -72,9 +72,10 @@ var ErrLocked = errors.New("another bellbuild apply is running on this root")
 // Apply enforces node on opts.RootDir:
 //  1. validate the whole configuration, and let every module check the
 //     root (nothing changes, not even the state directory, if any fails);
-//  2. take the root's lock and (re)load the ledger;
+//  2. take the root's lock, (re)load the ledger, and remove the temporary
+//     files a killed run left;
 //  3. run every module in order, each reverting what left the config;
-//  4. write the run report (not under Plan).
+//  4. write the ledger's snapshot and the run report (not under Plan).
 //
 // The returned error is non-nil only when the run could not start (invalid
 // configuration, lock, unreadable ledger); per-item errors are in the Report.
@@ -118,6 +119,10 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	if err := h.ReloadLedger(); err != nil {
 		return rep, err
 	}
+	// What a killed run left (temporary files) goes first.
+	for _, err := range h.CleanTemps() {
+		rep.Errors = append(rep.Errors, err.Error())
+	}
 
 	for _, name := range nodeconf.Modules {
 		m, ok := modules[name]
@@ -135,6 +140,11 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		if err := h.SaveLedger(); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
+	}
+	// One snapshot of the whole ledger; the journal is emptied, which
+	// tells the next run that this one finished.
+	if err := h.Checkpoint(); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 	}
 	rep.Changes = append(rep.Changes, h.Changes()...)
 	if !opts.Plan {

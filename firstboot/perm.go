@@ -105,6 +105,7 @@ func (permModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []
 		return errs // nothing of perm is applied
 	}
 	want := map[string]bool{}
+	var todo []string
 	for _, p := range sortedKeys(targets) {
 		want[p] = true
 		m := targets[p]
@@ -134,11 +135,17 @@ func (permModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []
 			continue
 		}
 		h.Ledger.Put("perm", p, rec)
+		todo = append(todo, p)
+	}
+	// Write-ahead, once for the batch: every original is durable before
+	// the first path changes.
+	if len(todo) > 0 {
 		if err := h.SaveLedger(); err != nil {
-			errs = append(errs, err)
-			continue
+			return append(errs, err)
 		}
-		if err := h.SetMeta(p, m); err != nil {
+	}
+	for _, p := range todo {
+		if err := h.SetMeta(p, targets[p]); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 		}
 	}

@@ -181,12 +181,11 @@ func (uamliteModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Con
 		return append(u.errs, err)
 	}
 
-	// 2. What lives in files: homes, sudo, keys.
-	for _, usr := range users {
-		u.ensureHome(usr)
-		u.ensureSudo(ctx, usr)
-		u.ensureKeys(usr)
-	}
+	// 2. What lives in files: homes, sudo, keys, each a batch written
+	// ahead in one ledger save.
+	u.ensureHomes(users)
+	u.ensureSudo(ctx, users)
+	u.ensureKeysAll(users)
 	// 3. Finish purges: homes go once the accounts are gone.
 	for _, name := range gone {
 		u.finishPurge(name, purge)
@@ -498,34 +497,49 @@ func (u *uam) ids(name string) (int, int, string, bool) {
 	return uid, gid, pf[5], err1 == nil && err2 == nil && path.IsAbs(pf[5])
 }
 
-// ensureHome creates the home of a user bellbuild created, from /etc/skel.
-func (u *uam) ensureHome(usr nodeconf.User) {
-	name := usr.UserName
-	r, _ := u.rec(name)
-	if r.Extra["created"] != "true" {
-		return
+// ensureHomes creates the homes of the users bellbuild created, from
+// /etc/skel: the records of every home to make are saved, then the homes
+// are made.
+func (u *uam) ensureHomes(users []nodeconf.User) {
+	type homeWork struct {
+		name, home string
+		uid, gid   int
 	}
-	uid, gid, home, ok := u.ids(name)
-	if !ok {
-		return
-	}
-	if _, err := u.h.Lstat(home); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	u.change(home, "create", fmt.Sprintf("home %04o %d:%d", u.defs.homeMode.Perm(), uid, gid))
-	if u.h.Plan {
-		return
-	}
-	if r.Extra["home"] != "created" {
-		r.Extra["home"] = "created"
-		u.put(name, r)
-		if err := u.h.SaveLedger(); err != nil {
-			u.fail("%s: %w", name, err)
-			return
+	var todo []homeWork
+	for _, usr := range users {
+		name := usr.UserName
+		r, _ := u.rec(name)
+		if r.Extra["created"] != "true" {
+			continue
 		}
+		uid, gid, home, ok := u.ids(name)
+		if !ok {
+			continue
+		}
+		if _, err := u.h.Lstat(home); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		u.change(home, "create", fmt.Sprintf("home %04o %d:%d", u.defs.homeMode.Perm(), uid, gid))
+		if u.h.Plan {
+			continue
+		}
+		if r.Extra["home"] != "created" {
+			r.Extra["home"] = "created"
+			u.put(name, r)
+		}
+		todo = append(todo, homeWork{name, home, uid, gid})
 	}
-	if err := u.makeHome(home, uid, gid); err != nil {
-		u.fail("%s: home: %w", name, err)
+	if len(todo) == 0 {
+		return
+	}
+	if err := u.h.SaveLedger(); err != nil {
+		u.fail("homes: %w", err)
+		return
+	}
+	for _, w := range todo {
+		if err := u.makeHome(w.home, w.uid, w.gid); err != nil {
+			u.fail("%s: home: %w", w.name, err)
+		}
 	}
 }
 
@@ -535,9 +549,12 @@ func (u *uam) makeHome(home string, uid, gid int) error {
 	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
 		return err
 	}
+	if err := u.h.NoteTempDir(path.Dir(home)); err != nil {
+		return err
+	}
 	// Built under a temporary name and renamed: a home is there whole or
 	// not at all.
-	tmp := path.Join(path.Dir(rel), "."+path.Base(rel)+".bellbuild-tmp")
+	tmp := path.Join(path.Dir(rel), host.TempName(path.Base(rel)))
 	if err := root.RemoveAll(tmp); err != nil {
 		return err
 	}
@@ -601,21 +618,32 @@ func (u *uam) makeHome(home string, uid, gid int) error {
 	return root.Rename(tmp, rel)
 }
 
-func (u *uam) ensureSudo(ctx context.Context, usr nodeconf.User) {
-	name := usr.UserName
-	if !usr.UserSudo {
-		if _, err := u.h.ReleaseFile("uamlite", "sudo/"+name, sudoPath(name)); err != nil {
-			u.fail("%s: %w", name, err)
+// ensureSudo gives each user with user_sudo its sudoers fragment (one
+// batch) and takes it from the others.
+func (u *uam) ensureSudo(ctx context.Context, users []nodeconf.User) {
+	var items []host.FileItem
+	for _, usr := range users {
+		name := usr.UserName
+		if !usr.UserSudo {
+			if _, err := u.h.ReleaseFile("uamlite", "sudo/"+name, sudoPath(name)); err != nil {
+				u.fail("%s: %w", name, err)
+			}
+			continue
 		}
-		return
+		data := sudoLine(name)
+		if err := u.checkSudoers(ctx, name, data); err != nil {
+			u.fail("%s: sudo: %w", name, err)
+			continue
+		}
+		items = append(items, host.FileItem{Key: "sudo/" + name, Spec: host.FileSpec{Path: sudoPath(name), Data: []byte(data), Mode: 0o440}})
 	}
-	data := sudoLine(name)
-	if err := u.checkSudoers(ctx, name, data); err != nil {
-		u.fail("%s: sudo: %w", name, err)
-		return
-	}
-	if _, err := u.h.EnsureFile("uamlite", "sudo/"+name, host.FileSpec{Path: sudoPath(name), Data: []byte(data), Mode: 0o440}); err != nil {
-		u.fail("%s: %w", name, err)
+	_, errs := u.h.EnsureFiles("uamlite", items)
+	for _, err := range errs {
+		if name, ok := strings.CutPrefix(itemKey(err), "sudo/"); ok {
+			u.fail("%s: %w", name, err)
+		} else {
+			u.fail("sudo: %w", err)
+		}
 	}
 }
 

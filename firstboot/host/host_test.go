@@ -299,13 +299,13 @@ func TestEnsureFilesBatch(t *testing.T) {
 		}
 		return out
 	}
-	if n, errs := h.EnsureFiles("files", items("1")); n != 3 || len(errs) != 0 {
-		t.Fatalf("first batch: %d changed, %v", n, errs)
+	if n, errs := h.EnsureFiles("files", items("1")); len(n) != 3 || len(errs) != 0 {
+		t.Fatalf("first batch: %d changed, %v", len(n), errs)
 	}
 	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("theirs"), 0o644)
 	n, errs := h.EnsureFiles("files", items("2"))
-	if n != 2 || len(errs) != 1 || !errors.Is(errs[0], ErrConflict) || !strings.Contains(errs[0].Error(), "/etc/batch/b") {
-		t.Fatalf("second batch: %d changed, %v; want 2 and a conflict on /etc/batch/b", n, errs)
+	if len(n) != 2 || len(errs) != 1 || !errors.Is(errs[0], ErrConflict) || !strings.Contains(errs[0].Error(), "/etc/batch/b") {
+		t.Fatalf("second batch: %d changed, %v; want 2 and a conflict on /etc/batch/b", len(n), errs)
 	}
 	for name, want := range map[string]string{"a": "2a", "b": "theirs", "c": "2c"} {
 		if data, _ := os.ReadFile(filepath.Join(root, "etc/batch", name)); string(data) != want {
@@ -313,10 +313,10 @@ func TestEnsureFilesBatch(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("1b"), 0o644) // the admin puts it back
-	if n, errs := h.EnsureFiles("files", items("2")); n != 1 || len(errs) != 0 {
-		t.Fatalf("third batch: %d changed, %v; want only b", n, errs)
+	if n, errs := h.EnsureFiles("files", items("2")); len(n) != 1 || len(errs) != 0 {
+		t.Fatalf("third batch: %d changed, %v; want only b", len(n), errs)
 	}
-	if n, errs := h.EnsureFiles("files", items("2")); n != 0 || len(errs) != 0 {
-		t.Fatalf("rerun: %d changed, %v; want nothing", n, errs)
+	if n, errs := h.EnsureFiles("files", items("2")); len(n) != 0 || len(errs) != 0 {
+		t.Fatalf("rerun: %d changed, %v; want nothing", len(n), errs)
 	}
 }
