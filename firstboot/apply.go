@@ -89,6 +89,7 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	}
 	h, err := host.Open(opts)
 	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
 	}
 	defer h.Close()
@@ -112,11 +113,14 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 
 	unlock, err := lock(h, opts.Plan)
 	if err != nil {
+		// Counted, so that the summary does not say errors=0.
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
 	}
 	defer unlock()
 	// What a previous applier wrote before we got the lock counts.
 	if err := h.ReloadLedger(); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
 	}
 	// What a killed run left (temporary files) goes first.

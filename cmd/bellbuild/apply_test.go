@@ -167,6 +167,37 @@ func TestApplyCommand(t *testing.T) {
 	}
 }
 
+// TestApplyLocked: a run refused because another applier holds the
+// root's lock exits 1, says why on stderr, and its summary counts that
+// error (it said errors=0).
+func TestApplyLocked(t *testing.T) {
+	root := applyRoot(t)
+	node := filepath.Join(t.TempDir(), "node.json")
+	writeJSON(t, node, nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "node n1\n"}}}})
+	writeTestFile(t, filepath.Join(root, "var/lib/bellbuild/lock"), "")
+	f, err := os.Open(filepath.Join(root, "var/lib/bellbuild/lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runBin(t, "apply", "--config", node, "--root", root)
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if want := "bellbuild: node=n1 profile=worker changes=0 errors=1\n"; stdout != want {
+		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+	if !strings.Contains(stderr, "another bellbuild apply is running on this root") {
+		t.Errorf("stderr does not say why:\n%s", stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "etc/motd")); string(got) != "Debian original\n" {
+		t.Errorf("/etc/motd = %q: a locked-out run changed the root", got)
+	}
+}
+
 // killConfs are two configurations that differ in content and in their
 // items, so that runs between them write, rewrite and revert. Two batches
 // are large enough for a kill to land inside them: killBatchFiles files
