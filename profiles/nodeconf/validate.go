@@ -60,6 +60,25 @@ func Index(i int) string { return "[" + strconv.Itoa(i) + "]" }
 // Divingbell (whose exec loop sleeps 60 s between passes).
 const MinInterval = 60
 
+// MaxSeconds is the largest timeout, rerun_interval or retry_interval: 100
+// years. The applier counts time in nanoseconds (at most 292 years), so a
+// value near the integer maximum overflowed: the script was killed at
+// once, or ran again on every run.
+const MaxSeconds = 100 * 365 * 24 * 3600
+
+// MaxFileName is the longest name (one path component) of a file the
+// applier writes: a name has at most 255 bytes, and the applier writes
+// NAME through its temporary name ".NAME.bellbuild-tmp", 15 bytes longer.
+const MaxFileName = 255 - len(".") - len(".bellbuild-tmp")
+
+// MaxScriptName is the longest exec script name: the applier also writes
+// the script's log, NAME.log, through ".NAME.log.bellbuild-tmp".
+const MaxScriptName = MaxFileName - len(".log")
+
+// maxPath is the longest path the kernel takes (PATH_MAX, 4096, with its
+// NUL).
+const maxPath = 4095
+
 // Allowed values of enumerated fields.
 var (
 	RerunPolicies    = []string{"always", "never", "once_successfully"}
@@ -165,6 +184,36 @@ func isOctalMode(s string) bool {
 	return true
 }
 
+// controlChar returns the first control character (NUL, newline, tab,
+// escape, DEL, ...) in s, and whether there is one.
+func controlChar(s string) (byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return s[i], true
+		}
+	}
+	return 0, false
+}
+
+// fileName checks name, which the applier writes as (part of) a file name
+// with extra more bytes (a prefix and suffix of its own): no control
+// characters, and short enough for its temporary name (MaxFileName).
+func (v *validator) fileName(p, what, name string, extra int) {
+	if c, bad := controlChar(name); bad {
+		v.add(p, "%q contains the control character %q: not in a %s", name, c, what)
+	}
+	if len(name)+extra > MaxFileName {
+		v.add(p, "%s is %d bytes long: at most %d", what, len(name), MaxFileName-extra)
+	}
+}
+
+// seconds checks a duration in seconds against MaxSeconds.
+func (v *validator) seconds(p string, val int) {
+	if val > MaxSeconds {
+		v.add(p, "%d seconds is more than 100 years (%d)", val, MaxSeconds)
+	}
+}
+
 func (v *validator) noNewline(base, field, val string) {
 	if strings.ContainsAny(val, "\n\r") {
 		v.add(base+field, "must be one line")
@@ -215,9 +264,10 @@ func isSysctlName(k string) bool {
 func (v *validator) limits(m map[string]Limit) {
 	for _, k := range sortedKeys(m) {
 		l, p := m[k], "limits"+Key(k)
-		if strings.ContainsAny(k, "/\x00") || k == "." || k == ".." {
+		if strings.Contains(k, "/") || k == "." || k == ".." {
 			v.add(p, "%q cannot be a file name", k)
 		}
+		v.fileName(p, "limits item name", k, len("bellbuild-.conf"))
 		v.required(p, "domain", l.Domain)
 		v.required(p, "item", l.Item)
 		v.required(p, "value", l.Value)
@@ -265,6 +315,8 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 	} else if known = slices.Contains(RerunPolicies, policy); !known {
 		v.oneOf(p, ".rerun_policy", policy, RerunPolicies)
 	}
+	v.seconds(p+".rerun_interval", rerunInterval)
+	v.seconds(p+".retry_interval", retryInterval)
 	if rerunInterval != 0 {
 		if rerunInterval < MinInterval {
 			v.add(p+".rerun_interval", "%d is less than %d seconds", rerunInterval, MinInterval)
@@ -395,6 +447,21 @@ func (v *validator) files(m map[string]File) {
 	for _, k := range sortedKeys(m) {
 		f, p := m[k], "files"+Key(k)
 		v.absPath(p, "", k)
+		if c, bad := controlChar(k); bad {
+			v.add(p, "%q contains the control character %q: not in a path", k, c)
+		}
+		if len(k) > maxPath {
+			v.add(p, "path is %d bytes long: at most %d", len(k), maxPath)
+		}
+		dir, base := path.Split(k)
+		for _, c := range strings.Split(dir, "/") {
+			if len(c) > 255 {
+				v.add(p, "directory name %.20q... is %d bytes long: at most 255", c, len(c))
+			}
+		}
+		if len(base) > MaxFileName {
+			v.add(p, "file name is %d bytes long: at most %d", len(base), MaxFileName)
+		}
 		if f.Mode != "" {
 			v.octal(p, ".mode", f.Mode)
 		}
@@ -411,6 +478,7 @@ func (v *validator) units(m map[string]Unit) {
 		if !ok || strings.Contains(k, "/") {
 			v.add(p, "%q is not a unit name like kubelet.service", k)
 		}
+		v.fileName(p, "unit name", k, 0)
 		if u.Content == "" && u.Enabled == nil {
 			v.add(p, "sets neither content nor enabled")
 		}
@@ -423,6 +491,7 @@ func (v *validator) exec(m map[string]Exec) {
 		if strings.Contains(k, "/") || k == "." || k == ".." {
 			v.add(p, "%q cannot be a script file name", k)
 		}
+		v.fileName(p, "script name", k, len(".log"))
 		v.required(p, "data", e.Data)
 		if e.BlockingPolicy != "" {
 			v.oneOf(p, ".blocking_policy", e.BlockingPolicy, BlockingPolicies)
@@ -430,6 +499,7 @@ func (v *validator) exec(m map[string]Exec) {
 		if e.Timeout < 0 {
 			v.add(p+".timeout", "%d is negative", e.Timeout)
 		}
+		v.seconds(p+".timeout", e.Timeout)
 		v.rerun(p, e.RerunPolicy, e.RerunInterval, e.RetryInterval)
 		if e.RerunIntervalPersist != nil && e.RerunInterval == 0 {
 			v.add(p+".rerun_interval_persist", "set without rerun_interval")
@@ -451,6 +521,7 @@ func (v *validator) apparmor(a *Apparmor) {
 		if k == "" || strings.Contains(k, "/") || strings.HasPrefix(k, ".") {
 			v.add(p, "%q cannot be a file name under /etc/apparmor.d", k)
 		}
+		v.fileName(p, "profile name", k, len("bellbuild."))
 		if strings.TrimSpace(a.Profiles[k]) == "" {
 			v.add(p, "empty profile")
 		}

@@ -1,6 +1,8 @@
 package nodeconf
 
 import (
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -96,6 +98,62 @@ func TestValidateRejects(t *testing.T) {
 			[]string{`exec["001-a.sh"].rerun_interval_persist: set without rerun_interval`}},
 		{"exec script name", func(c *Conf) { c.Exec["../x"] = Exec{Data: "x"} },
 			[]string{`exec["../x"]: "../x" cannot be a script file name`}},
+		{"exec times near the integer maximum", func(c *Conf) {
+			e := c.Exec["002-b.sh"]
+			e.Timeout, e.RerunInterval, e.RetryInterval = math.MaxInt64, math.MaxInt64-1, MaxSeconds+1
+			c.Exec["002-b.sh"] = e
+		},
+			[]string{
+				`exec["002-b.sh"].timeout: 9223372036854775807 seconds is more than 100 years (3153600000)`,
+				`exec["002-b.sh"].rerun_interval: 9223372036854775806 seconds is more than 100 years (3153600000)`,
+				`exec["002-b.sh"].retry_interval: 3153600001 seconds is more than 100 years (3153600000)`,
+			}},
+		{"exec times of 100 years", func(c *Conf) {
+			e := c.Exec["002-b.sh"]
+			e.Timeout, e.RerunInterval, e.RetryInterval = MaxSeconds, MaxSeconds, MaxSeconds
+			c.Exec["002-b.sh"] = e
+		}, nil},
+		{"perm rerun interval near the integer maximum", func(c *Conf) { c.Perm.RerunInterval = math.MaxInt64 },
+			[]string{`perm.rerun_interval: 9223372036854775807 seconds is more than 100 years (3153600000)`}},
+		{"exec script name too long", func(c *Conf) { c.Exec[strings.Repeat("s", 237)] = Exec{Data: "x"} },
+			[]string{`exec.` + strings.Repeat("s", 237) + `: script name is 237 bytes long: at most 236`}},
+		{"exec script name of 236 bytes", func(c *Conf) { c.Exec[strings.Repeat("s", 236)] = Exec{Data: "x"} }, nil},
+		{"exec script name with a newline", func(c *Conf) { c.Exec["a\nb"] = Exec{Data: "x"} },
+			[]string{`exec["a\nb"]: "a\nb" contains the control character '\n': not in a script name`}},
+		{"file paths with control characters", func(c *Conf) {
+			for _, p := range []string{"/etc/a\x00b", "/etc/a\nb", "/etc/a\rb", "/etc/a\tb", "/etc/a\x1bb", "/etc/a\x7fb"} {
+				c.Files[p] = File{Content: "x"}
+			}
+		},
+			[]string{
+				`files["/etc/a\x00b"]: "/etc/a\x00b" contains the control character '\x00': not in a path`,
+				`files["/etc/a\tb"]: "/etc/a\tb" contains the control character '\t': not in a path`,
+				`files["/etc/a\nb"]: "/etc/a\nb" contains the control character '\n': not in a path`,
+				`files["/etc/a\rb"]: "/etc/a\rb" contains the control character '\r': not in a path`,
+				`files["/etc/a\x1bb"]: "/etc/a\x1bb" contains the control character '\x1b': not in a path`,
+				`files["/etc/a\x7fb"]: "/etc/a\x7fb" contains the control character '\x7f': not in a path`,
+			}},
+		{"file names too long", func(c *Conf) {
+			c.Files["/etc/"+strings.Repeat("n", 241)] = File{Content: "x"}
+			c.Files["/etc/"+strings.Repeat("n", 240)] = File{Content: "x"}
+			c.Files["/"+strings.Repeat("d", 256)+"/x"] = File{Content: "x"}
+		},
+			[]string{
+				`files["/` + strings.Repeat("d", 256) + `/x"]: directory name "dddddddddddddddddddd"... is 256 bytes long: at most 255`,
+				`files["/etc/` + strings.Repeat("n", 241) + `"]: file name is 241 bytes long: at most 240`,
+			}},
+		{"file path too long", func(c *Conf) { c.Files[strings.Repeat("/d", 2048)] = File{Content: "x"} },
+			[]string{`files["` + strings.Repeat("/d", 2048) + `"]: path is 4096 bytes long: at most 4095`}},
+		{"other names too long or with control characters", func(c *Conf) {
+			c.Limits[strings.Repeat("l", 226)] = Limit{Domain: "*", Type: "-", Item: "core", Value: "0"}
+			c.Apparmor.Profiles["a\x01"] = "profile x {}"
+			c.Units[strings.Repeat("u", 233)+".service"] = Unit{Content: "x"}
+		},
+			[]string{
+				`limits.` + strings.Repeat("l", 226) + `: limits item name is 226 bytes long: at most 225`,
+				`units["` + strings.Repeat("u", 233) + `.service"]: unit name is 241 bytes long: at most 240`,
+				`apparmor.profiles["a\x01"]: "a\x01" contains the control character '\x01': not in a profile name`,
+			}},
 		{"ethtool value", func(c *Conf) { c.Ethtool["ens3"]["rx-gro"] = "true" },
 			[]string{`ethtool.ens3.rx-gro: "true" is neither on nor off`}},
 		{"limits type and item", func(c *Conf) { c.Limits["nofile"] = Limit{Domain: "root", Type: "both", Item: "files", Value: "1"} },
