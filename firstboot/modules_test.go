@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
@@ -344,5 +346,57 @@ func TestMountDeviceNotYetPresent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "srv/data")); err == nil {
 		t.Error("the mount point was made: a mount was attempted")
+	}
+}
+
+// TestFilesVisudo: a sudoers file written through files is checked with
+// the root's visudo before it is written, as uamlite's fragments are: one
+// it rejects is never written (the rest of the module is), one it accepts
+// is checked again only when it would change, and a file sudo does not
+// read (a name with a dot) is not checked.
+func TestFilesVisudo(t *testing.T) {
+	root := busyboxRoot(t)
+	os.Symlink("busybox", filepath.Join(root, "bin/grep"))
+	for p, c := range map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group":  "root:x:0:\n",
+		// Logs each file it is given; "BROKEN" is a syntax error.
+		"usr/sbin/visudo": "#!/bin/sh\n[ \"$1 $2 $3\" = '-c -q -f' ] || exit 2\necho \"$4\" >> /visudo.log\n" +
+			"if grep -q BROKEN \"$4\"; then echo \"$4: syntax error\" >&2; exit 1; fi\n",
+	} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(c), 0o755)
+	}
+	conf := nodeconf.Conf{Files: map[string]nodeconf.File{
+		"/etc/sudoers.d/ops":       {Content: "ops ALL=(ALL) ALL\n", Mode: "0440"},
+		"/etc/sudoers.d/broken":    {Content: "BROKEN\n", Mode: "0440"},
+		"/etc/sudoers.d/notes.txt": {Content: "BROKEN, and sudo never reads it\n"},
+		"/etc/motd":                {Content: "BROKEN is fine here\n"},
+	}}
+	for run, want := range []string{
+		"/etc/sudoers.d/.bellbuild-check-broken\n/etc/sudoers.d/.bellbuild-check-ops\n",
+		"/etc/sudoers.d/.bellbuild-check-broken\n",
+	} {
+		os.Remove(filepath.Join(root, "visudo.log"))
+		rep, err := Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n1", Conf: conf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantErrs := []string{"files: /etc/sudoers.d/broken: visudo -c: exit status 1: /etc/sudoers.d/.bellbuild-check-broken: syntax error; not written"}
+		if diff := cmp.Diff(wantErrs, rep.Errors); diff != "" {
+			t.Errorf("run %d: errors (-want +got):\n%s", run, diff)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "visudo.log")); string(got) != want {
+			t.Errorf("run %d: visudo checked %q, want %q", run, got, want)
+		}
+		for p, want := range map[string]string{
+			"etc/sudoers.d/ops": "ops ALL=(ALL) ALL\n", "etc/sudoers.d/broken": missing,
+			"etc/sudoers.d/notes.txt": "BROKEN, and sudo never reads it\n", "etc/motd": "BROKEN is fine here\n",
+			"etc/sudoers.d/.bellbuild-check-broken": missing, "etc/sudoers.d/.bellbuild-check-ops": missing,
+		} {
+			if got := readRoot(t, root, p); got != want {
+				t.Errorf("run %d: %s = %q, want %q", run, p, got, want)
+			}
+		}
 	}
 }

@@ -662,22 +662,31 @@ func (u *uam) checkSudoers(ctx context.Context, name, data string) error {
 	if cur, err := u.h.ReadFile(sudoPath(name)); (err == nil && string(cur) == data) || u.h.Plan {
 		return nil
 	}
+	return visudoCheck(ctx, u.h, "/etc/sudoers.d/.bellbuild-check-"+name, []byte(data), host.Meta{Mode: 0o440})
+}
+
+// visudoCheck checks data, the content a sudoers file is about to get,
+// with the root's own visudo -c when it has one: the content goes to tmp,
+// a ".bellbuild-check-NAME" beside the file (a name sudo's #includedir
+// ignores, and CleanTemps removes after a kill), with the mode and owner
+// the file will have, and is removed after. A root without visudo has
+// nothing to check with.
+func visudoCheck(ctx context.Context, h *host.Host, tmp string, data []byte, m host.Meta) error {
 	visudo := ""
-	for _, p := range []string{"/usr/sbin/visudo", "/usr/bin/visudo", "/sbin/visudo"} {
-		if _, err := u.h.Stat(p); err == nil {
-			visudo = p
+	for _, v := range []string{"/usr/sbin/visudo", "/usr/bin/visudo", "/sbin/visudo"} {
+		if _, err := h.Stat(v); err == nil {
+			visudo = v
 			break
 		}
 	}
 	if visudo == "" {
 		return nil
 	}
-	tmp := "/etc/sudoers.d/.bellbuild-check-" + name
-	if err := u.h.WriteFile(tmp, []byte(data), 0o440, 0, 0); err != nil {
+	if err := h.WriteFile(tmp, data, m.Mode, m.UID, m.GID); err != nil {
 		return err
 	}
-	defer u.h.Remove(tmp)
-	out, err := inRoot(ctx, u.h, nil, visudo, "-c", "-q", "-f", tmp).CombinedOutput()
+	defer h.Remove(tmp)
+	out, err := inRoot(ctx, h, nil, visudo, "-c", "-q", "-f", tmp).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("visudo -c: %w: %s", err, strings.TrimSpace(string(out)))
 	}
