@@ -257,6 +257,74 @@ func TestPermRefusesLinks(t *testing.T) {
 	}
 }
 
+// TestPermRefusesHardLinks: a file with another hard link is the same
+// inode under that other name, which may be outside the root (here the
+// root is a directory of the test's file system, and the link's other name
+// is beside it, as the host's /etc/shadow would be) or another file of the
+// root. perm refuses to change it, and nothing of perm is applied; one
+// already as wanted is left alone; a revert that would change a file
+// linked since is refused.
+func TestPermRefusesHardLinks(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	outside := filepath.Join(dir, "host-shadow")
+	buildRoot(t, root, rootTree{
+		"/srv/data/notes":   fileEntry("0640", "0:0", "n\n"),
+		"/srv/data/same":    fileEntry("0600", "1234:1235", "s\n"),
+		"/srv/other/mine":   fileEntry("0640", "0:0", "m\n"),
+		"/srv/other/shared": fileEntry("0640", "0:0", "sh\n"),
+	})
+	os.WriteFile(outside, []byte("root:$6$secret:1::::::\n"), 0o600)
+	if err := os.Link(outside, filepath.Join(root, "srv/data/link")); err != nil {
+		t.Fatal(err)
+	}
+	os.Link(filepath.Join(root, "srv/data/same"), filepath.Join(dir, "same-elsewhere"))
+	mode := func(p string) string {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err.Error()
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%04o %d:%d", fi.Mode().Perm(), st.Uid, st.Gid)
+	}
+
+	node := &nodeconf.Node{Node: "n", Conf: nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{
+		{Path: "/srv/data/*", Owner: "app", Group: "app", Permissions: "0600"},
+	}}}}
+	rep, err := Apply(context.Background(), Options{RootDir: root}, node)
+	want := "perm: paths[0] /srv/data/*: /srv/data/link has 2 hard links: perm changes no file that has other names (they may be outside the root); give it a copy of its own"
+	if err == nil || !cmp.Equal(rep.Errors, []string{want}) {
+		t.Fatalf("Apply = %v, %q; want the error %q", err, rep.Errors, want)
+	}
+	for p, want := range map[string]string{outside: "0600 0:0", filepath.Join(root, "srv/data/notes"): "0640 0:0"} {
+		if got := mode(p); got != want {
+			t.Errorf("%s = %s, want %s: perm was applied", p, got, want)
+		}
+	}
+
+	// A linked file already as wanted is no reason to refuse.
+	os.Remove(filepath.Join(root, "srv/data/link"))
+	applyConf(t, root, node.Conf, false)
+	if got := mode(filepath.Join(root, "srv/data/notes")); got != "0600 1234:1235" {
+		t.Errorf("notes = %s, want 0600 1234:1235", got)
+	}
+
+	// Linked after bellbuild changed it: the revert is refused.
+	other := nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/srv/other/*", Owner: "app", Group: "app", Permissions: "0644"}}}}
+	applyConf(t, root, other, false)
+	os.Link(filepath.Join(root, "srv/other/shared"), filepath.Join(dir, "shared-elsewhere"))
+	rep, _ = Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n"})
+	want = "perm: /srv/other/shared: has more than one hard link (2): not reverted to 0640 0:0"
+	if !cmp.Equal(rep.Errors, []string{want}) {
+		t.Errorf("revert errors %q, want %q", rep.Errors, want)
+	}
+	for p, want := range map[string]string{"srv/other/shared": "0644 1234:1235", "srv/other/mine": "0640 0:0", "srv/data/notes": "0640 0:0"} {
+		if got := mode(filepath.Join(root, p)); got != want {
+			t.Errorf("after the revert %s = %s, want %s", p, got, want)
+		}
+	}
+}
+
 // TestEthtoolDeviceNotYetNamed: the init applies before udev names the
 // NICs, so a device the configuration names may not exist yet. At boot
 // (Options.Boot) its unit is still written, for systemd to run when the

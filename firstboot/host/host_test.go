@@ -320,3 +320,39 @@ func TestEnsureFilesBatch(t *testing.T) {
 		t.Fatalf("rerun: %d changed, %v; want nothing", len(n), errs)
 	}
 }
+
+// TestSetMetaOneLink changes a file with one name and a directory, and
+// refuses a symbolic link and a file with another hard link (whose other
+// name is outside the root), leaving them as they were.
+func TestSetMetaOneLink(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "d"), 0o755)
+	os.WriteFile(filepath.Join(root, "f"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "outside"), nil, 0o600)
+	os.Link(filepath.Join(dir, "outside"), filepath.Join(root, "hard"))
+	os.Symlink("f", filepath.Join(root, "sym"))
+	h := openHost(t, root)
+	m := Meta{Mode: 0o640, UID: 7, GID: 8}
+	for _, p := range []string{"/f", "/d"} {
+		if err := h.SetMetaOneLink(p, m); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		if got, _ := h.StatMeta(p); got != m {
+			t.Errorf("%s is %s, want %s", p, got, m)
+		}
+	}
+	if err := h.SetMetaOneLink("/hard", m); !errors.Is(err, ErrHardLinked) {
+		t.Errorf("hard link: %v, want ErrHardLinked", err)
+	}
+	if err := h.SetMetaOneLink("/sym", Meta{Mode: 0o600}); err == nil {
+		t.Error("a symlink was followed")
+	}
+	fi, _ := os.Stat(filepath.Join(dir, "outside"))
+	if got := metaOf(fi); got.String() != "0600 0:0" {
+		t.Errorf("the file outside the root is %s, want 0600 0:0", got)
+	}
+	if got, _ := h.StatMeta("/f"); got != m {
+		t.Errorf("through the symlink, f became %s", got)
+	}
+}
