@@ -448,6 +448,47 @@ func TestApplyKill9InBatch(t *testing.T) {
 	}
 }
 
+// TestApplyCleansTempsAfterKill: the temporary files of a run killed in
+// the middle of a batch are removed by the next run even when it does not
+// rewrite those files (here it removes them: an empty configuration).
+func TestApplyCleansTempsAfterKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills appliers: skipped in -short")
+	}
+	k := newKillRig(t)
+	temps := func() []string {
+		var out []string
+		filepath.WalkDir(k.root, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(p, ".bellbuild-tmp") {
+				out = append(out, strings.TrimPrefix(p, k.root))
+			}
+			return nil
+		})
+		return out
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	var left []string
+	for i := 0; i < 30 && len(left) == 0; i++ {
+		killAfterEvents(t, k, 0, filepath.Join(k.root, killBatchDir), unix.IN_MOVED_TO, 1+rng.IntN(killBatchFiles-2*32))
+		left = temps()
+	}
+	if len(left) == 0 {
+		t.Fatal("no kill in 30 left a temporary file behind")
+	}
+	t.Logf("a kill left %d temporary files, such as %s", len(left), left[0])
+	empty := filepath.Join(t.TempDir(), "empty.json")
+	writeJSON(t, empty, nodeconf.Node{Node: "n", Profile: "p"})
+	if code, out, errs := runBin(t, "apply", "--config", empty, "--root", k.root); code != 0 {
+		t.Fatalf("the run after the kill: exit %d\n%s%s", code, out, errs)
+	}
+	if got := temps(); len(got) > 0 {
+		t.Errorf("temporary files left after the next run: %v", got)
+	}
+	if diff := cmp.Diff(k.before, state(t, k.root)); diff != "" {
+		t.Errorf("the empty configuration did not give the root back (-before +after):\n%s", diff)
+	}
+}
+
 // killAfterEvents starts an applier of configuration which and kills it -9
 // as soon as inotify has reported n events of mask in dir.
 func killAfterEvents(t *testing.T, k *killRig, which int, dir string, mask uint32, n int) {
