@@ -83,7 +83,7 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			bad("exists and is not a regular file (%s)", fi.Mode().Type())
 		}
 	}
-	return append(errs, checkFileClaims(conf)...)
+	return errs
 }
 
 func (filesModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {

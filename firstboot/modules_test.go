@@ -325,6 +325,55 @@ func TestPermRefusesHardLinks(t *testing.T) {
 	}
 }
 
+// TestModulesThatFight: two modules that would manage one file are refused
+// before anything changes. Applied, each pair fought on every run: perm
+// set /etc/shadow world-readable and uamlite put it back, so a run never
+// converged; files wrote alice's authorized_keys, uamlite rewrote it, and
+// files then found its file changed (a conflict) for ever. An adopted
+// user's home comes from the root's /etc/passwd (app's is /srv/app).
+func TestModulesThatFight(t *testing.T) {
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKz alice"
+	alice := &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserSSHKeys: []string{key}}}}
+	for _, tc := range []struct {
+		name string
+		conf nodeconf.Conf
+		want string
+	}{
+		{"perm over shadow", nodeconf.Conf{Uamlite: alice, Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/etc/shadow", Owner: "root", Group: "root", Permissions: "0644"}}}},
+			`perm.paths[0].path: "/etc/shadow" matches /etc/shadow, which uamlite (uamlite.users) manages; two modules cannot manage one file`},
+		{"files over authorized_keys", nodeconf.Conf{Uamlite: alice, Files: map[string]nodeconf.File{"/home/alice/.ssh/authorized_keys": {Content: "ssh-ed25519 AAAA mallory\n", Mode: "0600"}}},
+			`files["/home/alice/.ssh/authorized_keys"]: /home/alice/.ssh/authorized_keys is also managed by uamlite (uamlite.users[0].user_sshkeys); two modules cannot manage one file`},
+		{"files over an adopted user's keys", nodeconf.Conf{
+			Uamlite: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "app", UserSSHKeys: []string{key}}}},
+			Files:   map[string]nodeconf.File{"/srv/app/.ssh/authorized_keys": {Content: "ssh-ed25519 AAAA mallory\n", Mode: "0600"}}},
+			`uamlite: files["/srv/app/.ssh/authorized_keys"]: /srv/app/.ssh/authorized_keys is also managed by uamlite (uamlite.users[0].user_sshkeys); two modules cannot manage one file`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			buildRoot(t, root, rootTree{
+				"/etc/group":  fileEntry("0644", "0:0", "root:x:0:\nshadow:x:42:\napp:x:1235:\n"),
+				"/etc/shadow": fileEntry("0640", "0:42", "root:*:19000:0:99999:7:::\napp:!:19000:0:99999:7:::\n"),
+				"/srv/app":    dirEntry("0755", "1234:1235"),
+			})
+			before, stamps := snapshot(t, root)
+			rep, err := Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n1", Conf: tc.conf})
+			if err == nil || !cmp.Equal(rep.Errors, []string{tc.want}) {
+				t.Fatalf("Apply = %v, %q; want the error %q", err, rep.Errors, tc.want)
+			}
+			after, stamps2 := snapshot(t, root)
+			if diff := cmp.Diff(before, after); diff != "" {
+				t.Errorf("the refused configuration changed the root (-before +after):\n%s", diff)
+			}
+			if diff := cmp.Diff(stamps, stamps2); diff != "" {
+				t.Errorf("the refused configuration touched the root (-before +after):\n%s", diff)
+			}
+			if _, err := os.Stat(filepath.Join(root, "var/lib/bellbuild")); err == nil {
+				t.Error("the refused configuration made the state directory")
+			}
+		})
+	}
+}
+
 // TestEthtoolDeviceNotYetNamed: the init applies before udev names the
 // NICs, so a device the configuration names may not exist yet. At boot
 // (Options.Boot) its unit is still written, for systemd to run when the

@@ -37,27 +37,9 @@ func init() { register(mountsModule{}) }
 func (mountsModule) Name() string { return "mounts" }
 
 // escapePath is `systemd-escape --path`: the unit name of a mount point.
-func escapePath(p string) string {
-	p = strings.Trim(path.Clean(p), "/")
-	if p == "" {
-		return "-"
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c == '/':
-			b.WriteByte('-')
-		case c == '.' && i == 0, !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == ':' || c == '_' || c == '.'):
-			fmt.Fprintf(&b, `\x%02x`, c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
+func escapePath(p string) string { return nodeconf.EscapePath(p) }
 
-func mountUnitName(m nodeconf.Mount) string { return escapePath(m.MntTgt) + ".mount" }
+func mountUnitName(m nodeconf.Mount) string { return nodeconf.MountUnit(m.MntTgt) }
 
 func mountUnitText(name string, m nodeconf.Mount) string {
 	var b strings.Builder

@@ -74,7 +74,7 @@ var (
 	sshKeyRE   = regexp.MustCompile(`^(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n\x00]*)?$`)
 )
 
-func sudoPath(user string) string { return "/etc/sudoers.d/bellbuild-" + user }
+func sudoPath(user string) string { return nodeconf.SudoersFile(user) }
 
 func sudoLine(user string) string { return user + " ALL=(ALL) NOPASSWD:ALL\n" }
 
@@ -124,7 +124,18 @@ func (uamliteModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf)
 			}
 		}
 	}
-	return errs
+	// Validate assumed every home is /home/NAME: an adopted user's home
+	// is where the root's /etc/passwd says, and its authorized_keys must
+	// not be another module's file there either.
+	home := func(user string) string {
+		if passwd != nil {
+			if f := passwd.get(user, 7); f != nil && path.IsAbs(f[5]) {
+				return path.Clean(f[5])
+			}
+		}
+		return nodeconf.DefaultHome(user)
+	}
+	return append(errs, conf.ClaimConflicts(home)...)
 }
 
 // uam is one run of the module.
@@ -341,7 +352,7 @@ func (u *uam) create(name, pw string, r host.Record) error {
 	if _, err := u.h.Stat("/bin/bash"); err == nil {
 		shell = "/bin/bash"
 	}
-	home := "/home/" + name
+	home := nodeconf.DefaultHome(name)
 	u.change("user "+name, "create", fmt.Sprintf("uid %d gid %d home %s", uid, gid, home))
 	r.Extra["created"], r.Extra["state"] = "true", "active"
 	r.Extra["uid"], r.Extra["gid"] = strconv.Itoa(uid), strconv.Itoa(gid)

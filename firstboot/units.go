@@ -29,7 +29,7 @@ func init() { register(unitsModule{}) }
 
 func (unitsModule) Name() string { return "units" }
 
-const unitDir = "/etc/systemd/system"
+const unitDir = nodeconf.UnitDir
 
 // unitSearchPath is where systemd looks for unit files, first wins.
 var unitSearchPath = []string{"/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"}
@@ -130,7 +130,7 @@ func (unitsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			errs = append(errs, fmt.Errorf("%s: cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", name))
 		}
 	}
-	return append(errs, checkUnitClaims(conf)...)
+	return errs
 }
 
 func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
