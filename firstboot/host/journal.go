@@ -17,8 +17,8 @@ const stateDir = "var/lib/bellbuild"
 // journalCompactAt is the journal size past which SaveLedger folds it into
 // a new snapshot (when it is also more than twice the snapshot's size), so
 // that reading the ledger stays proportional to the ledger, whatever a run
-// saved.
-const journalCompactAt = 1 << 20
+// saved. A variable for the tests.
+var journalCompactAt int64 = 1 << 20
 
 // SaveLedger makes every change put in the ledger since the last save
 // durable before it returns: one line appended to the journal and an fsync,

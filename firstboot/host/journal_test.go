@@ -1,6 +1,7 @@
 package host
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -207,5 +208,35 @@ func TestCleanTemps(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(root, "etc/app/.c.bellbuild-tmp")); err != nil {
 		t.Errorf("after a finished run, /etc/app was looked at: %v", err)
+	}
+}
+
+// TestJournalCompacts: a journal grown past journalCompactAt and twice the
+// snapshot is folded into a new snapshot by the save that grew it, so a
+// run with many saves does not leave a reader a long journal to replay.
+func TestJournalCompacts(t *testing.T) {
+	defer func(n int64) { journalCompactAt = n }(journalCompactAt)
+	journalCompactAt = 4 << 10
+	root := t.TempDir()
+	h := openHost(t, root)
+	want := map[string]Record{}
+	maxJournal := int64(0)
+	for i := range 200 {
+		k := fmt.Sprintf("k%03d", i%50)
+		r := Record{Hash: strings.Repeat("x", 64), Extra: map[string]string{"n": fmt.Sprint(i)}}
+		h.Ledger.Put("exec", k, r)
+		want[k] = r
+		if err := h.SaveLedger(); err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(filepath.Join(root, JournalPath))
+		maxJournal = max(maxJournal, fi.Size())
+	}
+	snap, _ := os.Stat(filepath.Join(root, LedgerPath))
+	if snap == nil || maxJournal > 2*snap.Size()+4<<10 {
+		t.Errorf("journal grew to %d bytes beside a snapshot of %v", maxJournal, snap)
+	}
+	if diff := cmp.Diff(map[string]map[string]Record{"exec": want}, reopen(t, root).Modules); diff != "" {
+		t.Errorf("after compactions (-want +got):\n%s", diff)
 	}
 }
