@@ -768,11 +768,21 @@ func (c *Conf) ClaimConflicts(home func(user string) string) []error {
 			break
 		}
 	}
+	// A glob can only match the paths that start with its part before
+	// the first metacharacter: those are one range of the sorted paths.
+	paths := sortedKeys(byPath)
 	for _, g := range claims {
 		if !g.Glob {
 			continue
 		}
-		for _, p := range sortedKeys(byPath) {
+		prefix := g.Path
+		if i := strings.IndexAny(prefix, `*?[\`); i >= 0 {
+			prefix = prefix[:i]
+		}
+		for _, p := range paths[sort.SearchStrings(paths, prefix):] {
+			if !strings.HasPrefix(p, prefix) {
+				break
+			}
 			other := byPath[p][0]
 			if other.Module == "perm" {
 				continue
