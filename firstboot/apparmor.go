@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -40,7 +39,7 @@ const apparmorDir = "/etc/apparmor.d"
 
 var apparmorNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
-func apparmorPath(name string) string { return path.Join(apparmorDir, "bellbuild."+name) }
+func apparmorPath(name string) string { return nodeconf.ApparmorFile(name) }
 
 // parserArgs confine the parser's includes to the target root's
 // /etc/apparmor.d (or, when the root has none, to empty, never the build
@@ -129,7 +128,7 @@ func (m apparmorModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.
 		}
 		if aa.ComplainMode {
 			want["complain:"+name] = true
-			link := path.Join(apparmorDir, "force-complain", "bellbuild."+name)
+			link := nodeconf.ApparmorComplainLink(name)
 			if _, err := h.EnsureSymlink("apparmor", "complain:"+name, link, file); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			}
@@ -148,7 +147,7 @@ func (m apparmorModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.
 	}
 	for _, k := range stale(h, "apparmor", "complain:", want) {
 		name := strings.TrimPrefix(k, "complain:")
-		if _, err := h.ReleaseSymlink("apparmor", k, path.Join(apparmorDir, "force-complain", "bellbuild."+name)); err != nil {
+		if _, err := h.ReleaseSymlink("apparmor", k, nodeconf.ApparmorComplainLink(name)); err != nil {
 			errs = append(errs, err)
 		}
 	}

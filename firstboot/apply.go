@@ -103,9 +103,10 @@ var ErrLocked = errors.New("another bellbuild apply is running on this root")
 // Apply enforces node on opts.RootDir:
 //  1. validate the whole configuration, and let every module check the
 //     root (nothing changes, not even the state directory, if any fails);
-//  2. take the root's lock and (re)load the ledger;
+//  2. take the root's lock, (re)load the ledger, and remove the temporary
+//     files a killed run left;
 //  3. run every module in order, each reverting what left the config;
-//  4. write the run report (not under Plan).
+//  4. write the ledger's snapshot and the run report (not under Plan).
 //
 // The returned error is non-nil only when the run could not start (invalid
 // configuration, lock, unreadable ledger); per-item errors are in the Report.
@@ -119,6 +120,7 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	}
 	h, err := host.Open(opts)
 	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
 	}
 	defer h.Close()
@@ -142,12 +144,19 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 
 	unlock, err := lock(h, opts.Plan)
 	if err != nil {
+		// Counted, so that the summary does not say errors=0.
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
 	}
 	defer unlock()
 	// What a previous applier wrote before we got the lock counts.
 	if err := h.ReloadLedger(); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 		return rep, err
+	}
+	// What a killed run left (temporary files) goes first.
+	for _, err := range h.CleanTemps() {
+		rep.Errors = append(rep.Errors, err.Error())
 	}
 
 	for _, name := range nodeconf.Modules {
@@ -175,6 +184,11 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		if err := h.SaveLedger(); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
+	}
+	// One snapshot of the whole ledger; the journal is emptied, which
+	// tells the next run that this one finished.
+	if err := h.Checkpoint(); err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
 	}
 	rep.Changes = append(rep.Changes, h.Changes()...)
 	if !opts.Plan {

@@ -64,7 +64,7 @@ func init() { register(aptModule{}) }
 func (aptModule) Name() string { return "apt" }
 
 const (
-	aptSourcesPath = "/etc/apt/sources.list.d/bellbuild.list"
+	aptSourcesPath = nodeconf.AptSourcesFile
 	aptKeyringDir  = "/etc/apt/keyrings"
 )
 

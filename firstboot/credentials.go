@@ -44,7 +44,7 @@ func init() { register(credentialsModule{}) }
 
 func (credentialsModule) Name() string { return "credentials" }
 
-const credRoot = "/etc/credentials/x509"
+const credRoot = nodeconf.CredentialsDir
 
 // credDir is a directory the module manages.
 type credDir struct {

@@ -302,7 +302,7 @@ func TestCredentialsBad(t *testing.T) {
 		{"key of another certificate", swapped, "credentials: x509.credentials.etcd.server: the key does not belong to the certificate (CN etcd.example.org)"},
 		{"unknown owner", unknownOwner, "credentials: kubelet: owner:"},
 		{"not a certificate", badCert, "credentials: x509.credentials.kubelet.client: cert: not a PEM certificate"},
-		{"a files item in the credentials' place", files, "written by credentials; configure it there"},
+		{"a files item in the credentials' place", files, "is managed by credentials; configure it there"},
 		{"undeclared material", nodeconf.Conf{X509: f.conf("etcd").X509}, "x509.credentials.etcd: issued for a credential that is not declared"},
 	}
 	for _, tt := range tests {

@@ -56,7 +56,7 @@ var (
 	featureRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
 )
 
-func ethtoolUnitName(dev string) string { return "bellbuild-ethtool-" + dev + ".service" }
+func ethtoolUnitName(dev string) string { return nodeconf.EthtoolUnit(dev) }
 
 // feature is one line of `ethtool -k DEV`.
 type feature struct {

@@ -218,7 +218,10 @@ func loadExecState(h *host.Host, name string) (execState, bool) {
 	return st, true
 }
 
-func saveExecState(h *host.Host, name string, st execState) error {
+// saveExecState puts a script's state in the ledger and writes it to the
+// journal; with durable, it waits for the disk (a "started" record must be
+// durable before the script starts).
+func saveExecState(h *host.Host, name string, st execState, durable bool) error {
 	extra := map[string]string{"def": st.def, "status": st.status, "started": strconv.FormatInt(st.started, 10)}
 	if st.boot != "" {
 		extra["boot"] = st.boot
@@ -227,7 +230,22 @@ func saveExecState(h *host.Host, name string, st execState) error {
 		extra["exit"] = strconv.Itoa(st.exit)
 	}
 	h.Ledger.Put("exec", "state/"+name, host.Record{Extra: extra})
+	if !durable {
+		return h.FlushLedger()
+	}
 	return h.SaveLedger()
+}
+
+// execBatch is the run of names (in order) whose script files are written
+// together: up to and including the first that may halt the scripts after
+// it (blocking_policy foreground_halt_pod_on_failure).
+func execBatch(conf *nodeconf.Conf, names []string) []string {
+	for i, n := range names {
+		if conf.Exec[n].BlockingPolicy == "foreground_halt_pod_on_failure" {
+			return names[:i+1]
+		}
+	}
+	return names
 }
 
 // execDue says whether a script runs now, and why (the reason goes into
@@ -287,14 +305,35 @@ func (execModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) 
 	}
 	var background []*execRun
 	halted := ""
-	for _, name := range sortedKeys(conf.Exec) {
+	names := sortedKeys(conf.Exec)
+	written := map[string]bool{}
+	for i, name := range names {
 		e := conf.Exec[name]
 		if halted != "" {
 			errs = append(errs, fmt.Errorf("%s: not run: %s failed (blocking_policy foreground_halt_pod_on_failure)", name, halted))
 			continue
 		}
-		if _, err := h.EnsureFile("exec", "script/"+name, host.FileSpec{Path: path.Join(execDir, name), Data: []byte(e.Data), Mode: 0o700}); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		if _, done := written[name]; !done {
+			// The script files go in batches (one ledger save each), up
+			// to the next script that may halt the others: a script
+			// after a halt is not written.
+			batch := execBatch(conf, names[i:])
+			var items []host.FileItem
+			for _, n := range batch {
+				written[n] = true
+				items = append(items, host.FileItem{Key: "script/" + n, Spec: host.FileSpec{Path: path.Join(execDir, n), Data: []byte(conf.Exec[n].Data), Mode: 0o700}})
+			}
+			_, ferrs := h.EnsureFiles("exec", items)
+			for _, err := range ferrs {
+				n, ok := strings.CutPrefix(itemKey(err), "script/")
+				if !ok {
+					return append(errs, err) // the ledger could not be saved
+				}
+				written[n] = false
+				errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			}
+		}
+		if !written[name] {
 			continue
 		}
 		def := execDefHash(name, e)
@@ -314,7 +353,7 @@ func (execModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) 
 			break
 		}
 		st = execState{def: def, status: "started", boot: boot, started: h.Now().Unix()}
-		if err := saveExecState(h, name, st); err != nil {
+		if err := saveExecState(h, name, st, true); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
 			continue
 		}
@@ -380,7 +419,9 @@ func finishRun(h *host.Host, run *execRun, res execResult) error {
 		st.status = "failed"
 	}
 	h.Log.Info("exec: finished", "script", run.name, "status", st.status, "exit", st.exit)
-	if err := saveExecState(h, run.name, st); err != nil {
+	// What already happened: kept across a kill -9 at once, made durable
+	// by the next save (the next script's start, or the module's end).
+	if err := saveExecState(h, run.name, st, false); err != nil {
 		return fmt.Errorf("%s: %w", run.name, err)
 	}
 	if res.err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
 	"strconv"
 	"strings"
 
@@ -82,10 +83,10 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			bad("exists and is not a regular file (%s)", fi.Mode().Type())
 		}
 	}
-	return append(errs, checkFileClaims(conf)...)
+	return errs
 }
 
-func (filesModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []error {
+func (filesModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	want := map[string]bool{}
 	var items []host.FileItem
@@ -94,6 +95,10 @@ func (filesModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 		spec, err := fileSpec(h, p, conf.Files[p])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
+		}
+		if err := checkSudoersFile(ctx, h, spec); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w; not written", p, err))
 			continue
 		}
 		items = append(items, host.FileItem{Key: p, Spec: spec})
@@ -128,4 +133,29 @@ func fileSpec(h *host.Host, p string, f nodeconf.File) (host.FileSpec, error) {
 		}
 	}
 	return spec, errors.Join(uerr, gerr)
+}
+
+// sudoersFile reports whether sudo reads p as sudoers: /etc/sudoers, or a
+// file of /etc/sudoers.d whose name has no '.' and does not end in '~'
+// (the names sudo's #includedir skips).
+func sudoersFile(p string) bool {
+	if p == "/etc/sudoers" {
+		return true
+	}
+	dir, name := path.Split(p)
+	return dir == "/etc/sudoers.d/" && !strings.Contains(name, ".") && !strings.HasSuffix(name, "~")
+}
+
+// checkSudoersFile checks a sudoers file with the root's visudo before it
+// is written, as uamlite checks its fragments: a file sudo cannot parse
+// locks every user out of sudo. Only a file that would change is checked.
+func checkSudoersFile(ctx context.Context, h *host.Host, spec host.FileSpec) error {
+	if !sudoersFile(spec.Path) || h.Plan {
+		return nil
+	}
+	if cur, err := h.ReadFile(spec.Path); err == nil && string(cur) == string(spec.Data) {
+		return nil
+	}
+	tmp := path.Join(path.Dir(spec.Path), ".bellbuild-check-"+path.Base(spec.Path))
+	return visudoCheck(ctx, h, tmp, spec.Data, host.Meta{Mode: spec.Mode, UID: spec.UID, GID: spec.GID})
 }

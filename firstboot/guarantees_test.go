@@ -262,7 +262,7 @@ func TestSecretsStayHidden(t *testing.T) {
 			t.Errorf("plan=%v: a secret shows in the report:\n%s", plan, text)
 		}
 	}
-	for _, p := range []string{"var/lib/bellbuild", "var/lib/bellbuild/backup", host.LedgerPath, "var/lib/bellbuild/last-run.json", "var/lib/bellbuild/lock"} {
+	for _, p := range []string{"var/lib/bellbuild", "var/lib/bellbuild/backup", host.LedgerPath, host.JournalPath, "var/lib/bellbuild/last-run.json", "var/lib/bellbuild/lock"} {
 		fi, err := os.Stat(filepath.Join(root, p))
 		if err != nil {
 			t.Fatal(err)

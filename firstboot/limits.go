@@ -22,7 +22,7 @@ func init() { register(limitsModule{}) }
 
 func (limitsModule) Name() string { return "limits" }
 
-func limitsPath(name string) string { return "/etc/security/limits.d/bellbuild-" + name + ".conf" }
+func limitsPath(name string) string { return nodeconf.LimitsFile(name) }
 
 var (
 	limitNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
@@ -255,6 +257,123 @@ func TestPermRefusesLinks(t *testing.T) {
 	}
 }
 
+// TestPermRefusesHardLinks: a file with another hard link is the same
+// inode under that other name, which may be outside the root (here the
+// root is a directory of the test's file system, and the link's other name
+// is beside it, as the host's /etc/shadow would be) or another file of the
+// root. perm refuses to change it, and nothing of perm is applied; one
+// already as wanted is left alone; a revert that would change a file
+// linked since is refused.
+func TestPermRefusesHardLinks(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	outside := filepath.Join(dir, "host-shadow")
+	buildRoot(t, root, rootTree{
+		"/srv/data/notes":   fileEntry("0640", "0:0", "n\n"),
+		"/srv/data/same":    fileEntry("0600", "1234:1235", "s\n"),
+		"/srv/other/mine":   fileEntry("0640", "0:0", "m\n"),
+		"/srv/other/shared": fileEntry("0640", "0:0", "sh\n"),
+	})
+	os.WriteFile(outside, []byte("root:$6$secret:1::::::\n"), 0o600)
+	if err := os.Link(outside, filepath.Join(root, "srv/data/link")); err != nil {
+		t.Fatal(err)
+	}
+	os.Link(filepath.Join(root, "srv/data/same"), filepath.Join(dir, "same-elsewhere"))
+	mode := func(p string) string {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err.Error()
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return fmt.Sprintf("%04o %d:%d", fi.Mode().Perm(), st.Uid, st.Gid)
+	}
+
+	node := &nodeconf.Node{Node: "n", Conf: nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{
+		{Path: "/srv/data/*", Owner: "app", Group: "app", Permissions: "0600"},
+	}}}}
+	rep, err := Apply(context.Background(), Options{RootDir: root}, node)
+	want := "perm: paths[0] /srv/data/*: /srv/data/link has 2 hard links: perm changes no file that has other names (they may be outside the root); give it a copy of its own"
+	if err == nil || !cmp.Equal(rep.Errors, []string{want}) {
+		t.Fatalf("Apply = %v, %q; want the error %q", err, rep.Errors, want)
+	}
+	for p, want := range map[string]string{outside: "0600 0:0", filepath.Join(root, "srv/data/notes"): "0640 0:0"} {
+		if got := mode(p); got != want {
+			t.Errorf("%s = %s, want %s: perm was applied", p, got, want)
+		}
+	}
+
+	// A linked file already as wanted is no reason to refuse.
+	os.Remove(filepath.Join(root, "srv/data/link"))
+	applyConf(t, root, node.Conf, false)
+	if got := mode(filepath.Join(root, "srv/data/notes")); got != "0600 1234:1235" {
+		t.Errorf("notes = %s, want 0600 1234:1235", got)
+	}
+
+	// Linked after bellbuild changed it: the revert is refused.
+	other := nodeconf.Conf{Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/srv/other/*", Owner: "app", Group: "app", Permissions: "0644"}}}}
+	applyConf(t, root, other, false)
+	os.Link(filepath.Join(root, "srv/other/shared"), filepath.Join(dir, "shared-elsewhere"))
+	rep, _ = Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n"})
+	want = "perm: /srv/other/shared: has more than one hard link (2): not reverted to 0640 0:0"
+	if !cmp.Equal(rep.Errors, []string{want}) {
+		t.Errorf("revert errors %q, want %q", rep.Errors, want)
+	}
+	for p, want := range map[string]string{"srv/other/shared": "0644 1234:1235", "srv/other/mine": "0640 0:0", "srv/data/notes": "0640 0:0"} {
+		if got := mode(filepath.Join(root, p)); got != want {
+			t.Errorf("after the revert %s = %s, want %s", p, got, want)
+		}
+	}
+}
+
+// TestModulesThatFight: two modules that would manage one file are refused
+// before anything changes. Applied, each pair fought on every run: perm
+// set /etc/shadow world-readable and uamlite put it back, so a run never
+// converged; files wrote alice's authorized_keys, uamlite rewrote it, and
+// files then found its file changed (a conflict) for ever. An adopted
+// user's home comes from the root's /etc/passwd (app's is /srv/app).
+func TestModulesThatFight(t *testing.T) {
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKz alice"
+	alice := &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "alice", UserSSHKeys: []string{key}}}}
+	for _, tc := range []struct {
+		name string
+		conf nodeconf.Conf
+		want string
+	}{
+		{"perm over shadow", nodeconf.Conf{Uamlite: alice, Perm: &nodeconf.Perm{Paths: []nodeconf.PermPath{{Path: "/etc/shadow", Owner: "root", Group: "root", Permissions: "0644"}}}},
+			`perm.paths[0].path: "/etc/shadow" matches /etc/shadow, which uamlite (uamlite.users) manages; two modules cannot manage one file`},
+		{"files over authorized_keys", nodeconf.Conf{Uamlite: alice, Files: map[string]nodeconf.File{"/home/alice/.ssh/authorized_keys": {Content: "ssh-ed25519 AAAA mallory\n", Mode: "0600"}}},
+			`files["/home/alice/.ssh/authorized_keys"]: /home/alice/.ssh/authorized_keys is also managed by uamlite (uamlite.users[0].user_sshkeys); two modules cannot manage one file`},
+		{"files over an adopted user's keys", nodeconf.Conf{
+			Uamlite: &nodeconf.Uamlite{Users: []nodeconf.User{{UserName: "app", UserSSHKeys: []string{key}}}},
+			Files:   map[string]nodeconf.File{"/srv/app/.ssh/authorized_keys": {Content: "ssh-ed25519 AAAA mallory\n", Mode: "0600"}}},
+			`uamlite: files["/srv/app/.ssh/authorized_keys"]: /srv/app/.ssh/authorized_keys is also managed by uamlite (uamlite.users[0].user_sshkeys); two modules cannot manage one file`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			buildRoot(t, root, rootTree{
+				"/etc/group":  fileEntry("0644", "0:0", "root:x:0:\nshadow:x:42:\napp:x:1235:\n"),
+				"/etc/shadow": fileEntry("0640", "0:42", "root:*:19000:0:99999:7:::\napp:!:19000:0:99999:7:::\n"),
+				"/srv/app":    dirEntry("0755", "1234:1235"),
+			})
+			before, stamps := snapshot(t, root)
+			rep, err := Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n1", Conf: tc.conf})
+			if err == nil || !cmp.Equal(rep.Errors, []string{tc.want}) {
+				t.Fatalf("Apply = %v, %q; want the error %q", err, rep.Errors, tc.want)
+			}
+			after, stamps2 := snapshot(t, root)
+			if diff := cmp.Diff(before, after); diff != "" {
+				t.Errorf("the refused configuration changed the root (-before +after):\n%s", diff)
+			}
+			if diff := cmp.Diff(stamps, stamps2); diff != "" {
+				t.Errorf("the refused configuration touched the root (-before +after):\n%s", diff)
+			}
+			if _, err := os.Stat(filepath.Join(root, "var/lib/bellbuild")); err == nil {
+				t.Error("the refused configuration made the state directory")
+			}
+		})
+	}
+}
+
 // TestEthtoolDeviceNotYetNamed: the init applies before udev names the
 // NICs, so a device the configuration names may not exist yet. At boot
 // (Options.Boot) its unit is still written, for systemd to run when the
@@ -433,5 +552,57 @@ func TestMountDeviceNotYetPresent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "srv/data")); err == nil {
 		t.Error("the mount point was made: a mount was attempted")
+	}
+}
+
+// TestFilesVisudo: a sudoers file written through files is checked with
+// the root's visudo before it is written, as uamlite's fragments are: one
+// it rejects is never written (the rest of the module is), one it accepts
+// is checked again only when it would change, and a file sudo does not
+// read (a name with a dot) is not checked.
+func TestFilesVisudo(t *testing.T) {
+	root := busyboxRoot(t)
+	os.Symlink("busybox", filepath.Join(root, "bin/grep"))
+	for p, c := range map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+		"etc/group":  "root:x:0:\n",
+		// Logs each file it is given; "BROKEN" is a syntax error.
+		"usr/sbin/visudo": "#!/bin/sh\n[ \"$1 $2 $3\" = '-c -q -f' ] || exit 2\necho \"$4\" >> /visudo.log\n" +
+			"if grep -q BROKEN \"$4\"; then echo \"$4: syntax error\" >&2; exit 1; fi\n",
+	} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(c), 0o755)
+	}
+	conf := nodeconf.Conf{Files: map[string]nodeconf.File{
+		"/etc/sudoers.d/ops":       {Content: "ops ALL=(ALL) ALL\n", Mode: "0440"},
+		"/etc/sudoers.d/broken":    {Content: "BROKEN\n", Mode: "0440"},
+		"/etc/sudoers.d/notes.txt": {Content: "BROKEN, and sudo never reads it\n"},
+		"/etc/motd":                {Content: "BROKEN is fine here\n"},
+	}}
+	for run, want := range []string{
+		"/etc/sudoers.d/.bellbuild-check-broken\n/etc/sudoers.d/.bellbuild-check-ops\n",
+		"/etc/sudoers.d/.bellbuild-check-broken\n",
+	} {
+		os.Remove(filepath.Join(root, "visudo.log"))
+		rep, err := Apply(context.Background(), Options{RootDir: root}, &nodeconf.Node{Node: "n1", Conf: conf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantErrs := []string{"files: /etc/sudoers.d/broken: visudo -c: exit status 1: /etc/sudoers.d/.bellbuild-check-broken: syntax error; not written"}
+		if diff := cmp.Diff(wantErrs, rep.Errors); diff != "" {
+			t.Errorf("run %d: errors (-want +got):\n%s", run, diff)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "visudo.log")); string(got) != want {
+			t.Errorf("run %d: visudo checked %q, want %q", run, got, want)
+		}
+		for p, want := range map[string]string{
+			"etc/sudoers.d/ops": "ops ALL=(ALL) ALL\n", "etc/sudoers.d/broken": missing,
+			"etc/sudoers.d/notes.txt": "BROKEN, and sudo never reads it\n", "etc/motd": "BROKEN is fine here\n",
+			"etc/sudoers.d/.bellbuild-check-broken": missing, "etc/sudoers.d/.bellbuild-check-ops": missing,
+		} {
+			if got := readRoot(t, root, p); got != want {
+				t.Errorf("run %d: %s = %q, want %q", run, p, got, want)
+			}
+		}
 	}
 }

@@ -37,27 +37,9 @@ func init() { register(mountsModule{}) }
 func (mountsModule) Name() string { return "mounts" }
 
 // escapePath is `systemd-escape --path`: the unit name of a mount point.
-func escapePath(p string) string {
-	p = strings.Trim(path.Clean(p), "/")
-	if p == "" {
-		return "-"
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c == '/':
-			b.WriteByte('-')
-		case c == '.' && i == 0, !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == ':' || c == '_' || c == '.'):
-			fmt.Fprintf(&b, `\x%02x`, c)
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return b.String()
-}
+func escapePath(p string) string { return nodeconf.EscapePath(p) }
 
-func mountUnitName(m nodeconf.Mount) string { return escapePath(m.MntTgt) + ".mount" }
+func mountUnitName(m nodeconf.Mount) string { return nodeconf.MountUnit(m.MntTgt) }
 
 func mountUnitText(name string, m nodeconf.Mount) string {
 	var b strings.Builder
@@ -112,31 +94,59 @@ func (mountsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) 
 func (mm mountsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	want := map[string]bool{}
-	unitsChanged := false
 	type liveWork struct {
-		unit    string
-		m       nodeconf.Mount
-		changed bool
+		unit string
+		m    nodeconf.Mount
 	}
-	var live []liveWork
+	// The unit files, then their links, each a batch (one ledger save).
+	nameOf := map[string]string{}
+	var files []host.FileItem
+	var links []host.LinkItem
 	for _, name := range sortedKeys(conf.Mounts) {
 		m := conf.Mounts[name]
 		unit := mountUnitName(m)
 		file := path.Join(unitDir, unit)
 		link := path.Join(unitDir, "local-fs.target.wants", unit)
 		want["unit:"+unit], want["link:"+link], want["live:"+unit] = true, true, true
-		changed, err := h.EnsureFile("mounts", "unit:"+unit, host.FileSpec{Path: file, Data: []byte(mountUnitText(name, m)), Mode: 0o644})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			continue
+		nameOf["unit:"+unit], nameOf["link:"+link] = name, name
+		files = append(files, host.FileItem{Key: "unit:" + unit, Spec: host.FileSpec{Path: file, Data: []byte(mountUnitText(name, m)), Mode: 0o644}})
+		links = append(links, host.LinkItem{Key: "link:" + link, Link: link, Target: file})
+	}
+	failed := map[string]bool{}
+	fail := func(err error) {
+		name, ok := nameOf[itemKey(err)]
+		if !ok {
+			// Not one item's (the ledger could not be saved): none of
+			// the batch was written.
+			for _, n := range nameOf {
+				failed[n] = true
+			}
+			errs = append(errs, err)
+			return
 		}
-		lchanged, err := h.EnsureSymlink("mounts", "link:"+link, link, file)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			continue
+		failed[name] = true
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	changedFiles, ferrs := h.EnsureFiles("mounts", files)
+	for _, err := range ferrs {
+		fail(err)
+	}
+	var okLinks []host.LinkItem
+	for _, l := range links {
+		if !failed[nameOf[l.Key]] {
+			okLinks = append(okLinks, l)
 		}
-		unitsChanged = unitsChanged || changed || lchanged
-		live = append(live, liveWork{unit, m, changed})
+	}
+	changedLinks, lerrs := h.EnsureSymlinks("mounts", okLinks)
+	for _, err := range lerrs {
+		fail(err)
+	}
+	unitsChanged := len(changedFiles) > 0 || len(changedLinks) > 0
+	var live []liveWork
+	for _, name := range sortedKeys(conf.Mounts) {
+		if !failed[name] {
+			live = append(live, liveWork{mountUnitName(conf.Mounts[name]), conf.Mounts[name]})
+		}
 	}
 	// Drop what left: unmount first, then the link, then the unit.
 	for _, k := range stale(h, "mounts", "live:", want) {

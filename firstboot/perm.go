@@ -21,6 +21,19 @@ import (
 // 0:0" it had before bellbuild first changed it, Extra["set"] = what
 // bellbuild set. A path that leaves the configuration gets its original
 // back, unless someone changed it since (a conflict).
+//
+// Links: perm changes files and directories themselves. A symbolic link a
+// glob matches is an error. So is a file (not a directory: those cannot be
+// hard-linked) with more than one hard link whose owner, group or mode
+// would change: the change would reach the same inode under every other
+// name, and those may be outside the root (a root that is a directory of a
+// larger file system, linked to the host's /etc/shadow) or be another file
+// of the root linked into a directory the glob covers; nothing finds them
+// short of reading the whole file system. Such a file already as wanted is
+// left alone and adopted (nothing changes); a revert that would change
+// one is refused. The change itself is made through a handle opened
+// without following links and checked again (host.SetMetaOneLink), so the
+// path cannot be swapped for a link in between.
 type permModule struct{}
 
 func init() { register(permModule{}) }
@@ -80,9 +93,16 @@ func permTargets(h *host.Host, conf *nodeconf.Conf) (map[string]host.Meta, []err
 			// looks (a user-writable directory) would hand another file
 			// to the owner named here. perm manages files and
 			// directories themselves, never what a link points at.
-			if fi, err := h.Lstat(abs); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			fi, err := h.Lstat(abs)
+			if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 				bad("%s is a symbolic link; perm sets files and directories only", abs)
 				continue
+			}
+			if err == nil && !fi.IsDir() && host.Links(fi) > 1 {
+				if cur, err := h.StatMeta(abs); err != nil || cur != m {
+					bad("%s has %d hard links: perm changes no file that has other names (they may be outside the root); give it a copy of its own", abs, host.Links(fi))
+					continue
+				}
 			}
 			if prev, ok := out[abs]; ok && prev != m {
 				bad("%s: conflicts with %s, which wants %s", abs, from[abs], prev)
@@ -105,6 +125,7 @@ func (permModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []
 		return errs // nothing of perm is applied
 	}
 	want := map[string]bool{}
+	var todo []string
 	for _, p := range sortedKeys(targets) {
 		want[p] = true
 		m := targets[p]
@@ -134,11 +155,17 @@ func (permModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf) []
 			continue
 		}
 		h.Ledger.Put("perm", p, rec)
+		todo = append(todo, p)
+	}
+	// Write-ahead, once for the batch: every original is durable before
+	// the first path changes.
+	if len(todo) > 0 {
 		if err := h.SaveLedger(); err != nil {
-			errs = append(errs, err)
-			continue
+			return append(errs, err)
 		}
-		if err := h.SetMeta(p, m); err != nil {
+	}
+	for _, p := range todo {
+		if err := h.SetMetaOneLink(p, targets[p]); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 		}
 	}
@@ -170,10 +197,13 @@ func permRevert(h *host.Host, p string) error {
 		return fmt.Errorf("%s: %w (now %s, bellbuild set %s); not reverted", p, host.ErrConflict, cur, rec.Extra["set"])
 	}
 	if cur != orig {
+		if fi, err := h.Lstat(p); err == nil && !fi.IsDir() && host.Links(fi) > 1 {
+			return fmt.Errorf("%s: %w (%d): not reverted to %s", p, host.ErrHardLinked, host.Links(fi), orig)
+		}
 		h.Record(host.Change{Module: "perm", Item: p, Action: "revert", From: cur.String(), To: orig.String()})
 		if !h.Plan {
-			if err := h.SetMeta(p, orig); err != nil {
-				return fmt.Errorf("%s: %w", p, err)
+			if err := h.SetMetaOneLink(p, orig); err != nil {
+				return fmt.Errorf("%s: %w; not reverted", p, err)
 			}
 		}
 	}

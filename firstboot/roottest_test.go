@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -267,11 +268,7 @@ func runRootCases(t *testing.T, cases []rootCase) {
 				t.Errorf("after removing the items (-want +got):\n%s", diff)
 			}
 			if tc.reverted == nil {
-				led, err := os.ReadFile(filepath.Join(root, host.LedgerPath))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if strings.TrimSpace(string(led)) != "{\n  \"modules\": {}\n}" {
+				if led := ledgerText(t, root); led != "{}" {
 					t.Errorf("ledger not empty after everything was removed:\n%s", led)
 				}
 			}
@@ -292,4 +289,19 @@ func withPlainNewDirs(got, before, want rootTree) rootTree {
 		out[p] = e
 	}
 	return out
+}
+
+// ledgerText is the ledger of root as the next run would read it (the
+// snapshot with the journal replayed): its modules, as indented JSON.
+func ledgerText(t *testing.T, root string) string {
+	t.Helper()
+	l, err := host.ReadLedger(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.MarshalIndent(l.Modules, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -17,7 +17,7 @@ import (
 // sysctlFile is the one file that persists every sysctl bellbuild sets.
 // One file (not one per key) keeps a thousand keys one read on a rerun;
 // "60-" lets an administrator's 99-*.conf still win, as in Divingbell.
-const sysctlFile = "/etc/sysctl.d/60-bellbuild.conf"
+const sysctlFile = nodeconf.SysctlFile
 
 // sysctlFileKey is the ledger key of sysctlFile; every other key of the
 // module is a sysctl name.

@@ -74,7 +74,7 @@ var (
 	sshKeyRE   = regexp.MustCompile(`^(ssh-(rsa|dss|ed25519)|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n\x00]*)?$`)
 )
 
-func sudoPath(user string) string { return "/etc/sudoers.d/bellbuild-" + user }
+func sudoPath(user string) string { return nodeconf.SudoersFile(user) }
 
 func sudoLine(user string) string { return user + " ALL=(ALL) NOPASSWD:ALL\n" }
 
@@ -124,7 +124,18 @@ func (uamliteModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf)
 			}
 		}
 	}
-	return errs
+	// Validate assumed every home is /home/NAME: an adopted user's home
+	// is where the root's /etc/passwd says, and its authorized_keys must
+	// not be another module's file there either.
+	home := func(user string) string {
+		if passwd != nil {
+			if f := passwd.get(user, 7); f != nil && path.IsAbs(f[5]) {
+				return path.Clean(f[5])
+			}
+		}
+		return nodeconf.DefaultHome(user)
+	}
+	return append(errs, conf.ClaimConflicts(home)...)
 }
 
 // uam is one run of the module.
@@ -181,12 +192,11 @@ func (uamliteModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Con
 		return append(u.errs, err)
 	}
 
-	// 2. What lives in files: homes, sudo, keys.
-	for _, usr := range users {
-		u.ensureHome(usr)
-		u.ensureSudo(ctx, usr)
-		u.ensureKeys(usr)
-	}
+	// 2. What lives in files: homes, sudo, keys, each a batch written
+	// ahead in one ledger save.
+	u.ensureHomes(users)
+	u.ensureSudo(ctx, users)
+	u.ensureKeysAll(users)
 	// 3. Finish purges: homes go once the accounts are gone.
 	for _, name := range gone {
 		u.finishPurge(name, purge)
@@ -342,7 +352,7 @@ func (u *uam) create(name, pw string, r host.Record) error {
 	if _, err := u.h.Stat("/bin/bash"); err == nil {
 		shell = "/bin/bash"
 	}
-	home := "/home/" + name
+	home := nodeconf.DefaultHome(name)
 	u.change("user "+name, "create", fmt.Sprintf("uid %d gid %d home %s", uid, gid, home))
 	r.Extra["created"], r.Extra["state"] = "true", "active"
 	r.Extra["uid"], r.Extra["gid"] = strconv.Itoa(uid), strconv.Itoa(gid)
@@ -498,34 +508,49 @@ func (u *uam) ids(name string) (int, int, string, bool) {
 	return uid, gid, pf[5], err1 == nil && err2 == nil && path.IsAbs(pf[5])
 }
 
-// ensureHome creates the home of a user bellbuild created, from /etc/skel.
-func (u *uam) ensureHome(usr nodeconf.User) {
-	name := usr.UserName
-	r, _ := u.rec(name)
-	if r.Extra["created"] != "true" {
-		return
+// ensureHomes creates the homes of the users bellbuild created, from
+// /etc/skel: the records of every home to make are saved, then the homes
+// are made.
+func (u *uam) ensureHomes(users []nodeconf.User) {
+	type homeWork struct {
+		name, home string
+		uid, gid   int
 	}
-	uid, gid, home, ok := u.ids(name)
-	if !ok {
-		return
-	}
-	if _, err := u.h.Lstat(home); err == nil || !errors.Is(err, fs.ErrNotExist) {
-		return
-	}
-	u.change(home, "create", fmt.Sprintf("home %04o %d:%d", u.defs.homeMode.Perm(), uid, gid))
-	if u.h.Plan {
-		return
-	}
-	if r.Extra["home"] != "created" {
-		r.Extra["home"] = "created"
-		u.put(name, r)
-		if err := u.h.SaveLedger(); err != nil {
-			u.fail("%s: %w", name, err)
-			return
+	var todo []homeWork
+	for _, usr := range users {
+		name := usr.UserName
+		r, _ := u.rec(name)
+		if r.Extra["created"] != "true" {
+			continue
 		}
+		uid, gid, home, ok := u.ids(name)
+		if !ok {
+			continue
+		}
+		if _, err := u.h.Lstat(home); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		u.change(home, "create", fmt.Sprintf("home %04o %d:%d", u.defs.homeMode.Perm(), uid, gid))
+		if u.h.Plan {
+			continue
+		}
+		if r.Extra["home"] != "created" {
+			r.Extra["home"] = "created"
+			u.put(name, r)
+		}
+		todo = append(todo, homeWork{name, home, uid, gid})
 	}
-	if err := u.makeHome(home, uid, gid); err != nil {
-		u.fail("%s: home: %w", name, err)
+	if len(todo) == 0 {
+		return
+	}
+	if err := u.h.SaveLedger(); err != nil {
+		u.fail("homes: %w", err)
+		return
+	}
+	for _, w := range todo {
+		if err := u.makeHome(w.home, w.uid, w.gid); err != nil {
+			u.fail("%s: home: %w", w.name, err)
+		}
 	}
 }
 
@@ -535,9 +560,12 @@ func (u *uam) makeHome(home string, uid, gid int) error {
 	if err := root.MkdirAll(path.Dir(rel), 0o755); err != nil {
 		return err
 	}
+	if err := u.h.NoteTempDir(path.Dir(home)); err != nil {
+		return err
+	}
 	// Built under a temporary name and renamed: a home is there whole or
 	// not at all.
-	tmp := path.Join(path.Dir(rel), "."+path.Base(rel)+".bellbuild-tmp")
+	tmp := path.Join(path.Dir(rel), host.TempName(path.Base(rel)))
 	if err := root.RemoveAll(tmp); err != nil {
 		return err
 	}
@@ -601,21 +629,32 @@ func (u *uam) makeHome(home string, uid, gid int) error {
 	return root.Rename(tmp, rel)
 }
 
-func (u *uam) ensureSudo(ctx context.Context, usr nodeconf.User) {
-	name := usr.UserName
-	if !usr.UserSudo {
-		if _, err := u.h.ReleaseFile("uamlite", "sudo/"+name, sudoPath(name)); err != nil {
-			u.fail("%s: %w", name, err)
+// ensureSudo gives each user with user_sudo its sudoers fragment (one
+// batch) and takes it from the others.
+func (u *uam) ensureSudo(ctx context.Context, users []nodeconf.User) {
+	var items []host.FileItem
+	for _, usr := range users {
+		name := usr.UserName
+		if !usr.UserSudo {
+			if _, err := u.h.ReleaseFile("uamlite", "sudo/"+name, sudoPath(name)); err != nil {
+				u.fail("%s: %w", name, err)
+			}
+			continue
 		}
-		return
+		data := sudoLine(name)
+		if err := u.checkSudoers(ctx, name, data); err != nil {
+			u.fail("%s: sudo: %w", name, err)
+			continue
+		}
+		items = append(items, host.FileItem{Key: "sudo/" + name, Spec: host.FileSpec{Path: sudoPath(name), Data: []byte(data), Mode: 0o440}})
 	}
-	data := sudoLine(name)
-	if err := u.checkSudoers(ctx, name, data); err != nil {
-		u.fail("%s: sudo: %w", name, err)
-		return
-	}
-	if _, err := u.h.EnsureFile("uamlite", "sudo/"+name, host.FileSpec{Path: sudoPath(name), Data: []byte(data), Mode: 0o440}); err != nil {
-		u.fail("%s: %w", name, err)
+	_, errs := u.h.EnsureFiles("uamlite", items)
+	for _, err := range errs {
+		if name, ok := strings.CutPrefix(itemKey(err), "sudo/"); ok {
+			u.fail("%s: %w", name, err)
+		} else {
+			u.fail("sudo: %w", err)
+		}
 	}
 }
 
@@ -634,22 +673,31 @@ func (u *uam) checkSudoers(ctx context.Context, name, data string) error {
 	if cur, err := u.h.ReadFile(sudoPath(name)); (err == nil && string(cur) == data) || u.h.Plan {
 		return nil
 	}
+	return visudoCheck(ctx, u.h, "/etc/sudoers.d/.bellbuild-check-"+name, []byte(data), host.Meta{Mode: 0o440})
+}
+
+// visudoCheck checks data, the content a sudoers file is about to get,
+// with the root's own visudo -c when it has one: the content goes to tmp,
+// a ".bellbuild-check-NAME" beside the file (a name sudo's #includedir
+// ignores, and CleanTemps removes after a kill), with the mode and owner
+// the file will have, and is removed after. A root without visudo has
+// nothing to check with.
+func visudoCheck(ctx context.Context, h *host.Host, tmp string, data []byte, m host.Meta) error {
 	visudo := ""
-	for _, p := range []string{"/usr/sbin/visudo", "/usr/bin/visudo", "/sbin/visudo"} {
-		if _, err := u.h.Stat(p); err == nil {
-			visudo = p
+	for _, v := range []string{"/usr/sbin/visudo", "/usr/bin/visudo", "/sbin/visudo"} {
+		if _, err := h.Stat(v); err == nil {
+			visudo = v
 			break
 		}
 	}
 	if visudo == "" {
 		return nil
 	}
-	tmp := "/etc/sudoers.d/.bellbuild-check-" + name
-	if err := u.h.WriteFile(tmp, []byte(data), 0o440, 0, 0); err != nil {
+	if err := h.WriteFile(tmp, data, m.Mode, m.UID, m.GID); err != nil {
 		return err
 	}
-	defer u.h.Remove(tmp)
-	out, err := inRoot(ctx, u.h, nil, visudo, "-c", "-q", "-f", tmp).CombinedOutput()
+	defer h.Remove(tmp)
+	out, err := inRoot(ctx, h, nil, visudo, "-c", "-q", "-f", tmp).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("visudo -c: %w: %s", err, strings.TrimSpace(string(out)))
 	}

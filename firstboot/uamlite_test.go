@@ -296,8 +296,8 @@ func TestUamlite(t *testing.T) {
 		}
 		createChanges := []string{
 			"create user alice", "create user bob", "expire user ubuntu",
-			"create /home/alice", "create /etc/sudoers.d/bellbuild-alice", "create /home/alice/.ssh", "create /home/alice/.ssh/authorized_keys",
-			"create /home/bob",
+			"create /home/alice", "create /home/bob",
+			"create /etc/sudoers.d/bellbuild-alice", "create /home/alice/.ssh", "create /home/alice/.ssh/authorized_keys",
 		}
 		expired := map[string]string{
 			"/etc/shadow": "file 0640 0:42\nroot:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n" +

@@ -29,7 +29,7 @@ func init() { register(unitsModule{}) }
 
 func (unitsModule) Name() string { return "units" }
 
-const unitDir = "/etc/systemd/system"
+const unitDir = nodeconf.UnitDir
 
 // unitSearchPath is where systemd looks for unit files, first wins.
 var unitSearchPath = []string{"/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system"}
@@ -130,34 +130,45 @@ func (unitsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 			errs = append(errs, fmt.Errorf("%s: cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", name))
 		}
 	}
-	return append(errs, checkUnitClaims(conf)...)
+	return errs
 }
 
 func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	before := len(h.Changes())
 	want := map[string]bool{}
+	// The unit files, then the links that enable them, each a batch.
+	var files []host.FileItem
+	for _, name := range sortedKeys(conf.Units) {
+		if u := conf.Units[name]; u.Content != "" {
+			want["file:"+name] = true
+			files = append(files, host.FileItem{Key: "file:" + name, Spec: host.FileSpec{Path: path.Join(unitDir, name), Data: []byte(u.Content), Mode: 0o644}})
+		}
+	}
+	failed := map[string]bool{}
+	_, ferrs := h.EnsureFiles("units", files)
+	for _, err := range ferrs {
+		name, ok := strings.CutPrefix(itemKey(err), "file:")
+		if !ok {
+			return append(errs, err) // the ledger could not be saved
+		}
+		failed[name] = true
+		errs = append(errs, fmt.Errorf("%s: %w", name, err))
+	}
+	var links []host.LinkItem
+	linkUnit := map[string]string{}
 	for _, name := range sortedKeys(conf.Units) {
 		u := conf.Units[name]
-		if u.Content != "" {
-			want["file:"+name] = true
-			spec := host.FileSpec{Path: path.Join(unitDir, name), Data: []byte(u.Content), Mode: 0o644}
-			if _, err := h.EnsureFile("units", "file:"+name, spec); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				continue
-			}
-		}
-		if u.Enabled == nil {
+		if u.Enabled == nil || failed[name] {
 			continue
 		}
 		if *u.Enabled {
 			text, file, _ := unitSource(h, name, u)
-			links := unitLinks(name, text, file)
-			for _, l := range sortedKeys(links) {
+			targets := unitLinks(name, text, file)
+			for _, l := range sortedKeys(targets) {
 				want["link:"+l] = true
-				if _, err := h.EnsureSymlink("units", "link:"+l, l, links[l]); err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				}
+				links = append(links, host.LinkItem{Key: "link:" + l, Link: l, Target: targets[l]})
+				linkUnit["link:"+l] = name
 			}
 			continue
 		}
@@ -174,6 +185,13 @@ func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 				want[k] = true
 			}
 		}
+	}
+	_, lerrs := h.EnsureSymlinks("units", links)
+	for _, err := range lerrs {
+		if name, ok := linkUnit[itemKey(err)]; ok {
+			err = fmt.Errorf("%s: %w", name, err)
+		}
+		errs = append(errs, err)
 	}
 	// Links first, then the unit files they point to.
 	for _, k := range stale(h, "units", "link:", want) {

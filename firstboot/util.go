@@ -27,6 +27,16 @@ func stale(h *host.Host, module, prefix string, want map[string]bool) []string {
 	return out
 }
 
+// itemKey returns the ledger key of the item an error of a batch
+// (host.EnsureFiles, host.EnsureSymlinks) is about, or "".
+func itemKey(err error) string {
+	var ie *host.ItemError
+	if errors.As(err, &ie) {
+		return ie.Key
+	}
+	return ""
+}
+
 // sortedKeys returns m's keys in order.
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -123,7 +123,7 @@ conf:
     packages: [{name: vim, version: "1"}, {name: curl}]
     blacklistpkgs: [telnetd, nis]
   perm:
-  - {path: /etc/shadow, owner: root, group: shadow, permissions: "0640"}
+  - {path: /etc/ssh/sshd_config, owner: root, group: root, permissions: "0640"}
   exec:
     a.sh: {data: x, args: [one, two]}
 `,
@@ -139,8 +139,8 @@ conf:
     blacklistpkgs: [{name: ntpdate}]
   perm:
     paths:
-    - {path: /etc/passwd, owner: root, group: root, permissions: "0644"}
-    - {path: /etc/shadow, permissions: "0600"}
+    - {path: /etc/crontab, owner: root, group: root, permissions: "0644"}
+    - {path: /etc/ssh/sshd_config, permissions: "0600"}
   exec:
     a.sh: {args: [three]}
 `,
@@ -158,8 +158,8 @@ apt:
   blacklistpkgs: [ntpdate]
 perm:
   paths:
-  - {path: /etc/shadow, owner: root, group: shadow, permissions: "0600"}
-  - {path: /etc/passwd, owner: root, group: root, permissions: "0644"}
+  - {path: /etc/ssh/sshd_config, owner: root, group: root, permissions: "0600"}
+  - {path: /etc/crontab, owner: root, group: root, permissions: "0644"}
 exec:
   a.sh: {data: x, args: [three]}
 `,

@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
@@ -165,8 +167,42 @@ func TestApplyCommand(t *testing.T) {
 	}
 }
 
+// TestApplyLocked: a run refused because another applier holds the
+// root's lock exits 1, says why on stderr, and its summary counts that
+// error (it said errors=0).
+func TestApplyLocked(t *testing.T) {
+	root := applyRoot(t)
+	node := filepath.Join(t.TempDir(), "node.json")
+	writeConf(t, node, &nodeconf.Node{Node: "n1", Profile: "worker", Conf: nodeconf.Conf{Files: map[string]nodeconf.File{"/etc/motd": {Content: "node n1\n"}}}})
+	writeTestFile(t, filepath.Join(root, "var/lib/bellbuild/lock"), "")
+	f, err := os.Open(filepath.Join(root, "var/lib/bellbuild/lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runBin(t, "apply", "--config", node, "--root", root)
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if want := "bellbuild: node=n1 profile=worker changes=0 errors=1\n"; stdout != want {
+		t.Errorf("stdout %q, want %q", stdout, want)
+	}
+	if !strings.Contains(stderr, "another bellbuild apply is running on this root") {
+		t.Errorf("stderr does not say why:\n%s", stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "etc/motd")); string(got) != "Debian original\n" {
+		t.Errorf("/etc/motd = %q: a locked-out run changed the root", got)
+	}
+}
+
 // killConfs are two configurations that differ in content and in their
-// items, so that runs between them write, rewrite and revert.
+// items, so that runs between them write, rewrite and revert. Two batches
+// are large enough for a kill to land inside them: killBatchFiles files
+// written in one batch (one ledger save, then the files), and the perm
+// change of every file under /srv/data (killRoot makes killPermFiles).
 func killConfs() [2]nodeconf.Conf {
 	yes := true
 	var c [2]nodeconf.Conf
@@ -184,8 +220,32 @@ func killConfs() [2]nodeconf.Conf {
 			c[i].Files[fmt.Sprintf("/etc/bellbuild-test/%d-%02d.conf", i, j)] = nodeconf.File{Content: strings.Repeat("x", 512*j), Mode: "0640", Owner: "app"}
 			c[i].Files[fmt.Sprintf("/etc/bellbuild-test/shared-%02d.conf", j)] = nodeconf.File{Content: strings.Repeat(v, 100*j+1)}
 		}
+		for j := 0; j < killBatchFiles; j++ {
+			c[i].Files[fmt.Sprintf("%s/%03d.conf", killBatchDir, j)] = nodeconf.File{Content: fmt.Sprintf("%03d %s\n", j, strings.Repeat(v, 2048))}
+		}
 	}
 	return c
+}
+
+const (
+	killBatchDir   = "/etc/bellbuild-test/batch"
+	killBatchFiles = 200
+	killPermFiles  = 200
+)
+
+// killRoot is memRoot with killPermFiles more files under /srv/data, and
+// killBatchDir.
+func killRoot(t *testing.T) string {
+	t.Helper()
+	root := memRoot(t)
+	// The batch directory exists from the start, to be watched.
+	if err := os.MkdirAll(filepath.Join(root, killBatchDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for j := 0; j < killPermFiles; j++ {
+		writeTestFile(t, filepath.Join(root, fmt.Sprintf("srv/data/p%03d", j)), "p\n")
+	}
+	return root
 }
 
 // state reads every file and link under root but the applier's state.
@@ -223,6 +283,86 @@ func state(t *testing.T, root string) map[string]string {
 	return out
 }
 
+// killRig is the setting of the kill -9 tests: the two configurations,
+// each applied to a clean root (the references), and the root the
+// appliers are killed on.
+type killRig struct {
+	bin    string
+	nodes  [2]string
+	refs   [2]map[string]string
+	before map[string]string
+	root   string
+	full   time.Duration // the longest reference run
+}
+
+func newKillRig(t *testing.T) *killRig {
+	t.Helper()
+	k := &killRig{bin: testtool.Binary(t)}
+	dir := t.TempDir()
+	for i, c := range killConfs() {
+		k.nodes[i] = filepath.Join(dir, fmt.Sprintf("node%d.json", i))
+		writeConf(t, k.nodes[i], &nodeconf.Node{Node: "n", Profile: "p", Conf: c})
+	}
+	k.root = killRoot(t)
+	for i := range k.nodes {
+		ref := killRoot(t)
+		start := time.Now()
+		if code, out, errs := runBin(t, "apply", "--config", k.nodes[i], "--root", ref); code != 0 {
+			t.Fatalf("reference run %d: exit %d\n%s%s", i, code, out, errs)
+		}
+		k.full = max(k.full, time.Since(start))
+		k.refs[i] = state(t, ref)
+	}
+	k.before = state(t, k.root)
+	return k
+}
+
+// start starts an applier of configuration which on the root.
+func (k *killRig) start(t *testing.T, which int) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(k.bin, "apply", "--config", k.nodes[which], "--root", k.root)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd
+}
+
+// whole reports whether p's content and mode are as before any run, or as
+// one of the configurations gives them.
+func (k *killRig) whole(p, got string) bool {
+	for _, s := range []map[string]string{k.before, k.refs[0], k.refs[1]} {
+		if want, ok := s[p]; ok && want == got {
+			return true
+		}
+	}
+	return false
+}
+
+// afterKill checks the root after run i was killed: every file whole
+// (temporary files aside), then a rerun of configuration which converges
+// to exactly what a clean root gets, with no temporary file left, and a
+// third run changes nothing.
+func (k *killRig) afterKill(t *testing.T, i, which int) {
+	t.Helper()
+	for p, got := range state(t, k.root) {
+		if strings.Contains(p, ".bellbuild-tmp") {
+			continue // a write's temp file: never a managed path
+		}
+		if !k.whole(p, got) {
+			t.Fatalf("run %d: after kill -9, %s is neither old nor new:\n%.200s", i, p, got)
+		}
+	}
+	if code, out, errs := runBin(t, "apply", "--config", k.nodes[which], "--root", k.root); code != 0 {
+		t.Fatalf("run %d: the run after a kill failed: exit %d\n%s%s", i, code, out, errs)
+	}
+	if diff := cmp.Diff(k.refs[which], state(t, k.root)); diff != "" {
+		t.Fatalf("run %d: after a kill and a rerun, the root differs from a clean apply (-clean +got):\n%s", i, diff)
+	}
+	if code, out, _ := runBin(t, "apply", "--config", k.nodes[which], "--root", k.root); code != 0 || !strings.Contains(out, " changes=0 ") {
+		t.Fatalf("run %d: third run not converged: exit %d: %s", i, code, out)
+	}
+}
+
 // TestApplyKill9 kills `bellbuild apply` at random points, over and over,
 // switching between two configurations: after every kill each managed
 // file is whole — as before, as one configuration or as the other — and
@@ -232,51 +372,18 @@ func TestApplyKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills 100 appliers: skipped in -short")
 	}
-	bin := testtool.Binary(t)
-	dir := t.TempDir()
-	confs := killConfs()
-	var nodes [2]string
-	for i, c := range confs {
-		nodes[i] = filepath.Join(dir, fmt.Sprintf("node%d.json", i))
-		writeConf(t, nodes[i], &nodeconf.Node{Node: "n", Profile: "p", Conf: c})
-	}
-	// Reference states: each configuration applied to a clean root.
-	root := memRoot(t)
-	var refs [2]map[string]string
-	var full time.Duration
-	for i := range confs {
-		ref := memRoot(t)
-		start := time.Now()
-		if code, out, errs := runBin(t, "apply", "--config", nodes[i], "--root", ref); code != 0 {
-			t.Fatalf("reference run %d: exit %d\n%s%s", i, code, out, errs)
-		}
-		full = max(full, time.Since(start))
-		refs[i] = state(t, ref)
-	}
-	before := state(t, root)
+	k := newKillRig(t)
 	// The kill lands at a random point within a window that adapts to how
 	// fast runs are now (it shrinks when a run finished first, grows when
 	// one was killed), so that most kills hit a run in progress whatever
 	// the load on the machine.
-	window := full
-	t.Logf("a full run took %v; first window %v", full, window)
-
-	whole := func(p, got string) bool {
-		for _, s := range []map[string]string{before, refs[0], refs[1]} {
-			if want, ok := s[p]; ok && want == got {
-				return true
-			}
-		}
-		return false
-	}
+	window := k.full
+	t.Logf("a full run took %v; first window %v", k.full, window)
 	rng := rand.New(rand.NewPCG(1, 2))
 	killed := 0
 	for i := 0; i < 100; i++ {
 		which := i % 2
-		cmd := exec.Command(bin, "apply", "--config", nodes[which], "--root", root)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		cmd := k.start(t, which)
 		time.Sleep(time.Duration(rng.Int64N(int64(window) + 1)))
 		cmd.Process.Kill()
 		if err := cmd.Wait(); err != nil && cmd.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
@@ -285,29 +392,148 @@ func TestApplyKill9(t *testing.T) {
 		} else {
 			window -= window / 10
 		}
-
-		for p, got := range state(t, root) {
-			if strings.Contains(p, ".bellbuild-tmp") {
-				continue // a write's temp file: never a managed path
-			}
-			if !whole(p, got) {
-				t.Fatalf("run %d: after kill -9, %s is neither old nor new:\n%.200s", i, p, got)
-			}
-		}
-		if code, out, errs := runBin(t, "apply", "--config", nodes[which], "--root", root); code != 0 {
-			t.Fatalf("run %d: the run after a kill failed: exit %d\n%s%s", i, code, out, errs)
-		}
-		if diff := cmp.Diff(refs[which], state(t, root)); diff != "" {
-			t.Fatalf("run %d: after a kill and a rerun, the root differs from a clean apply (-clean +got):\n%s", i, diff)
-		}
-		if code, out, _ := runBin(t, "apply", "--config", nodes[which], "--root", root); code != 0 || !strings.Contains(out, " changes=0 ") {
-			t.Fatalf("run %d: third run not converged: exit %d: %s", i, code, out)
-		}
+		k.afterKill(t, i, which)
 	}
 	t.Logf("%d of 100 appliers killed before they finished (last window %v)", killed, window)
 	if killed < 30 {
 		t.Errorf("only %d of 100 appliers were killed mid-run: the test proves little", killed)
 	}
+}
+
+// TestApplyKill9InBatch kills `bellbuild apply` inside a batch: right after
+// the N-th of killBatchFiles files written in one batch is renamed into
+// place, or the N-th of the perm batch's paths changes mode (N at random),
+// as inotify reports it. The batch's ledger save came before any of its
+// changes, so the root is left with some files of the batch old and some
+// new (and temporary files of the batch's unfinished writes): each must be
+// whole, and the next run must clean up and converge as after any kill.
+func TestApplyKill9InBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills 40 appliers: skipped in -short")
+	}
+	k := newKillRig(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	mixed := map[string]int{}
+	for i := 0; i < 40; i++ {
+		which := i % 2
+		batch, dir, mask, size := "files", killBatchDir, uint32(unix.IN_MOVED_TO), killBatchFiles
+		if i%4 >= 2 {
+			batch, dir, mask, size = "perm", "/srv/data", unix.IN_ATTRIB, killPermFiles
+		}
+		n := 1 + rng.IntN(size-1)
+		killAfterEvents(t, k, which, filepath.Join(k.root, dir), mask, n)
+		// Inside the batch: some of its paths are as one configuration
+		// has them, some as the other (or as before) has them.
+		kinds := map[int]bool{}
+		for p, got := range state(t, k.root) {
+			if !strings.HasPrefix(p, dir+"/") || strings.Contains(p, ".bellbuild-tmp") || p == "/srv/data/a" || p == "/srv/data/b" {
+				continue
+			}
+			for j, ref := range k.refs {
+				if ref[p] == got {
+					kinds[j] = true
+				}
+			}
+		}
+		if len(kinds) == 2 {
+			mixed[batch]++
+		}
+		k.afterKill(t, i, which)
+	}
+	t.Logf("kills that left a batch half old, half new: %v of 20 each", mixed)
+	for _, b := range []string{"files", "perm"} {
+		if mixed[b] < 5 {
+			t.Errorf("only %d of 20 kills landed inside the %s batch: the test proves little", mixed[b], b)
+		}
+	}
+}
+
+// TestApplyCleansTempsAfterKill: the temporary files of a run killed in
+// the middle of a batch are removed by the next run even when it does not
+// rewrite those files (here it removes them: an empty configuration).
+func TestApplyCleansTempsAfterKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills appliers: skipped in -short")
+	}
+	k := newKillRig(t)
+	temps := func() []string {
+		var out []string
+		filepath.WalkDir(k.root, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && strings.HasSuffix(p, ".bellbuild-tmp") {
+				out = append(out, strings.TrimPrefix(p, k.root))
+			}
+			return nil
+		})
+		return out
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	var left []string
+	for i := 0; i < 30 && len(left) == 0; i++ {
+		killAfterEvents(t, k, 0, filepath.Join(k.root, killBatchDir), unix.IN_MOVED_TO, 1+rng.IntN(killBatchFiles-2*32))
+		left = temps()
+	}
+	if len(left) == 0 {
+		t.Fatal("no kill in 30 left a temporary file behind")
+	}
+	t.Logf("a kill left %d temporary files, such as %s", len(left), left[0])
+	empty := filepath.Join(t.TempDir(), "empty.json")
+	writeConf(t, empty, &nodeconf.Node{Node: "n", Profile: "p"})
+	if code, out, errs := runBin(t, "apply", "--config", empty, "--root", k.root); code != 0 {
+		t.Fatalf("the run after the kill: exit %d\n%s%s", code, out, errs)
+	}
+	if got := temps(); len(got) > 0 {
+		t.Errorf("temporary files left after the next run: %v", got)
+	}
+	if diff := cmp.Diff(k.before, state(t, k.root)); diff != "" {
+		t.Errorf("the empty configuration did not give the root back (-before +after):\n%s", diff)
+	}
+}
+
+// killAfterEvents starts an applier of configuration which and kills it -9
+// as soon as inotify has reported n events of mask in dir.
+func killAfterEvents(t *testing.T, k *killRig, which int, dir string, mask uint32, n int) {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, dir, mask); err != nil {
+		t.Fatal(err)
+	}
+	cmd := k.start(t, which)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	buf := make([]byte, 64<<10)
+	seen := 0
+	for seen < n {
+		select {
+		case <-done:
+			return // finished first: a whole run, checked all the same
+		default:
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, 10); err != nil && err != unix.EINTR {
+			t.Fatal(err)
+		}
+		m, err := unix.Read(fd, buf)
+		if err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= m; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			if ev.Mask&mask != 0 && !strings.Contains(name, ".bellbuild-tmp") {
+				seen++
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	cmd.Process.Kill()
+	<-done
 }
 
 // TestApplySources applies a site directory and a Divingbell values file:

@@ -21,7 +21,9 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -70,6 +72,15 @@ type Host struct {
 	root    *os.Root
 	Ledger  *Ledger
 	changes []Change
+	// journal is the ledger's journal, open for appending once this run
+	// saved something; js is what loading found of it.
+	journal  *os.File
+	js       journalState
+	unsynced bool // appended to the journal since its last fsync
+	snapSize int64
+	// unsyncedDirs hold renames not yet made durable by a directory fsync
+	// (see syncPending).
+	unsyncedDirs map[string]bool
 	// dirs caches an os.Root per directory already opened, so that an
 	// operation on /etc/systemd/system/x costs one confined system call,
 	// not one per path component (os.Root walks every component).
@@ -98,9 +109,12 @@ func Open(opts Options) (*Host, error) {
 		return nil, fmt.Errorf("host: %w", err)
 	}
 	h := &Host{Options: opts, root: r}
-	if h.Ledger, err = loadLedger(h); err != nil {
+	if h.Ledger, h.js, err = loadLedger(h); err != nil {
 		r.Close()
 		return nil, err
+	}
+	if fi, err := h.Lstat(LedgerPath); err == nil {
+		h.snapSize = fi.Size()
 	}
 	return h, nil
 }
@@ -109,20 +123,27 @@ func Open(opts Options) (*Host, error) {
 // a run that finished meanwhile is seen). It is an error to call it with
 // unsaved records.
 func (h *Host) ReloadLedger() error {
-	if h.Ledger.dirty {
+	if h.Ledger.dirty() {
 		return errors.New("ledger: reload with unsaved changes")
 	}
-	l, err := loadLedger(h)
+	l, js, err := loadLedger(h)
 	if err != nil {
 		return err
 	}
-	h.Ledger = l
+	h.Ledger, h.js = l, js
+	if fi, err := h.Lstat(LedgerPath); err == nil {
+		h.snapSize = fi.Size()
+	}
 	return nil
 }
 
 // Close releases the root.
 func (h *Host) Close() error {
 	h.ForgetDirs()
+	if h.journal != nil {
+		h.journal.Close()
+		h.journal = nil
+	}
 	return h.root.Close()
 }
 
@@ -224,54 +245,178 @@ func (h *Host) WriteFile(p string, data []byte, mode fs.FileMode, uid, gid int) 
 // writeFile is WriteFile; syncDir false leaves the directory's fsync to the
 // caller (EnsureFiles syncs each directory once).
 func (h *Host) writeFile(p string, data []byte, mode fs.FileMode, uid, gid int, syncDir bool) error {
+	t, err := h.createTemp(p, data, mode, uid, gid)
+	if err != nil {
+		return err
+	}
+	if err := t.f.Sync(); err != nil {
+		t.abort()
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	if err := t.commit(); err != nil {
+		return err
+	}
+	if !syncDir {
+		h.deferSync(t.dir)
+		return nil
+	}
+	return h.syncDir(t.dir)
+}
+
+// tempFile is a file written whole under its temporary name in the
+// directory of the file it will replace, neither synced nor renamed yet.
+type tempFile struct {
+	p, dir, tmp, base string
+	d                 *os.Root
+	f                 *os.File
+}
+
+// createTemp writes data to p's temporary name, with owner and mode.
+func (h *Host) createTemp(p string, data []byte, mode fs.FileMode, uid, gid int) (*tempFile, error) {
 	r := rel(p)
 	dir := path.Dir(r)
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
+		return nil, fmt.Errorf("write %s: %w", p, err)
 	}
 	// One applier runs at a time (the lock), so a fixed temp name is
 	// enough, and a run killed mid-write leaves at most one stale temp per
-	// file. That stale name is removed (a symlink is removed, never
-	// followed) and the temp is created exclusively without following
-	// links: someone who can write to the directory (a user's home) must
-	// not be able to plant a link that turns this root-owned write, and
-	// the chown after it, onto another file such as /etc/shadow.
+	// file (the next run removes it, see CleanTemps). That stale name is
+	// removed (a symlink is removed, never followed) and the temp is
+	// created exclusively without following links: someone who can write
+	// to the directory (a user's home) must not be able to plant a link
+	// that turns this root-owned write, and the chown after it, onto
+	// another file such as /etc/shadow.
+	if err := h.noteTemp(dir); err != nil {
+		return nil, fmt.Errorf("write %s: %w", p, err)
+	}
 	d, base := h.at(r)
-	tmp := "." + path.Base(r) + ".bellbuild-tmp"
+	tmp := TempName(path.Base(r))
 	if d == h.root {
 		tmp = path.Join(dir, tmp)
 	}
 	if err := d.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("write %s: stale temp: %w", p, err)
+		return nil, fmt.Errorf("write %s: stale temp: %w", p, err)
 	}
 	f, err := d.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
+		return nil, fmt.Errorf("write %s: %w", p, err)
 	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Chown(uid, gid)
+	t := &tempFile{p: p, dir: dir, tmp: tmp, base: base, d: d, f: f}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chown(uid, gid)
 	}
-	if werr == nil {
-		werr = f.Chmod(mode)
+	if err == nil {
+		err = f.Chmod(mode)
 	}
-	if werr == nil {
-		werr = f.Sync()
+	if err != nil {
+		t.abort()
+		return nil, fmt.Errorf("write %s: %w", p, err)
 	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
+	return t, nil
+}
+
+// abort drops the temporary file.
+func (t *tempFile) abort() {
+	t.f.Close()
+	t.d.Remove(t.tmp)
+}
+
+// commit closes the (synced) temporary file and renames it over the file:
+// a reader sees the old file or the new one, never a part.
+func (t *tempFile) commit() error {
+	err := t.f.Close()
+	if err == nil {
+		err = t.d.Rename(t.tmp, t.base)
 	}
-	if werr == nil {
-		werr = d.Rename(tmp, base)
+	if err != nil {
+		t.d.Remove(t.tmp)
+		return fmt.Errorf("write %s: %w", t.p, err)
 	}
-	if werr != nil {
-		d.Remove(tmp)
-		return fmt.Errorf("write %s: %w", p, werr)
+	return nil
+}
+
+// SyncParallel is how many temporary files a batch writes before it syncs
+// them, all at once (SyncAll): the file system commits concurrent fsyncs
+// together, so a batch of files waits for the disk a few times instead of
+// once per file.
+const SyncParallel = 32
+
+// SyncAll fsyncs files concurrently and returns each one's error (nil
+// entries are skipped).
+func SyncAll(files []*os.File) []error {
+	errs := make([]error, len(files))
+	var wg sync.WaitGroup
+	for i, f := range files {
+		if f != nil {
+			wg.Go(func() { errs[i] = f.Sync() })
+		}
 	}
-	if !syncDir {
-		return nil
+	wg.Wait()
+	return errs
+}
+
+// writeFiles writes items, each like WriteFile (temporary file, fsync,
+// rename), syncing SyncParallel files at a time concurrently; the
+// directories are left to syncPending. It returns the keys written and
+// the errors, each naming its file.
+func (h *Host) writeFiles(items []FileItem) (map[string]bool, []error) {
+	written := map[string]bool{}
+	var errs []error
+	for chunk := range slices.Chunk(items, SyncParallel) {
+		temps := make([]*tempFile, len(chunk))
+		files := make([]*os.File, len(chunk))
+		for i, it := range chunk {
+			s := it.Spec
+			t, err := h.createTemp(s.Path, s.Data, s.Mode, s.UID, s.GID)
+			if err != nil {
+				errs = append(errs, &ItemError{Key: it.Key, Err: err})
+				continue
+			}
+			temps[i], files[i] = t, t.f
+		}
+		serrs := SyncAll(files)
+		for i, t := range temps {
+			if t == nil {
+				continue
+			}
+			err := serrs[i]
+			if err != nil {
+				t.abort()
+				err = fmt.Errorf("write %s: %w", t.p, err)
+			} else {
+				err = t.commit()
+			}
+			if err != nil {
+				errs = append(errs, &ItemError{Key: chunk[i].Key, Err: err})
+				continue
+			}
+			h.deferSync(t.dir)
+			written[chunk[i].Key] = true
+		}
 	}
-	return h.syncDir(dir)
+	return written, errs
+}
+
+// deferSync notes that dir holds a rename not yet made durable; the next
+// syncPending (before any ledger save, and at the end of a batch) syncs it.
+func (h *Host) deferSync(dir string) {
+	if h.unsyncedDirs == nil {
+		h.unsyncedDirs = map[string]bool{}
+	}
+	h.unsyncedDirs[dir] = true
+}
+
+// syncPending fsyncs every directory deferSync noted, in order.
+func (h *Host) syncPending() error {
+	var errs []error
+	for _, dir := range sortedSet(h.unsyncedDirs) {
+		if err := h.syncDir(dir); err != nil {
+			errs = append(errs, fmt.Errorf("sync /%s: %w", dir, err))
+		}
+	}
+	h.unsyncedDirs = nil
+	return errors.Join(errs...)
 }
 
 func (h *Host) syncDir(dir string) error {
@@ -294,26 +439,6 @@ func (h *Host) Remove(p string) error {
 		return err
 	}
 	return h.syncDir(path.Dir(rel(p)))
-}
-
-// SaveLedger writes the ledger atomically (mode 0600: it may name secrets'
-// hashes). It is a no-op under Plan or when nothing changed.
-func (h *Host) SaveLedger() error {
-	if h.Plan || !h.Ledger.dirty {
-		return nil
-	}
-	data, err := marshalLedger(h.Ledger)
-	if err != nil {
-		return err
-	}
-	if err := MkdirState(h); err != nil {
-		return err
-	}
-	if err := h.WriteFile(LedgerPath, data, 0o600, 0, 0); err != nil {
-		return fmt.Errorf("ledger: %w", err)
-	}
-	h.Ledger.dirty = false
-	return nil
 }
 
 // MkdirState creates ROOT/var/lib/bellbuild/backup (0700), and /var and
@@ -354,12 +479,22 @@ type FileSpec struct {
 // as it is. A file already exactly as wanted is adopted without a rewrite.
 // It reports whether anything changed.
 func (h *Host) EnsureFile(module, key string, spec FileSpec) (bool, error) {
-	n, errs := h.EnsureFiles(module, []FileItem{{Key: key, Spec: spec}})
+	changed, errs := h.EnsureFiles(module, []FileItem{{Key: key, Spec: spec}})
 	if len(errs) > 0 {
-		return n > 0, errs[0]
+		return len(changed) > 0, errs[0]
 	}
-	return n > 0, nil
+	return len(changed) > 0, nil
 }
+
+// ItemError is the error of one item of a batch (EnsureFiles,
+// EnsureSymlinks): it reads as Err and names the item's ledger key.
+type ItemError struct {
+	Key string
+	Err error
+}
+
+func (e *ItemError) Error() string { return e.Err.Error() }
+func (e *ItemError) Unwrap() error { return e.Err }
 
 // FileItem is one file of an EnsureFiles batch: its ledger key and spec.
 type FileItem struct {
@@ -367,48 +502,43 @@ type FileItem struct {
 	Spec FileSpec
 }
 
-// EnsureFiles is EnsureFile for many files of one module at once: every
-// record is written ahead in one ledger save, then the files are written
-// and each directory synced once, instead of a ledger save and a directory
-// sync per file. It returns how many files changed and the errors, each
-// naming its file; the other files are still done.
-func (h *Host) EnsureFiles(module string, items []FileItem) (int, []error) {
+// EnsureFiles is EnsureFile for many files of one module at once: the
+// originals are backed up, every record is written ahead in one ledger
+// save, then the files are written and each directory synced once,
+// instead of a ledger save and a directory sync per file. It returns the
+// keys of the files that changed (under Plan: would change) and the
+// errors, each naming its file; the other files are still done.
+func (h *Host) EnsureFiles(module string, items []FileItem) (map[string]bool, []error) {
 	var errs []error
-	var writes []FileSpec
+	var writes []FileItem
 	for _, it := range items {
 		write, err := h.prepareFile(module, it.Key, it.Spec)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, &ItemError{Key: it.Key, Err: err})
 		} else if write {
-			writes = append(writes, it.Spec)
+			writes = append(writes, it)
 		}
 	}
+	changed := map[string]bool{}
 	if h.Plan {
-		return len(writes), errs
+		for _, it := range writes {
+			changed[it.Key] = true
+		}
+		return changed, errs
 	}
 	// Write-ahead: the ledger learns every new hash (and the one each
 	// write replaces, Prev) before any file changes, so a run killed
 	// in between finds either content and does not take its own file
-	// for a conflict.
+	// for a conflict. The backups written above are synced first.
 	if err := h.SaveLedger(); err != nil {
-		return 0, append(errs, err)
+		return changed, append(errs, err)
 	}
-	n := 0
-	dirs := map[string]bool{}
-	for _, spec := range writes {
-		if err := h.writeFile(spec.Path, spec.Data, spec.Mode, spec.UID, spec.GID, false); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		dirs[path.Dir(rel(spec.Path))] = true
-		n++
+	changed, werrs := h.writeFiles(writes)
+	errs = append(errs, werrs...)
+	if err := h.syncPending(); err != nil {
+		errs = append(errs, err)
 	}
-	for dir := range dirs {
-		if err := h.syncDir(dir); err != nil {
-			errs = append(errs, fmt.Errorf("sync /%s: %w", dir, err))
-		}
-	}
-	return n, errs
+	return changed, errs
 }
 
 // prepareFile decides what EnsureFile does for one file: nothing, adopt it,
@@ -490,7 +620,9 @@ func (h *Host) backup(module, key, p string, cur []byte) (Record, error) {
 	if err := MkdirState(h); err != nil {
 		return Record{}, err
 	}
-	if err := h.WriteFile(path.Join(backupDir, name), cur, 0o600, 0, 0); err != nil {
+	// The directory is synced before the ledger names the backup (see
+	// SaveLedger), once for a whole batch.
+	if err := h.writeFile(path.Join(backupDir, name), cur, 0o600, 0, 0, false); err != nil {
 		return Record{}, err
 	}
 	rec := Record{HadOriginal: true, Original: name}
@@ -584,8 +716,4 @@ func (h *Host) Command(ctx context.Context, env []string, name string, args ...s
 	}
 	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}, env...)
 	return cmd
-}
-
-func marshalLedger(l *Ledger) ([]byte, error) {
-	return jsonMarshalIndent(l)
 }

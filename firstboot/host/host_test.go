@@ -299,13 +299,13 @@ func TestEnsureFilesBatch(t *testing.T) {
 		}
 		return out
 	}
-	if n, errs := h.EnsureFiles("files", items("1")); n != 3 || len(errs) != 0 {
-		t.Fatalf("first batch: %d changed, %v", n, errs)
+	if n, errs := h.EnsureFiles("files", items("1")); len(n) != 3 || len(errs) != 0 {
+		t.Fatalf("first batch: %d changed, %v", len(n), errs)
 	}
 	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("theirs"), 0o644)
 	n, errs := h.EnsureFiles("files", items("2"))
-	if n != 2 || len(errs) != 1 || !errors.Is(errs[0], ErrConflict) || !strings.Contains(errs[0].Error(), "/etc/batch/b") {
-		t.Fatalf("second batch: %d changed, %v; want 2 and a conflict on /etc/batch/b", n, errs)
+	if len(n) != 2 || len(errs) != 1 || !errors.Is(errs[0], ErrConflict) || !strings.Contains(errs[0].Error(), "/etc/batch/b") {
+		t.Fatalf("second batch: %d changed, %v; want 2 and a conflict on /etc/batch/b", len(n), errs)
 	}
 	for name, want := range map[string]string{"a": "2a", "b": "theirs", "c": "2c"} {
 		if data, _ := os.ReadFile(filepath.Join(root, "etc/batch", name)); string(data) != want {
@@ -313,10 +313,46 @@ func TestEnsureFilesBatch(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(root, "etc/batch/b"), []byte("1b"), 0o644) // the admin puts it back
-	if n, errs := h.EnsureFiles("files", items("2")); n != 1 || len(errs) != 0 {
-		t.Fatalf("third batch: %d changed, %v; want only b", n, errs)
+	if n, errs := h.EnsureFiles("files", items("2")); len(n) != 1 || len(errs) != 0 {
+		t.Fatalf("third batch: %d changed, %v; want only b", len(n), errs)
 	}
-	if n, errs := h.EnsureFiles("files", items("2")); n != 0 || len(errs) != 0 {
-		t.Fatalf("rerun: %d changed, %v; want nothing", n, errs)
+	if n, errs := h.EnsureFiles("files", items("2")); len(n) != 0 || len(errs) != 0 {
+		t.Fatalf("rerun: %d changed, %v; want nothing", len(n), errs)
+	}
+}
+
+// TestSetMetaOneLink changes a file with one name and a directory, and
+// refuses a symbolic link and a file with another hard link (whose other
+// name is outside the root), leaving them as they were.
+func TestSetMetaOneLink(t *testing.T) {
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	os.MkdirAll(filepath.Join(root, "d"), 0o755)
+	os.WriteFile(filepath.Join(root, "f"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "outside"), nil, 0o600)
+	os.Link(filepath.Join(dir, "outside"), filepath.Join(root, "hard"))
+	os.Symlink("f", filepath.Join(root, "sym"))
+	h := openHost(t, root)
+	m := Meta{Mode: 0o640, UID: 7, GID: 8}
+	for _, p := range []string{"/f", "/d"} {
+		if err := h.SetMetaOneLink(p, m); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+		if got, _ := h.StatMeta(p); got != m {
+			t.Errorf("%s is %s, want %s", p, got, m)
+		}
+	}
+	if err := h.SetMetaOneLink("/hard", m); !errors.Is(err, ErrHardLinked) {
+		t.Errorf("hard link: %v, want ErrHardLinked", err)
+	}
+	if err := h.SetMetaOneLink("/sym", Meta{Mode: 0o600}); err == nil {
+		t.Error("a symlink was followed")
+	}
+	fi, _ := os.Stat(filepath.Join(dir, "outside"))
+	if got := metaOf(fi); got.String() != "0600 0:0" {
+		t.Errorf("the file outside the root is %s, want 0600 0:0", got)
+	}
+	if got, _ := h.StatMeta("/f"); got != m {
+		t.Errorf("through the symlink, f became %s", got)
 	}
 }

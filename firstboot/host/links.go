@@ -11,6 +11,61 @@ import (
 // managed link someone repointed is a conflict. It reports whether anything
 // changed. Like every write it is atomic: a temporary link renamed over.
 func (h *Host) EnsureSymlink(module, key, link, target string) (bool, error) {
+	changed, errs := h.EnsureSymlinks(module, []LinkItem{{Key: key, Link: link, Target: target}})
+	if len(errs) > 0 {
+		return len(changed) > 0, errs[0]
+	}
+	return len(changed) > 0, nil
+}
+
+// LinkItem is one symlink of an EnsureSymlinks batch.
+type LinkItem struct {
+	Key, Link, Target string
+}
+
+// EnsureSymlinks is EnsureSymlink for many links of one module at once:
+// every record is written ahead in one ledger save, then the links are
+// made and each directory synced once. It returns the keys of the links
+// that changed and the errors, each naming its link; the other links are
+// still done.
+func (h *Host) EnsureSymlinks(module string, items []LinkItem) (map[string]bool, []error) {
+	var errs []error
+	var todo []LinkItem
+	for _, it := range items {
+		write, err := h.prepareSymlink(module, it)
+		if err != nil {
+			errs = append(errs, &ItemError{Key: it.Key, Err: err})
+		} else if write {
+			todo = append(todo, it)
+		}
+	}
+	changed := map[string]bool{}
+	if h.Plan {
+		for _, it := range todo {
+			changed[it.Key] = true
+		}
+		return changed, errs
+	}
+	if err := h.SaveLedger(); err != nil {
+		return changed, append(errs, err)
+	}
+	for _, it := range todo {
+		if err := h.symlink(it.Target, it.Link, false); err != nil {
+			errs = append(errs, &ItemError{Key: it.Key, Err: err})
+			continue
+		}
+		changed[it.Key] = true
+	}
+	if err := h.syncPending(); err != nil {
+		errs = append(errs, err)
+	}
+	return changed, errs
+}
+
+// prepareSymlink decides what EnsureSymlink does for one link, recording
+// the change and putting its record (not yet saved); true means make it.
+func (h *Host) prepareSymlink(module string, it LinkItem) (bool, error) {
+	key, link, target := it.Key, it.Link, it.Target
 	cur, err := h.readlink(link)
 	exists := err == nil
 	if !exists && h.Exists(link) {
@@ -44,20 +99,20 @@ func (h *Host) EnsureSymlink(module, key, link, target string) (bool, error) {
 	}
 	rec.Hash = want
 	h.Ledger.Put(module, key, rec)
-	if err := h.SaveLedger(); err != nil {
-		return false, err
-	}
-	return true, h.symlink(target, link)
+	return true, nil
 }
 
-func (h *Host) symlink(target, link string) error {
+func (h *Host) symlink(target, link string, syncDir bool) error {
 	r := rel(link)
 	dir := path.Dir(r)
 	if err := h.root.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("symlink %s: %w", link, err)
 	}
+	if err := h.noteTemp(dir); err != nil {
+		return fmt.Errorf("symlink %s: %w", link, err)
+	}
 	d, base := h.at(r)
-	tmp := "." + path.Base(r) + ".bellbuild-tmp"
+	tmp := TempName(path.Base(r))
 	if d == h.root {
 		tmp = path.Join(dir, tmp)
 	}
@@ -68,6 +123,10 @@ func (h *Host) symlink(target, link string) error {
 	if err := d.Rename(tmp, base); err != nil {
 		d.Remove(tmp)
 		return fmt.Errorf("symlink %s: %w", link, err)
+	}
+	if !syncDir {
+		h.deferSync(dir)
+		return nil
 	}
 	return h.syncDir(dir)
 }
@@ -100,7 +159,7 @@ func (h *Host) ReleaseSymlink(module, key, link string) (bool, error) {
 		return true, nil
 	}
 	if rec.HadOriginal {
-		if err := h.symlink(rec.Original, link); err != nil {
+		if err := h.symlink(rec.Original, link, true); err != nil {
 			return false, err
 		}
 	} else if exists {

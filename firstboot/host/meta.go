@@ -1,8 +1,10 @@
 package host
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,6 +76,64 @@ func (h *Host) SetMeta(p string, m Meta) error {
 	}
 	// chown clears setuid/setgid, so the mode goes second.
 	return h.root.Chmod(rel(p), m.Mode)
+}
+
+// ErrHardLinked means a file has more than one hard link: changing its
+// owner or mode would change it under every name, some of which may be
+// outside the root (a root that is a directory of a larger file system) or
+// be another file entirely (/etc/shadow linked into a directory a perm glob
+// covers). Nothing finds the other names short of reading the whole file
+// system, so bellbuild does not change such a file.
+var ErrHardLinked = errors.New("has more than one hard link")
+
+// Links returns the number of hard links of fi (1 when unknown).
+func Links(fi fs.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}
+
+// SetMetaOneLink is SetMeta for a path that must be the only name of its
+// file: a directory, or a file with one hard link (else ErrHardLinked). A
+// regular file or directory is opened without following a final symlink
+// and checked and changed through that handle, so that it cannot be
+// swapped for a link between the check and the change; other kinds of
+// file (devices, FIFOs, sockets) are checked, then changed by path.
+func (h *Host) SetMetaOneLink(p string, m Meta) error {
+	d, name := h.at(p)
+	fi, err := d.Lstat(name)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symbolic link: not following it", p)
+	}
+	if !fi.Mode().IsRegular() && !fi.IsDir() {
+		if Links(fi) > 1 {
+			return fmt.Errorf("%s: %w (%d)", p, ErrHardLinked, Links(fi))
+		}
+		return h.SetMeta(p, m)
+	}
+	f, err := d.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err != nil {
+		return err
+	}
+	switch {
+	case !fi.Mode().IsRegular() && !fi.IsDir():
+		return fmt.Errorf("%s changed under bellbuild (now %s)", p, fi.Mode().Type())
+	case !fi.IsDir() && Links(fi) > 1:
+		return fmt.Errorf("%s: %w (%d)", p, ErrHardLinked, Links(fi))
+	}
+	if err := f.Chown(m.UID, m.GID); err != nil {
+		return err
+	}
+	// chown clears setuid/setgid, so the mode goes second.
+	return f.Chmod(m.Mode)
 }
 
 // FileMode converts Unix permission bits (0o4755) to an fs.FileMode.

@@ -60,6 +60,25 @@ func Index(i int) string { return "[" + strconv.Itoa(i) + "]" }
 // Divingbell (whose exec loop sleeps 60 s between passes).
 const MinInterval = 60
 
+// MaxSeconds is the largest timeout, rerun_interval or retry_interval: 100
+// years. The applier counts time in nanoseconds (at most 292 years), so a
+// value near the integer maximum overflowed: the script was killed at
+// once, or ran again on every run.
+const MaxSeconds = 100 * 365 * 24 * 3600
+
+// MaxFileName is the longest name (one path component) of a file the
+// applier writes: a name has at most 255 bytes, and the applier writes
+// NAME through its temporary name ".NAME.bellbuild-tmp", 15 bytes longer.
+const MaxFileName = 255 - len(".") - len(".bellbuild-tmp")
+
+// MaxScriptName is the longest exec script name: the applier also writes
+// the script's log, NAME.log, through ".NAME.log.bellbuild-tmp".
+const MaxScriptName = MaxFileName - len(".log")
+
+// maxPath is the longest path the kernel takes (PATH_MAX, 4096, with its
+// NUL).
+const maxPath = 4095
+
 // Allowed values of enumerated fields.
 var (
 	RerunPolicies    = []string{"always", "never", "once_successfully"}
@@ -114,6 +133,7 @@ func (c *Conf) Validate() []error {
 	if c.Apparmor != nil {
 		v.apparmor(c.Apparmor)
 	}
+	v.errs = append(v.errs, c.ClaimConflicts(nil)...)
 	return v.errs
 }
 
@@ -169,6 +189,36 @@ func isOctalMode(s string) bool {
 	return true
 }
 
+// controlChar returns the first control character (NUL, newline, tab,
+// escape, DEL, ...) in s, and whether there is one.
+func controlChar(s string) (byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return s[i], true
+		}
+	}
+	return 0, false
+}
+
+// fileName checks name, which the applier writes as (part of) a file name
+// with extra more bytes (a prefix and suffix of its own): no control
+// characters, and short enough for its temporary name (MaxFileName).
+func (v *validator) fileName(p, what, name string, extra int) {
+	if c, bad := controlChar(name); bad {
+		v.add(p, "%q contains the control character %q: not in a %s", name, c, what)
+	}
+	if len(name)+extra > MaxFileName {
+		v.add(p, "%s is %d bytes long: at most %d", what, len(name), MaxFileName-extra)
+	}
+}
+
+// seconds checks a duration in seconds against MaxSeconds.
+func (v *validator) seconds(p string, val int) {
+	if val > MaxSeconds {
+		v.add(p, "%d seconds is more than 100 years (%d)", val, MaxSeconds)
+	}
+}
+
 func (v *validator) noNewline(base, field, val string) {
 	if strings.ContainsAny(val, "\n\r") {
 		v.add(base+field, "must be one line")
@@ -219,9 +269,10 @@ func isSysctlName(k string) bool {
 func (v *validator) limits(m map[string]Limit) {
 	for _, k := range sortedKeys(m) {
 		l, p := m[k], "limits"+Key(k)
-		if strings.ContainsAny(k, "/\x00") || k == "." || k == ".." {
+		if strings.Contains(k, "/") || k == "." || k == ".." {
 			v.add(p, "%q cannot be a file name", k)
 		}
+		v.fileName(p, "limits item name", k, len("bellbuild-.conf"))
 		v.required(p, "domain", l.Domain)
 		v.required(p, "item", l.Item)
 		v.required(p, "value", l.Value)
@@ -269,6 +320,8 @@ func (v *validator) rerun(p, policy string, rerunInterval, retryInterval int) {
 	} else if known = slices.Contains(RerunPolicies, policy); !known {
 		v.oneOf(p, ".rerun_policy", policy, RerunPolicies)
 	}
+	v.seconds(p+".rerun_interval", rerunInterval)
+	v.seconds(p+".retry_interval", retryInterval)
 	if rerunInterval != 0 {
 		if rerunInterval < MinInterval {
 			v.add(p+".rerun_interval", "%d is less than %d seconds", rerunInterval, MinInterval)
@@ -399,6 +452,21 @@ func (v *validator) files(m map[string]File) {
 	for _, k := range sortedKeys(m) {
 		f, p := m[k], "files"+Key(k)
 		v.absPath(p, "", k)
+		if c, bad := controlChar(k); bad {
+			v.add(p, "%q contains the control character %q: not in a path", k, c)
+		}
+		if len(k) > maxPath {
+			v.add(p, "path is %d bytes long: at most %d", len(k), maxPath)
+		}
+		dir, base := path.Split(k)
+		for _, c := range strings.Split(dir, "/") {
+			if len(c) > 255 {
+				v.add(p, "directory name %.20q... is %d bytes long: at most 255", c, len(c))
+			}
+		}
+		if len(base) > MaxFileName {
+			v.add(p, "file name is %d bytes long: at most %d", len(base), MaxFileName)
+		}
 		if f.Mode != "" {
 			v.octal(p, ".mode", f.Mode)
 		}
@@ -415,6 +483,7 @@ func (v *validator) units(m map[string]Unit) {
 		if !ok || strings.Contains(k, "/") {
 			v.add(p, "%q is not a unit name like kubelet.service", k)
 		}
+		v.fileName(p, "unit name", k, 0)
 		if u.Content == "" && u.Enabled == nil {
 			v.add(p, "sets neither content nor enabled")
 		}
@@ -427,6 +496,7 @@ func (v *validator) exec(m map[string]Exec) {
 		if strings.Contains(k, "/") || k == "." || k == ".." {
 			v.add(p, "%q cannot be a script file name", k)
 		}
+		v.fileName(p, "script name", k, len(".log"))
 		v.required(p, "data", e.Data)
 		if e.BlockingPolicy != "" {
 			v.oneOf(p, ".blocking_policy", e.BlockingPolicy, BlockingPolicies)
@@ -434,6 +504,7 @@ func (v *validator) exec(m map[string]Exec) {
 		if e.Timeout < 0 {
 			v.add(p+".timeout", "%d is negative", e.Timeout)
 		}
+		v.seconds(p+".timeout", e.Timeout)
 		v.rerun(p, e.RerunPolicy, e.RerunInterval, e.RetryInterval)
 		if e.RerunIntervalPersist != nil && e.RerunInterval == 0 {
 			v.add(p+".rerun_interval_persist", "set without rerun_interval")
@@ -455,8 +526,279 @@ func (v *validator) apparmor(a *Apparmor) {
 		if k == "" || strings.Contains(k, "/") || strings.HasPrefix(k, ".") {
 			v.add(p, "%q cannot be a file name under /etc/apparmor.d", k)
 		}
+		v.fileName(p, "profile name", k, len("bellbuild."))
 		if strings.TrimSpace(a.Profiles[k]) == "" {
 			v.add(p, "empty profile")
 		}
 	}
+}
+
+// The files the applier writes for each module: one definition, used by
+// the applier and by the check that no two modules manage one file.
+const (
+	// SysctlFile persists every sysctl key bellbuild sets.
+	SysctlFile = "/etc/sysctl.d/60-bellbuild.conf"
+	// UnitDir is where units, mounts and ethtool write systemd units.
+	UnitDir = "/etc/systemd/system"
+	// AptSourcesFile lists the apt repositories.
+	AptSourcesFile = "/etc/apt/sources.list.d/bellbuild.list"
+	// StateDir is the applier's own state: ledger, backups, scripts.
+	StateDir = "/var/lib/bellbuild"
+	// CredentialsDir holds the credentials module's files: ca.pem, crl.pem
+	// and NAME/{client,server}/{cert,private_key}.pem.
+	CredentialsDir = "/etc/credentials/x509"
+)
+
+// AccountFiles are the files uamlite rewrites.
+var AccountFiles = []string{"/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"}
+
+// LimitsFile is the pam_limits file of limits item name.
+func LimitsFile(name string) string { return "/etc/security/limits.d/bellbuild-" + name + ".conf" }
+
+// SudoersFile is the sudoers fragment uamlite writes for user.
+func SudoersFile(user string) string { return "/etc/sudoers.d/bellbuild-" + user }
+
+// ApparmorFile is the file of AppArmor profile name; ApparmorComplainLink
+// is the link that puts it in complain mode.
+func ApparmorFile(name string) string { return "/etc/apparmor.d/bellbuild." + name }
+
+// ApparmorComplainLink is the force-complain link of profile name.
+func ApparmorComplainLink(name string) string {
+	return "/etc/apparmor.d/force-complain/bellbuild." + name
+}
+
+// EthtoolUnit is the name of the unit that re-applies dev's features.
+func EthtoolUnit(dev string) string { return "bellbuild-ethtool-" + dev + ".service" }
+
+// MountUnit is the name of the .mount unit of mount point where, as
+// systemd requires it (`systemd-escape --path`): /var/lib/data gives
+// var-lib-data.mount.
+func MountUnit(where string) string { return EscapePath(where) + ".mount" }
+
+// EscapePath is `systemd-escape --path`.
+func EscapePath(p string) string {
+	p = strings.Trim(path.Clean(p), "/")
+	if p == "" {
+		return "-"
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c == '/':
+			b.WriteByte('-')
+		case c == '.' && i == 0, !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == ':' || c == '_' || c == '.'):
+			fmt.Fprintf(&b, `\x%02x`, c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// DefaultHome is the home of a user bellbuild creates (/home/NAME), and
+// what the claims check assumes for a user it adopts (root: /root) when it
+// does not know the root's /etc/passwd.
+func DefaultHome(user string) string {
+	if user == "root" {
+		return "/root"
+	}
+	return "/home/" + user
+}
+
+// Claim is one file a module manages: a path, or for perm a glob.
+type Claim struct {
+	Path string
+	// Module is the module that manages it; Field the configuration
+	// field that makes it do so.
+	Module, Field string
+	// Glob is set for a perm path: Path is a glob, matched against the
+	// other modules' paths.
+	Glob bool
+}
+
+// Claims returns the files c's modules manage: sysctl its file; limits,
+// files, units (with content) and apparmor their files; mounts and ethtool
+// their units and the links that enable them; uamlite the account files,
+// each sudoers fragment and each user's ~/.ssh and authorized_keys (unless
+// Unmanaged); apt its sources list; perm its globs. home gives a user's
+// home directory (nil: DefaultHome; the applier passes the target root's
+// /etc/passwd).
+func (c *Conf) Claims(home func(user string) string) []Claim {
+	if home == nil {
+		home = DefaultHome
+	}
+	var out []Claim
+	add := func(p, module, field string) { out = append(out, Claim{Path: p, Module: module, Field: field}) }
+	if len(c.Sysctl) > 0 {
+		add(SysctlFile, "sysctl", "sysctl")
+	}
+	for _, k := range sortedKeys(c.Limits) {
+		add(LimitsFile(k), "limits", "limits"+Key(k))
+	}
+	if c.Perm != nil {
+		for i, pp := range c.Perm.Paths {
+			out = append(out, Claim{Path: pp.Path, Module: "perm", Field: "perm.paths" + Index(i) + ".path", Glob: true})
+		}
+	}
+	for _, k := range sortedKeys(c.Mounts) {
+		unit := MountUnit(c.Mounts[k].MntTgt)
+		add(path.Join(UnitDir, unit), "mounts", "mounts"+Key(k))
+		add(path.Join(UnitDir, "local-fs.target.wants", unit), "mounts", "mounts"+Key(k))
+	}
+	for _, dev := range sortedKeys(c.Ethtool) {
+		unit := EthtoolUnit(dev)
+		add(path.Join(UnitDir, unit), "ethtool", "ethtool"+Key(dev))
+		add(path.Join(UnitDir, "multi-user.target.wants", unit), "ethtool", "ethtool"+Key(dev))
+	}
+	if c.Uamlite != nil && len(c.Uamlite.Users) > 0 {
+		for _, f := range AccountFiles {
+			add(f, "uamlite", "uamlite.users")
+		}
+		for i, u := range c.Uamlite.Users {
+			p := "uamlite.users" + Index(i)
+			if u.UserSudo {
+				add(SudoersFile(u.UserName), "uamlite", p+".user_sudo")
+			}
+			if len(u.UserSSHKeys) == 1 && u.UserSSHKeys[0] == UnmanagedKeys {
+				continue
+			}
+			ssh := path.Join(home(u.UserName), ".ssh")
+			add(ssh, "uamlite", p+".user_sshkeys")
+			add(path.Join(ssh, "authorized_keys"), "uamlite", p+".user_sshkeys")
+		}
+	}
+	if c.Apt != nil && len(c.Apt.Repositories) > 0 {
+		add(AptSourcesFile, "apt", "apt.repositories")
+	}
+	for _, k := range sortedKeys(c.Files) {
+		add(k, "files", "files"+Key(k))
+	}
+	for _, k := range sortedKeys(c.Units) {
+		if c.Units[k].Content != "" {
+			add(path.Join(UnitDir, k), "units", "units"+Key(k))
+		}
+	}
+	if c.Apparmor != nil {
+		for _, k := range sortedKeys(c.Apparmor.Profiles) {
+			add(ApparmorFile(k), "apparmor", "apparmor.profiles"+Key(k))
+			if c.Apparmor.ComplainMode {
+				add(ApparmorComplainLink(k), "apparmor", "apparmor.profiles"+Key(k))
+			}
+		}
+	}
+	return out
+}
+
+// namespaces are names a module owns whether or not this configuration
+// gives it anything to do there (it may revert what an earlier one made):
+// one path (exact), or every path that starts with prefix. Module "" is
+// the applier's own state.
+var namespaces = []struct {
+	prefix, module string
+	exact          bool
+}{
+	{"/etc/passwd", "uamlite", true}, {"/etc/shadow", "uamlite", true},
+	{"/etc/group", "uamlite", true}, {"/etc/gshadow", "uamlite", true},
+	{SysctlFile, "sysctl", true},
+	{"/etc/security/limits.d/bellbuild-", "limits", false},
+	{"/etc/sudoers.d/bellbuild-", "uamlite", false},
+	{"/etc/apt/sources.list.d/bellbuild", "apt", false},
+	{"/etc/apt/keyrings/bellbuild-", "apt", false},
+	{"/etc/apparmor.d/bellbuild.", "apparmor", false},
+	{"/etc/apparmor.d/force-complain/bellbuild.", "apparmor", false},
+	{UnitDir + "/bellbuild-ethtool-", "ethtool", false},
+	{CredentialsDir + "/", "credentials", false},
+	{StateDir + "/", "", false},
+}
+
+// genericRank orders the modules that manage files of any name: a
+// conflict is reported at the most generic of the two claims (perm over
+// files over units over the modules with files of their own).
+func genericRank(module string) int {
+	switch module {
+	case "perm":
+		return 3
+	case "files":
+		return 2
+	case "units":
+		return 1
+	}
+	return 0
+}
+
+// ClaimConflicts reports every file two modules manage (Claims): the same
+// path claimed twice, a perm glob matching another module's path, or a path
+// in another module's name space. Each is a *FieldError at the more
+// generic of the two claims, naming the path and both modules; the two
+// would otherwise fight on every run (perm making /etc/shadow
+// world-readable until uamlite puts it back; files writing the
+// authorized_keys user_sshkeys manages, then finding it changed). home is
+// as for Claims.
+func (c *Conf) ClaimConflicts(home func(user string) string) []error {
+	claims := c.Claims(home)
+	v := &validator{}
+	byPath := map[string][]Claim{}
+	for _, cl := range claims {
+		if !cl.Glob {
+			byPath[cl.Path] = append(byPath[cl.Path], cl)
+		}
+	}
+	report := func(at, other Claim, msg string) {
+		if genericRank(other.Module) > genericRank(at.Module) || genericRank(other.Module) == genericRank(at.Module) && other.Field > at.Field {
+			at, other = other, at
+		}
+		v.addRelated(at.Field, other.Field, "%s", strings.ReplaceAll(msg, "OTHER", fmt.Sprintf("%s (%s)", other.Module, other.Field)))
+	}
+	for _, p := range sortedKeys(byPath) {
+		cls := byPath[p]
+		conflict := false
+		for i := 1; i < len(cls); i++ {
+			// Twice in one module (a user listed twice, two mounts
+			// on one mount point) is that module's check to report.
+			if cls[i].Module != cls[0].Module {
+				report(cls[0], cls[i], p+" is also managed by OTHER; two modules cannot manage one file")
+				conflict = true
+			}
+		}
+		if conflict {
+			continue
+		}
+		for _, ns := range namespaces {
+			if !(p == ns.prefix || !ns.exact && strings.HasPrefix(p, ns.prefix)) || cls[0].Module == ns.module {
+				continue
+			}
+			if ns.module == "" {
+				v.add(cls[0].Field, "%s is in %s, the applier's own state", p, StateDir)
+			} else {
+				v.add(cls[0].Field, "%s is managed by %s; configure it there", p, ns.module)
+			}
+			break
+		}
+	}
+	// A glob can only match the paths that start with its part before
+	// the first metacharacter: those are one range of the sorted paths.
+	paths := sortedKeys(byPath)
+	for _, g := range claims {
+		if !g.Glob {
+			continue
+		}
+		prefix := g.Path
+		if i := strings.IndexAny(prefix, `*?[\`); i >= 0 {
+			prefix = prefix[:i]
+		}
+		for _, p := range paths[sort.SearchStrings(paths, prefix):] {
+			if !strings.HasPrefix(p, prefix) {
+				break
+			}
+			other := byPath[p][0]
+			if other.Module == "perm" {
+				continue
+			}
+			if ok, _ := path.Match(g.Path, p); ok {
+				report(g, other, fmt.Sprintf("%q matches %s, which OTHER manages; two modules cannot manage one file", g.Path, p))
+			}
+		}
+	}
+	return v.errs
 }
