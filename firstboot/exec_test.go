@@ -144,12 +144,14 @@ type execStep struct {
 	plan bool
 	// before runs first (to prepare the root).
 	before func(t *testing.T, root string)
-	// cancelAfter cancels the run's context after this long.
-	cancelAfter time.Duration
-	wantRuns    []string // scripts the report says ran, in order
-	wantErrs    []string // exact errors
-	wantFiles   map[string]string
-	check       func(t *testing.T, root string, log string)
+	// cancelWhen cancels the run's context once this file exists in the
+	// root (a script has got that far): a fixed delay would race the
+	// run's own start on a loaded machine.
+	cancelWhen string
+	wantRuns   []string // scripts the report says ran, in order
+	wantErrs   []string // exact errors
+	wantFiles  map[string]string
+	check      func(t *testing.T, root string, log string)
 }
 
 var execT0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -169,10 +171,19 @@ func applyExec(t *testing.T, root string, st execStep) ([]string, []string, stri
 	}
 	defer h.Close()
 	ctx := context.Background()
-	if st.cancelAfter > 0 {
+	if st.cancelWhen != "" {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, st.cancelAfter)
+		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
+		go func() {
+			for ctx.Err() == nil {
+				if _, err := os.Stat(filepath.Join(root, st.cancelWhen)); err == nil {
+					cancel()
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
 	}
 	conf := &nodeconf.Conf{Exec: st.conf}
 	var errs []error
@@ -360,10 +371,10 @@ func TestExec(t *testing.T) {
 	}, {
 		name: "an interrupted run counts as not run",
 		steps: []execStep{{
-			conf:        map[string]nodeconf.Exec{"slow": {Data: "#!/bin/sh\necho start >> /out\n[ -e /fast ] && exit 0\nsleep 30\n", RerunPolicy: "never"}},
-			cancelAfter: 700 * time.Millisecond,
-			wantRuns:    []string{"slow"},
-			wantErrs:    []string{"slow: interrupted: context deadline exceeded"},
+			conf:       map[string]nodeconf.Exec{"slow": {Data: "#!/bin/sh\necho start >> /out\n[ -e /fast ] && exit 0\nsleep 30\n", RerunPolicy: "never"}},
+			cancelWhen: "out",
+			wantRuns:   []string{"slow"},
+			wantErrs:   []string{"slow: interrupted: context canceled"},
 			check: func(t *testing.T, root, _ string) {
 				if led := readRoot(t, root, host.LedgerPath); !strings.Contains(led, `"status": "started"`) {
 					t.Errorf("interrupted run not left as started:\n%s", led)
