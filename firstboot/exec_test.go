@@ -144,9 +144,10 @@ type execStep struct {
 	plan bool
 	// before runs first (to prepare the root).
 	before func(t *testing.T, root string)
-	// cancelWhen cancels the run's context once this file exists in the
-	// root (a script has got that far): a fixed delay would race the
-	// run's own start on a loaded machine.
+	// cancelWhen cancels the run's context once this file in the root is
+	// not empty (a script has got that far; the shell creates a file
+	// before it writes to it): a fixed delay would race the run's own
+	// start on a loaded machine.
 	cancelWhen string
 	wantRuns   []string // scripts the report says ran, in order
 	wantErrs   []string // exact errors
@@ -177,7 +178,7 @@ func applyExec(t *testing.T, root string, st execStep) ([]string, []string, stri
 		defer cancel()
 		go func() {
 			for ctx.Err() == nil {
-				if _, err := os.Stat(filepath.Join(root, st.cancelWhen)); err == nil {
+				if fi, err := os.Stat(filepath.Join(root, st.cancelWhen)); err == nil && fi.Size() > 0 {
 					cancel()
 					return
 				}
