@@ -33,6 +33,9 @@ kernel command line, else by a MAC of this machine, else by the hostname;
 --hostname (with --label) describes another machine instead of this one.
 With no inventory match, a bundle gives its default, and a site renders
 --profile (a values file: its one profile) for that hostname and labels.
+From a site directory with its PKI, the node's certificates and private
+keys are issued from the private directory (--private, $BELLBUILD_PRIVATE,
+else SITE/private; without it they stay pending).
 
 --root / is the live host: sysctl values, mounts, ethtool features and
 AppArmor profiles are also applied to the running system. Any other root is
@@ -77,6 +80,7 @@ Examples:
 			fs.BoolVar(&o.plan, "plan", false, "print what would change and exit 2 if anything would")
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
+			registerPrivate(fs, &o.private)
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w watchOptions
 			fs.DurationVar(&w.Interval, "interval", defaultWatchInterval, "how often --watch looks at SRC")
@@ -102,6 +106,7 @@ Examples:
 
 type applyFlags struct {
 	config, root, node, hostname, profile string
+	private                               string
 	labels                                map[string]string
 	plan, offline, live                   bool
 }
@@ -118,7 +123,7 @@ func runApply(ctx context.Context, o applyFlags, stdout, stderr io.Writer) error
 	live := (o.root == "/" || o.live) && !o.offline
 
 	// 2. The node's configuration.
-	node, err := loadNode(o)
+	node, err := loadNode(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -159,7 +164,7 @@ func printErrors(w io.Writer, err error) {
 }
 
 // loadNode reads SRC and returns the node to apply.
-func loadNode(o applyFlags) (*nodeconf.Node, error) {
+func loadNode(ctx context.Context, o applyFlags) (*nodeconf.Node, error) {
 	fi, err := os.Stat(o.config)
 	if err != nil {
 		return nil, err
@@ -169,7 +174,12 @@ func loadNode(o applyFlags) (*nodeconf.Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		return renderFor(site, o)
+		n, err := renderFor(site, o)
+		if err != nil {
+			return nil, err
+		}
+		// The private directory at hand: this machine's keys too.
+		return n, certify(ctx, site, o.private, []*nodeconf.Node{n}, withKeys, true)
 	}
 	node, bundle, err := firstboot.ReadConfig(o.config)
 	if errors.Is(err, firstboot.ErrNotRendered) {
