@@ -21,7 +21,7 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles":          {"profiles", "profiles/nodeconf"},
+	"profiles":          {"profiles", "profiles/nodeconf", "profiles/pki"}, // the PKI's settings and certificate shapes
 	"images":            {"images"},
 	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
 	// firstboot/boot's init loads kernel modules with the modules.dep
@@ -213,6 +213,7 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles", false},
+		{"profiles", "profiles/pki", true},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},
