@@ -117,6 +117,12 @@ func (s *Site) identity(r *resolved, out *rendered, nd *node, host string) error
 		}
 	}
 	if len(n.Conf.Credentials) > 0 && domain == "" {
+		if nd == nil {
+			// A profile rendered for a host name (validate tries each
+			// host override): its domain may come from a child profile.
+			// Issuing for it says what is missing.
+			return nil
+		}
 		errs.Add(lookup(out.tree, "credentials"), "conf.credentials", "credentials need the site's domain (a server certificate names NAME.DOMAIN): set domain in site.yaml or in profile %s", r.chain[len(r.chain)-1])
 		return errs.Err()
 	}

@@ -230,3 +230,26 @@ func TestNameConstraintsWarn(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestCredentialsDomainFromChild: an abstract parent may declare
+// credentials (and host overrides) and leave the domain to its children;
+// only an inventory node without a domain is an error.
+func TestCredentialsDomainFromChild(t *testing.T) {
+	files := map[string]string{
+		"profiles/base.yaml": "conf:\n  credentials: [{name: web}]\noverrides:\n  hosts:\n  - name: special\n    conf: {sysctl: {vm.swappiness: 1}}\n",
+		"profiles/dc1.yaml":  "inherits: [base]\ndomain: dc1.example.org\n",
+		"nodes.yaml":         "nodes:\n- {name: n1, mac: '52:54:00:00:00:01', profile: dc1}\n",
+	}
+	s, err := Load(writeSite(t, files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.RenderNode("n1"); err != nil || len(n.Certificates) != 3 || n.FQDN != "n1.dc1.example.org" {
+		t.Errorf("n1: %v, fqdn %q, %d certificates", err, n.FQDN, len(n.Certificates))
+	}
+	files["nodes.yaml"] += "- {name: n2, mac: '52:54:00:00:00:02', profile: base}\n"
+	_, err = Load(writeSite(t, files))
+	if err == nil || !strings.Contains(err.Error(), "profiles/base.yaml:2:16: conf.credentials: credentials need the site's domain") {
+		t.Errorf("a node of the domain-less parent: %v", err)
+	}
+}
