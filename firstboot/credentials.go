@@ -22,6 +22,9 @@ import (
 //
 //	/etc/credentials/x509/ca.pem                       the site's CAs (0644 root)
 //	/etc/credentials/x509/crl.pem                      their CRLs (0644 root)
+//	/etc/credentials/x509/host/                        0750 root:root
+//	    cert.pem                                       0644 root (the host certificate)
+//	    private_key.pem                                0400 root
 //	/etc/credentials/x509/NAME/                        0750 root:GROUP
 //	/etc/credentials/x509/NAME/{client,server}/        0750 root:GROUP
 //	    cert.pem                                       0644 root:GROUP
@@ -121,6 +124,9 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 	} else if len(conf.Credentials) > 0 {
 		p.keep[credRoot+"/crl.pem"] = true
 	}
+	if x.Host != nil {
+		p.hostPlan(h, x.Host, check, bad)
+	}
 	later := uamliteNames(conf)
 	creds := append([]nodeconf.Credential(nil), conf.Credentials...)
 	sort.Slice(creds, func(i, j int) bool { return creds[i].Name < creds[j].Name })
@@ -187,6 +193,37 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 		}
 	}
 	return p, errs
+}
+
+// hostDir is where the host certificate and its key go. (Enrolment
+// makes the key there on the node; a key the configuration does not
+// carry is left to it.)
+const hostDir = credRoot + "/host"
+
+// hostPlan adds the host certificate: root's, like the host's SSH keys.
+// Without its key (here or installed for it) it is pending.
+func (p *credPlan) hostPlan(h *host.Host, c *nodeconf.IssuedCert, check bool, bad func(string, ...any)) {
+	certPath, keyPath := hostDir+"/cert.pem", hostDir+"/private_key.pem"
+	key := c.Key
+	if key.IsZero() {
+		key = installedKey(h, keyPath, c.Cert)
+	}
+	if key.IsZero() {
+		p.pending = append(p.pending, "host")
+		for _, k := range []string{certPath, keyPath, "dir:" + hostDir} {
+			p.keep[k] = true
+		}
+		return
+	}
+	if check {
+		if err := checkPair(c.Cert, key); err != nil {
+			bad("x509.host: %w", err)
+		}
+	}
+	p.dirs = append(p.dirs, credDir{hostDir, host.Meta{Mode: 0o750}})
+	p.files = append(p.files,
+		host.FileItem{Key: certPath, Spec: host.FileSpec{Path: certPath, Data: []byte(c.Cert), Mode: 0o644}},
+		host.FileItem{Key: keyPath, Spec: host.FileSpec{Path: keyPath, Data: key.Reveal(), Mode: 0o400, Secret: true}})
 }
 
 func countPEM(data, typ string) int {

@@ -31,7 +31,7 @@ type testCA struct {
 	pem  string
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
@@ -46,7 +46,7 @@ func newTestCA(t *testing.T) *testCA {
 }
 
 // leaf issues a certificate for cn, with a new key (or key when given).
-func (ca *testCA) leaf(t *testing.T, cn string, key *ecdsa.PrivateKey) (string, nodeconf.Secret, *ecdsa.PrivateKey) {
+func (ca *testCA) leaf(t testing.TB, cn string, key *ecdsa.PrivateKey) (string, nodeconf.Secret, *ecdsa.PrivateKey) {
 	t.Helper()
 	if key == nil {
 		key, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -63,7 +63,7 @@ func (ca *testCA) leaf(t *testing.T, cn string, key *ecdsa.PrivateKey) (string, 
 		nodeconf.NewSecret("key of "+cn, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: k8})), key
 }
 
-func (ca *testCA) crl(t *testing.T) string {
+func (ca *testCA) crl(t testing.TB) string {
 	t.Helper()
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: time.Now(), NextUpdate: time.Now().Add(time.Hour)}, ca.cert, ca.key)
 	if err != nil {
@@ -351,5 +351,53 @@ func TestCredentialsNoSecretsInState(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "PRIVATE KEY") {
 		t.Errorf("the log holds key material")
+	}
+}
+
+// TestCredentialsHost: the host certificate goes to
+// /etc/credentials/x509/host, root's; without its key it is pending and
+// nothing of it is written; a rerun changes nothing; a configuration
+// without it removes it.
+func TestCredentialsHost(t *testing.T) {
+	f := newCredFixture(t)
+	cert, key, _ := f.ca.leaf(t, "n1.example.org", nil)
+	withHost := func(k nodeconf.Secret) nodeconf.Conf {
+		c := f.conf()
+		c.X509.Host = &nodeconf.IssuedCert{Cert: cert, Key: k}
+		return c
+	}
+	x := credRoot
+	want := rootTree{
+		x + "/ca.pem":               fileEntry("0644", "0:0", f.ca.pem),
+		x + "/crl.pem":              fileEntry("0644", "0:0", f.crl),
+		x + "/host":                 dirEntry("0750", "0:0"),
+		x + "/host/cert.pem":        fileEntry("0644", "0:0", cert),
+		x + "/host/private_key.pem": fileEntry("0400", "0:0", string(key.Reveal())),
+		"/etc/credentials":          dirEntry("0755", "0:0"),
+		"/etc/credentials/x509":     dirEntry("0755", "0:0"),
+	}
+	runRootCases(t, []rootCase{{name: "host certificate", conf: withHost(key), want: want}})
+
+	root := t.TempDir()
+	buildRoot(t, root)
+	// The public part only (a PXE-served configuration): pending.
+	rep := applyConf(t, root, withHost(nodeconf.Secret{}), false)
+	if strings.Join(rep.Pending, ",") != "credentials: host" || !strings.HasSuffix(rep.Summary(), " pending=1") {
+		t.Fatalf("host without its key: pending %q, summary %q", rep.Pending, rep.Summary())
+	}
+	if _, err := os.Lstat(filepath.Join(root, x, "host")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a pending host certificate got its directory: %v", err)
+	}
+	// The key arrives; a rerun changes nothing.
+	if rep = applyConf(t, root, withHost(key), false); len(rep.Pending) != 0 || len(rep.Changes) != 3 {
+		t.Fatalf("with its key: pending %q, changes %+v", rep.Pending, rep.Changes)
+	}
+	if rep = applyConf(t, root, withHost(key), false); len(rep.Changes) != 0 {
+		t.Errorf("rerun: %+v", rep.Changes)
+	}
+	// Gone from the configuration: its files and directory go.
+	applyConf(t, root, f.conf(), false)
+	if _, err := os.Lstat(filepath.Join(root, x, "host")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the host certificate's directory is still there: %v", err)
 	}
 }

@@ -41,21 +41,38 @@ func comparePos(a, b Pos) int {
 	return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Col, b.Col))
 }
 
+// Severity says what a problem does: an error stops the command, a
+// warning is printed and does not (Ignition's report entries have a
+// kind).
+type Severity uint8
+
+// Severities.
+const (
+	SevError Severity = iota
+	SevWarning
+)
+
 // Error is one problem in a site: where it is, which field (a path such as
-// `conf.uamlite.users[0].user_name`, empty for the file or document itself)
-// and what is wrong.
+// `conf.uamlite.users[0].user_name`, empty for the file or document itself),
+// what is wrong, and whether it is an error or only a warning.
 type Error struct {
-	Pos  Pos
-	Path string
-	Msg  string
+	Pos      Pos
+	Path     string
+	Msg      string
+	Severity Severity
 }
 
-// Error formats e as FILE:LINE:COL: PATH: MESSAGE.
+// Error formats e as FILE:LINE:COL: PATH: MESSAGE, a warning as
+// FILE:LINE:COL: PATH: warning: MESSAGE.
 func (e *Error) Error() string {
-	if e.Path == "" {
-		return e.Pos.String() + ": " + e.Msg
+	msg := e.Msg
+	if e.Severity == SevWarning {
+		msg = "warning: " + msg
 	}
-	return e.Pos.String() + ": " + e.Path + ": " + e.Msg
+	if e.Path == "" {
+		return e.Pos.String() + ": " + msg
+	}
+	return e.Pos.String() + ": " + e.Path + ": " + msg
 }
 
 // ErrorList is every problem found in a site, like go/scanner's ErrorList.
@@ -66,6 +83,33 @@ type ErrorList []*Error
 // Add appends an error at pos.
 func (l *ErrorList) Add(pos Pos, path, format string, args ...any) {
 	*l = append(*l, &Error{Pos: pos, Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Warn appends a warning at pos.
+func (l *ErrorList) Warn(pos Pos, path, format string, args ...any) {
+	*l = append(*l, &Error{Pos: pos, Path: path, Msg: fmt.Sprintf(format, args...), Severity: SevWarning})
+}
+
+// Errors returns the errors of l, without its warnings.
+func (l ErrorList) Errors() ErrorList {
+	var out ErrorList
+	for _, e := range l {
+		if e.Severity == SevError {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Warnings returns the warnings of l.
+func (l ErrorList) Warnings() ErrorList {
+	var out ErrorList
+	for _, e := range l {
+		if e.Severity == SevWarning {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Sort orders l by file, line, column, path and message, and drops exact

@@ -86,11 +86,11 @@ func TestFleetExample(t *testing.T) {
 		c := r.Conf
 		for mod, set := range map[string]bool{"sysctl": c.Sysctl != nil, "limits": c.Limits != nil, "perm": c.Perm != nil,
 			"mounts": c.Mounts != nil, "ethtool": c.Ethtool != nil, "uamlite": c.Uamlite != nil, "apt": c.Apt != nil,
-			"files": c.Files != nil, "units": c.Units != nil, "exec": c.Exec != nil, "apparmor": c.Apparmor != nil} {
+			"files": c.Files != nil, "units": c.Units != nil, "exec": c.Exec != nil, "apparmor": c.Apparmor != nil, "credentials": c.Credentials != nil} {
 			used[mod] = used[mod] || set
 		}
 	}
-	for _, m := range []string{"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt", "files", "units", "exec", "apparmor"} {
+	for _, m := range []string{"sysctl", "limits", "perm", "mounts", "ethtool", "uamlite", "apt", "files", "units", "exec", "apparmor", "credentials"} {
 		if !used[m] {
 			t.Errorf("no node of the fleet uses %s", m)
 		}

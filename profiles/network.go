@@ -13,14 +13,16 @@ import (
 // SiteFile is the site's own settings file, SITE/site.yaml. It is
 // optional; its keys are checked as strictly as a profile's:
 //
+//	domain: example.org      # the DNS domain of the nodes' certificates
 //	network:                 # the boot network `bellbuild serve` serves
 //	  server: 192.0.2.1      # the server's own address
 //	  subnet: 192.0.2.0/24   # the subnet of its boot interface
 //	  pools: [192.0.2.100-192.0.2.199, 198.51.100.10-198.51.100.99/24]
+//	pki: {...}               # how the site's PKI issues (PKISettings)
 const SiteFile = "site.yaml"
 
 // siteKeys are the keys of site.yaml.
-var siteKeys = []string{"network"}
+var siteKeys = []string{"domain", "network", "pki"}
 
 // Network is the network machines boot on, as the DHCP server sees it.
 // Any part may be unknown (the zero value). A node's fixed address, its
@@ -135,11 +137,16 @@ func (s *Site) parseSiteFile(root *value, errs *ErrorList) {
 		switch e.key {
 		case "network":
 			s.network = parseNetwork(e.val, e.key, errs)
+		case "domain":
+			s.parseDomain(e.val, e.key, errs)
+		case "pki":
+			s.parsePKI(e.val, e.key, errs)
 		default:
 			top.unknown(e, errs)
 		}
 	}
 	top.done(errs)
+	s.checkPKI(errs)
 }
 
 var networkKeys = []string{"server", "subnet", "pools"}

@@ -256,14 +256,25 @@ func (r *resolved) effective(labels map[string]string, host string, own *value) 
 type rendered struct {
 	node *nodeconf.Node
 	tree *value
+	// certAt says where each of node.Certificates was asked for.
+	certAt []Pos
 }
 
-func (s *Site) render(profile string, labels map[string]string, host string, own *value) (*rendered, error) {
+// render renders profile for a machine with labels, host name and own
+// conf; nd is its inventory entry (nil for a machine that has none).
+func (s *Site) render(profile string, labels map[string]string, host string, own *value, nd *node) (*rendered, error) {
 	r, ok := s.resolved[profile]
 	if !ok {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
 	}
-	return s.renderResolved(r, profile, labels, host, own)
+	out, err := s.renderResolved(r, profile, labels, host, own)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.identity(r, out, nd, host); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // renderResolved renders profile from its merged chain r.
@@ -311,7 +322,7 @@ func (s *Site) renderNode(name string) (*rendered, error) {
 	if !ok {
 		return nil, fmt.Errorf("node %q: %w", name, ErrNotFound)
 	}
-	out, err := s.render(n.Profile, n.Labels, n.Name, n.conf)
+	out, err := s.render(n.Profile, n.Labels, n.Name, n.conf, n)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +346,7 @@ func (s *Site) RenderNode(name string) (*nodeconf.Node, error) {
 // with labels and hostname but has no inventory entry (hostname may be ""
 // and labels nil).
 func (s *Site) RenderProfile(profile string, labels map[string]string, hostname string) (*nodeconf.Node, error) {
-	r, err := s.render(profile, labels, hostname, nil)
+	r, err := s.render(profile, labels, hostname, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +365,7 @@ type Origin struct {
 func origins(r *rendered) []Origin {
 	var out []Origin
 	if r.tree == nil {
-		return nil
+		return certOrigins(r)
 	}
 	// Modules in the applier's order, each in the order written.
 	tree := *r.tree
@@ -376,7 +387,7 @@ func origins(r *rendered) []Origin {
 		}
 		out = append(out, o)
 	})
-	return out
+	return append(out, certOrigins(r)...)
 }
 
 // ExplainNode returns, for every effective value of node name, the file
@@ -391,7 +402,7 @@ func (s *Site) ExplainNode(name string) ([]Origin, error) {
 
 // ExplainProfile is ExplainNode for RenderProfile.
 func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname string) ([]Origin, error) {
-	r, err := s.render(profile, labels, hostname, nil)
+	r, err := s.render(profile, labels, hostname, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -420,7 +431,7 @@ func (s *Site) validateRendered(errs *ErrorList) {
 			continue
 		}
 		renderAs := func(labels map[string]string, host string) {
-			jobs = append(jobs, func() error { _, err := s.render(name, labels, host, nil); return err })
+			jobs = append(jobs, func() error { _, err := s.render(name, labels, host, nil, nil); return err })
 		}
 		renderAs(nil, "")
 		try := func(lo []labelOverride, ho []hostOverride) {

@@ -7,7 +7,7 @@
 //
 //	SITE/profiles/NAME.yaml   one profile per file
 //	SITE/nodes.yaml           the inventory (optional)
-//	SITE/site.yaml            site-wide settings: the boot network (optional)
+//	SITE/site.yaml            site-wide settings: domain, boot network, PKI (optional)
 //
 // Site files are read only from inside the site (a symbolic link that
 // leads out of it is refused), only when they are regular files, and only
@@ -51,6 +51,10 @@ type Site struct {
 	resolved    map[string]*resolved
 	// network is the boot network site.yaml declares (nil: none).
 	network *Network
+	// siteSettings are site.yaml's domain and pki (sitepki.go).
+	siteSettings
+	// warnings are the problems Load reported that do not stop it.
+	warnings ErrorList
 }
 
 // NodeInfo is one inventory entry.
@@ -108,10 +112,11 @@ type node struct {
 	path string // nodes[N]
 	ipAt Pos    // the "ip" label's value
 	conf *value
+	id   nodeIdentity // fqdn and ips (identity.go)
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -241,7 +246,7 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 	var rendered ErrorList
 	s.validateRendered(&rendered)
 	reported := map[Pos]bool{}
-	for _, e := range errs {
+	for _, e := range errs.Errors() {
 		reported[e.Pos] = true
 	}
 	for _, e := range rendered {
@@ -249,11 +254,16 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			errs = append(errs, e)
 		}
 	}
-	if len(errs) > 0 {
+	if len(errs.Errors()) > 0 {
 		return nil, errs.Err()
 	}
+	s.warnings = errs.Warnings()
 	return s, nil
 }
+
+// Warnings returns the problems Load found that do not stop it (a
+// warning each), sorted.
+func (s *Site) Warnings() ErrorList { return slices.Clone(s.warnings) }
 
 // readYAML parses one file into a value tree (nil when the file cannot be
 // read or is not YAML, which is reported).
@@ -368,7 +378,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
+var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -428,6 +438,9 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 			if _, ok := scalarBool(v); !ok && v.kind != kNull {
 				errs.Add(v.pos, e.key, "want true or false")
 			}
+			p.fields[e.key] = v
+		case "domain":
+			parseDomainValue(v, e.key, errs)
 			p.fields[e.key] = v
 		case "conf":
 			p.conf, p.db = parseConf(v, "conf", true, errs)
@@ -649,7 +662,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -730,6 +743,8 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				}
 			case "conf":
 				n.conf, _ = parseConf(e.val, fp, false, errs)
+			case "fqdn", "ips":
+				n.id.parse(e, fp, errs)
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}

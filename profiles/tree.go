@@ -226,10 +226,11 @@ var namedLists = map[string]string{
 	"uamlite.users": "user_name",
 	"apt.packages":  "name",
 	"perm.paths":    "path",
+	"credentials":   "name",
 }
 
 // merge returns src laid over dst: maps merge key by key, an explicit null
-// in src removes the key, named lists (at conf depth 2, see namedLists)
+// in src removes the key, named lists (at conf depth 1 or 2, see namedLists)
 // merge item by item, and anything else in src replaces dst. Neither
 // argument is modified. trail holds the conf-relative path while it is
 // short enough to name a named list ("" above the conf).
@@ -241,7 +242,7 @@ func merge(dst, src *value, o mergeOpts, trail string, depth int) *value {
 		return clean(src)
 	}
 	if src.kind == kList {
-		if !o.named || depth != 2 {
+		if !o.named || depth < 1 || depth > 2 {
 			return clean(src)
 		}
 		keyField, ok := namedLists[trail]

@@ -36,6 +36,9 @@ kernel command line, else by a MAC of this machine, else by the hostname;
 --hostname (with --label) describes another machine instead of this one.
 With no inventory match, a bundle gives its default, and a site renders
 --profile (a values file: its one profile) for that hostname and labels.
+From a site directory with its PKI, the node's certificates and private
+keys are issued from the private directory (--private, $BELLBUILD_PRIVATE,
+else SITE/private; without it they stay pending).
 
 --root / is the live host: sysctl values, mounts, ethtool features and
 AppArmor profiles are also applied to the running system. Any other root is
@@ -83,6 +86,7 @@ Examples:
 			fs.BoolVar(&o.plan, "plan", false, "print what would change and exit 2 if anything would")
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
+			registerPrivate(fs, &o.private)
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w firstboot.WatchOptions
 			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
@@ -91,7 +95,7 @@ Examples:
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
 				}
-				ro, err := o.runOptions()
+				ro, err := o.runOptions(ctx)
 				if err != nil {
 					return err
 				}
@@ -113,12 +117,13 @@ Examples:
 
 type applyFlags struct {
 	config, root, node, hostname, profile string
+	private                               string
 	labels                                map[string]string
 	plan, offline, live                   bool
 }
 
 // runOptions checks the flags and turns them into firstboot's options.
-func (o applyFlags) runOptions() (firstboot.RunOptions, error) {
+func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error) {
 	if o.config == "" || o.root == "" {
 		return firstboot.RunOptions{}, errors.New("--config and --root are required (--root / applies to this machine)")
 	}
@@ -132,7 +137,7 @@ func (o applyFlags) runOptions() (firstboot.RunOptions, error) {
 		m = firstboot.ThisMachine()
 	}
 	return firstboot.RunOptions{
-		Source: firstboot.Source{Path: o.config, Machine: m, OpenSite: o.openSite},
+		Source: firstboot.Source{Path: o.config, Machine: m, OpenSite: func(path string) (firstboot.Inventory, error) { return o.openSite(ctx, path) }},
 		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
 			Plan: o.plan, Log: slog.Default()},
 		Stdout: os.Stdout, Stderr: os.Stderr,
@@ -153,20 +158,23 @@ func exitStatus(err error) error {
 
 // openSite opens a site directory or a Divingbell values file for
 // firstboot, which never reads the site model itself.
-func (o applyFlags) openSite(path string) (firstboot.Inventory, error) {
-	var site *profiles.Site
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
-		site, err = profiles.Load(path)
+func (o applyFlags) openSite(ctx context.Context, path string) (firstboot.Inventory, error) {
+	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
+		site, err := profiles.LoadValues(path)
 		if err != nil {
 			return nil, err
 		}
-	} else {
-		site, err = profiles.LoadValues(path)
-		if err != nil {
-			return nil, err
-		}
+		return siteInventory{site: site, profile: o.profile, labels: o.labels}, nil
 	}
-	return siteInventory{site: site, profile: o.profile, labels: o.labels}, nil
+	site, err := profiles.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	// A site directory with its private directory at hand: the node's
+	// certificates and keys are issued as it is rendered.
+	return siteInventory{site: site, profile: o.profile, labels: o.labels, certify: func(n *nodeconf.Node) error {
+		return certify(ctx, site, o.private, []*nodeconf.Node{n}, withKeys, true)
+	}}, nil
 }
 
 // siteInventory is a site as a firstboot.Inventory: its inventory's nodes
@@ -176,13 +184,24 @@ type siteInventory struct {
 	site    *profiles.Site
 	profile string
 	labels  map[string]string
+	// certify issues a rendered node's certificates (nil: none, as for a
+	// values file, which has no PKI).
+	certify func(*nodeconf.Node) error
+}
+
+// rendered certifies n when the inventory can.
+func (s siteInventory) rendered(n *nodeconf.Node, err error) (*nodeconf.Node, error) {
+	if err != nil || s.certify == nil {
+		return n, err
+	}
+	return n, s.certify(n)
 }
 
 func (s siteInventory) Node(name string) (*nodeconf.Node, error) {
 	if !slices.ContainsFunc(s.site.Nodes(), func(n profiles.NodeInfo) bool { return n.Name == name }) {
 		return nil, fmt.Errorf("%w in the site's inventory", firstboot.ErrNoSuchNode)
 	}
-	return s.site.RenderNode(name)
+	return s.rendered(s.site.RenderNode(name))
 }
 
 func (s siteInventory) NodeByMAC(mac net.HardwareAddr) string {
@@ -198,5 +217,5 @@ func (s siteInventory) Default(hostname string) (*nodeconf.Node, error) {
 	if profile == "" {
 		return nil, fmt.Errorf("no inventory node matches this machine (hostname %q): name one with --node, or a profile with --profile", hostname)
 	}
-	return s.site.RenderProfile(profile, s.labels, hostname)
+	return s.rendered(s.site.RenderProfile(profile, s.labels, hostname))
 }

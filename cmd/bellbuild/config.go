@@ -35,6 +35,12 @@ reconfigured without rebuilding its image.
                          /run/bellbuild/config -- where node.json is
                          replaced atomically.
 
+When the site has a PKI (bellbuild pki init), the node's host certificate
+and its credentials' certificates are issued (or the current ones reused)
+from the private directory (--private, $BELLBUILD_PRIVATE, else
+SITE/private) and written with their PRIVATE KEYS: the volume is that
+machine's own, like its disk. Keep it as you keep the machine.
+
 SOURCE_DATE_EPOCH sets the files' time stamps (default 0: 1980-01-01 on
 FAT), so the same configuration always gives the same bytes.
 
@@ -49,6 +55,7 @@ Example:
 			fs.StringVar(&o.profile, "profile", "", "profile `P` to render without an inventory entry")
 			fs.StringVar(&o.out, "o", "", "output `FILE` (config image)")
 			fs.Int64Var(&o.size, "size", 0, "volume size in `BYTES` (config image; 0: smallest)")
+			registerPrivate(fs, &o.private)
 			return func(ctx context.Context, args []string) error {
 				if len(args) == 0 {
 					return errors.New("missing subcommand: image or write (see 'bellbuild help config')")
@@ -75,7 +82,7 @@ Example:
 type configFlags struct {
 	site          siteFlags
 	node, profile string
-	out           string
+	out, private  string
 	size          int64
 	sub           string
 	args          []string
@@ -116,6 +123,9 @@ func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
 	}
 	if err != nil {
 		return printSiteErrors(stderr, err)
+	}
+	if err := certify(ctx, s, o.private, []*nodeconf.Node{n}, withKeys, false); err != nil {
+		return err
 	}
 	data, err := nodeconf.Marshal(n, nodeconf.JSON)
 	if err != nil {

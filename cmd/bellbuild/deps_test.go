@@ -21,8 +21,8 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles/secrets":  {}, // the site's secret store (age files); the site model reads it through secrets.Resolver
-	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets"},
+	"profiles/secrets":  {},                                                                    // the site's secret store (age files); the site model reads it through secrets.Resolver
+	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets", "profiles/pki"}, // pki: its settings and certificate shapes
 	"images":            {"images"},
 	// Where things live in an image: the bake writes there and the init
 	// reads there, so it depends on neither.
@@ -226,6 +226,7 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles", false},
+		{"profiles", "profiles/pki", true},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},

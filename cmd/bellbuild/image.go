@@ -34,6 +34,12 @@ func init() {
                       line, the source date
   rootfs.tar          the whole tree, when the profile lists outputs: [tar]
 
+With a site PKI, each node's configuration carries its certificates
+(issued from the private directory: --private, $BELLBUILD_PRIVATE, else
+SITE/private), never a private key: an image, an ISO or a disk made for
+many machines holds no secret, and the credentials are pending until
+their keys come ('bellbuild config write' puts one node's on its disk).
+
 At boot, /init picks the machine's node (bellbuild.node= on the kernel
 command line, else its MAC, else the profile's defaults), applies it, prints
 "bellbuild: node=NAME profile=PROFILE changes=N errors=M" on the console and
@@ -64,6 +70,8 @@ Example:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var site siteFlags
 			site.register(fs)
+			var private string
+			registerPrivate(fs, &private)
 			var o build.Options
 			fs.StringVar(&o.OutDir, "o", "out", "output `DIR` (artifacts go to DIR/PROFILE)")
 			fs.Func("node", "bake only inventory node `NAME` (repeatable; default: every node of the profile)", func(s string) error {
@@ -100,6 +108,9 @@ Example:
 				spec, err := s.Image(args[0])
 				if err != nil {
 					return printSiteErrors(os.Stderr, err)
+				}
+				if err := certify(ctx, s, private, bundleNodes(spec.Bundle, o.Nodes), publicOnly, true); err != nil {
+					return err
 				}
 				if o.SourceDateEpoch, err = epoch.date(); err != nil {
 					return err

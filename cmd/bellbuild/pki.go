@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/pki"
 )
 
@@ -55,10 +56,13 @@ operators' certificates.
                             root) with a new validity and the same key: the
                             certificates they issued stay valid
 
-Keys are ECDSA P-256 unless --algorithm ed25519 or rsa-3072. Validity:
-root 20y, sub-CAs 10y, leaves 1y (--root-validity, --ca-validity,
---validity; 20y, 90d or a Go duration). --name-constraints (init) limits
-the hosts and services CAs to --domain, localhost, each --subnet and
+The settings come from SITE/site.yaml (domain, and pki: algorithm,
+validity {root, sub_ca, leaf}, renew_before, name_constraints, subnets);
+a flag given overrides its setting. Keys are ECDSA P-256 unless
+--algorithm ed25519 or rsa-3072. Validity: root 20y, sub-CAs 10y, leaves
+1y (--root-validity, --ca-validity, --validity; 20y, 90d or a Go
+duration). --name-constraints (init) limits the hosts and services CAs to
+--domain, localhost, each --subnet (default: site.yaml's network) and
 loopback; their certificates then leave short host names out.
 
 Examples:
@@ -113,6 +117,8 @@ func (o *pkiFlags) parse(fs *flag.FlagSet, args []string) error {
 			return exitError{2}
 		}
 		if fs.NArg() == 0 {
+			o.set = map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
 			return nil
 		}
 		o.args = append(o.args, fs.Arg(0))
@@ -131,6 +137,8 @@ type pkiFlags struct {
 	node, service, reason, out, csr, cas string
 	sub                                  string
 	args                                 []string
+	// set are the flags given (they override site.yaml).
+	set map[string]bool
 }
 
 // prefixFlag is a repeatable CIDR flag.
@@ -153,19 +161,34 @@ func (p *prefixFlag) Set(v string) error {
 	return nil
 }
 
-// options turns the flags into pki.Options (flags first, then
-// $BELLBUILD_PRIVATE for the private directory).
+// options turns site.yaml's settings and the flags into pki.Options:
+// a flag given overrides its setting; the private directory is
+// --private, else $BELLBUILD_PRIVATE, else SITE/private.
 func (o pkiFlags) options() (pki.Options, error) {
 	if o.site == "" {
 		return pki.Options{}, errors.New("-C SITE is required: the PKI lives in the site's directory")
 	}
-	po := pki.Options{Site: o.site, Private: o.private, Domain: o.domain, Subnets: o.subnets, NameConstraints: o.nameConstraints}
-	if po.Private == "" {
-		po.Private = os.Getenv("BELLBUILD_PRIVATE")
+	var po pki.Options
+	if fi, err := os.Stat(o.site); err == nil && fi.IsDir() {
+		if po, err = profiles.PKIOptions(o.site); err != nil {
+			return po, err
+		}
+	}
+	po.Site, po.Private = o.site, privateDir(o.private, o.site)
+	if o.set["domain"] {
+		po.Domain = o.domain
+	}
+	if o.set["subnet"] {
+		po.Subnets = o.subnets
+	}
+	if o.set["name-constraints"] {
+		po.NameConstraints = o.nameConstraints
 	}
 	var err error
-	if po.Algorithm, err = pki.ParseAlgorithm(o.algorithm); err != nil {
-		return po, err
+	if o.set["algorithm"] {
+		if po.Algorithm, err = pki.ParseAlgorithm(o.algorithm); err != nil {
+			return po, err
+		}
 	}
 	for _, d := range []struct {
 		flag, val string
@@ -207,6 +230,9 @@ func runPKI(ctx context.Context, o pkiFlags, stdout io.Writer) error {
 			return err
 		}
 		fmt.Fprintf(stdout, "PKI made in %s; root key in %s: take it offline now\n", filepath.Join(o.site, "pki"), filepath.Join(o.rootOut, pki.RootKeyFile))
+		if top, err := pki.ExposedInGit(po.Private); err == nil && top != "" {
+			slog.Warn("the private directory is inside a git work tree that does not ignore it: add it to .gitignore", "private", po.Private, "work_tree", top)
+		}
 		return nil
 	}
 	s, err := pki.Open(po)

@@ -49,6 +49,11 @@ into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
      rendered configuration is also served, to that node's address only,
      at /files/node.json.
 
+With a site PKI, node.json (like the image's bundle) carries the nodes'
+certificates (issued from the private directory: --private,
+$BELLBUILD_PRIVATE, else SITE/private), never their private keys: on a
+network-booted node the credentials are pending until their keys come.
+
 The boot network is the site's (SITE/site.yaml's network: server,
 subnet, pools) where it declares one: --server-ip and --pool replace
 its server and pools, and the interface gives what is still unknown.
@@ -77,6 +82,7 @@ Example:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o serveFlags
 			o.site.register(fs)
+			registerPrivate(fs, &o.private)
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
 			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
@@ -108,6 +114,7 @@ Example:
 
 type serveFlags struct {
 	site                     siteFlags
+	private                  string
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
@@ -165,7 +172,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 		}
 	}
 	cfg.Files = filepath.Join(o.state, "nodes")
-	backend, err := newSiteBackend(site, o.artifacts, cfg.Files, o.defaultProfile)
+	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile)
 	if err != nil {
 		return err
 	}
@@ -301,7 +308,7 @@ type siteBackend struct {
 // (/files/node.json, tftp files/node.json).
 const NodeFile = "node.json"
 
-func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*siteBackend, error) {
+func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string) (*siteBackend, error) {
 	b := &siteBackend{byMAC: map[string]*pxe.Machine{}}
 	cmdlines := map[string]string{}
 	cmdline := func(profile string) string {
@@ -312,12 +319,21 @@ func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*si
 		}
 		return c
 	}
-	for _, n := range site.Nodes() {
+	infos := site.Nodes()
+	nodes := make([]*nodeconf.Node, len(infos))
+	for i, n := range infos {
 		node, err := site.RenderNode(n.Name)
 		if err != nil {
 			return nil, fmt.Errorf("rendering node %s: %w", n.Name, err)
 		}
-		data, err := nodeconf.Marshal(node, nodeconf.JSON)
+		nodes[i] = node
+	}
+	// Served over plain HTTP and TFTP: certificates, never keys.
+	if err := certify(ctx, site, private, nodes, publicOnly, true); err != nil {
+		return nil, err
+	}
+	for i, n := range infos {
+		data, err := nodeconf.Marshal(nodes[i], nodeconf.JSON)
 		if err != nil {
 			return nil, err
 		}

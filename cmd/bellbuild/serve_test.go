@@ -60,7 +60,7 @@ func TestSiteBackend(t *testing.T) {
 	out, files := t.TempDir(), t.TempDir()
 	os.MkdirAll(filepath.Join(out, "demo"), 0o755)
 	os.WriteFile(filepath.Join(out, "demo", "manifest.json"), []byte(`{"cmdline":"console=ttyS0 quiet","future":1}`), 0o644)
-	b, err := newSiteBackend(profiles.Default(), out, files, "")
+	b, err := newSiteBackend(context.Background(), profiles.Default(), "", out, files, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,14 +81,14 @@ func TestSiteBackend(t *testing.T) {
 	if _, err := b.Lookup(context.Background(), mustMAC(t, "52:54:00:00:00:99")); err == nil {
 		t.Error("an unknown MAC boots without --default-profile")
 	}
-	b, err = newSiteBackend(profiles.Default(), out, files, "demo")
+	b, err = newSiteBackend(context.Background(), profiles.Default(), "", out, files, "demo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m, err := b.Lookup(context.Background(), mustMAC(t, "52:54:00:00:00:99")); err != nil || m.Profile != "demo" || m.Name != "" {
 		t.Errorf("default profile: %+v, %v", m, err)
 	}
-	if _, err := newSiteBackend(profiles.Default(), out, files, "nosuch"); err == nil ||
+	if _, err := newSiteBackend(context.Background(), profiles.Default(), "", out, files, "nosuch"); err == nil ||
 		err.Error() != "--default-profile nosuch: no such profile in the site" {
 		t.Errorf("unknown default profile: %v", err)
 	}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/pki"
 )
 
 func init() {
@@ -29,8 +31,18 @@ module's rules (crypt hashes, SSH key forms, exec policies and intervals,
 ethtool on/off, octal modes, absolute paths, ...) on every node and every
 profile as rendered.
 
+It also checks the site's identity and credentials: domain and pki in
+site.yaml, each node's fqdn and ips, each credential (a safe name, cert
+modes client, server or both, extra_san DNS names, a domain to name
+them), and under pki.name_constraints every name and address inside the
+site's domain and subnets.
+
 Every problem is printed on its own line as FILE:LINE:COL: FIELD: MESSAGE,
-sorted. Exit status: 0 when the site is clean, 1 otherwise.
+sorted. Warnings (FIELD: warning: MESSAGE) do not fail the site: short
+host names left out under name constraints, and a private directory
+(--private, $BELLBUILD_PRIVATE, else SITE/private) inside a git work
+tree that does not ignore it. Exit status: 0 when the site has no
+error, 1 otherwise.
 
 Without -C the site embedded in bellbuild is checked. --values checks a
 Divingbell values file instead (its conf: and conf.overrides).
@@ -41,11 +53,13 @@ Example:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o siteFlags
 			o.register(fs)
+			var private string
+			registerPrivate(fs, &private)
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
 				}
-				return runValidate(o, os.Stdout, os.Stderr)
+				return runValidate(o, private, os.Stdout, os.Stderr)
 			}
 		},
 	})
@@ -115,11 +129,41 @@ func printSiteErrors(w io.Writer, err error) error {
 	return exitError{1}
 }
 
-func runValidate(o siteFlags, stdout, stderr io.Writer) error {
+func runValidate(o siteFlags, private string, stdout, stderr io.Writer) error {
 	s, err := o.load()
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
+	warnings := s.Warnings()
+	if o.dir != "" {
+		w, err := privateWarning(o.dir, private)
+		if err != nil {
+			return err
+		}
+		warnings = append(warnings, w...)
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, w)
+	}
 	fmt.Fprintf(stdout, "ok: %d profiles, %d nodes\n", len(s.ProfileNames()), len(s.Nodes()))
 	return nil
+}
+
+// privateWarning warns when the site's private directory — once there is
+// one, or a PKI that needs one — lies in a git work tree that does not
+// ignore it.
+func privateWarning(site, private string) (profiles.ErrorList, error) {
+	dir := privateDir(private, site)
+	_, perr := os.Stat(dir)
+	_, kerr := os.Stat(filepath.Join(site, "pki"))
+	if perr != nil && kerr != nil {
+		return nil, nil
+	}
+	top, err := pki.ExposedInGit(dir)
+	if err != nil || top == "" {
+		return nil, err
+	}
+	var l profiles.ErrorList
+	l.Warn(profiles.Pos{File: dir}, "", "the private directory (the site's keys) is inside the git work tree %s and not ignored: add it to %s", top, filepath.Join(top, ".gitignore"))
+	return l, nil
 }

@@ -2,6 +2,7 @@ package nodeconf
 
 import (
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -12,10 +13,16 @@ var credNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([
 
 // ValidCredentialName reports whether name can name a credential:
 // lower-case DNS labels (letters, digits, inner hyphens) joined by dots,
-// at most 63 characters.
+// at most 63 characters, and none of the names the credentials module
+// uses itself in /etc/credentials/x509 (ReservedCredentialNames).
 func ValidCredentialName(name string) bool {
-	return len(name) <= 63 && credNameRE.MatchString(name)
+	return len(name) <= 63 && credNameRE.MatchString(name) && !slices.Contains(ReservedCredentialNames, name)
 }
+
+// ReservedCredentialNames are the entries of /etc/credentials/x509 that
+// are not a service's: the host certificate's directory and the CA and
+// CRL files.
+var ReservedCredentialNames = []string{"host", "ca.pem", "crl.pem"}
 
 // ValidDNSName reports whether s is a DNS name of letters, digits and
 // hyphens in dot-separated labels of 1 to 63 characters (no trailing dot,
@@ -45,6 +52,8 @@ func (v *validator) credentials(list []Credential) {
 		switch {
 		case c.Name == "":
 			v.add(p+".name", "required")
+		case slices.Contains(ReservedCredentialNames, c.Name):
+			v.add(p+".name", "%q is reserved (/etc/credentials/x509/%s is the node's own): choose another name", c.Name, c.Name)
 		case !ValidCredentialName(c.Name):
 			v.add(p+".name", "%q is not a safe name: lower-case letters, digits, inner - and . (it names a directory and the DNS name NAME.DOMAIN)", c.Name)
 		default:
@@ -105,7 +114,10 @@ func (v *validator) x509(x *X509, list []Credential) {
 			v.add(p+".server.cert", "required")
 		}
 	}
-	if len(x.Credentials) > 0 && strings.TrimSpace(x.CA) == "" {
+	if x.Host != nil && strings.TrimSpace(x.Host.Cert) == "" {
+		v.add("x509.host.cert", "required")
+	}
+	if (len(x.Credentials) > 0 || x.Host != nil) && strings.TrimSpace(x.CA) == "" {
 		v.add("x509.ca", "required with issued credentials")
 	}
 }

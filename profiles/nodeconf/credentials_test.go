@@ -30,11 +30,13 @@ func TestValidateCredentials(t *testing.T) {
 			{Name: "etcd", ExtraSAN: []string{"not a name", "-x"}, Owner: "Bad User"},
 			{Name: "etcd", EnableClient: &no, EnableServer: &no},
 			{},
+			{Name: "host"},
+			{Name: "ca.pem"},
 		},
 		X509: &X509{Credentials: map[string]IssuedCredential{
 			"ghost": {Client: &IssuedCert{Cert: "PEM"}},
 			"etcd":  {Client: &IssuedCert{}},
-		}},
+		}, Host: &IssuedCert{}},
 	}
 	var got []string
 	for _, err := range bad.Validate() {
@@ -49,9 +51,12 @@ func TestValidateCredentials(t *testing.T) {
 		`credentials[2].name: "etcd" is also credentials[1]`,
 		`credentials[2]: enables neither a client nor a server certificate`,
 		`credentials[3].name: required`,
+		`credentials[4].name: "host" is reserved (/etc/credentials/x509/host is the node's own): choose another name`,
+		`credentials[5].name: "ca.pem" is reserved (/etc/credentials/x509/ca.pem is the node's own): choose another name`,
 		`x509.credentials.etcd.client: issued, but credentials: etcd has enable_client: false`,
 		`x509.credentials.etcd.client.cert: required`,
 		`x509.credentials.ghost: issued for a credential that is not declared in credentials`,
+		`x509.host.cert: required`,
 		`x509.ca: required with issued credentials`,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

@@ -24,8 +24,37 @@ type Node struct {
 	MACs []string `json:"macs,omitempty" yaml:"macs,omitempty"`
 	// Labels are the node's labels (used by label overrides).
 	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	// Domain is the node's DNS domain (site.yaml's, or its profile's).
+	Domain string `json:"domain,omitempty" yaml:"domain,omitempty"`
+	// FQDN is the node's fully qualified name (default NAME.DOMAIN): its
+	// host certificate's subject.
+	FQDN string `json:"fqdn,omitempty" yaml:"fqdn,omitempty"`
+	// IPs are the node's addresses (default: its ip label), which its
+	// certificates name.
+	IPs []string `json:"ips,omitempty" yaml:"ips,omitempty"`
 	// Conf is the host configuration to enforce.
 	Conf Conf `json:"conf" yaml:"conf"`
+	// Certificates are the certificates the site's PKI gives the node,
+	// described (never their keys): what render shows. Conf.X509 carries
+	// the issued material.
+	Certificates []Certificate `json:"certificates,omitempty" yaml:"certificates,omitempty"`
+}
+
+// Certificate describes one certificate of a node: what it is for, the CA
+// that signs it, its subject, usage and names. It holds no key material.
+type Certificate struct {
+	// For is "host" (the node's host certificate) or "NAME/client",
+	// "NAME/server" for credential NAME.
+	For string `json:"for" yaml:"for"`
+	// CA is the sub-CA that signs it: hosts or services.
+	CA string `json:"ca" yaml:"ca"`
+	// Subject is its subject, "CN=...".
+	Subject string `json:"subject" yaml:"subject"`
+	// Usage is its extended key usage: client, server or both.
+	Usage string `json:"usage" yaml:"usage"`
+	// DNSNames and IPs are its subject alternative names.
+	DNSNames []string `json:"dns_names,omitempty" yaml:"dns_names,omitempty"`
+	IPs      []string `json:"ips,omitempty" yaml:"ips,omitempty"`
 }
 
 // Bundle is what an image carries: the rendered configuration of every node
@@ -277,6 +306,9 @@ type X509 struct {
 	// CRL is the PEM of the CAs' revocation lists
 	// (/etc/credentials/x509/crl.pem).
 	CRL string `json:"crl,omitempty" yaml:"crl,omitempty"`
+	// Host is the node's host certificate (hosts CA), installed at
+	// /etc/credentials/x509/host/{cert.pem,private_key.pem}.
+	Host *IssuedCert `json:"host,omitempty" yaml:"host,omitempty"`
 	// Credentials maps a credential's name to its certificates.
 	Credentials map[string]IssuedCredential `json:"credentials,omitempty" yaml:"credentials,omitempty"`
 }

@@ -73,5 +73,5 @@ func (c IssuedCert) LogValue() slog.Value {
 
 // LogValue names the issued credentials, without their material.
 func (x X509) LogValue() slog.Value {
-	return slog.GroupValue(slog.Any("credentials", sortedKeys(x.Credentials)))
+	return slog.GroupValue(slog.Bool("host", x.Host != nil), slog.Any("credentials", sortedKeys(x.Credentials)))
 }

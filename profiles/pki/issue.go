@@ -129,7 +129,7 @@ func (s *Store) allowed(r Request, ca *CA) (Request, error) {
 	}
 	var names []string
 	for _, n := range r.DNSNames {
-		if !strings.Contains(n, ".") && n != "localhost" {
+		if isShort(n) {
 			continue // a short name cannot satisfy a DNS subtree
 		}
 		if len(c.PermittedDNSDomains) > 0 && !slices.ContainsFunc(c.PermittedDNSDomains, func(d string) bool { return n == d || strings.HasSuffix(n, "."+d) }) {
