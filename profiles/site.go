@@ -51,6 +51,12 @@ type Site struct {
 	resolved    map[string]*resolved
 	// network is the boot network site.yaml declares (nil: none).
 	network *Network
+	// services are services.yaml's, by name; placedOn maps a node to
+	// the services placed on it, by name; servicesSource is the Sources
+	// entry for services.yaml ("" when absent).
+	services       []*service
+	placedOn       map[string][]*service
+	servicesSource string
 }
 
 // NodeInfo is one inventory entry.
@@ -108,6 +114,8 @@ type node struct {
 	path string // nodes[N]
 	ipAt Pos    // the "ip" label's value
 	conf *value
+	// services are its pins and denies (services.yaml's services).
+	services nodeServices
 }
 
 // scalarFields are the profile fields that inherit by replacement.
@@ -160,6 +168,9 @@ func Load(dir string) (*Site, error) {
 		}
 		if s.nodesSource != "" {
 			s.nodesSource = filepath.Join(abs, s.nodesSource)
+		}
+		if s.servicesSource != "" {
+			s.servicesSource = filepath.Join(abs, s.servicesSource)
 		}
 	}
 	return s, err
@@ -234,7 +245,15 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			s.parseSiteFile(root, &errs)
 		}
 	}
+	if fsys.exists(ServicesFile) {
+		file := displayName(dir, ServicesFile)
+		if root := readYAML(fsys, ServicesFile, file, &errs); root != nil {
+			s.parseServices(root, &errs)
+			s.servicesSource = srcPrefix + ServicesFile
+		}
+	}
 	s.checkAddresses(&errs)
+	s.placeServices(&errs)
 	// Render-level checks run even when the structure has problems, so
 	// that one pass reports everything: they cover what did parse. A
 	// position that already has a parse error is not reported twice.
@@ -649,7 +668,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf", "services"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -730,6 +749,8 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				}
 			case "conf":
 				n.conf, _ = parseConf(e.val, fp, false, errs)
+			case "services":
+				n.services = parseNodeServices(e.val, fp, errs)
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}

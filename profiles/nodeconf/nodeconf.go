@@ -24,6 +24,16 @@ type Node struct {
 	MACs []string `json:"macs,omitempty" yaml:"macs,omitempty"`
 	// Labels are the node's labels (used by label overrides).
 	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	// Services are the site's services placed on the node, by name
+	// (SITE/services.yaml; see Facts).
+	Services []string `json:"services,omitempty" yaml:"services,omitempty"`
+	// Facts are minicluster's turndown flags: enable_SERVICE (a "-" in
+	// the name written "_") for every service of the site, true on the
+	// nodes it is placed on.
+	Facts map[string]bool `json:"facts,omitempty" yaml:"facts,omitempty"`
+	// Containers are those the placed services declare. The applier does
+	// not run them (a unit can).
+	Containers []Container `json:"containers,omitempty" yaml:"containers,omitempty"`
 	// Conf is the host configuration to enforce.
 	Conf Conf `json:"conf" yaml:"conf"`
 }
