@@ -101,7 +101,11 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		for _, or := range origins {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", or.Path, explainValue(or.Value), or.Pos)
+			v := explainValue(or.Value)
+			if strings.HasPrefix(or.Path, "services.") || strings.HasPrefix(or.Path, "services[") {
+				v = or.Value // why a service is placed: one line, never cut
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", or.Path, v, or.Pos)
 		}
 		return tw.Flush()
 	}
