@@ -245,9 +245,7 @@ func (r *resolved) effective(labels map[string]string, host string, own *value, 
 			c = merge(c, l.conf, named, "", 0)
 		}
 	}
-	for _, svc := range svcs {
-		c = svc.mergeInto(c)
-	}
+	c = mergeServices(c, svcs)
 	for _, h := range r.hostOv {
 		if host != "" && h.name == host {
 			c = merge(c, h.conf, named, "", 0)

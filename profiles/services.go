@@ -109,8 +109,10 @@ type service struct {
 	hosts     []string
 	groupSize int
 	// layer is the service's conf and generated files, merged on each of
-	// its hosts after the profile chain (see effective).
-	layer *value
+	// its hosts after the profile chain (see effective); layerNulls says
+	// it holds nulls (which remove what the chain set).
+	layer      *value
+	layerNulls bool
 }
 
 // nodeServices is a node's `services: {pin: [..], deny: [..]}`.

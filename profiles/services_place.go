@@ -92,18 +92,33 @@ func (s *Site) nodeMarks(errs *ErrorList) (pins, denies marks) {
 	return pins, denies
 }
 
-// request is svc's placement request: its group, with pins and denies.
-func (s *Site) request(svc *service, pins, denies marks) placement.Request {
-	r := placement.Request{Service: svc.name, Instances: svc.instances, Spread: svc.spread != ""}
+// request is svc's placement request: its group, with pins and denies;
+// spread says whether a node of the group has the spread label.
+func (s *Site) request(svc *service, pins, denies marks) (r placement.Request, spread bool) {
+	r = placement.Request{Service: svc.name, Instances: svc.instances, Spread: svc.spread != ""}
+	// The profiles whose chain holds the group's profile.
+	var inGroup map[string]bool
+	if svc.groupProfile != "" {
+		inGroup = map[string]bool{}
+		for name, res := range s.resolved {
+			inGroup[name] = slices.Contains(res.chain, svc.groupProfile)
+		}
+	}
+	svcPins, svcDenies := pins[svc.name], denies[svc.name]
 	for _, n := range s.nodes {
-		if !s.memberOf(svc, n) {
+		switch {
+		case inGroup != nil && !inGroup[n.Profile]:
+			continue
+		case inGroup == nil && !s.memberOf(svc, n):
 			continue
 		}
-		_, pinned := pins[svc.name][n.Name]
-		_, denied := denies[svc.name][n.Name]
-		r.Members = append(r.Members, placement.Member{Node: n.Name, Spread: n.Labels[svc.spread], Pinned: pinned, Denied: denied})
+		_, pinned := svcPins[n.Name]
+		_, denied := svcDenies[n.Name]
+		value, has := n.Labels[svc.spread]
+		spread = spread || has
+		r.Members = append(r.Members, placement.Member{Node: n.Name, Spread: value, Pinned: pinned, Denied: denied})
 	}
-	return r
+	return r, spread
 }
 
 // placeServices checks every service against the inventory and places
@@ -112,15 +127,19 @@ func (s *Site) request(svc *service, pins, denies marks) placement.Request {
 // being placed is reported at its line, and the service goes nowhere.
 func (s *Site) placeServices(errs *ErrorList) {
 	s.placedOn = map[string][]*service{}
+	s.noFacts = make(map[string]bool, len(s.services))
+	for _, svc := range s.services {
+		s.noFacts[nodeconf.FactName(svc.name)] = false
+	}
 	pins, denies := s.nodeMarks(errs)
 	for _, svc := range s.services {
 		checkServiceConf(svc, errs)
 		if svc.groupText != "" && !svc.groupOK {
 			continue // reported
 		}
-		r := s.request(svc, pins, denies)
+		r, spread := s.request(svc, pins, denies)
 		svc.groupSize = len(r.Members)
-		if !s.checkPlacement(svc, r, pins, denies, errs) {
+		if !s.checkPlacement(svc, r, spread, pins, denies, errs) {
 			continue
 		}
 		hosts, err := placement.Place(r)
@@ -139,13 +158,14 @@ func (s *Site) placeServices(errs *ErrorList) {
 	}
 	for _, svc := range s.services {
 		svc.layer = s.serviceLayer(svc, byName)
+		svc.layerNulls = svc.layer != nil && hasNull(svc.layer)
 	}
 }
 
 // checkPlacement reports what keeps r from being placed: an empty group,
 // a spread label no node of it has, a pin from outside it, more instances
 // than its eligible nodes, more pins than instances.
-func (s *Site) checkPlacement(svc *service, r placement.Request, pins, denies marks, errs *ErrorList) bool {
+func (s *Site) checkPlacement(svc *service, r placement.Request, hasSpread bool, pins, denies marks, errs *ErrorList) bool {
 	groupAt, groupPath := svc.groupPos, svc.path+".scheduling_group"
 	if svc.groupText == "" {
 		groupAt, groupPath = svc.pos, svc.path
@@ -162,14 +182,8 @@ func (s *Site) checkPlacement(svc *service, r placement.Request, pins, denies ma
 		}
 		ok = false
 	}
-	inGroup := map[string]bool{}
-	hasSpread := false
 	denied := []string{}
 	for _, m := range r.Members {
-		inGroup[m.Node] = true
-		if _, has := s.byName[m.Node].Labels[svc.spread]; has {
-			hasSpread = true
-		}
 		if m.Denied {
 			denied = append(denied, m.Node)
 		}
@@ -181,8 +195,7 @@ func (s *Site) checkPlacement(svc *service, r placement.Request, pins, denies ma
 	var pinned []string
 	for _, node := range slices.Sorted(maps.Keys(pins[svc.name])) {
 		at := pins[svc.name][node]
-		if !inGroup[node] {
-			n := s.byName[node]
+		if n := s.byName[node]; !s.memberOf(svc, n) {
 			errs.Add(at, n.path+".services.pin", "node %q (profile %s) is not in %s: it cannot pin %s", node, n.Profile, svc.groupName(), svc.name)
 			ok = false
 			continue
@@ -301,20 +314,43 @@ func (s *Site) fileSD(svc *service, ep Endpoint) string {
 	return string(data) + "\n"
 }
 
-// mergeInto lays svc over a host's conf c: its layer, then its
-// credentials appended to the host's conf.credentials.
-func (svc *service) mergeInto(c *value) *value {
-	c = merge(c, svc.layer, mergeOpts{named: true}, "", 0)
-	if len(svc.creds) == 0 {
+// mergeServices lays the services placed on a host over its conf c, in
+// order: each one's layer, then their credentials appended to the host's
+// conf.credentials. Small layers without nulls are merged together first,
+// and the result into c once: the same result (the schema fixes each
+// value's kind), without indexing the host's large maps once per service.
+func mergeServices(c *value, svcs []*service) *value {
+	if len(svcs) == 0 {
+		return c
+	}
+	named := mergeOpts{named: true}
+	together := true
+	var creds []*value
+	for _, svc := range svcs {
+		together = together && !svc.layerNulls
+		creds = append(creds, svc.creds...)
+	}
+	if together {
+		layer := svcs[0].layer
+		for _, svc := range svcs[1:] {
+			layer = merge(layer, svc.layer, named, "", 0)
+		}
+		c = merge(c, layer, named, "", 0)
+	} else {
+		for _, svc := range svcs {
+			c = merge(c, svc.layer, named, "", 0)
+		}
+	}
+	if len(creds) == 0 {
 		return c
 	}
 	var items []*value
 	if cur := c.get("credentials"); cur != nil && cur.kind == kList {
 		items = append(items, cur.items...)
 	}
-	items = append(items, svc.creds...)
-	list := &value{kind: kList, pos: svc.pos, items: items}
-	return merge(c, &value{kind: kMap, pos: svc.pos, ents: []entry{{key: "credentials", kpos: svc.pos, val: list}}}, mergeOpts{named: true}, "", 0)
+	items = append(items, creds...)
+	list := &value{kind: kList, pos: svcs[0].pos, items: items}
+	return merge(c, &value{kind: kMap, pos: list.pos, ents: []entry{{key: "credentials", kpos: list.pos, val: list}}}, named, "", 0)
 }
 
 // setServices fills in a rendered node's services, facts and containers
@@ -323,10 +359,7 @@ func (s *Site) setServices(n *nodeconf.Node, placed []*service) {
 	if len(s.services) == 0 {
 		return
 	}
-	n.Facts = make(map[string]bool, len(s.services))
-	for _, svc := range s.services {
-		n.Facts[nodeconf.FactName(svc.name)] = false
-	}
+	n.Facts = maps.Clone(s.noFacts)
 	for _, svc := range placed {
 		n.Services = append(n.Services, svc.name)
 		n.Facts[nodeconf.FactName(svc.name)] = true
@@ -378,7 +411,7 @@ func (s *Site) explainServices(name string) []Origin {
 			out = append(out, o)
 			continue
 		}
-		r := s.request(svc, pins, denies)
+		r, _ := s.request(svc, pins, denies)
 		c, _, err := placement.Explain(r, name)
 		switch {
 		case err != nil:

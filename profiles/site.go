@@ -57,6 +57,8 @@ type Site struct {
 	services       []*service
 	placedOn       map[string][]*service
 	servicesSource string
+	// noFacts is every service's fact, false: a node's start.
+	noFacts map[string]bool
 }
 
 // NodeInfo is one inventory entry.

@@ -112,7 +112,7 @@ func before(a, b cand) int {
 
 // Place returns the nodes r's service goes to, sorted by name.
 func Place(r Request) ([]string, error) {
-	cands, k, err := prepare(r)
+	cands, k, err := prepare(r, false)
 	if err != nil {
 		return nil, err
 	}
@@ -125,9 +125,11 @@ func Place(r Request) ([]string, error) {
 	return out, nil
 }
 
-// prepare checks r and returns the eligible members, weighed and ordered
-// (see before), with the number of instances.
-func prepare(r Request) ([]cand, int, error) {
+// prepare checks r and returns the eligible members, weighed, with the
+// number of instances. With sorted, or when choose needs it, they are
+// ordered (see before); otherwise only as far as choose looks: the k
+// first, or the k first of each spread value.
+func prepare(r Request, sorted bool) ([]cand, int, error) {
 	if len(r.Members) == 0 {
 		return nil, 0, fmt.Errorf("service %s: %w", r.Service, ErrEmptyGroup)
 	}
@@ -161,8 +163,79 @@ func prepare(r Request) ([]cand, int, error) {
 	case pins > k:
 		return nil, 0, fmt.Errorf("service %s: %d pinned nodes, %d instances: %w", r.Service, pins, k, ErrTooManyPins)
 	}
-	slices.SortFunc(cands, before)
+	switch {
+	case sorted:
+		slices.SortFunc(cands, before)
+	case k == len(cands):
+		// Every one is chosen: the order does not matter.
+	case !r.Spread:
+		cands = firstK(cands, k)
+	default:
+		cands = firstKPerValue(cands, k)
+	}
 	return cands, k, nil
+}
+
+// firstK returns the k first of cands by before, in order (cands is
+// reordered): a partial sort, since k is usually a handful of thousands.
+func firstK(cands []cand, k int) []cand {
+	if k == 0 {
+		return cands[:0]
+	}
+	if 4*k >= len(cands) {
+		slices.SortFunc(cands, before)
+		return cands[:k]
+	}
+	// A max-heap (by before) of the best k seen so far: its root is the
+	// worst of them.
+	h := cands[:k]
+	worse := func(i, j int) bool { return before(h[i], h[j]) > 0 }
+	down := func(i int) {
+		for {
+			l := 2*i + 1
+			if l >= k {
+				return
+			}
+			if r := l + 1; r < k && worse(r, l) {
+				l = r
+			}
+			if !worse(l, i) {
+				return
+			}
+			h[i], h[l] = h[l], h[i]
+			i = l
+		}
+	}
+	for i := k/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	for _, c := range cands[k:] {
+		if before(c, h[0]) < 0 {
+			h[0] = c
+			down(0)
+		}
+	}
+	slices.SortFunc(h, before)
+	return h
+}
+
+// firstKPerValue returns, ordered by before, the k first of each spread
+// value's candidates: choose takes no more than k of one value.
+func firstKPerValue(cands []cand, k int) []cand {
+	byValue := map[string][]cand{}
+	var values []string
+	for _, c := range cands {
+		if _, ok := byValue[c.Spread]; !ok {
+			values = append(values, c.Spread)
+		}
+		byValue[c.Spread] = append(byValue[c.Spread], c)
+	}
+	out := cands[:0]
+	for _, v := range values {
+		out = append(out, firstK(byValue[v], min(k, len(byValue[v])))...)
+	}
+	slices.SortFunc(out, before)
+	return out
 }
 
 // choose picks k of cands (ordered by before): the first k without
@@ -251,7 +324,7 @@ type Choice struct {
 // Explain says why r's service is or is not on node, a member of r's
 // group (false when it is not one).
 func Explain(r Request, node string) (Choice, bool, error) {
-	cands, k, err := prepare(r)
+	cands, k, err := prepare(r, true)
 	if err != nil {
 		return Choice{}, false, err
 	}
