@@ -220,7 +220,6 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/placement", true},
 		{"profiles/placement", "profiles", false},
 		{"profiles/siterev", "profiles", true},
-		{"profiles", "profiles/siterev", false},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},
