@@ -23,10 +23,13 @@ func init() {
 		summary: "print a node's effective configuration (and where each value came from)",
 		usage:   "[-C SITE | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain]",
 		help: `render prints the configuration the applier will enforce on one machine:
-{node, profile, profiles (the inheritance chain), labels, conf}. The conf
-is the profile chain merged parent first, then the Divingbell overrides in
-conf.overrides, then every matching label override along the chain, then
-matching host overrides, then the node's own conf (docs/config.md).
+{node, profile, profiles (the inheritance chain), labels, services, facts,
+containers, conf}. The conf is the profile chain merged parent first, then
+the Divingbell overrides in conf.overrides, then every matching label
+override along the chain, then the services SITE/services.yaml places on
+the node, then matching host overrides, then the node's own conf
+(docs/config.md). facts holds enable_SERVICE for every service of the
+site.
 
 --node renders an inventory entry. --profile renders a machine that is not
 in the inventory, with the labels and host name given. With --values, the
@@ -34,7 +37,8 @@ profile is "divingbell" unless --profile says otherwise.
 
 -o json writes exactly what 'bellbuild apply --config' reads back.
 --explain prints instead one line per effective value: its path, its value
-and the FILE:LINE:COL that set it.
+and the FILE:LINE:COL that set it, after one line per service saying why
+it is or is not on the node.
 
 Example:
   bellbuild render --node demo-2
