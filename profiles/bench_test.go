@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/bellbuild/bellbuild/profiles/placement"
 )
 
 // genSite writes a site of nprof profiles and nnodes nodes: a tree of
@@ -279,4 +281,164 @@ func BenchmarkLoadWide(b *testing.B) {
 		}
 	}
 	b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/op")
+}
+
+// genServices writes services.yaml for a site of genSite: nsvc services
+// over every node, a profile's subtree, a role or a rack; one to five
+// instances (every twentieth all of its group), half spread over racks,
+// a third with a credential, half with a monitoring endpoint, each with
+// a sysctl and a file; svc000 scrapes them all.
+func genServices(tb testing.TB, dir string, nsvc int) {
+	tb.Helper()
+	roles := []string{"web", "db", "cache", "batch"}
+	var b strings.Builder
+	for i := range nsvc {
+		fmt.Fprintf(&b, "svc%03d:\n", i)
+		switch i % 4 {
+		case 1:
+			fmt.Fprintf(&b, "  scheduling_group: p%03d\n", 1+i%4)
+		case 2:
+			fmt.Fprintf(&b, "  scheduling_group: label:role=%s\n", roles[i%len(roles)])
+		case 3:
+			fmt.Fprintf(&b, "  scheduling_group: label:rack=r%d\n", i%10)
+		}
+		if i%20 == 0 && i > 0 {
+			b.WriteString("  num_instances: all\n")
+		} else {
+			fmt.Fprintf(&b, "  num_instances: %d\n", 1+i%5)
+		}
+		if i%2 == 0 {
+			b.WriteString("  spread: rack\n")
+			fmt.Fprintf(&b, "  monitoring_endpoints: [{job_name: svc%03d, type: %s, port: %d}]\n", i, []string{"static", "dynamic"}[i/2%2], 9000+i)
+		}
+		if i%3 == 0 {
+			fmt.Fprintf(&b, "  user: u%d\n  service_credentials: [{name: svc%03d-peer}]\n", i, i)
+		}
+		if i == 0 {
+			b.WriteString("  scrape: true\n")
+		}
+		fmt.Fprintf(&b, "  conf:\n    sysctl: {net.svc.s%d: %d}\n    files:\n      /etc/svc%03d.conf: {content: \"service %d\\n\"}\n", i, i, i, i)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ServicesFile), []byte(b.String()), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	// Credentials name NAME.DOMAIN: the site needs its domain.
+	f, err := os.OpenFile(filepath.Join(dir, SiteFile), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := f.WriteString("domain: bench.example.org\n"); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestGeneratedServices loads a small generated site with services: the
+// generator stays valid, and every service is placed as asked.
+func TestGeneratedServices(t *testing.T) {
+	dir := t.TempDir()
+	genSite(t, dir, 40, 300)
+	genServices(t, dir, 40)
+	s, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range s.Services() {
+		if n := len(svc.Hosts); svc.Instances != AllInstances && n != svc.Instances || n == 0 {
+			t.Errorf("%s: %d hosts of %d in %s (%d nodes)", svc.Name, n, svc.Instances, svc.Group, svc.GroupSize)
+		}
+	}
+	renderAll(t, s)
+}
+
+// BenchmarkPlaceAndRender places 200 services over the 5,000-node site
+// and renders every node and profile with them (goal: under 1.5 s on the
+// 2-core machine; BenchmarkRenderAll is the same without services).
+func BenchmarkPlaceAndRender(b *testing.B) {
+	dir := b.TempDir()
+	genSite(b, dir, 200, 5000)
+	genServices(b, dir, 200)
+	s, err := Load(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cpu := cpuTime()
+	for b.Loop() {
+		var errs ErrorList
+		s.placeServices(&errs)
+		if len(errs) > 0 {
+			b.Fatal(errs.Err())
+		}
+		renderAll(b, s)
+	}
+	b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/op")
+}
+
+// BenchmarkServicesDiff is `bellbuild services --diff` of two such sites:
+// both loaded (checked and placed), the placements compared. The second
+// has 50 more nodes, 25 fewer, and three services with another count
+// (goal: under 3 s).
+func BenchmarkServicesDiff(b *testing.B) {
+	oldDir, newDir := b.TempDir(), b.TempDir()
+	genSite(b, oldDir, 200, 5000)
+	genServices(b, oldDir, 200)
+	genSite(b, newDir, 200, 5050)
+	genServices(b, newDir, 200)
+	nodes := filepath.Join(newDir, "nodes.yaml")
+	data, err := os.ReadFile(nodes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Drop n00100..n00124 (each entry starts "- name: ").
+	var kept strings.Builder
+	for _, e := range strings.SplitAfter(string(data), "\n- ") {
+		var n int
+		if _, err := fmt.Sscanf(e, "name: n%05d", &n); err == nil && n >= 100 && n < 125 {
+			continue
+		}
+		kept.WriteString(e)
+	}
+	if err := os.WriteFile(nodes, []byte(kept.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	svcs := filepath.Join(newDir, ServicesFile)
+	data, err = os.ReadFile(svcs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	changed := string(data)
+	for _, svc := range []string{"svc001:\n  scheduling_group: p002\n", "svc002:\n  scheduling_group: label:role=cache\n", "svc004:\n"} {
+		if !strings.Contains(changed, svc+"  num_instances: ") {
+			b.Fatalf("no %q in the generated services", svc)
+		}
+		changed = strings.Replace(changed, svc+"  num_instances: ", svc+"  num_instances: 1", 1)
+	}
+	if err := os.WriteFile(svcs, []byte(changed), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cpu := cpuTime()
+	moved := 0
+	for b.Loop() {
+		oldSite, err := Load(oldDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		newSite, err := Load(newDir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		moved = len(placement.Diff(hostsByService(oldSite), hostsByService(newSite)))
+	}
+	b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/op")
+	b.ReportMetric(float64(moved), "services-changed")
+}
+
+func hostsByService(s *Site) map[string][]string {
+	out := map[string][]string{}
+	for _, svc := range s.Services() {
+		out[svc.Name] = svc.Hosts
+	}
+	return out
 }

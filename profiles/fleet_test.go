@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -174,5 +175,171 @@ func TestFleetGolden(t *testing.T) {
 				t.Errorf("render %s (-want +got):\n%s", n.Name, diff)
 			}
 		})
+	}
+}
+
+// TestFleetServices checks the placement of examples/fleet/services.yaml
+// against expectations written by hand from the files: each list below
+// obeys its service's group, count, spread, pins and denies, and the hash
+// chose among what those leave open (noted for each).
+func TestFleetServices(t *testing.T) {
+	s, err := Load("../examples/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		// tier: control is etcd-1..3 and control-1..2; three of them,
+		// spread over racks r1 (etcd-1, etcd-3, control-1) and r2
+		// (etcd-2, control-2): r2 twice (its two nodes), r1 once.
+		"etcd": {"control-2", "etcd-2", "etcd-3"},
+		// num_instances: all, no group: every node.
+		"node-exporter": {"control-1", "control-2", "etcd-1", "etcd-2", "etcd-3", "storage-1", "worker-1", "worker-2", "worker-3", "worker-4"},
+		// the one storage machine.
+		"prometheus": {"storage-1"},
+		// worker-4 (rack r1) pins it; spread puts the second on rack r2:
+		// worker-2 or worker-3 (worker-1, r1, denies it anyway).
+		"registry": {"worker-2", "worker-4"},
+	}
+	got := map[string][]string{}
+	for _, svc := range s.Services() {
+		got[svc.Name] = svc.Hosts
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("placement (-want +got):\n%s", diff)
+	}
+	racks := map[string]bool{}
+	for _, h := range got["etcd"] {
+		racks[s.byName[h].Labels["rack"]] = true
+	}
+	if len(racks) != 2 {
+		t.Errorf("etcd on racks %v, want both", racks)
+	}
+
+	// Hosts are named by their FQDN (site.yaml's domain; etcd-3 has its
+	// own).
+	fqdns := func(names []string) []string {
+		var out []string
+		for _, n := range names {
+			if n == "etcd-3" {
+				out = append(out, "etcd-3.r1.fleet.example.org")
+				continue
+			}
+			out = append(out, n+".fleet.example.org")
+		}
+		return out
+	}
+	// What each node got: its services, the facts, the credentials (owned
+	// by the service's user), the host lists and the targets.
+	falseVal := false
+	etcdCreds := []nodeconf.Credential{
+		{Name: "etcd-peer", ClientCertMode: "both", ServerCertMode: "both", Owner: "etcd"},
+		{Name: "etcd-client", EnableServer: &falseVal, Owner: "etcd"},
+	}
+	registryCreds := []nodeconf.Credential{{Name: "registry", EnableClient: &falseVal, ExtraSAN: []string{"registry-public", "docker"}, Owner: "registry"}}
+	for _, n := range s.Nodes() {
+		t.Run(n.Name, func(t *testing.T) {
+			node, err := s.RenderNode(n.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var services []string
+			// The profiles' own credentials come first: the kubelet on
+			// every Kubernetes node, the API server on the control plane.
+			var creds []nodeconf.Credential
+			if n.Profile != "storage" {
+				creds = append(creds, nodeconf.Credential{Name: "kubelet", EnableServer: &falseVal})
+			}
+			if n.Profile == "k8s-control" {
+				creds = append(creds, nodeconf.Credential{Name: "kube-apiserver", ExtraSAN: []string{"api", "kubernetes"}})
+			}
+			facts := map[string]bool{}
+			lists := map[string]string{}
+			for _, name := range []string{"etcd", "node-exporter", "prometheus", "registry"} {
+				on := slices.Contains(want[name], n.Name)
+				facts["enable_"+strings.ReplaceAll(name, "-", "_")] = on
+				if !on {
+					continue
+				}
+				services = append(services, name)
+				switch name {
+				case "etcd":
+					creds = append(creds, etcdCreds...)
+				case "registry":
+					creds = append(creds, registryCreds...)
+				}
+				if name != "node-exporter" { // all instances: no list of its own
+					lists[HostsDir+"/"+name+".hosts"] = "# The hosts of service " + name + ", one per line (bellbuild services).\n" +
+						strings.Join(fqdns(want[name]), "\n") + "\n"
+				}
+			}
+			if diff := cmp.Diff(services, node.Services); diff != "" {
+				t.Errorf("services (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(facts, node.Facts); diff != "" {
+				t.Errorf("facts (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(creds, node.Conf.Credentials); diff != "" {
+				t.Errorf("credentials (-want +got):\n%s", diff)
+			}
+			gotLists := map[string]string{}
+			for p, f := range node.Conf.Files {
+				if strings.HasPrefix(p, HostsDir+"/") {
+					gotLists[p] = f.Content
+				}
+			}
+			if diff := cmp.Diff(lists, gotLists); diff != "" {
+				t.Errorf("host lists (-want +got):\n%s", diff)
+			}
+			_, scraper := node.Conf.Files[FileSDDir+"/etcd.json"]
+			if scraper != (n.Name == "storage-1") {
+				t.Errorf("file_sd targets on %s: %v", n.Name, scraper)
+			}
+			if containers := len(node.Containers); containers != map[bool]int{true: 1}[slices.Contains(want["registry"], n.Name)] {
+				t.Errorf("%d containers", containers)
+			}
+		})
+	}
+
+	// The scraper's targets: static endpoints list the hosts and the
+	// port, a dynamic one the service's name.
+	storage, err := s.RenderNode("storage-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		"etcd.json":     `"targets": [` + "\n" + `      "control-2.fleet.example.org:2381",` + "\n" + `      "etcd-2.fleet.example.org:2381",` + "\n" + `      "etcd-3.r1.fleet.example.org:2381"` + "\n    ]",
+		"registry.json": `"targets": [` + "\n" + `      "registry.fleet.example.org:5001"` + "\n    ]",
+	} {
+		if got := storage.Conf.Files[FileSDDir+"/"+file].Content; !strings.Contains(got, want) {
+			t.Errorf("%s:\n%s\nwant it to hold\n%s", file, got, want)
+		}
+	}
+	if got := storage.Conf.Files[FileSDDir+"/registry.json"].Content; !strings.Contains(got, `"__scheme__": "https"`) {
+		t.Errorf("registry.json lacks its scheme:\n%s", got)
+	}
+
+	// --explain: the pin, the deny, the rank.
+	for node, want := range map[string]string{
+		"worker-4":  "placed: pinned: rank ",
+		"worker-1":  "not placed: denied by the node",
+		"worker-3":  "not placed: rank ",
+		"storage-1": "not placed: not in group k8s-worker",
+	} {
+		origins, err := s.ExplainNode(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, o := range origins {
+			if o.Path == "services.registry" {
+				found = strings.HasPrefix(o.Value, want)
+				if !found {
+					t.Errorf("%s: services.registry = %q, want %q…", node, o.Value, want)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: no services.registry line", node)
+		}
 	}
 }

@@ -64,6 +64,29 @@ func (id *nodeIdentity) parse(e entry, path string, errs *ErrorList) {
 	}
 }
 
+// domain is the domain of the nodes of r's profile: its own (or an
+// ancestor's) domain field, else site.yaml's; with where it was set.
+func (r *resolved) domain(s *Site) (string, Pos) {
+	if v := r.fields["domain"]; v != nil && v.kind == kScalar {
+		return v.text, v.pos
+	}
+	return s.domain, s.domainPos
+}
+
+// nodeFQDN is an inventory node's fully qualified name: its fqdn, else
+// NAME.DOMAIN, else (no domain) its name.
+func (s *Site) nodeFQDN(nd *node) string {
+	if nd.id.fqdn != "" {
+		return nd.id.fqdn
+	}
+	if r, ok := s.resolved[nd.Profile]; ok {
+		if d, _ := r.domain(s); d != "" {
+			return nd.Name + "." + d
+		}
+	}
+	return nd.Name
+}
+
 // identity gives a rendered node its domain, FQDN, IPs and the
 // certificates the site's PKI issues it (nodeconf.Node.Certificates),
 // and checks what those need: a domain for credentials, and under name
@@ -73,10 +96,7 @@ func (id *nodeIdentity) parse(e entry, path string, errs *ErrorList) {
 func (s *Site) identity(r *resolved, out *rendered, nd *node, host string) error {
 	n := out.node
 	var errs ErrorList
-	domain, domainAt := s.domain, s.domainPos
-	if v := r.fields["domain"]; v != nil && v.kind == kScalar {
-		domain, domainAt = v.text, v.pos
-	}
+	domain, domainAt := r.domain(s)
 	n.Domain = domain
 	name, fqdnAt, ipsAt := host, domainAt, Pos{}
 	fqdnPath, ipsPath := "domain", ""

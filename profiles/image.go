@@ -292,6 +292,9 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	if len(spec.Bundle.Nodes) > 0 && s.nodesSource != "" {
 		spec.Sources = append(spec.Sources, s.nodesSource)
 	}
+	if s.servicesSource != "" { // every node's facts, and the services placed
+		spec.Sources = append(spec.Sources, s.servicesSource)
+	}
 	return spec, nil
 }
 

@@ -216,8 +216,9 @@ func (s *Site) resolveChain(chain []string) *resolved {
 // effective computes a node's conf tree: the chain, then Divingbell's
 // overrides (per module at most one: a matching host, else the last
 // matching label), then every matching native label override in chain
-// order, then matching native host overrides, then the node's own conf.
-func (r *resolved) effective(labels map[string]string, host string, own *value) *value {
+// order, then the services placed on it (by name), then matching native
+// host overrides, then the node's own conf.
+func (r *resolved) effective(labels map[string]string, host string, own *value, svcs []*service) *value {
 	named := mergeOpts{named: true}
 	c := r.conf
 	for _, m := range r.db {
@@ -244,6 +245,7 @@ func (r *resolved) effective(labels map[string]string, host string, own *value) 
 			c = merge(c, l.conf, named, "", 0)
 		}
 	}
+	c = mergeServices(c, svcs)
 	for _, h := range r.hostOv {
 		if host != "" && h.name == host {
 			c = merge(c, h.conf, named, "", 0)
@@ -261,13 +263,18 @@ type rendered struct {
 }
 
 // render renders profile for a machine with labels, host name and own
-// conf; nd is its inventory entry (nil for a machine that has none).
+// conf; nd is its inventory entry (nil for a machine that has none), whose
+// placed services (services.yaml) are merged in.
 func (s *Site) render(profile string, labels map[string]string, host string, own *value, nd *node) (*rendered, error) {
+	var svcs []*service
+	if nd != nil {
+		svcs = s.placedOn[nd.Name]
+	}
 	r, ok := s.resolved[profile]
 	if !ok {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
 	}
-	out, err := s.renderResolved(r, profile, labels, host, own)
+	out, err := s.renderResolved(r, profile, labels, host, own, svcs)
 	if err != nil {
 		return nil, err
 	}
@@ -277,9 +284,10 @@ func (s *Site) render(profile string, labels map[string]string, host string, own
 	return out, nil
 }
 
-// renderResolved renders profile from its merged chain r.
-func (s *Site) renderResolved(r *resolved, profile string, labels map[string]string, host string, own *value) (*rendered, error) {
-	tree := r.effective(labels, host, own)
+// renderResolved renders profile from its merged chain r, with the
+// services svcs placed on the machine.
+func (s *Site) renderResolved(r *resolved, profile string, labels map[string]string, host string, own *value, svcs []*service) (*rendered, error) {
+	tree := r.effective(labels, host, own, svcs)
 	var errs ErrorList
 	conf := decodeConf(tree, &errs)
 	keys := keyFinder{}
@@ -314,6 +322,7 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 	if len(labels) > 0 {
 		n.Labels = maps.Clone(labels)
 	}
+	s.setServices(n, svcs)
 	return &rendered{node: n, tree: tree}, nil
 }
 
@@ -391,13 +400,15 @@ func origins(r *rendered) []Origin {
 }
 
 // ExplainNode returns, for every effective value of node name, the file
-// and line that set it, in the order of the effective configuration.
+// and line that set it, in the order of the effective configuration;
+// first, for every service of the site, why it is or is not placed on the
+// node (path services.NAME), at the line that decided it.
 func (s *Site) ExplainNode(name string) ([]Origin, error) {
 	r, err := s.renderNode(name)
 	if err != nil {
 		return nil, err
 	}
-	return origins(r), nil
+	return append(s.explainServices(name), origins(r)...), nil
 }
 
 // ExplainProfile is ExplainNode for RenderProfile.
@@ -427,7 +438,7 @@ func (s *Site) validateRendered(errs *ErrorList) {
 			// A profile in or below a cycle has no chain; check its own
 			// layer so that its module errors are still reported.
 			alone := s.resolveChain([]string{name})
-			jobs = append(jobs, func() error { _, err := s.renderResolved(alone, name, nil, "", nil); return err })
+			jobs = append(jobs, func() error { _, err := s.renderResolved(alone, name, nil, "", nil, nil); return err })
 			continue
 		}
 		renderAs := func(labels map[string]string, host string) {

@@ -55,6 +55,14 @@ type Site struct {
 	siteSettings
 	// warnings are the problems Load reported that do not stop it.
 	warnings ErrorList
+	// services are services.yaml's, by name; placedOn maps a node to
+	// the services placed on it, by name; servicesSource is the Sources
+	// entry for services.yaml ("" when absent).
+	services       []*service
+	placedOn       map[string][]*service
+	servicesSource string
+	// noFacts is every service's fact, false: a node's start.
+	noFacts map[string]bool
 }
 
 // NodeInfo is one inventory entry.
@@ -113,6 +121,8 @@ type node struct {
 	ipAt Pos    // the "ip" label's value
 	conf *value
 	id   nodeIdentity // fqdn and ips (identity.go)
+	// services are its pins and denies (services.yaml's services).
+	services nodeServices
 }
 
 // scalarFields are the profile fields that inherit by replacement.
@@ -165,6 +175,9 @@ func Load(dir string) (*Site, error) {
 		}
 		if s.nodesSource != "" {
 			s.nodesSource = filepath.Join(abs, s.nodesSource)
+		}
+		if s.servicesSource != "" {
+			s.servicesSource = filepath.Join(abs, s.servicesSource)
 		}
 	}
 	return s, err
@@ -239,7 +252,15 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			s.parseSiteFile(root, &errs)
 		}
 	}
+	if fsys.exists(ServicesFile) {
+		file := displayName(dir, ServicesFile)
+		if root := readYAML(fsys, ServicesFile, file, &errs); root != nil {
+			s.parseServices(root, &errs)
+			s.servicesSource = srcPrefix + ServicesFile
+		}
+	}
 	s.checkAddresses(&errs)
+	s.placeServices(&errs)
 	// Render-level checks run even when the structure has problems, so
 	// that one pass reports everything: they cover what did parse. A
 	// position that already has a parse error is not reported twice.
@@ -662,7 +683,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf", "services"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -745,6 +766,8 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				n.conf, _ = parseConf(e.val, fp, false, errs)
 			case "fqdn", "ips":
 				n.id.parse(e, fp, errs)
+			case "services":
+				n.services = parseNodeServices(e.val, fp, errs)
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}

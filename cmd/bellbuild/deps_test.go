@@ -43,6 +43,10 @@ var allowed = map[string][]string{
 	// The site's PKI: the schema's types (credentials, secrets), nothing
 	// of the site model.
 	"profiles/pki": {"profiles/nodeconf"},
+	// Rendezvous placement of services: pure, nothing of ours.
+	"profiles/placement": {},
+	// A site at a git revision: git archive, unpacked, loaded.
+	"profiles/siterev": {"profiles"},
 }
 
 // testAllowed widens a package's rule for its test files, beyond the test
@@ -227,6 +231,9 @@ func TestRuleFor(t *testing.T) {
 		{"profiles/pki", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles", false},
 		{"profiles", "profiles/pki", true},
+		{"profiles", "profiles/placement", true},
+		{"profiles/placement", "profiles", false},
+		{"profiles/siterev", "profiles", true},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},

@@ -20,10 +20,13 @@ func init() {
 		summary: "print a node's effective configuration (and where each value came from)",
 		usage:   "[-C SITE | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain]",
 		help: `render prints the configuration the applier will enforce on one machine:
-{node, profile, profiles (the inheritance chain), labels, conf}. The conf
-is the profile chain merged parent first, then the Divingbell overrides in
-conf.overrides, then every matching label override along the chain, then
-matching host overrides, then the node's own conf (docs/config.md).
+{node, profile, profiles (the inheritance chain), labels, services, facts,
+containers, conf}. The conf is the profile chain merged parent first, then
+the Divingbell overrides in conf.overrides, then every matching label
+override along the chain, then the services SITE/services.yaml places on
+the node, then matching host overrides, then the node's own conf
+(docs/config.md). facts holds enable_SERVICE for every service of the
+site.
 
 --node renders an inventory entry. --profile renders a machine that is not
 in the inventory, with the labels and host name given. With --values, the
@@ -33,7 +36,8 @@ profile is "divingbell" unless --profile says otherwise.
 back: the document ends with a checksum of its content, and apply refuses
 a file whose checksum is missing or wrong (cut short, or changed by hand).
 --explain prints instead one line per effective value: its path, its value
-and the FILE:LINE:COL that set it.
+and the FILE:LINE:COL that set it, after one line per service saying why
+it is or is not on the node.
 
 Example:
   bellbuild render --node demo-2
@@ -100,7 +104,11 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		for _, or := range origins {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", or.Path, explainValue(or.Value), or.Pos)
+			v := explainValue(or.Value)
+			if strings.HasPrefix(or.Path, "services.") || strings.HasPrefix(or.Path, "services[") {
+				v = or.Value // why a service is placed: one line, never cut
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", or.Path, v, or.Pos)
 		}
 		return tw.Flush()
 	}

@@ -20,16 +20,17 @@ func init() {
 		name:    "validate",
 		summary: "check a site: every profile, override and node, all errors at once",
 		usage:   "[-C SITE | --values FILE]",
-		help: `validate loads a site (SITE/profiles/*.yaml, SITE/nodes.yaml and
-SITE/site.yaml) and checks it the way every other command will read it:
-the files themselves (regular files inside the site, at most 16 MiB, one
-YAML document each), YAML syntax, unknown keys and wrong types,
-inheritance (unknown parents, cycles), the inventory (names, MACs,
-profiles, fixed addresses: two nodes never share an "ip" label, and when
-site.yaml declares the boot network each is one it can give), and each
-module's rules (crypt hashes, SSH key forms, exec policies and intervals,
-ethtool on/off, octal modes, absolute paths, ...) on every node and every
-profile as rendered.
+		help: `validate loads a site (SITE/profiles/*.yaml, SITE/nodes.yaml,
+SITE/site.yaml and SITE/services.yaml) and checks it the way every other
+command will read it: the files themselves (regular files inside the
+site, at most 16 MiB, one YAML document each), YAML syntax, unknown keys
+and wrong types, inheritance (unknown parents, cycles), the inventory
+(names, MACs, profiles, fixed addresses: two nodes never share an "ip"
+label, and when site.yaml declares the boot network each is one it can
+give), the services (groups, counts, pins and denies: each is placed),
+and each module's rules (crypt hashes, SSH key forms, exec policies and
+intervals, ethtool on/off, octal modes, absolute paths, ...) on every node
+and every profile as rendered.
 
 It also checks the site's identity and credentials: domain and pki in
 site.yaml, each node's fqdn and ips, each credential (a safe name, cert

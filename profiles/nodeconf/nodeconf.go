@@ -32,6 +32,16 @@ type Node struct {
 	// IPs are the node's addresses (default: its ip label), which its
 	// certificates name.
 	IPs []string `json:"ips,omitempty" yaml:"ips,omitempty"`
+	// Services are the site's services placed on the node, by name
+	// (SITE/services.yaml; see Facts).
+	Services []string `json:"services,omitempty" yaml:"services,omitempty"`
+	// Facts are minicluster's turndown flags: enable_SERVICE (a "-" in
+	// the name written "_") for every service of the site, true on the
+	// nodes it is placed on.
+	Facts map[string]bool `json:"facts,omitempty" yaml:"facts,omitempty"`
+	// Containers are those the placed services declare. The applier does
+	// not run them (a unit can).
+	Containers []Container `json:"containers,omitempty" yaml:"containers,omitempty"`
 	// Conf is the host configuration to enforce.
 	Conf Conf `json:"conf" yaml:"conf"`
 	// Certificates are the certificates the site's PKI gives the node,
