@@ -248,6 +248,15 @@ func TestDiskSystemd(t *testing.T) {
 	// systemd-sysctl, the run after the boot finds it still missing.
 	const noSuchKey = "net.bellbuild_test.no_such_key"
 	node.Conf.Sysctl[noSuchKey] = "1"
+	// Three units systemd runs or not: day 2 takes one away, disables
+	// one and enables the third, and the running system follows.
+	yes, no := true, false
+	const sleeper = "[Unit]\nDescription=bellbuild test unit\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
+	node.Conf.Units = map[string]nodeconf.Unit{
+		"bb-gone.service": {Content: sleeper, Enabled: &yes},
+		"bb-off.service":  {Content: sleeper, Enabled: &yes},
+		"bb-on.service":   {Content: sleeper, Enabled: &no},
+	}
 	writeNode(t, img, &node)
 
 	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
@@ -283,6 +292,8 @@ func TestDiskSystemd(t *testing.T) {
 	check("findmnt -no FSTYPE,OPTIONS /run/bellbuild/lower | cut -d, -f1", "squashfs ro")
 	check("cat /proc/sys/vm/swappiness", "37")
 	check("id -un ops", "ops")
+	const units = "bb-gone.service bb-off.service bb-on.service"
+	check("systemctl is-active "+units+" | paste -sd' '", "active active inactive")
 
 	// Day 2 without a reboot: the mounted config volume changes (by hand
 	// here), one sysctl value changed, the unknown key dropped and the
@@ -291,17 +302,27 @@ func TestDiskSystemd(t *testing.T) {
 	day2.Conf.Sysctl = maps.Clone(node.Conf.Sysctl)
 	day2.Conf.Sysctl["vm.swappiness"] = "41"
 	delete(day2.Conf.Sysctl, noSuchKey)
+	day2.Conf.Units = map[string]nodeconf.Unit{
+		"bb-off.service": {Content: sleeper, Enabled: &no},
+		"bb-on.service":  {Content: sleeper, Enabled: &yes},
+	}
 	day2.Conf.Uamlite = &nodeconf.Uamlite{PurgeExpiredUsers: node.Conf.Uamlite.PurgeExpiredUsers, Users: slices.Clone(node.Conf.Uamlite.Users)}
 	for i, u := range day2.Conf.Uamlite.Users {
 		if u.UserName == "ops" {
 			day2.Conf.Uamlite.Users[i].UserName = "ops2"
 		}
 	}
-	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i ` + sedChecksum(t, &node, &day2) + ` -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' -e '/"` + noSuchKey + `"/d' -e 's/"user_name": "ops"/"user_name": "ops2"/' /run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
+	vm.Send(`mount -o remount,rw /run/bellbuild/config && sed -i ` + sedChecksum(t, &node, &day2) + ` -e 's/"vm.swappiness": "37"/"vm.swappiness": "41"/' -e '/"` + noSuchKey + `"/d' -e 's/"user_name": "ops"/"user_name": "ops2"/' ` +
+		`-e '/"bb-gone.service": {/,/}/d' -e '/"bb-off.service": {/,/}/s/"enabled": true/"enabled": false/' -e '/"bb-on.service": {/,/}/s/"enabled": false/"enabled": true/' ` +
+		`/run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
 	waitLong(t, vm, `edited$`)
 	waitLong(t, vm, `bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0`)
 	check("cat /proc/sys/vm/swappiness", "41")
 	check("id -un ops2", "ops2")
+	// The unit that left is stopped and gone, the disabled one stopped,
+	// the enabled one started (without waiting for it: give it a moment).
+	check("for i in $(seq 20); do systemctl is-active --quiet bb-on.service && break; sleep 0.5; done; systemctl is-active "+units+" | paste -sd' '", "inactive inactive active")
+	check("ls /etc/systemd/system/bb-gone.service /etc/systemd/system/multi-user.target.wants/bb-off.service 2>&1 | grep -c 'No such file'", "2")
 	check("chage -l ops | grep '^Account expires' | cut -d: -f2", " "+time.Unix(86400, 0).UTC().Format("Jan 02, 2006"))
 	// It was the path unit's service that ran it: its second run this
 	// boot.

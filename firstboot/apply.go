@@ -253,9 +253,9 @@ func PlanText(r *Report) string {
 		for _, c := range by[n] {
 			mark := "~"
 			switch c.Action {
-			case "create", "install", "add":
+			case "create", "install", "add", "start":
 				mark = "+"
-			case "remove", "revert", "purge", "expire", "unload":
+			case "remove", "revert", "purge", "expire", "unload", "stop":
 				mark = "-"
 			}
 			fmt.Fprintf(&b, "  %s %s %s", mark, c.Action, c.Item)

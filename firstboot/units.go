@@ -21,8 +21,13 @@ import (
 // that removing the item from the configuration puts them back.
 //
 // Ledger keys: "file:NAME" for a unit file it wrote, "link:PATH" for a link
-// it made or removed. When Live and systemd runs, a change is followed by
-// `systemctl daemon-reload`.
+// it made or removed. When Live and systemd runs (day 2 with --root /), a
+// change is followed by `systemctl daemon-reload`, and the running system
+// is made to match: a unit that leaves the configuration or is disabled is
+// stopped before its file or links go, a newly enabled unit is started,
+// and an active unit whose file changed is restarted (try-restart). At
+// boot, before systemd, there is nothing to stop and systemd starts what
+// is enabled itself.
 type unitsModule struct{}
 
 func init() { register(unitsModule{}) }
@@ -136,6 +141,15 @@ func (unitsModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf) []error {
 	var errs []error
 	before := len(h.Changes())
+	live := systemdRunning(h)
+	if live {
+		// What stops running goes first, while its unit file is there.
+		for _, name := range leavingUnits(h, conf) {
+			if err := unitAction(ctx, h, "stop", name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	want := map[string]bool{}
 	// The unit files, then the links that enable them, each a batch.
 	var files []host.FileItem
@@ -146,7 +160,7 @@ func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 		}
 	}
 	failed := map[string]bool{}
-	_, ferrs := h.EnsureFiles("units", files)
+	fchanged, ferrs := h.EnsureFiles("units", files)
 	for _, err := range ferrs {
 		name, ok := strings.CutPrefix(itemKey(err), "file:")
 		if !ok {
@@ -186,7 +200,7 @@ func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 			}
 		}
 	}
-	_, lerrs := h.EnsureSymlinks("units", links)
+	lchanged, lerrs := h.EnsureSymlinks("units", links)
 	for _, err := range lerrs {
 		if name, ok := linkUnit[itemKey(err)]; ok {
 			err = fmt.Errorf("%s: %w", name, err)
@@ -210,7 +224,76 @@ func (unitsModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 			errs = append(errs, err)
 		}
 	}
+	if !live {
+		return errs
+	}
+	// Then what starts: a unit enabled by this run, and a changed one
+	// that runs.
+	started := map[string]bool{}
+	for _, k := range sortedKeys(lchanged) {
+		if name := linkUnit[k]; name != "" && !started[name] {
+			started[name] = true
+			if err := unitAction(ctx, h, "start", name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, k := range sortedKeys(fchanged) {
+		if name := strings.TrimPrefix(k, "file:"); !started[name] {
+			if err := unitAction(ctx, h, "try-restart", name); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	return errs
+}
+
+// leavingUnits are the units this run takes away from the running system:
+// those whose file or enabling links leave the configuration, and those
+// the configuration now disables while they are enabled.
+func leavingUnits(h *host.Host, conf *nodeconf.Conf) []string {
+	out := map[string]bool{}
+	for _, k := range h.Ledger.Keys("units") {
+		name := ""
+		switch {
+		case strings.HasPrefix(k, "file:"):
+			name = strings.TrimPrefix(k, "file:")
+		case strings.HasPrefix(k, "link:"):
+			name = path.Base(k)
+		}
+		if u, ok := conf.Units[name]; name != "" && (!ok || strings.HasPrefix(k, "file:") && u.Content == "") {
+			out[name] = true
+		}
+	}
+	for _, name := range sortedKeys(conf.Units) {
+		if u := conf.Units[name]; u.Enabled != nil && !*u.Enabled && len(enabledLinks(h, name)) > 0 {
+			out[name] = true
+		}
+	}
+	return sortedKeys(out)
+}
+
+// unitAction makes a running systemd stop, start or try-restart unit name
+// when that changes anything (stop: it is active; start: it is not;
+// try-restart: it is active), recording the change. Start and restart do
+// not wait for the unit (--no-block): a slow unit must not hold the run.
+func unitAction(ctx context.Context, h *host.Host, action, name string) error {
+	active := h.Command(ctx, nil, "systemctl", "is-active", "--quiet", name).Run() == nil
+	if active == (action == "start") {
+		return nil
+	}
+	h.Record(host.Change{Module: "units", Item: name, Action: action})
+	if h.Plan {
+		return nil
+	}
+	args := []string{action, name}
+	if action != "stop" {
+		args = []string{action, "--no-block", name}
+	}
+	if out, err := h.Command(ctx, nil, "systemctl", args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: systemctl %s: %w: %s", name, action, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // enabledLinks are the links under /etc/systemd/system that enable name.
