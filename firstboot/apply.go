@@ -185,6 +185,12 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 			rep.Errors = append(rep.Errors, err.Error())
 		}
 	}
+	// The directories bellbuild made for items that are gone now.
+	if ctx.Err() == nil {
+		for _, err := range h.PruneDirs() {
+			rep.Errors = append(rep.Errors, err.Error())
+		}
+	}
 	// One snapshot of the whole ledger; the journal is emptied, which
 	// tells the next run that this one finished.
 	if err := h.Checkpoint(); err != nil {

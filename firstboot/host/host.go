@@ -275,7 +275,7 @@ type tempFile struct {
 func (h *Host) createTemp(p string, data []byte, mode fs.FileMode, uid, gid int) (*tempFile, error) {
 	r := rel(p)
 	dir := path.Dir(r)
-	if err := h.root.MkdirAll(dir, 0o755); err != nil {
+	if err := h.mkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("write %s: %w", p, err)
 	}
 	// One applier runs at a time (the lock), so a fixed temp name is

@@ -105,7 +105,7 @@ func (h *Host) prepareSymlink(module string, it LinkItem) (bool, error) {
 func (h *Host) symlink(target, link string, syncDir bool) error {
 	r := rel(link)
 	dir := path.Dir(r)
-	if err := h.root.MkdirAll(dir, 0o755); err != nil {
+	if err := h.mkdirAll(dir); err != nil {
 		return fmt.Errorf("symlink %s: %w", link, err)
 	}
 	if err := h.noteTemp(dir); err != nil {
