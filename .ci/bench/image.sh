@@ -1,0 +1,152 @@
+#!/bin/bash
+# The whole `bellbuild image` command, cold, as a process, against the shell
+# way to make the same initramfs and against the compressor alone:
+#
+#   bellbuild  bin/bellbuild image bench -C SITE -o OUT, the site's one
+#              profile a {dir: ROOT} stage with the host's kernel; an empty
+#              segment cache (BELLBUILD_CACHE) and an empty OUT each run
+#   pipeline   cd ROOT && find . | sort | cpio -o -H newc | zstd -3 -T2
+#   zstd       zstd -3 -T2 of that pipeline's cpio bytes (made once before the
+#              runs, read from the page cache): the compressor's limit
+#
+#   .ci/bench/image.sh [RUNS]    (default 5; needs root only to make the root)
+#
+# ROOT is $BELLBUILD_BENCH_ROOT, else the Debian root the issue names
+# (debootstrap --variant=minbase --include=systemd,systemd-sysv,openssh-server
+# bookworm) as the bake's own debootstrap stage caches it under
+# ${XDG_CACHE_HOME:-~/.cache}/bellbuild/debootstrap/KEY/root; when there is
+# none, it is made there once through that stage (root, debootstrap, a
+# Debian mirror). $KERNEL (default /vmlinuz) is the kernel; $BELLBUILD_BIN
+# the binary (default bin/bellbuild, built when missing); $APPLIER, when
+# set, the static binary embedded as the applier (default: BELLBUILD_BIN
+# itself) — pin it to compare two versions' outputs byte for byte.
+#
+# Each run times the three one after the other, the order rotating from run
+# to run; before each, the previous outputs are deleted and `sync` writes
+# back what is dirty, outside the clock. Everything reads a warm page cache
+# (one untimed round first). Wall and CPU (user + system, of the process
+# and its children: bash's `time`) per run, then the ratios of bellbuild
+# to each, per run and as min/median/max. bellbuild's output is fsynced
+# (it must be: it replaces OUT/PROFILE atomically); the other two are not.
+# On a shared machine compare the CPU columns; the load average is printed
+# at the start and at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+RUNS=${1:-5}
+BIN=${BELLBUILD_BIN:-$PWD/bin/bellbuild}
+KERNEL=${KERNEL:-/vmlinuz}
+for t in find sort cpio zstd sha256sum; do command -v $t >/dev/null || { echo "image.sh: $t missing (make deps)" >&2; exit 1; }; done
+[ -e "$KERNEL" ] || { echo "image.sh: no kernel at $KERNEL (apt-get install linux-image-amd64, or set KERNEL)" >&2; exit 1; }
+[ -x "$BIN" ] || make build >/dev/null
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# The root.
+ROOT=${BELLBUILD_BENCH_ROOT:-}
+if [ -z "$ROOT" ]; then
+	# The recipe as the bake writes it into its cache entry's done file.
+	recipe='--variant=minbase --include=openssh-server,systemd,systemd-sysv bookworm '
+	cache=${XDG_CACHE_HOME:-$HOME/.cache}/bellbuild
+	find_root() {
+		local d
+		for d in "$cache"/debootstrap/*/; do
+			if [ -f "$d/done" ] && grep -q -- "^$recipe" "$d/done"; then
+				echo "${d%/}/root"
+				return
+			fi
+		done
+	}
+	ROOT=$(find_root)
+	if [ -z "$ROOT" ]; then
+		echo "image.sh: making the debootstrap root once in $cache (a few minutes)" >&2
+		mkdir -p "$TMP/dbsite/profiles"
+		cat >"$TMP/dbsite/profiles/root.yaml" <<EOF
+stage:
+  debootstrap: {suite: bookworm, variant: minbase, include: [systemd, systemd-sysv, openssh-server]}
+kernel: {path: $KERNEL}
+EOF
+		echo 'nodes: []' >"$TMP/dbsite/nodes.yaml"
+		BELLBUILD_CACHE=$cache "$BIN" image root -C "$TMP/dbsite" -o "$TMP/dbout" >/dev/null
+		rm -rf "$TMP/dbsite" "$TMP/dbout"
+		ROOT=$(find_root)
+		[ -n "$ROOT" ] || { echo "image.sh: debootstrap left no root in $cache/debootstrap" >&2; exit 1; }
+	fi
+fi
+[ -d "$ROOT" ] || { echo "image.sh: $ROOT is not a directory" >&2; exit 1; }
+ROOT=$(cd "$ROOT" && pwd -P)
+
+# The site: one profile, the root as a dir stage.
+mkdir -p "$TMP/site/profiles"
+cat >"$TMP/site/profiles/bench.yaml" <<EOF
+stage: {dir: "$ROOT"}
+kernel: {path: $KERNEL}
+cmdline: [console=ttyS0]
+conf:
+  sysctl: {vm.swappiness: 10}
+EOF
+echo 'nodes: []' >"$TMP/site/nodes.yaml"
+
+# The cpio bytes for bare zstd, made once (this also reads the whole root
+# into the page cache).
+(cd "$ROOT" && find . | sort | cpio -o -H newc --quiet) >"$TMP/root.cpio"
+entries=$(cd "$ROOT" && find . | wc -l)
+
+TIMEFORMAT='%3R %3U %3S'
+# timed NAME: runs the contender NAME once, cold, and prints "wall cpu size"
+# (seconds, seconds, bytes of output).
+timed() {
+	rm -rf "$TMP/out" "$TMP/cache" "$TMP/pipe.zst" "$TMP/bare.zst"
+	mkdir "$TMP/out" "$TMP/cache"
+	sync
+	local t
+	case $1 in
+	bellbuild) t=$({ time BELLBUILD_CACHE="$TMP/cache" "$BIN" image bench -C "$TMP/site" -o "$TMP/out" ${APPLIER:+--applier "$APPLIER"} >"$TMP/bb.out" 2>"$TMP/bb.err"; } 2>&1) ;;
+	pipeline) t=$({ time (cd "$ROOT" && set -o pipefail && find . | sort | cpio -o -H newc --quiet | zstd -3 -T2 -q -f -o "$TMP/pipe.zst"); } 2>&1) ;;
+	zstd) t=$({ time zstd -3 -T2 -q -f "$TMP/root.cpio" -o "$TMP/bare.zst"; } 2>&1) ;;
+	esac
+	local size
+	case $1 in
+	bellbuild) size=$(awk '/initramfs.cpio.zst/ {print $2}' "$TMP/bb.out") ;;
+	pipeline) size=$(stat -c %s "$TMP/pipe.zst") ;;
+	zstd) size=$(stat -c %s "$TMP/bare.zst") ;;
+	esac
+	echo "$t" | awk -v size="$size" '{printf "%.3f %.3f %s\n", $1, $2 + $3, size}'
+}
+
+names=(bellbuild pipeline zstd)
+# Warm-up round, untimed: page cache, the binary, the cpio tool.
+for n in "${names[@]}"; do timed $n >/dev/null || { cat "$TMP/bb.err" >&2; exit 1; }; done
+echo "# image.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+echo "# root: $ROOT ($entries entries, $(stat -c %s "$TMP/root.cpio") bytes of newc)"
+echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '| run | order | bellbuild wall / CPU s | pipeline wall / CPU s | zstd wall / CPU s | vs pipeline wall, CPU | vs zstd wall, CPU |\n|---|---|---|---|---|---|---|\n'
+: >"$TMP/ratios"
+: >"$TMP/sums"
+declare -A w c size
+for ((r = 1; r <= RUNS; r++)); do
+	order=()
+	for ((k = 0; k < 3; k++)); do order+=("${names[(r - 1 + k) % 3]}"); done
+	for n in "${order[@]}"; do
+		read -r w[$n] c[$n] size[$n] < <(timed $n) || { cat "$TMP/bb.err" >&2; exit 1; }
+		[ "$n" = bellbuild ] && awk '/initramfs.cpio.zst/ {print $3}' "$TMP/bb.out" >>"$TMP/sums"
+	done
+	rp=$(awk -v a="${w[bellbuild]}" -v b="${w[pipeline]}" -v x="${c[bellbuild]}" -v y="${c[pipeline]}" 'BEGIN{printf "%.3f %.3f", a/b, x/y}')
+	rz=$(awk -v a="${w[bellbuild]}" -v b="${w[zstd]}" -v x="${c[bellbuild]}" -v y="${c[zstd]}" 'BEGIN{printf "%.3f %.3f", a/b, x/y}')
+	echo "$rp $rz" >>"$TMP/ratios"
+	printf '| %d | %s | %s / %s | %s / %s | %s / %s | %s | %s |\n' "$r" "${order[*]}" \
+		"${w[bellbuild]}" "${c[bellbuild]}" "${w[pipeline]}" "${c[pipeline]}" "${w[zstd]}" "${c[zstd]}" \
+		"${rp/ /, }" "${rz/ /, }"
+done
+# min / median / max of each ratio column.
+stats() { sort -g | awk '{v[NR]=$1} END{m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; printf "%.3f / %.3f / %.3f", v[1], m, v[NR]}'; }
+echo
+echo "bellbuild / pipeline, wall (min / median / max): $(cut -d' ' -f1 "$TMP/ratios" | stats)"
+echo "bellbuild / pipeline, CPU:                       $(cut -d' ' -f2 "$TMP/ratios" | stats)"
+echo "bellbuild / zstd -3 -T2, wall:                   $(cut -d' ' -f3 "$TMP/ratios" | stats)"
+echo "bellbuild / zstd -3 -T2, CPU:                    $(cut -d' ' -f4 "$TMP/ratios" | stats)"
+echo "bytes out: bellbuild ${size[bellbuild]} (initramfs: stage with modules, applier, configuration), pipeline ${size[pipeline]}, zstd ${size[zstd]}"
+echo "bellbuild initramfs sha256 over the runs: $(sort -u "$TMP/sums" | tr '\n' ' ')"
+echo "bellbuild's steps, last run:"
+sed -n 's/^time=[^ ]* level=INFO msg="bake: \(.*\)" step=\([^ ]*\) took=\([^ ]*\).*/  \2 \1: \3/p' "$TMP/bb.err"
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
