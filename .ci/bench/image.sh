@@ -17,9 +17,11 @@
 # ${XDG_CACHE_HOME:-~/.cache}/bellbuild/debootstrap/KEY/root; when there is
 # none, it is made there once through that stage (root, debootstrap, a
 # Debian mirror). $KERNEL (default /vmlinuz) is the kernel; $BELLBUILD_BIN
-# the binary (default bin/bellbuild, built when missing); $APPLIER, when
-# set, the static binary embedded as the applier (default: BELLBUILD_BIN
-# itself) — pin it to compare two versions' outputs byte for byte.
+# the binary (default bin/bellbuild, built when missing). $BELLBUILD_BASE,
+# when set, is another bellbuild binary (an older version, say) timed the
+# same way in the same rotation, with its ratios and bellbuild's to it;
+# $APPLIER, when set, is the static binary both embed as the applier
+# (default: each itself): pin it and the two must make the same bytes.
 #
 # Each run times the three one after the other, the order rotating from run
 # to run; before each, the previous outputs are deleted and `sync` writes
@@ -99,54 +101,76 @@ timed() {
 	rm -rf "$TMP/out" "$TMP/cache" "$TMP/pipe.zst" "$TMP/bare.zst"
 	mkdir "$TMP/out" "$TMP/cache"
 	sync
-	local t
+	local t size bin=$BIN
 	case $1 in
-	bellbuild) t=$({ time BELLBUILD_CACHE="$TMP/cache" "$BIN" image bench -C "$TMP/site" -o "$TMP/out" ${APPLIER:+--applier "$APPLIER"} >"$TMP/bb.out" 2>"$TMP/bb.err"; } 2>&1) ;;
-	pipeline) t=$({ time (cd "$ROOT" && set -o pipefail && find . | sort | cpio -o -H newc --quiet | zstd -3 -T2 -q -f -o "$TMP/pipe.zst"); } 2>&1) ;;
-	zstd) t=$({ time zstd -3 -T2 -q -f "$TMP/root.cpio" -o "$TMP/bare.zst"; } 2>&1) ;;
-	esac
-	local size
-	case $1 in
-	bellbuild) size=$(awk '/initramfs.cpio.zst/ {print $2}' "$TMP/bb.out") ;;
-	pipeline) size=$(stat -c %s "$TMP/pipe.zst") ;;
-	zstd) size=$(stat -c %s "$TMP/bare.zst") ;;
+	bellbuild | base)
+		[ "$1" = base ] && bin=$BELLBUILD_BASE
+		t=$({ time BELLBUILD_CACHE="$TMP/cache" "$bin" image bench -C "$TMP/site" -o "$TMP/out" ${APPLIER:+--applier "$APPLIER"} >"$TMP/$1.out" 2>"$TMP/$1.err"; } 2>&1) || {
+			cat "$TMP/$1.err" >&2
+			return 1
+		}
+		size=$(awk '/initramfs.cpio.zst/ {print $2}' "$TMP/$1.out")
+		awk '/initramfs.cpio.zst/ {print $3}' "$TMP/$1.out" >>"$TMP/$1.sums"
+		;;
+	pipeline)
+		t=$({ time (cd "$ROOT" && set -o pipefail && find . | sort | cpio -o -H newc --quiet | zstd -3 -T2 -q -f -o "$TMP/pipe.zst"); } 2>&1)
+		size=$(stat -c %s "$TMP/pipe.zst")
+		;;
+	zstd)
+		t=$({ time zstd -3 -T2 -q -f "$TMP/root.cpio" -o "$TMP/bare.zst"; } 2>&1)
+		size=$(stat -c %s "$TMP/bare.zst")
+		;;
 	esac
 	echo "$t" | awk -v size="$size" '{printf "%.3f %.3f %s\n", $1, $2 + $3, size}'
 }
 
 names=(bellbuild pipeline zstd)
-# Warm-up round, untimed: page cache, the binary, the cpio tool.
-for n in "${names[@]}"; do timed $n >/dev/null || { cat "$TMP/bb.err" >&2; exit 1; }; done
-echo "# image.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+[ -n "${BELLBUILD_BASE:-}" ] && names=(bellbuild base pipeline zstd)
+# Warm-up round, untimed: page cache, the binaries, the cpio tool.
+for n in "${names[@]}"; do timed $n >/dev/null; done
+rm -f "$TMP"/*.sums
+echo "# image.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty') bellbuild=$BIN${BELLBUILD_BASE:+ base=$BELLBUILD_BASE}"
 echo "# root: $ROOT ($entries entries, $(stat -c %s "$TMP/root.cpio") bytes of newc)"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '| run | order | bellbuild wall / CPU s | pipeline wall / CPU s | zstd wall / CPU s | vs pipeline wall, CPU | vs zstd wall, CPU |\n|---|---|---|---|---|---|---|\n'
-: >"$TMP/ratios"
-: >"$TMP/sums"
+# The ratios reported: bellbuild (and base) to pipeline and to zstd, and
+# bellbuild to base.
+pairs=("bellbuild pipeline" "bellbuild zstd")
+[ -n "${BELLBUILD_BASE:-}" ] && pairs+=("base pipeline" "base zstd" "bellbuild base")
+header="| run | order |"
+for n in "${names[@]}"; do header+=" $n wall / CPU s |"; done
+for p in "${pairs[@]}"; do header+=" ${p/ / \/ } wall, CPU |"; done
+echo "$header"
+echo "$header" | sed 's/[^|]//g; s/|/|---/g; s/---$//'
 declare -A w c size
 for ((r = 1; r <= RUNS; r++)); do
 	order=()
-	for ((k = 0; k < 3; k++)); do order+=("${names[(r - 1 + k) % 3]}"); done
+	for ((k = 0; k < ${#names[@]}; k++)); do order+=("${names[(r - 1 + k) % ${#names[@]}]}"); done
 	for n in "${order[@]}"; do
-		read -r w[$n] c[$n] size[$n] < <(timed $n) || { cat "$TMP/bb.err" >&2; exit 1; }
-		[ "$n" = bellbuild ] && awk '/initramfs.cpio.zst/ {print $3}' "$TMP/bb.out" >>"$TMP/sums"
+		read -r w[$n] c[$n] size[$n] < <(timed $n)
+		[ -n "${size[$n]}" ] || exit 1
 	done
-	rp=$(awk -v a="${w[bellbuild]}" -v b="${w[pipeline]}" -v x="${c[bellbuild]}" -v y="${c[pipeline]}" 'BEGIN{printf "%.3f %.3f", a/b, x/y}')
-	rz=$(awk -v a="${w[bellbuild]}" -v b="${w[zstd]}" -v x="${c[bellbuild]}" -v y="${c[zstd]}" 'BEGIN{printf "%.3f %.3f", a/b, x/y}')
-	echo "$rp $rz" >>"$TMP/ratios"
-	printf '| %d | %s | %s / %s | %s / %s | %s / %s | %s | %s |\n' "$r" "${order[*]}" \
-		"${w[bellbuild]}" "${c[bellbuild]}" "${w[pipeline]}" "${c[pipeline]}" "${w[zstd]}" "${c[zstd]}" \
-		"${rp/ /, }" "${rz/ /, }"
+	row="| $r | ${order[*]} |"
+	for n in "${names[@]}"; do row+=" ${w[$n]} / ${c[$n]} |"; done
+	for p in "${pairs[@]}"; do
+		set -- $p
+		ratio=$(awk -v a="${w[$1]}" -v b="${w[$2]}" -v x="${c[$1]}" -v y="${c[$2]}" 'BEGIN{printf "%.3f %.3f", a/b, x/y}')
+		echo "$ratio" >>"$TMP/ratio.${p/ /.}"
+		row+=" ${ratio/ /, } |"
+	done
+	echo "$row"
 done
-# min / median / max of each ratio column.
+# min / median / max of a column of numbers.
 stats() { sort -g | awk '{v[NR]=$1} END{m=(NR%2)?v[(NR+1)/2]:(v[NR/2]+v[NR/2+1])/2; printf "%.3f / %.3f / %.3f", v[1], m, v[NR]}'; }
 echo
-echo "bellbuild / pipeline, wall (min / median / max): $(cut -d' ' -f1 "$TMP/ratios" | stats)"
-echo "bellbuild / pipeline, CPU:                       $(cut -d' ' -f2 "$TMP/ratios" | stats)"
-echo "bellbuild / zstd -3 -T2, wall:                   $(cut -d' ' -f3 "$TMP/ratios" | stats)"
-echo "bellbuild / zstd -3 -T2, CPU:                    $(cut -d' ' -f4 "$TMP/ratios" | stats)"
-echo "bytes out: bellbuild ${size[bellbuild]} (initramfs: stage with modules, applier, configuration), pipeline ${size[pipeline]}, zstd ${size[zstd]}"
-echo "bellbuild initramfs sha256 over the runs: $(sort -u "$TMP/sums" | tr '\n' ' ')"
+echo "ratios over the $RUNS runs (min / median / max):"
+for p in "${pairs[@]}"; do
+	f=$TMP/ratio.${p/ /.}
+	printf '  %-22s wall %s   CPU %s\n' "${p/ / / }" "$(cut -d' ' -f1 "$f" | stats)" "$(cut -d' ' -f2 "$f" | stats)"
+done
+echo "bytes out: bellbuild ${size[bellbuild]} (initramfs: stage with modules, applier, configuration)${BELLBUILD_BASE:+, base ${size[base]}}, pipeline ${size[pipeline]}, zstd ${size[zstd]}"
+for n in bellbuild base; do
+	[ -f "$TMP/$n.sums" ] && echo "$n initramfs sha256 over the runs: $(sort -u "$TMP/$n.sums" | tr '\n' ' ')"
+done
 echo "bellbuild's steps, last run:"
-sed -n 's/^time=[^ ]* level=INFO msg="bake: \(.*\)" step=\([^ ]*\) took=\([^ ]*\).*/  \2 \1: \3/p' "$TMP/bb.err"
+sed -n 's/^time=[^ ]* level=INFO msg="bake: \(.*\)" step=\([^ ]*\) took=\([^ ]*\).*/  \2 \1: \3/p' "$TMP/bellbuild.err"
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
