@@ -14,7 +14,8 @@
 # ROOT is $BELLBUILD_BENCH_ROOT, else the Debian root the issue names
 # (debootstrap --variant=minbase --include=systemd,systemd-sysv,openssh-server
 # bookworm) as the bake's own debootstrap stage caches it under
-# ${XDG_CACHE_HOME:-~/.cache}/bellbuild/debootstrap/KEY/root; when there is
+# CACHE/debootstrap/KEY/root (CACHE: $BELLBUILD_CACHE, else
+# ${XDG_CACHE_HOME:-~/.cache}/bellbuild, as for the bake); when there is
 # none, it is made there once through that stage (root, debootstrap, a
 # Debian mirror). $KERNEL (default /vmlinuz) is the kernel; $BELLBUILD_BIN
 # the binary (default bin/bellbuild, built when missing). $BELLBUILD_BASE,
@@ -23,8 +24,8 @@
 # $APPLIER, when set, is the static binary both embed as the applier
 # (default: each itself): pin it and the two must make the same bytes.
 #
-# Each run times the three one after the other, the order rotating from run
-# to run; before each, the previous outputs are deleted and `sync` writes
+# Each run times the contenders one after the other, the order rotating
+# from run to run; before each, the previous outputs are deleted and `sync` writes
 # back what is dirty, outside the clock. Everything reads a warm page cache
 # (one untimed round first). Wall and CPU (user + system, of the process
 # and its children: bash's `time`) per run, then the ratios of bellbuild
@@ -34,10 +35,12 @@
 # at the start and at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# One sort order for find | sort, whatever the caller's locale.
+export LC_ALL=C
 RUNS=${1:-5}
 BIN=${BELLBUILD_BIN:-$PWD/bin/bellbuild}
 KERNEL=${KERNEL:-/vmlinuz}
-for t in find sort cpio zstd sha256sum; do command -v $t >/dev/null || { echo "image.sh: $t missing (make deps)" >&2; exit 1; }; done
+for t in find sort cpio zstd; do command -v $t >/dev/null || { echo "image.sh: $t missing (make deps)" >&2; exit 1; }; done
 [ -e "$KERNEL" ] || { echo "image.sh: no kernel at $KERNEL (apt-get install linux-image-amd64, or set KERNEL)" >&2; exit 1; }
 [ -x "$BIN" ] || make build >/dev/null
 
@@ -49,7 +52,7 @@ ROOT=${BELLBUILD_BENCH_ROOT:-}
 if [ -z "$ROOT" ]; then
 	# The recipe as the bake writes it into its cache entry's done file.
 	recipe='--variant=minbase --include=openssh-server,systemd,systemd-sysv bookworm '
-	cache=${XDG_CACHE_HOME:-$HOME/.cache}/bellbuild
+	cache=${BELLBUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bellbuild}
 	find_root() {
 		local d
 		for d in "$cache"/debootstrap/*/; do
@@ -131,7 +134,7 @@ for n in "${names[@]}"; do timed $n >/dev/null; done
 rm -f "$TMP"/*.sums
 echo "# image.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty') bellbuild=$BIN${BELLBUILD_BASE:+ base=$BELLBUILD_BASE}"
 echo "# root: $ROOT ($entries entries, $(stat -c %s "$TMP/root.cpio") bytes of newc)"
-echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# machine: $(nproc) CPUs, $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 # The ratios reported: bellbuild (and base) to pipeline and to zstd, and
 # bellbuild to base.
 pairs=("bellbuild pipeline" "bellbuild zstd")
