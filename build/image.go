@@ -106,6 +106,11 @@ type Options struct {
 	Log *slog.Logger
 	// Progress, when set, gets a live progress line (a terminal).
 	Progress io.Writer
+
+	// sequential (tests) makes the segments one after the other and
+	// copies a new stage segment into the initramfs afterwards, as
+	// bellbuild did before overlapping them: the bytes must not change.
+	sequential bool
 }
 
 func (o *Options) defaults() error {
@@ -223,6 +228,12 @@ type Stats struct {
 //     write manifest.json, and swap it in;
 //     outputs raw and iso add disk.raw and image.iso there (media.go).
 //
+// Steps overlap where they do not depend on each other (overlap.go): the
+// kernel and the applier are read while the stage is, the applier and
+// configuration segments are made while the stage segment is, a stage
+// segment goes into the initramfs as it is compressed, and the kernel is
+// copied meanwhile. The bytes are those of doing the steps in order.
+//
 // A failure at any step leaves OUT/PROFILE as it was.
 func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manifest, error) {
 	if err := opts.defaults(); err != nil {
@@ -246,6 +257,7 @@ func Image(ctx context.Context, spec *profiles.ImageSpec, opts Options) (*Manife
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", spec.Profile, err)
 	}
+	defer im.early.stop()
 	m, err := b.write(ctx, im)
 	if err != nil {
 		return nil, fmt.Errorf("profile %s: %w", spec.Profile, err)
@@ -286,6 +298,10 @@ type image struct {
 	configKey string
 	bundle    *nodeconf.Bundle
 	inputs    []Input
+	// early is what was started while the stage was read; applierSeg,
+	// when set, is the applier segment made then (see overlap.go).
+	early      *early
+	applierSeg *future[*segment]
 }
 
 // stageTree returns the stage with what the bake adds, reading the stage
@@ -415,6 +431,16 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	defer func() { b.depth = b.depth[:len(b.depth)-1] }()
 	im := &image{spec: spec}
 	epoch := fmt.Sprint(b.epoch())
+	// The host kernel and the applier are read while the stage is, and
+	// for the image being baked (not a stage of another) the applier
+	// segment may be made too (overlap.go).
+	outer := len(b.depth) == 1
+	pre := b.start(ctx, spec, outer && wantsInitramfs(spec))
+	defer func() {
+		if im.early == nil {
+			pre.stop()
+		}
+	}()
 
 	// 1. Stage: read now only when its content has no other name (or an
 	// output needs it); else a cache hit never reads it.
@@ -437,28 +463,21 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	case spec.Kernel.From == "stage":
 		im.kernel, err = stageKernel(st.tree)
 	case spec.Kernel.Path != "":
-		im.kernel, err = hostKernel(spec.Kernel.Path)
+		var hk hostKernelModules
+		hk, err = pre.kernel.wait()
+		im.kernel, im.added = hk.k, hk.added
 	default:
 		err = fmt.Errorf("%w: set kernel.path or kernel.from: stage", ErrNoKernel)
 	}
 	if err != nil {
 		return nil, err
 	}
-	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file}
-	if im.kernel.file != "" {
-		if kin.SHA256, err = b.sumFile(im.kernel.file); err != nil {
-			return nil, fmt.Errorf("kernel: %w", err)
-		}
-		im.kernel.sum = kin.SHA256
-	} else {
+	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file, SHA256: im.kernel.sum}
+	if im.kernel.file == "" {
 		kin.Path = "stage:/boot/vmlinuz-" + im.kernel.version
 	}
 	im.inputs = append(im.inputs, kin)
-	if im.kernel.modules != "" {
-		if im.added, err = moduleTree(im.kernel.modules, im.kernel.version, b.opts.Modules); err != nil {
-			return nil, err
-		}
-	} else {
+	if im.added == nil {
 		// A kernel from the stage has its modules in the stage: only the
 		// list of what to load is added.
 		im.added = fstree.New()
@@ -500,33 +519,15 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 
 	// 3. The applier and /init.
 	b.p.begin("applier")
-	app, err := filepath.EvalSymlinks(b.opts.Applier)
+	app, err := pre.applier.wait()
 	if err != nil {
-		return nil, fmt.Errorf("applier: %w", err)
-	}
-	if err := checkStatic(app); err != nil {
-		return nil, fmt.Errorf("applier: %w (build it with CGO_ENABLED=0, e.g. make build)", err)
-	}
-	ast, err := os.Stat(app)
-	if err != nil {
-		return nil, fmt.Errorf("applier: %w", err)
-	}
-	asum, err := b.sumFile(app)
-	if err != nil {
-		return nil, fmt.Errorf("applier: %w", err)
-	}
-	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app, SHA256: asum})
-	im.applier = fstree.New()
-	im.applier.Add(fstree.Entry{Path: path.Dir(applierPath), Type: fstree.Dir, Mode: 0o755})
-	im.applier.Add(fstree.Entry{Path: applierPath, Type: fstree.Regular, Mode: 0o755, Size: ast.Size(), Data: fstree.File(app)})
-	im.applier.Add(fstree.Entry{Path: layout.Init, Type: fstree.Symlink, Mode: 0o777, Target: applierPath})
-	// The kernel opens /dev/console for init before anything mounts /dev.
-	im.applier.Add(fstree.Entry{Path: "dev/console", Type: fstree.CharDev, Mode: 0o600, Major: 5, Minor: 1})
-	im.applier.Add(fstree.Entry{Path: "dev/null", Type: fstree.CharDev, Mode: 0o666, Major: 1, Minor: 3})
-	if err := keepParents(im.applier, im.stageDirs); err != nil {
 		return nil, err
 	}
-	im.applierKey, _ = treeKey(im.applier, segmentFormat, epoch, "sha256:"+asum)
+	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app.path, SHA256: app.sum})
+	if im.applier, im.applierKey, err = applierTree(app, im.stageDirs, b.epoch()); err != nil {
+		return nil, err
+	}
+	im.applierSeg = pre.applierSegment(im.applierKey)
 
 	// 4. Configuration.
 	b.p.begin("configuration")
@@ -556,6 +557,10 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 			}
 		}
 		im.inputs = append(im.inputs, in)
+	}
+	if outer {
+		// Image stops it after the bake.
+		im.early = pre
 	}
 	return im, nil
 }
@@ -704,13 +709,17 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	var prefixState []byte
 	var taken *segment
 
-	// Disks and ISOs boot the same kernel and initramfs (media.go).
-	wantInitramfs := slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
-	if wantInitramfs {
+	if wantsInitramfs(spec) {
 		// A re-bake whose replaced output starts with the cached stage
 		// may take the stage's cache file over (reuse.go) if it gets the
 		// cache to itself.
 		mayTake := mayTakeStage(final, b.opts.CacheDir, im.stageKey)
+		if mayTake && im.applierSeg != nil {
+			// It holds the cache shared while it makes the applier
+			// segment (or finds it cached): let it finish, so that this
+			// bake can have the cache to itself.
+			im.applierSeg.wait()
+		}
 		lock, err := lockCache(b.opts.CacheDir, mayTake)
 		if err != nil {
 			return nil, err
@@ -731,72 +740,65 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 				}
 			}
 		}()
-		// 5. The stage segment, from the cache when possible.
-		b.p.begin("stage segment")
-		stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stageTree, im.stageDirs, epoch, stageInode, b.p)
+		// 5–7. The segments, while the kernel is copied.
+		file := filepath.Join(tmp, InitramfsFile)
+		kern := later(b.opts.sequential, func() (copied, error) {
+			size, sum, err := copyKernel(im.kernel, filepath.Join(tmp, KernelFile))
+			return copied{size, sum}, err
+		})
+		// On any return: nothing may go on writing into tmp.
+		defer kern.settle()
+		segs, direct, err := b.segments(ctx, im, tmp, file)
 		if err != nil {
 			return nil, err
 		}
-		b.p.end(cachedNote(stageSeg.cached))
-		// 6. The applier segment, likewise.
-		b.p.begin("applier segment")
-		appSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "applier", im.applierKey, treeOf(im.applier), nil, epoch, applierInode, b.p)
-		if err != nil {
-			return nil, err
-		}
-		b.p.end(cachedNote(appSeg.cached))
-
-		// 7. The configuration segment: always written (it is small).
-		b.p.begin("configuration segment")
-		confSeg, err := makeSegment(ctx, "", tmp, "config", "", treeOf(im.config), nil, epoch, configInode, b.p)
-		if err != nil {
-			return nil, err
-		}
+		stageSeg, appSeg, confSeg := segs[0], segs[1], segs[2]
+		// A stage segment just written is put in place in the cache
+		// while the initramfs is finished; before the cache is unlocked
+		// on any return.
+		defer stageSeg.settle()
 		m.Stats.StageCached, m.Stats.ApplierCached = stageSeg.cached, appSeg.cached
 		m.Stats.StageRead = im.src.tree != nil
-		segs := []*segment{stageSeg, appSeg, confSeg}
 		keep = []string{stageSeg.file, appSeg.file}
 		for _, s := range segs {
 			m.Segments = append(m.Segments, Artifact{Name: s.name, Size: s.Size, SHA256: s.SHA256})
 		}
 
-		// 8. Artifacts. The kernel is copied while the initramfs is.
+		// 8. Artifacts. A stage just compressed is in the initramfs
+		// already: the rest is appended. Else the spare initramfs when it
+		// can be taken over, else the cached stage's file, else a copy.
 		b.p.begin("assemble " + final)
-		type copied struct {
-			size int64
-			sum  string
-			err  error
-		}
-		kernelDone := make(chan copied, 1)
-		go func() {
-			var c copied
-			c.size, c.sum, c.err = copyKernel(im.kernel, filepath.Join(tmp, KernelFile))
-			kernelDone <- c
-		}()
-		// The spare initramfs when it can be taken over, else the cached
-		// stage's file, else a copy.
-		file := filepath.Join(tmp, InitramfsFile)
-		size, sum, state, err := reuseSpare(final, file, segs)
-		if errors.Is(err, errNoSpare) && mayTake && lock.excl && stageSeg.cached {
-			size, sum, state, err = takeStage(file, segs)
-			if err == nil {
-				taken = stageSeg
-				m.Stats.StageTaken = true
+		var size int64
+		var sum string
+		var state []byte
+		if direct != nil {
+			size, sum, state, err = finish(direct, 1, segs)
+		} else {
+			size, sum, state, err = reuseSpare(final, file, segs)
+			if errors.Is(err, errNoSpare) && mayTake && lock.excl && stageSeg.cached {
+				size, sum, state, err = takeStage(file, segs)
+				if err == nil {
+					taken = stageSeg
+					m.Stats.StageTaken = true
+				}
 			}
-		}
-		m.Stats.InitramfsReused = err == nil
-		if err != nil {
-			// Reuse only saves time: whatever stopped it, copy.
-			if !errors.Is(err, errNoSpare) {
-				b.log.Warn("bake: could not extend the previous initramfs; copying", "err", err)
-				os.Remove(file)
+			m.Stats.InitramfsReused = err == nil
+			if err != nil {
+				// Reuse only saves time: whatever stopped it, copy.
+				if !errors.Is(err, errNoSpare) {
+					b.log.Warn("bake: could not extend the previous initramfs; copying", "err", err)
+					os.Remove(file)
+				}
+				size, sum, state, err = concat(file, segs)
 			}
-			size, sum, state, err = concat(file, segs)
 		}
 		prefix, prefixState = prefixOf(segs), state
-		k := <-kernelDone
+		k, kerr := kern.wait()
 		if err == nil {
-			err = k.err
+			err = kerr
+		}
+		if serr := stageSeg.settle(); err == nil {
+			err = serr
 		}
 		if err != nil {
 			return nil, err
@@ -840,6 +842,120 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	b.p.end("")
 	m.Stats.Dir = final
 	return m, nil
+}
+
+// segments does steps 5–7: the stage, applier and configuration
+// segments, each from the cache when it has it. The applier and
+// configuration segments are made while the stage segment is (unless the
+// applier's was made while the stage was read: overlap.go). A stage
+// segment compressed now goes into the initramfs, file, as it is written,
+// besides the cache: direct is then file, open, holding exactly the stage
+// segment, and the assembly appends the rest instead of copying 100 MB
+// again. Bakes with opts.sequential do one step after the other and never
+// write file.
+func (b *baker) segments(ctx context.Context, im *image, tmp, file string) (segs []*segment, direct *os.File, err error) {
+	epoch := b.epoch()
+	seq := b.opts.sequential
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer func() {
+		if err != nil && direct != nil {
+			direct.Close()
+			direct = nil
+		}
+	}()
+	// The progress of a segment made on another goroutine goes nowhere:
+	// the stage's has the line.
+	quiet := func() *progress {
+		if seq {
+			return b.p
+		}
+		return newProgress(nil, b.log, 0)
+	}
+	app := later(seq, func() (*segment, error) {
+		if im.applierSeg != nil {
+			if s, err := im.applierSeg.wait(); err == nil {
+				return s, nil
+			}
+			// Made again here, with this bake's own error if any.
+		}
+		return makeSegment(ctx, b.opts.CacheDir, tmp, "applier", im.applierKey, treeOf(im.applier), nil, epoch, applierInode, quiet(), nil)
+	})
+	conf := later(seq, func() (*segment, error) {
+		return makeSegment(ctx, "", tmp, "config", "", treeOf(im.config), nil, epoch, configInode, quiet(), nil)
+	})
+	var also func() (io.Writer, error)
+	var wb *writeback
+	if !seq {
+		defer func() {
+			if err != nil {
+				// They write into the cache and tmp: stop them, and wait.
+				cancel()
+				app.settle()
+				conf.settle()
+			}
+		}()
+		also = func() (io.Writer, error) {
+			f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
+			if err != nil {
+				return nil, err
+			}
+			direct, wb = f, &writeback{f: f}
+			return wb, nil
+		}
+	}
+
+	// 5. The stage segment, from the cache when possible.
+	b.p.begin("stage segment")
+	stageSeg, err := makeSegment(ctx, b.opts.CacheDir, tmp, "stage", im.stageKey, im.stageTree, im.stageDirs, epoch, stageInode, b.p, also)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			stageSeg.settle()
+		}
+	}()
+	if direct != nil && wb.n != stageSeg.Size {
+		return nil, nil, fmt.Errorf("%s: %d bytes of the stage segment, want %d", file, wb.n, stageSeg.Size)
+	}
+	b.p.end(cachedNote(stageSeg.cached))
+
+	// 6. The applier segment, likewise.
+	b.p.begin("applier segment")
+	appSeg, err := app.wait()
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case appSeg.cached:
+		b.p.end(cachedNote(true))
+	case !seq:
+		// This step's time is the time waited for it, not its own.
+		b.p.end("made alongside the stage")
+	default:
+		b.p.end("")
+	}
+
+	// 7. The configuration segment: always written (it is small).
+	b.p.begin("configuration segment")
+	confSeg, err := conf.wait()
+	if err != nil {
+		return nil, nil, err
+	}
+	return []*segment{stageSeg, appSeg, confSeg}, direct, nil
+}
+
+// copied is a copied kernel.
+type copied struct {
+	size int64
+	sum  string
+}
+
+// wantsInitramfs says whether a bake of spec makes an initramfs: disks
+// and ISOs boot the same kernel and initramfs (media.go).
+func wantsInitramfs(spec *profiles.ImageSpec) bool {
+	return slices.Contains(spec.Outputs, "initramfs") || len(spec.Outputs) == 0 || wantsMedia(spec.Outputs)
 }
 
 func cachedNote(c bool) string {

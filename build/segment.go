@@ -43,6 +43,9 @@ type segment struct {
 	// mtime is the cached file's, kept while a bake has taken the file
 	// over (reuse.go), so that it goes back as it was.
 	mtime time.Time
+	// pending, when set, is putting file in place (fsync, rename, info)
+	// while the bake goes on: see settle.
+	pending *future[struct{}]
 }
 
 // segmentInfo is kept beside a cached segment (FILE.json), so that a cache
@@ -64,10 +67,24 @@ type segmentInfo struct {
 // (atomically: temp file, fsync when durable, rename), reporting progress.
 // A segment that is copied into an initramfs and deleted need not be
 // durable: the initramfs is fsynced.
-func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64, inode uint32, durable bool, p *progress) (info segmentInfo, err error) {
-	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-*")
+func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64, inode uint32, durable bool, p *progress) (segmentInfo, error) {
+	info, commit, err := compressSegment(ctx, t, file, epoch, inode, durable, p, nil)
 	if err != nil {
 		return info, err
+	}
+	return info, commit()
+}
+
+// compressSegment is writeSegment up to the point where the segment's
+// bytes are all in a temporary file beside file; commit then puts it in
+// place (fsync when durable, rename), and may run while the caller goes
+// on. The compressed bytes also go to also, when it is not nil, as they
+// are written (see makeSegment). The temporary file is removed on any
+// error.
+func compressSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64, inode uint32, durable bool, p *progress, also io.Writer) (info segmentInfo, commit func() error, err error) {
+	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-*")
+	if err != nil {
+		return info, nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -76,36 +93,53 @@ func writeSegment(ctx context.Context, t *fstree.Tree, file string, epoch int64,
 		}
 	}()
 	h := sha256.New()
-	out := &countWriter{w: io.MultiWriter(f, h)}
+	var fw io.Writer = f
+	if durable {
+		// The disk writes while the compressor works: the fsync in
+		// commit then waits for the last chunk only.
+		fw = &writeback{f: f}
+	}
+	ws := []io.Writer{fw, h}
+	if also != nil {
+		ws = append(ws, also)
+	}
+	out := &countWriter{w: io.MultiWriter(ws...)}
 	zw, err := compress.Zstd(out)
 	if err != nil {
-		return info, err
+		return info, nil, err
 	}
 	in := &countWriter{w: zw, ctx: ctx, onWrite: func(n int64) { p.bytes(n, out.n.Load()) }}
 	if err := cpio.Write(in, t, cpio.Options{MTime: &epoch, FirstInode: inode}); err != nil {
 		zw.Close()
-		return info, err
+		return info, nil, err
 	}
 	if err := zw.Close(); err != nil {
-		return info, err
+		return info, nil, err
 	}
 	p.bytes(in.n.Load(), out.n.Load())
-	if durable {
-		if err := f.Sync(); err != nil {
-			return info, err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return info, err
-	}
-	if err := os.Rename(f.Name(), file); err != nil {
-		return info, err
-	}
 	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
-		return info, err
+		return info, nil, err
 	}
-	return segmentInfo{Size: out.n.Load(), SHA256: hex.EncodeToString(h.Sum(nil)), State: state}, nil
+	info = segmentInfo{Size: out.n.Load(), SHA256: hex.EncodeToString(h.Sum(nil)), State: state}
+	commit = func() (err error) {
+		defer func() {
+			if err != nil {
+				f.Close()
+				os.Remove(f.Name())
+			}
+		}()
+		if durable {
+			if err := f.Sync(); err != nil {
+				return err
+			}
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		return os.Rename(f.Name(), file)
+	}
+	return info, commit, nil
 }
 
 // countWriter counts bytes on their way to w and stops on cancellation.
@@ -262,8 +296,12 @@ func cachedSegmentFile(cacheDir, key string) string {
 // makeSegment returns the segment of the tree tree() returns: from
 // cacheDir when one with key exists there (tree is then not called), else
 // written there first, with dirs in its info. With key "" the segment is
-// written to dir (not cached).
-func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func() (*fstree.Tree, error), dirs map[string]dirMeta, epoch int64, inode uint32, p *progress) (*segment, error) {
+// written to dir (not cached). When a segment is written to the cache and
+// also is not nil, the compressed bytes go to the writer also() returns
+// too, as they are written (the initramfs the segment starts: see
+// baker.segments), and the segment's file is put in place in the cache
+// while the caller goes on (see settle).
+func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func() (*fstree.Tree, error), dirs map[string]dirMeta, epoch int64, inode uint32, p *progress, also func() (io.Writer, error)) (*segment, error) {
 	s := &segment{name: name, key: key}
 	if key == "" {
 		t, err := tree()
@@ -291,16 +329,45 @@ func makeSegment(ctx context.Context, cacheDir, dir, name, key string, tree func
 	if err != nil {
 		return nil, err
 	}
-	info, err := writeSegment(ctx, t, s.file, epoch, inode, true, p)
+	var second io.Writer
+	if also != nil {
+		if second, err = also(); err != nil {
+			return nil, err
+		}
+	}
+	info, commit, err := compressSegment(ctx, t, s.file, epoch, inode, true, p, second)
 	if err != nil {
 		return nil, fmt.Errorf("%s segment: %w", name, err)
 	}
 	info.Dirs = dirs
 	s.segmentInfo = info
-	if err := writeInfo(s.file, info); err != nil {
-		return nil, fmt.Errorf("cache: %w", err)
+	put := func() (struct{}, error) {
+		if err := commit(); err != nil {
+			return struct{}{}, fmt.Errorf("%s segment: %w", name, err)
+		}
+		if err := writeInfo(s.file, info); err != nil {
+			return struct{}{}, fmt.Errorf("cache: %w", err)
+		}
+		return struct{}{}, nil
+	}
+	if also != nil {
+		s.pending = async(put)
+		return s, nil
+	}
+	if _, err := put(); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// settle waits until s's file is in place, when makeSegment left that to
+// another goroutine, and returns what went wrong there.
+func (s *segment) settle() error {
+	if s.pending == nil {
+		return nil
+	}
+	_, err := s.pending.wait()
+	return err
 }
 
 // readInfo reads a cached segment's info, and checks that the segment is
@@ -362,13 +429,24 @@ func concat(file string, segs []*segment) (size int64, sum string, prefixState [
 	if err != nil {
 		return 0, "", nil, err
 	}
+	return finish(out, 0, segs)
+}
+
+// finish is concat for out, which holds segs[0] already when first is 1
+// (the stage was written into it as it was compressed: see write), else
+// nothing: it appends the other segments, fsyncs and closes out.
+func finish(out *os.File, first int, segs []*segment) (size int64, sum string, prefixState []byte, err error) {
 	defer out.Close()
 	h := sha256.New()
 	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(segs[0].State); err != nil {
 		return 0, "", nil, fmt.Errorf("%s segment: hash state: %w", segs[0].name, err)
 	}
 	hashDone := hashSegmentsAsync(h, segs)
-	size, err = copySegments(out, segs)
+	if first == 1 {
+		size = segs[0].Size
+	}
+	n, err := copySegments(out, segs[first:])
+	size += n
 	if err == nil {
 		err = out.Sync()
 	}
@@ -384,9 +462,39 @@ func concat(file string, segs []*segment) (size int64, sum string, prefixState [
 	return size, hex.EncodeToString(h.Sum(nil)), prefixState, nil
 }
 
-// writebackChunk is how much concat copies before it starts that part's
-// writeback.
+// writebackChunk is how much concat copies, or a writeback writes,
+// before it starts that part's writeback.
 const writebackChunk = 8 << 20
+
+// writeback writes to f, and starts the writeback of every writebackChunk
+// bytes written (sync_file_range), so that the disk writes while the
+// writer goes on and an fsync after waits for little. Writes start where
+// f's offset is at the first one.
+type writeback struct {
+	f       *os.File
+	started bool
+	start   int64 // f's offset at the first write
+	n       int64 // bytes written
+	synced  int64 // of which the writeback was started
+}
+
+func (w *writeback) Write(b []byte) (int, error) {
+	if !w.started {
+		off, err := w.f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return 0, err
+		}
+		w.start, w.started = off, true
+	}
+	n, err := w.f.Write(b)
+	w.n += int64(n)
+	if w.n-w.synced >= writebackChunk {
+		// Only a hint: the fsync after is what makes it durable.
+		unix.SyncFileRange(int(w.f.Fd()), w.start+w.synced, w.n-w.synced, unix.SYNC_FILE_RANGE_WRITE)
+		w.synced = w.n
+	}
+	return n, err
+}
 
 // copySegments appends the segments' files to out, starting writeback as
 // it goes, and returns the bytes written.
