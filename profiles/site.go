@@ -108,10 +108,12 @@ type node struct {
 	path string // nodes[N]
 	ipAt Pos    // the "ip" label's value
 	conf *value
+	// enrol is the entry's enrol policy (nil: its profile's).
+	enrol *value
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "enrol", "enrol_wait"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -368,7 +370,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
+var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides", "enrol", "enrol_wait"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -427,6 +429,16 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "persist":
 			if _, ok := scalarBool(v); !ok && v.kind != kNull {
 				errs.Add(v.pos, e.key, "want true or false")
+			}
+			p.fields[e.key] = v
+		case "enrol":
+			if v.kind != kNull {
+				parseEnrol(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "enrol_wait":
+			if v.kind != kNull {
+				parseEnrolWait(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "conf":
@@ -649,7 +661,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "conf", "enrol"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -730,6 +742,10 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				}
 			case "conf":
 				n.conf, _ = parseConf(e.val, fp, false, errs)
+			case "enrol":
+				if _, _, good := parseEnrol(e.val, fp, errs); good {
+					n.enrol = e.val
+				}
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}

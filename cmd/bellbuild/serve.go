@@ -77,6 +77,7 @@ Example:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o serveFlags
 			o.site.register(fs)
+			registerPrivate(fs, &o.private)
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
 			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
@@ -88,6 +89,7 @@ Example:
 			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases and the nodes' rendered files")
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
+			fs.StringVar(&o.httpsAddr, "https-addr", "0.0.0.0:8443", "enrolment endpoint's HTTPS listen `ADDR` (off: no enrolment)")
 			fs.DurationVar(&o.httpIdle, "http-idle-timeout", httpboot.DefaultIdleTimeout, "close an HTTP keep-alive connection that asks nothing for `DURATION`")
 			fs.IntVar(&o.httpMaxConns, "http-max-conns", httpboot.DefaultMaxConns, "HTTP connections open at once (`N`); more wait, and the longest idle is closed to make room")
 			fs.StringVar(&o.tftpAddr, "tftp-addr", "0.0.0.0:69", "TFTP listen `ADDR` (off: no TFTP)")
@@ -108,10 +110,12 @@ Example:
 
 type serveFlags struct {
 	site                     siteFlags
+	private                  string
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
 	httpAddr, tftpAddr       string
+	httpsAddr                string
 	bootVia, defaultProfile  string
 	leaseTime                time.Duration
 	loaders                  string
@@ -175,6 +179,10 @@ func runServe(ctx context.Context, o serveFlags) error {
 	logOut := newFlushWriter(os.Stderr, 100*time.Millisecond)
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
+	// The enrolment endpoint (HTTPS), when the site has a PKI.
+	if err := o.enrolment(ctx, site, &cfg); err != nil {
+		return err
+	}
 	srv, err := pxe.New(cfg, backend)
 	if err != nil {
 		return err
@@ -330,6 +338,7 @@ func newSiteBackend(site *profiles.Site, out, files, defaultProfile string) (*si
 			Initrd:  filepath.Join(n.Profile, build.InitramfsFile),
 			Cmdline: cmdline(n.Profile),
 			Files:   map[string]string{NodeFile: NodeFile},
+			Enrol:   machineEnrol(node.Enrol),
 		}
 		if n.IP.IsValid() { // its "ip" label, checked by profiles
 			m.IP = n.IP.AsSlice()

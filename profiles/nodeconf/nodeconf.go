@@ -26,6 +26,8 @@ type Node struct {
 	Labels map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
 	// Conf is the host configuration to enforce.
 	Conf Conf `json:"conf" yaml:"conf"`
+	// Enrol is how the node enrols with serve (nil: the defaults).
+	Enrol *Enrol `json:"enrol,omitempty" yaml:"enrol,omitempty"`
 }
 
 // Bundle is what an image carries: the rendered configuration of every node
