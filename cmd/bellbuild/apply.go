@@ -136,6 +136,7 @@ func (o applyFlags) runOptions() (firstboot.RunOptions, error) {
 		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
 			Plan: o.plan, Log: slog.Default()},
 		Stdout: os.Stdout, Stderr: os.Stderr,
+		Enrol: dayTwoEnrol(o.root, os.Stderr),
 	}, nil
 }
 

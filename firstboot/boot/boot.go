@@ -41,6 +41,7 @@ import (
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 )
 
 // inits are tried in order when the command line has no init=.
@@ -198,6 +199,8 @@ type Options struct {
 	// image's bundle: a bundle or a single rendered node (a config
 	// volume's node.json), a path inside Root.
 	Config string
+	// Enrol tunes the enrolment (bellbuild.enrol= on the command line).
+	Enrol EnrolOptions
 }
 
 // Result is what Run did, for the caller to hand over.
@@ -290,8 +293,7 @@ func Run(ctx context.Context, opts Options) *Result {
 	// 4. Apply, live. A sysctl key the kernel lacks may be a module's
 	// that the stage's modules-load.d names: systemd-modules-load would
 	// load it later, the applier has it loaded now.
-	rep := &firstboot.Report{}
-	if node != nil {
+	apply := func(node *nodeconf.Node) *firstboot.Report {
 		log := slog.New(&consoleHandler{w: con})
 		fo := firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}
 		if fo.Live {
@@ -307,14 +309,32 @@ func Run(ctx context.Context, opts Options) *Result {
 				return errs
 			}
 		}
-		r, err := firstboot.Apply(ctx, fo, node)
-		if r != nil {
-			rep = r
-		} else {
+		rep, err := firstboot.Apply(ctx, fo, node)
+		if rep == nil {
 			rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
 		}
 		if err != nil && len(rep.Errors) == 0 {
 			rep.Errors = append(rep.Errors, err.Error())
+		}
+		return rep
+	}
+	rep := &firstboot.Report{}
+	enrolState := ""
+	if node != nil {
+		rep = apply(node)
+		// A node that enrols (docs/enrolment.md) applies its whole
+		// configuration once its key is approved; until then the day-2
+		// run keeps asking.
+		var full *nodeconf.Node
+		full, enrolState = enrolAtBoot(ctx, root, cmdline, node, opts.Enrol, con)
+		switch {
+		case full != nil:
+			rep = mergeReports(rep, apply(full))
+			res.Node = full
+		case enrolState == wire.StatePending:
+			if _, err := AddEnrolPoll(root, config, node.Node); err != nil {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("the day-2 enrolment: %v", err))
+			}
 		}
 	}
 	rep.Errors = append(errs, rep.Errors...)
@@ -334,7 +354,11 @@ func Run(ctx context.Context, opts Options) *Result {
 	for _, d := range rep.Deferred {
 		printf("deferred: %s", d)
 	}
-	fmt.Fprintln(con, rep.Summary())
+	summary := rep.Summary()
+	if enrolState != "" {
+		summary += " enrol=" + enrolState
+	}
+	fmt.Fprintln(con, summary)
 
 	res.Init = findInit(root, InitParam(cmdline))
 	if res.Init == "" {
