@@ -565,3 +565,54 @@ func mustJSON(t testing.TB, v any) []byte {
 	}
 	return data
 }
+
+// TestEnrolDenyAndReplace: a denied key is refused from then on (a new
+// key waits again); approving another key for an enrolled node (a
+// reinstalled disk) makes it the node's and revokes the old key's host
+// certificate, whose holder is refused from then on.
+func TestEnrolDenyAndReplace(t *testing.T) {
+	lab := newEnrolLab(t, enrol.Options{})
+	ctx := context.Background()
+	c := lab.client(t, "n4", "52:54:00:00:00:04", io.Discard)
+	c.Enrol(ctx, 0)
+	if out, err := lab.node(t, "", "deny", "n4"); err != nil || out != "denied node n4 key "+c.Fingerprint()+"\n" {
+		t.Fatalf("deny: %q %v", out, err)
+	}
+	var con bytes.Buffer
+	c = lab.clientIn(t, c.Dir(), "n4", "52:54:00:00:00:04", &con)
+	if ok, _ := c.Enrol(ctx, 0); ok || !strings.Contains(con.String(), "an operator denied this key of node n4") {
+		t.Errorf("a denied key: %v %q", ok, con.String())
+	}
+	if _, err := lab.node(t, "", "deny", "n4"); err == nil || !strings.Contains(err.Error(), "node n4 has no pending CSR to deny") {
+		t.Errorf("deny with nothing pending: %v", err)
+	}
+	fresh := lab.client(t, "n4", "52:54:00:00:00:04", io.Discard)
+	if ok, err := fresh.Enrol(ctx, 0); ok || err != nil {
+		t.Fatalf("a new key after a denial: %v %v", ok, err)
+	}
+
+	// n2 (first-key) enrolled, then a reinstalled disk: a new key.
+	old := lab.client(t, "n2", "52:54:00:00:00:02", io.Discard)
+	if ok, _ := old.Enrol(ctx, 0); !ok {
+		t.Fatal("first key not approved")
+	}
+	oldCert, _, _ := old.HostCert()
+	reinstalled := lab.client(t, "n2", "52:54:00:00:00:02", io.Discard)
+	if ok, _ := reinstalled.Enrol(ctx, 0); ok {
+		t.Fatal("a second key approved without an operator")
+	}
+	out, err := lab.node(t, reinstalled.Fingerprint(), "approve", "n2")
+	if err != nil || !strings.Contains(out, "revoked "+oldCert.SerialNumber.Text(16)+" (the replaced key "+old.Fingerprint()+")") {
+		t.Fatalf("approve the new key: %q %v", out, err)
+	}
+	if ok, err := reinstalled.Enrol(ctx, 0); !ok || err != nil {
+		t.Errorf("the new key: %v %v", ok, err)
+	}
+	if _, err := old.Config(ctx); !errors.Is(err, fbenrol.ErrRefused) {
+		t.Errorf("the replaced key still gets the configuration: %v", err)
+	}
+	crl, _ := os.ReadFile(filepath.Join(lab.site, "pki", "hosts.crl.pem"))
+	if revoked, _ := revokedIn(crl); !revoked[oldCert.SerialNumber.Text(16)] {
+		t.Error("the replaced key's certificate is not in the CRL")
+	}
+}

@@ -32,7 +32,7 @@ func init() {
 	register(&command{
 		name:    "serve",
 		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
-		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--leases FILE]",
+		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR]",
 		help: `serve boots every machine of the site's inventory from the network, as the
 node its MAC address names, with the artifacts 'bellbuild image' baked
 into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
@@ -48,6 +48,21 @@ into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
   4. the image's init applies the node's configuration. The node's
      rendered configuration is also served, to that node's address only,
      at /files/node.json.
+
+With a site PKI (bellbuild pki init), serve also opens the enrolment
+endpoint on --https-addr (HTTPS, :8443), with a certificate it issues
+itself from the hosts sub-CA for its address (its key kept in the
+private directory: --private, $BELLBUILD_PRIVATE, else SITE/private).
+Each machine's kernel command line then names the endpoint and pins the
+site's root CA (bellbuild.enrol=, bellbuild.enrol_ca=): the node makes a
+key pair, sends a CSR, and gets its host certificate once its key is
+approved — by an operator (bellbuild node approve), or by the policy the
+site gives it (enrol: first-key, enrol: {pinned: FP}) — and only then,
+over mutual TLS, its whole configuration and its credentials'
+certificates. What enrolment keeps (pending CSRs, approvals, pinned
+keys, issued serials) is in STATE/enrol, written and fsynced before each
+answer; bellbuild node list|approve|deny|retire read and change it while
+serve runs. See docs/enrolment.md.
 
 The boot network is the site's (SITE/site.yaml's network: server,
 subnet, pools) where it declares one: --server-ip and --pool replace
@@ -73,6 +88,7 @@ counters and /healthz answers "ok".
 Example:
   bellbuild image demo -o out
   bellbuild serve --interface br0 --pool 192.0.2.100-192.0.2.199 --artifacts out
+  bellbuild serve -C site --interface br0 --artifacts out     # site.yaml's network, enrolment on :8443
   bellbuild serve -C site --interface eth1 --dhcp proxy --artifacts out`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o serveFlags
@@ -86,7 +102,7 @@ Example:
 				return nil
 			})
 			fs.StringVar(&o.artifacts, "artifacts", "out", "`OUT` directory of 'bellbuild image'")
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases and the nodes' rendered files")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases, the nodes' rendered files, enrolment (bellbuild node reads it)")
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
 			fs.StringVar(&o.httpsAddr, "https-addr", "0.0.0.0:8443", "enrolment endpoint's HTTPS listen `ADDR` (off: no enrolment)")

@@ -21,7 +21,11 @@ func (o serveFlags) enrolment(ctx context.Context, site *profiles.Site, cfg *pxe
 	ep, err := newEnrolEndpoint(ctx, site, o.site.dir, o.private, o.state, cfg.ServerIP,
 		enrol.Options{Log: cfg.Log})
 	if errors.Is(err, errNoPKI) {
-		slog.Warn("no enrolment endpoint: nodes cannot enrol", "why", err.Error())
+		level := slog.LevelWarn
+		if o.site.dir == "" {
+			level = slog.LevelInfo // the embedded demo site
+		}
+		slog.Log(ctx, level, "no enrolment endpoint: nodes cannot enrol", "why", err.Error())
 		return nil
 	}
 	if err != nil {

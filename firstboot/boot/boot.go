@@ -12,11 +12,15 @@
 //     the bundle cannot be read or does not verify: nothing is applied
 //     from a configuration cut short); a sysctl key the kernel lacks makes
 //     it load the modules the stage's modules-load.d names (StageModules)
-//     and look again;
+//     and look again; when the command line names serve's enrolment
+//     endpoint (bellbuild.enrol=), it then enrols the node (enrolAtBoot:
+//     the node's key, the pending line, the wait for approval) and, once
+//     approved, applies the node's whole configuration again;
 //  5. prints exactly one summary line on the console,
 //     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", with
 //     " deferred=D" when it left D items to the stage's init (a sysctl key
-//     for systemd-sysctl), preceded by one line per error and per
+//     for systemd-sysctl) and " enrol=STATE" for a node that enrols,
+//     preceded by one line per error and per
 //     deferred item and by the output of exec scripts;
 //  6. hands over to the stage's own init (init= on the command line, else
 //     /sbin/init, ...), as the same process (PID 1).
@@ -331,7 +335,7 @@ func Run(ctx context.Context, opts Options) *Result {
 		case full != nil:
 			rep = mergeReports(rep, apply(full))
 			res.Node = full
-		case enrolState == wire.StatePending:
+		case enrolState == wire.StatePending || enrolState == wire.StateRefused:
 			if _, err := AddEnrolPoll(root, config, node.Node); err != nil {
 				rep.Errors = append(rep.Errors, fmt.Sprintf("the day-2 enrolment: %v", err))
 			}

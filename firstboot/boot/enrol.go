@@ -86,8 +86,8 @@ func enrolAtBoot(ctx context.Context, root, cmdline string, node *nodeconf.Node,
 	if err != nil {
 		printf("error: enrolment: %v", err)
 	}
-	if res.State == wire.StatePending {
-		printf("node=%s enrolment still pending after %s: carrying on without what only an enrolled node gets; the day-2 run keeps asking", node.Node, wait)
+	if res.State != wire.StateApproved && res.Node == nil {
+		printf("node=%s enrolment still %s after %s: carrying on without what only an enrolled node gets; the day-2 run keeps asking", node.Node, res.State, wait)
 	}
 	return res.Node, res.State
 }

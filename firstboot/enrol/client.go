@@ -86,6 +86,8 @@ type Client struct {
 	fp  string
 
 	plain *http.Client // serve's certificate checked, none of ours
+	// last is serve's last answer to Enrol: pending or refused.
+	last string
 }
 
 // Errors of the Client.
@@ -171,6 +173,9 @@ func (c *Client) Fingerprint() string { return c.fp }
 
 // Node is the node's name.
 func (c *Client) Node() string { return c.o.Node }
+
+// Dir is the directory of the node's key and certificates.
+func (c *Client) Dir() string { return c.o.Dir }
 
 func (c *Client) say(format string, a ...any) {
 	if c.o.Console != nil {
@@ -416,8 +421,10 @@ func (c *Client) Enrol(ctx context.Context, wait time.Duration) (bool, error) {
 			return true, nil
 		case err == nil && st.State == wire.StatePending:
 			submitted = true
+			c.last = wire.StatePending
 			say("enrolment pending fingerprint=" + c.fp)
 		case errors.Is(err, ErrRefused):
+			c.last = wire.StateRefused
 			if st.State != "" {
 				submitted = true // refused for now: an operator may still approve it
 			}

@@ -236,7 +236,7 @@ func (c *Client) readFile(name string) string {
 
 // Result is what Converge did, for the summary line.
 type Result struct {
-	// State is "approved", "pending" or "refused" (as enrolment stands).
+	// State is "approved", "pending" or "refused" (serve's last answer).
 	State string
 	// Node is the whole configuration with its credentials (nil unless
 	// approved and fetched).
@@ -255,6 +255,9 @@ func (c *Client) Converge(ctx context.Context, wait time.Duration) (*Result, err
 	res := &Result{State: wire.StatePending}
 	ok, err := c.Enrol(ctx, wait)
 	if err != nil || !ok {
+		if c.last != "" {
+			res.State = c.last
+		}
 		return res, err
 	}
 	res.State = wire.StateApproved
