@@ -35,6 +35,7 @@ import (
 	fbenrol "github.com/bellbuild/bellbuild/firstboot/enrol"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/pki"
+	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
@@ -614,5 +615,46 @@ func TestEnrolDenyAndReplace(t *testing.T) {
 	crl, _ := os.ReadFile(filepath.Join(lab.site, "pki", "hosts.crl.pem"))
 	if revoked, _ := revokedIn(crl); !revoked[oldCert.SerialNumber.Text(16)] {
 		t.Error("the replaced key's certificate is not in the CRL")
+	}
+}
+
+// TestServeScriptNamesEndpoint: with the enrolment endpoint on, every
+// machine's iPXE script names it on the kernel command line, pins the
+// site's root CA and passes the boot NIC's settings on.
+func TestServeScriptNamesEndpoint(t *testing.T) {
+	lab := newEnrolLab(t, enrol.Options{})
+	backend, err := newSiteBackend(lab.s, t.TempDir(), t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := pxe.New(pxe.Config{ServerIP: netip.MustParseAddr("127.0.0.1"), DHCP: pxe.DHCPOff, TFTPAddr: "off",
+		HTTPAddr: "127.0.0.1:0", HTTPSAddr: "127.0.0.1:0", Loaders: map[string]string{},
+		Enrol: &lab.ep.cfg, EnrolTLS: lab.ep.tls, EnrolRoot: lab.ep.root, Log: slog.New(slog.DiscardHandler)}, backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	resp, err := http.Get("http://" + srv.HTTPAddr().String() + "/ipxe?mac=52:54:00:00:00:01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := "bellbuild.enrol=https://127.0.0.1:" + strings.Split(srv.HTTPSAddr().String(), ":")[1] +
+		" bellbuild.net=${mac},${ip},${netmask},${gateway} bellbuild.enrol_ca=" + lab.ep.root + " bellbuild.node=n1\n"
+	if !strings.Contains(string(script), want) {
+		t.Errorf("script:\n%s\nwant a kernel line ending %q", script, want)
+	}
+	// And the endpoint answers there, over TLS with serve's certificate.
+	c, err := fbenrol.New(fbenrol.Options{Endpoint: fbenrol.Endpoint{URL: "https://" + srv.HTTPSAddr().String(), Node: "n2",
+		MAC: "52:54:00:00:00:02", RootPin: lab.ep.root}, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Enrol(context.Background(), 0); !ok || err != nil {
+		t.Errorf("enrol through serve's listener: %v %v", ok, err)
 	}
 }
