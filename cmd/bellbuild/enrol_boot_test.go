@@ -81,6 +81,11 @@ func TestBootEnrols(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(root, "etc/credentials/x509/ca.pem")); err != nil {
 			t.Error(err)
 		}
+		// Day 2 renews: the init left an hourly run.
+		inittab, _ := os.ReadFile(filepath.Join(root, "etc/inittab"))
+		if !strings.Contains(string(inittab), "::respawn:/bellbuild/bellbuild apply --config node.json --root / --node n1 --watch --resync 1h0m0s") {
+			t.Errorf("no hourly day-2 run in inittab:\n%s", inittab)
+		}
 	})
 
 	t.Run("carries on, day 2 enrols", func(t *testing.T) {
@@ -93,7 +98,7 @@ func TestBootEnrols(t *testing.T) {
 			t.Fatalf("console:\n%s", out)
 		}
 		inittab, _ := os.ReadFile(filepath.Join(root, "etc/inittab"))
-		if !strings.Contains(string(inittab), "::respawn:/bellbuild/bellbuild apply --config node.json --root / --node n4 --watch --resync 1m") {
+		if !strings.Contains(string(inittab), "::respawn:/bellbuild/bellbuild apply --config node.json --root / --node n4 --watch --resync 1m0s") {
 			t.Errorf("no day-2 enrolment in inittab:\n%s", inittab)
 		}
 		// Day 2, still pending.

@@ -41,11 +41,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
-	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 )
 
 // inits are tried in order when the command line has no init=.
@@ -331,12 +331,17 @@ func Run(ctx context.Context, opts Options) *Result {
 		// run keeps asking.
 		var full *nodeconf.Node
 		full, enrolState = enrolAtBoot(ctx, root, cmdline, node, opts.Enrol, con)
-		switch {
-		case full != nil:
+		// The day-2 run keeps asking: every minute until the key is
+		// approved, then every hour (renewals, the CRL, the
+		// configuration).
+		every := time.Minute
+		if full != nil {
 			rep = mergeReports(rep, apply(full))
 			res.Node = full
-		case enrolState == wire.StatePending || enrolState == wire.StateRefused:
-			if _, err := AddEnrolPoll(root, config, node.Node); err != nil {
+			every = time.Hour
+		}
+		if enrolState != "" {
+			if _, err := AddEnrolPoll(root, config, node.Node, every); err != nil {
 				rep.Errors = append(rep.Errors, fmt.Sprintf("the day-2 enrolment: %v", err))
 			}
 		}

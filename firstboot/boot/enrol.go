@@ -121,17 +121,18 @@ func mergeReports(first, second *firstboot.Report) *firstboot.Report {
 	return &out
 }
 
-// AddEnrolPoll makes the new root's init keep asking serve after the
-// boot gave up waiting: a busybox root gets a respawn line running
-// `bellbuild apply --watch --resync 1m` on config for node (each run
-// polls, and once the key is approved applies the whole configuration);
-// a systemd root gets bellbuild-enrol.service doing the same. A root with
+// AddEnrolPoll makes the new root's init keep talking to serve after the
+// boot: a busybox root gets a respawn line running `bellbuild apply
+// --watch --resync EVERY` on config for node (each run asks serve: a
+// pending node is enrolled once approved, an enrolled one renews its
+// certificates when due and fetches the configuration and the CRL); a
+// systemd root gets bellbuild-enrol.service doing the same. A root with
 // neither is left alone (false).
-func AddEnrolPoll(root, config, node string) (bool, error) {
-	args := fmt.Sprintf("apply --config %s --root / --node %s --watch --resync 1m", config, node)
+func AddEnrolPoll(root, config, node string, every time.Duration) (bool, error) {
+	args := fmt.Sprintf("apply --config %s --root / --node %s --watch --resync %s", config, node, every)
 	inittab := filepath.Join(root, "etc/inittab")
 	if data, err := os.ReadFile(inittab); err == nil && strings.Contains(string(data), "::") {
-		if strings.Contains(string(data), " "+args) {
+		if strings.Contains(string(data), " apply --config "+config+" --root / --node "+node+" --watch --resync ") {
 			return true, nil
 		}
 		f, err := os.OpenFile(inittab, os.O_WRONLY|os.O_APPEND, 0)
