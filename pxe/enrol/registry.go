@@ -285,10 +285,11 @@ func (g *Registry) Submit(ctx context.Context, req wire.EnrolRequest, mach *node
 		st       = &wire.Status{Node: req.Node, Fingerprint: fp}
 		refusal  *Refusal
 		by       string
-		enrolled string // the other key, for the warning
+		enrolled string   // the other key, for the warning
+		dropped  []string // pending CSRs dropped for the bound per MAC
 	)
 	rec, err := g.update(ctx, req.Node, func(r *Record) error {
-		refusal, by, enrolled = nil, "", ""
+		refusal, by, enrolled, dropped = nil, "", "", nil
 		switch {
 		case !r.Retired.IsZero():
 			refusal = refuse(http.StatusForbidden, "retired", "node %s is retired: it gets nothing but the CRL", req.Node)
@@ -304,7 +305,7 @@ func (g *Registry) Submit(ctx context.Context, req wire.EnrolRequest, mach *node
 			refusal = refuse(http.StatusForbidden, "key-mismatch", "node %s is enrolled with another key (%s): this key (%s) needs an operator's approval: bellbuild node approve %s --fingerprint %s",
 				req.Node, wire.Short(r.Key), fp, req.Node, fp)
 			r.addRefused(fp, from, now)
-			g.addPending(r, fp, mac, from, csrPEM, now)
+			dropped = g.addPending(r, fp, mac, from, csrPEM, now)
 			return nil
 		case slices.Contains(r.Denied, fp):
 			refusal = refuse(http.StatusForbidden, "denied", "an operator denied this key of node %s (bellbuild node deny)", req.Node)
@@ -321,7 +322,7 @@ func (g *Registry) Submit(ctx context.Context, req wire.EnrolRequest, mach *node
 			enrolled = mach.Enrol.Pinned
 			refusal = refuse(http.StatusForbidden, "not-pinned", "node %s accepts only the key pinned in the site (%s), not %s", req.Node, wire.Short(mach.Enrol.Pinned), fp)
 			r.addRefused(fp, from, now)
-			g.addPending(r, fp, mac, from, csrPEM, now)
+			dropped = g.addPending(r, fp, mac, from, csrPEM, now)
 			return nil
 		}
 		if by != "" {
@@ -330,12 +331,13 @@ func (g *Registry) Submit(ctx context.Context, req wire.EnrolRequest, mach *node
 			r.dropPending(fp)
 			return nil
 		}
-		g.addPending(r, fp, mac, from, csrPEM, now)
+		dropped = g.addPending(r, fp, mac, from, csrPEM, now)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
+	g.flood(req.Node, mac, dropped)
 	switch {
 	case refusal != nil && enrolled != "":
 		g.opts.Log.Warn("enrol: another key for an enrolled node refused", "node", req.Node, "mac", mac,
@@ -373,13 +375,15 @@ func pendingStatus(st *wire.Status) *wire.Status {
 }
 
 // addPending records (or refreshes) a pending CSR, keeping at most
-// MaxPendingPerMAC for its MAC (the oldest go first).
-func (g *Registry) addPending(r *Record, fp, mac, from, csr string, now time.Time) {
+// MaxPendingPerMAC for its MAC (the oldest go first); it returns the
+// fingerprints dropped (for the caller to log once the update is done).
+func (g *Registry) addPending(r *Record, fp, mac, from, csr string, now time.Time) []string {
 	if i := r.pending(fp); i >= 0 {
 		r.Pending[i].Last, r.Pending[i].From, r.Pending[i].MAC = now, from, mac
-		return
+		return nil
 	}
 	r.Pending = append(r.Pending, Pending{Fingerprint: fp, MAC: mac, From: from, First: now, Last: now, CSR: csr})
+	var dropped []string
 	for {
 		n := 0
 		oldest := -1
@@ -392,12 +396,19 @@ func (g *Registry) addPending(r *Record, fp, mac, from, csr string, now time.Tim
 			}
 		}
 		if n <= g.opts.MaxPendingPerMAC {
-			return
+			return dropped
 		}
-		g.opts.Log.Info("enrol: too many pending CSRs for one MAC: the oldest dropped", "node", r.Node, "mac", mac,
-			"fingerprint", r.Pending[oldest].Fingerprint, "limit", g.opts.MaxPendingPerMAC)
-		g.opts.Counters.refused("flood")
+		dropped = append(dropped, r.Pending[oldest].Fingerprint)
 		r.Pending = slices.Delete(r.Pending, oldest, oldest+1)
+	}
+}
+
+// flood logs and counts the CSRs a bound dropped.
+func (g *Registry) flood(node, mac string, dropped []string) {
+	for _, fp := range dropped {
+		g.opts.Log.Info("enrol: too many pending CSRs for one MAC: the oldest dropped", "node", node, "mac", mac,
+			"fingerprint", fp, "limit", g.opts.MaxPendingPerMAC)
+		g.opts.Counters.refused("flood")
 	}
 }
 

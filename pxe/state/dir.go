@@ -26,13 +26,15 @@ type Dir struct {
 	dir string
 }
 
-// OpenDir opens (and makes) the store in dir.
+// OpenDir opens the store in dir. Nothing is made until the first
+// Update (a store that was never written reads as empty), so that reading
+// one changes nothing.
 func OpenDir(dir string) (*Dir, error) {
 	if dir == "" {
 		return nil, errors.New("state: no directory")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("state: %w", err)
+	if fi, err := os.Stat(dir); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("state: %s is not a directory", dir)
 	}
 	return &Dir{dir: dir}, nil
 }

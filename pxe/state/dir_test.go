@@ -249,3 +249,29 @@ func TestDir(t *testing.T) {
 		}
 	})
 }
+
+// TestReadMakesNothing: a store never written reads as empty, and reading
+// it makes no directory.
+func TestReadMakesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	d, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if v, err := d.Get(ctx, "enrol/nodes/a"); v != nil || err != nil {
+		t.Errorf("Get: %q %v", v, err)
+	}
+	if keys, err := d.List(ctx, "enrol/nodes/"); len(keys) != 0 || err != nil {
+		t.Errorf("List: %v %v", keys, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("reading made %s (%v)", dir, err)
+	}
+	if err := d.Update(ctx, "enrol/nodes/a", func([]byte) ([]byte, error) { return []byte("x"), nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("after the first update: %v %v", fi, err)
+	}
+}
