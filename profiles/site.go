@@ -111,7 +111,7 @@ type node struct {
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "arch"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -368,7 +368,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
+var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "conf", "overrides"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -402,6 +402,11 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "description":
 			if v.kind != kNull {
 				scalarString(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "arch":
+			if v.kind != kNull {
+				parseArch(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "stage":
