@@ -10,7 +10,15 @@
 // The cache holds, under its directory:
 //
 //	debs/FILE.deb          each package file, as the archive names it
+//	debs/FILE.deb.verified the file's identity when its SHA256 was checked
 //	unpacked/SHA256/       its content (dpkg-deb -x), one directory per file
+//	resolved/NAME_ARCH     what apt-cache show said of NAME:ARCH, and the
+//	                       state of apt's lists and settings it said it for
+//
+// apt-cache takes a second or more per call on a host that keeps no
+// package cache (Dir::Cache::pkgcache "", as container images set it): an
+// answer is reused for as long as apt's lists and settings (aptState) are
+// unchanged, and a package file's hash for as long as the file is.
 //
 // Both are written through a temporary name and renamed into place, under
 // an exclusive lock, so a fetch killed half-way leaves nothing that a later
@@ -32,6 +40,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,8 +87,13 @@ func (c *Cache) Fetch(ctx context.Context, name, arch string) (*Package, error) 
 	if log == nil {
 		log = slog.Default()
 	}
+	for _, d := range []string{"debs", "unpacked", "resolved"} {
+		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("debpkg: %w", err)
+		}
+	}
 	// 1. What apt's lists say of the candidate version.
-	rec, err := show(ctx, name, arch)
+	rec, err := c.resolve(ctx, name, arch)
 	if err != nil {
 		return nil, err
 	}
@@ -87,11 +101,6 @@ func (c *Cache) Fetch(ctx context.Context, name, arch string) (*Package, error) 
 	file := filepath.Base(rec["Filename"])
 	if p.Version == "" || p.SHA256 == "" || file == "." || file == "/" || !strings.HasSuffix(file, ".deb") {
 		return nil, fmt.Errorf("debpkg: apt-cache show %s:%s: no Version, SHA256 or Filename", name, arch)
-	}
-	for _, d := range []string{"debs", "unpacked"} {
-		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("debpkg: %w", err)
-		}
 	}
 	lock, err := os.OpenFile(filepath.Join(c.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -104,11 +113,12 @@ func (c *Cache) Fetch(ctx context.Context, name, arch string) (*Package, error) 
 
 	// 2. The file, unless the cache has it with the right hash.
 	p.Deb = filepath.Join(c.Dir, "debs", file)
-	if sum, err := fileSHA256(p.Deb); err != nil || sum != p.SHA256 {
+	if !verified(p.Deb, p.SHA256) {
 		log.Info("debpkg: downloading", "package", p.ID())
 		if err := download(ctx, c.Dir, name, arch, p.Version, p.SHA256, p.Deb); err != nil {
 			return nil, err
 		}
+		markVerified(p.Deb, p.SHA256)
 	}
 
 	// 3. Its content, unpacked once per file.
@@ -119,6 +129,112 @@ func (c *Cache) Fetch(ctx context.Context, name, arch string) (*Package, error) 
 		}
 	}
 	return p, nil
+}
+
+// aptState names the state apt answers from: its package lists and the
+// settings that choose a candidate (sources, preferences, configuration,
+// dpkg's architectures), by name, size and modification time. Variables
+// for tests.
+var aptState = []string{
+	"/var/lib/apt/lists/*", "/var/lib/dpkg/arch",
+	"/etc/apt/sources.list", "/etc/apt/sources.list.d/*",
+	"/etc/apt/preferences", "/etc/apt/preferences.d/*", "/etc/apt/apt.conf.d/*",
+}
+
+func aptStateKey() string {
+	h := sha256.New()
+	for _, g := range aptState {
+		files, _ := filepath.Glob(g)
+		for _, f := range files {
+			if st, err := os.Stat(f); err == nil {
+				fmt.Fprintf(h, "%s %d %d\n", f, st.Size(), st.ModTime().UnixNano())
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// resolve is show, through the resolved/ memo.
+func (c *Cache) resolve(ctx context.Context, name, arch string) (map[string]string, error) {
+	memo := filepath.Join(c.Dir, "resolved", name+"_"+arch)
+	key := aptStateKey()
+	if data, err := os.ReadFile(memo); err == nil {
+		if k, stanza, ok := strings.Cut(string(data), "\n"); ok && k == key {
+			if rec := parseStanza([]byte(stanza)); rec["Package"] != "" {
+				return rec, nil
+			}
+		}
+	}
+	rec, err := show(ctx, name, arch)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	b.WriteString(key + "\n")
+	for _, k := range []string{"Package", "Version", "Architecture", "Filename", "SHA256", "Depends"} {
+		if v := rec[k]; v != "" {
+			b.WriteString(k + ": " + strings.ReplaceAll(v, "\n", "\n ") + "\n")
+		}
+	}
+	// A memo is an optimisation: failing to write it is not an error.
+	writeAtomic(memo, []byte(b.String()))
+	return rec, nil
+}
+
+// verified reports whether deb is there with the hash sum, trusting the
+// .verified record of its last check while the file's identity (inode,
+// size, modification time) is the one recorded.
+func verified(deb, sum string) bool {
+	st, err := os.Stat(deb)
+	if err != nil {
+		return false
+	}
+	if rec, err := os.ReadFile(deb + ".verified"); err == nil && string(rec) == identity(st, sum) {
+		return true
+	}
+	got, err := fileSHA256(deb)
+	if err != nil || got != sum {
+		return false
+	}
+	markVerified(deb, sum)
+	return true
+}
+
+func markVerified(deb, sum string) {
+	if st, err := os.Stat(deb); err == nil {
+		writeAtomic(deb+".verified", []byte(identity(st, sum)))
+	}
+}
+
+func identity(st os.FileInfo, sum string) string {
+	var ino uint64
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = s.Ino
+	}
+	return fmt.Sprintf("%s %d %d %d\n", sum, ino, st.Size(), st.ModTime().UnixNano())
+}
+
+// writeAtomic writes a small file through a temporary one.
+func writeAtomic(p string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), p)
 }
 
 // show runs apt-cache show for the candidate of name:arch and returns its

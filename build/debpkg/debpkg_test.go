@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
@@ -105,5 +108,38 @@ func TestFetch(t *testing.T) {
 	}
 	if _, err := c.Fetch(ctx, "../etc", "arm64"); err == nil {
 		t.Error("a name with a path was accepted")
+	}
+}
+
+// TestResolveMemo: while apt's state is unchanged, a fetch of a package
+// fetched before does not run apt-cache (a failing one shadows it in
+// PATH); once the state changes, it does, and fails with it.
+func TestResolveMemo(t *testing.T) {
+	needArm64Apt(t)
+	state := filepath.Join(t.TempDir(), "lists")
+	os.WriteFile(state, []byte("1"), 0o644)
+	old := aptState
+	aptState = append(slices.Clone(old), state)
+	defer func() { aptState = old }()
+	c := &Cache{Dir: t.TempDir(), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx := context.Background()
+	first, err := c.Fetch(ctx, "busybox-static", "arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := t.TempDir()
+	os.WriteFile(filepath.Join(fake, "apt-cache"), []byte("#!/bin/sh\necho 'E: apt-cache shadowed by the test' >&2\nexit 100\n"), 0o755)
+	t.Setenv("PATH", fake+":"+os.Getenv("PATH"))
+	again, err := c.Fetch(ctx, "busybox-static", "arm64")
+	if err != nil {
+		t.Fatalf("a fetch with apt's state unchanged ran apt-cache: %v", err)
+	}
+	if *again != *first {
+		t.Errorf("the memo gave %+v, apt-cache %+v", again, first)
+	}
+	time.Sleep(10 * time.Millisecond)
+	os.WriteFile(state, []byte("22"), 0o644)
+	if _, err := c.Fetch(ctx, "busybox-static", "arm64"); err == nil || !strings.Contains(err.Error(), "apt-cache shadowed by the test") {
+		t.Errorf("a fetch after apt's state changed: %v, want apt-cache's error", err)
 	}
 }
