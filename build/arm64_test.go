@@ -1,8 +1,12 @@
 package build
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -426,5 +430,81 @@ func TestDebootstrapForeign(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(o.CacheDir, "debootstrap")); len(ents) > 1 {
 		t.Errorf("the refused bake left a debootstrap root: %v", ents)
+	}
+}
+
+// multiArchOCI writes an OCI layout whose index lists one manifest per
+// architecture, each of one layer with a file of the given content at
+// sbin/init.
+func multiArchOCI(t *testing.T, inits map[string][]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	blob := func(data []byte, media string) map[string]any {
+		sum := sha256.Sum256(data)
+		p := filepath.Join(dir, "blobs", "sha256", hex.EncodeToString(sum[:]))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return map[string]any{"digest": "sha256:" + hex.EncodeToString(sum[:]), "size": len(data), "mediaType": media}
+	}
+	var manifests []any
+	for _, a := range []string{"amd64", "arm64"} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		tw.WriteHeader(&tar.Header{Name: "sbin/", Typeflag: tar.TypeDir, Mode: 0o755})
+		tw.WriteHeader(&tar.Header{Name: "sbin/init", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(inits[a]))})
+		tw.Write(inits[a])
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		layer := blob(buf.Bytes(), "application/vnd.oci.image.layer.v1.tar")
+		cfg := blob([]byte(`{"architecture":"`+a+`","os":"linux"}`), "application/vnd.oci.image.config.v1+json")
+		m, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": cfg, "layers": []any{layer}})
+		d := blob(m, "application/vnd.oci.image.manifest.v1+json")
+		d["platform"] = map[string]string{"os": "linux", "architecture": a}
+		manifests = append(manifests, d)
+	}
+	index, _ := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestOCIStageArch: one multi-platform OCI layout baked for each
+// architecture gives each its own manifest's files (the stage check
+// passes: the index's arm64 manifest was chosen for arm64).
+func TestOCIStageArch(t *testing.T) {
+	needHost(t)
+	needARM64(t)
+	inits := map[string][]byte{
+		"amd64": mustRead(t, "/bin/busybox"),
+		"arm64": mustRead(t, filepath.Join(fetchARM64(t, BusyboxPackage).Root, "bin/busybox")),
+	}
+	dir := multiArchOCI(t, inits)
+	for _, tc := range []struct {
+		arch   string
+		kernel profiles.Kernel
+	}{
+		{"amd64", profiles.Kernel{Path: testKernel}},
+		{"arm64", profiles.Kernel{Package: "linux-image-arm64"}},
+	} {
+		t.Run(tc.arch, func(t *testing.T) {
+			sp := &profiles.ImageSpec{Profile: "oci", Chain: []string{"oci"}, Arch: tc.arch, Stage: profiles.Stage{OCI: dir}, Kernel: tc.kernel, Outputs: []string{"initramfs"}}
+			o := arm64Options(t)
+			m, err := Image(context.Background(), sp, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tree := unpack(t, filepath.Join(m.Stats.Dir, InitramfsFile))
+			e := tree.Get("sbin/init")
+			if e == nil {
+				t.Fatal("no /sbin/init")
+			}
+			if got := readAll(t, e.Data); !bytes.Equal(got, inits[tc.arch]) {
+				t.Errorf("/sbin/init is not the %s manifest's", tc.arch)
+			}
+		})
 	}
 }
