@@ -68,9 +68,20 @@ func wantsMedia(outputs []string) bool {
 //  2. disk.raw: the ESP, the whole image tree as a squashfs written
 //     straight into the root partition, and the config volume;
 //  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
-//     the bundle as files, and ISOLINUX for BIOS (see addISOLINUX).
+//     the bundle as files, and (amd64 only) ISOLINUX for BIOS (see
+//     addISOLINUX).
+//
+// systemd-boot is the architecture's (BOOTX64.EFI, BOOTAA64.EFI): the
+// build host's, or Debian's systemd-boot-efi for arm64, fetched.
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
 	epoch := b.epoch()
+	loader, loaderIn, err := b.systemdBootFor(ctx, im.arch)
+	if err != nil {
+		return fmt.Errorf("media: boot loader: %w", err)
+	}
+	if loaderIn != nil {
+		m.Inputs = append(m.Inputs, *loaderIn)
+	}
 	kernel := filepath.Join(dir, KernelFile)
 	initrd, err := b.mediaInitrd(ctx, im, dir)
 	if err != nil {
@@ -95,6 +106,8 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			Cmdline: cmdline(arg),
 			Title:   "bellbuild " + im.spec.Profile,
 			Epoch:   epoch,
+			Loader:  loader,
+			Arch:    im.arch,
 		})
 	}
 	root := im.fullTree()
@@ -126,6 +139,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 				return squashfs.Write(w, root, sqOpts)
 			},
 			Config:   conf,
+			Arch:     im.arch,
 			DataSize: dataSize(im),
 		})
 		if err != nil {
@@ -160,15 +174,19 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		files := fstree.New()
 		files.Add(fstree.Entry{Path: ISORootPath, Type: fstree.Regular, Mode: 0o444, Size: n, Data: fstree.File(sq.Name())})
 		files.AddFile(ISOConfigPath, bundle, 0o444, 0, 0)
-		if err := addISOLINUX(files, kernel, initrd, cmdline(ISORootArg), im.spec.Profile); err != nil {
-			return fmt.Errorf("iso: BIOS boot: %w", err)
+		bios := ""
+		if im.arch == "amd64" {
+			if err := addISOLINUX(files, kernel, initrd, cmdline(ISORootArg), im.spec.Profile); err != nil {
+				return fmt.Errorf("iso: BIOS boot: %w", err)
+			}
+			bios = isolinuxPath
 		}
 		files.Reproducible(epoch)
 		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
 		if err != nil {
 			return err
 		}
-		err = iso.Write(out, files, iso.Options{VolumeID: layout.ISOLabel, Epoch: epoch, ESP: t, BIOS: isolinuxPath})
+		err = iso.Write(out, files, iso.Options{VolumeID: layout.ISOLabel, Epoch: epoch, ESP: t, BIOS: bios})
 		if err == nil {
 			err = out.Sync()
 		}
@@ -249,7 +267,7 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 		if err != nil {
 			return "", err
 		}
-		mods, err := stageModuleTree(stage, im.kernel.version, b.opts.Modules)
+		mods, err := stageModuleTree(stage, im.kernel.version, b.modules(im.arch))
 		if err != nil {
 			return "", err
 		}
@@ -258,14 +276,9 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 	t.Merge(im.applier)
 	t.Merge(im.config)
 	if im.spec.Persist {
-		bin := b.opts.Busybox
-		for _, p := range BusyboxPaths {
-			if _, err := os.Stat(p); bin == "" && err == nil {
-				bin = p
-			}
-		}
-		if bin == "" {
-			return "", fmt.Errorf("persist: no busybox at %s to format the data partition (apt-get install busybox-static)", strings.Join(BusyboxPaths, " or "))
+		bin, _, err := b.busyboxFor(ctx, im.arch)
+		if err != nil {
+			return "", fmt.Errorf("persist: busybox to format the data partition: %w", err)
 		}
 		real, err := filepath.EvalSymlinks(bin)
 		if err != nil {

@@ -15,7 +15,10 @@ import (
 type ImageSpec struct {
 	Profile, Description string
 	// Chain is the inheritance chain, parents first, Profile last.
-	Chain  []string
+	Chain []string
+	// Arch is the architecture the image is for, one of Arches; "" means
+	// DefaultArch.
+	Arch   string
 	Stage  Stage
 	Kernel Kernel
 	// Cmdline is the kernel command line, one argument per item.
@@ -66,11 +69,14 @@ type Debootstrap struct {
 	Include []string
 }
 
-// Kernel says where the image's kernel comes from: Path (a host file) or
-// From "stage" (the stage's own /boot). Modules are found beside it.
+// Kernel says where the image's kernel comes from: Path (a host file),
+// From "stage" (the stage's own /boot), or Package (a Debian kernel package
+// for the image's architecture, e.g. linux-image-arm64, fetched and
+// unpacked, never installed). Modules are found beside it.
 type Kernel struct {
-	Path string
-	From string
+	Path    string
+	From    string
+	Package string
 }
 
 var stageKinds = []string{"busybox", "tarball", "oci", "dir", "debootstrap", "profile"}
@@ -165,13 +171,25 @@ func parseKernel(v *value, path string, errs *ErrorList) (Kernel, bool) {
 				errs.Add(e.val.pos, fp, "%q: the only source is stage", k.From)
 				ok = false
 			}
+		case "package":
+			k.Package, _ = scalarString(e.val, fp, errs)
+			if k.Package == "" {
+				errs.Add(e.val.pos, fp, "empty")
+				ok = false
+			}
 		default:
-			errs.Add(e.kpos, fp, "unknown key %q (want path or from)", e.key)
+			errs.Add(e.kpos, fp, "unknown key %q (want path, from or package)", e.key)
 			ok = false
 		}
 	}
-	if (k.Path == "") == (k.From == "") && ok {
-		errs.Add(v.pos, path, "set exactly one of path and from")
+	set := 0
+	for _, s := range []string{k.Path, k.From, k.Package} {
+		if s != "" {
+			set++
+		}
+	}
+	if set != 1 && ok {
+		errs.Add(v.pos, path, "set exactly one of path, from and package")
 		ok = false
 	}
 	return k, ok
@@ -242,6 +260,9 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	spec := &ImageSpec{Profile: profile, Chain: slices.Clone(r.chain), Outputs: []string{"initramfs"}, SiteDir: s.dir}
 	if v := r.fields["description"]; v != nil {
 		spec.Description = v.text
+	}
+	if v := r.fields["arch"]; v != nil && v.kind != kNull {
+		spec.Arch, _ = parseArch(v, "arch", &errs)
 	}
 	if v := r.fields["stage"]; v != nil {
 		st, _ := parseStage(v, "stage", &errs)

@@ -128,7 +128,7 @@ type node struct {
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait", "arch"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -401,7 +401,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait"}
+var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -435,6 +435,11 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "description":
 			if v.kind != kNull {
 				scalarString(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "arch":
+			if v.kind != kNull {
+				parseArch(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "stage":

@@ -28,6 +28,9 @@ var allowed = map[string][]string{
 	// reads there, so it depends on neither.
 	"images/layout": {},
 	"build":         {"build", "profiles", "profiles/nodeconf", "images"},
+	// Debian packages fetched for another architecture (apt-get download,
+	// dpkg-deb -x): it knows nothing of images or the site.
+	"build/debpkg": {},
 	// firstboot/boot's init loads kernel modules with the modules.dep
 	// reader the bake chose them with, and finds what the bake put in the
 	// image where images/layout says.

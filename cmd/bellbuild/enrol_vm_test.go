@@ -67,6 +67,7 @@ func TestEnrolmentVMs(t *testing.T) {
 	ns := newNetns(t, 4)
 	bin := testtool.Binary(t)
 	site := t.TempDir()
+	writeTestFile(t, filepath.Join(site, "site.yaml"), "domain: example.org\n")
 	writeTestFile(t, filepath.Join(site, "profiles/lab.yaml"), enrolVMProfile)
 	writeTestFile(t, filepath.Join(site, "nodes.yaml"), enrolVMNodes)
 	if out, err := exec.Command(bin, "pki", "init", "-C", site, "--root-out", t.TempDir()).CombinedOutput(); err != nil {

@@ -56,7 +56,7 @@ func TestValidateCommand(t *testing.T) {
 		out, err   string
 		errContain string
 	}{
-		{name: "embedded site", args: []string{"validate"}, out: "ok: 3 profiles, 2 nodes\n"},
+		{name: "embedded site", args: []string{"validate"}, out: "ok: 4 profiles, 2 nodes\n"},
 		{name: "fleet example", args: []string{"validate", "-C", "../../examples/fleet"}, out: "ok: 6 profiles, 10 nodes\n"},
 		{name: "Divingbell values", args: []string{"validate", "--values", "../../profiles/testdata/divingbell/values.yaml"}, out: "ok: 1 profiles, 0 nodes\n"},
 		{name: "bad site: every error, one per line", args: []string{"validate", "-C", bad}, code: 1, err: wantBad.String()},

@@ -78,6 +78,9 @@ type Spec struct {
 	Config *fstree.Tree
 	// ConfigSize is the config volume's size; 0: the smallest FAT32.
 	ConfigSize int64
+	// Arch is the architecture the disk boots ("" is AMD64): the root
+	// partition's GPT type is that architecture's root type.
+	Arch string
 	// DataSize, when > 0, adds the data partition (belldata) of that many
 	// bytes (rounded up to MiB) after the config volume. It is written as
 	// zeros, i.e. not at all: the image file stays sparse.
@@ -184,6 +187,10 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 	if (spec.Root == nil) == (spec.RootFunc == nil) {
 		return nil, fmt.Errorf("disk: root: give exactly one of Root and RootFunc")
 	}
+	info, err := lookupArch(spec.Arch)
+	if err != nil {
+		return nil, err
+	}
 	espSize, confSize, err := fatSizes(spec)
 	if err != nil {
 		return nil, err
@@ -242,7 +249,7 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 		return nil, fmt.Errorf("disk: config: %w", err)
 	}
 	// 4. The GPT, with GUIDs derived from the content.
-	if err := writeGPT(f, l); err != nil {
+	if err := writeGPT(f, l, info.rootType); err != nil {
 		return nil, err
 	}
 	if err := f.Sync(); err != nil {
@@ -287,8 +294,8 @@ func writeFAT(f *os.File, p *Partition, t *fstree.Tree, label string) error {
 }
 
 // writeGPT derives every GUID and writes the protective MBR and both GPTs.
-func writeGPT(f *os.File, l *Layout) error {
-	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: gpt.LinuxRootX86_64, ConfigName: gpt.LinuxFilesystem, DataName: gpt.LinuxFilesystem}
+func writeGPT(f *os.File, l *Layout, rootType gpt.Type) error {
+	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: rootType, ConfigName: gpt.LinuxFilesystem, DataName: gpt.LinuxFilesystem}
 	all := sha256.New()
 	table := &gpt.Table{LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true}
 	for i := range l.Partitions {

@@ -34,8 +34,11 @@ type Boot struct {
 	// Title is the boot menu title; "" means "bellbuild".
 	Title string
 	// Loader is the UEFI boot loader to install as the removable-media
-	// default EFI/BOOT/BOOTX64.EFI; "" means SystemdBoot.
+	// default (EFI/BOOT/BOOTX64.EFI, BOOTAA64.EFI on arm64); "" means
+	// SystemdBoot on amd64, and is an error on another architecture.
 	Loader string
+	// Arch is the architecture booted ("" is AMD64).
+	Arch string
 	// Epoch is every file's modification time (SOURCE_DATE_EPOCH).
 	Epoch int64
 }
@@ -45,9 +48,16 @@ type Boot struct {
 // loader.conf that boots the one entry at once, and the entry with the
 // kernel, the initramfs and the command line.
 func ESP(b Boot) (*fstree.Tree, error) {
+	info, err := lookupArch(b.Arch)
+	if err != nil {
+		return nil, err
+	}
 	loader := b.Loader
-	if loader == "" {
+	if loader == "" && info.loaderPath == BootLoaderPath {
 		loader = SystemdBoot
+	}
+	if loader == "" {
+		return nil, fmt.Errorf("disk: no boot loader for %s", b.Arch)
 	}
 	st, err := os.Stat(loader)
 	if err != nil {
@@ -64,7 +74,7 @@ func ESP(b Boot) (*fstree.Tree, error) {
 		return nil, fmt.Errorf("disk: title and command line must be one line each")
 	}
 	t := fstree.New()
-	t.Add(fstree.Entry{Path: BootLoaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
+	t.Add(fstree.Entry{Path: info.loaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
 	t.AddFile(LoaderConfPath, []byte("timeout 0\ndefault bellbuild.conf\neditor no\nconsole-mode keep\n"), 0o644, 0, 0)
 	entry := "title " + title + "\nlinux /" + KernelPath + "\n"
 	t.Add(fstree.Entry{Path: KernelPath, Type: fstree.Regular, Mode: 0o644, Size: b.KernelSize, Data: b.Kernel})
