@@ -223,7 +223,7 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles/secrets", "profiles", false},
-		{"profiles/secrets", "profiles/nodeconf", false},
+		{"profiles/secrets", "profiles/nodeconf", true}, // its values are nodeconf.Secrets
 		{"profiles", "profiles/secrets", true},
 		{"firstboot", "profiles/secrets", false},
 		{"pxe/http", "profiles/secrets", false},
