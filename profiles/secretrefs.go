@@ -272,7 +272,7 @@ func (s *Site) resolveSecrets(r *rendered, res secrets.Resolver) (*nodeconf.Node
 	shown := map[string]string{} // a value → how it is shown
 	var resolved []secretUse
 	for i, ref := range n.Secrets {
-		if ref.Name == "" || !ref.Withheld {
+		if ref.Name == "" || !ref.Withheld || res == nil {
 			continue
 		}
 		u := r.secrets[i]
@@ -332,7 +332,7 @@ func redact(msg string, shown map[string]string) string {
 
 // RenderNodeSecrets is RenderNode with the node's secret values in place:
 // its references resolved through res, its inline secret values kept. A
-// reference res has no identity for (secrets.ErrNoIdentity) stays
+// nil res resolves nothing; a reference res has no identity for (secrets.ErrNoIdentity) stays
 // withheld, as in a public configuration (n.Withheld() says so); a
 // secret res cannot decrypt, or a value the applier would refuse, is an
 // ErrorList naming the line that referred to it. What it returns is the

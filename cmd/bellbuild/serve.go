@@ -53,6 +53,12 @@ With a site PKI, node.json (like the image's bundle) carries the nodes'
 certificates (issued from the private directory: --private,
 $BELLBUILD_PRIVATE, else SITE/private), never their private keys: on a
 network-booted node the credentials are pending until their keys come.
+Likewise node.json never holds a secret value of the site ("!secret
+NAME", or a password hash or private file written inline): it names them,
+and the node applies the rest. --identity FILE (or
+$BELLBUILD_AGE_IDENTITY) is the age identity that decrypts the site's
+secrets for the configurations an approved node is given over mutual
+TLS; serve refuses to start when it cannot decrypt every one of them.
 
 The boot network is the site's (SITE/site.yaml's network: server,
 subnet, pools) where it declares one: --server-ip and --pool replace
@@ -83,6 +89,7 @@ Example:
 			var o serveFlags
 			o.site.register(fs)
 			registerPrivate(fs, &o.private)
+			registerIdentity(fs, &o.identities, "approved nodes' configurations")
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
 			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
@@ -115,6 +122,7 @@ Example:
 type serveFlags struct {
 	site                     siteFlags
 	private                  string
+	identities               []string
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
@@ -131,10 +139,14 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
 		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
 	}
-	// 1. Load the site.
+	// 1. Load the site, and the identity that decrypts its secrets.
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
+	}
+	configs, err := serveConfigs(site, o.identities, o.private)
+	if err != nil {
+		return err
 	}
 	// 2. Work out the boot network and check every node's fixed address
 	// against it, before anything is opened.
@@ -176,6 +188,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if err != nil {
 		return err
 	}
+	backend.configs = configs
 	// 4. Serve until interrupted. Boot lines go through a buffer flushed
 	// every 100 ms: a DHCP storm logs thousands of lines a second, and one
 	// write each would cost more than answering the packet.
@@ -302,6 +315,9 @@ func parsePool(s string, subnet netip.Prefix) (profiles.Pool, error) {
 type siteBackend struct {
 	byMAC map[string]*pxe.Machine
 	def   *pxe.Machine // nil: unknown MACs do not boot
+	// configs gives an approved node its resolved configuration (nil
+	// without an identity); never served over plain HTTP or TFTP.
+	configs *nodeConfigs
 }
 
 // NodeFile is the name each node's rendered configuration is served as
@@ -328,7 +344,8 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		}
 		nodes[i] = node
 	}
-	// Served over plain HTTP and TFTP: certificates, never keys.
+	// Served over plain HTTP and TFTP: certificates, never keys, and
+	// no secret value (RenderNode is the public configuration).
 	if err := certify(ctx, site, private, nodes, publicOnly, true); err != nil {
 		return nil, err
 	}
