@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -112,6 +113,17 @@ var ErrLocked = errors.New("another bellbuild apply is running on this root")
 // The returned error is non-nil only when the run could not start (invalid
 // configuration, lock, unreadable ledger); per-item errors are in the Report.
 func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, error) {
+	// What the run says never holds a secret value (redact.go).
+	red := newRedactor(node)
+	if opts.Log != nil {
+		opts.Log = slog.New(red.handler(opts.Log.Handler()))
+	}
+	rep, err := apply(ctx, opts, node, red)
+	red.report(rep)
+	return rep, red.err(err)
+}
+
+func apply(ctx context.Context, opts Options, node *nodeconf.Node, red *redactor) (*Report, error) {
 	rep := &Report{Node: node.Node, Profile: node.Profile, Plan: opts.Plan, Changes: []host.Change{}, Errors: []string{}}
 	// What waits for a secret value this configuration lacks is held:
 	// neither applied nor reverted (hold.go).
@@ -201,6 +213,7 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	}
 	rep.Pending = append(rep.Pending, hold.pending...)
 	rep.Changes = append(rep.Changes, h.Changes()...)
+	red.report(rep)
 	if !opts.Plan {
 		data, _ := json.MarshalIndent(rep, "", "  ")
 		if err := h.WriteFile("var/lib/bellbuild/last-run.json", append(data, '\n'), 0o600, 0, 0); err != nil {

@@ -2,6 +2,7 @@ package firstboot
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -192,4 +193,64 @@ func TestHeldOwner(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(root, "etc/admin.conf")); err != nil || fi.Sys().(*syscall.Stat_t).Uid < 1000 {
 		t.Errorf("admin.conf once the user is there: %v", err)
 	}
+}
+
+// TestSecretsNotShown: a resolved configuration's secret values — a
+// sysctl value, a unit's content (mode 0644: a plan would show a small
+// file's change), a limit — appear in no change of a plan or a run, no
+// report, no log line and no error: each shows as its reference.
+func TestSecretsNotShown(t *testing.T) {
+	const (
+		sysctlValue = "SYSCTL-SECRET-1a2b"
+		unitValue   = "[Service]\nEnvironment=TOKEN=UNIT-SECRET-3c4d\n"
+		limitValue  = "LIMIT SECRET-5e6f" // white space: refused, quoted by validation
+	)
+	root := t.TempDir()
+	buildRoot(t, root, rootTree{
+		"/etc/systemd/system/web.service": fileEntry("0644", "0:0", "[Service]\nold\n"),
+		"/etc/sysctl.d/60-bellbuild.conf": fileEntry("0644", "0:0", "# by hand\n"),
+	})
+	node := &nodeconf.Node{Node: "n1", Profile: "p", Conf: nodeconf.Conf{
+		Sysctl: map[string]string{"kernel.token": sysctlValue},
+		Units:  map[string]nodeconf.Unit{"web.service": {Content: unitValue}},
+	}, Secrets: []nodeconf.SecretRef{
+		{Path: `conf.sysctl["kernel.token"]`, Name: "token"},
+		{Path: `conf.units["web.service"].content`, Name: "unit-token"},
+	}}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	check := func(what, out string) {
+		t.Helper()
+		for _, v := range []string{"SYSCTL-SECRET", "UNIT-SECRET", "SECRET-5e6f"} {
+			if strings.Contains(out, v) {
+				t.Errorf("%s shows %s:\n%s", what, v, out)
+			}
+		}
+	}
+	for _, plan := range []bool{true, false} {
+		rep, err := Apply(context.Background(), Options{RootDir: root, Plan: plan, Log: log}, node)
+		if err != nil || len(rep.Errors) > 0 {
+			t.Fatalf("Apply: %v %v", err, rep.Errors)
+		}
+		text := PlanText(rep)
+		check("the plan", text)
+		if plan && (!strings.Contains(text, `kernel.token = <secret token>`) || !strings.Contains(text, `-> "<secret unit-token>"`)) {
+			t.Errorf("the plan does not show the references:\n%s", text)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(root, "var/lib/bellbuild/last-run.json"))
+	check("last-run.json", string(b))
+	check("the log", logs.String())
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/systemd/system/web.service")); string(b) != unitValue {
+		t.Errorf("the unit holds %q", b)
+	}
+
+	node.Conf.Limits = map[string]nodeconf.Limit{"web": {Domain: "*", Type: "soft", Item: "nofile", Value: limitValue}}
+	node.Secrets = append(node.Secrets, nodeconf.SecretRef{Path: "conf.limits.web.value", Name: "limit"})
+	rep, err := Apply(context.Background(), Options{RootDir: root, Log: log}, node)
+	if err == nil || !strings.Contains(err.Error(), `"<secret limit>" contains white space`) {
+		t.Errorf("a refused value: %v", err)
+	}
+	check("the error", err.Error())
+	check("the report's errors", strings.Join(rep.Errors, "\n"))
 }
