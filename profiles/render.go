@@ -261,9 +261,8 @@ type rendered struct {
 	// certAt says where each of node.Certificates was asked for.
 	certAt []Pos
 	// secrets are node.Secrets, in order, with where the site wrote
-	// each; warnings are the inline ones' (inlineWarnings).
-	secrets  []secretUse
-	warnings ErrorList
+	// each.
+	secrets []secretUse
 }
 
 // render renders profile for a machine with labels, host name and own
@@ -339,7 +338,7 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 		n.Secrets = append(n.Secrets, ref)
 	}
 	s.setServices(n, svcs)
-	return &rendered{node: n, tree: tree, secrets: uses, warnings: s.inlineWarnings(&conf, uses)}, nil
+	return &rendered{node: n, tree: tree, secrets: uses}, nil
 }
 
 func (s *Site) renderNode(name string) (*rendered, error) {
@@ -492,6 +491,9 @@ func (s *Site) validateRendered(errs *ErrorList) {
 	}
 	results := make([]error, len(jobs))
 	warnings := make([]ErrorList, len(jobs))
+	// An inline secret is warned about once per place (warned), in the
+	// first render that meets it.
+	var warned sync.Map
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
@@ -500,33 +502,20 @@ func (s *Site) validateRendered(errs *ErrorList) {
 				r, err := jobs[i]()
 				results[i] = err
 				if r != nil {
-					warnings[i] = r.warnings
+					warnings[i] = s.inlineWarnings(&r.node.Conf, r.secrets, &warned)
 				}
 			}
 		})
 	}
 	wg.Wait()
-	for _, err := range results {
+	for i, err := range results {
 		var l ErrorList
 		if errors.As(err, &l) {
 			*errs = append(*errs, l...)
 		} else if err != nil {
 			errs.Add(Pos{}, "", "%v", err)
 		}
-	}
-	// A warning once per place: a value of a named list has another path
-	// in another render (users[0] here, users[1] there).
-	var all ErrorList
-	for _, w := range warnings {
-		all = append(all, w...)
-	}
-	all.Sort()
-	warned := map[Pos]bool{}
-	for _, w := range all {
-		if !warned[w.Pos] {
-			warned[w.Pos] = true
-			*errs = append(*errs, w)
-		}
+		*errs = append(*errs, warnings[i]...)
 	}
 	errs.Sort()
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"go.yaml.in/yaml/v3"
 
@@ -163,14 +164,18 @@ func inlineUses(conf *nodeconf.Conf, refs []secretUse, tree *value, keys keyFind
 }
 
 // inlineWarnings warns, for each value written inline that is a secret
-// whatever its form, with the command that moves it into the store.
-func (s *Site) inlineWarnings(conf *nodeconf.Conf, uses []secretUse) ErrorList {
+// whatever its form, with the command that moves it into the store: once
+// per place (warned holds the places warned about already).
+func (s *Site) inlineWarnings(conf *nodeconf.Conf, uses []secretUse, warned *sync.Map) ErrorList {
 	var out ErrorList
 	if s.embedded || s.storeArg == "" {
 		return nil
 	}
 	for _, u := range uses {
 		if u.name != "" || u.pos.File == "" {
+			continue
+		}
+		if _, done := warned.LoadOrStore(u.pos, true); done {
 			continue
 		}
 		name := suggestName(conf, u.path)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // A rendered node says which of its values are secrets: Node.Secrets lists
@@ -133,11 +134,13 @@ func (c *Conf) InlineSecrets() []string {
 	}
 	conf := *c
 	conf.X509 = nil // issued material, never the site's text
-	walkText(reflect.ValueOf(conf), "conf", func(path, s string) {
-		if HoldsPrivateKey(s) {
-			set[path] = true
-		}
-	})
+	if anyPrivateKey(reflect.ValueOf(conf)) {
+		// Some text holds a private key (rare): find where.
+		walkText(reflect.ValueOf(conf), []pathSeg{{key: "conf", idx: -1}}, func(segs []pathSeg, s string) bool {
+			set[joinPath(segs)] = true
+			return false
+		})
+	}
 	out := make([]string, 0, len(set))
 	for p := range set {
 		out = append(out, p)
@@ -166,40 +169,113 @@ func (f File) Private() bool {
 	return err == nil && m&0o004 == 0
 }
 
-// walkText calls fn for every text value under v (a Conf or a part of
-// it), with its path.
-func walkText(v reflect.Value, path string, fn func(path, s string)) {
+// walkText calls found for every text value under v (a Conf or a part of
+// it) that holds a private key, with its path (segs, extended as it goes:
+// the path is built only for what is found), until found returns true;
+// it reports whether one did.
+func walkText(v reflect.Value, segs []pathSeg, found func([]pathSeg, string) bool) bool {
 	switch v.Kind() {
 	case reflect.Pointer:
 		if !v.IsNil() {
-			walkText(v.Elem(), path, fn)
+			return walkText(v.Elem(), segs, found)
 		}
 	case reflect.Struct:
-		t := v.Type()
-		for i := range t.NumField() {
-			if name := yamlName(t.Field(i)); name != "" {
-				walkText(v.Field(i), path+Key(name), fn)
+		for i, name := range yamlNames(v.Type()) {
+			if name != "" && walkText(v.Field(i), append(segs, pathSeg{key: name, idx: -1}), found) {
+				return true
 			}
 		}
 	case reflect.Map:
-		for _, k := range v.MapKeys() {
-			walkText(v.MapIndex(k), path+Key(k.String()), fn)
+		for it := v.MapRange(); it.Next(); {
+			if walkText(it.Value(), append(segs, pathSeg{key: it.Key().String(), idx: -1}), found) {
+				return true
+			}
 		}
 	case reflect.Slice:
 		for i := range v.Len() {
-			walkText(v.Index(i), path+Index(i), fn)
+			if walkText(v.Index(i), append(segs, pathSeg{idx: i}), found) {
+				return true
+			}
 		}
 	case reflect.String:
-		fn(path, v.String())
+		return HoldsPrivateKey(v.String()) && found(segs, v.String())
 	}
+	return false
 }
 
-func yamlName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-	if name == "-" {
-		return ""
+var stringMap = reflect.TypeFor[map[string]string]()
+
+// anyPrivateKey reports whether any text under v holds a private key
+// (walkText without paths: every render asks, and the answer is almost
+// always no).
+func anyPrivateKey(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.Pointer:
+		return !v.IsNil() && anyPrivateKey(v.Elem())
+	case reflect.Struct:
+		for i, name := range yamlNames(v.Type()) {
+			if name != "" && anyPrivateKey(v.Field(i)) {
+				return true
+			}
+		}
+	case reflect.Map:
+		if v.Type() == stringMap {
+			for _, s := range v.Interface().(map[string]string) {
+				if HoldsPrivateKey(s) {
+					return true
+				}
+			}
+			return false
+		}
+		for it := v.MapRange(); it.Next(); {
+			if anyPrivateKey(it.Value()) {
+				return true
+			}
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			if anyPrivateKey(v.Index(i)) {
+				return true
+			}
+		}
+	case reflect.String:
+		return HoldsPrivateKey(v.String())
 	}
-	return name
+	return false
+}
+
+// joinPath writes segments as Key and Index do.
+func joinPath(segs []pathSeg) string {
+	var b strings.Builder
+	for i, s := range segs {
+		switch {
+		case s.idx >= 0:
+			b.WriteString(Index(s.idx))
+		case i == 0:
+			b.WriteString(s.key)
+		default:
+			b.WriteString(Key(s.key))
+		}
+	}
+	return b.String()
+}
+
+// fieldNames caches each struct type's YAML field names ("" for none).
+var fieldNames sync.Map // reflect.Type → []string
+
+func yamlNames(t reflect.Type) []string {
+	if v, ok := fieldNames.Load(t); ok {
+		return v.([]string)
+	}
+	names := make([]string, t.NumField())
+	for i := range names {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if name != "-" {
+			names[i] = name
+		}
+	}
+	fieldNames.Store(t, names)
+	return names
 }
 
 // pathSeg is one step of a field path: a field or map key, or a list
@@ -282,9 +358,8 @@ func visitValue(v reflect.Value, segs []pathSeg, fn func(reflect.Value)) error {
 		if s.idx >= 0 {
 			return ErrNoField
 		}
-		t := v.Type()
-		for i := range t.NumField() {
-			if yamlName(t.Field(i)) == s.key {
+		for i, name := range yamlNames(v.Type()) {
+			if name != "" && name == s.key {
 				return visitValue(v.Field(i), segs[1:], fn)
 			}
 		}
@@ -452,9 +527,8 @@ func (c Conf) Without(held []HeldItem) (Conf, error) {
 	}
 	for m := range whole {
 		v := reflect.ValueOf(&out).Elem()
-		t := v.Type()
-		for i := range t.NumField() {
-			if yamlName(t.Field(i)) == m {
+		for i, name := range yamlNames(v.Type()) {
+			if name == m {
 				v.Field(i).SetZero()
 			}
 		}
