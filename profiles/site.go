@@ -34,6 +34,7 @@ import (
 	"sync"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/profiles/secrets"
 )
 
 // Site is a loaded, checked site. It is immutable and safe for concurrent
@@ -63,6 +64,13 @@ type Site struct {
 	servicesSource string
 	// noFacts is every service's fact, false: a node's start.
 	noFacts map[string]bool
+	// store is the site's secret store (nil for the embedded site);
+	// storeArg names the site in the commands messages suggest (the
+	// directory as given to Load); refNames are the secrets the site
+	// refers to (secretrefs.go).
+	store    *secrets.Store
+	storeArg string
+	refNames map[string]bool
 }
 
 // NodeInfo is one inventory entry.
@@ -143,7 +151,7 @@ var defaultSite = sync.OnceValues(func() (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadFS(embedFS{sub}, "", "embedded:")
+	return loadFS(embedFS{sub}, "", "embedded:", nil)
 })
 
 // Default returns the site embedded in the binary: a `minimal` busybox
@@ -169,7 +177,11 @@ func Load(dir string) (*Site, error) {
 		return nil, ErrorList{{Pos: Pos{File: filepath.Join(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
 	}
 	defer root.Close()
-	s, err := loadFS(rootFS{root}, dir, "")
+	store, err := secrets.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load site: %w", err)
+	}
+	s, err := loadFS(rootFS{root}, dir, "", store)
 	if s != nil {
 		s.dir = abs
 		for _, p := range s.profiles {
@@ -195,13 +207,15 @@ func displayName(prefix, rel string) string {
 }
 
 // loadFS loads a site from fsys; files are named in messages as
-// displayName(dir, rel) and in Sources as srcPrefix+rel.
-func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
+// displayName(dir, rel) and in Sources as srcPrefix+rel. store is the
+// site's secret store (nil: none).
+func loadFS(fsys siteFS, dir, srcPrefix string, store *secrets.Store) (*Site, error) {
+	var errs ErrorList
+	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{},
+		store: store, storeArg: dir}
 	if srcPrefix != "" {
 		dir = srcPrefix
 	}
-	var errs ErrorList
-	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{}}
 	ents, err := fsys.readDir("profiles")
 	if err != nil {
 		msg := "not a site: no profiles directory"
@@ -230,6 +244,7 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			continue
 		}
 		p := parseProfile(name, root, file, &errs)
+		s.checkRefs(root, "", &errs)
 		p.source = srcPrefix + rel
 		s.profiles[name] = p
 		s.names = append(s.names, name)
@@ -245,6 +260,7 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 		file := displayName(dir, "nodes.yaml")
 		if root := readYAML(fsys, "nodes.yaml", file, &errs); root != nil {
 			s.parseNodes(root, &errs)
+			s.checkRefs(root, "", &errs)
 			s.nodesSource = srcPrefix + "nodes.yaml"
 		}
 	}
@@ -252,12 +268,14 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 		file := displayName(dir, SiteFile)
 		if root := readYAML(fsys, SiteFile, file, &errs); root != nil {
 			s.parseSiteFile(root, &errs)
+			s.checkRefs(root, "", &errs)
 		}
 	}
 	if fsys.exists(ServicesFile) {
 		file := displayName(dir, ServicesFile)
 		if root := readYAML(fsys, ServicesFile, file, &errs); root != nil {
 			s.parseServices(root, &errs)
+			s.checkRefs(root, "", &errs)
 			s.servicesSource = srcPrefix + ServicesFile
 		}
 	}
@@ -510,6 +528,7 @@ func parseConf(v *value, path string, allowDB bool, errs *ErrorList) (conf, db *
 		v = without(v, "overrides")
 	}
 	conf = normalizeConf(v, path, errs)
+	markRefs(conf)
 	checkConf(conf, path, errs)
 	return conf, db
 }
@@ -930,6 +949,14 @@ func LoadValues(file string) (*Site, error) {
 	if abs, err := filepath.Abs(file); err == nil {
 		p.source = abs
 	}
+	// A values file's secrets are those of the directory it is in:
+	// DIR/secrets/NAME.age.
+	store, err := secrets.Open(filepath.Dir(file))
+	if err != nil {
+		return nil, fmt.Errorf("load values: %w", err)
+	}
+	s := &Site{dir: filepath.Dir(p.source), profiles: map[string]*profile{p.name: p}, names: []string{p.name},
+		byName: map[string]*node{}, byMAC: map[string]*node{}, store: store, storeArg: filepath.Dir(file)}
 	if expectFileMap(root, &errs) {
 		if c := root.get("conf"); c != nil {
 			if c.kind == kMap {
@@ -939,18 +966,18 @@ func LoadValues(file string) (*Site, error) {
 			}
 			p.conf, p.db = parseConf(c, "conf", true, &errs)
 		}
+		s.checkRefs(root, "", &errs)
 	}
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
-	s := &Site{dir: filepath.Dir(p.source), profiles: map[string]*profile{p.name: p}, names: []string{p.name},
-		byName: map[string]*node{}, byMAC: map[string]*node{}}
 	s.resolveAll(&errs)
-	if len(errs) == 0 {
+	if len(errs.Errors()) == 0 {
 		s.validateRendered(&errs)
 	}
-	if len(errs) > 0 {
+	if len(errs.Errors()) > 0 {
 		return nil, errs.Err()
 	}
+	s.warnings = errs.Warnings()
 	return s, nil
 }

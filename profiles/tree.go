@@ -74,6 +74,8 @@ func (v *value) describe() string {
 		return v.kind.String()
 	}
 	switch v.tag {
+	case tagSecret, tagSecretRef:
+		return "a secret (!secret " + v.text + "): only a text value can be a secret"
 	case "!!int":
 		return "integer " + v.text
 	case "!!float":
@@ -153,6 +155,10 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value 
 	if !budget.spend(pos, 1, size, errs) {
 		return &value{kind: kNull, pos: pos, tag: reported}
 	}
+	if n.Tag == tagSecret && n.Kind != yaml.ScalarNode {
+		errs.Add(pos, "", "!secret takes a name (!secret NAME), not a %s", map[yaml.Kind]string{yaml.SequenceNode: "list", yaml.MappingNode: "map"}[n.Kind])
+		return &value{kind: kNull, pos: pos, tag: reported}
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
@@ -163,6 +169,9 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value 
 		v := *convert(n.Alias, file, errs, budget)
 		return &v
 	case yaml.ScalarNode:
+		if n.Tag == tagSecret {
+			return secretRef(n, pos, errs)
+		}
 		if n.ShortTag() == "!!null" {
 			return &value{kind: kNull, pos: pos}
 		}

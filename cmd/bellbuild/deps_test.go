@@ -21,7 +21,7 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles/secrets":  {},                                                                    // the site's secret store (age files); the site model reads it through secrets.Resolver
+	"profiles/secrets":  {"profiles/nodeconf"},                                                 // the site's secret store (age files), whose values are nodeconf.Secrets; the site model reads it through secrets.Resolver
 	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets", "profiles/pki"}, // pki: its settings and certificate shapes
 	"images":            {"images"},
 	// Where things live in an image: the bake writes there and the init
@@ -230,7 +230,7 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles/secrets", "profiles", false},
-		{"profiles/secrets", "profiles/nodeconf", false},
+		{"profiles/secrets", "profiles/nodeconf", true}, // its values are nodeconf.Secrets
 		{"profiles", "profiles/secrets", true},
 		{"firstboot", "profiles/secrets", false},
 		{"pxe/http", "profiles/secrets", false},

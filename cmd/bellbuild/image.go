@@ -39,6 +39,10 @@ With a site PKI, each node's configuration carries its certificates
 SITE/private), never a private key: an image, an ISO or a disk made for
 many machines holds no secret, and the credentials are pending until
 their keys come ('bellbuild config write' puts one node's on its disk).
+Nor does it hold a secret value of the site ("!secret NAME", or a
+password hash or private file written inline): each node's configuration
+names them, and its applier holds what needs them (pending=N) until a
+configuration with their values comes (a config volume, enrolment).
 
 At boot, /init picks the machine's node (bellbuild.node= on the kernel
 command line, else its MAC, else the profile's defaults), applies it, prints

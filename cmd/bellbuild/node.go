@@ -280,7 +280,7 @@ func nodeApprove(ctx context.Context, site *profiles.Site, st pxestate.Store, o 
 	if err != nil {
 		return err
 	}
-	reg := enrol.NewRegistry(st, &siteCA{store: store, nodes: newSiteNodes(site)}, enrol.Options{ParseCSR: pki.ParseCSR, Log: slog.Default()})
+	reg := enrol.NewRegistry(st, &siteCA{store: store, nodes: newSiteNodes(site, nil)}, enrol.Options{ParseCSR: pki.ParseCSR, Log: slog.Default()})
 	a, err := reg.Approve(ctx, name, o.fingerprint)
 	if err != nil {
 		return err

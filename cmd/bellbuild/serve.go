@@ -56,6 +56,12 @@ With a site PKI, node.json (like the image's bundle) carries the nodes'
 certificates (issued from the private directory: --private,
 $BELLBUILD_PRIVATE, else SITE/private), never their private keys: on a
 network-booted node the credentials are pending until their keys come.
+Likewise node.json never holds a secret value of the site ("!secret
+NAME", or a password hash or private file written inline): it names them,
+and the node applies the rest. --identity FILE (or
+$BELLBUILD_AGE_IDENTITY) is the age identity that decrypts the site's
+secrets for the configurations an approved node is given over mutual
+TLS; serve refuses to start when it cannot decrypt every one of them.
 
 With a site PKI (bellbuild pki init), serve also opens the enrolment
 endpoint on --https-addr (HTTPS, :8443), with a certificate it issues
@@ -113,6 +119,7 @@ Example:
 			var o serveFlags
 			o.site.register(fs)
 			registerPrivate(fs, &o.private)
+			registerIdentity(fs, &o.identities, "approved nodes' configurations")
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
 			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
@@ -148,6 +155,7 @@ Example:
 type serveFlags struct {
 	site                     siteFlags
 	private                  string
+	identities               []string
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
@@ -166,10 +174,14 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
 		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
 	}
-	// 1. Load the site.
+	// 1. Load the site, and the identity that decrypts its secrets.
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
+	}
+	configs, err := serveConfigs(site, o.identities, o.private)
+	if err != nil {
+		return err
 	}
 	// 2. Work out the boot network and check every node's fixed address
 	// against it, before anything is opened.
@@ -226,7 +238,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
 	// The enrolment endpoint (HTTPS), when the site has a PKI.
-	if err := o.enrolment(ctx, site, &cfg); err != nil {
+	if err := o.enrolment(ctx, site, configs, &cfg); err != nil {
 		return err
 	}
 	srv, err := pxe.New(cfg, backend)
@@ -380,7 +392,8 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		nodes[i] = node
 	}
 	// Served over plain HTTP and TFTP: the CA bundle, never a key (the
-	// machines enrol for their certificates).
+	// machines enrol for their certificates), and no secret value
+	// (RenderNode is the public configuration).
 	if err := certify(ctx, site, private, nodes, publicOnly, true); err != nil {
 		return nil, err
 	}

@@ -38,12 +38,20 @@ modes client, server or both, extra_san DNS names, a domain to name
 them), and under pki.name_constraints every name and address inside the
 site's domain and subnets.
 
+Secrets: a "!secret NAME" outside a conf, with a bad NAME, on a field that
+is not text, or naming no SITE/secrets/NAME.age is an error at its line
+(the values are not decrypted). A value that is secret whatever its form
+(a user_crypt_passwd, a file with secret: true or a mode others cannot
+read, a debconf password, a private key) written inline is accepted, and
+warned about with the 'bellbuild secret set -C SITE NAME' command that
+moves it into the store and the !secret NAME to write instead.
+
 Every problem is printed on its own line as FILE:LINE:COL: FIELD: MESSAGE,
 sorted. Warnings (FIELD: warning: MESSAGE) do not fail the site: short
-host names left out under name constraints, and a private directory
-(--private, $BELLBUILD_PRIVATE, else SITE/private) inside a git work
-tree that does not ignore it. Exit status: 0 when the site has no
-error, 1 otherwise.
+host names left out under name constraints, secrets written inline, and
+a private directory (--private, $BELLBUILD_PRIVATE, else SITE/private)
+inside a git work tree that does not ignore it. Exit status: 0 when the
+site has no error, 1 otherwise.
 
 Without -C the site embedded in bellbuild is checked. --values checks a
 Divingbell values file instead (its conf: and conf.overrides).
