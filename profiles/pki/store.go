@@ -53,8 +53,12 @@ func (s *Store) keyPath(k Kind) string  { return filepath.Join(s.privDir, string
 const RootKeyFile = "root.key"
 
 func dirsOf(o Options) (pub, priv string) {
-	return filepath.Join(o.Site, "pki"), filepath.Join(o.Private, "pki")
+	return PublicDir(o), filepath.Join(o.Private, "pki", o.Env)
 }
+
+// PublicDir is where the PKI of o keeps its certificates and CRLs:
+// SITE/pki, or SITE/pki/ENV for an environment's own.
+func PublicDir(o Options) string { return filepath.Join(o.Site, "pki", o.Env) }
 
 // Init makes a site's PKI:
 //  1. check that there is none (unless force) and that rootOut lies
