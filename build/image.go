@@ -149,9 +149,15 @@ func (o *Options) defaults() error {
 // Everything in it derives from the inputs, so two bakes of the same inputs
 // write the same manifest.
 type Manifest struct {
-	Profile         string   `json:"profile"`
-	Chain           []string `json:"chain"`
-	SourceDateEpoch int64    `json:"source_date_epoch"`
+	Profile string   `json:"profile"`
+	Chain   []string `json:"chain"`
+	// Environment is the site's environment the image was baked for
+	// (absent for a site without environments).
+	Environment string `json:"environment,omitempty"`
+	// Site is the site's git revision: its commit, and whether (and
+	// where) the work tree differed from it (absent when unknown).
+	Site            *profiles.Revision `json:"site,omitempty"`
+	SourceDateEpoch int64              `json:"source_date_epoch"`
 	// Cmdline is the kernel command line to boot with.
 	Cmdline       string     `json:"cmdline"`
 	KernelVersion string     `json:"kernel_version"`
@@ -686,6 +692,8 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	m := &Manifest{
 		Profile:         spec.Profile,
 		Chain:           slices.Clone(spec.Chain),
+		Environment:     spec.Environment,
+		Site:            spec.Revision,
 		SourceDateEpoch: epoch,
 		Cmdline:         strings.Join(spec.Cmdline, " "),
 		KernelVersion:   im.kernel.version,

@@ -87,6 +87,7 @@ Examples:
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
 			registerPrivate(fs, &o.private)
+			registerEnv(fs, &o.env)
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w firstboot.WatchOptions
 			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
@@ -117,7 +118,7 @@ Examples:
 
 type applyFlags struct {
 	config, root, node, hostname, profile string
-	private                               string
+	private, env                          string
 	labels                                map[string]string
 	plan, offline, live                   bool
 }
@@ -166,7 +167,7 @@ func (o applyFlags) openSite(ctx context.Context, path string) (firstboot.Invent
 		}
 		return siteInventory{site: site, profile: o.profile, labels: o.labels}, nil
 	}
-	site, err := profiles.Load(path)
+	site, err := profiles.LoadEnv(path, chooseEnv(path, o.env))
 	if err != nil {
 		return nil, err
 	}

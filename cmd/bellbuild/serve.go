@@ -131,11 +131,13 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
 		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
 	}
-	// 1. Load the site.
+	// 1. Load the site. An environment's bakes and state are its own:
+	// OUT/ENV and STATE/ENV.
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
 	}
+	o.artifacts, o.state = envDir(o.artifacts, site), envDir(o.state, site)
 	// 2. Work out the boot network and check every node's fixed address
 	// against it, before anything is opened.
 	nw, err := o.network(site)

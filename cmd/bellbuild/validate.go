@@ -94,14 +94,15 @@ func (l *labelFlag) Set(s string) error {
 	return nil
 }
 
-// siteFlags choose the site a command reads.
+// siteFlags choose the site a command reads, and its environment.
 type siteFlags struct {
-	dir, values string
+	dir, values, env string
 }
 
 func (o *siteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.dir, "C", "", "site `DIR` (default: the embedded demo site)")
 	fs.StringVar(&o.values, "values", "", "a Divingbell values `FILE`, read as a site with one profile named divingbell")
+	registerEnv(fs, &o.env)
 }
 
 // load returns the site the flags name.
@@ -109,10 +110,12 @@ func (o siteFlags) load() (*profiles.Site, error) {
 	switch {
 	case o.dir != "" && o.values != "":
 		return nil, errors.New("-C and --values contradict each other")
+	case o.env != "" && o.dir == "":
+		return nil, errors.New("--env needs -C SITE: only a site directory has environments")
 	case o.values != "":
 		return profiles.LoadValues(o.values)
 	case o.dir != "":
-		return profiles.Load(o.dir)
+		return profiles.LoadEnv(o.dir, chooseEnv(o.dir, o.env))
 	}
 	return profiles.Default(), nil
 }
@@ -145,6 +148,10 @@ func runValidate(o siteFlags, private string, stdout, stderr io.Writer) error {
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, w)
+	}
+	if env := s.Environment(); env != "" {
+		fmt.Fprintf(stdout, "ok: %d profiles, %d nodes (environment %s)\n", len(s.ProfileNames()), len(s.Nodes()), env)
+		return nil
 	}
 	fmt.Fprintf(stdout, "ok: %d profiles, %d nodes\n", len(s.ProfileNames()), len(s.Nodes()))
 	return nil
