@@ -39,15 +39,26 @@ func Load(ctx context.Context, dir, rev string) (*profiles.Site, error) {
 // LoadEnv is Load for environment env of a site with environments
 // (profiles.LoadEnv).
 func LoadEnv(ctx context.Context, dir, rev, env string) (*profiles.Site, error) {
-	tmp, err := os.MkdirTemp("", "bellbuild-site-")
+	s, tmp, err := Checkout(ctx, dir, rev, env)
+	if tmp != "" {
+		os.RemoveAll(tmp)
+	}
+	return s, err
+}
+
+// Checkout is LoadEnv that keeps the files: it exports the site at rev
+// into a new temporary directory, tmp, and loads it from there. The
+// caller removes tmp when it is done with the files (tmp is "" when none
+// was made).
+func Checkout(ctx context.Context, dir, rev, env string) (s *profiles.Site, tmp string, err error) {
+	tmp, err = os.MkdirTemp("", "bellbuild-site-")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	defer os.RemoveAll(tmp)
 	if err := Export(ctx, dir, rev, tmp); err != nil {
-		return nil, err
+		return nil, tmp, err
 	}
-	s, err := profiles.LoadEnv(tmp, env)
+	s, err = profiles.LoadEnv(tmp, env)
 	var list profiles.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
@@ -56,9 +67,10 @@ func LoadEnv(ctx context.Context, dir, rev, env string) (*profiles.Site, error) 
 			} else if e.Pos.File == tmp {
 				e.Pos.File = rev + ":"
 			}
+			e.Msg = strings.ReplaceAll(e.Msg, tmp+string(os.PathSeparator), rev+":")
 		}
 	}
-	return s, err
+	return s, tmp, err
 }
 
 // Export writes the files of the site directory dir as they were at
