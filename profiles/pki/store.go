@@ -196,6 +196,10 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 		logData = append(logData, line...)
 	}
 	privFiles[logFile] = logData
+	// An environment's hierarchy lies one level down: PRIVATE/pki/ENV.
+	if err := os.MkdirAll(filepath.Dir(priv), 0o700); err != nil {
+		return nil, err
+	}
 	if err := writeDir(priv, privFiles, 0o700, 0o600); err != nil {
 		return nil, err
 	}
@@ -203,6 +207,9 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 	for _, k := range Kinds {
 		pubFiles[string(k)+".pem"] = certPEM(certs[k])
 		pubFiles[string(k)+".crl.pem"] = crls[k]
+	}
+	if err := os.MkdirAll(filepath.Dir(pub), 0o755); err != nil {
+		return nil, err
 	}
 	if err := writeDir(pub, pubFiles, 0o755, 0o644); err != nil {
 		return nil, err
