@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/sitediff"
@@ -93,15 +94,25 @@ func runDiff(ctx context.Context, o diffFlags, stdout, stderr io.Writer) error {
 	}
 	env := chooseEnv(envFrom, o.env)
 
-	// 2. Load both versions.
+	// 2. Load both versions, at once.
 	var sides [2]sitediff.Side
+	var errs [2]error
+	var cleanups [2]func()
+	var wg sync.WaitGroup
 	for i, arg := range o.args {
-		s, dir, cleanup, err := loadVersion(ctx, o.dir, arg, env)
-		defer cleanup()
+		wg.Go(func() {
+			s, dir, cleanup, err := loadVersion(ctx, o.dir, arg, env)
+			sides[i], errs[i] = sitediff.Side{Site: s, Dir: dir}, err
+			cleanups[i] = cleanup
+		})
+	}
+	wg.Wait()
+	defer cleanups[0]()
+	defer cleanups[1]()
+	for _, err := range errs {
 		if err != nil {
 			return siteErrors(stderr, err)
 		}
-		sides[i] = sitediff.Side{Site: s, Dir: dir}
 	}
 
 	// 3. Compare and print.

@@ -320,17 +320,83 @@ func readSecrets(dir string) (map[string][]byte, error) {
 
 // diffNode lists the values of two renders of a node that differ, by
 // path. A reference to a secret whose value changed in the store counts
-// as changed.
+// as changed. Only the parts that differ are flattened (a change to one
+// module of 5,000 nodes compares that module).
 func diffNode(o, n *nodeconf.Node, storeChanged func(string) bool) []Change {
 	if o == nil || n == nil {
 		return nil
 	}
 	oc, nc := *o, *n
 	oc.Node, nc.Node = "", ""
-	if reflect.DeepEqual(oc, nc) && (storeChanged == nil || !refersTo(&nc, storeChanged)) {
+	if storeChanged != nil && refersTo(&nc, storeChanged) {
+		// A reference that reads the same may change: compare all.
+		return diffLeaves(collect(&oc), collect(&nc), storeChanged)
+	}
+	ol, nl := newLeaves(), newLeaves()
+	jointWalk(reflect.ValueOf(oc), reflect.ValueOf(nc), reflect.Value{}, "", "", &ol, &nl)
+	if len(ol.paths) == 0 && len(nl.paths) == 0 {
 		return nil
 	}
-	return diffLeaves(collect(&oc), collect(&nc), storeChanged)
+	return diffLeaves(ol, nl, storeChanged)
+}
+
+// jointWalk flattens the parts of a and b (values at path, a field named
+// field of parent) that differ into ol and nl: it goes down the structs
+// and maps the two have in common while they differ, and flattens what
+// is left whole (walk). An invalid a or b is a value absent on that side.
+func jointWalk(a, b, parent reflect.Value, field, path string, ol, nl *leaves) {
+	if a.IsValid() && b.IsValid() && a.Type() == b.Type() {
+		if reflect.DeepEqual(a.Interface(), b.Interface()) {
+			return
+		}
+		_, secret := secretOf(parent, field, a)
+		switch {
+		case secret || a.Type() == secretType:
+		case a.Kind() == reflect.Pointer && !a.IsNil() && !b.IsNil():
+			jointWalk(a.Elem(), b.Elem(), parent, field, path, ol, nl)
+			return
+		case a.Kind() == reflect.Struct:
+			t := a.Type()
+			for i := range t.NumField() {
+				f := t.Field(i)
+				name, omit := jsonName(f)
+				if !f.IsExported() || name == "-" {
+					continue
+				}
+				fa, fb := a.Field(i), b.Field(i)
+				if omit && fa.IsZero() {
+					fa = reflect.Value{}
+				}
+				if omit && fb.IsZero() {
+					fb = reflect.Value{}
+				}
+				jointWalk(fa, fb, a, name, join(path, name), ol, nl)
+			}
+			return
+		case a.Kind() == reflect.Map && !a.IsNil() && !b.IsNil():
+			keys := map[string]reflect.Value{}
+			for _, m := range []reflect.Value{a, b} {
+				for _, k := range m.MapKeys() {
+					keys[fmt.Sprint(k)] = k
+				}
+			}
+			names := make([]string, 0, len(keys))
+			for k := range keys {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			for _, k := range names {
+				jointWalk(a.MapIndex(keys[k]), b.MapIndex(keys[k]), reflect.Value{}, "", path+nodeconf.Key(k), ol, nl)
+			}
+			return
+		}
+	}
+	if a.IsValid() {
+		walk(a, parent, field, path, ol.add)
+	}
+	if b.IsValid() {
+		walk(b, parent, field, path, nl.add)
+	}
 }
 
 // refersTo says whether n refers to a secret of the store that changed.
@@ -342,19 +408,24 @@ func refersTo(n *nodeconf.Node, changed func(string) bool) bool {
 	return found
 }
 
+// leaves are a flattened value: its paths in order, and each one's leaf.
 type leaves struct {
 	paths  []string
 	byPath map[string]leaf
 }
 
+func newLeaves() leaves { return leaves{byPath: map[string]leaf{}} }
+
+func (ls *leaves) add(p string, l leaf) {
+	if _, dup := ls.byPath[p]; !dup {
+		ls.paths = append(ls.paths, p)
+	}
+	ls.byPath[p] = l
+}
+
 func collect(v any) leaves {
-	ls := leaves{byPath: map[string]leaf{}}
-	flatten(v, func(p string, l leaf) {
-		if _, dup := ls.byPath[p]; !dup {
-			ls.paths = append(ls.paths, p)
-		}
-		ls.byPath[p] = l
-	})
+	ls := newLeaves()
+	flatten(v, ls.add)
 	return ls
 }
 
@@ -392,11 +463,8 @@ func diffImage(o, n *profiles.ImageSpec) []Change {
 // imageLeaves are the settings of s that make its image, but for the
 // configuration it carries, as the site spells them.
 func imageLeaves(s *profiles.ImageSpec) leaves {
-	ls := leaves{byPath: map[string]leaf{}}
-	add := func(path, show string) {
-		ls.paths = append(ls.paths, path)
-		ls.byPath[path] = leaf{show: show, cmp: show}
-	}
+	ls := newLeaves()
+	add := func(path, show string) { ls.add(path, leaf{show: show, cmp: show}) }
 	str := strconv.Quote
 	list := func(l []string) string {
 		q := make([]string, len(l))
