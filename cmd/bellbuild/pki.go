@@ -22,7 +22,7 @@ func init() {
 	register(&command{
 		name:    "pki",
 		summary: "the site's certificate authority: init, status, issue, revoke, renew, extend",
-		usage:   "init|status|issue user NAME|revoke SERIAL|renew|extend  -C SITE [flags]",
+		usage:   "init|status|issue user NAME|revoke SERIAL|renew|extend  -C SITE [--env ENV] [flags]",
 		help: `pki manages the site's X.509 PKI: an offline root CA that only signs
 three sub-CAs — hosts, services and users — which issue every node's host
 certificate, the services' client and server certificates and the

@@ -32,7 +32,7 @@ func init() {
 	register(&command{
 		name:    "serve",
 		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
-		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--leases FILE]",
+		usage:   "[-C SITE [--env ENV]] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--leases FILE]",
 		help: `serve boots every machine of the site's inventory from the network, as the
 node its MAC address names, with the artifacts 'bellbuild image' baked
 into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):

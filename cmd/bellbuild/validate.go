@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "validate",
 		summary: "check a site: every profile, override and node, all errors at once",
-		usage:   "[-C SITE | --values FILE]",
+		usage:   "[-C SITE [--env ENV] | --values FILE]",
 		help: `validate loads a site (SITE/profiles/*.yaml, SITE/nodes.yaml,
 SITE/site.yaml and SITE/services.yaml) and checks it the way every other
 command will read it: the files themselves (regular files inside the
@@ -45,11 +45,18 @@ host names left out under name constraints, and a private directory
 tree that does not ignore it. Exit status: 0 when the site has no
 error, 1 otherwise.
 
+A site with environments (SITE/environments/NAME.yaml) is checked for
+one of them, --env NAME (else $BELLBUILD_ENV): its inventory, its vars
+in every file (${NAME}), and every environment's file; a machine that is
+in two environments is a warning when both list it in shared_nodes, an
+error otherwise.
+
 Without -C the site embedded in bellbuild is checked. --values checks a
 Divingbell values file instead (its conf: and conf.overrides).
 
 Example:
   bellbuild validate -C examples/fleet
+  bellbuild validate -C examples/fleet-envs --env prod
   bellbuild validate --values divingbell-values.yaml`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o siteFlags
