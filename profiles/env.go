@@ -468,7 +468,8 @@ func (s *Site) readSite(fsys siteFS, rel, file string, errs *ErrorList) *value {
 // substitute replaces ${NAME} in every scalar value under v (map keys are
 // left as they are) with en's var NAME, and $${ with ${. A scalar that
 // holds a reference becomes a string (its text substituted), whatever
-// YAML took it for, and remembers what it was written as. all are every
+// YAML took it for (a tag of the site's own, !secret, stays), and
+// remembers which variables made it. all are every
 // environment, to say which define a missing var.
 func substitute(v *value, en *environment, all []*environment, errs *ErrorList) {
 	switch v.kind {
@@ -477,15 +478,18 @@ func substitute(v *value, en *environment, all []*environment, errs *ErrorList) 
 			return
 		}
 		text, refs, ok := expand(v, en, all, errs)
-		if !ok {
-			// Reported: the text stays as written, a string.
+		// A value YAML typed (!!int, !!bool, !!null, ...) becomes a
+		// string; a tag of the site's own (!secret NAME) stays.
+		if strings.HasPrefix(v.tag, "!!") {
 			v.tag = "!!str"
-			return
+		}
+		if !ok {
+			return // reported: the text stays as written
 		}
 		if len(refs) > 0 {
 			v.subst = "from " + strings.Join(refs, " ")
 		}
-		v.text, v.tag = text, "!!str"
+		v.text = text
 	case kMap:
 		for _, e := range v.ents {
 			if strings.Contains(e.key, "${") && !strings.Contains(e.key, "$${") {

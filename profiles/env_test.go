@@ -252,3 +252,46 @@ func TestFleetEnvsGolden(t *testing.T) {
 		t.Errorf("Load without an environment = %v, want the environments listed", err)
 	}
 }
+
+// TestSubstitute: what one scalar becomes, and the errors, with vars
+// {a: x, n: 3}.
+func TestSubstitute(t *testing.T) {
+	en := &environment{name: "prod", vars: map[string]envVar{"a": {text: "x"}, "n": {text: "3"}}}
+	other := &environment{name: "dev", vars: map[string]envVar{"b": {text: "y"}}}
+	for _, tc := range []struct {
+		name, yaml string
+		text, tag  string
+		errs       string
+	}{
+		{"plain", "v: ${a}\n", "x", "!!str", ""},
+		{"number becomes a string", "v: ${n}\n", "3", "!!str", ""},
+		{"inside text, twice", "v: \"${a}-${n}-${a}\"\n", "x-3-x", "!!str", ""},
+		{"escaped", "v: \"$${a} $a $$ $ {a}\"\n", "${a} $a $$ $ {a}", "!!str", ""},
+		{"no reference: YAML's type stays", "v: 12\n", "12", "!!int", ""},
+		{"a tag of the site's own stays", "v: !secret ${a}\n", "x", "!secret", ""},
+		{"another environment's", "v: ${b}\n", "${b}", "!!str", "t.yaml:1:4: ${b}: environment prod does not define b (dev does)"},
+		{"nobody's", "v: ${c}\n", "${c}", "!!str", "t.yaml:1:4: ${c}: no environment defines c (write $${ for a literal ${)"},
+		{"unterminated on its line", "v: |\n  ${a\n  }\n", "${a\n}\n", "!!str", "t.yaml:2: unterminated ${ (write $${ for a literal ${)"},
+		{"a key", "\"${a}\": 1\n", "", "", "t.yaml:1:1: variables are substituted in values, not in keys: \"${a}\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var errs ErrorList
+			root := parseYAML([]byte(tc.yaml), "t.yaml", &errs)
+			substitute(root, en, []*environment{en, other}, &errs)
+			var got []string
+			for _, e := range errs {
+				got = append(got, e.Error())
+			}
+			if strings.Join(got, "\n") != tc.errs {
+				t.Errorf("errors %q, want %q", got, tc.errs)
+			}
+			if tc.text == "" {
+				return
+			}
+			v := root.get("v")
+			if v.text != tc.text || v.tag != tc.tag {
+				t.Errorf("v = %q %s, want %q %s", v.text, v.tag, tc.text, tc.tag)
+			}
+		})
+	}
+}
