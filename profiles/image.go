@@ -274,6 +274,31 @@ func (s *Site) checkStages(errs *ErrorList) {
 // Image returns the image specification of profile, with its rendered
 // configuration bundle.
 func (s *Site) Image(profile string) (*ImageSpec, error) {
+	spec, err := s.ImageSettings(profile)
+	if err != nil {
+		return nil, err
+	}
+	def, err := s.RenderProfile(profile, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	spec.Bundle = &nodeconf.Bundle{Profile: profile, Default: *def, Nodes: []nodeconf.Node{}}
+	for _, n := range s.nodes {
+		if n.Profile != profile {
+			continue
+		}
+		rn, err := s.RenderNode(n.Name)
+		if err != nil {
+			return nil, fmt.Errorf("node %q: %w", n.Name, err)
+		}
+		spec.Bundle.Nodes = append(spec.Bundle.Nodes, *rn)
+	}
+	return spec, nil
+}
+
+// ImageSettings is Image without the bundle (nil): what makes the image
+// but for the configurations it carries.
+func (s *Site) ImageSettings(profile string) (*ImageSpec, error) {
 	r, ok := s.resolved[profile]
 	if !ok {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
@@ -314,25 +339,10 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
-	def, err := s.RenderProfile(profile, nil, "")
-	if err != nil {
-		return nil, err
-	}
-	spec.Bundle = &nodeconf.Bundle{Profile: profile, Default: *def, Nodes: []nodeconf.Node{}}
-	for _, n := range s.nodes {
-		if n.Profile != profile {
-			continue
-		}
-		rn, err := s.RenderNode(n.Name)
-		if err != nil {
-			return nil, fmt.Errorf("node %q: %w", n.Name, err)
-		}
-		spec.Bundle.Nodes = append(spec.Bundle.Nodes, *rn)
-	}
 	for _, pn := range r.chain {
 		spec.Sources = append(spec.Sources, s.profiles[pn].source)
 	}
-	if len(spec.Bundle.Nodes) > 0 && s.nodesSource != "" {
+	if s.nodesSource != "" && slices.ContainsFunc(s.nodes, func(n *node) bool { return n.Profile == profile }) {
 		spec.Sources = append(spec.Sources, s.nodesSource)
 	}
 	if s.servicesSource != "" { // every node's facts, and the services placed

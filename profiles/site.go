@@ -66,6 +66,9 @@ type Site struct {
 	// envs are the site's environments, and the one it was loaded for
 	// (nil: a site without environments; env.go).
 	envs *envSet
+	// checked are the nodes as Load rendered and checked them, in the
+	// order of nodes (checked.go).
+	checked []*nodeconf.Node
 }
 
 // NodeInfo is one inventory entry.

@@ -182,6 +182,15 @@ func Compare(old, cur Side) (*Report, error) {
 	for _, n := range r.Nodes {
 		changedNode[n.Node] = true
 	}
+	// The nodes each image carries, on either side.
+	carried := map[string][]string{}
+	for _, name := range union(a.nodes, b.nodes) {
+		for _, sd := range []*side{a, b} {
+			if n := sd.nodes[name]; n != nil && !slices.Contains(carried[n.Profile], name) {
+				carried[n.Profile] = append(carried[n.Profile], name)
+			}
+		}
+	}
 
 	// 4. Images: settings, and the configurations they carry.
 	for _, p := range union(a.images, b.images) {
@@ -197,7 +206,7 @@ func Compare(old, cur Side) (*Report, error) {
 			if ch := diffNode(a.defaults[p], b.defaults[p], storeChanged); len(ch) > 0 {
 				rb.Bundle = append(rb.Bundle, DefaultBundle)
 			}
-			for _, n := range bundleNodes(oi, ni) {
+			for _, n := range carried[p] {
 				if changedNode[n] {
 					rb.Bundle = append(rb.Bundle, n)
 				}
@@ -216,8 +225,9 @@ func Compare(old, cur Side) (*Report, error) {
 	return r, nil
 }
 
-// load renders what Compare needs of s: each profile's image spec and
-// default configuration, and every node, on every CPU.
+// load renders what Compare needs of s: each profile's image settings
+// and default configuration, on every CPU; the nodes are those Load
+// rendered and checked.
 func load(s Side) (*side, error) {
 	out := &side{nodes: map[string]*nodeconf.Node{}, images: map[string]*profiles.ImageSpec{}, defaults: map[string]*nodeconf.Node{}}
 	names := s.Site.ProfileNames()
@@ -227,11 +237,7 @@ func load(s Side) (*side, error) {
 	parallel(len(names), func(i int) {
 		// A profile without a stage or kernel makes no image (a
 		// parent's abstract part): nothing to bake.
-		if spec, err := s.Site.Image(names[i]); err == nil {
-			specs[i] = spec
-			defs[i] = &spec.Bundle.Default
-			return
-		}
+		specs[i], _ = s.Site.ImageSettings(names[i])
 		defs[i], errs[i] = s.Site.RenderProfile(names[i], nil, "")
 	})
 	if err := errors.Join(errs...); err != nil {
@@ -239,32 +245,17 @@ func load(s Side) (*side, error) {
 	}
 	for i, p := range names {
 		out.defaults[p] = defs[i]
-		if specs[i] == nil {
-			continue
-		}
-		out.images[p] = specs[i]
-		for j := range specs[i].Bundle.Nodes {
-			n := &specs[i].Bundle.Nodes[j]
-			out.nodes[n.Node] = n
+		if specs[i] != nil {
+			out.images[p] = specs[i]
 		}
 	}
-	// Nodes of a profile that makes no image were not in any bundle.
-	var rest []string
-	for _, n := range s.Site.Nodes() {
-		if out.nodes[n.Name] == nil {
-			rest = append(rest, n.Name)
-		}
-	}
-	rendered := make([]*nodeconf.Node, len(rest))
-	errs = make([]error, len(rest))
-	parallel(len(rest), func(i int) { rendered[i], errs[i] = s.Site.RenderNode(rest[i]) })
-	if err := errors.Join(errs...); err != nil {
+	nodes, err := s.Site.CheckedNodes()
+	if err != nil {
 		return nil, err
 	}
-	for i, n := range rest {
-		out.nodes[n] = rendered[i]
+	for _, n := range nodes {
+		out.nodes[n.Node] = n
 	}
-	var err error
 	if out.secrets, err = readSecrets(s.Dir); err != nil {
 		return nil, err
 	}
@@ -513,20 +504,6 @@ func imageLeaves(s *profiles.ImageSpec) leaves {
 	add("outputs", list(s.Outputs))
 	add("persist", strconv.FormatBool(s.Persist))
 	return ls
-}
-
-// bundleNodes are the nodes either image carries, sorted.
-func bundleNodes(o, n *profiles.ImageSpec) []string {
-	var out []string
-	for _, s := range []*profiles.ImageSpec{o, n} {
-		for _, nd := range s.Bundle.Nodes {
-			if !slices.Contains(out, nd.Node) {
-				out = append(out, nd.Node)
-			}
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 func hostsOf(s *profiles.Site) map[string][]string {
