@@ -162,8 +162,14 @@ type Manifest struct {
 	Chain   []string `json:"chain"`
 	// Arch is the image's architecture (amd64, arm64): its kernel,
 	// stage and applier are all built for it.
-	Arch            string `json:"arch"`
-	SourceDateEpoch int64  `json:"source_date_epoch"`
+	Arch string `json:"arch"`
+	// Environment is the site's environment the image was baked for
+	// (absent for a site without environments).
+	Environment string `json:"environment,omitempty"`
+	// Site is the site's git revision: its commit, and whether (and
+	// where) the work tree differed from it (absent when unknown).
+	Site            *profiles.Revision `json:"site,omitempty"`
+	SourceDateEpoch int64              `json:"source_date_epoch"`
 	// Cmdline is the kernel command line to boot with.
 	Cmdline       string     `json:"cmdline"`
 	KernelVersion string     `json:"kernel_version"`
@@ -740,6 +746,8 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 		Profile:         spec.Profile,
 		Chain:           slices.Clone(spec.Chain),
 		Arch:            im.arch,
+		Environment:     spec.Environment,
+		Site:            spec.Revision,
 		SourceDateEpoch: epoch,
 		Cmdline:         strings.Join(spec.Cmdline, " "),
 		KernelVersion:   im.kernel.version,

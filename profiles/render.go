@@ -458,11 +458,12 @@ func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname
 // The renders are independent and run on every CPU.
 func (s *Site) validateRendered(errs *ErrorList) {
 	var jobs []func() (*rendered, error)
-	for _, n := range s.nodes {
+	s.checked = make([]*nodeconf.Node, len(s.nodes))
+	for i, n := range s.nodes {
 		if _, ok := s.resolved[n.Profile]; !ok {
 			continue // its profile's own problem is reported already
 		}
-		jobs = append(jobs, func() (*rendered, error) { return s.renderNode(n.Name) })
+		jobs = append(jobs, func() (*rendered, error) { r, err := s.renderNode(n.Name); return r, s.keepChecked(i, r, err) })
 	}
 	for _, name := range s.names {
 		r, ok := s.resolved[name]

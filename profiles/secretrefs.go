@@ -51,13 +51,40 @@ func (p *fpath) ref(v *value) {
 	}
 }
 
-// secretRef converts a `!secret NAME` scalar, checking the name.
+// secretRef converts a `!secret NAME` scalar, checking the name. A name
+// made with an environment's variables (${VAR}) is checked once they are
+// substituted (checkSecretNames).
 func secretRef(n *yaml.Node, pos Pos, errs *ErrorList) *value {
+	if strings.Contains(n.Value, "${") {
+		return &value{kind: kScalar, pos: pos, tag: tagSecret, text: n.Value}
+	}
 	if err := secrets.ValidName(n.Value); err != nil {
 		errs.Add(pos, "", "!secret %v", err)
 		return &value{kind: kNull, pos: pos, tag: reported}
 	}
 	return &value{kind: kScalar, pos: pos, tag: tagSecret, text: n.Value}
+}
+
+// checkSecretNames checks the names of the references under v that
+// were left to check after substitution (secretRef).
+func checkSecretNames(v *value, errs *ErrorList) {
+	switch v.kind {
+	case kScalar:
+		if v.tag == tagSecret && (strings.Contains(v.text, "${") || v.subst != "") {
+			if err := secrets.ValidName(v.text); err != nil {
+				errs.Add(v.pos, "", "!secret %v", err)
+				v.kind, v.tag, v.text = kNull, reported, ""
+			}
+		}
+	case kMap:
+		for _, e := range v.ents {
+			checkSecretNames(e.val, errs)
+		}
+	case kList:
+		for _, it := range v.items {
+			checkSecretNames(it, errs)
+		}
+	}
 }
 
 // markRefs accepts the references in a conf fragment.

@@ -71,6 +71,12 @@ type Site struct {
 	store    *secrets.Store
 	storeArg string
 	refNames map[string]bool
+	// envs are the site's environments, and the one it was loaded for
+	// (nil: a site without environments; env.go).
+	envs *envSet
+	// checked are the nodes as Load rendered and checked them, in the
+	// order of nodes (checked.go).
+	checked []*nodeconf.Node
 }
 
 // NodeInfo is one inventory entry.
@@ -151,7 +157,7 @@ var defaultSite = sync.OnceValues(func() (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadFS(embedFS{sub}, "", "embedded:", nil)
+	return loadFS(embedFS{sub}, "", "embedded:", "", nil)
 })
 
 // Default returns the site embedded in the binary: a `minimal` busybox
@@ -166,8 +172,16 @@ func Default() *Site {
 }
 
 // Load reads and checks the site in dir. The error, if any, is an
-// ErrorList holding every problem found.
-func Load(dir string) (*Site, error) {
+// ErrorList holding every problem found. A site with environments is
+// loaded with LoadEnv (Load refuses it, naming them).
+func Load(dir string) (*Site, error) { return LoadEnv(dir, "") }
+
+// LoadEnv is Load for environment env of a site with environments
+// (SITE/environments/ENV.yaml: its inventory, vars and stage settings);
+// env "" is a site without environments. A site with environments and no
+// env, an unknown env, or an env for a site without environments is an
+// ErrorList naming the environments.
+func LoadEnv(dir, env string) (*Site, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("load site: %w", err)
@@ -181,9 +195,14 @@ func Load(dir string) (*Site, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load site: %w", err)
 	}
-	s, err := loadFS(rootFS{root}, dir, "", store)
+	s, err := loadFS(rootFS{root}, dir, "", env, store)
 	if s != nil {
 		s.dir = abs
+		if s.envs != nil {
+			for _, en := range s.envs.all {
+				en.source = filepath.Join(abs, en.source)
+			}
+		}
 		for _, p := range s.profiles {
 			p.source = filepath.Join(abs, p.source)
 		}
@@ -207,14 +226,18 @@ func displayName(prefix, rel string) string {
 }
 
 // loadFS loads a site from fsys; files are named in messages as
-// displayName(dir, rel) and in Sources as srcPrefix+rel. store is the
-// site's secret store (nil: none).
-func loadFS(fsys siteFS, dir, srcPrefix string, store *secrets.Store) (*Site, error) {
+// displayName(dir, rel) and in Sources as srcPrefix+rel. env is the
+// environment to load (see env.go); store is the site's secret store
+// (nil: none).
+func loadFS(fsys siteFS, dir, srcPrefix, env string, store *secrets.Store) (*Site, error) {
 	var errs ErrorList
 	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{},
 		store: store, storeArg: dir}
 	if srcPrefix != "" {
 		dir = srcPrefix
+	}
+	if fatal := s.readEnvironments(fsys, dir, srcPrefix, env, &errs); len(fatal) > 0 {
+		return nil, append(fatal, errs...).Err()
 	}
 	ents, err := fsys.readDir("profiles")
 	if err != nil {
@@ -239,7 +262,7 @@ func loadFS(fsys siteFS, dir, srcPrefix string, store *secrets.Store) (*Site, er
 			errs.Add(Pos{File: file}, "", "bad profile name %q: use lower-case letters, digits, '.', '_' and '-'", name)
 			continue
 		}
-		root := readYAML(fsys, rel, file, &errs)
+		root := s.readSite(fsys, rel, file, &errs)
 		if root == nil {
 			continue
 		}
@@ -256,24 +279,17 @@ func loadFS(fsys siteFS, dir, srcPrefix string, store *secrets.Store) (*Site, er
 
 	s.resolveAll(&errs)
 
-	if fsys.exists("nodes.yaml") {
-		file := displayName(dir, "nodes.yaml")
-		if root := readYAML(fsys, "nodes.yaml", file, &errs); root != nil {
-			s.parseNodes(root, &errs)
-			s.checkRefs(root, "", &errs)
-			s.nodesSource = srcPrefix + "nodes.yaml"
-		}
-	}
+	s.readInventory(fsys, dir, srcPrefix, &errs)
 	if fsys.exists(SiteFile) {
 		file := displayName(dir, SiteFile)
-		if root := readYAML(fsys, SiteFile, file, &errs); root != nil {
+		if root := s.readSite(fsys, SiteFile, file, &errs); root != nil {
 			s.parseSiteFile(root, &errs)
 			s.checkRefs(root, "", &errs)
 		}
 	}
 	if fsys.exists(ServicesFile) {
 		file := displayName(dir, ServicesFile)
-		if root := readYAML(fsys, ServicesFile, file, &errs); root != nil {
+		if root := s.readSite(fsys, ServicesFile, file, &errs); root != nil {
 			s.parseServices(root, &errs)
 			s.checkRefs(root, "", &errs)
 			s.servicesSource = srcPrefix + ServicesFile
@@ -738,6 +754,12 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		list = e.val
 	}
 	top.done(errs)
+	s.parseNodeList(list, errs)
+}
+
+// parseNodeList reads an inventory's list of nodes (nodes.yaml's nodes,
+// or an environment's).
+func (s *Site) parseNodeList(list *value, errs *ErrorList) {
 	if list == nil || list.kind == kNull {
 		return
 	}

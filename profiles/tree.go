@@ -35,6 +35,12 @@ type value struct {
 	text  string // scalars: the source text
 	ents  []entry
 	items []*value
+	// literal marks a literal block scalar (|), whose lines are the
+	// file's (env.go finds a variable's line in it).
+	literal bool
+	// subst says which environment variables made the text ("from
+	// ${NAME}"; env.go), for messages.
+	subst string
 }
 
 // entry is one key of a map value.
@@ -82,6 +88,9 @@ func (v *value) describe() string {
 		return "number " + v.text
 	case "!!bool":
 		return "boolean " + v.text
+	}
+	if v.subst != "" {
+		return "string " + strconv.Quote(v.text) + " (" + v.subst + ")"
 	}
 	return "string " + strconv.Quote(v.text)
 }
@@ -175,7 +184,7 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value 
 		if n.ShortTag() == "!!null" {
 			return &value{kind: kNull, pos: pos}
 		}
-		return &value{kind: kScalar, pos: pos, tag: n.ShortTag(), text: n.Value}
+		return &value{kind: kScalar, pos: pos, tag: n.ShortTag(), text: n.Value, literal: n.Style&yaml.LiteralStyle != 0}
 	case yaml.SequenceNode:
 		v := &value{kind: kList, pos: pos, items: make([]*value, 0, len(n.Content))}
 		for _, c := range n.Content {

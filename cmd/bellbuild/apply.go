@@ -99,6 +99,7 @@ Examples:
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
 			registerPrivate(fs, &o.private)
 			registerIdentity(fs, &o.identities, "from a site")
+			registerEnv(fs, &o.env)
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w firstboot.WatchOptions
 			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
@@ -129,7 +130,7 @@ Examples:
 
 type applyFlags struct {
 	config, root, node, hostname, profile string
-	private                               string
+	private, env                          string
 	identities                            []string
 	labels                                map[string]string
 	plan, offline, live                   bool
@@ -184,7 +185,7 @@ func (o applyFlags) openSite(ctx context.Context, path string) (firstboot.Invent
 		}
 		return siteInventory{site: site, profile: o.profile, labels: o.labels, secrets: site.Resolver(id)}, nil
 	}
-	site, err := profiles.Load(path)
+	site, err := profiles.LoadEnv(path, chooseEnv(path, o.env))
 	if err != nil {
 		return nil, err
 	}

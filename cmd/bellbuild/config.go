@@ -17,7 +17,7 @@ func init() {
 	register(&command{
 		name:    "config",
 		summary: "write a node's configuration volume (BELLCONF) for day 2",
-		usage:   "image -o FILE | write TARGET   (--node NAME | --profile P) [-C SITE | --values FILE] [--identity FILE]",
+		usage:   "image -o FILE | write TARGET   (--node NAME | --profile P) [-C SITE [--env ENV] | --values FILE] [--identity FILE]",
 		help: `config renders one node's configuration (what 'bellbuild render -o json'
 prints) and writes it as /bellbuild/node.json on a config volume: a FAT32
 filesystem labelled BELLCONF. The applier reads it at every boot and

@@ -54,6 +54,9 @@ var allowed = map[string][]string{
 	"profiles/placement": {},
 	// A site at a git revision: git archive, unpacked, loaded.
 	"profiles/siterev": {"profiles"},
+	// What a change of a site does: two sites rendered and compared
+	// (the store's file names from profiles/secrets, never a value).
+	"profiles/sitediff": {"profiles", "profiles/nodeconf", "profiles/placement", "profiles/secrets"},
 }
 
 // testAllowed widens a package's rule for its test files, beyond the test
@@ -241,6 +244,8 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/placement", true},
 		{"profiles/placement", "profiles", false},
 		{"profiles/siterev", "profiles", true},
+		{"profiles/sitediff", "profiles/placement", true},
+		{"profiles/sitediff", "build", false},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},

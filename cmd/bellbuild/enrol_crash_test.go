@@ -54,7 +54,7 @@ func crashChild(v string) {
 	if err != nil {
 		fail(err)
 	}
-	store, err := openPKI(siteDir, "", nil)
+	store, err := openPKI(site, "", nil)
 	if err != nil {
 		fail(err)
 	}

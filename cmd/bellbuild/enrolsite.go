@@ -31,16 +31,19 @@ import (
 // enrol.
 var errNoPKI = errors.New("the site has no PKI")
 
-// openPKI opens the PKI of the site in dir with its private directory
-// (now: its clock; nil is time.Now).
-func openPKI(dir, private string, now func() time.Time) (*pki.Store, error) {
-	if dir == "" {
+// openPKI opens the PKI of site (its environment's, unless the site
+// shares one) with its private directory (now: its clock; nil is
+// time.Now).
+func openPKI(site *profiles.Site, private string, now func() time.Time) (*pki.Store, error) {
+	opts := site.PKIOptions()
+	if opts.Site == "" {
 		return nil, fmt.Errorf("%w (the embedded demo site has none): give -C SITE", errNoPKI)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "pki", string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: make one with bellbuild pki init -C %s --root-out DIR", errNoPKI, dir)
+	if _, err := os.Stat(filepath.Join(pki.PublicDir(opts), string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: make one with bellbuild pki init -C %s --root-out DIR", errNoPKI, opts.Site)
 	}
-	return pki.Open(pki.Options{Site: dir, Private: privateDir(private, dir), Now: now, Log: slog.Default()})
+	opts.Private, opts.Now, opts.Log = privateDir(private, opts.Site), now, slog.Default()
+	return pki.Open(opts)
 }
 
 // siteCA is the site's PKI as the enrolment endpoint's CA: host
@@ -190,7 +193,7 @@ type enrolEndpoint struct {
 // issues (or reuses) serve's own certificate for ip from the hosts
 // sub-CA (slot serve/IP; its key stays in PRIVATE/pki/keys).
 func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private, stateDir string, ip netip.Addr, configs *nodeConfigs, o enrol.Options) (*enrolEndpoint, error) {
-	store, err := openPKI(siteDir, private, o.Now)
+	store, err := openPKI(site, private, o.Now)
 	if err != nil {
 		return nil, err
 	}

@@ -20,18 +20,21 @@ func init() {
 	register(&command{
 		name:    "image",
 		summary: "bake a profile's boot artifacts: kernel, initramfs with the applier, manifest",
-		usage:   "PROFILE [-C SITE] [-o OUT] [--node NAME ...] [--source-date-epoch N] [--applier PATH] [--applier-arm64 PATH]",
-		help: `image bakes PROFILE into OUT/PROFILE/:
+		usage:   "PROFILE [-C SITE [--env ENV]] [-o OUT] [--node NAME ...] [--source-date-epoch N] [--applier PATH] [--applier-arm64 PATH]",
+		help: `image bakes PROFILE into OUT/PROFILE/ (OUT/ENV/PROFILE/ for environment
+ENV of a site with environments):
 
   vmlinuz             the kernel (kernel.path, or the stage's /boot)
   initramfs.cpio.zst  the stage with the kernel modules the boot needs, the
                       applier (this bellbuild binary, static) as /init, and
                       the configuration of every node of the profile
-  manifest.json       the profile chain, every input with its sha256 (the
-                      site's files as site:PATH, relative to the site, so
-                      another checkout of it gives the same manifest), every
-                      artifact with its sha256 and size, the kernel command
-                      line, the source date
+  manifest.json       the profile chain, the environment, the site's git
+                      commit (with dirty: true and the changed files when
+                      the work tree differs from it), every input with its
+                      sha256 (the site's files as site:PATH, relative to
+                      the site, so another checkout of it gives the same
+                      manifest), every artifact with its sha256 and size,
+                      the kernel command line, the source date
   rootfs.tar          the whole tree, when the profile lists outputs: [tar]
 
 With a site PKI, each node's configuration carries its certificates
@@ -144,6 +147,8 @@ Example:
 				if err != nil {
 					return printSiteErrors(os.Stderr, err)
 				}
+				spec.Revision = siteRevision(ctx, site.dir)
+				o.OutDir = envDir(o.OutDir, s)
 				if err := certify(ctx, s, private, bundleNodes(spec.Bundle, o.Nodes), publicOnly, true); err != nil {
 					return err
 				}

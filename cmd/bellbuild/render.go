@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "render",
 		summary: "print a node's effective configuration (and where each value came from)",
-		usage:   "[-C SITE | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain] [--show-secrets --identity FILE]",
+		usage:   "[-C SITE [--env ENV] | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain] [--show-secrets --identity FILE]",
 		help: `render prints the configuration the applier will enforce on one machine:
 {node, profile, profiles (the inheritance chain), labels, services, facts,
 containers, conf}. The conf is the profile chain merged parent first, then

@@ -23,7 +23,7 @@ func init() {
 	register(&command{
 		name:    "run",
 		summary: "boot a baked image in QEMU with its console attached",
-		usage:   "PROFILE [-o OUT] [--arch amd64|arm64] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [-C SITE [--private DIR]] [--timeout D] [--expect TEXT]",
+		usage:   "PROFILE [-o OUT] [--env ENV] [--arch amd64|arm64] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [-C SITE [--private DIR]] [--timeout D] [--expect TEXT]",
 		help: `run boots OUT/PROFILE (made by 'bellbuild image') in QEMU — always
 software emulation (-accel tcg), 1 GiB of memory, one virtio NIC on QEMU's
 user network — with the serial console on this terminal and the kernel
@@ -70,6 +70,7 @@ Example:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o runFlags
 			fs.StringVar(&o.out, "o", "out", "output `DIR` the image was baked into")
+			fs.StringVar(&o.env, "env", "", "the site's environment `NAME`: boot OUT/NAME/PROFILE (default $"+envVar+" when OUT/NAME exists)")
 			fs.StringVar(&o.node, "node", "", "boot as inventory node `NAME` (bellbuild.node=)")
 			fs.StringVar(&o.mac, "mac", "", "the NIC's `MAC` address")
 			fs.DurationVar(&o.timeout, "timeout", 0, "stop the VM after `D` (default: none, or 120s with --expect)")
@@ -89,6 +90,7 @@ Example:
 					return errors.New("want exactly one PROFILE (see 'bellbuild help run')")
 				}
 				o.profile = args[0]
+				o.out = runOut(o.out, o.env)
 				return runVM(ctx, o, os.Stdin, os.Stdout)
 			}
 		},
@@ -97,8 +99,22 @@ Example:
 
 type runFlags struct {
 	out, profile, node, mac, expect, appendArgs, log, boot, arch string
-	site, private                                                string
+	site, private, env                                           string
 	timeout                                                      time.Duration
+}
+
+// runOut is where run finds the bakes: OUT/ENV for --env ENV, else for
+// $BELLBUILD_ENV when OUT/ENV exists, else OUT.
+func runOut(out, env string) string {
+	if env != "" {
+		return filepath.Join(out, env)
+	}
+	if e := os.Getenv(envVar); e != "" {
+		if fi, err := os.Stat(filepath.Join(out, e)); err == nil && fi.IsDir() {
+			return filepath.Join(out, e)
+		}
+	}
+	return out
 }
 
 // bootConfig is the VM that boots dir's artifacts the way o.boot says.

@@ -85,7 +85,7 @@ func localEnrolment(ctx context.Context, site *profiles.Site, siteDir, private s
 // o.mac becomes the node's MAC when it was not given.
 func (o *runFlags) enrolment(ctx context.Context, c *testvm.Config) (func(), error) {
 	nothing := func() {}
-	site, err := profiles.Load(o.site)
+	site, err := profiles.LoadEnv(o.site, chooseEnv(o.site, o.env))
 	if err != nil {
 		return nil, printSiteErrors(os.Stderr, err)
 	}

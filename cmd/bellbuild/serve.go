@@ -34,7 +34,7 @@ func init() {
 	register(&command{
 		name:    "serve",
 		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
-		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR]",
+		usage:   "[-C SITE [--env ENV]] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR] [--identity FILE]",
 		help: `serve boots every machine of the site's inventory from the network, as the
 node its MAC address names, with the artifacts 'bellbuild image' baked
 into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
@@ -174,11 +174,13 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
 		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
 	}
-	// 1. Load the site, and the identity that decrypts its secrets.
+	// 1. Load the site, and the identity that decrypts its secrets. An
+	// environment's bakes and state are its own: OUT/ENV and STATE/ENV.
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
 	}
+	o.artifacts, o.state = envDir(o.artifacts, site), envDir(o.state, site)
 	configs, err := serveConfigs(site, o.identities, o.private)
 	if err != nil {
 		return err

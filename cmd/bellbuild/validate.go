@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "validate",
 		summary: "check a site: every profile, override and node, all errors at once",
-		usage:   "[-C SITE | --values FILE]",
+		usage:   "[-C SITE [--env ENV] | --values FILE]",
 		help: `validate loads a site (SITE/profiles/*.yaml, SITE/nodes.yaml,
 SITE/site.yaml and SITE/services.yaml) and checks it the way every other
 command will read it: the files themselves (regular files inside the
@@ -53,11 +53,18 @@ a private directory (--private, $BELLBUILD_PRIVATE, else SITE/private)
 inside a git work tree that does not ignore it. Exit status: 0 when the
 site has no error, 1 otherwise.
 
+A site with environments (SITE/environments/NAME.yaml) is checked for
+one of them, --env NAME (else $BELLBUILD_ENV): its inventory, its vars
+in every file (${NAME}), and every environment's file; a machine that is
+in two environments is a warning when both list it in shared_nodes, an
+error otherwise.
+
 Without -C the site embedded in bellbuild is checked. --values checks a
 Divingbell values file instead (its conf: and conf.overrides).
 
 Example:
   bellbuild validate -C examples/fleet
+  bellbuild validate -C examples/fleet-envs --env prod
   bellbuild validate --values divingbell-values.yaml`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o siteFlags
@@ -102,14 +109,15 @@ func (l *labelFlag) Set(s string) error {
 	return nil
 }
 
-// siteFlags choose the site a command reads.
+// siteFlags choose the site a command reads, and its environment.
 type siteFlags struct {
-	dir, values string
+	dir, values, env string
 }
 
 func (o *siteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.dir, "C", "", "site `DIR` (default: the embedded demo site)")
 	fs.StringVar(&o.values, "values", "", "a Divingbell values `FILE`, read as a site with one profile named divingbell")
+	registerEnv(fs, &o.env)
 }
 
 // load returns the site the flags name.
@@ -117,10 +125,12 @@ func (o siteFlags) load() (*profiles.Site, error) {
 	switch {
 	case o.dir != "" && o.values != "":
 		return nil, errors.New("-C and --values contradict each other")
+	case o.env != "" && o.dir == "":
+		return nil, errors.New("--env needs -C SITE: only a site directory has environments")
 	case o.values != "":
 		return profiles.LoadValues(o.values)
 	case o.dir != "":
-		return profiles.Load(o.dir)
+		return profiles.LoadEnv(o.dir, chooseEnv(o.dir, o.env))
 	}
 	return profiles.Default(), nil
 }
@@ -153,6 +163,10 @@ func runValidate(o siteFlags, private string, stdout, stderr io.Writer) error {
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, w)
+	}
+	if env := s.Environment(); env != "" {
+		fmt.Fprintf(stdout, "ok: %d profiles, %d nodes (environment %s)\n", len(s.ProfileNames()), len(s.Nodes()), env)
+		return nil
 	}
 	fmt.Fprintf(stdout, "ok: %d profiles, %d nodes\n", len(s.ProfileNames()), len(s.Nodes()))
 	return nil
