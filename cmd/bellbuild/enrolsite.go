@@ -20,6 +20,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/pki"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
+	"github.com/bellbuild/bellbuild/pxe/fleet"
 	"github.com/bellbuild/bellbuild/pxe/node"
 	pxestate "github.com/bellbuild/bellbuild/pxe/state"
 )
@@ -213,7 +214,8 @@ func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private
 	reg := enrol.NewRegistry(st, ca, o)
 	hosts := store.CA(pki.Hosts).Cert
 	return &enrolEndpoint{
-		cfg:  enrol.Config{Registry: reg, CA: ca, Configs: nodes, Bundle: store.Bundle(), Now: o.Now, Log: o.Log},
+		cfg: enrol.Config{Registry: reg, CA: ca, Configs: nodes, Bundle: store.Bundle(), Now: o.Now, Log: o.Log,
+			Reports: fleet.NewRecorder(st, fleet.Options{Now: o.Now})},
 		tls:  enrol.TLSConfig(cert, hosts, o.Now),
 		root: wire.CertFingerprint(store.CA(pki.Root).Cert.Raw),
 	}, nil
