@@ -188,4 +188,3 @@ func TestSharedEtcd(t *testing.T) {
 		t.Errorf("no quorum: the refusal took %v", d)
 	}
 }
-
