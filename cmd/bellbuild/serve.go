@@ -27,6 +27,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/leases"
+	"github.com/bellbuild/bellbuild/pxe/state/etcd"
 	"github.com/bellbuild/bellbuild/pxe/tftp"
 )
 
@@ -128,7 +129,12 @@ Example:
 				return nil
 			})
 			fs.StringVar(&o.artifacts, "artifacts", "out", "`OUT` directory of 'bellbuild image'")
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases, the nodes' rendered files, enrolment (bellbuild node reads it)")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR` (leases, the nodes' rendered files, enrolment, reports; bellbuild node and status read it), or etcd://HOST:PORT,... shared by several serve instances")
+			fs.StringVar(&o.statusAuth, "status-auth", "", "a token `FILE`: the status page (HTTPS /) also takes \"Authorization: Bearer TOKEN\" besides a user certificate of the site PKI")
+			fs.StringVar(&o.work, "work", "/var/lib/bellbuild", "with --state etcd://: the local `DIR` of the nodes' rendered files")
+			fs.StringVar(&o.etcd.ca, "etcd-ca", "", "with --state etcd://: the CA `FILE` of the members' certificates (default: the site's CA bundle)")
+			fs.StringVar(&o.etcd.cert, "etcd-cert", "", "with --state etcd://: serve's client certificate `FILE` (default: one from the site PKI's hosts CA)")
+			fs.StringVar(&o.etcd.key, "etcd-key", "", "with --state etcd://: its key `FILE`")
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
 			fs.StringVar(&o.httpsAddr, "https-addr", "0.0.0.0:8443", "enrolment endpoint's HTTPS listen `ADDR` (off: no enrolment)")
@@ -159,6 +165,8 @@ type serveFlags struct {
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
+	work, statusAuth         string
+	etcd                     etcdFlags
 	httpAddr, tftpAddr       string
 	httpsAddr                string
 	bootVia, defaultProfile  string
@@ -179,6 +187,17 @@ func runServe(ctx context.Context, o serveFlags) error {
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
+	}
+	// The state: a directory (STATE/ENV), or etcd shared with other
+	// serve instances (the rendered files then live in WORK/ENV).
+	st, closeState, err := openState(ctx, o.state, site, o.private, o.etcd)
+	if err != nil {
+		return err
+	}
+	defer closeState()
+	shared := etcd.IsURL(o.state) || isEtcdHTTP(o.state)
+	if shared {
+		o.state = o.work
 	}
 	o.artifacts, o.state = envDir(o.artifacts, site), envDir(o.state, site)
 	configs, err := serveConfigs(site, o.identities, o.private)
@@ -212,7 +231,10 @@ func runServe(ctx context.Context, o serveFlags) error {
 	}
 	// 3. Render every node's configuration into STATE/nodes/NAME/.
 	cfg.LeaseFile = o.leases
-	if cfg.LeaseFile == "" && o.dhcp != pxe.DHCPProxy {
+	if shared && o.leases == "" {
+		cfg.SharedLeases = st
+	}
+	if cfg.LeaseFile == "" && cfg.SharedLeases == nil && o.dhcp != pxe.DHCPProxy {
 		cfg.LeaseFile = filepath.Join(o.state, "leases")
 	}
 	if cfg.LeaseFile != "" {
@@ -240,7 +262,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
 	// The enrolment endpoint (HTTPS), when the site has a PKI.
-	if err := o.enrolment(ctx, site, configs, &cfg); err != nil {
+	if err := o.enrolment(ctx, site, configs, st, &cfg); err != nil {
 		return err
 	}
 	srv, err := pxe.New(cfg, backend)

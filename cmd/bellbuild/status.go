@@ -25,7 +25,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/fleet"
-	pxestate "github.com/bellbuild/bellbuild/pxe/state"
+	"github.com/bellbuild/bellbuild/pxe/state/etcd"
 )
 
 func init() {
@@ -71,7 +71,7 @@ Examples:
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o statusFlags
 			o.site.register(fs)
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "serve's state `DIR`")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "serve's state `DIR`, or etcd://HOST:PORT,... (serve's --state)")
 			fs.StringVar(&o.server, "server", "", "ask a running serve at `URL` (https://HOST:PORT) instead of reading the state")
 			fs.StringVar(&o.tokenFile, "token-file", "", "with --server: the status token in `FILE`")
 			fs.StringVar(&o.cert, "cert", "", "with --server: a user certificate `FILE` (PEM) from the site PKI")
@@ -230,14 +230,16 @@ func statusFromState(ctx context.Context, o statusFlags) ([]fleet.Row, error) {
 	if err != nil {
 		return nil, printSiteErrors(os.Stderr, err)
 	}
-	dir := envDir(o.state, site)
-	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("serve's state: %w", err)
+	if !etcd.IsURL(o.state) && !isEtcdHTTP(o.state) {
+		if _, err := os.Stat(envDir(o.state, site)); err != nil {
+			return nil, fmt.Errorf("serve's state: %w", err)
+		}
 	}
-	st, err := pxestate.OpenDir(dir)
+	st, closeState, err := openState(ctx, o.state, site, "", etcdFlags{})
 	if err != nil {
 		return nil, err
 	}
+	defer closeState()
 	return fleet.View(ctx, siteWants{site: site, artifacts: envDir(o.artifacts, site)}, fleet.NewRecorder(st, fleet.Options{}),
 		registryEnrolments{enrol.NewRegistry(st, nil, enrol.Options{})}, fleet.ViewOptions{Stale: o.stale})
 }
