@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 
@@ -20,6 +21,13 @@ import (
 // site's CA bundle to check the members with).
 type etcdFlags struct {
 	ca, cert, key string
+}
+
+// register adds --etcd-ca, --etcd-cert and --etcd-key to fs.
+func (ef *etcdFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&ef.ca, "etcd-ca", "", "with --state etcd://: the CA `FILE` of the members' certificates (default: the site's CA bundle)")
+	fs.StringVar(&ef.cert, "etcd-cert", "", "with --state etcd://: the client certificate `FILE` (default: serve's, from the site PKI's hosts CA)")
+	fs.StringVar(&ef.key, "etcd-key", "", "with --state etcd://: its key `FILE`")
 }
 
 // sharedState is a state store serve's instances may share: a state

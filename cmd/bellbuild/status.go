@@ -81,6 +81,7 @@ Examples:
 			fs.DurationVar(&o.stale, "stale", 0, "nodes not seen for `D` or more only (and D is the stale threshold)")
 			fs.Var((*labelFlag)(&o.labels), "label", "nodes with label `k=v` only (repeatable)")
 			fs.StringVar(&o.output, "o", "text", "output `FORMAT`, text or json")
+			o.etcd.register(fs)
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
@@ -98,6 +99,7 @@ type statusFlags struct {
 	failing                             bool
 	stale                               time.Duration
 	labels                              map[string]string
+	etcd                                etcdFlags
 }
 
 // runStatus:
@@ -235,7 +237,7 @@ func statusFromState(ctx context.Context, o statusFlags) ([]fleet.Row, error) {
 			return nil, fmt.Errorf("serve's state: %w", err)
 		}
 	}
-	st, closeState, err := openState(ctx, o.state, site, "", etcdFlags{})
+	st, closeState, err := openState(ctx, o.state, site, "", o.etcd)
 	if err != nil {
 		return nil, err
 	}
