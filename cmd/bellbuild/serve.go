@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +27,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	fwire "github.com/bellbuild/bellbuild/pxe/fleet/wire"
 	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/leases"
@@ -403,7 +407,15 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		}
 		return c
 	}
-	cmdline := func(profile string) string { return baked(profile).Cmdline }
+	// The machine is told which image it boots (bellbuild.image=, the
+	// manifest's hash), and says so in its reports.
+	cmdline := func(profile string) string {
+		c := baked(profile)
+		if c.ID == "" {
+			return c.Cmdline
+		}
+		return strings.TrimSpace(c.Cmdline + " " + fwire.ParamImage + "=" + c.ID)
+	}
 	infos := site.Nodes()
 	nodes := make([]*nodeconf.Node, len(infos))
 	for i, n := range infos {
@@ -488,6 +500,8 @@ func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Mach
 type bakedInfo struct {
 	Cmdline string `json:"cmdline"`
 	Arch    string `json:"arch"`
+	// ID is the image's (imageID: the manifest's SHA-256).
+	ID string `json:"-"`
 }
 
 // readBaked reads the kernel command line and the architecture from
@@ -503,6 +517,8 @@ func readBaked(out, profile string) bakedInfo {
 		slog.Warn("unreadable manifest", "profile", profile, "err", err)
 		return bakedInfo{}
 	}
+	sum := sha256.Sum256(data)
+	m.ID = "sha256:" + hex.EncodeToString(sum[:])
 	return m
 }
 

@@ -215,6 +215,18 @@ func FromRun(r Run) wire.Report {
 	if _, err := os.Stat(filepath.Join(r.Root, "run/reboot-required")); err == nil {
 		rep.RebootRequired = true
 	}
+	// The image and slot serve booted the machine with, when the run
+	// did not say.
+	if data, err := os.ReadFile(filepath.Join(r.Root, "proc/cmdline")); err == nil {
+		for _, f := range strings.Fields(string(data)) {
+			if v, ok := strings.CutPrefix(f, wire.ParamImage+"="); ok && rep.Image == "" {
+				rep.Image = v
+			}
+			if v, ok := strings.CutPrefix(f, wire.ParamSlot+"="); ok && rep.Slot == "" {
+				rep.Slot = v
+			}
+		}
+	}
 	return rep
 }
 

@@ -1,10 +1,15 @@
 package report
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/pxe/fleet/wire"
 )
 
@@ -43,3 +48,28 @@ func TestShorten(t *testing.T) {
 }
 
 var testStart = time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+
+// TestFromRun: a run's report names the image and slot of the kernel
+// command line, the reboot the root waits for, and the errors split.
+func TestFromRun(t *testing.T) {
+	root := t.TempDir()
+	for p, data := range map[string]string{
+		"proc/cmdline":        "console=ttyS0 bellbuild.node=n1 bellbuild.image=sha256:abcd bellbuild.slot=b quiet\n",
+		"run/reboot-required": "",
+	} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := &firstboot.Report{Node: "n1", Profile: "p", Errors: []string{"units: foo.service: failed"}, Deferred: []string{"sysctl: x: deferred"}}
+	got := FromRun(Run{Report: rep, Root: root, Trigger: "boot", Start: testStart, Duration: 1500 * time.Millisecond})
+	want := wire.Report{Node: "n1", Profile: "p", Image: "sha256:abcd", Slot: "b", Trigger: "boot", Changes: []wire.Change{},
+		Errors: []wire.Error{{Module: "units", Item: "foo.service", Message: "failed"}}, Deferred: []string{"sysctl: x: deferred"},
+		RebootRequired: true, Start: testStart, DurationMS: 1500}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("FromRun (-want +got):\n%s", diff)
+	}
+}

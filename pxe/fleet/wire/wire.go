@@ -23,6 +23,14 @@ import (
 // PathNodes starts a node's paths (as package pxe/enrol/wire's).
 const PathNodes = "/v1/nodes/"
 
+// Kernel command line parameters serve gives a machine it boots: the
+// image (its manifest's "sha256:HEX") and the slot it boots from; the
+// report client reads them back from /proc/cmdline.
+const (
+	ParamImage = "bellbuild.image"
+	ParamSlot  = "bellbuild.slot"
+)
+
 // ReportsPath is where node's reports go.
 func ReportsPath(node string) string { return PathNodes + node + "/reports" }
 
