@@ -118,4 +118,3 @@ func WriteShared(ctx context.Context, st Shared, ls []Lease) error {
 	}
 	return nil
 }
-
