@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bellbuild/bellbuild/pxe/state/etcd/etcdtest"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
+)
+
+// bareNetns is a network namespace of the test's, deleted at its end.
+func bareNetns(t *testing.T, prefix string) string {
+	t.Helper()
+	var b [3]byte
+	rand.Read(b[:])
+	name := prefix + hex.EncodeToString(b[:])
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("deleting namespace %s: %v\n%s", name, err, out)
+		}
+	})
+	ipIn(t, name, "link", "set", "lo", "up")
+	return name
+}
+
+func ipIn(t *testing.T, ns string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("ip -n %s %s: %v\n%s", ns, strings.Join(args, " "), err, out)
+	}
+}
+
+// stormServe is a serve process in a namespace; kill stops it at once.
+type stormServe struct {
+	log  *syncBuffer
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startStormServe(t *testing.T, ns, bin string, args ...string) *stormServe {
+	t.Helper()
+	s := &stormServe{log: &syncBuffer{}, done: make(chan error, 1)}
+	s.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, bin, "serve"}, args...)...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.done <- s.cmd.Wait() }()
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		<-s.done
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(s.log.String(), "msg=serving") {
+		select {
+		case err := <-s.done:
+			t.Fatalf("serve exited: %v\n%s", err, s.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not start:\n%s", s.log.String())
+		}
+	}
+	return s
+}
+
+var ackRE = regexp.MustCompile(`phase=dhcp-ack mac=(\S+) .*ip=(\S+)`)
+
+// TestServeSharedStorm: two serve processes, each on its own link of one
+// namespace, share a three-member etcd cluster running in it; a perfdhcp
+// storm relayed to each at once (100 machines each, from one pool) gets
+// no address ACKed to two MACs, whatever either server ACKed; one server
+// is killed during its storm, and the other's completes.
+func TestServeSharedStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two serve processes, an etcd cluster and perfdhcp: skipped under -short")
+	}
+	if os.Geteuid() != 0 {
+		testtool.Skipf(t, "needs root for network namespaces")
+	}
+	testtool.LookPath(t, "ip", "iproute2")
+	perf := testtool.LookPath(t, "perfdhcp", "kea-admin")
+	bin := testtool.Binary(t)
+	srv, cli := bareNetns(t, "bbss-"), bareNetns(t, "bbsc-")
+	// Link i: server s_i (198.51.10i.1) — relay c_i (198.51.10i.2, giaddr
+	// 192.0.2.i).
+	for i := 1; i <= 2; i++ {
+		n := strconv.Itoa(i)
+		s, c := "s"+n, "c"+n
+		ipIn(t, srv, "link", "add", s, "type", "veth", "peer", "name", c, "netns", cli)
+		ipIn(t, srv, "addr", "add", "198.51.10"+n+".1/24", "dev", s)
+		ipIn(t, cli, "addr", "add", "198.51.10"+n+".2/24", "dev", c)
+		ipIn(t, cli, "addr", "add", "192.0.2."+n+"/32", "dev", c)
+		ipIn(t, srv, "link", "set", s, "up")
+		ipIn(t, cli, "link", "set", c, "up")
+		ipIn(t, srv, "route", "add", "192.0.2."+n+"/32", "via", "198.51.10"+n+".2")
+	}
+	c := etcdtest.Start(t, etcdtest.Options{Netns: srv})
+	out := t.TempDir()
+	var servers []*stormServe
+	for i := 1; i <= 2; i++ {
+		servers = append(servers, startStormServe(t, srv, bin, "--interface", "s"+strconv.Itoa(i),
+			"--pool", "192.0.2.10-192.0.2.250/24", "--default-profile", "demo", "--state", c.URL(),
+			"--work", t.TempDir(), "--artifacts", out, "--tftp-addr", "off", "--http-addr", "off", "--https-addr", "off"))
+	}
+	storm := func(i int) (string, error) {
+		n := strconv.Itoa(i)
+		cmd := exec.Command("ip", "netns", "exec", cli, perf, "-4", "-l", "192.0.2."+n, "-R", "100", "-r", "50", "-n", "150",
+			"-b", "mac=00:0c:0"+n+":00:00:00", "-t", "1", "198.51.10"+n+".1")
+		var b bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &b, &b
+		err := cmd.Run()
+		return b.String(), err
+	}
+	var wg sync.WaitGroup
+	var out2 string
+	wg.Go(func() { storm(1) })
+	wg.Go(func() { out2, _ = storm(2) })
+	// Server 1 dies during its storm.
+	time.Sleep(1500 * time.Millisecond)
+	servers[0].cmd.Process.Kill()
+	wg.Wait()
+	time.Sleep(300 * time.Millisecond) // the logs' last flush
+
+	// No address ACKed to two MACs, by either server.
+	owner := map[string]string{}
+	acks := 0
+	for _, s := range servers {
+		for _, m := range ackRE.FindAllStringSubmatch(s.log.String(), -1) {
+			acks++
+			if o, ok := owner[m[2]]; ok && o != m[1] {
+				t.Errorf("%s ACKed to %s and to %s", m[2], o, m[1])
+			}
+			owner[m[2]] = m[1]
+		}
+	}
+	if acks < 100 {
+		t.Errorf("%d ACKs in all: the storm did not happen", acks)
+	}
+	// Server 2's storm completed: every REQUEST answered.
+	sent := regexp.MustCompile(`(?s)Statistics for: REQUEST-ACK.*?sent packets: (\d+).*?received packets: (\d+)`).FindStringSubmatch(out2)
+	if sent == nil || sent[1] != sent[2] || sent[1] == "0" {
+		t.Errorf("server 2's storm (sent, received REQUEST-ACK = %v):\n%s", sent, out2)
+	}
+	t.Logf("%d ACKs, %d addresses", acks, len(owner))
+}
