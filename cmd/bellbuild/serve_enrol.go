@@ -56,7 +56,7 @@ func (o serveFlags) enrolment(ctx context.Context, site *profiles.Site, configs 
 	ep.tls.ClientCAs.AddCert(ep.users)
 	pc := fleet.PageConfig{Inventory: &cachedWants{w: siteWants{site: site, artifacts: o.artifacts}},
 		Recorder: fleet.NewRecorder(st, fleet.Options{}), Enrolments: registryEnrolments{ep.cfg.Registry},
-		Users: ep.users, Token: token, Log: cfg.Log}
+		Users: ep.users, CRL: ep.cfg.CA.CRL, Token: token, Log: cfg.Log}
 	cfg.Status = fleet.Page(pc)
 	cfg.Collectors = append(cfg.Collectors, fleet.NewCollector(pc))
 	return nil

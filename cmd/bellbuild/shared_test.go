@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -165,6 +166,32 @@ func TestServeSharedEtcd(t *testing.T) {
 			t.Errorf("status %v: n1 %+v", args[0], r)
 		}
 	}
+	// An operator's certificate from the site PKI reads b's page too,
+	// until it is revoked.
+	users := t.TempDir()
+	if code, _, errs := runCmd(t, "pki", "issue", "user", "alice", "-C", site, "-o", users); code != 0 {
+		t.Fatalf("pki issue user: %s", errs)
+	}
+	alice := []string{"--server", b.url, "--cert", filepath.Join(users, "alice.pem"), "--key", filepath.Join(users, "alice.key")}
+	if r := failing(alice...); r.State != fleet.StateFailing {
+		t.Errorf("status with alice's certificate: n1 %+v", r)
+	}
+	pemData, err := os.ReadFile(filepath.Join(users, "alice.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(pemData)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := runCmd(t, "pki", "revoke", cert.SerialNumber.Text(16), "-C", site); code != 0 {
+		t.Fatalf("pki revoke: %s", errs)
+	}
+	if code, _, errs := runCmd(t, append([]string{"status", "-C", site}, alice...)...); code != 1 || !strings.Contains(errs, "401 Unauthorized") {
+		t.Errorf("status with a revoked certificate: exit %d, %s", code, errs)
+	}
+
 	// a dies; b takes the next report.
 	a.stop()
 	if _, err := report.Send(ctx, report.Options{Root: root, Poster: ca, Timeout: 2 * time.Second}, testReport("n1", time.Now())); !errors.Is(err, report.ErrNotSent) {

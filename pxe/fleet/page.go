@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"embed"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"html/template"
 	"log/slog"
@@ -30,6 +31,10 @@ type PageConfig struct {
 	// may read the page (the TLS configuration must ask for client
 	// certificates and trust it).
 	Users *x509.Certificate
+	// CRL, when set, gives the site's CRLs (PEM): a revoked user
+	// certificate is refused (and so is every one while they cannot be
+	// read).
+	CRL func(ctx context.Context) ([]byte, error)
 	// Token, when set, is also accepted, as "Authorization: Bearer TOKEN"
 	// (for scripts and `bellbuild status --server`).
 	Token string
@@ -108,7 +113,49 @@ func (p *page) user(r *http.Request) bool {
 		return false
 	}
 	leaf := r.TLS.PeerCertificates[0]
-	return leaf.CheckSignatureFrom(p.cfg.Users) == nil
+	if leaf.CheckSignatureFrom(p.cfg.Users) != nil {
+		return false
+	}
+	if p.cfg.CRL == nil {
+		return true
+	}
+	data, err := p.cfg.CRL(r.Context())
+	if err != nil {
+		p.cfg.Log.Error("status page: the CRLs cannot be read: refusing user certificates", "err", err)
+		return false
+	}
+	revoked, err := isRevoked(data, p.cfg.Users, leaf)
+	if err != nil {
+		p.cfg.Log.Error("status page: the CRLs cannot be read: refusing user certificates", "err", err)
+		return false
+	}
+	return !revoked
+}
+
+// isRevoked looks leaf up in the CRLs (PEM) that users signed.
+func isRevoked(data []byte, users, leaf *x509.Certificate) (bool, error) {
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return false, nil
+		}
+		if b.Type != "X509 CRL" {
+			continue
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			return false, fmt.Errorf("CRL: %w", err)
+		}
+		if crl.CheckSignatureFrom(users) != nil {
+			continue // another CA's
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+				return true, nil
+			}
+		}
+	}
 }
 
 func (p *page) view(ctx context.Context) ([]Row, error) {
