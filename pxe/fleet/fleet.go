@@ -80,9 +80,10 @@ func NewRecorder(st state.Store, o Options) *Recorder {
 func Key(node string) string { return KeyPrefix + node }
 
 // Record adds node's reports (oldest first, each checked by the caller)
-// to its history in one update: a report already there (the same ID) or
-// that started before the newest one kept is ignored (a batch sent again,
-// a replay); the history keeps the newest Options.Keep.
+// to its history in one update, in the order they arrive (a node's clock
+// may go back: its report is still its newest): a report already there
+// (the same ID: a batch sent again, a replay) is ignored; the history
+// keeps the newest Options.Keep.
 func (r *Recorder) Record(ctx context.Context, node string, reps []wire.Report, verified bool, from string) (wire.Answer, error) {
 	ans := wire.Answer{Verified: verified}
 	if err := state.CheckKey(Key(node)); err != nil {
@@ -101,7 +102,7 @@ func (r *Recorder) Record(ctx context.Context, node string, reps []wire.Report, 
 		}
 		for _, rep := range reps {
 			id := rep.ID()
-			if last := h.Last(); have[id] || last != nil && !rep.Start.After(last.Start) {
+			if have[id] {
 				ans.Ignored++
 				continue
 			}

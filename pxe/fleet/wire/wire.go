@@ -101,7 +101,7 @@ type Batch struct {
 // Answer is serve's answer to a Batch.
 type Answer struct {
 	// Accepted reports were recorded; Ignored ones were already there
-	// (a batch sent again) or older than what serve holds.
+	// (a batch sent again, a replay).
 	Accepted int `json:"accepted"`
 	Ignored  int `json:"ignored"`
 	// Verified says serve knew the node by its host certificate.
