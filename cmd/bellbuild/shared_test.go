@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,8 +37,8 @@ func freePort(t *testing.T) string {
 
 // sharedServe is one serve instance of TestServeSharedEtcd; stop kills it.
 type sharedServe struct {
-	url  string
-	stop func()
+	url, metrics string
+	stop         func()
 }
 
 // startSharedServe runs `bellbuild serve` (no DHCP, TFTP or HTTP: the
@@ -46,7 +47,7 @@ func startSharedServe(t *testing.T, site, state, tokenFile string, ef etcdFlags)
 	t.Helper()
 	addr := freePort(t)
 	o := serveFlags{site: siteFlags{dir: site}, serverIP: "127.0.0.1", dhcp: pxe.DHCPOff, artifacts: t.TempDir(),
-		state: state, work: t.TempDir(), etcd: ef, statusAuth: tokenFile, httpAddr: "off", tftpAddr: "off",
+		state: state, work: t.TempDir(), etcd: ef, statusAuth: tokenFile, httpAddr: freePort(t), tftpAddr: "off",
 		httpsAddr: addr, bootVia: "http", leaseTime: time.Hour, tftpWindow: 1, loaders: t.TempDir()}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -77,7 +78,7 @@ func startSharedServe(t *testing.T, site, state, tokenFile string, ef etcdFlags)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return &sharedServe{url: "https://" + addr, stop: stop}
+	return &sharedServe{url: "https://" + addr, metrics: "http://" + o.httpAddr + "/metrics", stop: stop}
 }
 
 // TestServeSharedEtcd: two serve instances over one three-member etcd
@@ -166,6 +167,19 @@ func TestServeSharedEtcd(t *testing.T) {
 			t.Errorf("status %v: n1 %+v", args[0], r)
 		}
 	}
+	// b's /metrics counts n1 failing.
+	resp, err := http.Get(b.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`bellbuild_fleet_nodes{state="failing"} 1`, `bellbuild_fleet_node_errors{node="n1"} 1`} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("b's /metrics lacks %s", want)
+		}
+	}
+
 	// An operator's certificate from the site PKI reads b's page too,
 	// until it is revoked.
 	users := t.TempDir()
