@@ -17,7 +17,7 @@ PKGS := qemu-system-x86 ipxe-qemu ovmf linux-image-amd64 busybox-static ipxe \
 	dnsmasq-base tftp-hpa bash-static apparmor ethtool zstd xz-utils iproute2 \
 	kea-admin kea-dhcp4-server file bzip2 gzip tar openssl \
 	qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support \
-	chromium
+	chromium etcd-server
 # arm64 images: Debian packages fetched for arm64 (apt-get download, never
 # installed) after deps has added the architecture to dpkg.
 FOREIGN_ARCHS := arm64
