@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/pxe/state/etcd/etcdtest"
+	"github.com/bellbuild/bellbuild/testvm"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
@@ -45,30 +46,40 @@ func ipIn(t *testing.T, ns string, args ...string) {
 
 // stormServe is a serve process in a namespace; kill stops it at once.
 type stormServe struct {
-	log  *syncBuffer
-	cmd  *exec.Cmd
-	done chan error
+	log    *syncBuffer
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process is gone
+	err    error         // its exit, once exited is closed
+	once   sync.Once
+}
+
+// kill kills the process and waits for it (once; again does nothing).
+func (s *stormServe) kill() {
+	s.once.Do(func() {
+		s.cmd.Process.Kill()
+		<-s.exited
+	})
 }
 
 func startStormServe(t *testing.T, ns, bin string, args ...string) *stormServe {
 	t.Helper()
-	s := &stormServe{log: &syncBuffer{}, done: make(chan error, 1)}
+	s := &stormServe{log: &syncBuffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, bin, "serve"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { s.done <- s.cmd.Wait() }()
-	t.Cleanup(func() {
-		s.cmd.Process.Kill()
-		<-s.done
-	})
+	go func() {
+		s.err = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(s.kill)
 	deadline := time.Now().Add(60 * time.Second)
 	for !strings.Contains(s.log.String(), "msg=serving") {
 		select {
-		case err := <-s.done:
-			t.Fatalf("serve exited: %v\n%s", err, s.log.String())
+		case <-s.exited:
+			t.Fatalf("serve exited: %v\n%s", s.err, s.log.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -132,7 +143,7 @@ func TestServeSharedStorm(t *testing.T) {
 	wg.Go(func() { out2, _ = storm(2) })
 	// Server 1 dies during its storm.
 	time.Sleep(1500 * time.Millisecond)
-	servers[0].cmd.Process.Kill()
+	servers[0].kill()
 	wg.Wait()
 	time.Sleep(300 * time.Millisecond) // the logs' last flush
 
@@ -157,4 +168,69 @@ func TestServeSharedStorm(t *testing.T) {
 		t.Errorf("server 2's storm (sent, received REQUEST-ACK = %v):\n%s", sent, out2)
 	}
 	t.Logf("%d ACKs, %d addresses", acks, len(owner))
+}
+
+// TestNetworkBootPair: two serve instances answer one boot network (each
+// on its own link into the VMs' bridge) over an etcd cluster in its
+// namespace: both offer every machine an address. A VM boots from
+// whichever it took; that instance is killed; a second VM boots from the
+// other; both reach their summary line, with two distinct addresses of
+// the shared pool.
+func TestNetworkBootPair(t *testing.T) {
+	testtool.SkipVM(t)
+	ns := newNetns(t, 2)
+	// Each instance has a link of its own into the bridge (a DHCP
+	// server listens on one interface): s1 at 192.0.2.11, s2 at .12.
+	for i, ip := range []string{"192.0.2.11", "192.0.2.12"} {
+		n := strconv.Itoa(i + 1)
+		ipIn(t, ns.name, "link", "add", "s"+n, "type", "veth", "peer", "name", "s"+n+"p")
+		ipIn(t, ns.name, "link", "set", "s"+n+"p", "master", "br0", "up")
+		ipIn(t, ns.name, "addr", "add", ip+"/24", "dev", "s"+n)
+		ipIn(t, ns.name, "link", "set", "s"+n, "up")
+	}
+	bin := testtool.Binary(t)
+	out := t.TempDir()
+	bake(t, bin, out, "demo")
+	c := etcdtest.Start(t, etcdtest.Options{Netns: ns.name})
+	var servers []*stormServe
+	for i, ip := range []string{"192.0.2.11", "192.0.2.12"} {
+		servers = append(servers, startStormServe(t, ns.name, bin, "--interface", "s"+strconv.Itoa(i+1), "--server-ip", ip,
+			"--pool", "192.0.2.100-192.0.2.199", "--default-profile", "demo", "--state", c.URL(), "--work", t.TempDir(),
+			"--artifacts", out, "--http-addr", ip+":8080", "--tftp-addr", ip+":69", "--https-addr", "off"))
+	}
+	qemu := ns.qemu(t)
+	summary := `bellbuild: node=\S+ profile=demo changes=\d+ errors=0`
+	ackRE := func(mac string) *regexp.Regexp {
+		return regexp.MustCompile(`phase=dhcp-ack mac=` + mac + ` .*ip=(\S+)`)
+	}
+	// answered is the instance that ACKed mac, and the address.
+	answered := func(mac string) (int, string) {
+		t.Helper()
+		deadline := time.Now().Add(testtool.BootTimeout)
+		for {
+			for i, s := range servers {
+				if m := ackRE(mac).FindStringSubmatch(s.log.String()); m != nil {
+					return i, m[1]
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no instance ACKed %s", mac)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	vm1 := testtool.NewVM(t, testvm.Config{Binary: qemu, BootNetwork: true, NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:10:01"}}})
+	vm1.Wait(summary)
+	first, ip1 := answered("52:54:00:00:10:01")
+	servers[first].kill()
+	vm2 := testtool.NewVM(t, testvm.Config{Binary: qemu, BootNetwork: true, NICs: []testvm.NIC{{Netdev: "tap", Ifname: "tap1", MAC: "52:54:00:00:10:02"}}})
+	vm2.Wait(summary)
+	second, ip2 := answered("52:54:00:00:10:02")
+	if second == first {
+		t.Fatalf("the killed instance %d answered the second VM", first)
+	}
+	if ip1 == ip2 {
+		t.Errorf("both VMs got %s", ip1)
+	}
+	t.Logf("VM 1 booted from instance %d (%s), VM 2 from instance %d (%s)", first, ip1, second, ip2)
 }
