@@ -234,3 +234,87 @@ func TestNetworkBootPair(t *testing.T) {
 	}
 	t.Logf("VM 1 booted from instance %d (%s), VM 2 from instance %d (%s)", first, ip1, second, ip2)
 }
+
+// TestServeSharedStormBridge: two serve instances on one broadcast
+// domain (each on its own link into a bridge) over an etcd cluster in
+// their namespace, and a perfdhcp storm of 200 simulated clients from a
+// second namespace on that bridge: every DISCOVER reaches both, both
+// offer, each client takes one. One instance is killed during the storm:
+// the clients go on with the other; no address is ACKed to two MACs by
+// either.
+func TestServeSharedStormBridge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two serve processes, an etcd cluster and perfdhcp: skipped under -short")
+	}
+	if os.Geteuid() != 0 {
+		testtool.Skipf(t, "needs root for network namespaces")
+	}
+	testtool.LookPath(t, "ip", "iproute2")
+	perf := testtool.LookPath(t, "perfdhcp", "kea-admin")
+	bin := testtool.Binary(t)
+	srv, cli := bareNetns(t, "bbsb-"), bareNetns(t, "bbsd-")
+	ipIn(t, srv, "link", "add", "br0", "type", "bridge")
+	ipIn(t, srv, "link", "set", "br0", "up")
+	for i, ip := range []string{"192.0.2.11", "192.0.2.12"} {
+		n := strconv.Itoa(i + 1)
+		ipIn(t, srv, "link", "add", "s"+n, "type", "veth", "peer", "name", "s"+n+"p")
+		ipIn(t, srv, "link", "set", "s"+n+"p", "master", "br0", "up")
+		ipIn(t, srv, "addr", "add", ip+"/24", "dev", "s"+n)
+		ipIn(t, srv, "link", "set", "s"+n, "up")
+	}
+	ipIn(t, srv, "link", "add", "c0p", "type", "veth", "peer", "name", "c0", "netns", cli)
+	ipIn(t, srv, "link", "set", "c0p", "master", "br0", "up")
+	ipIn(t, cli, "addr", "add", "192.0.2.250/24", "dev", "c0")
+	ipIn(t, cli, "link", "set", "c0", "up")
+	c := etcdtest.Start(t, etcdtest.Options{Netns: srv})
+	out := t.TempDir()
+	start := func(i int) *stormServe {
+		ip := "192.0.2.1" + strconv.Itoa(i+1)
+		return startStormServe(t, srv, bin, "--interface", "s"+strconv.Itoa(i+1), "--server-ip", ip,
+			"--pool", "192.0.2.20-192.0.2.240/24", "--default-profile", "demo", "--state", c.URL(),
+			"--work", t.TempDir(), "--artifacts", out, "--tftp-addr", "off", "--http-addr", "off", "--https-addr", "off")
+	}
+	// The first instance answers alone at first; the second joins during
+	// the storm (it must know what the first gave out); then the first
+	// dies.
+	servers := []*stormServe{start(0)}
+	cmd := exec.Command("ip", "netns", "exec", cli, perf, "-4", "-l", "c0", "-R", "200", "-r", "100", "-n", "400", "-t", "1")
+	var b bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &b, &b
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	servers = append(servers, start(1))
+	time.Sleep(1500 * time.Millisecond)
+	killedAt := len(servers[0].log.String())
+	servers[0].kill()
+	cmd.Wait() // perfdhcp exits non-zero when it counted drops
+	time.Sleep(300 * time.Millisecond)
+
+	owner := map[string]string{}
+	acks := make([]int, 2)
+	for i, s := range servers {
+		for _, m := range ackRE.FindAllStringSubmatch(s.log.String(), -1) {
+			acks[i]++
+			if o, ok := owner[m[2]]; ok && o != m[1] {
+				t.Errorf("%s ACKed to %s and to %s", m[2], o, m[1])
+			}
+			owner[m[2]] = m[1]
+		}
+	}
+	before := len(ackRE.FindAllString(servers[0].log.String()[:killedAt], -1))
+	if acks[0] == 0 || acks[1] == 0 || before == 0 {
+		t.Errorf("ACKs: %d by the killed instance (%d before the kill), %d by the other: want both to have answered", acks[0], before, acks[1])
+	}
+	ra := regexp.MustCompile(`(?s)Statistics for: REQUEST-ACK.*?sent packets: (\d+).*?received packets: (\d+)`).FindStringSubmatch(b.String())
+	if ra == nil {
+		t.Fatalf("perfdhcp:\n%s", b.String())
+	}
+	sent, _ := strconv.Atoi(ra[1])
+	recv, _ := strconv.Atoi(ra[2])
+	if sent < 300 || recv < sent*9/10 {
+		t.Errorf("REQUEST-ACK: %d sent, %d answered: the storm did not go on with the other instance\n%s", sent, recv, b.String())
+	}
+	t.Logf("%d REQUESTs, %d ACKed; ACKs by instance: %v; %d addresses", sent, recv, acks, len(owner))
+}
