@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sort"
 	"strings"
@@ -239,7 +240,17 @@ func (s *Store) Update(ctx context.Context, key string, f func(old []byte) ([]by
 		cur, _ = s.guess(key)
 		fresh = true
 	}
-	for range maxConflicts {
+	for try := range maxConflicts {
+		if try > 1 {
+			// Contended: wait a little, at random, so that the writers
+			// racing for the key do not collide again in lock-step.
+			d := time.Duration(rand.Int64N(int64(min(try, 20)) * int64(time.Millisecond)))
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("state %s: %w", key, ctx.Err())
+			case <-time.After(d):
+			}
+		}
 		var old []byte
 		if cur.rev != 0 {
 			old = cur.val

@@ -13,6 +13,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/state/etcd"
 	"github.com/bellbuild/bellbuild/pxe/state/etcd/etcdtest"
 	"github.com/bellbuild/bellbuild/pxe/state/statetest"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 func TestMain(m *testing.M) {
@@ -39,6 +40,21 @@ func TestStore(t *testing.T) {
 	}
 	certs, tc := etcdtest.NewTLS(t, "127.0.0.1")
 	c := etcdtest.Start(t, etcdtest.Options{TLS: certs})
+	statetest.Run(t, func(t *testing.T) statetest.Store {
+		return open(t, c, tc, "/test/"+t.Name()+"/")
+	})
+}
+
+// TestStoreDebianEtcd: the same tests against a three-member cluster of
+// the etcd server a site installs (Debian's etcd-server, 3.4), with TLS
+// and client certificates: the client (v3.7) speaks to it.
+func TestStoreDebianEtcd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-member etcd cluster: skipped under -short")
+	}
+	bin := testtool.LookPath(t, "etcd", "etcd-server")
+	certs, tc := etcdtest.NewTLS(t, "127.0.0.1")
+	c := etcdtest.Start(t, etcdtest.Options{TLS: certs, Binary: bin})
 	statetest.Run(t, func(t *testing.T) statetest.Store {
 		return open(t, c, tc, "/test/"+t.Name()+"/")
 	})

@@ -111,12 +111,17 @@ type Options struct {
 	// network namespace (ip netns exec); the test binary's TestMain must
 	// call Main.
 	Netns string
+	// Binary, when set, is an etcd server program (Debian's etcd-server:
+	// /usr/bin/etcd) that each member runs as instead of the embedded
+	// server: a check of the client against the etcd a site installs.
+	Binary string
 }
 
 // Cluster is a running test cluster.
 type Cluster struct {
 	t       testing.TB
 	members []*member
+	binary  string
 }
 
 type member struct {
@@ -124,6 +129,9 @@ type member struct {
 	mu  sync.Mutex
 	e   *embed.Etcd // in this process
 	cmd *exec.Cmd   // or in a process of its own
+	// waited, when set, is closed once cmd's Wait returned (an etcd
+	// program's member, whose Wait a goroutine calls).
+	waited chan struct{}
 }
 
 // Start starts a cluster and waits until it has a leader; it is stopped
@@ -139,7 +147,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	if len(o.Ports) == 0 {
 		o.Ports = freePorts(t, o.Host, 2*o.Members)
 	}
-	c := &Cluster{t: t}
+	c := &Cluster{t: t, binary: o.Binary}
 	var peers []string
 	base := t.TempDir()
 	for i := range o.Members {
@@ -157,7 +165,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.members))
 	for i, m := range c.members {
-		wg.Go(func() { errs[i] = m.start(o.Netns) })
+		wg.Go(func() { errs[i] = m.start(o.Netns, o.Binary) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -199,7 +207,7 @@ func (c *Cluster) Restart(i int, netns string) {
 	c.t.Helper()
 	m := c.members[i]
 	m.cfg.State = "existing"
-	if err := m.start(netns); err != nil {
+	if err := m.start(netns, c.binary); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -210,7 +218,10 @@ func (c *Cluster) stopAll() {
 	}
 }
 
-func (m *member) start(netns string) error {
+func (m *member) start(netns, binary string) error {
+	if binary != "" {
+		return m.startBinary(netns, binary)
+	}
 	if netns == "" {
 		cfg, err := m.cfg.embed()
 		if err != nil {
@@ -278,13 +289,17 @@ func (m *member) start(netns string) error {
 
 func (m *member) stop() {
 	m.mu.Lock()
-	e, cmd := m.e, m.cmd
-	m.e, m.cmd = nil, nil
+	e, cmd, waited := m.e, m.cmd, m.waited
+	m.e, m.cmd, m.waited = nil, nil, nil
 	m.mu.Unlock()
 	if e != nil {
 		e.Close()
 	}
-	if cmd != nil {
+	switch {
+	case cmd != nil && waited != nil:
+		cmd.Process.Kill()
+		<-waited
+	case cmd != nil:
 		cmd.Process.Kill()
 		cmd.Wait()
 	}
@@ -345,4 +360,73 @@ func freePorts(t testing.TB, host string, n int) []int {
 		l.Close()
 	}
 	return out
+}
+
+// startBinary runs the member as the etcd program binary (in netns when
+// set) and waits until it serves clients (its log says so once it has
+// joined the cluster).
+func (m *member) startBinary(netns, binary string) error {
+	c := m.cfg
+	args := []string{"--name", c.Name, "--data-dir", c.Dir,
+		"--listen-client-urls", c.ClientURL(), "--advertise-client-urls", c.ClientURL(),
+		"--listen-peer-urls", c.PeerURL(), "--initial-advertise-peer-urls", c.PeerURL(),
+		"--initial-cluster", c.Cluster, "--initial-cluster-state", c.State, "--initial-cluster-token", "bellbuild-test",
+		"--heartbeat-interval", "50", "--election-timeout", "500"}
+	if c.TLS != nil {
+		args = append(args, "--cert-file", c.TLS.CertFile, "--key-file", c.TLS.KeyFile, "--trusted-ca-file", c.TLS.TrustedCAFile,
+			"--client-cert-auth", "--peer-cert-file", c.TLS.CertFile, "--peer-key-file", c.TLS.KeyFile,
+			"--peer-trusted-ca-file", c.TLS.TrustedCAFile, "--peer-client-cert-auth")
+	}
+	cmd := exec.Command(binary, args...)
+	if netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", netns, binary}, args...)...)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	log := &lineWaiter{want: "ready to serve client requests", ready: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("etcd member %s: %w", c.Name, err)
+	}
+	waited := make(chan struct{})
+	var werr error
+	go func() { werr = cmd.Wait(); close(waited) }()
+	m.mu.Lock()
+	m.cmd, m.waited = cmd, waited
+	m.mu.Unlock()
+	select {
+	case <-log.ready:
+		return nil
+	case <-waited:
+		return fmt.Errorf("etcd member %s exited: %v\n%s", c.Name, werr, log.String())
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("etcd member %s: not ready after 60 s\n%s", c.Name, log.String())
+	}
+}
+
+// lineWaiter keeps a process's output and closes ready once want shows.
+type lineWaiter struct {
+	mu    sync.Mutex
+	buf   []byte
+	want  string
+	ready chan struct{}
+	seen  bool
+}
+
+func (w *lineWaiter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) < 1<<20 {
+		w.buf = append(w.buf, p...)
+	}
+	if !w.seen && strings.Contains(string(w.buf), w.want) {
+		w.seen = true
+		close(w.ready)
+	}
+	return len(p), nil
+}
+
+func (w *lineWaiter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.buf)
 }
