@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -173,8 +172,13 @@ func TestReports(t *testing.T) {
 
 	// 7. Serve out of reach: the run goes on at once; the newest
 	// reports are kept.
-	gone := lab.clientIn(t, t.TempDir(), "n1", "52:54:00:00:00:01", io.Discard)
-	dead := report.Options{Root: t.TempDir(), Poster: unreachable{gone}, Timeout: 2 * time.Second}
+	// The node's real client, to a port where nothing listens.
+	gone, err := fbenrol.New(fbenrol.Options{Endpoint: fbenrol.Endpoint{URL: "https://" + freePort(t), Node: "n1", MAC: "52:54:00:00:00:01", RootPin: lab.ep.root},
+		Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := report.Options{Root: t.TempDir(), Poster: gone, Timeout: 2 * time.Second}
 	start := time.Now()
 	for i := range fwire.MaxBatch + 4 {
 		if _, err := report.Send(ctx, dead, testReport("n1", t0.Add(time.Duration(i)*time.Hour))); !errors.Is(err, report.ErrNotSent) {
@@ -188,13 +192,6 @@ func TestReports(t *testing.T) {
 	if len(q) != fwire.MaxBatch || !q[0].Start.Equal(t0.Add(4*time.Hour)) || !q[len(q)-1].Start.Equal(t0.Add(time.Duration(fwire.MaxBatch+3)*time.Hour)) {
 		t.Errorf("queue: %d reports, from %v to %v; want the newest %d", len(q), q[0].Start, q[len(q)-1].Start, fwire.MaxBatch)
 	}
-}
-
-// unreachable posts to a closed port.
-type unreachable struct{ c *fbenrol.Client }
-
-func (u unreachable) Post(ctx context.Context, path string, in, out any) (bool, int, error) {
-	return false, 0, fmt.Errorf("dial tcp 127.0.0.1:1: connect: connection refused")
 }
 
 // TestReportsRefused: what serve refuses of a node's reports, and that
