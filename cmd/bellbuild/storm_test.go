@@ -317,4 +317,36 @@ func TestServeSharedStormBridge(t *testing.T) {
 		t.Errorf("REQUEST-ACK: %d sent, %d answered: the storm did not go on with the other instance\n%s", sent, recv, b.String())
 	}
 	t.Logf("%d REQUESTs, %d ACKed; ACKs by instance: %v; %d addresses", sent, recv, acks, len(owner))
+
+	// Quorum lost: the survivor still answers the machines it leased
+	// to (from its cache), and gives a new machine nothing, saying why.
+	c.Stop(0)
+	c.Stop(1)
+	time.Sleep(time.Second) // the last member sees it has no leader
+	again := func(args ...string) (sent, recv int, out string) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", cli, perf, "-4", "-l", "c0", "-r", "50", "-t", "1"}, args...)...)
+		var b bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &b, &b
+		cmd.Run()
+		m := regexp.MustCompile(`(?s)Statistics for: DISCOVER-OFFER.*?sent packets: (\d+).*?received packets: (\d+)`).FindStringSubmatch(b.String())
+		if m == nil {
+			t.Fatalf("perfdhcp:\n%s", b.String())
+		}
+		sent, _ = strconv.Atoi(m[1])
+		recv, _ = strconv.Atoi(m[2])
+		return sent, recv, b.String()
+	}
+	if sent, recv, out := again("-R", "200", "-n", "100"); recv < sent*9/10 {
+		t.Errorf("no quorum, leased machines: %d of %d DISCOVERs offered\n%s", recv, sent, out)
+	}
+	if _, recv, out := again("-R", "50", "-n", "50", "-b", "mac=00:0c:09:00:00:00"); recv != 0 {
+		t.Errorf("no quorum, new machines: %d offers\n%s", recv, out)
+	}
+	for i := 0; i < 150 && !strings.Contains(servers[1].log.String(), "shared lease store unavailable: no new addresses given"); i++ {
+		time.Sleep(100 * time.Millisecond) // a refusal may wait for the request's timeout
+	}
+	if !strings.Contains(servers[1].log.String(), "shared lease store unavailable: no new addresses given") {
+		l := servers[1].log.String()
+		t.Errorf("the survivor's log does not say why new machines get nothing:\n%s", l[max(0, len(l)-3000):])
+	}
 }
