@@ -16,7 +16,8 @@ PKGS := qemu-system-x86 ipxe-qemu ovmf linux-image-amd64 busybox-static ipxe \
 	systemd-boot-efi isolinux syslinux-common debootstrap squashfs-tools gdisk dosfstools mtools cpio \
 	dnsmasq-base tftp-hpa bash-static apparmor ethtool zstd xz-utils iproute2 \
 	kea-admin kea-dhcp4-server file bzip2 gzip tar openssl \
-	qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support
+	qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support \
+	chromium etcd-server
 # arm64 images: Debian packages fetched for arm64 (apt-get download, never
 # installed) after deps has added the architecture to dpkg.
 FOREIGN_ARCHS := arm64

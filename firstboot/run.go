@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
@@ -89,6 +90,11 @@ type RunOptions struct {
 	// once the node is enrolled; else the node as it is) and the
 	// enrolment's state for the summary line.
 	Enrol func(ctx context.Context, node *nodeconf.Node) (*nodeconf.Node, string)
+	// Report, when set, is given every run's report but a plan's, once
+	// the summary is printed, with the node applied, when the run
+	// started and how long it took: cmd sends it to serve (package
+	// firstboot/report), within a short timeout.
+	Report func(ctx context.Context, node *nodeconf.Node, rep *Report, start time.Time, took time.Duration)
 }
 
 var (
@@ -104,7 +110,8 @@ var (
 //     and replaced by its whole configuration;
 //  2. apply it (Apply);
 //  3. print each error on Stderr, one per line ("bellbuild apply: ..."),
-//     then the plan (with Options.Plan) and the summary line on Stdout.
+//     then the plan (with Options.Plan) and the summary line on Stdout;
+//  4. hand the report to Report (not a plan's).
 //
 // It returns nil when the root is converged, ErrPending when a plan has
 // changes to make, ErrFailed when errors were printed, or the error that
@@ -128,7 +135,11 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 
 	// 2. Apply, report.
+	start := time.Now()
 	rep, err := Apply(ctx, o.Options, node)
+	if o.Report != nil && !o.Options.Plan {
+		defer func() { o.Report(ctx, node, rep, start, time.Since(start)) }()
+	}
 	if err != nil {
 		printErrors(stderr, err)
 		fmt.Fprintln(stdout, summary(rep))

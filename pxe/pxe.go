@@ -75,6 +75,10 @@ type Config struct {
 	LeaseTime time.Duration
 	// LeaseFile keeps leases across restarts (empty: in memory only).
 	LeaseFile string
+	// SharedLeases, when set, keeps the leases there instead, shared with
+	// the other servers that use it (leases.OpenShared): several servers
+	// answer one boot network and never give an address to two MACs.
+	SharedLeases leases.Shared
 	// Loaders maps loader names to paths (default: DefaultLoaders(LoaderDir)).
 	Loaders map[string]string
 	// Artifacts is the directory of the artifacts Machine.Kernel and
@@ -109,6 +113,11 @@ type Config struct {
 	EnrolTLS  *tls.Config
 	EnrolRoot string
 	HTTPSAddr string
+	// Status, when set, answers every HTTPS path but the enrolment's
+	// (/v1/): the status page (package fleet's Page).
+	Status http.Handler
+	// Collectors are registered with the server's metrics (/metrics).
+	Collectors []prometheus.Collector
 }
 
 // DefaultLoaders returns the iPXE loaders found in dir, by name, with
@@ -157,8 +166,18 @@ func New(cfg Config, b Backend) (_ *Server, err error) {
 	}()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = metrics.New(s.reg, cfg.Log)
+	for _, c := range cfg.Collectors {
+		if err := s.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("pxe: metrics: %w", err)
+		}
+	}
 	if cfg.DHCP != DHCPProxy {
-		if s.leases, err = leases.Open(cfg.LeaseFile, leases.Options{}); err != nil {
+		if cfg.SharedLeases != nil {
+			s.leases, err = leases.OpenShared(context.Background(), cfg.SharedLeases, leases.Options{})
+		} else {
+			s.leases, err = leases.Open(cfg.LeaseFile, leases.Options{})
+		}
+		if err != nil {
 			return nil, fmt.Errorf("pxe: %w", err)
 		}
 	}
@@ -238,6 +257,12 @@ func (s *Server) openEnrol(b Backend) (string, error) {
 	}
 	s.httpsLn = ln
 	s.https = enrol.New(ec)
+	if s.cfg.Status != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/v1/", s.https)
+		mux.Handle("/", s.cfg.Status)
+		s.https = mux
+	}
 	url := fmt.Sprintf("https://%s:%d", s.cfg.ServerIP, ln.Addr().(*net.TCPAddr).Port)
 	args := wire.ParamURL + "=" + url + " " + wire.ParamNet + "=" + wire.NetFromIPXE
 	if s.cfg.EnrolRoot != "" {

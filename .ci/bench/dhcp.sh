@@ -8,6 +8,9 @@
 # Topology (namespaces made here, deleted on exit):
 #   bbsrv: s0 198.51.100.1/24 — the server; route to 192.0.2.0/24 via the relay
 #   bbcli: c0 198.51.100.2/24 + 192.0.2.1/24 — perfdhcp, relaying from giaddr 192.0.2.1
+# bellbuild-etcd is bellbuild with --state etcd+http://127.0.0.1:2379: a
+# one-member etcd (Debian's etcd-server) in bbsrv, every lease committed
+# to it (a transaction) before its ACK.
 # Every server leases 192.0.2.10-192.0.2.250 to relayed clients; perfdhcp
 # simulates 200 clients (-R 200), so each address is leased once and then
 # renewed by the same MAC.
@@ -23,9 +26,10 @@ for t in perfdhcp dnsmasq kea-dhcp4 ip; do command -v $t >/dev/null || { echo "d
 
 TMP=$(mktemp -d)
 SRV=bbsrv-$$ CLI=bbcli-$$
-PID=
+PID= ETCD=
 cleanup() {
 	[ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
+	[ -n "$ETCD" ] && kill "$ETCD" 2>/dev/null && wait "$ETCD" 2>/dev/null || true
 	ip netns del $SRV 2>/dev/null || true
 	ip netns del $CLI 2>/dev/null || true
 	rm -rf "$TMP"
@@ -51,6 +55,17 @@ start() { # NAME: start the server in the background, PID set
 		ip netns exec $SRV "$BIN" serve --interface s0 --pool 192.0.2.10-192.0.2.250/24 \
 			--default-profile demo --state "$TMP/bb" --artifacts "$TMP/out" --tftp-addr off --http-addr off \
 			>"$TMP/server.log" 2>&1 &
+		;;
+	bellbuild-etcd)
+		command -v etcd >/dev/null || { echo "dhcp.sh: etcd missing (apt-get install etcd-server)" >&2; exit 1; }
+		mkdir -p "$TMP/out"
+		ip netns exec $SRV etcd --data-dir "$TMP/etcd" --listen-client-urls http://127.0.0.1:2379 \
+			--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 >"$TMP/etcd.log" 2>&1 &
+		ETCD=$!
+		sleep 2
+		ip netns exec $SRV "$BIN" serve --interface s0 --pool 192.0.2.10-192.0.2.250/24 \
+			--default-profile demo --state etcd+http://127.0.0.1:2379 --work "$TMP/bb" --artifacts "$TMP/out" \
+			--tftp-addr off --http-addr off --https-addr off >"$TMP/server.log" 2>&1 &
 		;;
 	dnsmasq)
 		ip netns exec $SRV dnsmasq -k --conf-file=/dev/null --port=0 --no-ping --user=root --group=root \
@@ -83,8 +98,15 @@ stop() {
 	PID=
 }
 
+stop_etcd() {
+	[ -n "$ETCD" ] || return 0
+	kill "$ETCD" 2>/dev/null || true
+	wait "$ETCD" 2>/dev/null || true
+	ETCD=
+}
+
 printf '| server | offered DORA/s | completed DORA/s | drops | leases persisted |\n|---|---|---|---|---|\n'
-for server in ${SERVERS:-bellbuild dnsmasq kea}; do
+for server in ${SERVERS:-bellbuild bellbuild-etcd dnsmasq kea}; do
 	for rate in "${RATES[@]}"; do
 		start $server
 		out=$(ip netns exec $CLI perfdhcp -4 -l 192.0.2.1 -r "$rate" -R 200 -p "$PERIOD" -s 1 198.51.100.1 2>&1 || true)
@@ -96,11 +118,16 @@ for server in ${SERVERS:-bellbuild dnsmasq kea}; do
 		drops=$(echo "$out" | awk '/Statistics for: DISCOVER-OFFER/{d=1} d && /drops ratio:/{print $3, $4; exit}')
 		case $server in
 		bellbuild) persisted=$( (grep '^L ' "$TMP/bb/leases" 2>/dev/null || true) | cut -d' ' -f3 | sort -u | wc -l) ;;
+		bellbuild-etcd)
+			ip netns exec $SRV "$BIN" state copy --from etcd+http://127.0.0.1:2379 --to "$TMP/etcdcopy" >/dev/null 2>&1 || true
+			persisted=$( (grep '^L ' "$TMP/etcdcopy/leases" 2>/dev/null || true) | cut -d' ' -f3 | sort -u | wc -l)
+			stop_etcd
+			;;
 		dnsmasq) persisted=$(wc -l <"$TMP/dnsmasq.leases" 2>/dev/null || echo 0) ;;
 		kea) persisted=$( (tail -n +2 "$TMP/kea/leases4.csv" 2>/dev/null || true) | cut -d, -f1 | sort -u | wc -l) ;;
 		esac
 		printf '| %s | %s | %s | %s | %s |\n' "$server" "$rate" "${done_:-?}" "${drops:-?}" "$persisted"
 		if [ -n "${VERBOSE:-}" ]; then { echo "$out"; tail -5 "$TMP/server.log" || true; } >&2; fi
-		rm -rf "$TMP/bb" "$TMP/dnsmasq.leases" "$TMP/kea"
+		rm -rf "$TMP/bb" "$TMP/dnsmasq.leases" "$TMP/kea" "$TMP/etcd" "$TMP/etcdcopy"
 	done
 done

@@ -108,6 +108,10 @@ Examples:
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
 				}
+				o.trigger = "apply"
+				if *watch {
+					o.trigger = "watch"
+				}
 				ro, err := o.runOptions(ctx)
 				if err != nil {
 					return err
@@ -134,6 +138,8 @@ type applyFlags struct {
 	identities                            []string
 	labels                                map[string]string
 	plan, offline, live                   bool
+	// trigger names the run in its report ("apply", "watch").
+	trigger string
 }
 
 // runOptions checks the flags and turns them into firstboot's options.
@@ -155,7 +161,8 @@ func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error
 		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
 			Plan: o.plan, Log: slog.Default()},
 		Stdout: os.Stdout, Stderr: os.Stderr,
-		Enrol: dayTwoEnrol(o.root, os.Stderr),
+		Enrol:  dayTwoEnrol(o.root, os.Stderr),
+		Report: dayTwoReport(o.root, o.trigger, os.Stderr),
 	}, nil
 }
 

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"time"
 
+	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/firstboot/enrol"
+	"github.com/bellbuild/bellbuild/firstboot/report"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -49,5 +52,26 @@ func dayTwoEnrol(root string, console io.Writer) func(context.Context, *nodeconf
 			}
 		}
 		return node, res.State
+	}
+}
+
+// dayTwoReport sends each run's report to serve over the root's
+// enrolment endpoint (package firstboot/report); a root without one gets
+// nil. A report not sent waits on the root for the next run, and the run
+// carries on: one line on console says so.
+func dayTwoReport(root, trigger string, console io.Writer) func(context.Context, *nodeconf.Node, *firstboot.Report, time.Time, time.Duration) {
+	p, err := report.Client(root)
+	if err != nil {
+		fmt.Fprintf(console, "bellbuild apply: report: %v\n", err)
+		return nil
+	}
+	if p == nil {
+		return nil
+	}
+	return func(ctx context.Context, node *nodeconf.Node, rep *firstboot.Report, start time.Time, took time.Duration) {
+		r := report.FromRun(report.Run{Node: node, Report: rep, Root: root, Trigger: trigger, Start: start, Duration: took})
+		if _, err := report.Send(ctx, report.Options{Root: root, Poster: p}, r); err != nil {
+			fmt.Fprintf(console, "bellbuild apply: report: %v\n", err)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/bellbuild/bellbuild/pxe/state/etcd/etcdtest"
+
 	"bufio"
 	"context"
 	"crypto/x509"
@@ -31,6 +33,9 @@ import (
 const crashEnv = "BELLBUILD_ENROL_CRASH_CHILD"
 
 func TestMain(m *testing.M) {
+	// An etcd member of a test's cluster inside a network namespace runs
+	// as this binary (etcdtest.Main never returns then).
+	etcdtest.Main()
 	if v := os.Getenv(crashEnv); v != "" {
 		crashChild(v)
 	}

@@ -92,6 +92,28 @@ type enrolLab struct {
 	reg                  *prometheus.Registry
 	pin                  string // pinned key of n3
 	pinKey               *ecdsa.PrivateKey
+	// owners are the endpoint's leases (none unless a test adds one).
+	owners *testOwners
+}
+
+// testOwners are leases a test sets: address → MAC.
+type testOwners struct {
+	mu sync.Mutex
+	m  map[netip.Addr]net.HardwareAddr
+}
+
+func (o *testOwners) lease(ip, mac string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	hw, _ := net.ParseMAC(mac)
+	o.m[netip.MustParseAddr(ip)] = hw
+}
+
+func (o *testOwners) MACFor(ip netip.Addr) (net.HardwareAddr, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	m, ok := o.m[ip]
+	return m, ok
 }
 
 func newEnrolLab(t *testing.T, o enrol.Options) *enrolLab {
@@ -125,6 +147,8 @@ func newEnrolLab(t *testing.T, o enrol.Options) *enrolLab {
 	cfg := lab.ep.cfg
 	cfg.Backend = backend
 	cfg.Counters = enrol.NewCounters(lab.reg)
+	lab.owners = &testOwners{m: map[netip.Addr]net.HardwareAddr{}}
+	cfg.Owners = lab.owners
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/profiles/pki"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
+	"github.com/bellbuild/bellbuild/pxe/fleet"
 	"github.com/bellbuild/bellbuild/testvm"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
@@ -138,6 +139,38 @@ func TestEnrolmentVMs(t *testing.T) {
 		// The secret file came with the approved configuration.
 		vm1.Wait(`lab: token=` + tokenSum)
 		vm1.Wait(`bellbuild: node=n1 profile=lab changes=\d+ errors=0 enrol=approved`)
+		// The boot's report reached serve: with the host certificate,
+		// naming the image serve booted; and status finds the site's
+		// configuration applied (the whole one, secrets and
+		// certificates included, hashes as the public one).
+		var h fleet.History
+		for i := 0; ; i++ {
+			data, err := os.ReadFile(filepath.Join(state, filepath.FromSlash(fleet.Key("n1"))))
+			if err == nil && json.Unmarshal(data, &h) == nil && len(h.Reports) > 0 {
+				break
+			}
+			if i == 200 {
+				t.Fatalf("no report of n1's boot in serve's state after 20 s:\n%s", vm1.Console())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		img, err := imageID(filepath.Join(out, "lab", "manifest.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last := h.Reports[len(h.Reports)-1]; !last.Verified || last.Trigger != "boot" || last.Image != img || len(last.Errors) != 0 {
+			t.Errorf("n1's boot report (want the image %s): %+v", img, last)
+		}
+		so, err := exec.Command(bin, "status", "-C", site, "--state", state, "--artifacts", out, "-o", "json").CombinedOutput()
+		var rows []fleet.Row
+		if err != nil || json.Unmarshal(so, &rows) != nil {
+			t.Fatalf("status: %v\n%s", err, so)
+		}
+		for _, r := range rows {
+			if r.Node == "n1" && (r.State != fleet.StateOK || r.AppliedConfig != r.DesiredConfig || r.RunningImage != img) {
+				t.Errorf("status of n1: %+v", r)
+			}
+		}
 		// The certificate in place is the one serve signed for n1's svc.
 		if want := issuedCertSum(t, site, "service/n1/svc/client"); m[2] != want {
 			t.Errorf("installed certificate sha256 %s, want %s (the PKI's)", m[2], want)

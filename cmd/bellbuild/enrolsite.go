@@ -20,6 +20,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/pki"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
+	"github.com/bellbuild/bellbuild/pxe/fleet"
 	"github.com/bellbuild/bellbuild/pxe/node"
 	pxestate "github.com/bellbuild/bellbuild/pxe/state"
 )
@@ -187,21 +188,30 @@ type enrolEndpoint struct {
 	cfg  enrol.Config
 	tls  *tls.Config
 	root string // the root CA's fingerprint
+	// users is the users sub-CA (operators' certificates: the status
+	// page).
+	users *x509.Certificate
 }
 
 // newEnrolEndpoint opens the site's PKI and the state under stateDir and
 // issues (or reuses) serve's own certificate for ip from the hosts
 // sub-CA (slot serve/IP; its key stays in PRIVATE/pki/keys).
 func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private, stateDir string, ip netip.Addr, configs *nodeConfigs, o enrol.Options) (*enrolEndpoint, error) {
+	st, err := pxestate.OpenDir(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	return newEnrolEndpointOn(ctx, site, private, st, ip, configs, o)
+}
+
+// newEnrolEndpointOn is newEnrolEndpoint over the state store st (a
+// directory, or etcd shared by several serve instances).
+func newEnrolEndpointOn(ctx context.Context, site *profiles.Site, private string, st pxestate.Store, ip netip.Addr, configs *nodeConfigs, o enrol.Options) (*enrolEndpoint, error) {
 	store, err := openPKI(site, private, o.Now)
 	if err != nil {
 		return nil, err
 	}
 	cert, err := serveCert(ctx, store, ip)
-	if err != nil {
-		return nil, err
-	}
-	st, err := pxestate.OpenDir(stateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -213,9 +223,11 @@ func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private
 	reg := enrol.NewRegistry(st, ca, o)
 	hosts := store.CA(pki.Hosts).Cert
 	return &enrolEndpoint{
-		cfg:  enrol.Config{Registry: reg, CA: ca, Configs: nodes, Bundle: store.Bundle(), Now: o.Now, Log: o.Log},
-		tls:  enrol.TLSConfig(cert, hosts, o.Now),
-		root: wire.CertFingerprint(store.CA(pki.Root).Cert.Raw),
+		cfg: enrol.Config{Registry: reg, CA: ca, Configs: nodes, Bundle: store.Bundle(), Now: o.Now, Log: o.Log,
+			Reports: fleet.NewRecorder(st, fleet.Options{Now: o.Now})},
+		tls:   enrol.TLSConfig(cert, hosts, o.Now),
+		root:  wire.CertFingerprint(store.CA(pki.Root).Cert.Raw),
+		users: store.CA(pki.Users).Cert,
 	}, nil
 }
 

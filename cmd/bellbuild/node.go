@@ -84,9 +84,10 @@ Examples:
 			var o nodeFlags
 			o.site.register(fs)
 			registerPrivate(fs, &o.private)
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "serve's state `DIR`")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "serve's state `DIR`, or etcd://HOST:PORT,... (serve's --state)")
 			fs.StringVar(&o.fingerprint, "fingerprint", "", "approve: the pending key's fingerprint `FP` (as the node printed it)")
 			fs.StringVar(&o.output, "o", "text", "list: output `FORMAT`, text or json")
+			o.etcd.register(fs)
 			return func(ctx context.Context, args []string) error {
 				args, err := positional(fs, args)
 				if err != nil {
@@ -102,6 +103,7 @@ type nodeFlags struct {
 	site                siteFlags
 	private, state      string
 	fingerprint, output string
+	etcd                etcdFlags
 }
 
 func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) error {
@@ -127,10 +129,11 @@ func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) 
 		return printSiteErrors(os.Stderr, err)
 	}
 	// serve's state for the site's environment: STATE/ENV.
-	st, err := pxestate.OpenDir(envDir(o.state, site))
+	st, closeState, err := openState(ctx, o.state, site, o.private, o.etcd)
 	if err != nil {
 		return err
 	}
+	defer closeState()
 	switch sub {
 	case "list":
 		return nodeList(ctx, site, enrol.NewRegistry(st, nil, enrol.Options{}), o.output, stdout)

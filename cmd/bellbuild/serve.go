@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,9 +27,11 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	fwire "github.com/bellbuild/bellbuild/pxe/fleet/wire"
 	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/leases"
+	"github.com/bellbuild/bellbuild/pxe/state/etcd"
 	"github.com/bellbuild/bellbuild/pxe/tftp"
 )
 
@@ -128,7 +133,10 @@ Example:
 				return nil
 			})
 			fs.StringVar(&o.artifacts, "artifacts", "out", "`OUT` directory of 'bellbuild image'")
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases, the nodes' rendered files, enrolment (bellbuild node reads it)")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR` (leases, the nodes' rendered files, enrolment, reports; bellbuild node and status read it), or etcd://HOST:PORT,... shared by several serve instances")
+			fs.StringVar(&o.statusAuth, "status-auth", "", "a token `FILE`: the status page (HTTPS /) also takes \"Authorization: Bearer TOKEN\" besides a user certificate of the site PKI")
+			fs.StringVar(&o.work, "work", "/var/lib/bellbuild", "with --state etcd://: the local `DIR` of the nodes' rendered files")
+			o.etcd.register(fs)
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
 			fs.StringVar(&o.httpsAddr, "https-addr", "0.0.0.0:8443", "enrolment endpoint's HTTPS listen `ADDR` (off: no enrolment)")
@@ -159,6 +167,8 @@ type serveFlags struct {
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
+	work, statusAuth         string
+	etcd                     etcdFlags
 	httpAddr, tftpAddr       string
 	httpsAddr                string
 	bootVia, defaultProfile  string
@@ -179,6 +189,17 @@ func runServe(ctx context.Context, o serveFlags) error {
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
+	}
+	// The state: a directory (STATE/ENV), or etcd shared with other
+	// serve instances (the rendered files then live in WORK/ENV).
+	st, closeState, err := openState(ctx, o.state, site, o.private, o.etcd)
+	if err != nil {
+		return err
+	}
+	defer closeState()
+	shared := etcd.IsURL(o.state) || isEtcdHTTP(o.state)
+	if shared {
+		o.state = o.work
 	}
 	o.artifacts, o.state = envDir(o.artifacts, site), envDir(o.state, site)
 	configs, err := serveConfigs(site, o.identities, o.private)
@@ -212,7 +233,10 @@ func runServe(ctx context.Context, o serveFlags) error {
 	}
 	// 3. Render every node's configuration into STATE/nodes/NAME/.
 	cfg.LeaseFile = o.leases
-	if cfg.LeaseFile == "" && o.dhcp != pxe.DHCPProxy {
+	if shared && o.leases == "" {
+		cfg.SharedLeases = st
+	}
+	if cfg.LeaseFile == "" && cfg.SharedLeases == nil && o.dhcp != pxe.DHCPProxy {
 		cfg.LeaseFile = filepath.Join(o.state, "leases")
 	}
 	if cfg.LeaseFile != "" {
@@ -240,7 +264,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
 	// The enrolment endpoint (HTTPS), when the site has a PKI.
-	if err := o.enrolment(ctx, site, configs, &cfg); err != nil {
+	if err := o.enrolment(ctx, site, configs, st, &cfg); err != nil {
 		return err
 	}
 	srv, err := pxe.New(cfg, backend)
@@ -383,7 +407,15 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		}
 		return c
 	}
-	cmdline := func(profile string) string { return baked(profile).Cmdline }
+	// The machine is told which image it boots (bellbuild.image=, the
+	// manifest's hash), and says so in its reports.
+	cmdline := func(profile string) string {
+		c := baked(profile)
+		if c.ID == "" {
+			return c.Cmdline
+		}
+		return strings.TrimSpace(c.Cmdline + " " + fwire.ParamImage + "=" + c.ID)
+	}
 	infos := site.Nodes()
 	nodes := make([]*nodeconf.Node, len(infos))
 	for i, n := range infos {
@@ -468,6 +500,8 @@ func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Mach
 type bakedInfo struct {
 	Cmdline string `json:"cmdline"`
 	Arch    string `json:"arch"`
+	// ID is the image's (imageID: the manifest's SHA-256).
+	ID string `json:"-"`
 }
 
 // readBaked reads the kernel command line and the architecture from
@@ -483,6 +517,8 @@ func readBaked(out, profile string) bakedInfo {
 		slog.Warn("unreadable manifest", "profile", profile, "err", err)
 		return bakedInfo{}
 	}
+	sum := sha256.Sum256(data)
+	m.ID = "sha256:" + hex.EncodeToString(sum[:])
 	return m
 }
 

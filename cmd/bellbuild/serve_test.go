@@ -68,7 +68,12 @@ func TestSiteBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Name != "demo-2" || m.Kernel != "demo/vmlinuz" || m.Initrd != "demo/initramfs.cpio.zst" || m.Cmdline != "console=ttyS0 quiet" {
+	// The command line names the image: the manifest's SHA-256.
+	img, err := imageID(filepath.Join(out, "demo", "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Name != "demo-2" || m.Kernel != "demo/vmlinuz" || m.Initrd != "demo/initramfs.cpio.zst" || m.Cmdline != "console=ttyS0 quiet bellbuild.image="+img {
 		t.Errorf("machine %+v", m)
 	}
 	data, err := os.ReadFile(filepath.Join(files, "demo-2", m.Files[NodeFile]))

@@ -324,6 +324,7 @@ func Run(ctx context.Context, opts Options) *Result {
 	}
 	rep := &firstboot.Report{}
 	enrolState := ""
+	start := time.Now()
 	if node != nil {
 		rep = apply(node)
 		// A node that enrols (docs/enrolment.md) applies its whole
@@ -368,6 +369,12 @@ func Run(ctx context.Context, opts Options) *Result {
 		summary += " enrol=" + enrolState
 	}
 	fmt.Fprintln(con, summary)
+
+	// 6. The report to serve, for a node that enrols (it knows serve's
+	// endpoint): sent within a few seconds, else kept for the next run.
+	if enrolState != "" && res.Node != nil {
+		sendReport(ctx, root, res.Node, rep, start, con)
+	}
 
 	res.Init = findInit(root, InitParam(cmdline))
 	if res.Init == "" {

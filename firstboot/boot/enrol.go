@@ -12,6 +12,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/firstboot/enrol"
+	"github.com/bellbuild/bellbuild/firstboot/report"
 	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
@@ -165,4 +166,17 @@ func AddEnrolPoll(root, config, node string, every time.Duration) (bool, error) 
 		return false, err
 	}
 	return true, nil
+}
+
+// sendReport sends the boot's report to serve (package firstboot/report);
+// one line on the console when it stays queued.
+func sendReport(ctx context.Context, root string, node *nodeconf.Node, rep *firstboot.Report, start time.Time, con io.Writer) {
+	p, err := report.Client(root)
+	if err == nil && p != nil {
+		r := report.FromRun(report.Run{Node: node, Report: rep, Root: root, Trigger: "boot", Start: start, Duration: time.Since(start)})
+		_, err = report.Send(ctx, report.Options{Root: root, Poster: p}, r)
+	}
+	if err != nil {
+		fmt.Fprintf(con, "bellbuild: report: %v\n", err)
+	}
 }

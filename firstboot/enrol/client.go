@@ -542,3 +542,22 @@ func writeAtomic(p string, data []byte, mode fs.FileMode) error {
 	}
 	return nil
 }
+
+// Post sends in (JSON) to serve's path and decodes the answer into out:
+// over mutual TLS with the host certificate once the node has one
+// (mutual true), else with serve's certificate checked and none of the
+// node's. A refusal wraps ErrRefused; code is the HTTP status (0 when
+// serve was not reached).
+func (c *Client) Post(ctx context.Context, path string, in, out any) (mutual bool, code int, err error) {
+	hc, err := c.mtls()
+	switch {
+	case errors.Is(err, ErrNotEnrolled):
+		hc = c.plain
+	case err != nil:
+		return false, 0, err
+	default:
+		mutual = true
+	}
+	code, err = c.do(ctx, hc, http.MethodPost, path, in, out)
+	return mutual, code, err
+}

@@ -71,6 +71,9 @@ type Config struct {
 	Log *slog.Logger
 	// Counters count requests and outcomes (nil: none).
 	Counters *Counters
+	// Reports, when set, keeps the reports nodes send
+	// (fwire.ReportsPath).
+	Reports Reports
 }
 
 type server struct {
@@ -107,6 +110,7 @@ func New(cfg Config) http.Handler {
 	handle("GET "+wire.PathNodes+"{node}/config", "config", s.config)
 	handle("POST "+wire.PathNodes+"{node}/certificates", "certificates", s.certificates)
 	handle("POST "+wire.PathNodes+"{node}/renew", "renew", s.renew)
+	handle("POST "+wire.PathNodes+"{node}/reports", "reports", s.reports)
 	mux.Handle("/", s.count("other", func(w http.ResponseWriter, r *http.Request) error {
 		return refuse(http.StatusNotFound, "not-found", "%s %s: no such enrolment endpoint (see package wire: /v1/enrol, /v1/crl, /v1/nodes/NODE/...)", r.Method, short(r.URL.Path))
 	}))

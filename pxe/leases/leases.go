@@ -175,6 +175,11 @@ type Store struct {
 	stop      chan struct{}
 	done      chan struct{}
 	closed    bool
+
+	// shared, when set, holds the bindings instead of the file
+	// (OpenShared); cancel stops its watch.
+	shared Shared
+	cancel context.CancelFunc
 }
 
 // Open loads the bindings logged in path (creating it when missing) and
@@ -320,6 +325,9 @@ func (s *Store) bind(ip netip.Addr, mac string, st state, expiry time.Time) *bin
 // never-used address of pool, else the longest-expired one. The address is
 // held for mac for Options.OfferHold.
 func (s *Store) Offer(mac net.HardwareAddr, reserved netip.Addr, pool Range) (netip.Addr, error) {
+	if s.shared != nil {
+		return s.sharedOffer(mac, reserved, pool)
+	}
 	key := mac.String()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -401,6 +409,9 @@ func (s *Store) free(pool Range, now time.Time) (netip.Addr, bool) {
 // Ack leases ip to mac for d, writes it to disk, and returns once it is
 // there (or ctx is done). ip must not be live for another MAC address.
 func (s *Store) Ack(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, d time.Duration) (Lease, error) {
+	if s.shared != nil {
+		return s.sharedAck(ctx, mac, ip, d)
+	}
 	key := mac.String()
 	s.mu.Lock()
 	if s.closed {
@@ -426,6 +437,9 @@ func (s *Store) Ack(ctx context.Context, mac net.HardwareAddr, ip netip.Addr, d 
 // Release ends mac's lease on ip now; the address stays bound to mac until
 // the pool needs it for another machine.
 func (s *Store) Release(ctx context.Context, mac net.HardwareAddr, ip netip.Addr) error {
+	if s.shared != nil {
+		return s.sharedRelease(ctx, mac, ip)
+	}
 	key := mac.String()
 	s.mu.Lock()
 	b := s.byIP[ip]
@@ -444,6 +458,9 @@ func (s *Store) Release(ctx context.Context, mac net.HardwareAddr, ip netip.Addr
 // by someone else. mac loses its binding. It reports whether it did so: a
 // DECLINE from a MAC that ip is not bound to changes nothing.
 func (s *Store) Decline(ctx context.Context, mac net.HardwareAddr, ip netip.Addr) (bool, error) {
+	if s.shared != nil {
+		return s.sharedDecline(ctx, mac, ip)
+	}
 	key := mac.String()
 	s.mu.Lock()
 	b := s.byIP[ip]
@@ -658,6 +675,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
 	if !s.persist {
 		return nil
 	}

@@ -80,7 +80,6 @@ func (d *Dir) Update(ctx context.Context, key string, f func(old []byte) ([]byte
 		return fmt.Errorf("state %s: %w", key, err)
 	}
 	defer unlock()
-	removeTemps(p)
 	old, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		old, err = nil, nil
@@ -109,10 +108,13 @@ func (d *Dir) Update(ctx context.Context, key string, f func(old []byte) ([]byte
 // List implements Store.
 func (d *Dir) List(_ context.Context, prefix string) ([]string, error) {
 	base := strings.TrimSuffix(prefix, "/")
-	if err := CheckKey(base); err != nil {
-		return nil, err
+	root := d.dir
+	if base != "" {
+		if err := CheckKey(base); err != nil {
+			return nil, err
+		}
+		root = filepath.Join(d.dir, filepath.FromSlash(base))
 	}
-	root := filepath.Join(d.dir, filepath.FromSlash(base))
 	var out []string
 	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -130,7 +132,7 @@ func (d *Dir) List(_ context.Context, prefix string) ([]string, error) {
 			return err
 		}
 		key := filepath.ToSlash(rel)
-		if CheckKey(key) == nil && (key == base || strings.HasPrefix(key, base+"/")) {
+		if CheckKey(key) == nil && (base == "" || key == base || strings.HasPrefix(key, base+"/")) {
 			out = append(out, key)
 		}
 		return nil
@@ -172,11 +174,11 @@ func lock(ctx context.Context, file string) (func(), error) {
 // writeAtomic replaces p with data: a temporary file in the same
 // directory, fsync, rename, fsync of the directory.
 func writeAtomic(p string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), tempPrefix(p)+"*")
+	tmp := tempName(p)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
 	_, err = f.Write(data)
 	if err == nil {
 		err = f.Chmod(0o600)
@@ -197,18 +199,10 @@ func writeAtomic(p string, data []byte) error {
 	return syncDir(filepath.Dir(p))
 }
 
-// tempPrefix starts the name of p's temporary files: hidden, and p's own,
-// so that the next Update of p (under p's lock) removes what a killed one
-// left.
-func tempPrefix(p string) string { return "." + filepath.Base(p) + ".tmp-" }
-
-// removeTemps removes p's temporary files (the caller holds p's lock).
-func removeTemps(p string) {
-	ms, _ := filepath.Glob(filepath.Join(filepath.Dir(p), tempPrefix(p)+"*"))
-	for _, m := range ms {
-		os.Remove(m)
-	}
-}
+// tempName is p's temporary file: hidden, and p's own, so that only an
+// Update of p (which holds p's lock) writes it, and the next one writes
+// over what a killed one left.
+func tempName(p string) string { return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp") }
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

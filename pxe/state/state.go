@@ -1,9 +1,9 @@
 // Package state is what `bellbuild serve` keeps between requests and
-// across restarts, behind one small interface (Store) so that it can live
-// in a local directory (Dir, the default) or, later, in a distributed
-// store shared by several serve instances (etcd: Update maps to a
-// transaction that compares the key's revision, List to a ranged get of
-// keys only).
+// across restarts — leases, enrolment, reports — behind one small
+// interface (Store) so that it can live in a local directory (Dir, the
+// default) or in etcd, shared by several serve instances (package
+// pxe/state/etcd: Update is a transaction that compares the key's
+// revision, List a ranged get of keys only).
 //
 // A key is a slash-separated path of lower-case names ("enrol/nodes/web-1");
 // a value is opaque bytes. Every Update is durable before it returns: a
@@ -33,8 +33,20 @@ type Store interface {
 	// and nothing is written.
 	Update(ctx context.Context, key string, f func(old []byte) ([]byte, error)) error
 	// List returns the keys under prefix (a key, or a key ending in
-	// "/"), sorted.
+	// "/"; "" is every key), sorted.
 	List(ctx context.Context, prefix string) ([]string, error)
+}
+
+// Watcher is a Store that says when keys change, whoever changed them:
+// another process, another serve instance. Consumers that cache what they
+// read (the leases, the fleet view) ask for it beside Store.
+type Watcher interface {
+	// Watch calls f with every key under prefix and its value, then,
+	// until ctx is done, again for each key that changes (value nil: the
+	// key was deleted). It returns once the keys present were given to f;
+	// later calls come from another goroutine, one at a time. A change
+	// may be told more than once, never lost.
+	Watch(ctx context.Context, prefix string, f func(key string, value []byte)) error
 }
 
 // ErrUnchanged, returned by an Update's function, writes nothing.
