@@ -51,6 +51,10 @@ type Config struct {
 	Extra []string
 	// Binary overrides the emulator's path (default: QEMU from PATH).
 	Binary string
+	// Reboot lets a guest that reboots start again in the same VM (its
+	// console continues); by default (-no-reboot) a reboot ends the VM.
+	// Boot counting needs it: each try is a reboot.
+	Reboot bool
 }
 
 // Drive is a disk image.
@@ -66,6 +70,10 @@ type Drive struct {
 	// Snapshot sends the guest's writes to a temporary overlay: the file
 	// is left as it was.
 	Snapshot bool
+	// BootIndex, when > 0, puts the drive in the firmware's boot order
+	// (a virtio-blk device with bootindex=N; OVMF follows it, lowest
+	// first). Interface must be "" or "virtio".
+	BootIndex int
 }
 
 // NIC is a network interface.
@@ -79,6 +87,10 @@ type NIC struct {
 	// Model defaults to "virtio-net-pci"; "e1000" works with SeaBIOS's PXE
 	// ROM as well.
 	Model string
+	// BootIndex, when > 0, puts the NIC in the firmware's boot order
+	// (bootindex=N): with a drive's at a higher index, the machine boots
+	// from the network first and from the disk when that fails or exits.
+	BootIndex int
 }
 
 // Args returns QEMU's argument list for c (without the binary). The
@@ -100,7 +112,9 @@ func (c Config) Args() []string {
 		"-display", "none",
 		"-monitor", "none",
 		"-serial", "stdio",
-		"-no-reboot",
+	}
+	if !c.Reboot {
+		a = append(a, "-no-reboot")
 	}
 	if c.Firmware != "" {
 		a = append(a, "-bios", c.Firmware)
@@ -133,6 +147,11 @@ func (c Config) Args() []string {
 		if d.Snapshot {
 			opt += ",snapshot=on"
 		}
+		if d.BootIndex > 0 && iface == "virtio" {
+			opt = strings.Replace(opt, ",if=virtio,", fmt.Sprintf(",if=none,id=drive%d,", i), 1)
+			a = append(a, "-drive", opt, "-device", fmt.Sprintf("virtio-blk-pci,drive=drive%d,bootindex=%d", i, d.BootIndex))
+			continue
+		}
 		a = append(a, "-drive", opt)
 	}
 	for i, n := range c.NICs {
@@ -152,6 +171,9 @@ func (c Config) Args() []string {
 		dev := model + ",netdev=" + id
 		if n.MAC != "" {
 			dev += ",mac=" + n.MAC
+		}
+		if n.BootIndex > 0 {
+			dev += fmt.Sprintf(",bootindex=%d", n.BootIndex)
 		}
 		a = append(a, "-device", dev)
 	}
