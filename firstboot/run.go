@@ -112,6 +112,9 @@ func Run(ctx context.Context, o RunOptions) error {
 
 	// 2. Apply, report.
 	rep, err := Apply(ctx, o.Options, node)
+	if rep != nil && o.Options.RootDir == "/" {
+		rep.Slot, rep.Image = Running("/")
+	}
 	if err != nil {
 		printErrors(stderr, err)
 		fmt.Fprintln(stdout, rep.Summary())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -52,6 +53,10 @@ See docs/boot-media.md.`,
 					return fmt.Errorf("init must run as PID 1 (it mounts filesystems and execs the system's init)")
 				}
 				err := boot.Main(ctx)
+				if errors.Is(err, boot.ErrReboot) {
+					fmt.Fprintf(os.Stderr, "bellbuild: %v\n", err)
+					return boot.Reboot()
+				}
 				fmt.Fprintf(os.Stderr, "bellbuild: %v; powering off\n", err)
 				return boot.PowerOff()
 			}

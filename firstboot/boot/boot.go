@@ -210,6 +210,9 @@ type Result struct {
 	Report *firstboot.Report
 	// Init is the program to exec next ("" when none was found).
 	Init string
+	// Reboot says to reboot rather than hand over: the slot booted is on
+	// trial, failed, and systemd-boot has another to fall back to.
+	Reboot bool
 }
 
 // Run does steps 1–5 of the package doc and returns the init to exec.
@@ -327,6 +330,18 @@ func Run(ctx context.Context, opts Options) *Result {
 	}
 	res.Report = rep
 
+	res.Init = findInit(root, InitParam(cmdline))
+
+	// A disk's root slot: the summary names it; the real init keeps its
+	// boot entry (marked good, or rebooted from to try again).
+	if slot, ok := Param(cmdline, layout.SlotParam); ok {
+		rep.Slot = slot
+		rep.Image, _ = Param(cmdline, layout.ImageParam)
+		if opts.Mount {
+			res.Reboot = SlotBoot(con, slot, rep.Image, len(rep.Errors) == 0 && node != nil && res.Init != "", MountESP)
+		}
+	}
+
 	// 5. One line, after the errors and what was deferred.
 	for _, e := range rep.Errors {
 		printf("error: %s", e)
@@ -335,8 +350,6 @@ func Run(ctx context.Context, opts Options) *Result {
 		printf("deferred: %s", d)
 	}
 	fmt.Fprintln(con, rep.Summary())
-
-	res.Init = findInit(root, InitParam(cmdline))
 	if res.Init == "" {
 		printf("error: no init to hand over to (tried init=, %s)", strings.Join(inits, ", "))
 	}

@@ -34,11 +34,24 @@ func Main(ctx context.Context) error {
 		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
 	}
 	res := Run(ctx, opts)
+	if res.Reboot {
+		return ErrReboot
+	}
 	if res.Init == "" {
 		return errors.New("no init to hand over to")
 	}
 	err := unix.Exec(res.Init, []string{res.Init}, os.Environ())
 	return fmt.Errorf("exec %s: %w", res.Init, err)
+}
+
+// ErrReboot is Main's way to say the machine must reboot: the slot it
+// booted failed on trial (SlotBoot).
+var ErrReboot = errors.New("rebooting to try the slot again or fall back")
+
+// Reboot restarts the machine (at once: nothing else runs yet).
+func Reboot() error {
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
 
 // PowerOff stops the machine (the last resort of an init with nowhere to
