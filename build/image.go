@@ -179,7 +179,8 @@ type Input struct {
 	// Path is where it was read: "site:REL" for a file or directory of
 	// the site (REL relative to the site's directory, which the manifest
 	// does not record, so that the same site baked from another checkout
-	// gives the same manifest), else an absolute path on the build host,
+	// gives the same manifest), else an absolute path on the build host
+	// (none for the applier, which its sha256 names),
 	// "embedded:..." for the built-in site, "stage:/..." for a file of the
 	// stage, or a name (a profile, a debootstrap recipe).
 	Path string `json:"path,omitempty"`
@@ -526,7 +527,9 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 	if err != nil {
 		return nil, err
 	}
-	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", Path: app.path, SHA256: app.sum})
+	// Named by its bytes alone: where this checkout built it is not part
+	// of the image.
+	im.inputs = append(im.inputs, Input{Name: "applier", Kind: "bellbuild", SHA256: app.sum})
 	if im.applier, im.applierKey, err = applierTree(app, im.stageDirs, b.epoch()); err != nil {
 		return nil, err
 	}

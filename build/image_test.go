@@ -878,6 +878,14 @@ func TestManifestAcrossCheckouts(t *testing.T) {
 		}
 		opts := testOptions(t)
 		opts.Site, opts.CacheDir = s, cache
+		// Each checkout embeds its own build of the applier (the same
+		// bytes at another path).
+		applier := filepath.Join(filepath.Dir(site), "bin", "bellbuild")
+		if err := os.MkdirAll(filepath.Dir(applier), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		copyFile(t, opts.Applier, applier, 0o755)
+		opts.Applier = applier
 		if _, err := Image(context.Background(), spec(t, s, "tiny"), opts); err != nil {
 			t.Fatal(err)
 		}

@@ -83,6 +83,12 @@ type RunOptions struct {
 	// Stdout gets the plan and the summary line, Stderr every error
 	// (nil: discarded).
 	Stdout, Stderr io.Writer
+	// Enrol, when set, is the node's enrolment with serve
+	// (docs/enrolment.md): given the loaded node, it returns the one to
+	// apply (the whole configuration, with its credentials' certificates,
+	// once the node is enrolled; else the node as it is) and the
+	// enrolment's state for the summary line.
+	Enrol func(ctx context.Context, node *nodeconf.Node) (*nodeconf.Node, string)
 }
 
 var (
@@ -94,7 +100,8 @@ var (
 
 // Run is one `bellbuild apply`:
 //
-//  1. load the node (Source.Load);
+//  1. load the node (Source.Load), and with Enrol, have it enrolled
+//     and replaced by its whole configuration;
 //  2. apply it (Apply);
 //  3. print each error on Stderr, one per line ("bellbuild apply: ..."),
 //     then the plan (with Options.Plan) and the summary line on Stdout.
@@ -109,6 +116,16 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
+	enrolled := ""
+	if o.Enrol != nil && !o.Options.Plan {
+		node, enrolled = o.Enrol(ctx, node)
+	}
+	summary := func(rep *Report) string {
+		if enrolled != "" {
+			return rep.Summary() + " enrol=" + enrolled
+		}
+		return rep.Summary()
+	}
 
 	// 2. Apply, report.
 	rep, err := Apply(ctx, o.Options, node)
@@ -117,7 +134,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	if err != nil {
 		printErrors(stderr, err)
-		fmt.Fprintln(stdout, rep.Summary())
+		fmt.Fprintln(stdout, summary(rep))
 		return ErrFailed
 	}
 	if o.Options.Plan {
@@ -126,7 +143,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	for _, e := range rep.Errors {
 		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)
 	}
-	fmt.Fprintln(stdout, rep.Summary())
+	fmt.Fprintln(stdout, summary(rep))
 	switch {
 	case len(rep.Errors) > 0:
 		return ErrFailed

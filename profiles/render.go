@@ -318,7 +318,7 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
-	n := &nodeconf.Node{Profile: profile, Profiles: slices.Clone(r.chain), Conf: conf}
+	n := &nodeconf.Node{Profile: profile, Profiles: slices.Clone(r.chain), Conf: conf, Enrol: renderEnrol(r, nil)}
 	if len(labels) > 0 {
 		n.Labels = maps.Clone(labels)
 	}
@@ -337,6 +337,9 @@ func (s *Site) renderNode(name string) (*rendered, error) {
 	}
 	out.node.Node = n.Name
 	out.node.MACs = slices.Clone(n.MACs)
+	if n.enrol != nil {
+		out.node.Enrol = renderEnrol(s.resolved[n.Profile], n.enrol)
+	}
 	return out, nil
 }
 

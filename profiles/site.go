@@ -123,10 +123,12 @@ type node struct {
 	id   nodeIdentity // fqdn and ips (identity.go)
 	// services are its pins and denies (services.yaml's services).
 	services nodeServices
+	// enrol is the entry's enrol policy (nil: its profile's).
+	enrol *value
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -399,7 +401,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides"}
+var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -462,6 +464,16 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 			p.fields[e.key] = v
 		case "domain":
 			parseDomainValue(v, e.key, errs)
+			p.fields[e.key] = v
+		case "enrol":
+			if v.kind != kNull {
+				parseEnrol(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "enrol_wait":
+			if v.kind != kNull {
+				parseEnrolWait(v, e.key, errs)
+			}
 			p.fields[e.key] = v
 		case "conf":
 			p.conf, p.db = parseConf(v, "conf", true, errs)
@@ -683,7 +695,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf", "services"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf", "services", "enrol"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -768,6 +780,10 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 				n.id.parse(e, fp, errs)
 			case "services":
 				n.services = parseNodeServices(e.val, fp, errs)
+			case "enrol":
+				if _, _, good := parseEnrol(e.val, fp, errs); good {
+					n.enrol = e.val
+				}
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))
 			}

@@ -18,6 +18,7 @@ package pxe
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,8 @@ import (
 
 	"github.com/bellbuild/bellbuild/pxe/catalog"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	"github.com/bellbuild/bellbuild/pxe/enrol"
+	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/leases"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
@@ -95,6 +98,17 @@ type Config struct {
 	RelayPort int
 	// Log receives the boot-phase lines (default slog.Default()).
 	Log *slog.Logger
+	// Enrol, when set, serves the enrolment endpoint (package enrol)
+	// over EnrolTLS on HTTPSAddr (default 0.0.0.0:8443). Its Backend
+	// defaults to the server's, its Owners to the leases, its Counters to
+	// counters on the server's registry; every machine's kernel command
+	// line then names the endpoint, pins EnrolRoot (the site root CA's
+	// fingerprint, wire.CertFingerprint) and passes on the boot NIC's
+	// settings (wire.ParamURL, ParamCA, ParamNet).
+	Enrol     *enrol.Config
+	EnrolTLS  *tls.Config
+	EnrolRoot string
+	HTTPSAddr string
 }
 
 // DefaultLoaders returns the iPXE loaders found in dir, by name, with
@@ -125,6 +139,8 @@ type Server struct {
 	tftpConn  net.PacketConn
 	http      http.Handler
 	httpLn    net.Listener
+	https     http.Handler
+	httpsLn   net.Listener
 }
 
 // New opens the lease file and every socket (so that a port in use fails
@@ -150,7 +166,13 @@ func New(cfg Config, b Backend) (_ *Server, err error) {
 	if s.leases != nil {
 		owners = s.leases
 	}
-	s.cat, err = catalog.New(catalog.Config{Loaders: cfg.Loaders, Artifacts: cfg.Artifacts, Files: cfg.Files}, b, owners)
+	extra := ""
+	if cfg.Enrol != nil {
+		if extra, err = s.openEnrol(b); err != nil {
+			return nil, err
+		}
+	}
+	s.cat, err = catalog.New(catalog.Config{Loaders: cfg.Loaders, Artifacts: cfg.Artifacts, Files: cfg.Files, Cmdline: extra}, b, owners)
 	if err != nil {
 		return nil, fmt.Errorf("pxe: %w", err)
 	}
@@ -192,6 +214,36 @@ func New(cfg Config, b Backend) (_ *Server, err error) {
 		}
 	}
 	return s, nil
+}
+
+// openEnrol opens the enrolment endpoint's listener and makes its
+// handler; it returns the kernel command line parameters that name it.
+func (s *Server) openEnrol(b Backend) (string, error) {
+	ec := *s.cfg.Enrol
+	if ec.Backend == nil {
+		ec.Backend = b
+	}
+	if ec.Owners == nil && s.leases != nil {
+		ec.Owners = s.leases
+	}
+	if ec.Counters == nil {
+		ec.Counters = enrol.NewCounters(s.reg)
+	}
+	if s.cfg.EnrolTLS == nil {
+		return "", errors.New("pxe: enrolment without a TLS configuration")
+	}
+	ln, err := net.Listen("tcp4", s.cfg.HTTPSAddr)
+	if err != nil {
+		return "", fmt.Errorf("pxe: https: %w", err)
+	}
+	s.httpsLn = ln
+	s.https = enrol.New(ec)
+	url := fmt.Sprintf("https://%s:%d", s.cfg.ServerIP, ln.Addr().(*net.TCPAddr).Port)
+	args := wire.ParamURL + "=" + url + " " + wire.ParamNet + "=" + wire.NetFromIPXE
+	if s.cfg.EnrolRoot != "" {
+		args += " " + wire.ParamCA + "=" + s.cfg.EnrolRoot
+	}
+	return args, nil
 }
 
 func withDefault(c tftp.Config, base string) tftp.Config {
@@ -257,6 +309,9 @@ func (c *Config) fill() error {
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = "0.0.0.0:8080"
 	}
+	if c.HTTPSAddr == "" {
+		c.HTTPSAddr = "0.0.0.0:8443"
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -317,8 +372,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.httpLn != nil {
 		run("http", func(ctx context.Context) error { return httpboot.Serve(ctx, s.httpLn, s.http, s.cfg.HTTP) })
 	}
+	if s.httpsLn != nil {
+		run("https", func(ctx context.Context) error {
+			return httpboot.ServeTLS(ctx, s.httpsLn, s.https, s.cfg.HTTP, s.cfg.EnrolTLS)
+		})
+	}
 	s.cfg.Log.Info("serving", "server", s.cfg.ServerIP.String(), "dhcp", s.cfg.DHCP,
-		"dhcp_addr", addrString(s.dhcpConn), "tftp", addrString(s.tftpConn), "http", addrString(s.httpLn),
+		"dhcp_addr", addrString(s.dhcpConn), "tftp", addrString(s.tftpConn), "http", addrString(s.httpLn), "https", addrString(s.httpsLn),
 		"boot_via", s.cfg.BootVia, "leases", s.cfg.LeaseFile)
 	wg.Wait()
 	s.close()
@@ -326,7 +386,7 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) close() {
-	for _, c := range []interface{ Close() error }{s.dhcpConn, s.proxyConn, s.tftpConn, s.httpLn} {
+	for _, c := range []interface{ Close() error }{s.dhcpConn, s.proxyConn, s.tftpConn, s.httpLn, s.httpsLn} {
 		if c != nil {
 			c.Close()
 		}
@@ -361,6 +421,14 @@ func (s *Server) DHCPAddr() net.Addr { return localAddr(s.dhcpConn) }
 
 // TFTPAddr: see DHCPAddr.
 func (s *Server) TFTPAddr() net.Addr { return localAddr(s.tftpConn) }
+
+// HTTPSAddr is the enrolment endpoint's address (nil when off).
+func (s *Server) HTTPSAddr() net.Addr {
+	if s.httpsLn == nil {
+		return nil
+	}
+	return s.httpsLn.Addr()
+}
 
 // HTTPAddr: see DHCPAddr.
 func (s *Server) HTTPAddr() net.Addr {

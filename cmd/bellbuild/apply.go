@@ -141,6 +141,7 @@ func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error
 		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
 			Plan: o.plan, Log: slog.Default()},
 		Stdout: os.Stdout, Stderr: os.Stderr,
+		Enrol: dayTwoEnrol(o.root, os.Stderr),
 	}, nil
 }
 

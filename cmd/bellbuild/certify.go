@@ -35,13 +35,16 @@ func privateDir(flagValue, dir string) string {
 
 // Where certify puts the private keys.
 const (
-	publicOnly = false // artifacts for many machines, or served: certificates only
+	publicOnly = false // artifacts for many machines, or served: the CA bundle only
 	withKeys   = true  // one machine's own configuration: its keys too
 )
 
 // certify gives nodes the certificates their configuration describes
-// (nodeconf.Node.Certificates), issued or reused from the site's PKI,
-// in conf.x509 — with their private keys only withKeys. A site without
+// (nodeconf.Node.Certificates), issued or reused from the site's PKI, in
+// conf.x509, with their private keys (withKeys: one machine's own
+// configuration, its config volume or a root applied from the site);
+// publicOnly gives them the CA bundle and CRLs alone (a served or baked
+// configuration: those machines enrol, and their keys never leave them). A site without
 // a PKI (no SITE/pki) issues nothing: the credentials stay pending, and
 // a warning says how to make one. Without its private directory a PKI
 // cannot issue: an error, unless optional (apply from a site directory:
@@ -71,6 +74,14 @@ func certify(ctx context.Context, s *profiles.Site, private string, nodes []*nod
 		return fmt.Errorf("issuing the nodes' certificates: %w", err)
 	}
 	defer st.Close()
+	if !keys {
+		// Served or baked for machines that enrol: the CA bundle and
+		// CRLs, no certificate (the machine's own key gets its own).
+		if err := st.Publish(nodes); err != nil {
+			return fmt.Errorf("the nodes' CA bundle: %w", err)
+		}
+		return nil
+	}
 	if err := st.Certify(ctx, nodes, keys); err != nil {
 		return fmt.Errorf("issuing the nodes' certificates: %w", err)
 	}

@@ -31,10 +31,14 @@ var allowed = map[string][]string{
 	// firstboot/boot's init loads kernel modules with the modules.dep
 	// reader the bake chose them with, and finds what the bake put in the
 	// image where images/layout says.
-	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout"},
+	// The enrolment client speaks serve's protocol (pxe/enrol/wire).
+	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout", "pxe/enrol/wire"},
 	"firstboot/vmtest": {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
 	"pxe":              {"pxe"},
-	"testvm":           {"testvm"},
+	// The enrolment protocol, spoken by serve and by the applier: it
+	// imports nothing of ours.
+	"pxe/enrol/wire": {},
+	"testvm":         {"testvm"},
 	// Test helpers (they import testing; only test files import them).
 	"images/internal/fixture": {"images", "testvm/testtool"},
 	"pxe/internal/pxetest":    {"pxe", "testvm/testtool"},
@@ -239,6 +243,10 @@ func TestRuleFor(t *testing.T) {
 		{"build", "images/cpio", true},
 		{"build", "firstboot", false},
 		{"pxe/dhcp", "profiles", false},
+		{"pxe/enrol", "profiles/pki", false},
+		{"firstboot/enrol", "pxe/enrol/wire", true},
+		{"firstboot/enrol", "pxe/enrol", false},
+		{"pxe/enrol/wire", "pxe/node", false},
 		{"cmd/bellbuild", "build", true},
 	}
 	for _, tt := range tests {

@@ -39,6 +39,17 @@ systemd-sysctl; the run after the boot is strict again), and execs the
 stage's init (init= on the command line, else /sbin/init). Not meant to be
 run by hand.
 
+When the command line names serve's enrolment endpoint (bellbuild.enrol=,
+which serve adds with bellbuild.enrol_ca= and bellbuild.net=), the node
+enrols after its first apply: it brings the boot NIC up, makes its key
+(ECDSA P-256, /var/lib/bellbuild/enrol), prints
+
+  bellbuild: node=NAME enrolment pending fingerprint=sha256:HEX
+
+and waits for approval as long as its enrol_wait says (default 10m); once
+approved it applies its whole configuration with its credentials, and the
+summary line ends with " enrol=approved". See docs/enrolment.md.
+
 Booted from a disk or ISO (bellbuild.root=PARTLABEL=bellroot or
 bellbuild.root=LABEL=BELLBUILD:/bellbuild/root.squashfs on the command line),
 it first mounts the read-only squashfs root under a writable overlay (a

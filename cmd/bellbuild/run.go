@@ -23,7 +23,7 @@ func init() {
 	register(&command{
 		name:    "run",
 		summary: "boot a baked image in QEMU with its console attached",
-		usage:   "PROFILE [-o OUT] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [--timeout D] [--expect TEXT]",
+		usage:   "PROFILE [-o OUT] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [-C SITE [--private DIR]] [--timeout D] [--expect TEXT]",
 		help: `run boots OUT/PROFILE (made by 'bellbuild image') in QEMU — always
 software emulation (-accel tcg), 1 GiB of memory, one virtio NIC on QEMU's
 user network — with the serial console on this terminal and the kernel
@@ -42,6 +42,13 @@ command line is on its ESP; write a node onto its config partition with
 selection by MAC. On a terminal, keys go to the VM; Ctrl-] quits. The VM is
 always stopped when run ends.
 
+With -C SITE and a site PKI, the VM's node (--node, or the inventory's
+node of --mac) enrols with an endpoint run starts on this machine's
+loopback (the VM reaches it at 10.0.2.2): every key is approved as its
+node's first (enrol: first-key), its state is thrown away when run ends,
+and the node gets its whole configuration and its credentials as it
+would from serve (docs/enrolment.md). The VM's NIC gets the node's MAC.
+
 --expect TEXT (for scripts) ends run with status 0 as soon as a console line
 contains TEXT, and status 1 when the VM stops or --timeout (default 120s
 with --expect) passes first.
@@ -50,6 +57,7 @@ Example:
   bellbuild image demo -o out
   bellbuild run demo -o out --node demo-2
   bellbuild run demo -o out --timeout 120s --expect 'bellbuild: node='
+  bellbuild run lab -C site -o out --node web-1 --expect 'enrol=approved'
   bellbuild run k8s-worker -C examples/fleet -o out --boot iso-bios`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o runFlags
@@ -61,6 +69,8 @@ Example:
 			fs.StringVar(&o.appendArgs, "append", "", "extra kernel command line `ARGS`")
 			fs.StringVar(&o.log, "log", "", "also write the console to `FILE`")
 			fs.StringVar(&o.boot, "boot", "kernel", "boot the `MEDIUM`: kernel, disk, iso or iso-bios")
+			fs.StringVar(&o.site, "C", "", "site `DIR`: its node enrols with an endpoint run starts (first-key)")
+			registerPrivate(fs, &o.private)
 			return func(ctx context.Context, args []string) error {
 				args, err := positional(fs, args)
 				if err != nil {
@@ -78,6 +88,7 @@ Example:
 
 type runFlags struct {
 	out, profile, node, mac, expect, appendArgs, log, boot string
+	site, private                                          string
 	timeout                                                time.Duration
 }
 
@@ -156,6 +167,13 @@ func runVM(ctx context.Context, o runFlags, stdin *os.File, stdout io.Writer) er
 	c, what, err := bootConfig(o, dir, cmdline)
 	if err != nil {
 		return err
+	}
+	if o.site != "" {
+		stop, err := o.enrolment(ctx, &c)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	c.NICs = []testvm.NIC{{MAC: o.mac}}
 	c.Console, c.LogFile = stdout, o.log

@@ -32,7 +32,7 @@ func init() {
 	register(&command{
 		name:    "serve",
 		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
-		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--leases FILE]",
+		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR]",
 		help: `serve boots every machine of the site's inventory from the network, as the
 node its MAC address names, with the artifacts 'bellbuild image' baked
 into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
@@ -53,6 +53,21 @@ With a site PKI, node.json (like the image's bundle) carries the nodes'
 certificates (issued from the private directory: --private,
 $BELLBUILD_PRIVATE, else SITE/private), never their private keys: on a
 network-booted node the credentials are pending until their keys come.
+
+With a site PKI (bellbuild pki init), serve also opens the enrolment
+endpoint on --https-addr (HTTPS, :8443), with a certificate it issues
+itself from the hosts sub-CA for its address (its key kept in the
+private directory: --private, $BELLBUILD_PRIVATE, else SITE/private).
+Each machine's kernel command line then names the endpoint and pins the
+site's root CA (bellbuild.enrol=, bellbuild.enrol_ca=): the node makes a
+key pair, sends a CSR, and gets its host certificate once its key is
+approved — by an operator (bellbuild node approve), or by the policy the
+site gives it (enrol: first-key, enrol: {pinned: FP}) — and only then,
+over mutual TLS, its whole configuration and its credentials'
+certificates. What enrolment keeps (pending CSRs, approvals, pinned
+keys, issued serials) is in STATE/enrol, written and fsynced before each
+answer; bellbuild node list|approve|deny|retire read and change it while
+serve runs. See docs/enrolment.md.
 
 The boot network is the site's (SITE/site.yaml's network: server,
 subnet, pools) where it declares one: --server-ip and --pool replace
@@ -78,6 +93,7 @@ counters and /healthz answers "ok".
 Example:
   bellbuild image demo -o out
   bellbuild serve --interface br0 --pool 192.0.2.100-192.0.2.199 --artifacts out
+  bellbuild serve -C site --interface br0 --artifacts out     # site.yaml's network, enrolment on :8443
   bellbuild serve -C site --interface eth1 --dhcp proxy --artifacts out`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o serveFlags
@@ -91,9 +107,10 @@ Example:
 				return nil
 			})
 			fs.StringVar(&o.artifacts, "artifacts", "out", "`OUT` directory of 'bellbuild image'")
-			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases and the nodes' rendered files")
+			fs.StringVar(&o.state, "state", "/var/lib/bellbuild", "state `DIR`: leases, the nodes' rendered files, enrolment (bellbuild node reads it)")
 			fs.StringVar(&o.leases, "leases", "", "lease `FILE` (default STATE/leases)")
 			fs.StringVar(&o.httpAddr, "http-addr", "0.0.0.0:8080", "HTTP listen `ADDR` (off: no HTTP)")
+			fs.StringVar(&o.httpsAddr, "https-addr", "0.0.0.0:8443", "enrolment endpoint's HTTPS listen `ADDR` (off: no enrolment)")
 			fs.DurationVar(&o.httpIdle, "http-idle-timeout", httpboot.DefaultIdleTimeout, "close an HTTP keep-alive connection that asks nothing for `DURATION`")
 			fs.IntVar(&o.httpMaxConns, "http-max-conns", httpboot.DefaultMaxConns, "HTTP connections open at once (`N`); more wait, and the longest idle is closed to make room")
 			fs.StringVar(&o.tftpAddr, "tftp-addr", "0.0.0.0:69", "TFTP listen `ADDR` (off: no TFTP)")
@@ -119,6 +136,7 @@ type serveFlags struct {
 	pools                    []string
 	artifacts, state, leases string
 	httpAddr, tftpAddr       string
+	httpsAddr                string
 	bootVia, defaultProfile  string
 	leaseTime                time.Duration
 	loaders                  string
@@ -182,6 +200,10 @@ func runServe(ctx context.Context, o serveFlags) error {
 	logOut := newFlushWriter(os.Stderr, 100*time.Millisecond)
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
+	// The enrolment endpoint (HTTPS), when the site has a PKI.
+	if err := o.enrolment(ctx, site, &cfg); err != nil {
+		return err
+	}
 	srv, err := pxe.New(cfg, backend)
 	if err != nil {
 		return err
@@ -346,6 +368,7 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 			Initrd:  filepath.Join(n.Profile, build.InitramfsFile),
 			Cmdline: cmdline(n.Profile),
 			Files:   map[string]string{NodeFile: NodeFile},
+			Enrol:   machineEnrol(nodes[i].Enrol),
 		}
 		if n.IP.IsValid() { // its "ip" label, checked by profiles
 			m.IP = n.IP.AsSlice()

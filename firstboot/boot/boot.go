@@ -12,11 +12,15 @@
 //     the bundle cannot be read or does not verify: nothing is applied
 //     from a configuration cut short); a sysctl key the kernel lacks makes
 //     it load the modules the stage's modules-load.d names (StageModules)
-//     and look again;
+//     and look again; when the command line names serve's enrolment
+//     endpoint (bellbuild.enrol=), it then enrols the node (enrolAtBoot:
+//     the node's key, the pending line, the wait for approval) and, once
+//     approved, applies the node's whole configuration again;
 //  5. prints exactly one summary line on the console,
 //     "bellbuild: node=NAME profile=PROFILE changes=N errors=M", with
 //     " deferred=D" when it left D items to the stage's init (a sysctl key
-//     for systemd-sysctl), preceded by one line per error and per
+//     for systemd-sysctl) and " enrol=STATE" for a node that enrols,
+//     preceded by one line per error and per
 //     deferred item and by the output of exec scripts;
 //  6. hands over to the stage's own init (init= on the command line, else
 //     /sbin/init, ...), as the same process (PID 1).
@@ -37,6 +41,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/images/layout"
@@ -198,6 +203,8 @@ type Options struct {
 	// image's bundle: a bundle or a single rendered node (a config
 	// volume's node.json), a path inside Root.
 	Config string
+	// Enrol tunes the enrolment (bellbuild.enrol= on the command line).
+	Enrol EnrolOptions
 }
 
 // Result is what Run did, for the caller to hand over.
@@ -293,8 +300,7 @@ func Run(ctx context.Context, opts Options) *Result {
 	// 4. Apply, live. A sysctl key the kernel lacks may be a module's
 	// that the stage's modules-load.d names: systemd-modules-load would
 	// load it later, the applier has it loaded now.
-	rep := &firstboot.Report{}
-	if node != nil {
+	apply := func(node *nodeconf.Node) *firstboot.Report {
 		log := slog.New(&consoleHandler{w: con})
 		fo := firstboot.Options{RootDir: root, Live: root == "/", Boot: true, Log: log}
 		if fo.Live {
@@ -310,14 +316,37 @@ func Run(ctx context.Context, opts Options) *Result {
 				return errs
 			}
 		}
-		r, err := firstboot.Apply(ctx, fo, node)
-		if r != nil {
-			rep = r
-		} else {
+		rep, err := firstboot.Apply(ctx, fo, node)
+		if rep == nil {
 			rep = &firstboot.Report{Node: node.Node, Profile: node.Profile}
 		}
 		if err != nil && len(rep.Errors) == 0 {
 			rep.Errors = append(rep.Errors, err.Error())
+		}
+		return rep
+	}
+	rep := &firstboot.Report{}
+	enrolState := ""
+	if node != nil {
+		rep = apply(node)
+		// A node that enrols (docs/enrolment.md) applies its whole
+		// configuration once its key is approved; until then the day-2
+		// run keeps asking.
+		var full *nodeconf.Node
+		full, enrolState = enrolAtBoot(ctx, root, cmdline, node, opts.Enrol, con)
+		// The day-2 run keeps asking: every minute until the key is
+		// approved, then every hour (renewals, the CRL, the
+		// configuration).
+		every := time.Minute
+		if full != nil {
+			rep = mergeReports(rep, apply(full))
+			res.Node = full
+			every = time.Hour
+		}
+		if enrolState != "" {
+			if _, err := AddEnrolPoll(root, config, node.Node, every); err != nil {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("the day-2 enrolment: %v", err))
+			}
 		}
 	}
 	rep.Errors = append(errs, rep.Errors...)
@@ -349,7 +378,11 @@ func Run(ctx context.Context, opts Options) *Result {
 	for _, d := range rep.Deferred {
 		printf("deferred: %s", d)
 	}
-	fmt.Fprintln(con, rep.Summary())
+	summary := rep.Summary()
+	if enrolState != "" {
+		summary += " enrol=" + enrolState
+	}
+	fmt.Fprintln(con, summary)
 	if res.Init == "" {
 		printf("error: no init to hand over to (tried init=, %s)", strings.Join(inits, ", "))
 	}

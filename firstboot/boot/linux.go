@@ -27,11 +27,12 @@ func Main(ctx context.Context) error {
 	if os.Getenv("PATH") == "" {
 		os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
-	opts := Options{Mount: true, LoadModules: true}
+	opts := Options{Mount: true, LoadModules: true, Enrol: EnrolOptions{Net: true}}
 	mountEssentials("/") // Run reports what failed
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	if _, ok := Param(string(cmdline), layout.RootParam); ok {
 		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
+		opts.Enrol = EnrolOptions{Net: true}
 	}
 	res := Run(ctx, opts)
 	if res.Reboot {

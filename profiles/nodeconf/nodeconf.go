@@ -48,6 +48,8 @@ type Node struct {
 	// described (never their keys): what render shows. Conf.X509 carries
 	// the issued material.
 	Certificates []Certificate `json:"certificates,omitempty" yaml:"certificates,omitempty"`
+	// Enrol is how the node enrols with serve (nil: the defaults).
+	Enrol *Enrol `json:"enrol,omitempty" yaml:"enrol,omitempty"`
 }
 
 // Certificate describes one certificate of a node: what it is for, the CA

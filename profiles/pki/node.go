@@ -101,6 +101,31 @@ func Describe(r Request) nodeconf.Certificate {
 	return c
 }
 
+// Publish gives each node that asks for certificates (NodeRequests) the
+// site's CA bundle and CRLs in conf.x509 and issues nothing: the public
+// configuration of a machine that gets its certificates by enrolment (an
+// image, serve's node.json), whose keys it makes itself. Its host
+// certificate and credentials stay pending until enrolment brings them;
+// issuing here, for keys kept in the private directory, would only be
+// superseded by the enrolled key's certificate in the same slot.
+func (s *Store) Publish(nodes []*nodeconf.Node) error {
+	crl, err := s.CRLs()
+	if err != nil {
+		return err
+	}
+	bundle := string(s.Bundle())
+	for _, n := range nodes {
+		rs, err := NodeRequests(n)
+		if err != nil {
+			return err
+		}
+		if len(rs) > 0 {
+			n.Conf.X509 = &nodeconf.X509{CA: bundle, CRL: string(crl)}
+		}
+	}
+	return nil
+}
+
 // Certify issues what each node asks for (NodeRequests: its host
 // certificate and its credentials') and puts it in the node's conf.x509
 // with the site's CA bundle and CRLs: current certificates are reused,

@@ -55,6 +55,9 @@ type Config struct {
 	// Artifacts is the directory Machine.Kernel and Machine.Initrd are
 	// relative to; Files the one Machine.Files are relative to.
 	Artifacts, Files string
+	// Cmdline is appended to every machine's kernel command line (the
+	// enrolment endpoint's parameters).
+	Cmdline string
 }
 
 // Catalog opens what clients ask for. It is safe for concurrent use.
@@ -64,12 +67,13 @@ type Catalog struct {
 	files     *os.Root
 	backend   node.Backend
 	owners    Owners
+	cmdline   string
 }
 
 // New opens the directories of cfg. owners may be nil (then no node file is
 // ever served).
 func New(cfg Config, b node.Backend, owners Owners) (*Catalog, error) {
-	c := &Catalog{loaders: cfg.Loaders, backend: b, owners: owners}
+	c := &Catalog{loaders: cfg.Loaders, backend: b, owners: owners, cmdline: cfg.Cmdline}
 	var err error
 	if cfg.Artifacts != "" {
 		if c.artifacts, err = os.OpenRoot(cfg.Artifacts); err != nil {
@@ -196,6 +200,11 @@ func (c *Catalog) Script(ctx context.Context, mac net.HardwareAddr, base string)
 	mach, err := c.lookup(ctx, mac)
 	if err != nil {
 		return nil, err
+	}
+	if c.cmdline != "" {
+		m := *mach
+		m.Cmdline += " " + c.cmdline
+		mach = &m
 	}
 	b, err := ipxe.Script(mach, mac, base)
 	if err != nil {

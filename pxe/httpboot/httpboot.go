@@ -17,8 +17,11 @@ package httpboot
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
 	"io/fs"
+	"log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -185,6 +188,13 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 // Serve serves h on l within lim until ctx is done, then shuts down
 // gracefully.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, lim Limits) error {
+	return ServeTLS(ctx, l, h, lim, nil)
+}
+
+// ServeTLS is Serve over TLS with cfg (plain HTTP when cfg is nil). The
+// limits bound connections before their handshake: a client that never
+// finishes one holds a slot only until the read-header timeout.
+func ServeTLS(ctx context.Context, l net.Listener, h http.Handler, lim Limits, cfg *tls.Config) error {
 	if err := lim.Check(); err != nil {
 		return err
 	}
@@ -197,6 +207,10 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, lim Limits) erro
 		ConnState:         ll.connState,
 	}
 	l = ll
+	if cfg != nil {
+		l = tls.NewListener(ll, cfg)
+		srv.ErrorLog = log.New(io.Discard, "", 0) // handshake failures are the client's
+	}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -1,6 +1,7 @@
 package httpboot
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -135,6 +136,9 @@ func (l *limitListener) Close() error {
 // connState is the http.Server's ConnState hook: it keeps the set of idle
 // keep-alive connections.
 func (l *limitListener) connState(c net.Conn, st http.ConnState) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	lc, ok := c.(*limitConn)
 	if !ok {
 		return

@@ -36,6 +36,28 @@ type Machine struct {
 	// directory. They are served only to the address leased to this
 	// machine's MAC, and never from outside that directory.
 	Files map[string]string
+	// Enrol is how the node's key is approved when it enrols (package
+	// pxe/enrol); the zero value is manual approval.
+	Enrol Enrol
+}
+
+// Enrolment policies (Enrol.Policy).
+const (
+	// EnrolManual: an operator approves each key (bellbuild node approve).
+	EnrolManual = "manual"
+	// EnrolFirstKey: the first key seen for the node is approved and
+	// pinned (trust on first use, for labs).
+	EnrolFirstKey = "first-key"
+	// EnrolPinned: only the key with fingerprint Enrol.Pinned is approved.
+	EnrolPinned = "pinned"
+)
+
+// Enrol is a node's enrolment policy.
+type Enrol struct {
+	// Policy is EnrolManual ("" too), EnrolFirstKey or EnrolPinned.
+	Policy string
+	// Pinned is the fingerprint EnrolPinned approves.
+	Pinned string
 }
 
 // Backend tells the servers what a MAC address boots.
