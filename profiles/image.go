@@ -271,6 +271,7 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	if v := r.fields["persist"]; v != nil {
 		spec.Persist, _ = scalarBool(v)
 	}
+	spec.SlotSize = slotSize(r)
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
