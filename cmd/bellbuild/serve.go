@@ -24,7 +24,10 @@ import (
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
+	"github.com/bellbuild/bellbuild/pxe/install"
+	"github.com/bellbuild/bellbuild/pxe/install/wire"
 	"github.com/bellbuild/bellbuild/pxe/leases"
+	pxestate "github.com/bellbuild/bellbuild/pxe/state"
 	"github.com/bellbuild/bellbuild/pxe/tftp"
 )
 
@@ -190,10 +193,17 @@ func runServe(ctx context.Context, o serveFlags) error {
 		}
 	}
 	cfg.Files = filepath.Join(o.state, "nodes")
-	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile)
+	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile, backendOptions{serveURL: o.serveURL(nw.Server)})
 	if err != nil {
 		return err
 	}
+	// Installs: which nodes boot from their disks, in the state (as
+	// enrolment's; bellbuild node list and reinstall read it).
+	st, err := pxestate.OpenDir(o.state)
+	if err != nil {
+		return err
+	}
+	cfg.Installs = install.New(st, nil)
 	// 4. Serve until interrupted. Boot lines go through a buffer flushed
 	// every 100 ms: a DHCP storm logs thousands of lines a second, and one
 	// write each would cost more than answering the packet.
@@ -209,6 +219,19 @@ func runServe(ctx context.Context, o serveFlags) error {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// serveURL is serve's HTTP URL as the machines reach it ("" with HTTP
+// off): what a node's configuration names its image at.
+func (o serveFlags) serveURL(server netip.Addr) string {
+	if o.httpAddr == "off" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(o.httpAddr)
+	if err != nil || port == "0" {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(server.String(), port)
 }
 
 // network is the boot network serve works with: site.yaml's network
@@ -330,8 +353,28 @@ type siteBackend struct {
 // (/files/node.json, tftp files/node.json).
 const NodeFile = "node.json"
 
-func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string) (*siteBackend, error) {
+// backendOptions are newSiteBackend's optional settings.
+type backendOptions struct {
+	// serveURL is serve's HTTP URL: each node's configuration names its
+	// profile's image there (nodeconf.Image), when the profile has a disk.
+	serveURL string
+}
+
+func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string, opts ...backendOptions) (*siteBackend, error) {
+	var bo backendOptions
+	if len(opts) > 0 {
+		bo = opts[0]
+	}
 	b := &siteBackend{byMAC: map[string]*pxe.Machine{}}
+	images := map[string]*wire.ImageManifest{}
+	image := func(profile string) *wire.ImageManifest {
+		m, ok := images[profile]
+		if !ok {
+			m = readImage(out, profile)
+			images[profile] = m
+		}
+		return m
+	}
 	cmdlines := map[string]string{}
 	cmdline := func(profile string) string {
 		c, ok := cmdlines[profile]
@@ -355,6 +398,20 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		return nil, err
 	}
 	for i, n := range infos {
+		// The image the node installs and upgrades to: its profile's
+		// current bake, named by its root hash.
+		im := image(n.Profile)
+		if im != nil && bo.serveURL != "" && len(n.MACs) > 0 {
+			hw, err := net.ParseMAC(n.MACs[0])
+			if err != nil {
+				return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+			nodes[i].Image = &nodeconf.Image{Profile: im.Profile, Arch: im.Disk.Arch, Root: im.Disk.Root.SHA256, URL: wire.ImageURL(bo.serveURL, hw)}
+		}
+		if nodes[i].Install != nil && im == nil {
+			slog.Warn("node installs onto its disk, but its profile has no disk image: it boots the installer, which stops", "node", n.Name,
+				"profile", n.Profile, "fix", "outputs: [raw] in profile "+n.Profile+", then bellbuild image "+n.Profile+" -o "+out)
+		}
 		data, err := nodeconf.Marshal(nodes[i], nodeconf.JSON)
 		if err != nil {
 			return nil, err
@@ -369,6 +426,13 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 			Cmdline: cmdline(n.Profile),
 			Files:   map[string]string{NodeFile: NodeFile},
 			Enrol:   machineEnrol(nodes[i].Enrol),
+			Install: nodes[i].Install != nil,
+		}
+		if im != nil {
+			m.Image = &pxe.Image{
+				Manifest: filepath.Join(n.Profile, build.ManifestFile), Disk: filepath.Join(n.Profile, build.DiskFile),
+				Kernel: filepath.Join(n.Profile, build.KernelFile), Initrd: filepath.Join(n.Profile, build.DiskInitrdFile),
+			}
 		}
 		if n.IP.IsValid() { // its "ip" label, checked by profiles
 			m.IP = n.IP.AsSlice()
@@ -415,6 +479,25 @@ func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Mach
 		return b.def, nil
 	}
 	return nil, pxe.ErrUnknown
+}
+
+// readImage reads OUT/PROFILE/manifest.json's description of the image a
+// node installs and upgrades to; nil when the profile is not baked, or
+// not with a disk of this bellbuild's (two root slots, a root hash).
+func readImage(out, profile string) *wire.ImageManifest {
+	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
+	if err != nil {
+		return nil
+	}
+	var m wire.ImageManifest
+	if err := json.Unmarshal(data, &m); err != nil || m.Disk == nil {
+		return nil
+	}
+	if err := m.Check(); err != nil {
+		slog.Warn("the profile's disk cannot be installed", "profile", profile, "err", err)
+		return nil
+	}
+	return &m
 }
 
 // readCmdline reads the kernel command line from OUT/PROFILE/manifest.json
