@@ -159,7 +159,7 @@ func BenchmarkBake(b *testing.B) {
 	b.Run("pipeline", func(b *testing.B) {
 		dir := sp.Stage.Dir
 		if dir == "" {
-			dir = filepath.Join(base.CacheDir, "debootstrap", debootstrapKey(sp.Stage.Debootstrap), "root")
+			dir = filepath.Join(base.CacheDir, "debootstrap", debootstrapKey(sp.Stage.Debootstrap, "amd64"), "root")
 		}
 		out := filepath.Join(b.TempDir(), "initramfs.cpio.zst")
 		var size int64

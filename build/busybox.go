@@ -18,7 +18,8 @@ var BusyboxPaths = []string{"/bin/busybox", "/usr/bin/busybox"}
 
 // busyboxFiles is the small /etc a busybox stage gets: enough for busybox
 // init to give a shell on the serial console, for the applier to manage
-// users, and for exec scripts to run.
+// users, and for exec scripts to run. ttyS0 stands for the architecture's
+// serial console (serialConsole).
 var busyboxFiles = []struct {
 	path string
 	mode os.FileMode
@@ -48,11 +49,13 @@ echo "bellbuild: busybox init: shell on ttyS0"
 `},
 }
 
-// busyboxStage builds a minimal root from the host's static busybox: the
-// binary at /bin/busybox, every applet it lists as a symlink to it, the
-// usual directories and busyboxFiles. Owners are root; nothing of the host
-// but the binary goes in.
-func busyboxStage(ctx context.Context, bin string) (*fstree.Tree, string, error) {
+// busyboxStage builds a minimal root for architecture a from a static
+// busybox (the host's, or one fetched for a): the binary at /bin/busybox,
+// every applet it lists as a symlink to it, the usual directories and
+// busyboxFiles. Owners are root; nothing of the host but the binary goes
+// in. A busybox of another architecture lists its applets through
+// qemu-user (runForeign).
+func busyboxStage(ctx context.Context, bin, a string) (*fstree.Tree, string, error) {
 	if bin == "" {
 		for _, p := range BusyboxPaths {
 			if _, err := os.Stat(p); err == nil {
@@ -75,7 +78,7 @@ func busyboxStage(ctx context.Context, bin string) (*fstree.Tree, string, error)
 	if err := checkStatic(real); err != nil {
 		return nil, "", fmt.Errorf("busybox stage: %w (install busybox-static)", err)
 	}
-	out, err := exec.CommandContext(ctx, real, "--list-full").Output()
+	out, err := runForeign(ctx, a, real, "--list-full").Output()
 	if err != nil {
 		return nil, "", fmt.Errorf("busybox stage: %s --list-full: %w", real, err)
 	}
@@ -101,9 +104,34 @@ func busyboxStage(ctx context.Context, bin string) (*fstree.Tree, string, error)
 	// init is what the boot hands over to.
 	t.Add(fstree.Entry{Path: "sbin/init", Type: fstree.Symlink, Mode: 0o777, Target: "/bin/busybox"})
 	for _, f := range busyboxFiles {
-		t.AddFile(f.path, []byte(f.data), f.mode, 0, 0)
+		t.AddFile(f.path, []byte(strings.ReplaceAll(f.data, "ttyS0", serialConsole(a))), f.mode, 0, 0)
 	}
 	return t, real, nil
+}
+
+// runForeign is the command that runs bin (an ELF executable for
+// architecture a) with args on the build host: bin itself for the host's
+// architecture, else bin under qemu-user's static emulator
+// (qemu-aarch64-static, package qemu-user-static) when it is installed,
+// else bin itself (a binfmt_misc handler may run it).
+func runForeign(ctx context.Context, a, bin string, args ...string) *exec.Cmd {
+	if !native(a) {
+		if q, err := exec.LookPath("qemu-" + qemuArch(a) + "-static"); err == nil {
+			return exec.CommandContext(ctx, q, append([]string{bin}, args...)...)
+		}
+	}
+	return exec.CommandContext(ctx, bin, args...)
+}
+
+// qemuArch is QEMU's name of an architecture.
+func qemuArch(a string) string {
+	switch a {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	}
+	return a
 }
 
 // checkStatic fails when the ELF file has a program interpreter (is

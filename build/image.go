@@ -91,16 +91,23 @@ type Options struct {
 	// (SOURCE_DATE_EPOCH); nil means DefaultSourceDateEpoch, never the
 	// current time. A pointer, so that 0 (1970-01-01) can be asked for.
 	SourceDateEpoch *int64
-	// Applier is the static bellbuild binary to embed (default
-	// $BELLBUILD_BIN, else the running executable).
+	// Applier is the static bellbuild binary to embed in images of the
+	// running architecture (default $BELLBUILD_BIN, else the running
+	// executable).
 	Applier string
+	// Appliers are the static bellbuild binaries to embed in images of
+	// an architecture ("arm64"), ahead of Applier; an image of another
+	// architecture than the running one without one gets
+	// $BELLBUILD_BIN_ARM64, else bellbuild cross-built from the source
+	// checkout (applier.go).
+	Appliers map[string]string
 	// Nodes, when set, keeps only these inventory nodes in the bundle.
 	Nodes []string
 	// Site resolves {profile: NAME} stages.
 	Site *profiles.Site
 	// Busybox overrides the host busybox a busybox stage is made from.
 	Busybox string
-	// Modules overrides BootModules.
+	// Modules overrides BootModules (BootModulesARM64 for arm64).
 	Modules []string
 	// Log receives one line per step when Progress is nil.
 	Log *slog.Logger
@@ -141,9 +148,6 @@ func (o *Options) defaults() error {
 		}
 		o.Applier = exe
 	}
-	if o.Modules == nil {
-		o.Modules = BootModules
-	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -154,9 +158,18 @@ func (o *Options) defaults() error {
 // Everything in it derives from the inputs, so two bakes of the same inputs
 // write the same manifest.
 type Manifest struct {
-	Profile         string   `json:"profile"`
-	Chain           []string `json:"chain"`
-	SourceDateEpoch int64    `json:"source_date_epoch"`
+	Profile string   `json:"profile"`
+	Chain   []string `json:"chain"`
+	// Arch is the image's architecture (amd64, arm64): its kernel,
+	// stage and applier are all built for it.
+	Arch string `json:"arch"`
+	// Environment is the site's environment the image was baked for
+	// (absent for a site without environments).
+	Environment string `json:"environment,omitempty"`
+	// Site is the site's git revision: its commit, and whether (and
+	// where) the work tree differed from it (absent when unknown).
+	Site            *profiles.Revision `json:"site,omitempty"`
+	SourceDateEpoch int64              `json:"source_date_epoch"`
 	// Cmdline is the kernel command line to boot with.
 	Cmdline       string     `json:"cmdline"`
 	KernelVersion string     `json:"kernel_version"`
@@ -284,6 +297,7 @@ func (b *baker) epoch() int64 { return *b.opts.SourceDateEpoch }
 // image is a profile's prepared content, before anything is written.
 type image struct {
 	spec   *profiles.ImageSpec
+	arch   string
 	kernel *kernel
 	// src is the stage; added is what the bake adds to it (the kernel's
 	// modules); together they are segment 1, stageKey its cache key.
@@ -317,6 +331,9 @@ func (im *image) stageTree() (*fstree.Tree, error) {
 	if im.src.tree == nil {
 		t, err := im.src.load()
 		if err != nil {
+			return nil, err
+		}
+		if err := checkStageArch(t, im.arch, im.spec.Profile); err != nil {
 			return nil, err
 		}
 		im.src.tree = t
@@ -433,13 +450,13 @@ func needTree(spec *profiles.ImageSpec, inner bool) bool {
 func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, error) {
 	b.depth = append(b.depth, spec.Profile)
 	defer func() { b.depth = b.depth[:len(b.depth)-1] }()
-	im := &image{spec: spec}
+	im := &image{spec: spec, arch: specArch(spec)}
 	epoch := fmt.Sprint(b.epoch())
 	// The host kernel and the applier are read while the stage is, and
 	// for the image being baked (not a stage of another) the applier
 	// segment may be made too (overlap.go).
 	outer := len(b.depth) == 1
-	pre := b.start(ctx, spec, outer && wantsInitramfs(spec))
+	pre := b.start(ctx, spec, im.arch, outer && wantsInitramfs(spec))
 	defer func() {
 		if im.early == nil {
 			pre.stop()
@@ -460,9 +477,18 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 			return nil, err
 		}
 	}
+	// A stage read now is checked now; one named by its input is read
+	// (and checked) whenever its segment is not cached for this
+	// architecture (the key below names it).
+	if st.tree != nil {
+		if err := checkStageArch(st.tree, im.arch, spec.Profile); err != nil {
+			return nil, err
+		}
+	}
 
 	// 2. Kernel and modules.
 	b.p.begin("kernel and modules")
+	var pkgInputs []Input
 	switch {
 	case spec.Kernel.From == "stage":
 		im.kernel, err = stageKernel(st.tree)
@@ -470,22 +496,42 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 		var hk hostKernelModules
 		hk, err = pre.kernel.wait()
 		im.kernel, im.added = hk.k, hk.added
+	case spec.Kernel.Package != "":
+		im.kernel, pkgInputs, err = b.packageKernel(ctx, spec.Kernel.Package, im.arch)
 	default:
-		err = fmt.Errorf("%w: set kernel.path or kernel.from: stage", ErrNoKernel)
+		err = fmt.Errorf("%w: set kernel.path, kernel.from: stage or kernel.package", ErrNoKernel)
 	}
 	if err != nil {
 		return nil, err
 	}
-	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file, SHA256: im.kernel.sum}
-	if im.kernel.file == "" {
-		kin.Path = "stage:/boot/vmlinuz-" + im.kernel.version
+	if err := checkKernelArch(im.kernel, im.arch, spec.Profile); err != nil {
+		return nil, err
 	}
+	im.inputs = append(im.inputs, pkgInputs...)
+	kin := Input{Name: "kernel", Kind: "vmlinuz", Path: im.kernel.file}
+	if im.kernel.display != "" {
+		kin.Path = im.kernel.display
+	}
+	switch {
+	case im.kernel.file == "":
+		kin.Path = "stage:/boot/vmlinuz-" + im.kernel.version
+	case im.kernel.sum == "": // a package's kernel (a host kernel was hashed early)
+		if im.kernel.sum, err = b.sumFile(im.kernel.file); err != nil {
+			return nil, fmt.Errorf("kernel: %w", err)
+		}
+	}
+	kin.SHA256 = im.kernel.sum
 	im.inputs = append(im.inputs, kin)
+	if im.added == nil && im.kernel.modules != "" {
+		if im.added, err = moduleTree(im.kernel.modules, im.kernel.version, b.modules(im.arch)); err != nil {
+			return nil, err
+		}
+	}
 	if im.added == nil {
 		// A kernel from the stage has its modules in the stage: only the
 		// list of what to load is added.
 		im.added = fstree.New()
-		im.added.AddFile(layout.Modules, []byte(strings.Join(b.opts.Modules, "\n")+"\n"), 0o644, 0, 0)
+		im.added.AddFile(layout.Modules, []byte(strings.Join(b.modules(im.arch), "\n")+"\n"), 0o644, 0, 0)
 	}
 	if st.key == "" {
 		stageTree, err := im.stageTree()
@@ -505,6 +551,11 @@ func (b *baker) prepare(ctx context.Context, spec *profiles.ImageSpec) (*image, 
 			return nil, fmt.Errorf("stage %s: cannot name the kernel modules for the cache", st.input.Kind)
 		}
 		im.stageKey = keyOf(segmentFormat, epoch, st.key, ak)
+		if im.arch != profiles.DefaultArch {
+			// Never the segment of another architecture's bake of the
+			// same input: this one reads the stage and checks it.
+			im.stageKey = keyOf(im.stageKey, "arch="+im.arch)
+		}
 	}
 	// The upper segments repeat some of the stage's directories: take
 	// their metadata from the cached segment, else read the stage.
@@ -697,6 +748,9 @@ func (b *baker) write(ctx context.Context, im *image) (*Manifest, error) {
 	m := &Manifest{
 		Profile:         spec.Profile,
 		Chain:           slices.Clone(spec.Chain),
+		Arch:            im.arch,
+		Environment:     spec.Environment,
+		Site:            spec.Revision,
 		SourceDateEpoch: epoch,
 		Cmdline:         strings.Join(spec.Cmdline, " "),
 		KernelVersion:   im.kernel.version,

@@ -163,7 +163,7 @@ func TestBootModules(t *testing.T) {
 
 func TestBusyboxStage(t *testing.T) {
 	needHost(t)
-	tree, bin, err := busyboxStage(context.Background(), "")
+	tree, bin, err := busyboxStage(context.Background(), "", "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func TestBusyboxStage(t *testing.T) {
 	if !strings.Contains(inittab, "ttyS0::respawn:-/bin/sh") {
 		t.Errorf("inittab has no shell on ttyS0:\n%s", inittab)
 	}
-	if _, _, err := busyboxStage(context.Background(), "/bin/sh"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+	if _, _, err := busyboxStage(context.Background(), "/bin/sh", "amd64"); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
 		// /bin/sh is dash, dynamically linked, on Debian.
 		t.Errorf("busybox stage from a dynamic binary: err = %v, want dynamically linked", err)
 	}
@@ -647,16 +647,22 @@ func TestDebootstrapKey(t *testing.T) {
 	d := func(inc ...string) *profiles.Debootstrap {
 		return &profiles.Debootstrap{Suite: "bookworm", Variant: "minbase", Include: inc}
 	}
-	if debootstrapKey(d("a", "b")) != debootstrapKey(d("b", "a")) {
+	if debootstrapKey(d("a", "b"), "amd64") != debootstrapKey(d("b", "a"), "amd64") {
 		t.Error("the package list's order changes the debootstrap cache key")
 	}
-	if debootstrapKey(d("a", "b")) == debootstrapKey(d("a")) {
+	if debootstrapKey(d("a", "b"), "amd64") == debootstrapKey(d("a"), "amd64") {
 		t.Error("another package list has the same debootstrap cache key")
 	}
 	other := d("a", "b")
 	other.Suite = "trixie"
-	if debootstrapKey(other) == debootstrapKey(d("a", "b")) {
+	if debootstrapKey(other, "amd64") == debootstrapKey(d("a", "b"), "amd64") {
 		t.Error("another suite has the same debootstrap cache key")
+	}
+	if debootstrapKey(d("a"), "arm64") == debootstrapKey(d("a"), "amd64") {
+		t.Error("arm64 has amd64's debootstrap cache key")
+	}
+	if debootstrapKey(d("a"), "") != debootstrapKey(d("a"), "amd64") {
+		t.Error(`arch "" is not amd64's debootstrap cache key`)
 	}
 }
 

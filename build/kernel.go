@@ -45,6 +45,9 @@ type kernel struct {
 	// modules is the directory of its modules on the host ("" when the
 	// stage carries them).
 	modules string
+	// display names it in the manifest instead of file (a kernel from a
+	// Debian package: "deb:NAME=VERSION:ARCH:/boot/vmlinuz-...").
+	display string
 }
 
 // hostKernel resolves kernel.path on the build host.

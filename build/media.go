@@ -33,7 +33,8 @@ const (
 // copies (each partition's extent, the rest being zeros) and what an
 // upgrader fetches (the root image, the kernel and DiskInitrdFile).
 type DiskInfo struct {
-	// Arch is the machine the image boots (uname -m: x86_64).
+	// Arch is the architecture the image boots (amd64, arm64: Go's and
+	// Debian's names, the manifest's arch).
 	Arch string `json:"arch"`
 	// Root is the root image, a squashfs at the start of slot root-a:
 	// its SHA-256 names the image (a slot's bellbuild.image=, a node's
@@ -113,9 +114,20 @@ func wantsMedia(outputs []string) bool {
 //  2. disk.raw: the ESP, the whole image tree as a squashfs written
 //     straight into the root partition, and the config volume;
 //  3. image.iso: the same ESP as the El Torito EFI image, the squashfs and
-//     the bundle as files, and ISOLINUX for BIOS (see addISOLINUX).
+//     the bundle as files, and (amd64 only) ISOLINUX for BIOS (see
+//     addISOLINUX).
+//
+// systemd-boot is the architecture's (BOOTX64.EFI, BOOTAA64.EFI): the
+// build host's, or Debian's systemd-boot-efi for arm64, fetched.
 func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manifest) error {
 	epoch := b.epoch()
+	loader, loaderIn, err := b.systemdBootFor(ctx, im.arch)
+	if err != nil {
+		return fmt.Errorf("media: boot loader: %w", err)
+	}
+	if loaderIn != nil {
+		m.Inputs = append(m.Inputs, *loaderIn)
+	}
 	kernel := filepath.Join(dir, KernelFile)
 	initrd, err := b.mediaInitrd(ctx, im, dir)
 	if err != nil {
@@ -140,6 +152,8 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			Cmdline: cmdline(arg),
 			Title:   "bellbuild " + im.spec.Profile,
 			Epoch:   epoch,
+			Loader:  loader,
+			Arch:    im.arch,
 		})
 	}
 	root := im.fullTree()
@@ -179,6 +193,8 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 					Cmdline: layout.SlotCmdline(m.Cmdline, layout.SlotA, sum),
 					Title:   "bellbuild " + im.spec.Profile + " (slot a)",
 					Epoch:   epoch,
+					Loader:  loader,
+					Arch:    im.arch,
 					Slot:    layout.SlotA, Tries: layout.DefaultTries,
 				})
 			},
@@ -189,6 +205,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			Slots:    true,
 			SlotSize: im.spec.SlotSize,
 			Config:   conf,
+			Arch:     im.arch,
 			DataSize: dataSize(im),
 		})
 		if err != nil {
@@ -208,7 +225,7 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			return err
 		}
 		m.Artifacts = append(m.Artifacts, a)
-		m.Disk = diskInfo(l)
+		m.Disk = diskInfo(l, im.arch)
 		b.log.Debug("disk written", "size", l.Size, "guid", l.GUID)
 	}
 
@@ -233,15 +250,19 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		files := fstree.New()
 		files.Add(fstree.Entry{Path: ISORootPath, Type: fstree.Regular, Mode: 0o444, Size: n, Data: fstree.File(sq.Name())})
 		files.AddFile(ISOConfigPath, bundle, 0o444, 0, 0)
-		if err := addISOLINUX(files, kernel, initrd, cmdline(ISORootArg), im.spec.Profile); err != nil {
-			return fmt.Errorf("iso: BIOS boot: %w", err)
+		bios := ""
+		if im.arch == "amd64" {
+			if err := addISOLINUX(files, kernel, initrd, cmdline(ISORootArg), im.spec.Profile); err != nil {
+				return fmt.Errorf("iso: BIOS boot: %w", err)
+			}
+			bios = isolinuxPath
 		}
 		files.Reproducible(epoch)
 		out, err := os.OpenFile(filepath.Join(dir, ISOFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, artifactMode)
 		if err != nil {
 			return err
 		}
-		err = iso.Write(out, files, iso.Options{VolumeID: layout.ISOLabel, Epoch: epoch, ESP: t, BIOS: isolinuxPath})
+		err = iso.Write(out, files, iso.Options{VolumeID: layout.ISOLabel, Epoch: epoch, ESP: t, BIOS: bios})
 		if err == nil {
 			err = out.Sync()
 		}
@@ -299,8 +320,8 @@ func addISOLINUX(files *fstree.Tree, kernel, initrd, cmdline, profile string) er
 }
 
 // diskInfo is the manifest's description of a written disk.
-func diskInfo(l *disk.Layout) *DiskInfo {
-	d := &DiskInfo{Arch: disk.Arch, Size: l.Size}
+func diskInfo(l *disk.Layout, arch string) *DiskInfo {
+	d := &DiskInfo{Arch: arch, Size: l.Size}
 	for _, p := range l.Partitions {
 		d.Partitions = append(d.Partitions, DiskPartition{Name: p.Name, Offset: p.Offset, Size: p.Size, GUID: p.GUID, Used: p.Used, SHA256: p.Extent})
 		if p.Name == disk.SlotA {
@@ -356,7 +377,7 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 		if err != nil {
 			return "", err
 		}
-		mods, err := stageModuleTree(stage, im.kernel.version, b.opts.Modules)
+		mods, err := stageModuleTree(stage, im.kernel.version, b.modules(im.arch))
 		if err != nil {
 			return "", err
 		}
@@ -365,14 +386,9 @@ func (b *baker) mediaInitrd(ctx context.Context, im *image, dir string) (string,
 	t.Merge(im.applier)
 	t.Merge(im.config)
 	if im.spec.Persist {
-		bin := b.opts.Busybox
-		for _, p := range BusyboxPaths {
-			if _, err := os.Stat(p); bin == "" && err == nil {
-				bin = p
-			}
-		}
-		if bin == "" {
-			return "", fmt.Errorf("persist: no busybox at %s to format the data partition (apt-get install busybox-static)", strings.Join(BusyboxPaths, " or "))
+		bin, _, err := b.busyboxFor(ctx, im.arch)
+		if err != nil {
+			return "", fmt.Errorf("persist: busybox to format the data partition: %w", err)
 		}
 		real, err := filepath.EvalSymlinks(bin)
 		if err != nil {

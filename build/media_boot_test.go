@@ -263,7 +263,7 @@ func TestDiskSystemd(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := filepath.Join(m.Stats.Dir, DiskFile)
-	stageListedIn(t, filepath.Join(debootstrapCache, debootstrapKey(sp.Stage.Debootstrap), "root"), img)
+	stageListedIn(t, filepath.Join(debootstrapCache, debootstrapKey(sp.Stage.Debootstrap, "amd64"), "root"), img)
 	node := sp.Bundle.Default
 	node.Node, node.Profile = "s1", "systemd"
 	node.Conf.Sysctl["vm.swappiness"] = "37"

@@ -373,7 +373,7 @@ func checkDiskInfo(t *testing.T, m *Manifest, img string, parts map[string][2]in
 		t.Fatal("the manifest has no disk")
 	}
 	data := mustRead(t, img)
-	if d.Arch != "x86_64" || d.Size != int64(len(data)) || len(d.Partitions) != len(parts) {
+	if d.Arch != "amd64" || d.Size != int64(len(data)) || len(d.Partitions) != len(parts) {
 		t.Errorf("disk: arch %q size %d (file %d), %d partitions (GPT %d)", d.Arch, d.Size, len(data), len(d.Partitions), len(parts))
 	}
 	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }

@@ -91,8 +91,9 @@ type hostKernelModules struct {
 	added *fstree.Tree
 }
 
-// readHostKernel resolves, hashes and lists the modules of kernel.path.
-func (b *baker) readHostKernel(p string) (hostKernelModules, error) {
+// readHostKernel resolves, hashes and lists the modules (for
+// architecture a) of kernel.path.
+func (b *baker) readHostKernel(p, a string) (hostKernelModules, error) {
 	k, err := hostKernel(p)
 	if err != nil {
 		return hostKernelModules{}, err
@@ -102,7 +103,7 @@ func (b *baker) readHostKernel(p string) (hostKernelModules, error) {
 	}
 	var added *fstree.Tree
 	if k.modules != "" {
-		if added, err = moduleTree(k.modules, k.version, b.opts.Modules); err != nil {
+		if added, err = moduleTree(k.modules, k.version, b.modules(a)); err != nil {
 			return hostKernelModules{}, err
 		}
 	}
@@ -116,14 +117,12 @@ type applierFile struct {
 	sum  string
 }
 
-// readApplier resolves, checks and hashes opts.Applier.
-func (b *baker) readApplier() (applierFile, error) {
-	app, err := filepath.EvalSymlinks(b.opts.Applier)
+// readApplier finds (applierFor: it is a static bellbuild for
+// architecture a), checks and hashes the applier of an image of profile.
+func (b *baker) readApplier(ctx context.Context, a, profile string) (applierFile, error) {
+	app, err := b.applierFor(ctx, a, profile)
 	if err != nil {
-		return applierFile{}, fmt.Errorf("applier: %w", err)
-	}
-	if err := checkStatic(app); err != nil {
-		return applierFile{}, fmt.Errorf("applier: %w (build it with CGO_ENABLED=0, e.g. make build)", err)
+		return applierFile{}, err
 	}
 	st, err := os.Stat(app)
 	if err != nil {
@@ -167,18 +166,18 @@ type early struct {
 	cancel  context.CancelFunc
 }
 
-// start begins reading the host kernel and the applier on other
-// goroutines; and, when speculate is set and the stage is a directory,
+// start begins reading the host kernel and the applier (for architecture
+// a) on other goroutines; and, when speculate is set and the stage is a directory,
 // making the applier segment (see "What a cold bake does at the same
 // time").
-func (b *baker) start(ctx context.Context, spec *profiles.ImageSpec, speculate bool) *early {
+func (b *baker) start(ctx context.Context, spec *profiles.ImageSpec, a string, speculate bool) *early {
 	ctx, cancel := context.WithCancel(ctx)
 	e := &early{cancel: cancel}
 	seq := b.opts.sequential
 	if spec.Kernel.From != "stage" && spec.Kernel.Path != "" {
-		e.kernel = later(seq, func() (hostKernelModules, error) { return b.readHostKernel(spec.Kernel.Path) })
+		e.kernel = later(seq, func() (hostKernelModules, error) { return b.readHostKernel(spec.Kernel.Path, a) })
 	}
-	e.applier = later(seq, b.readApplier)
+	e.applier = later(seq, func() (applierFile, error) { return b.readApplier(ctx, a, spec.Profile) })
 	if !speculate || seq || spec.Stage.Dir == "" {
 		return e
 	}

@@ -43,15 +43,25 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 	st := spec.Stage
 	switch {
 	case st.Busybox != nil:
-		t, bin, err := busyboxStage(ctx, b.opts.Busybox)
+		a := specArch(spec)
+		bin, pkg, err := b.busyboxFor(ctx, a)
+		if err != nil {
+			return nil, fmt.Errorf("busybox stage: %w", err)
+		}
+		t, real, err := busyboxStage(ctx, bin, a)
 		if err != nil {
 			return nil, err
 		}
-		sum, err := b.sumFile(bin)
+		sum, err := b.sumFile(real)
 		if err != nil {
 			return nil, err
 		}
-		return &stage{tree: t, input: Input{Name: "stage", Kind: "busybox", Path: bin, SHA256: sum}}, nil
+		in := Input{Name: "stage", Kind: "busybox", Path: real, SHA256: sum}
+		if pkg != nil {
+			// Not the cache's path: the package names it.
+			in.Path = "deb:" + pkg.Path + ":/bin/busybox"
+		}
+		return &stage{tree: t, input: in}, nil
 	case st.Tarball != "":
 		sum, err := b.sumFile(st.Tarball)
 		if err != nil {
@@ -71,7 +81,7 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 			return nil, fmt.Errorf("oci stage: %w", err)
 		}
 		load := func() (*fstree.Tree, error) {
-			t, err := fstree.FromOCI(st.OCI)
+			t, err := fstree.FromOCIArch(st.OCI, specArch(spec))
 			if err != nil {
 				return nil, fmt.Errorf("oci stage: %w", err)
 			}
@@ -85,7 +95,7 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		}
 		return &stage{tree: t, input: Input{Name: "stage", Kind: "dir", Path: st.Dir}}, nil
 	case st.Debootstrap != nil:
-		dir, key, err := b.debootstrap(ctx, st.Debootstrap)
+		dir, key, err := b.debootstrap(ctx, st.Debootstrap, specArch(spec))
 		if err != nil {
 			return nil, err
 		}
@@ -100,6 +110,9 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		}
 		d := st.Debootstrap
 		desc := fmt.Sprintf("suite=%s variant=%s mirror=%s include=%s", d.Suite, d.Variant, d.Mirror, strings.Join(d.Include, ","))
+		if a := specArch(spec); a != profiles.DefaultArch {
+			desc += " arch=" + a
+		}
 		return &stage{load: load, key: "debootstrap:" + key, input: Input{Name: "stage", Kind: "debootstrap", Path: desc, Key: key}}, nil
 	case st.Profile != "":
 		if slices.Contains(b.depth, st.Profile) {
@@ -112,6 +125,9 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 		if err != nil {
 			return nil, fmt.Errorf("stage {profile: %s}: %w", st.Profile, err)
 		}
+		if got, want := specArch(base), specArch(spec); got != want {
+			return nil, fmt.Errorf("stage {profile: %s} is arch: %s, but profile %s is arch: %s: %w", st.Profile, got, spec.Profile, want, ErrWrongArch)
+		}
 		inner, err := b.prepare(ctx, base)
 		if err != nil {
 			return nil, fmt.Errorf("stage {profile: %s}: %w", st.Profile, err)
@@ -122,13 +138,16 @@ func (b *baker) resolveStage(ctx context.Context, spec *profiles.ImageSpec) (*st
 	return nil, errors.New("the profile has no stage")
 }
 
-// debootstrap makes (or finds in the cache) a Debian root for d: the
-// cache is keyed by d's fields, so the same suite, variant, mirror and
-// package list are bootstrapped once.
-func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (string, string, error) {
+// debootstrap makes (or finds in the cache) a Debian root for d and
+// architecture a: the cache is keyed by d's fields and a, so the same
+// suite, variant, mirror and package list are bootstrapped once. A root of
+// another architecture than the build host's is made with --arch, its
+// second stage (the packages' maintainer scripts) running through
+// qemu-user's binfmt_misc handler (checkBinfmt).
+func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap, a string) (string, string, error) {
 	inc := slices.Clone(d.Include)
 	slices.Sort(inc)
-	key := debootstrapKey(d)
+	key := debootstrapKey(d, a)
 	dir := filepath.Join(b.opts.CacheDir, "debootstrap", key)
 	root := filepath.Join(dir, "root")
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
@@ -139,6 +158,11 @@ func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (strin
 	}
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return "", "", fmt.Errorf("debootstrap stage: %w (apt-get install debootstrap)", err)
+	}
+	if !native(a) {
+		if err := checkBinfmt(a); err != nil {
+			return "", "", fmt.Errorf("debootstrap stage for %s: %w", a, err)
+		}
 	}
 	// One debootstrap per recipe at a time: a second bake waits for the
 	// first and then finds its root.
@@ -160,17 +184,7 @@ func (b *baker) debootstrap(ctx context.Context, d *profiles.Debootstrap) (strin
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
 	}
-	args := []string{}
-	if d.Variant != "" {
-		args = append(args, "--variant="+d.Variant)
-	}
-	if len(inc) > 0 {
-		args = append(args, "--include="+strings.Join(inc, ","))
-	}
-	args = append(args, d.Suite, root)
-	if d.Mirror != "" {
-		args = append(args, d.Mirror)
-	}
+	args := debootstrapArgs(d, a, root)
 	b.log.Info("debootstrap: running (cached afterwards)", "args", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, "debootstrap", args...)
 	out, err := cmd.CombinedOutput()
@@ -192,12 +206,38 @@ func tail(s string, n int) string {
 	return strings.Join(l, "\n")
 }
 
-// debootstrapKey names a debootstrap recipe in the cache (the package list
-// in any order is one recipe).
-func debootstrapKey(d *profiles.Debootstrap) string {
+// debootstrapKey names a debootstrap recipe for architecture a in the
+// cache (the package list in any order is one recipe; amd64's key is the
+// one recipes had before arch: existed).
+func debootstrapKey(d *profiles.Debootstrap, a string) string {
 	inc := slices.Clone(d.Include)
 	slices.Sort(inc)
+	if a != "" && a != profiles.DefaultArch {
+		return keyOf("debootstrap-v1", d.Suite, d.Variant, d.Mirror, strings.Join(inc, ","), "arch="+a)
+	}
 	return keyOf("debootstrap-v1", d.Suite, d.Variant, d.Mirror, strings.Join(inc, ","))
+}
+
+// debootstrapArgs is debootstrap's command line for d, architecture a, into
+// root.
+func debootstrapArgs(d *profiles.Debootstrap, a, root string) []string {
+	inc := slices.Clone(d.Include)
+	slices.Sort(inc)
+	var args []string
+	if !native(a) {
+		args = append(args, "--arch="+a)
+	}
+	if d.Variant != "" {
+		args = append(args, "--variant="+d.Variant)
+	}
+	if len(inc) > 0 {
+		args = append(args, "--include="+strings.Join(inc, ","))
+	}
+	args = append(args, d.Suite, root)
+	if d.Mirror != "" {
+		args = append(args, d.Mirror)
+	}
+	return args
 }
 
 // ociDigest names an OCI layout by its index.json and the digests of its

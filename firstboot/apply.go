@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -128,8 +129,9 @@ func orDash(s string) string {
 var ErrLocked = errors.New("another bellbuild apply is running on this root")
 
 // Apply enforces node on opts.RootDir:
-//  1. validate the whole configuration, and let every module check the
-//     root (nothing changes, not even the state directory, if any fails);
+//  1. validate the whole configuration but the items held for a secret
+//     value it lacks (hold.go), and let every module check the root
+//     (nothing changes, not even the state directory, if any fails);
 //  2. take the root's lock, (re)load the ledger, and remove the temporary
 //     files a killed run left;
 //  3. run every module in order, each reverting what left the config;
@@ -138,8 +140,26 @@ var ErrLocked = errors.New("another bellbuild apply is running on this root")
 // The returned error is non-nil only when the run could not start (invalid
 // configuration, lock, unreadable ledger); per-item errors are in the Report.
 func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, error) {
+	// What the run says never holds a secret value (redact.go).
+	red := newRedactor(node)
+	if opts.Log != nil {
+		opts.Log = slog.New(red.handler(opts.Log.Handler()))
+	}
+	rep, err := apply(ctx, opts, node, red)
+	red.report(rep)
+	return rep, red.err(err)
+}
+
+func apply(ctx context.Context, opts Options, node *nodeconf.Node, red *redactor) (*Report, error) {
 	rep := &Report{Node: node.Node, Profile: node.Profile, Plan: opts.Plan, Changes: []host.Change{}, Errors: []string{}}
-	if errs := node.Conf.Validate(); len(errs) > 0 {
+	// What waits for a secret value this configuration lacks is held:
+	// neither applied nor reverted (hold.go).
+	conf, hold, err := holdOf(node)
+	if err != nil {
+		rep.Errors = append(rep.Errors, err.Error())
+		return rep, err
+	}
+	if errs := conf.Validate(); len(errs) > 0 {
 		for _, err := range errs {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
@@ -151,13 +171,14 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 		return rep, err
 	}
 	defer h.Close()
+	h.Hold = hold.holds
 
 	// Every module checks the host before any module changes it (reads
 	// only: not even the state directory is created for a bad config).
 	var checkErrs []error
 	for _, name := range nodeconf.Modules {
 		if c, ok := modules[name].(Checker); ok {
-			for _, err := range c.Check(ctx, h, &node.Conf) {
+			for _, err := range c.Check(ctx, h, &conf) {
 				checkErrs = append(checkErrs, fmt.Errorf("%s: %w", name, err))
 			}
 		}
@@ -188,14 +209,14 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 
 	for _, name := range nodeconf.Modules {
 		m, ok := modules[name]
-		if !ok {
+		if !ok || hold.whole[name] {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 			break
 		}
-		for _, err := range m.Apply(ctx, h, &node.Conf) {
+		for _, err := range m.Apply(ctx, h, &conf) {
 			var p *pendingError
 			if errors.As(err, &p) {
 				rep.Pending = append(rep.Pending, name+": "+p.item)
@@ -223,7 +244,9 @@ func Apply(ctx context.Context, opts Options, node *nodeconf.Node) (*Report, err
 	if err := h.Checkpoint(); err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 	}
+	rep.Pending = append(rep.Pending, hold.pending...)
 	rep.Changes = append(rep.Changes, h.Changes()...)
+	red.report(rep)
 	if !opts.Plan {
 		data, _ := json.MarshalIndent(rep, "", "  ")
 		if err := h.WriteFile("var/lib/bellbuild/last-run.json", append(data, '\n'), 0o600, 0, 0); err != nil {

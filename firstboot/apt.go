@@ -514,6 +514,12 @@ func (a *aptRun) strict() {
 	for _, p := range a.conf.Packages {
 		requested = append(requested, p.Name)
 	}
+	// A held package (its debconf answers wait for a secret) is kept.
+	for name := range a.db {
+		if a.h.Holds("apt", "pkg/"+name) {
+			requested = append(requested, name)
+		}
+	}
 	var remove []string
 	for _, name := range strictRemovals(a.db, requested, a.conf.WhitelistPkgs) {
 		if !a.purged[name] {

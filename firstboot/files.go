@@ -69,12 +69,12 @@ func (filesModule) Check(_ context.Context, h *host.Host, conf *nodeconf.Conf) [
 		if _, err := fileMode(f); err != nil {
 			bad("%v", err)
 		}
-		if f.Owner != "" && !later[f.Owner] {
+		if f.Owner != "" && !later[f.Owner] && !heldUser(h, f.Owner) {
 			if _, err := h.LookupUser(f.Owner); err != nil {
 				bad("owner: %v", err)
 			}
 		}
-		if f.Group != "" && !later[f.Group] {
+		if f.Group != "" && !later[f.Group] && !heldUser(h, f.Group) {
 			if _, err := h.LookupGroup(f.Group); err != nil {
 				bad("group: %v", err)
 			}
@@ -93,6 +93,11 @@ func (filesModule) Apply(ctx context.Context, h *host.Host, conf *nodeconf.Conf)
 	for _, p := range sortedKeys(conf.Files) {
 		want[p] = true
 		spec, err := fileSpec(h, p, conf.Files[p])
+		if f := conf.Files[p]; err != nil && (heldUser(h, f.Owner) || heldUser(h, f.Group)) {
+			// Its owner waits for a secret (a held user): so does it.
+			errs = append(errs, &pendingError{item: p, why: "its owner is a user held for a secret"})
+			continue
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 			continue
@@ -118,7 +123,7 @@ func fileSpec(h *host.Host, p string, f nodeconf.File) (host.FileSpec, error) {
 	if err != nil {
 		return host.FileSpec{}, err
 	}
-	spec := host.FileSpec{Path: p, Data: []byte(f.Content), Mode: mode, Secret: mode&0o004 == 0}
+	spec := host.FileSpec{Path: p, Data: []byte(f.Content), Mode: mode, Secret: f.Private() || mode&0o004 == 0}
 	var uerr, gerr error
 	if f.Owner != "" {
 		spec.UID, uerr = h.LookupUser(f.Owner)
@@ -158,4 +163,10 @@ func checkSudoersFile(ctx context.Context, h *host.Host, spec host.FileSpec) err
 	}
 	tmp := path.Join(path.Dir(spec.Path), ".bellbuild-check-"+path.Base(spec.Path))
 	return visudoCheck(ctx, h, tmp, spec.Data, host.Meta{Mode: spec.Mode, UID: spec.UID, GID: spec.GID})
+}
+
+// heldUser reports whether name is a user (or its same-named group) that
+// this run holds (see hold.go).
+func heldUser(h *host.Host, name string) bool {
+	return name != "" && h.Holds("uamlite", "user/"+name)
 }

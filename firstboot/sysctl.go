@@ -134,6 +134,12 @@ func (m sysctlModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.Conf
 			errs = append(errs, err)
 		}
 	}
+	// A held key (its value waits for a secret) keeps its line.
+	for k, v := range heldSysctls(h) {
+		if _, ok := persist[k]; !ok {
+			persist[k] = v
+		}
+	}
 	if len(persist) == 0 {
 		if _, err := h.ReleaseFile("sysctl", sysctlFileKey, sysctlFile); err != nil {
 			errs = append(errs, err)
@@ -276,4 +282,24 @@ func (sysctlModule) revert(h *host.Host, key string) error {
 		h.Ledger.Delete("sysctl", key)
 	}
 	return nil
+}
+
+// heldSysctls returns the lines of sysctlFile whose keys this run holds
+// (see hold.go), as the file has them.
+func heldSysctls(h *host.Host) map[string]string {
+	out := map[string]string{}
+	if h.Hold == nil {
+		return out
+	}
+	data, err := h.ReadFile(sysctlFile)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, " = ")
+		if ok && !strings.HasPrefix(k, "#") && h.Holds("sysctl", k) {
+			out[k] = v
+		}
+	}
+	return out
 }

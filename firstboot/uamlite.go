@@ -428,6 +428,11 @@ func (u *uam) retire(ctx context.Context, name string, purge bool) {
 func (u *uam) builtin(users []nodeconf.User, want map[string]bool) {
 	key := "builtin/" + builtinAccount
 	rec, owned := u.h.Ledger.Get("uamlite", key)
+	for _, k := range u.h.Ledger.Keys("uamlite") {
+		if strings.HasPrefix(k, "user/") && u.h.Holds("uamlite", k) {
+			return // a held user's vote is unknown: decide once it is applied
+		}
+	}
 	passVote, sshVote := false, false
 	for _, usr := range users {
 		if usr.UserName == builtinAccount || !usr.UserSudo {

@@ -16,11 +16,13 @@ import (
 )
 
 // stale returns the ledger keys of module, under prefix, that want does not
-// hold: the items that left the configuration and must be reverted.
+// hold: the items that left the configuration and must be reverted. The
+// keys of a held item (host.Holds: it waits for a secret value) are never
+// stale.
 func stale(h *host.Host, module, prefix string, want map[string]bool) []string {
 	var out []string
 	for _, k := range h.Ledger.Keys(module) {
-		if strings.HasPrefix(k, prefix) && !want[k] {
+		if strings.HasPrefix(k, prefix) && !want[k] && !h.Holds(module, k) {
 			out = append(out, k)
 		}
 	}

@@ -15,7 +15,8 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 
 // TestBadSites loads each site under testdata/bad/ and compares every
 // reported problem (file:line:col: path: message, file relative to the
-// site) with the case's errors.golden.
+// site) with the case's errors.golden. A case with a file named env is
+// loaded for the environment it names.
 func TestBadSites(t *testing.T) {
 	dirs, err := filepath.Glob("testdata/bad/*")
 	if err != nil {
@@ -26,7 +27,11 @@ func TestBadSites(t *testing.T) {
 	}
 	for _, dir := range dirs {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
-			_, err := Load(dir)
+			env, err := os.ReadFile(filepath.Join(dir, "env"))
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				t.Fatal(err)
+			}
+			_, err = LoadEnv(dir, strings.TrimSpace(string(env)))
 			var list ErrorList
 			if !errors.As(err, &list) {
 				t.Fatalf("Load = %v, want an ErrorList", err)

@@ -17,7 +17,7 @@ import (
 // what the demo and the boot tests rely on.
 func TestDefaultSite(t *testing.T) {
 	s := Default()
-	if diff := cmp.Diff([]string{"demo", "demo-base", "minimal"}, s.ProfileNames()); diff != "" {
+	if diff := cmp.Diff([]string{"demo", "demo-arm64", "demo-base", "minimal"}, s.ProfileNames()); diff != "" {
 		t.Errorf("profiles (-want +got):\n%s", diff)
 	}
 	want := []NodeInfo{

@@ -220,11 +220,11 @@ func TestNameConstraintsWarn(t *testing.T) {
 		t.Errorf("host certificate names %v, want [n1.example.org]", got)
 	}
 	// pki commands read site.yaml alone.
-	o, err := PKIOptions(dir)
+	o, err := PKIOptions(dir, "")
 	if err != nil || !o.NameConstraints || o.Domain != "example.org" || len(o.Subnets) != 1 {
 		t.Errorf("PKIOptions = %+v, %v", o, err)
 	}
-	if _, err := PKIOptions(writeSite(t, map[string]string{"site.yaml": "pki: {algorithm: dsa}\n"})); err == nil || !strings.Contains(err.Error(), `pki.algorithm: "dsa"`) {
+	if _, err := PKIOptions(writeSite(t, map[string]string{"site.yaml": "pki: {algorithm: dsa}\n"}), ""); err == nil || !strings.Contains(err.Error(), `pki.algorithm: "dsa"`) {
 		t.Errorf("PKIOptions of a bad site.yaml: %v", err)
 	}
 }

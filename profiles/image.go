@@ -15,7 +15,10 @@ import (
 type ImageSpec struct {
 	Profile, Description string
 	// Chain is the inheritance chain, parents first, Profile last.
-	Chain  []string
+	Chain []string
+	// Arch is the architecture the image is for, one of Arches; "" means
+	// DefaultArch.
+	Arch   string
 	Stage  Stage
 	Kernel Kernel
 	// Cmdline is the kernel command line, one argument per item.
@@ -43,6 +46,21 @@ type ImageSpec struct {
 	// names the site's files relative to it, so that the same site in
 	// two checkouts bakes the same manifest.
 	SiteDir string
+	// Environment is the site's environment the spec was made for (""
+	// for a site without environments).
+	Environment string
+	// Revision is the site's git revision, when the caller knows it
+	// (siterev.Describe); the manifest records it.
+	Revision *Revision
+}
+
+// Revision is where a site's files came from in git: the commit of the
+// work tree's HEAD and, when the work tree differs from it, the files
+// that differ (relative to the site).
+type Revision struct {
+	Commit  string   `json:"commit"`
+	Dirty   bool     `json:"dirty,omitempty"`
+	Changed []string `json:"changed,omitempty"`
 }
 
 // Stage is the base root tree of an image. Exactly one field is set; paths
@@ -65,18 +83,31 @@ type BusyboxStage struct{}
 type Debootstrap struct {
 	Suite   string
 	Variant string
+	// Mirror is the archive debootstrap reads; with a Snapshot it is
+	// SnapshotURL/Snapshot/ (Image composes it).
 	Mirror  string
 	Include []string
+	// Snapshot pins the package set to the archive as it was then
+	// (20240601T000000Z), read from SnapshotURL (default
+	// DefaultSnapshotURL): the same snapshot gives the same packages.
+	Snapshot    string
+	SnapshotURL string
 }
 
-// Kernel says where the image's kernel comes from: Path (a host file) or
-// From "stage" (the stage's own /boot). Modules are found beside it.
+// Kernel says where the image's kernel comes from: Path (a host file),
+// From "stage" (the stage's own /boot), or Package (a Debian kernel package
+// for the image's architecture, e.g. linux-image-arm64, fetched and
+// unpacked, never installed). Modules are found beside it.
 type Kernel struct {
-	Path string
-	From string
+	Path    string
+	From    string
+	Package string
 }
 
-var stageKinds = []string{"busybox", "tarball", "oci", "dir", "debootstrap", "profile"}
+var (
+	stageKinds      = []string{"busybox", "tarball", "oci", "dir", "debootstrap", "profile"}
+	debootstrapKeys = []string{"suite", "variant", "mirror", "include", "snapshot", "snapshot_url"}
+)
 
 // Outputs lists the artifact kinds a profile may ask for.
 var Outputs = []string{"initramfs", "raw", "iso", "tar"}
@@ -134,10 +165,25 @@ func parseStage(v *value, path string, errs *ErrorList) (Stage, bool) {
 				d.Mirror, _ = scalarString(f.val, ffp, errs)
 			case "include":
 				d.Include, _ = stringList(f.val, ffp, errs)
+			case "snapshot":
+				if text, good := scalarString(f.val, ffp, errs); good {
+					ts, err := parseSnapshot(text)
+					if err != nil {
+						errs.Add(f.val.pos, ffp, "%v", err)
+						ok = false
+					}
+					d.Snapshot = ts
+				}
+			case "snapshot_url":
+				d.SnapshotURL, _ = scalarString(f.val, ffp, errs)
 			default:
-				errs.Add(f.kpos, ffp, "unknown key %q%s", f.key, suggestList(f.key, []string{"suite", "variant", "mirror", "include"}))
+				errs.Add(f.kpos, ffp, "unknown key %q%s", f.key, suggestList(f.key, debootstrapKeys))
 				ok = false
 			}
+		}
+		if e.val.get("mirror") != nil && e.val.get("snapshot") != nil {
+			errs.Add(e.val.entry("snapshot").kpos, fp+".snapshot", "set either mirror or snapshot (which makes the mirror SNAPSHOT_URL/TIMESTAMP/), not both")
+			ok = false
 		}
 		if d.Suite == "" {
 			errs.Add(e.val.pos, fp+".suite", "required")
@@ -168,13 +214,25 @@ func parseKernel(v *value, path string, errs *ErrorList) (Kernel, bool) {
 				errs.Add(e.val.pos, fp, "%q: the only source is stage", k.From)
 				ok = false
 			}
+		case "package":
+			k.Package, _ = scalarString(e.val, fp, errs)
+			if k.Package == "" {
+				errs.Add(e.val.pos, fp, "empty")
+				ok = false
+			}
 		default:
-			errs.Add(e.kpos, fp, "unknown key %q (want path or from)", e.key)
+			errs.Add(e.kpos, fp, "unknown key %q (want path, from or package)", e.key)
 			ok = false
 		}
 	}
-	if (k.Path == "") == (k.From == "") && ok {
-		errs.Add(v.pos, path, "set exactly one of path and from")
+	set := 0
+	for _, s := range []string{k.Path, k.From, k.Package} {
+		if s != "" {
+			set++
+		}
+	}
+	if set != 1 && ok {
+		errs.Add(v.pos, path, "set exactly one of path, from and package")
 		ok = false
 	}
 	return k, ok
@@ -237,19 +295,50 @@ func (s *Site) checkStages(errs *ErrorList) {
 // Image returns the image specification of profile, with its rendered
 // configuration bundle.
 func (s *Site) Image(profile string) (*ImageSpec, error) {
+	spec, err := s.ImageSettings(profile)
+	if err != nil {
+		return nil, err
+	}
+	def, err := s.RenderProfile(profile, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	spec.Bundle = &nodeconf.Bundle{Profile: profile, Default: *def, Nodes: []nodeconf.Node{}}
+	for _, n := range s.nodes {
+		if n.Profile != profile {
+			continue
+		}
+		rn, err := s.RenderNode(n.Name)
+		if err != nil {
+			return nil, fmt.Errorf("node %q: %w", n.Name, err)
+		}
+		spec.Bundle.Nodes = append(spec.Bundle.Nodes, *rn)
+	}
+	return spec, nil
+}
+
+// ImageSettings is Image without the bundle (nil): what makes the image
+// but for the configurations it carries.
+func (s *Site) ImageSettings(profile string) (*ImageSpec, error) {
 	r, ok := s.resolved[profile]
 	if !ok {
 		return nil, fmt.Errorf("profile %q: %w", profile, ErrNotFound)
 	}
 	var errs ErrorList
-	spec := &ImageSpec{Profile: profile, Chain: slices.Clone(r.chain), Outputs: []string{"initramfs"}, SiteDir: s.dir}
+	spec := &ImageSpec{Profile: profile, Chain: slices.Clone(r.chain), Outputs: []string{"initramfs"}, SiteDir: s.dir, Environment: s.Environment()}
 	if v := r.fields["description"]; v != nil {
 		spec.Description = v.text
+	}
+	if v := r.fields["arch"]; v != nil && v.kind != kNull {
+		spec.Arch, _ = parseArch(v, "arch", &errs)
 	}
 	if v := r.fields["stage"]; v != nil {
 		st, _ := parseStage(v, "stage", &errs)
 		for _, p := range []*string{&st.Tarball, &st.OCI, &st.Dir} {
 			*p = s.abs(*p)
+		}
+		if st.Debootstrap != nil {
+			s.applyStage(st.Debootstrap)
 		}
 		spec.Stage = st
 	} else {
@@ -275,29 +364,19 @@ func (s *Site) Image(profile string) (*ImageSpec, error) {
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
-	def, err := s.RenderProfile(profile, nil, "")
-	if err != nil {
-		return nil, err
-	}
-	spec.Bundle = &nodeconf.Bundle{Profile: profile, Default: *def, Nodes: []nodeconf.Node{}}
-	for _, n := range s.nodes {
-		if n.Profile != profile {
-			continue
-		}
-		rn, err := s.RenderNode(n.Name)
-		if err != nil {
-			return nil, fmt.Errorf("node %q: %w", n.Name, err)
-		}
-		spec.Bundle.Nodes = append(spec.Bundle.Nodes, *rn)
-	}
 	for _, pn := range r.chain {
 		spec.Sources = append(spec.Sources, s.profiles[pn].source)
 	}
-	if len(spec.Bundle.Nodes) > 0 && s.nodesSource != "" {
+	if s.nodesSource != "" && slices.ContainsFunc(s.nodes, func(n *node) bool { return n.Profile == profile }) {
 		spec.Sources = append(spec.Sources, s.nodesSource)
 	}
 	if s.servicesSource != "" { // every node's facts, and the services placed
 		spec.Sources = append(spec.Sources, s.servicesSource)
+	}
+	for _, src := range s.envSources() {
+		if !slices.Contains(spec.Sources, src) {
+			spec.Sources = append(spec.Sources, src)
+		}
 	}
 	return spec, nil
 }

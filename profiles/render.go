@@ -260,6 +260,9 @@ type rendered struct {
 	tree *value
 	// certAt says where each of node.Certificates was asked for.
 	certAt []Pos
+	// secrets are node.Secrets, in order, with where the site wrote
+	// each.
+	secrets []secretUse
 }
 
 // render renders profile for a machine with labels, host name and own
@@ -289,9 +292,10 @@ func (s *Site) render(profile string, labels map[string]string, host string, own
 func (s *Site) renderResolved(r *resolved, profile string, labels map[string]string, host string, own *value, svcs []*service) (*rendered, error) {
 	tree := r.effective(labels, host, own, svcs)
 	var errs ErrorList
-	conf := decodeConf(tree, &errs)
+	conf, refs := decodeConf(tree, &errs)
 	keys := keyFinder{}
-	for _, err := range conf.Validate() {
+	uses := inlineUses(&conf, refs, tree, keys)
+	for _, err := range dropRefErrors(conf.Validate(), uses) {
 		var fe *nodeconf.FieldError
 		if !errors.As(err, &fe) {
 			errs.Add(Pos{}, "conf", "%v", err)
@@ -323,8 +327,19 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 	if len(labels) > 0 {
 		n.Labels = maps.Clone(labels)
 	}
+	for _, u := range uses {
+		// A reference's value is withheld until resolved; an inline
+		// one is in place until the node is made public.
+		ref := nodeconf.SecretRef{Path: u.path, Name: u.name, Withheld: u.name != ""}
+		if ref.Withheld {
+			if err := n.SetField(ref.Path, ""); err != nil {
+				return nil, err
+			}
+		}
+		n.Secrets = append(n.Secrets, ref)
+	}
 	s.setServices(n, svcs)
-	return &rendered{node: n, tree: tree}, nil
+	return &rendered{node: n, tree: tree, secrets: uses}, nil
 }
 
 func (s *Site) renderNode(name string) (*rendered, error) {
@@ -348,34 +363,41 @@ func (s *Site) renderNode(name string) (*rendered, error) {
 }
 
 // RenderNode returns the effective configuration of the inventory node
-// name. A configuration that fails nodeconf validation is an ErrorList
-// naming the files and lines that set the offending values.
+// name: its public configuration, which names each secret value
+// (node.Secrets) and holds none (RenderNodeSecrets gives them). A
+// configuration that fails nodeconf validation is an ErrorList naming the
+// files and lines that set the offending values.
 func (s *Site) RenderNode(name string) (*nodeconf.Node, error) {
 	r, err := s.renderNode(name)
 	if err != nil {
 		return nil, err
 	}
-	return r.node, nil
+	return public(r.node)
 }
 
-// RenderProfile returns the configuration of a machine that boots profile
-// with labels and hostname but has no inventory entry (hostname may be ""
-// and labels nil).
+// RenderProfile returns the public configuration of a machine that boots
+// profile with labels and hostname but has no inventory entry (hostname
+// may be "" and labels nil).
 func (s *Site) RenderProfile(profile string, labels map[string]string, hostname string) (*nodeconf.Node, error) {
 	r, err := s.render(profile, labels, hostname, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	r.node.Node = hostname
-	return r.node, nil
+	return public(r.node)
 }
 
 // Origin is where one effective value came from.
 type Origin struct {
 	// Path is the value's path from the node, e.g. `conf.sysctl["vm.swappiness"]`.
-	Path  string
-	Value string // the value as written (scalars), or "{}" / "[]"
-	Pos   Pos
+	Path string
+	// Value is the value as written (scalars), "{}" / "[]", or for a
+	// secret value `<secret NAME>` (`<secret PATH>` when written inline).
+	Value string
+	// Pos is where it was written: for a `!secret NAME`, the reference.
+	Pos Pos
+	// Secret says that Value stands for a secret value.
+	Secret bool
 }
 
 func origins(r *rendered) []Origin {
@@ -389,15 +411,22 @@ func origins(r *rendered) []Origin {
 	slices.SortStableFunc(tree.ents, func(a, b entry) int {
 		return slices.Index(nodeconf.Modules, a.key) - slices.Index(nodeconf.Modules, b.key)
 	})
+	secret := map[string]string{}
+	for i, u := range r.secrets {
+		secret[u.path] = r.node.Secrets[i].String()
+	}
 	leaves(&tree, "conf", func(p string, v *value) {
 		o := Origin{Path: p, Pos: v.pos}
+		shown, isSecret := secret[p]
 		switch {
 		case v.kind == kMap:
 			o.Value = "{}"
 		case v.kind == kList:
 			o.Value = "[]"
-		case strings.HasSuffix(p, ".user_crypt_passwd"):
-			o.Value = "(secret)"
+		case isSecret:
+			o.Value, o.Secret = shown, true
+		case strings.HasSuffix(p, ".user_crypt_passwd"), v.tag == tagSecretRef:
+			o.Value, o.Secret = "<secret>", true // a value never shown
 		default:
 			o.Value = v.text
 		}
@@ -432,12 +461,13 @@ func (s *Site) ExplainProfile(profile string, labels map[string]string, hostname
 // reports each problem once, at the line that set the offending value.
 // The renders are independent and run on every CPU.
 func (s *Site) validateRendered(errs *ErrorList) {
-	var jobs []func() error
-	for _, n := range s.nodes {
+	var jobs []func() (*rendered, error)
+	s.checked = make([]*nodeconf.Node, len(s.nodes))
+	for i, n := range s.nodes {
 		if _, ok := s.resolved[n.Profile]; !ok {
 			continue // its profile's own problem is reported already
 		}
-		jobs = append(jobs, func() error { _, err := s.renderNode(n.Name); return err })
+		jobs = append(jobs, func() (*rendered, error) { r, err := s.renderNode(n.Name); return r, s.keepChecked(i, r, err) })
 	}
 	for _, name := range s.names {
 		r, ok := s.resolved[name]
@@ -445,11 +475,11 @@ func (s *Site) validateRendered(errs *ErrorList) {
 			// A profile in or below a cycle has no chain; check its own
 			// layer so that its module errors are still reported.
 			alone := s.resolveChain([]string{name})
-			jobs = append(jobs, func() error { _, err := s.renderResolved(alone, name, nil, "", nil, nil); return err })
+			jobs = append(jobs, func() (*rendered, error) { return s.renderResolved(alone, name, nil, "", nil, nil) })
 			continue
 		}
 		renderAs := func(labels map[string]string, host string) {
-			jobs = append(jobs, func() error { _, err := s.render(name, labels, host, nil, nil); return err })
+			jobs = append(jobs, func() (*rendered, error) { return s.render(name, labels, host, nil, nil) })
 		}
 		renderAs(nil, "")
 		try := func(lo []labelOverride, ho []hostOverride) {
@@ -468,23 +498,32 @@ func (s *Site) validateRendered(errs *ErrorList) {
 		}
 	}
 	results := make([]error, len(jobs))
+	warnings := make([]ErrorList, len(jobs))
+	// An inline secret is warned about once per place (warned), in the
+	// first render that meets it.
+	var warned sync.Map
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range runtime.GOMAXPROCS(0) {
 		wg.Go(func() {
 			for i := int(next.Add(1)) - 1; i < len(jobs); i = int(next.Add(1)) - 1 {
-				results[i] = jobs[i]()
+				r, err := jobs[i]()
+				results[i] = err
+				if r != nil {
+					warnings[i] = s.inlineWarnings(&r.node.Conf, r.secrets, &warned)
+				}
 			}
 		})
 	}
 	wg.Wait()
-	for _, err := range results {
+	for i, err := range results {
 		var l ErrorList
 		if errors.As(err, &l) {
 			*errs = append(*errs, l...)
 		} else if err != nil {
 			errs.Add(Pos{}, "", "%v", err)
 		}
+		*errs = append(*errs, warnings[i]...)
 	}
 	errs.Sort()
 }

@@ -107,13 +107,16 @@ func checkConf(v *value, path string, errs *ErrorList) {
 	decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: path}, errs)
 }
 
-// decodeConf turns a merged conf tree into a nodeconf.Conf.
-func decodeConf(v *value, errs *ErrorList) nodeconf.Conf {
+// decodeConf turns a merged conf tree into a nodeconf.Conf, and lists its
+// `!secret NAME` references, in the order written. A reference's field
+// holds `<secret NAME>` (placeholder) until it is resolved or withheld.
+func decodeConf(v *value, errs *ErrorList) (nodeconf.Conf, []secretUse) {
 	var c nodeconf.Conf
+	p := &fpath{root: "conf", segs: make([]seg, 0, 8), refs: []secretUse{}}
 	if v != nil && v.kind != kNull {
-		decode(v, reflect.ValueOf(&c).Elem(), &fpath{root: "conf", segs: make([]seg, 0, 8)}, errs)
+		decode(v, reflect.ValueOf(&c).Elem(), p, errs)
 	}
-	return c
+	return c, p.refs
 }
 
 // fieldIndex maps a struct type's YAML names to field indexes.
@@ -161,6 +164,8 @@ func init() {
 type fpath struct {
 	root string
 	segs []seg
+	// refs collects the secret references met (nil: do not collect).
+	refs []secretUse
 }
 
 // seg is a map key, or a list index when idx >= 0.
@@ -223,6 +228,13 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 				switch e.val.kind {
 				case kNull:
 				case kScalar:
+					if e.val.tag == tagSecretRef {
+						path.push(e.key, -1)
+						path.ref(e.val)
+						path.pop()
+						m[e.key] = placeholder(e.val)
+						continue
+					}
 					m[e.key] = e.val.text
 				default:
 					errs.Add(e.val.pos, joinKey(path.String(), e.key), "expected a string, got %s", e.val.describe())
@@ -264,6 +276,11 @@ func decode(v *value, rv reflect.Value, path *fpath, errs *ErrorList) {
 	case reflect.String:
 		if v.kind != kScalar {
 			errs.Add(v.pos, path.String(), "expected a string, got %s", v.describe())
+			return
+		}
+		if v.tag == tagSecretRef {
+			path.ref(v)
+			rv.SetString(placeholder(v))
 			return
 		}
 		rv.SetString(v.text)

@@ -610,9 +610,9 @@ func checkServiceConf(svc *service, errs *ErrorList) {
 		return
 	}
 	var local ErrorList
-	conf := decodeConf(tree, &local)
+	conf, refs := decodeConf(tree, &local)
 	keys := keyFinder{}
-	for _, err := range conf.Validate() {
+	for _, err := range dropRefErrors(conf.Validate(), refs) {
 		var fe *nodeconf.FieldError
 		if !errors.As(err, &fe) {
 			local.Add(svc.pos, svc.path+".conf", "%v", err)

@@ -34,6 +34,7 @@ import (
 	"sync"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/profiles/secrets"
 )
 
 // Site is a loaded, checked site. It is immutable and safe for concurrent
@@ -63,6 +64,19 @@ type Site struct {
 	servicesSource string
 	// noFacts is every service's fact, false: a node's start.
 	noFacts map[string]bool
+	// store is the site's secret store (nil for the embedded site);
+	// storeArg names the site in the commands messages suggest (the
+	// directory as given to Load); refNames are the secrets the site
+	// refers to (secretrefs.go).
+	store    *secrets.Store
+	storeArg string
+	refNames map[string]bool
+	// envs are the site's environments, and the one it was loaded for
+	// (nil: a site without environments; env.go).
+	envs *envSet
+	// checked are the nodes as Load rendered and checked them, in the
+	// order of nodes (checked.go).
+	checked []*nodeconf.Node
 }
 
 // NodeInfo is one inventory entry.
@@ -130,7 +144,7 @@ type node struct {
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait", "install", "upgrade", "reboot"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait", "arch", "install", "upgrade", "reboot"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -145,7 +159,7 @@ var defaultSite = sync.OnceValues(func() (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	return loadFS(embedFS{sub}, "", "embedded:")
+	return loadFS(embedFS{sub}, "", "embedded:", "", nil)
 })
 
 // Default returns the site embedded in the binary: a `minimal` busybox
@@ -160,8 +174,16 @@ func Default() *Site {
 }
 
 // Load reads and checks the site in dir. The error, if any, is an
-// ErrorList holding every problem found.
-func Load(dir string) (*Site, error) {
+// ErrorList holding every problem found. A site with environments is
+// loaded with LoadEnv (Load refuses it, naming them).
+func Load(dir string) (*Site, error) { return LoadEnv(dir, "") }
+
+// LoadEnv is Load for environment env of a site with environments
+// (SITE/environments/ENV.yaml: its inventory, vars and stage settings);
+// env "" is a site without environments. A site with environments and no
+// env, an unknown env, or an env for a site without environments is an
+// ErrorList naming the environments.
+func LoadEnv(dir, env string) (*Site, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("load site: %w", err)
@@ -171,9 +193,18 @@ func Load(dir string) (*Site, error) {
 		return nil, ErrorList{{Pos: Pos{File: filepath.Join(dir, "profiles")}, Msg: "not a site: no profiles directory"}}
 	}
 	defer root.Close()
-	s, err := loadFS(rootFS{root}, dir, "")
+	store, err := secrets.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("load site: %w", err)
+	}
+	s, err := loadFS(rootFS{root}, dir, "", env, store)
 	if s != nil {
 		s.dir = abs
+		if s.envs != nil {
+			for _, en := range s.envs.all {
+				en.source = filepath.Join(abs, en.source)
+			}
+		}
 		for _, p := range s.profiles {
 			p.source = filepath.Join(abs, p.source)
 		}
@@ -197,13 +228,19 @@ func displayName(prefix, rel string) string {
 }
 
 // loadFS loads a site from fsys; files are named in messages as
-// displayName(dir, rel) and in Sources as srcPrefix+rel.
-func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
+// displayName(dir, rel) and in Sources as srcPrefix+rel. env is the
+// environment to load (see env.go); store is the site's secret store
+// (nil: none).
+func loadFS(fsys siteFS, dir, srcPrefix, env string, store *secrets.Store) (*Site, error) {
+	var errs ErrorList
+	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{},
+		store: store, storeArg: dir}
 	if srcPrefix != "" {
 		dir = srcPrefix
 	}
-	var errs ErrorList
-	s := &Site{embedded: srcPrefix != "", profiles: map[string]*profile{}, byName: map[string]*node{}, byMAC: map[string]*node{}}
+	if fatal := s.readEnvironments(fsys, dir, srcPrefix, env, &errs); len(fatal) > 0 {
+		return nil, append(fatal, errs...).Err()
+	}
 	ents, err := fsys.readDir("profiles")
 	if err != nil {
 		msg := "not a site: no profiles directory"
@@ -227,11 +264,12 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 			errs.Add(Pos{File: file}, "", "bad profile name %q: use lower-case letters, digits, '.', '_' and '-'", name)
 			continue
 		}
-		root := readYAML(fsys, rel, file, &errs)
+		root := s.readSite(fsys, rel, file, &errs)
 		if root == nil {
 			continue
 		}
 		p := parseProfile(name, root, file, &errs)
+		s.checkRefs(root, "", &errs)
 		p.source = srcPrefix + rel
 		s.profiles[name] = p
 		s.names = append(s.names, name)
@@ -243,23 +281,19 @@ func loadFS(fsys siteFS, dir, srcPrefix string) (*Site, error) {
 
 	s.resolveAll(&errs)
 
-	if fsys.exists("nodes.yaml") {
-		file := displayName(dir, "nodes.yaml")
-		if root := readYAML(fsys, "nodes.yaml", file, &errs); root != nil {
-			s.parseNodes(root, &errs)
-			s.nodesSource = srcPrefix + "nodes.yaml"
-		}
-	}
+	s.readInventory(fsys, dir, srcPrefix, &errs)
 	if fsys.exists(SiteFile) {
 		file := displayName(dir, SiteFile)
-		if root := readYAML(fsys, SiteFile, file, &errs); root != nil {
+		if root := s.readSite(fsys, SiteFile, file, &errs); root != nil {
 			s.parseSiteFile(root, &errs)
+			s.checkRefs(root, "", &errs)
 		}
 	}
 	if fsys.exists(ServicesFile) {
 		file := displayName(dir, ServicesFile)
-		if root := readYAML(fsys, ServicesFile, file, &errs); root != nil {
+		if root := s.readSite(fsys, ServicesFile, file, &errs); root != nil {
 			s.parseServices(root, &errs)
+			s.checkRefs(root, "", &errs)
 			s.servicesSource = srcPrefix + ServicesFile
 		}
 	}
@@ -403,7 +437,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait", "install", "upgrade", "reboot"}
+var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait", "install", "upgrade", "reboot"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -437,6 +471,11 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "description":
 			if v.kind != kNull {
 				scalarString(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "arch":
+			if v.kind != kNull {
+				parseArch(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "stage":
@@ -522,6 +561,7 @@ func parseConf(v *value, path string, allowDB bool, errs *ErrorList) (conf, db *
 		v = without(v, "overrides")
 	}
 	conf = normalizeConf(v, path, errs)
+	markRefs(conf)
 	checkConf(conf, path, errs)
 	return conf, db
 }
@@ -731,6 +771,12 @@ func (s *Site) parseNodes(root *value, errs *ErrorList) {
 		list = e.val
 	}
 	top.done(errs)
+	s.parseNodeList(list, errs)
+}
+
+// parseNodeList reads an inventory's list of nodes (nodes.yaml's nodes,
+// or an environment's).
+func (s *Site) parseNodeList(list *value, errs *ErrorList) {
 	if list == nil || list.kind == kNull {
 		return
 	}
@@ -946,6 +992,14 @@ func LoadValues(file string) (*Site, error) {
 	if abs, err := filepath.Abs(file); err == nil {
 		p.source = abs
 	}
+	// A values file's secrets are those of the directory it is in:
+	// DIR/secrets/NAME.age.
+	store, err := secrets.Open(filepath.Dir(file))
+	if err != nil {
+		return nil, fmt.Errorf("load values: %w", err)
+	}
+	s := &Site{dir: filepath.Dir(p.source), profiles: map[string]*profile{p.name: p}, names: []string{p.name},
+		byName: map[string]*node{}, byMAC: map[string]*node{}, store: store, storeArg: filepath.Dir(file)}
 	if expectFileMap(root, &errs) {
 		if c := root.get("conf"); c != nil {
 			if c.kind == kMap {
@@ -955,18 +1009,18 @@ func LoadValues(file string) (*Site, error) {
 			}
 			p.conf, p.db = parseConf(c, "conf", true, &errs)
 		}
+		s.checkRefs(root, "", &errs)
 	}
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}
-	s := &Site{dir: filepath.Dir(p.source), profiles: map[string]*profile{p.name: p}, names: []string{p.name},
-		byName: map[string]*node{}, byMAC: map[string]*node{}}
 	s.resolveAll(&errs)
-	if len(errs) == 0 {
+	if len(errs.Errors()) == 0 {
 		s.validateRendered(&errs)
 	}
-	if len(errs) > 0 {
+	if len(errs.Errors()) > 0 {
 		return nil, errs.Err()
 	}
+	s.warnings = errs.Warnings()
 	return s, nil
 }

@@ -30,6 +30,10 @@ type PKISettings struct {
 	// Subnets are the site's networks the constraints permit: pki.subnets,
 	// else the boot network's subnets.
 	Subnets []netip.Prefix
+	// SharedEnvironments (environments: shared) gives every environment
+	// of the site the one CA hierarchy in SITE/pki; by default each has
+	// its own, in SITE/pki/ENV (docs/pki.md).
+	SharedEnvironments bool
 }
 
 // siteSettings are site.yaml's domain and pki, with where they were set.
@@ -38,10 +42,11 @@ type siteSettings struct {
 	domainPos                Pos
 	pki                      PKISettings
 	renewPos, constraintsPos Pos
+	sharedEnvPos             Pos
 }
 
 var (
-	pkiKeys      = []string{"algorithm", "validity", "renew_before", "name_constraints", "subnets"}
+	pkiKeys      = []string{"algorithm", "validity", "renew_before", "name_constraints", "subnets", "environments"}
 	validityKeys = []string{"root", "sub_ca", "leaf"}
 )
 
@@ -74,21 +79,28 @@ func (s *Site) pkiSubnets() []netip.Prefix {
 
 // PKIOptions returns the options of the site's PKI as site.yaml declares
 // them: the site directory, its domain, algorithm, validities, renewal
-// window, name constraints and subnets. The caller sets Private (and may
+// window, name constraints and subnets, and for a site loaded for an
+// environment that does not share the site's CA hierarchy, the
+// environment (its own in SITE/pki/ENV). The caller sets Private (and may
 // override the rest with flags).
 func (s *Site) PKIOptions() pki.Options {
 	p := s.PKI()
-	return pki.Options{
+	o := pki.Options{
 		Site: s.dir, Domain: s.domain, Algorithm: p.Algorithm, Validity: p.Validity,
 		RenewBefore: p.RenewBefore, NameConstraints: p.NameConstraints, Subnets: p.Subnets,
 	}
+	if !p.SharedEnvironments {
+		o.Env = s.Environment()
+	}
+	return o
 }
 
-// PKIOptions reads SITE/site.yaml alone (no profile or inventory is
-// needed: `bellbuild pki init` may come first) and returns the options of
-// the site's PKI it declares (Site.PKIOptions). A problem in site.yaml is
-// an ErrorList.
-func PKIOptions(dir string) (pki.Options, error) {
+// PKIOptions reads SITE/site.yaml (and, for a site with environments, the
+// environments' files, for their vars) but no profile or inventory
+// (`bellbuild pki init` may come first), and returns the options of the
+// site's PKI it declares for environment env (Site.PKIOptions). A problem
+// in those files, or with env, is an ErrorList.
+func PKIOptions(dir, env string) (pki.Options, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return pki.Options{}, err
@@ -101,8 +113,11 @@ func PKIOptions(dir string) (pki.Options, error) {
 	s := &Site{dir: abs}
 	var errs ErrorList
 	fsys := rootFS{root}
+	if fatal := s.readEnvironments(fsys, dir, "", env, &errs); len(fatal) > 0 {
+		return pki.Options{}, append(fatal, errs...).Err()
+	}
 	if fsys.exists(SiteFile) {
-		if v := readYAML(fsys, SiteFile, displayName(dir, SiteFile), &errs); v != nil {
+		if v := s.readSite(fsys, SiteFile, displayName(dir, SiteFile), &errs); v != nil {
 			s.parseSiteFile(v, &errs)
 		}
 	}
@@ -189,6 +204,17 @@ func (s *Site) parsePKI(v *value, path string, errs *ErrorList) {
 				continue
 			}
 			p.NameConstraints, s.constraintsPos = b, e.val.pos
+		case "environments":
+			switch text, _ := scalarString(e.val, fp, errs); text {
+			case "own":
+				p.SharedEnvironments, s.sharedEnvPos = false, e.val.pos
+			case "shared":
+				p.SharedEnvironments, s.sharedEnvPos = true, e.val.pos
+			default:
+				if e.val.kind == kScalar {
+					errs.Add(e.val.pos, fp, "%q: want own (each environment a CA hierarchy of its own, SITE/pki/ENV/) or shared (one for all, SITE/pki/)", text)
+				}
+			}
 		case "subnets":
 			items, pos := stringList(e.val, fp, errs)
 			p.Subnets = []netip.Prefix{}
@@ -233,6 +259,9 @@ func (s *Site) checkPKI(errs *ErrorList) {
 	leaf := p.Validity.Leaf
 	if leaf == 0 {
 		leaf = pki.DefaultLeaf
+	}
+	if s.sharedEnvPos.File != "" && s.envs == nil {
+		errs.Warn(s.sharedEnvPos, "pki.environments", "the site has no environments (%s/NAME.yaml): this setting does nothing yet", EnvironmentsDir)
 	}
 	if p.RenewBefore >= leaf {
 		errs.Add(s.renewPos, "pki.renew_before", "%s is not shorter than a leaf certificate's life (%s): every certificate would be renewed as soon as it is issued", lifetime(p.RenewBefore), lifetime(leaf))

@@ -35,6 +35,12 @@ type value struct {
 	text  string // scalars: the source text
 	ents  []entry
 	items []*value
+	// literal marks a literal block scalar (|), whose lines are the
+	// file's (env.go finds a variable's line in it).
+	literal bool
+	// subst says which environment variables made the text ("from
+	// ${NAME}"; env.go), for messages.
+	subst string
 }
 
 // entry is one key of a map value.
@@ -74,12 +80,17 @@ func (v *value) describe() string {
 		return v.kind.String()
 	}
 	switch v.tag {
+	case tagSecret, tagSecretRef:
+		return "a secret (!secret " + v.text + "): only a text value can be a secret"
 	case "!!int":
 		return "integer " + v.text
 	case "!!float":
 		return "number " + v.text
 	case "!!bool":
 		return "boolean " + v.text
+	}
+	if v.subst != "" {
+		return "string " + strconv.Quote(v.text) + " (" + v.subst + ")"
 	}
 	return "string " + strconv.Quote(v.text)
 }
@@ -153,6 +164,10 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value 
 	if !budget.spend(pos, 1, size, errs) {
 		return &value{kind: kNull, pos: pos, tag: reported}
 	}
+	if n.Tag == tagSecret && n.Kind != yaml.ScalarNode {
+		errs.Add(pos, "", "!secret takes a name (!secret NAME), not a %s", map[yaml.Kind]string{yaml.SequenceNode: "list", yaml.MappingNode: "map"}[n.Kind])
+		return &value{kind: kNull, pos: pos, tag: reported}
+	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
@@ -163,10 +178,13 @@ func convert(n *yaml.Node, file string, errs *ErrorList, budget *budget) *value 
 		v := *convert(n.Alias, file, errs, budget)
 		return &v
 	case yaml.ScalarNode:
+		if n.Tag == tagSecret {
+			return secretRef(n, pos, errs)
+		}
 		if n.ShortTag() == "!!null" {
 			return &value{kind: kNull, pos: pos}
 		}
-		return &value{kind: kScalar, pos: pos, tag: n.ShortTag(), text: n.Value}
+		return &value{kind: kScalar, pos: pos, tag: n.ShortTag(), text: n.Value, literal: n.Style&yaml.LiteralStyle != 0}
 	case yaml.SequenceNode:
 		v := &value{kind: kList, pos: pos, items: make([]*value, 0, len(n.Content))}
 		for _, c := range n.Content {

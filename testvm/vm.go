@@ -16,11 +16,48 @@ import (
 	"time"
 )
 
-// QEMU is the emulator the harness runs.
+// QEMU is the emulator the harness runs for x86-64 VMs.
 const QEMU = "qemu-system-x86_64"
+
+// QEMUARM64 is the emulator of arm64 VMs (Debian package qemu-system-arm):
+// the "virt" machine with a Cortex-A57, always under TCG.
+const QEMUARM64 = "qemu-system-aarch64"
 
 // OVMF is where Debian's ovmf package puts the UEFI firmware.
 const OVMF = "/usr/share/ovmf/OVMF.fd"
+
+// AAVMF is Debian's UEFI firmware for arm64 (package qemu-efi-aarch64),
+// mapped read-only as the first flash device; AAVMFVars is the template
+// of its variable store, of which each VM gets a writable copy (the
+// second flash device).
+const (
+	AAVMF     = "/usr/share/AAVMF/AAVMF_CODE.fd"
+	AAVMFVars = "/usr/share/AAVMF/AAVMF_VARS.fd"
+)
+
+// Architectures of Config.Arch.
+const (
+	AMD64 = "amd64"
+	ARM64 = "arm64"
+)
+
+// Emulator returns the QEMU binary that runs VMs of architecture arch
+// ("" is amd64).
+func Emulator(arch string) string {
+	if arch == ARM64 {
+		return QEMUARM64
+	}
+	return QEMU
+}
+
+// Serial returns the serial console's device name in a Linux guest of
+// architecture arch: ttyS0 on a PC, ttyAMA0 (the PL011) on the virt machine.
+func Serial(arch string) string {
+	if arch == ARM64 {
+		return "ttyAMA0"
+	}
+	return "ttyS0"
+}
 
 // Config describes one VM. The zero value plus a Kernel (or a bootable
 // drive or NIC) is enough: 1024 MiB, one CPU, no NIC, no disk.
@@ -49,12 +86,23 @@ type Config struct {
 	Console io.Writer
 	// Extra arguments appended to QEMU's command line.
 	Extra []string
-	// Binary overrides the emulator's path (default: QEMU from PATH).
+	// Binary overrides the emulator's path (default: Emulator(Arch) from
+	// PATH).
 	Binary string
 	// Reboot lets a guest that reboots start again in the same VM (its
 	// console continues); by default (-no-reboot) a reboot ends the VM.
 	// Boot counting needs it: each try is a reboot.
 	Reboot bool
+	// Arch is the guest's architecture: "" or "amd64" (a PC), or "arm64"
+	// (QEMU's virt machine; Firmware is then flash: AAVMF, with
+	// FirmwareVars as its variable store; CD-ROMs are SCSI disks on a
+	// virtio-scsi controller; every device has its boot index in the
+	// order drives, then NICs).
+	Arch string
+	// FirmwareVars is the writable variable store of an arm64 VM's
+	// firmware; "" makes Start give the VM a copy of AAVMFVars, removed
+	// when the VM is closed.
+	FirmwareVars string
 }
 
 // Drive is a disk image.
@@ -103,6 +151,9 @@ func (c Config) Args() []string {
 	cpus := c.CPUs
 	if cpus == 0 {
 		cpus = 1
+	}
+	if c.Arch == ARM64 {
+		return c.argsARM64(mem, cpus)
 	}
 	a := []string{
 		"-accel", "tcg", // never KVM: nested KVM hangs on this project's machines
@@ -183,6 +234,100 @@ func (c Config) Args() []string {
 	return append(a, c.Extra...)
 }
 
+// argsARM64 is Args for an arm64 guest: the virt machine, its PL011 as
+// the serial console, the firmware in flash, devices on PCI.
+func (c Config) argsARM64(mem, cpus int) []string {
+	a := []string{
+		"-M", "virt", "-cpu", "cortex-a57",
+		"-accel", "tcg",
+		"-m", strconv.Itoa(mem),
+		"-smp", strconv.Itoa(cpus),
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		"-monitor", "none",
+		"-serial", "stdio",
+	}
+	if !c.Reboot {
+		a = append(a, "-no-reboot")
+	}
+	if c.Firmware != "" {
+		a = append(a, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+strings.ReplaceAll(c.Firmware, ",", ",,"))
+		if c.FirmwareVars != "" {
+			a = append(a, "-drive", "if=pflash,format=raw,unit=1,file="+strings.ReplaceAll(c.FirmwareVars, ",", ",,"))
+		}
+	}
+	if c.Kernel != "" {
+		a = append(a, "-kernel", c.Kernel)
+		if c.Initrd != "" {
+			a = append(a, "-initrd", c.Initrd)
+		}
+		if c.Cmdline != "" {
+			a = append(a, "-append", c.Cmdline)
+		}
+	}
+	boot := 1
+	scsi := false
+	for i, d := range c.Drives {
+		format := d.Format
+		if format == "" {
+			format = "raw"
+		}
+		id := fmt.Sprintf("drive%d", i)
+		// QEMU reads ",," as a comma inside an option's value.
+		opt := fmt.Sprintf("if=none,id=%s,file=%s,format=%s", id, strings.ReplaceAll(d.Path, ",", ",,"), format)
+		cd := d.Media == "cdrom" || d.Interface == "ide"
+		if cd {
+			opt += ",media=cdrom"
+		}
+		if d.ReadOnly || cd {
+			opt += ",readonly=on"
+		}
+		if d.Snapshot {
+			opt += ",snapshot=on"
+		}
+		a = append(a, "-drive", opt)
+		if cd {
+			if !scsi {
+				a = append(a, "-device", "virtio-scsi-pci,id=scsi0")
+				scsi = true
+			}
+			a = append(a, "-device", fmt.Sprintf("scsi-cd,bus=scsi0.0,drive=%s,bootindex=%d", id, boot))
+		} else {
+			a = append(a, "-device", fmt.Sprintf("virtio-blk-pci,drive=%s,bootindex=%d", id, boot))
+		}
+		boot++
+	}
+	for i, n := range c.NICs {
+		id := fmt.Sprintf("net%d", i)
+		switch n.Netdev {
+		case "", "user":
+			a = append(a, "-netdev", "user,id="+id)
+		case "tap":
+			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Ifname))
+		default:
+			a = append(a, "-netdev", n.Netdev+",id="+id)
+		}
+		model := n.Model
+		if model == "" {
+			model = "virtio-net-pci"
+		}
+		dev := model + ",netdev=" + id
+		if !strings.Contains(model, "romfile=") {
+			// QEMU's default ROM is an x86 iPXE: AAVMF has its own driver.
+			dev += ",romfile="
+		}
+		if n.MAC != "" {
+			dev += ",mac=" + n.MAC
+		}
+		if c.BootNetwork {
+			dev += fmt.Sprintf(",bootindex=%d", boot)
+			boot++
+		}
+		a = append(a, "-device", dev)
+	}
+	return append(a, c.Extra...)
+}
+
 // ErrExited means the VM stopped (powered off, panicked with -no-reboot,
 // or was killed) before the awaited text appeared.
 var ErrExited = errors.New("vm exited")
@@ -192,6 +337,7 @@ type VM struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	log   *os.File
+	vars  string // a variable store Start copied, removed by Close
 
 	mu      sync.Mutex
 	console bytes.Buffer
@@ -210,7 +356,7 @@ type VM struct {
 func Start(ctx context.Context, c Config) (*VM, error) {
 	bin := c.Binary
 	if bin == "" {
-		p, err := exec.LookPath(QEMU)
+		p, err := exec.LookPath(Emulator(c.Arch))
 		if err != nil {
 			return nil, fmt.Errorf("testvm: %w", err)
 		}
@@ -225,9 +371,17 @@ func Start(ctx context.Context, c Config) (*VM, error) {
 		}
 	}
 	vm := &VM{changed: make(chan struct{}), exited: make(chan struct{}), readDone: make(chan struct{})}
+	if c.Arch == ARM64 && c.Firmware != "" && c.FirmwareVars == "" {
+		vars, err := copyVars(AAVMFVars)
+		if err != nil {
+			return nil, fmt.Errorf("testvm: firmware variables: %w", err)
+		}
+		c.FirmwareVars, vm.vars = vars, vars
+	}
 	if c.LogFile != "" {
 		f, err := os.Create(c.LogFile)
 		if err != nil {
+			vm.closeLog()
 			return nil, fmt.Errorf("testvm: console log: %w", err)
 		}
 		vm.log = f
@@ -440,6 +594,32 @@ func (vm *VM) closeLog() {
 	if vm.log != nil {
 		vm.log.Close()
 	}
+	if vm.vars != "" {
+		os.Remove(vm.vars)
+	}
+}
+
+// copyVars copies the firmware's variable store template to a temporary
+// file.
+func copyVars(template string) (string, error) {
+	in, err := os.Open(template)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp("", "testvm-vars-*.fd")
+	if err != nil {
+		return "", err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(out.Name())
+		return "", err
+	}
+	return out.Name(), nil
 }
 
 // escapes matches ANSI/VT100 control sequences: CSI (ESC [ ... final byte)

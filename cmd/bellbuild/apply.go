@@ -13,6 +13,7 @@ import (
 	"github.com/bellbuild/bellbuild/firstboot"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/profiles/secrets"
 )
 
 func init() {
@@ -38,7 +39,17 @@ With no inventory match, a bundle gives its default, and a site renders
 --profile (a values file: its one profile) for that hostname and labels.
 From a site directory with its PKI, the node's certificates and private
 keys are issued from the private directory (--private, $BELLBUILD_PRIVATE,
-else SITE/private; without it they stay pending).
+else SITE/private; without it they stay pending). From a site (or a
+values file, whose secrets are DIR/secrets beside it), the node's secret
+values are decrypted with --identity FILE (or $BELLBUILD_AGE_IDENTITY);
+without an identity they stay pending, with a warning.
+
+A configuration that withholds secret values (an image's bundle, the
+node.json serve sends, a site without an identity) is applied without
+the items that need them — a file, a user, a script, a sysctl key, a
+unit, a package — which are neither applied nor reverted: held, counted
+as pending=N in the summary, until a configuration with their values
+comes.
 
 --root / is the live host: sysctl values, mounts, ethtool features and
 AppArmor profiles are also applied to the running system. Any other root is
@@ -87,6 +98,8 @@ Examples:
 			fs.BoolVar(&o.offline, "offline", false, "write persistent state only; touch no running kernel or service")
 			fs.BoolVar(&o.live, "live", false, "also apply to the running kernel when --root is not /")
 			registerPrivate(fs, &o.private)
+			registerIdentity(fs, &o.identities, "from a site")
+			registerEnv(fs, &o.env)
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w firstboot.WatchOptions
 			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
@@ -117,7 +130,8 @@ Examples:
 
 type applyFlags struct {
 	config, root, node, hostname, profile string
-	private                               string
+	private, env                          string
+	identities                            []string
 	labels                                map[string]string
 	plan, offline, live                   bool
 }
@@ -160,20 +174,24 @@ func exitStatus(err error) error {
 // openSite opens a site directory or a Divingbell values file for
 // firstboot, which never reads the site model itself.
 func (o applyFlags) openSite(ctx context.Context, path string) (firstboot.Inventory, error) {
+	id, err := optionalIdentity(o.identities)
+	if err != nil {
+		return nil, err
+	}
 	if fi, err := os.Stat(path); err != nil || !fi.IsDir() {
 		site, err := profiles.LoadValues(path)
 		if err != nil {
 			return nil, err
 		}
-		return siteInventory{site: site, profile: o.profile, labels: o.labels}, nil
+		return siteInventory{site: site, profile: o.profile, labels: o.labels, secrets: site.Resolver(id)}, nil
 	}
-	site, err := profiles.Load(path)
+	site, err := profiles.LoadEnv(path, chooseEnv(path, o.env))
 	if err != nil {
 		return nil, err
 	}
 	// A site directory with its private directory at hand: the node's
 	// certificates and keys are issued as it is rendered.
-	return siteInventory{site: site, profile: o.profile, labels: o.labels, certify: func(n *nodeconf.Node) error {
+	return siteInventory{site: site, profile: o.profile, labels: o.labels, secrets: site.Resolver(id), certify: func(n *nodeconf.Node) error {
 		return certify(ctx, site, o.private, []*nodeconf.Node{n}, withKeys, true)
 	}}, nil
 }
@@ -188,12 +206,20 @@ type siteInventory struct {
 	// certify issues a rendered node's certificates (nil: none, as for a
 	// values file, which has no PKI).
 	certify func(*nodeconf.Node) error
+	// secrets resolves the node's secret values (its identity may be
+	// nil: they stay pending).
+	secrets secrets.Resolver
 }
 
-// rendered certifies n when the inventory can.
+// rendered certifies n when the inventory can, and warns about the
+// secret values it lacks.
 func (s siteInventory) rendered(n *nodeconf.Node, err error) (*nodeconf.Node, error) {
-	if err != nil || s.certify == nil {
+	if err != nil {
 		return n, err
+	}
+	warnPending(n)
+	if s.certify == nil {
+		return n, nil
 	}
 	return n, s.certify(n)
 }
@@ -202,7 +228,7 @@ func (s siteInventory) Node(name string) (*nodeconf.Node, error) {
 	if !slices.ContainsFunc(s.site.Nodes(), func(n profiles.NodeInfo) bool { return n.Name == name }) {
 		return nil, fmt.Errorf("%w in the site's inventory", firstboot.ErrNoSuchNode)
 	}
-	return s.rendered(s.site.RenderNode(name))
+	return s.rendered(s.site.RenderNodeSecrets(name, s.secrets))
 }
 
 func (s siteInventory) NodeByMAC(mac net.HardwareAddr) string {
@@ -218,5 +244,5 @@ func (s siteInventory) Default(hostname string) (*nodeconf.Node, error) {
 	if profile == "" {
 		return nil, fmt.Errorf("no inventory node matches this machine (hostname %q): name one with --node, or a profile with --profile", hostname)
 	}
-	return s.rendered(s.site.RenderProfile(profile, s.labels, hostname))
+	return s.rendered(s.site.RenderProfileSecrets(profile, s.labels, hostname, s.secrets))
 }

@@ -58,9 +58,13 @@ func certify(ctx context.Context, s *profiles.Site, private string, nodes []*nod
 	if opts.Site == "" {
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(opts.Site, "pki", string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(pki.PublicDir(opts), string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
+		fix := fmt.Sprintf("bellbuild pki init -C %s --root-out DIR", opts.Site)
+		if env := s.Environment(); env != "" {
+			fix = fmt.Sprintf("bellbuild pki init -C %s --env %s --root-out DIR", opts.Site, env)
+		}
 		slog.Warn("the site has no PKI: its nodes' certificates and credentials stay pending",
-			"site", opts.Site, "fix", fmt.Sprintf("bellbuild pki init -C %s --root-out DIR", opts.Site))
+			"site", opts.Site, "pki", pki.PublicDir(opts), "fix", fix)
 		return nil
 	}
 	opts.Private = privateDir(private, opts.Site)

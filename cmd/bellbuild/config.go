@@ -17,7 +17,7 @@ func init() {
 	register(&command{
 		name:    "config",
 		summary: "write a node's configuration volume (BELLCONF) for day 2",
-		usage:   "image -o FILE | write TARGET   (--node NAME | --profile P) [-C SITE | --values FILE]",
+		usage:   "image -o FILE | write TARGET   (--node NAME | --profile P) [-C SITE [--env ENV] | --values FILE] [--identity FILE]",
 		help: `config renders one node's configuration (what 'bellbuild render -o json'
 prints) and writes it as /bellbuild/node.json on a config volume: a FAT32
 filesystem labelled BELLCONF. The applier reads it at every boot and
@@ -41,6 +41,12 @@ from the private directory (--private, $BELLBUILD_PRIVATE, else
 SITE/private) and written with their PRIVATE KEYS: the volume is that
 machine's own, like its disk. Keep it as you keep the machine.
 
+It also holds the node's SECRET VALUES: those written inline (password
+hashes, files others cannot read, ...) and those the site refers to as
+"!secret NAME", decrypted with --identity FILE (or $BELLBUILD_AGE_IDENTITY).
+Without an identity those stay pending (a warning says which): the
+applier holds what needs them, and applies the rest.
+
 SOURCE_DATE_EPOCH sets the files' time stamps (default 0: 1980-01-01 on
 FAT), so the same configuration always gives the same bytes.
 
@@ -56,6 +62,7 @@ Example:
 			fs.StringVar(&o.out, "o", "", "output `FILE` (config image)")
 			fs.Int64Var(&o.size, "size", 0, "volume size in `BYTES` (config image; 0: smallest)")
 			registerPrivate(fs, &o.private)
+			registerIdentity(fs, &o.identities, "decrypt the node's secrets")
 			return func(ctx context.Context, args []string) error {
 				if len(args) == 0 {
 					return errors.New("missing subcommand: image or write (see 'bellbuild help config')")
@@ -86,6 +93,7 @@ type configFlags struct {
 	size          int64
 	sub           string
 	args          []string
+	identities    []string
 }
 
 func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
@@ -109,21 +117,26 @@ func runConfig(ctx context.Context, o configFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	id, err := optionalIdentity(o.identities)
+	if err != nil {
+		return err
+	}
 
-	// 2. Render the node.
+	// 2. Render the node, its secrets with it: the volume is its own.
 	s, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
 	var n *nodeconf.Node
 	if o.node != "" {
-		n, err = s.RenderNode(o.node)
+		n, err = s.RenderNodeSecrets(o.node, s.Resolver(id))
 	} else {
-		n, err = s.RenderProfile(o.profile, nil, "")
+		n, err = s.RenderProfileSecrets(o.profile, nil, "", s.Resolver(id))
 	}
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
+	warnPending(n)
 	if err := certify(ctx, s, o.private, []*nodeconf.Node{n}, withKeys, false); err != nil {
 		return err
 	}

@@ -36,12 +36,13 @@ func volumeFile(t *testing.T, img string, off int64, p string) string {
 	return string(out)
 }
 
-// rendered is what `bellbuild render -o json` prints for --node NAME or
-// --profile P of the embedded site.
+// rendered is what `bellbuild render -o json --show-secrets` prints for
+// --node NAME or --profile P of the embedded site: the node's own
+// configuration, its (inline) secrets included.
 func rendered(t *testing.T, flag, name string) string {
 	t.Helper()
 	var out bytes.Buffer
-	o := renderFlags{format: "json"}
+	o := renderFlags{format: "json", showSecrets: true}
 	if flag == "--node" {
 		o.node = name
 	} else {
@@ -62,7 +63,7 @@ func TestConfigImage(t *testing.T) {
 	}
 	got := volumeFile(t, out, 0, confvol.NodePath)
 	if want := rendered(t, "--node", "demo-2"); got != want {
-		t.Errorf("node.json on the volume differs from render -o json:\n got %s\nwant %s", got, want)
+		t.Errorf("node.json on the volume differs from render -o json --show-secrets:\n got %s\nwant %s", got, want)
 	}
 	if !strings.Contains(got, `"vm.swappiness": "60"`) {
 		t.Errorf("node.json lacks demo-2's sysctl:\n%s", got)

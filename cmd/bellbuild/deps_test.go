@@ -21,13 +21,16 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles/secrets":  {},                                                                    // the site's secret store (age files); the site model reads it through secrets.Resolver
+	"profiles/secrets":  {"profiles/nodeconf"},                                                 // the site's secret store (age files), whose values are nodeconf.Secrets; the site model reads it through secrets.Resolver
 	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets", "profiles/pki"}, // pki: its settings and certificate shapes
 	"images":            {"images"},
 	// Where things live in an image: the bake writes there and the init
 	// reads there, so it depends on neither.
 	"images/layout": {},
 	"build":         {"build", "profiles", "profiles/nodeconf", "images"},
+	// Debian packages fetched for another architecture (apt-get download,
+	// dpkg-deb -x): it knows nothing of images or the site.
+	"build/debpkg": {},
 	// firstboot/boot's init loads kernel modules with the modules.dep
 	// reader the bake chose them with, and finds what the bake put in the
 	// image where images/layout says.
@@ -57,6 +60,9 @@ var allowed = map[string][]string{
 	"profiles/placement": {},
 	// A site at a git revision: git archive, unpacked, loaded.
 	"profiles/siterev": {"profiles"},
+	// What a change of a site does: two sites rendered and compared
+	// (the store's file names from profiles/secrets, never a value).
+	"profiles/sitediff": {"profiles", "profiles/nodeconf", "profiles/placement", "profiles/secrets"},
 }
 
 // testAllowed widens a package's rule for its test files, beyond the test
@@ -233,7 +239,7 @@ func TestRuleFor(t *testing.T) {
 		{"firstboot/boot", "images", false},
 		{"profiles/nodeconf", "profiles", false},
 		{"profiles/secrets", "profiles", false},
-		{"profiles/secrets", "profiles/nodeconf", false},
+		{"profiles/secrets", "profiles/nodeconf", true}, // its values are nodeconf.Secrets
 		{"profiles", "profiles/secrets", true},
 		{"firstboot", "profiles/secrets", false},
 		{"pxe/http", "profiles/secrets", false},
@@ -244,6 +250,8 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/placement", true},
 		{"profiles/placement", "profiles", false},
 		{"profiles/siterev", "profiles", true},
+		{"profiles/sitediff", "profiles/placement", true},
+		{"profiles/sitediff", "build", false},
 		{"images/cpio", "images/fstree", true},
 		{"images/cpio", "profiles/nodeconf", false},
 		{"build", "images/cpio", true},

@@ -65,7 +65,7 @@ func newBenchLab(b *testing.B, n int, policy string) *benchLab {
 		b.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	ep, err := newEnrolEndpoint(context.Background(), s, site, "", filepath.Join(dir, "state"), netip.MustParseAddr("127.0.0.1"), enrol.Options{Log: log})
+	ep, err := newEnrolEndpoint(context.Background(), s, site, "", filepath.Join(dir, "state"), netip.MustParseAddr("127.0.0.1"), nil, enrol.Options{Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -54,7 +54,7 @@ func crashChild(v string) {
 	if err != nil {
 		fail(err)
 	}
-	store, err := openPKI(siteDir, "", nil)
+	store, err := openPKI(site, "", nil)
 	if err != nil {
 		fail(err)
 	}
@@ -66,7 +66,7 @@ func crashChild(v string) {
 	if err != nil {
 		fail(err)
 	}
-	nodes := newSiteNodes(site)
+	nodes := newSiteNodes(site, nil)
 	var ca enrol.CA = &siteCA{store: store, nodes: nodes}
 	var st pxestate.Store = dir
 	switch pause {

@@ -113,7 +113,7 @@ func newEnrolLab(t *testing.T, o enrol.Options) *enrolLab {
 	}
 	o.Now = lab.clk.Now
 	o.Log = slog.New(slog.NewTextHandler(lab.log, nil))
-	lab.ep, err = newEnrolEndpoint(context.Background(), lab.s, lab.site, "", lab.state, netip.MustParseAddr("127.0.0.1"), o)
+	lab.ep, err = newEnrolEndpoint(context.Background(), lab.s, lab.site, "", lab.state, netip.MustParseAddr("127.0.0.1"), nil, o)
 	if err != nil {
 		t.Fatal(err)
 	}

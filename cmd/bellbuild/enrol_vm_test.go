@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,10 @@ cmdline: [console=ttyS0, quiet]
 conf:
   credentials:
   - {name: svc}
+  files:
+    /etc/lab/token:
+      content: !secret lab-token
+      mode: "0600"
   exec:
     010-svc.sh:
       rerun_policy: always
@@ -40,6 +45,11 @@ conf:
           echo "lab: svc key=$(sha256sum $d/private_key.pem | cut -d' ' -f1) cert=$(sha256sum $d/cert.pem | cut -d' ' -f1)"
         else
           echo "lab: svc key none"
+        fi
+        if [ -f /etc/lab/token ]; then
+          echo "lab: token=$(sha256sum /etc/lab/token | cut -d' ' -f1)"
+        else
+          echo "lab: token none"
         fi
 `
 
@@ -67,17 +77,32 @@ func TestEnrolmentVMs(t *testing.T) {
 	ns := newNetns(t, 4)
 	bin := testtool.Binary(t)
 	site := t.TempDir()
+	writeTestFile(t, filepath.Join(site, "site.yaml"), "domain: example.org\n")
 	writeTestFile(t, filepath.Join(site, "profiles/lab.yaml"), enrolVMProfile)
 	writeTestFile(t, filepath.Join(site, "nodes.yaml"), enrolVMNodes)
 	if out, err := exec.Command(bin, "pki", "init", "-C", site, "--root-out", t.TempDir()).CombinedOutput(); err != nil {
 		t.Fatalf("pki init: %v\n%s", err, out)
 	}
+	// A secret file: serve's identity decrypts it, for approved nodes only.
+	identity := filepath.Join(t.TempDir(), "serve.age")
+	recipient, err := exec.Command(bin, "secret", "keygen", "-o", identity).Output()
+	if err != nil {
+		t.Fatalf("secret keygen: %v", err)
+	}
+	writeTestFile(t, filepath.Join(site, "secrets/recipients.txt"), strings.TrimSpace(string(recipient))+"\n")
+	const token = "lab-token-5f1c2e9a\n"
+	set := exec.Command(bin, "secret", "set", "-C", site, "lab-token")
+	set.Stdin = strings.NewReader(token)
+	if out, err := set.CombinedOutput(); err != nil {
+		t.Fatalf("secret set: %v\n%s", err, out)
+	}
+	tokenSum := fmt.Sprintf("%x", sha256.Sum256([]byte(token)))
 	out := t.TempDir()
 	if b, err := exec.Command(bin, "image", "lab", "-C", site, "-o", out).CombinedOutput(); err != nil {
 		t.Fatalf("bellbuild image: %v\n%s", err, b)
 	}
 	state := t.TempDir()
-	log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state)
+	log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state, "--identity", identity)
 	if !strings.Contains(log.String(), "https=0.0.0.0:8443") {
 		t.Fatalf("serve opened no enrolment endpoint:\n%s", log.String())
 	}
@@ -102,14 +127,16 @@ func TestEnrolmentVMs(t *testing.T) {
 	var fp string
 	{
 		fp = vm1.Wait(`bellbuild: node=n1 enrolment pending fingerprint=(sha256:[0-9a-f]{64})`)[1]
-		if !strings.Contains(vm1.Console(), "lab: svc key none") {
-			t.Errorf("before approval the script did not say the key is missing:\n%s", vm1.Console())
+		if !strings.Contains(vm1.Console(), "lab: svc key none") || !strings.Contains(vm1.Console(), "lab: token none") {
+			t.Errorf("before approval the script did not say the key and the secret are missing:\n%s", vm1.Console())
 		}
 		if l := nodeCmd("list"); !regexpMatch(`(?m)^n1 +pending +manual +`+fp+` +192\.0\.2\.1\d\d `, l) {
 			t.Errorf("node list:\n%s", l)
 		}
 		nodeCmd("approve", "n1", "--fingerprint", fp)
 		m := vm1.Wait(`lab: svc key=([0-9a-f]{64}) cert=([0-9a-f]{64})`)
+		// The secret file came with the approved configuration.
+		vm1.Wait(`lab: token=` + tokenSum)
 		vm1.Wait(`bellbuild: node=n1 profile=lab changes=\d+ errors=0 enrol=approved`)
 		// The certificate in place is the one serve signed for n1's svc.
 		if want := issuedCertSum(t, site, "service/n1/svc/client"); m[2] != want {
@@ -141,8 +168,9 @@ func TestEnrolmentVMs(t *testing.T) {
 		if fp2 == fp {
 			t.Fatal("the second VM has the first one's key")
 		}
-		if strings.Contains(vm2.Console(), "lab: svc key=") || !strings.Contains(vm2.Console(), "lab: svc key none") {
-			t.Errorf("the impostor got a key:\n%s", vm2.Console())
+		if strings.Contains(vm2.Console(), "lab: svc key=") || !strings.Contains(vm2.Console(), "lab: svc key none") ||
+			strings.Contains(vm2.Console(), "lab: token=") || !strings.Contains(vm2.Console(), "lab: token none") {
+			t.Errorf("the impostor got a key or the secret:\n%s", vm2.Console())
 		}
 		vm2.Close()
 		warned := `level=WARN msg="enrol: another key for an enrolled node refused" node=n1 mac=52:54:00:00:00:01 fingerprint=` + fp2 + ` enrolled=` + fp + ` from=192\.0\.2\.`

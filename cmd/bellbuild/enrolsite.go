@@ -31,16 +31,19 @@ import (
 // enrol.
 var errNoPKI = errors.New("the site has no PKI")
 
-// openPKI opens the PKI of the site in dir with its private directory
-// (now: its clock; nil is time.Now).
-func openPKI(dir, private string, now func() time.Time) (*pki.Store, error) {
-	if dir == "" {
+// openPKI opens the PKI of site (its environment's, unless the site
+// shares one) with its private directory (now: its clock; nil is
+// time.Now).
+func openPKI(site *profiles.Site, private string, now func() time.Time) (*pki.Store, error) {
+	opts := site.PKIOptions()
+	if opts.Site == "" {
 		return nil, fmt.Errorf("%w (the embedded demo site has none): give -C SITE", errNoPKI)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "pki", string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: make one with bellbuild pki init -C %s --root-out DIR", errNoPKI, dir)
+	if _, err := os.Stat(filepath.Join(pki.PublicDir(opts), string(pki.Root)+".pem")); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: make one with bellbuild pki init -C %s --root-out DIR", errNoPKI, opts.Site)
 	}
-	return pki.Open(pki.Options{Site: dir, Private: privateDir(private, dir), Now: now, Log: slog.Default()})
+	opts.Private, opts.Now, opts.Log = privateDir(private, opts.Site), now, slog.Default()
+	return pki.Open(opts)
 }
 
 // siteCA is the site's PKI as the enrolment endpoint's CA: host
@@ -114,13 +117,16 @@ func (c *siteCA) CRL(context.Context) ([]byte, error) { return c.store.CRLs() }
 // endpoint's configurations (enrol.Configs) and what the CA names.
 type siteNodes struct {
 	site *profiles.Site
-	mu   sync.Mutex
-	done map[string]*nodeconf.Node
-	data map[string][]byte
+	// configs resolves a node's secrets for NodeConfig (nil: the public
+	// configuration, its secrets pending on the node).
+	configs *nodeConfigs
+	mu      sync.Mutex
+	done    map[string]*nodeconf.Node
+	data    map[string][]byte
 }
 
-func newSiteNodes(site *profiles.Site) *siteNodes {
-	return &siteNodes{site: site, done: map[string]*nodeconf.Node{}, data: map[string][]byte{}}
+func newSiteNodes(site *profiles.Site, configs *nodeConfigs) *siteNodes {
+	return &siteNodes{site: site, configs: configs, done: map[string]*nodeconf.Node{}, data: map[string][]byte{}}
 }
 
 func (s *siteNodes) node(name string) (*nodeconf.Node, error) {
@@ -140,9 +146,17 @@ func (s *siteNodes) node(name string) (*nodeconf.Node, error) {
 	return n, nil
 }
 
-// NodeConfig implements enrol.Configs: the node rendered whole. (Secrets
-// the site keeps apart go in here, and only here, when the site has them.)
-func (s *siteNodes) NodeConfig(_ context.Context, name string) ([]byte, error) {
+// NodeConfig implements enrol.Configs: an approved node's configuration,
+// over mutual TLS. With serve's identity it is the node's own, its
+// secret values resolved (and only here do they leave the site);
+// without, the public one.
+func (s *siteNodes) NodeConfig(ctx context.Context, name string) ([]byte, error) {
+	if s.configs != nil {
+		if _, err := s.node(name); err != nil { // an inventory node
+			return nil, err
+		}
+		return s.configs.NodeConfig(ctx, name)
+	}
 	n, err := s.node(name)
 	if err != nil {
 		return nil, err
@@ -178,8 +192,8 @@ type enrolEndpoint struct {
 // newEnrolEndpoint opens the site's PKI and the state under stateDir and
 // issues (or reuses) serve's own certificate for ip from the hosts
 // sub-CA (slot serve/IP; its key stays in PRIVATE/pki/keys).
-func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private, stateDir string, ip netip.Addr, o enrol.Options) (*enrolEndpoint, error) {
-	store, err := openPKI(siteDir, private, o.Now)
+func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private, stateDir string, ip netip.Addr, configs *nodeConfigs, o enrol.Options) (*enrolEndpoint, error) {
+	store, err := openPKI(site, private, o.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +205,7 @@ func newEnrolEndpoint(ctx context.Context, site *profiles.Site, siteDir, private
 	if err != nil {
 		return nil, err
 	}
-	nodes := newSiteNodes(site)
+	nodes := newSiteNodes(site, configs)
 	ca := &siteCA{store: store, nodes: nodes}
 	if o.ParseCSR == nil {
 		o.ParseCSR = pki.ParseCSR

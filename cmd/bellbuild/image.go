@@ -20,18 +20,21 @@ func init() {
 	register(&command{
 		name:    "image",
 		summary: "bake a profile's boot artifacts: kernel, initramfs with the applier, manifest",
-		usage:   "PROFILE [-C SITE] [-o OUT] [--node NAME ...] [--source-date-epoch N] [--applier PATH]",
-		help: `image bakes PROFILE into OUT/PROFILE/:
+		usage:   "PROFILE [-C SITE [--env ENV]] [-o OUT] [--node NAME ...] [--source-date-epoch N] [--applier PATH] [--applier-arm64 PATH]",
+		help: `image bakes PROFILE into OUT/PROFILE/ (OUT/ENV/PROFILE/ for environment
+ENV of a site with environments):
 
   vmlinuz             the kernel (kernel.path, or the stage's /boot)
   initramfs.cpio.zst  the stage with the kernel modules the boot needs, the
                       applier (this bellbuild binary, static) as /init, and
                       the configuration of every node of the profile
-  manifest.json       the profile chain, every input with its sha256 (the
-                      site's files as site:PATH, relative to the site, so
-                      another checkout of it gives the same manifest), every
-                      artifact with its sha256 and size, the kernel command
-                      line, the source date
+  manifest.json       the profile chain, the environment, the site's git
+                      commit (with dirty: true and the changed files when
+                      the work tree differs from it), every input with its
+                      sha256 (the site's files as site:PATH, relative to
+                      the site, so another checkout of it gives the same
+                      manifest), every artifact with its sha256 and size,
+                      the kernel command line, the source date
   rootfs.tar          the whole tree, when the profile lists outputs: [tar]
 
 With a site PKI, each node's configuration carries its certificates
@@ -39,6 +42,10 @@ With a site PKI, each node's configuration carries its certificates
 SITE/private), never a private key: an image, an ISO or a disk made for
 many machines holds no secret, and the credentials are pending until
 their keys come ('bellbuild config write' puts one node's on its disk).
+Nor does it hold a secret value of the site ("!secret NAME", or a
+password hash or private file written inline): each node's configuration
+names them, and its applier holds what needs them (pending=N) until a
+configuration with their values comes (a config volume, enrolment).
 
 At boot, /init picks the machine's node (bellbuild.node= on the kernel
 command line, else its MAC, else the profile's defaults), applies it, prints
@@ -63,6 +70,30 @@ Stages: {busybox: {}} (from the host's busybox-static), {tarball: FILE},
 {oci: DIR}, {dir: DIR}, {debootstrap: {...}} (needs root; cached), and
 {profile: NAME} (another profile's baked tree).
 
+Architectures: a profile says arch: amd64 (the default) or arch: arm64,
+inherited like the stage; manifest.json records it. For an arm64 image
+on an x86-64 build host:
+
+  - the applier is bellbuild for arm64 (static): --applier-arm64 PATH,
+    else $BELLBUILD_BIN_ARM64, else cross-built from the source checkout
+    (GOARCH=arm64 CGO_ENABLED=0 go build -trimpath, cached by content);
+  - {busybox: {}} is Debian's busybox-static:arm64, and kernel: {package:
+    linux-image-arm64} Debian's arm64 kernel with its modules, and the
+    media's boot loader systemd-boot-efi:arm64 (BOOTAA64.EFI): each fetched
+    with apt-get download into the cache and unpacked, never installed
+    (needs 'dpkg --add-architecture arm64 && apt-get update', which make
+    deps does; busybox's applet list is read through qemu-aarch64-static,
+    package qemu-user-static);
+  - {oci: DIR} takes the index's linux/arm64 manifest;
+  - {debootstrap: {...}} runs debootstrap --arch=arm64, whose second stage
+    runs arm64 programs through qemu-user's binfmt_misc handler: install
+    qemu-user-static and binfmt-support, and enable it (update-binfmts
+    --enable qemu-aarch64);
+  - the ISO boots under UEFI only (no ISOLINUX).
+
+A kernel, stage or applier built for another architecture than the
+profile's is refused, naming which part is which.
+
 Example:
   bellbuild image demo -o out
   bellbuild image k8s-worker -C examples/fleet -o out --node rack1-07
@@ -80,7 +111,14 @@ Example:
 			})
 			var epoch sourceDateFlag
 			fs.Var(&epoch, "source-date-epoch", "file time stamps, in `SECONDS` since 1970 (default $SOURCE_DATE_EPOCH, else a fixed date)")
-			fs.StringVar(&o.Applier, "applier", "", "static bellbuild `PATH` to embed (default $BELLBUILD_BIN, else this binary)")
+			fs.StringVar(&o.Applier, "applier", "", "static bellbuild `PATH` to embed in images of this machine's architecture (default $BELLBUILD_BIN, else this binary)")
+			fs.Func("applier-arm64", "static bellbuild for arm64 `PATH` to embed in arm64 images (default $BELLBUILD_BIN_ARM64, else cross-built from the source checkout)", func(p string) error {
+				if o.Appliers == nil {
+					o.Appliers = map[string]string{}
+				}
+				o.Appliers["arm64"] = p
+				return nil
+			})
 			fs.StringVar(&o.CacheDir, "cache", "", "cache `DIR` (default $BELLBUILD_CACHE, else ~/.cache/bellbuild)")
 			fs.Func("cache-limit", "after the bake, drop the least recently used cached segments beyond `SIZE` (e.g. 20G, 500M; 0: no limit; default 8G)", func(v string) error {
 				n, err := parseSize(v)
@@ -109,6 +147,8 @@ Example:
 				if err != nil {
 					return printSiteErrors(os.Stderr, err)
 				}
+				spec.Revision = siteRevision(ctx, site.dir)
+				o.OutDir = envDir(o.OutDir, s)
 				if err := certify(ctx, s, private, bundleNodes(spec.Bundle, o.Nodes), publicOnly, true); err != nil {
 					return err
 				}

@@ -26,21 +26,26 @@ import (
 	"github.com/bellbuild/bellbuild/build"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/secrets"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
-// TestNoPrivateKeyServed bakes a site with credentials into every output
-// (initramfs, rootfs.tar, ISO, a two-node disk.raw), starts serve's PXE
-// server on loopback and fetches, over HTTP and over TFTP, everything it
-// hands each node (boot script, kernel, initramfs, node.json). Not one
-// private key of the site — the root's, the sub-CAs', every leaf key the
-// private directory keeps — is in any of those bytes, nor in any file
-// under OUT and STATE, in PEM, DER or raw form, in the files as they are
-// or in any zstd stream inside them (the initramfs, squashfs blocks,
-// the initramfs on the ISO and on the disk's ESP). The nodes' host
+// TestNoPrivateKeyServed bakes a site with credentials and secrets (a
+// `!secret` file content, a `!secret` user_crypt_passwd, an inline
+// password hash, an inline 0600 file) into every output (initramfs,
+// rootfs.tar, ISO, a two-node disk.raw), starts serve's PXE server on
+// loopback and fetches, over HTTP and over TFTP, everything it hands each
+// node (boot script, kernel, initramfs, node.json). Not one private key
+// of the site — the root's, the sub-CAs', every leaf key the private
+// directory keeps — and not one secret value is in any of those bytes,
+// nor in any file under OUT and STATE (the manifest among them), nor in
+// what image printed, in PEM, DER or raw form, in the files as they are
+// or in any zstd stream inside them (the initramfs, squashfs blocks, the
+// initramfs on the ISO and on the disk's ESP). The site's CA
 // certificates are found in the same bytes: the search sees the
-// configuration.
+// configuration; and every secret value is found on a node's own config
+// volume (config image): the search sees values.
 func TestNoPrivateKeyServed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("bakes every output: skipped with -short")
@@ -61,18 +66,39 @@ conf:
     server_cert_mode: both
   - name: api
     extra_san: [api]
+  files:
+    /etc/db.pw: {content: !secret db-password, mode: "0600"}
+    /etc/private.conf: {content: ` + inlinePrivate + `, mode: "0600"}
+  uamlite:
+    users:
+    - {user_name: admin, user_crypt_passwd: !secret admin-password, user_sudo: true}
+    - {user_name: bob, user_crypt_passwd: "` + inlineHash + `"}
 `,
 	})
+	keyFile := filepath.Join(t.TempDir(), "site.key")
+	os.Mkdir(filepath.Join(site, "secrets"), 0o755)
+	writeRecipients(t, site, strings.TrimSpace(mustSecret(t, "", "keygen", "-o", keyFile)))
+	mustSecret(t, dbPassword, "set", "-C", site, "db-password")
+	mustSecret(t, adminHash, "set", "-C", site, "admin-password")
 	rootOut := pkiInit(t, site)
+	// Both nodes also have a disk whose config volume holds their keys
+	// (config write issues them from the private directory): the keys
+	// the search looks for.
+	for _, n := range []string{"n1", "n2"} {
+		if b, err := exec.Command(bin, "config", "write", "-C", site, "--node", n, t.TempDir()).CombinedOutput(); err != nil {
+			t.Fatalf("config write %s: %v\n%s", n, err, b)
+		}
+	}
 	out, state := filepath.Join(t.TempDir(), "out"), t.TempDir()
 	image := exec.Command(bin, "image", "p", "-C", site, "-o", out, "--applier", bin)
-	image.Env = append(os.Environ(), "BELLBUILD_CACHE="+filepath.Join(t.TempDir(), "cache"))
-	if b, err := image.CombinedOutput(); err != nil {
-		t.Fatalf("bellbuild image: %v\n%s", err, b)
+	image.Env = append(os.Environ(), "BELLBUILD_CACHE="+filepath.Join(t.TempDir(), "cache"), secrets.IdentityEnv+"="+keyFile)
+	imageOut, err := image.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bellbuild image: %v\n%s", err, imageOut)
 	}
 	keys := privateKeys(t, rootOut, filepath.Join(site, "private"))
 	if len(keys) != 4+2*5 { // root, 3 sub-CAs; per node host, etcd ×2, api ×2
-		t.Fatalf("%d private keys in the site, want 14: did the bake issue the nodes' certificates?", len(keys))
+		t.Fatalf("%d private keys in the site, want 14: did config write issue the nodes' certificates?", len(keys))
 	}
 
 	// What serve sends.
@@ -96,7 +122,7 @@ conf:
 	go func() { done <- srv.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 
-	sent := map[string][]byte{}
+	sent := map[string][]byte{"image's output": imageOut}
 	base := "http://" + srv.HTTPAddr().String()
 	for _, n := range s.Nodes() {
 		mac, _ := net.ParseMAC(n.MACs[0])
@@ -128,12 +154,10 @@ conf:
 		})
 	}
 
-	// The host certificates are there (in the file or a zstd stream in
-	// it) where a configuration is; no key is anywhere.
-	var hostCerts [][]byte
-	for _, n := range []string{"n1", "n2"} {
-		hostCerts = append(hostCerts, certLine(t, filepath.Join(site, "private/pki/log.jsonl"), n))
-	}
+	// The site's CA bundle is there (in the file or a zstd stream in it)
+	// where a configuration is — the nodes enrol for their certificates
+	// — and no key is anywhere.
+	caLine := pemLine(t, filepath.Join(site, "pki", "hosts.pem"))
 	mustHold := map[string]bool{
 		filepath.Join(out, "p", build.InitramfsFile): true, filepath.Join(out, "p", build.DiskFile): true, filepath.Join(out, "p", build.ISOFile): true, filepath.Join(out, "p", build.TarFile): true,
 		"http n1 files/node.json": true, "tftp n2 files/node.json": true, "http n2 boot/52:54:00:00:01:02/initrd": true, "tftp n1 boot/52:54:00:00:01:01/initrd": true,
@@ -153,21 +177,43 @@ conf:
 				}
 			}
 		}
+		for _, secret := range siteSecretValues() {
+			for _, v := range views {
+				if bytes.Contains(v, []byte(secret)) {
+					t.Errorf("%s holds the secret value %q", name, secret)
+				}
+			}
+		}
 		if mustHold[name] {
-			for i, c := range hostCerts {
-				found := false
-				for _, v := range views {
-					found = found || bytes.Contains(v, c)
-				}
-				if !found {
-					t.Errorf("%s lacks node n%d's host certificate: the search does not see its configuration", name, i+1)
-				}
+			found := false
+			for _, v := range views {
+				found = found || bytes.Contains(v, caLine)
+			}
+			if !found {
+				t.Errorf("%s lacks the hosts CA's certificate: the search does not see its configuration", name)
 			}
 			seen++
 		}
 	}
 	if seen != len(mustHold) {
 		t.Errorf("looked at %d of the %d artifacts that carry a configuration", seen, len(mustHold))
+	}
+
+	// A node's own config volume holds every value (with the identity):
+	// the search above would have found them.
+	vol := filepath.Join(t.TempDir(), "n1.img")
+	cfg := exec.Command(bin, "config", "image", "-C", site, "--node", "n1", "-o", vol, "--identity", keyFile)
+	if b, err := cfg.CombinedOutput(); err != nil {
+		t.Fatalf("bellbuild config image: %v\n%s", err, b)
+	}
+	data, err := os.ReadFile(vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range siteSecretValues() {
+		if !bytes.Contains(data, []byte(secret)) {
+			t.Errorf("n1's config volume lacks the secret value %q", secret)
+		}
 	}
 }
 
@@ -248,29 +294,20 @@ func privateKeys(t *testing.T, dirs ...string) []siteKey {
 	return out
 }
 
-// certLine is the second base64 line of node's newest host certificate,
-// from the PKI's log: it names the node, so it is that certificate's.
-func certLine(t *testing.T, logFile, node string) []byte {
+// pemLine is a full line of base64 from the middle of the PEM file p: a
+// piece of the certificate that a configuration (JSON, with \n between
+// lines) holds as it is.
+func pemLine(t *testing.T, p string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(logFile)
+	data, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cert []byte
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.Contains(l, `"slot":"host/`+node+`"`) {
-			i := strings.Index(l, `"cert":"`)
-			if i < 0 {
-				t.Fatalf("no cert in %s", l)
-			}
-			rest := l[i+len(`"cert":"`):]
-			cert = []byte(rest[:strings.IndexByte(rest, '"')]) // base64 of the DER
-		}
+	lines := strings.Split(string(data), "\n")
+	if len(lines) < 4 {
+		t.Fatalf("%s: not a PEM certificate", p)
 	}
-	if cert == nil {
-		t.Fatalf("no host certificate for %s in the log", node)
-	}
-	return cert[64:128]
+	return []byte(lines[2])
 }
 
 func httpGet(t *testing.T, url string) []byte {

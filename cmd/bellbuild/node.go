@@ -126,7 +126,8 @@ func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) 
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
 	}
-	st, err := pxestate.OpenDir(o.state)
+	// serve's state for the site's environment: STATE/ENV.
+	st, err := pxestate.OpenDir(envDir(o.state, site))
 	if err != nil {
 		return err
 	}
@@ -276,11 +277,11 @@ func nodeApprove(ctx context.Context, site *profiles.Site, st pxestate.Store, o 
 	if o.fingerprint == "" {
 		return fmt.Errorf("--fingerprint FP is required: the fingerprint node %s printed (bellbuild node list shows the pending ones)", name)
 	}
-	store, err := openPKI(o.site.dir, o.private, nil)
+	store, err := openPKI(site, o.private, nil)
 	if err != nil {
 		return err
 	}
-	reg := enrol.NewRegistry(st, &siteCA{store: store, nodes: newSiteNodes(site)}, enrol.Options{ParseCSR: pki.ParseCSR, Log: slog.Default()})
+	reg := enrol.NewRegistry(st, &siteCA{store: store, nodes: newSiteNodes(site, nil)}, enrol.Options{ParseCSR: pki.ParseCSR, Log: slog.Default()})
 	a, err := reg.Approve(ctx, name, o.fingerprint)
 	if err != nil {
 		return err
@@ -299,7 +300,7 @@ func nodeApprove(ctx context.Context, site *profiles.Site, st pxestate.Store, o 
 // then marks it retired in the state: a crash between the two leaves its
 // certificates revoked, and serve refuses a revoked certificate.
 func nodeRetire(ctx context.Context, site *profiles.Site, st pxestate.Store, o nodeFlags, name string, w io.Writer) error {
-	store, err := openPKI(o.site.dir, o.private, nil)
+	store, err := openPKI(site, o.private, nil)
 	if err != nil {
 		return err
 	}

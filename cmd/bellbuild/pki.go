@@ -22,7 +22,7 @@ func init() {
 	register(&command{
 		name:    "pki",
 		summary: "the site's certificate authority: init, status, issue, revoke, renew, extend",
-		usage:   "init|status|issue user NAME|revoke SERIAL|renew|extend  -C SITE [flags]",
+		usage:   "init|status|issue user NAME|revoke SERIAL|renew|extend  -C SITE [--env ENV] [flags]",
 		help: `pki manages the site's X.509 PKI: an offline root CA that only signs
 three sub-CAs — hosts, services and users — which issue every node's host
 certificate, the services' client and server certificates and the
@@ -85,6 +85,7 @@ Examples:
 
 func (o *pkiFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.site, "C", "", "site `DIR`")
+	registerEnv(fs, &o.env)
 	fs.StringVar(&o.private, "private", "", "private `DIR` (default $BELLBUILD_PRIVATE, else SITE/private)")
 	fs.StringVar(&o.rootOut, "root-out", "", "init: `DIR` for the root key (then take it offline)")
 	fs.StringVar(&o.root, "root", "", "extend: `DIR` holding the root key")
@@ -127,7 +128,7 @@ func (o *pkiFlags) parse(fs *flag.FlagSet, args []string) error {
 }
 
 type pkiFlags struct {
-	site, private, rootOut, root         string
+	site, env, private, rootOut, root    string
 	force                                bool
 	algorithm                            string
 	rootValidity, caValidity, validity   string
@@ -170,7 +171,7 @@ func (o pkiFlags) options() (pki.Options, error) {
 	}
 	var po pki.Options
 	if fi, err := os.Stat(o.site); err == nil && fi.IsDir() {
-		if po, err = profiles.PKIOptions(o.site); err != nil {
+		if po, err = profiles.PKIOptions(o.site, chooseEnv(o.site, o.env)); err != nil {
 			return po, err
 		}
 	}
@@ -229,7 +230,7 @@ func runPKI(ctx context.Context, o pkiFlags, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "PKI made in %s; root key in %s: take it offline now\n", filepath.Join(o.site, "pki"), filepath.Join(o.rootOut, pki.RootKeyFile))
+		fmt.Fprintf(stdout, "PKI made in %s; root key in %s: take it offline now\n", pki.PublicDir(po), filepath.Join(o.rootOut, pki.RootKeyFile))
 		if top, err := pki.ExposedInGit(po.Private); err == nil && top != "" {
 			slog.Warn("the private directory is inside a git work tree that does not ignore it: add it to .gitignore", "private", po.Private, "work_tree", top)
 		}

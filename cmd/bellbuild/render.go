@@ -12,13 +12,14 @@ import (
 
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/profiles/secrets"
 )
 
 func init() {
 	register(&command{
 		name:    "render",
 		summary: "print a node's effective configuration (and where each value came from)",
-		usage:   "[-C SITE | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain]",
+		usage:   "[-C SITE [--env ENV] | --values FILE] (--node NAME | --profile P [--label k=v ...] [--host H]) [-o yaml|json] [--explain] [--show-secrets --identity FILE]",
 		help: `render prints the configuration the applier will enforce on one machine:
 {node, profile, profiles (the inheritance chain), labels, services, facts,
 containers, conf}. The conf is the profile chain merged parent first, then
@@ -39,10 +40,22 @@ a file whose checksum is missing or wrong (cut short, or changed by hand).
 and the FILE:LINE:COL that set it, after one line per service saying why
 it is or is not on the node.
 
+A secret value — a "!secret NAME" of the site, or a field that is secret
+whatever its form (a password hash, a file others cannot read or with
+secret: true, a debconf password, a private key) — is printed as
+<secret NAME> (<secret PATH> for one written inline), and --explain names
+the line that referred to it; the document's "secrets" list says which
+values are secret and that they are withheld. --show-secrets prints the
+values themselves, those of the store decrypted with the identity given
+by --identity FILE (or $BELLBUILD_AGE_IDENTITY): the output is then that
+node's own configuration, secrets included (what 'bellbuild config write'
+puts on its volume).
+
 Example:
   bellbuild render --node demo-2
   bellbuild render -C examples/fleet --profile k8s-worker --label rack=r1 --explain
-  bellbuild render --values values.yaml --host superhost -o json > node.json`,
+  bellbuild render --values values.yaml --host superhost -o json > node.json
+  bellbuild render -C site --node web-1 --show-secrets --identity ~/.config/bellbuild/alice.key`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o renderFlags
 			o.site.register(fs)
@@ -52,6 +65,8 @@ Example:
 			fs.Var((*labelFlag)(&o.labels), "label", "label `k=v` for label overrides (repeatable, with --profile)")
 			fs.StringVar(&o.format, "o", "yaml", "output `FORMAT`: yaml or json")
 			fs.BoolVar(&o.explain, "explain", false, "print each value with the file and line that set it")
+			fs.BoolVar(&o.showSecrets, "show-secrets", false, "print secret values instead of <secret NAME> (the store's need --identity)")
+			registerIdentity(fs, &o.identities, "--show-secrets")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
@@ -68,6 +83,8 @@ type renderFlags struct {
 	labels              map[string]string
 	format              string
 	explain             bool
+	showSecrets         bool
+	identities          []string
 }
 
 func runRender(o renderFlags, stdout, stderr io.Writer) error {
@@ -85,13 +102,36 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 		return errors.New("--label and --host go with --profile; a node has its own")
 	}
 
+	var id *secrets.Identity
+	if o.showSecrets {
+		var err error
+		if id, err = optionalIdentity(o.identities); err != nil {
+			return err
+		}
+	} else if len(o.identities) > 0 {
+		return errors.New("--identity goes with --show-secrets")
+	}
+
 	// 2. Load the site.
 	s, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(stderr, err)
 	}
 
-	// 3. Render or explain.
+	// 3. Render (public, or resolved with --show-secrets) or explain.
+	resolved := func() (*nodeconf.Node, error) {
+		var n *nodeconf.Node
+		var err error
+		if o.node != "" {
+			n, err = s.RenderNodeSecrets(o.node, s.Resolver(id))
+		} else {
+			n, err = s.RenderProfileSecrets(o.profile, o.labels, o.host, s.Resolver(id))
+		}
+		if err == nil && n.Withheld() {
+			err = fmt.Errorf("--show-secrets: the site's secrets need an identity that decrypts them: --identity FILE or $%s", secrets.IdentityEnv)
+		}
+		return n, err
+	}
 	if o.explain {
 		var origins []profiles.Origin
 		if o.node != "" {
@@ -102,8 +142,19 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 		if err != nil {
 			return printSiteErrors(stderr, err)
 		}
+		var n *nodeconf.Node
+		if o.showSecrets {
+			if n, err = resolved(); err != nil {
+				return printSiteErrors(stderr, err)
+			}
+		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		for _, or := range origins {
+			if or.Secret && n != nil {
+				if v, err := n.Field(or.Path); err == nil {
+					or.Value = v
+				}
+			}
 			v := explainValue(or.Value)
 			if strings.HasPrefix(or.Path, "services.") || strings.HasPrefix(or.Path, "services[") {
 				v = or.Value // why a service is placed: one line, never cut
@@ -113,13 +164,22 @@ func runRender(o renderFlags, stdout, stderr io.Writer) error {
 		return tw.Flush()
 	}
 	var n *nodeconf.Node
-	if o.node != "" {
+	switch {
+	case o.showSecrets:
+		n, err = resolved()
+	case o.node != "":
 		n, err = s.RenderNode(o.node)
-	} else {
+	default:
 		n, err = s.RenderProfile(o.profile, o.labels, o.host)
 	}
 	if err != nil {
 		return printSiteErrors(stderr, err)
+	}
+	if !o.showSecrets {
+		// <secret NAME> in place of each value.
+		if n, err = n.Show(); err != nil {
+			return err
+		}
 	}
 	return nodeconf.Encode(stdout, n, nodeconf.Format(o.format))
 }

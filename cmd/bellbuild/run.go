@@ -23,7 +23,7 @@ func init() {
 	register(&command{
 		name:    "run",
 		summary: "boot a baked image in QEMU with its console attached",
-		usage:   "PROFILE [-o OUT] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [-C SITE [--private DIR]] [--timeout D] [--expect TEXT]",
+		usage:   "PROFILE [-o OUT] [--env ENV] [--arch amd64|arm64] [--boot kernel|disk|iso|iso-bios] [--node NAME] [--mac MAC] [-C SITE [--private DIR]] [--timeout D] [--expect TEXT]",
 		help: `run boots OUT/PROFILE (made by 'bellbuild image') in QEMU — always
 software emulation (-accel tcg), 1 GiB of memory, one virtio NIC on QEMU's
 user network — with the serial console on this terminal and the kernel
@@ -34,6 +34,13 @@ initramfs; disk boots disk.raw under UEFI (OVMF), iso boots image.iso as a
 CD under UEFI and iso-bios under BIOS (SeaBIOS, ISOLINUX) — profiles with
 outputs [raw] or [iso]. The guest's writes to a disk go to a temporary
 overlay: the baked file is not changed.
+
+--arch is the image's architecture, which the manifest records (an
+image baked for another one is refused): amd64 boots in
+qemu-system-x86_64, arm64 in qemu-system-aarch64 (Debian package
+qemu-system-arm; a "virt" machine with a Cortex-A57, the console on its
+PL011, ttyAMA0), under UEFI with AAVMF (package qemu-efi-aarch64) for
+--boot disk and iso (a CD on virtio-scsi). arm64 has no iso-bios.
 
 --node NAME adds bellbuild.node=NAME to the command line, so the image's
 init applies that node's configuration (--boot kernel only: a disk's
@@ -58,10 +65,12 @@ Example:
   bellbuild run demo -o out --node demo-2
   bellbuild run demo -o out --timeout 120s --expect 'bellbuild: node='
   bellbuild run lab -C site -o out --node web-1 --expect 'enrol=approved'
+  bellbuild image demo-arm64 -o out && bellbuild run demo-arm64 -o out --arch arm64
   bellbuild run k8s-worker -C examples/fleet -o out --boot iso-bios`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o runFlags
 			fs.StringVar(&o.out, "o", "out", "output `DIR` the image was baked into")
+			fs.StringVar(&o.env, "env", "", "the site's environment `NAME`: boot OUT/NAME/PROFILE (default $"+envVar+" when OUT/NAME exists)")
 			fs.StringVar(&o.node, "node", "", "boot as inventory node `NAME` (bellbuild.node=)")
 			fs.StringVar(&o.mac, "mac", "", "the NIC's `MAC` address")
 			fs.DurationVar(&o.timeout, "timeout", 0, "stop the VM after `D` (default: none, or 120s with --expect)")
@@ -71,6 +80,7 @@ Example:
 			fs.StringVar(&o.boot, "boot", "kernel", "boot the `MEDIUM`: kernel, disk, iso or iso-bios")
 			fs.StringVar(&o.site, "C", "", "site `DIR`: its node enrols with an endpoint run starts (first-key)")
 			registerPrivate(fs, &o.private)
+			fs.StringVar(&o.arch, "arch", "", "the image's architecture, `ARCH` amd64 or arm64 (default: the manifest's)")
 			return func(ctx context.Context, args []string) error {
 				args, err := positional(fs, args)
 				if err != nil {
@@ -80,6 +90,7 @@ Example:
 					return errors.New("want exactly one PROFILE (see 'bellbuild help run')")
 				}
 				o.profile = args[0]
+				o.out = runOut(o.out, o.env)
 				return runVM(ctx, o, os.Stdin, os.Stdout)
 			}
 		},
@@ -87,14 +98,32 @@ Example:
 }
 
 type runFlags struct {
-	out, profile, node, mac, expect, appendArgs, log, boot string
-	site, private                                          string
-	timeout                                                time.Duration
+	out, profile, node, mac, expect, appendArgs, log, boot, arch string
+	site, private, env                                           string
+	timeout                                                      time.Duration
+}
+
+// runOut is where run finds the bakes: OUT/ENV for --env ENV, else for
+// $BELLBUILD_ENV when OUT/ENV exists, else OUT.
+func runOut(out, env string) string {
+	if env != "" {
+		return filepath.Join(out, env)
+	}
+	if e := os.Getenv(envVar); e != "" {
+		if fi, err := os.Stat(filepath.Join(out, e)); err == nil && fi.IsDir() {
+			return filepath.Join(out, e)
+		}
+	}
+	return out
 }
 
 // bootConfig is the VM that boots dir's artifacts the way o.boot says.
 func bootConfig(o runFlags, dir, cmdline string) (testvm.Config, string, error) {
-	var c testvm.Config
+	c := testvm.Config{Arch: o.arch}
+	uefi, fwPkg := testvm.OVMF, "ovmf"
+	if o.arch == testvm.ARM64 {
+		uefi, fwPkg = testvm.AAVMF, "qemu-efi-aarch64"
+	}
 	var file string
 	switch o.boot {
 	case "", "kernel":
@@ -104,12 +133,14 @@ func bootConfig(o runFlags, dir, cmdline string) (testvm.Config, string, error) 
 		return c, "kernel and initramfs, command line: " + cmdline, nil
 	case "disk":
 		file = filepath.Join(dir, build.DiskFile)
-		c.Firmware = testvm.OVMF
+		c.Firmware = uefi
 		c.Drives = []testvm.Drive{{Path: file, Snapshot: true}}
 	case "iso", "iso-bios":
 		file = filepath.Join(dir, build.ISOFile)
 		if o.boot == "iso" {
-			c.Firmware = testvm.OVMF
+			c.Firmware = uefi
+		} else if o.arch == testvm.ARM64 {
+			return c, "", errors.New("--boot iso-bios: arm64 has no BIOS (use --boot iso, under UEFI)")
 		}
 		c.Drives = []testvm.Drive{{Path: file, Interface: "ide", Media: "cdrom", ReadOnly: true}}
 	default:
@@ -127,7 +158,7 @@ func bootConfig(o runFlags, dir, cmdline string) (testvm.Config, string, error) 
 	}
 	if c.Firmware != "" {
 		if _, err := os.Stat(c.Firmware); err != nil {
-			return c, "", fmt.Errorf("UEFI firmware: %w (apt-get install ovmf)", err)
+			return c, "", fmt.Errorf("UEFI firmware: %w (apt-get install %s)", err, fwPkg)
 		}
 		return c, file + " under UEFI", nil
 	}
@@ -147,6 +178,17 @@ func runVM(ctx context.Context, o runFlags, stdin *os.File, stdout io.Writer) er
 	var m build.Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(dir, build.ManifestFile), err)
+	}
+	if m.Arch == "" {
+		m.Arch = testvm.AMD64 // baked before manifests recorded it
+	}
+	switch {
+	case o.arch == "":
+		o.arch = m.Arch
+	case o.arch != testvm.AMD64 && o.arch != testvm.ARM64:
+		return fmt.Errorf("--arch %q: want amd64 or arm64", o.arch)
+	case o.arch != m.Arch:
+		return fmt.Errorf("--arch %s: %s was baked for %s (its manifest says arch %s)", o.arch, dir, m.Arch, m.Arch)
 	}
 	// panic=-1: a boot that fails reboots at once, and -no-reboot turns
 	// that into QEMU exiting instead of hanging.
@@ -177,7 +219,7 @@ func runVM(ctx context.Context, o runFlags, stdin *os.File, stdout io.Writer) er
 	}
 	c.NICs = []testvm.NIC{{MAC: o.mac}}
 	c.Console, c.LogFile = stdout, o.log
-	fmt.Fprintf(os.Stderr, "bellbuild run: booting %s (kernel %s): %s\n", dir, m.KernelVersion, what)
+	fmt.Fprintf(os.Stderr, "bellbuild run: booting %s (%s, kernel %s): %s\n", dir, o.arch, m.KernelVersion, what)
 	vm, err := testvm.Start(context.Background(), c)
 	if err != nil {
 		return err

@@ -30,7 +30,8 @@ var (
 // and every inventory node approved by its first key, so that trying an
 // image whose nodes enrol keeps working in one command. It returns the
 // kernel command line parameters that name it and a function that stops
-// it. A site without a PKI gets no endpoint ("" and no error).
+// it. A site without a PKI gets no endpoint ("" and no error). The
+// site's secrets reach the VM when $BELLBUILD_AGE_IDENTITY decrypts them.
 func localEnrolment(ctx context.Context, site *profiles.Site, siteDir, private string, mac net.HardwareAddr) (string, func(), error) {
 	stateDir, err := os.MkdirTemp("", "bellbuild-run-enrol-")
 	if err != nil {
@@ -38,7 +39,14 @@ func localEnrolment(ctx context.Context, site *profiles.Site, siteDir, private s
 	}
 	cleanup := func() { os.RemoveAll(stateDir) }
 	log := slog.New(slog.DiscardHandler)
-	ep, err := newEnrolEndpoint(ctx, site, siteDir, private, stateDir, qemuHost, enrol.Options{Log: log})
+	// The site's secrets, when $BELLBUILD_AGE_IDENTITY can decrypt them:
+	// the VM gets them as an approved node would.
+	configs, err := serveConfigs(site, nil, private)
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	ep, err := newEnrolEndpoint(ctx, site, siteDir, private, stateDir, qemuHost, configs, enrol.Options{Log: log})
 	if errors.Is(err, errNoPKI) {
 		cleanup()
 		return "", nil, nil
@@ -77,7 +85,7 @@ func localEnrolment(ctx context.Context, site *profiles.Site, siteDir, private s
 // o.mac becomes the node's MAC when it was not given.
 func (o *runFlags) enrolment(ctx context.Context, c *testvm.Config) (func(), error) {
 	nothing := func() {}
-	site, err := profiles.Load(o.site)
+	site, err := profiles.LoadEnv(o.site, chooseEnv(o.site, o.env))
 	if err != nil {
 		return nil, printSiteErrors(os.Stderr, err)
 	}

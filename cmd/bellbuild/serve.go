@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/build"
+	"github.com/bellbuild/bellbuild/build/debpkg"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
+	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
 	"github.com/bellbuild/bellbuild/pxe/install"
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
@@ -35,15 +37,16 @@ func init() {
 	register(&command{
 		name:    "serve",
 		summary: "network-boot the inventory's machines by MAC: DHCP, TFTP and HTTP",
-		usage:   "[-C SITE] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR]",
+		usage:   "[-C SITE [--env ENV]] --interface IF [--dhcp full|proxy|off] [--pool START-END[/PREFIX] ...] [--artifacts OUT] [--state DIR] [--https-addr ADDR] [--private DIR] [--identity FILE]",
 		help: `serve boots every machine of the site's inventory from the network, as the
 node its MAC address names, with the artifacts 'bellbuild image' baked
 into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
 
   1. DHCP gives the machine an address (its "ip" label, else one of the
      pools; kept across restarts in the lease file) and the name of the
-     iPXE loader for its firmware: undionly.kpxe (BIOS), ipxe.efi (x86-64
-     UEFI), from /usr/lib/ipxe over TFTP;
+     loader for its firmware (DHCP option 93): undionly.kpxe (BIOS),
+     ipxe.efi (x86-64 UEFI), from /usr/lib/ipxe over TFTP; for arm64 UEFI
+     (below) grubnetaa64.efi;
   2. iPXE asks DHCP again and is sent its boot script,
      http://SERVER:8080/ipxe?mac=MAC (or tftp:// with --boot-via tftp);
   3. the script boots OUT/PROFILE/vmlinuz and initramfs.cpio.zst with the
@@ -56,6 +59,12 @@ With a site PKI, node.json (like the image's bundle) carries the nodes'
 certificates (issued from the private directory: --private,
 $BELLBUILD_PRIVATE, else SITE/private), never their private keys: on a
 network-booted node the credentials are pending until their keys come.
+Likewise node.json never holds a secret value of the site ("!secret
+NAME", or a password hash or private file written inline): it names them,
+and the node applies the rest. --identity FILE (or
+$BELLBUILD_AGE_IDENTITY) is the age identity that decrypts the site's
+secrets for the configurations an approved node is given over mutual
+TLS; serve refuses to start when it cannot decrypt every one of them.
 
 With a site PKI (bellbuild pki init), serve also opens the enrolment
 endpoint on --https-addr (HTTPS, :8443), with a certificate it issues
@@ -81,6 +90,17 @@ address outside every subnet, one inside a dynamic pool (which could
 lease it to another machine first) and two nodes with one address stop
 serve, each problem naming the node and the pool (exit status 1).
 
+arm64 machines (a node whose profile is arch: arm64) boot through GRUB,
+as Debian has no arm64 iPXE: their UEFI firmware fetches
+grubnetaa64.efi, GRUB's network image (package grub-efi-arm64-bin:arm64,
+fetched into the cache and unpacked the first time an arm64 machine is in
+the inventory, or --loader-arm64 PATH), which reads grub/grub.cfg over
+TFTP; serve answers it with the configuration of the machine that address
+is leased to, which boots the kernel and the initramfs over TFTP with the
+same command line, bellbuild.node=NAME included. A machine whose firmware
+is of another architecture than its image gets no boot file (a warning in
+the log); an arm64 image's /ipxe script is not used.
+
 MAC addresses not in the inventory get no answer, unless
 --default-profile names a profile for them. --dhcp proxy answers only
 the PXE part beside an existing DHCP server; --dhcp off leaves DHCP to
@@ -102,6 +122,7 @@ Example:
 			var o serveFlags
 			o.site.register(fs)
 			registerPrivate(fs, &o.private)
+			registerIdentity(fs, &o.identities, "approved nodes' configurations")
 			fs.StringVar(&o.iface, "interface", "", "boot network `IF` (DHCP listens only there; its address is the server's)")
 			fs.StringVar(&o.serverIP, "server-ip", "", "this server's `IP` on the boot network (default: site.yaml's network.server, else the interface's)")
 			fs.StringVar(&o.dhcp, "dhcp", pxe.DHCPFull, "DHCP `MODE`: full, proxy or off")
@@ -122,6 +143,8 @@ Example:
 			fs.StringVar(&o.defaultProfile, "default-profile", "", "boot MACs not in the inventory with `PROFILE` (default: ignore them)")
 			fs.DurationVar(&o.leaseTime, "lease-time", time.Hour, "DHCP lease `DURATION`")
 			fs.StringVar(&o.loaders, "loaders", pxe.LoaderDir, "`DIR` of the iPXE loaders")
+			fs.StringVar(&o.loaderARM64, "loader-arm64", "", "GRUB's network EFI image for arm64 machines, `PATH` (default: grubnetaa64.efi of Debian's grub-efi-arm64-bin:arm64, fetched into the cache)")
+			fs.StringVar(&o.cache, "cache", "", "cache `DIR` the arm64 GRUB is fetched into (default $BELLBUILD_CACHE, else ~/.cache/bellbuild)")
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
@@ -135,6 +158,7 @@ Example:
 type serveFlags struct {
 	site                     siteFlags
 	private                  string
+	identities               []string
 	iface, serverIP, dhcp    string
 	pools                    []string
 	artifacts, state, leases string
@@ -142,7 +166,8 @@ type serveFlags struct {
 	httpsAddr                string
 	bootVia, defaultProfile  string
 	leaseTime                time.Duration
-	loaders                  string
+	loaders, loaderARM64     string
+	cache                    string
 	tftpWindow               uint
 	httpIdle                 time.Duration
 	httpMaxConns             int
@@ -152,10 +177,16 @@ func runServe(ctx context.Context, o serveFlags) error {
 	if o.tftpWindow < 1 || o.tftpWindow > tftp.MaxWindow {
 		return fmt.Errorf("--tftp-window %d: want 1 to %d blocks", o.tftpWindow, tftp.MaxWindow)
 	}
-	// 1. Load the site.
+	// 1. Load the site, and the identity that decrypts its secrets. An
+	// environment's bakes and state are its own: OUT/ENV and STATE/ENV.
 	site, err := o.site.load()
 	if err != nil {
 		return printSiteErrors(os.Stderr, err)
+	}
+	o.artifacts, o.state = envDir(o.artifacts, site), envDir(o.state, site)
+	configs, err := serveConfigs(site, o.identities, o.private)
+	if err != nil {
+		return err
 	}
 	// 2. Work out the boot network and check every node's fixed address
 	// against it, before anything is opened.
@@ -204,6 +235,14 @@ func runServe(ctx context.Context, o serveFlags) error {
 		return err
 	}
 	cfg.Installs = install.New(st, nil)
+	if backend.arm64 {
+		p, err := arm64Loader(ctx, o.loaderARM64, o.cache)
+		if err != nil {
+			slog.Warn("no GRUB for arm64 machines: they cannot boot", "err", err)
+		} else {
+			cfg.Loaders[grub.Loader] = p
+		}
+	}
 	// 4. Serve until interrupted. Boot lines go through a buffer flushed
 	// every 100 ms: a DHCP storm logs thousands of lines a second, and one
 	// write each would cost more than answering the packet.
@@ -211,7 +250,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 	defer logOut.Close()
 	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
 	// The enrolment endpoint (HTTPS), when the site has a PKI.
-	if err := o.enrolment(ctx, site, &cfg); err != nil {
+	if err := o.enrolment(ctx, site, configs, &cfg); err != nil {
 		return err
 	}
 	srv, err := pxe.New(cfg, backend)
@@ -347,6 +386,8 @@ func parsePool(s string, subnet netip.Prefix) (profiles.Pool, error) {
 type siteBackend struct {
 	byMAC map[string]*pxe.Machine
 	def   *pxe.Machine // nil: unknown MACs do not boot
+	// arm64 is set when some machine boots an arm64 image.
+	arm64 bool
 }
 
 // NodeFile is the name each node's rendered configuration is served as
@@ -375,15 +416,17 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		}
 		return m
 	}
-	cmdlines := map[string]string{}
-	cmdline := func(profile string) string {
+	cmdlines := map[string]bakedInfo{}
+	baked := func(profile string) bakedInfo {
 		c, ok := cmdlines[profile]
 		if !ok {
-			c = readCmdline(out, profile)
+			c = readBaked(out, profile)
 			cmdlines[profile] = c
+			b.arm64 = b.arm64 || c.Arch == "arm64"
 		}
 		return c
 	}
+	cmdline := func(profile string) string { return baked(profile).Cmdline }
 	infos := site.Nodes()
 	nodes := make([]*nodeconf.Node, len(infos))
 	for i, n := range infos {
@@ -393,7 +436,9 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		}
 		nodes[i] = node
 	}
-	// Served over plain HTTP and TFTP: certificates, never keys.
+	// Served over plain HTTP and TFTP: the CA bundle, never a key (the
+	// machines enrol for their certificates), and no secret value
+	// (RenderNode is the public configuration).
 	if err := certify(ctx, site, private, nodes, publicOnly, true); err != nil {
 		return nil, err
 	}
@@ -424,6 +469,7 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 			Kernel:  filepath.Join(n.Profile, build.KernelFile),
 			Initrd:  filepath.Join(n.Profile, build.InitramfsFile),
 			Cmdline: cmdline(n.Profile),
+			Arch:    baked(n.Profile).Arch,
 			Files:   map[string]string{NodeFile: NodeFile},
 			Enrol:   machineEnrol(nodes[i].Enrol),
 			Install: nodes[i].Install != nil,
@@ -454,6 +500,7 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 			Kernel:  filepath.Join(defaultProfile, build.KernelFile),
 			Initrd:  filepath.Join(defaultProfile, build.InitramfsFile),
 			Cmdline: cmdline(defaultProfile),
+			Arch:    baked(defaultProfile).Arch,
 		}
 	}
 	var missing []string
@@ -500,22 +547,59 @@ func readImage(out, profile string) *wire.ImageManifest {
 	return &m
 }
 
-// readCmdline reads the kernel command line from OUT/PROFILE/manifest.json
-// ("" when the profile is not baked yet: its machines fail at the kernel,
-// and the start-up warning says why).
-func readCmdline(out, profile string) string {
+// bakedInfo is what serve reads of a bake's manifest.
+type bakedInfo struct {
+	Cmdline string `json:"cmdline"`
+	Arch    string `json:"arch"`
+}
+
+// readBaked reads the kernel command line and the architecture from
+// OUT/PROFILE/manifest.json (empty when the profile is not baked yet: its
+// machines fail at the kernel, and the start-up warning says why).
+func readBaked(out, profile string) bakedInfo {
+	var m bakedInfo
 	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
 	if err != nil {
-		return ""
-	}
-	var m struct {
-		Cmdline string `json:"cmdline"`
+		return m
 	}
 	if err := json.Unmarshal(data, &m); err != nil {
 		slog.Warn("unreadable manifest", "profile", profile, "err", err)
-		return ""
+		return bakedInfo{}
 	}
-	return m.Cmdline
+	return m
+}
+
+// GRUBPackage ships grubnetaa64.efi, which arm64 machines boot from the
+// network (Debian has no arm64 iPXE).
+const (
+	GRUBPackage  = "grub-efi-arm64-bin"
+	grubNetImage = "usr/lib/grub/arm64-efi/monolithic/grubnetaa64.efi"
+)
+
+// arm64Loader returns GRUB's network EFI image for arm64: path when given,
+// else Debian's, fetched for arm64 into the cache (debpkg) the first time.
+func arm64Loader(ctx context.Context, path, cache string) (string, error) {
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return "", fmt.Errorf("--loader-arm64: %w", err)
+		}
+		return path, nil
+	}
+	if cache == "" {
+		cache = os.Getenv("BELLBUILD_CACHE")
+	}
+	if cache == "" {
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("cache directory: %w (set BELLBUILD_CACHE or --cache)", err)
+		}
+		cache = filepath.Join(dir, "bellbuild")
+	}
+	p, err := (&debpkg.Cache{Dir: filepath.Join(cache, "debs")}).Fetch(ctx, GRUBPackage, "arm64")
+	if err != nil {
+		return "", fmt.Errorf("%w (or pass --loader-arm64 PATH)", err)
+	}
+	return filepath.Join(p.Root, grubNetImage), nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same

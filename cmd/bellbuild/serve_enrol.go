@@ -14,11 +14,13 @@ import (
 // (from the private directory), serve's certificate for its address, and
 // the state in STATE. A site without a PKI serves no endpoint (a
 // warning says how to make one); --https-addr off serves none either.
-func (o serveFlags) enrolment(ctx context.Context, site *profiles.Site, cfg *pxe.Config) error {
+// configs resolves an approved node's secrets (nil without serve's
+// identity: nodes get their public configurations).
+func (o serveFlags) enrolment(ctx context.Context, site *profiles.Site, configs *nodeConfigs, cfg *pxe.Config) error {
 	if o.httpsAddr == "off" {
 		return nil
 	}
-	ep, err := newEnrolEndpoint(ctx, site, o.site.dir, o.private, o.state, cfg.ServerIP,
+	ep, err := newEnrolEndpoint(ctx, site, o.site.dir, o.private, o.state, cfg.ServerIP, configs,
 		enrol.Options{Log: cfg.Log})
 	if errors.Is(err, errNoPKI) {
 		level := slog.LevelWarn

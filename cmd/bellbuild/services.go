@@ -21,7 +21,7 @@ func init() {
 	register(&command{
 		name:    "services",
 		summary: "print where the site places each service (and what a change would move)",
-		usage:   "[-C SITE] [-o text|json] [--diff OLD]",
+		usage:   "[-C SITE [--env ENV]] [-o text|json] [--diff OLD]",
 		help: `services prints the placement of SITE/services.yaml: for each service its
 group, its instances and the nodes it is placed on (rendezvous hashing of
 service and node: docs/config.md).
@@ -47,6 +47,7 @@ Example:
 			fs.StringVar(&o.dir, "C", "", "site `DIR` (default: the embedded demo site)")
 			fs.StringVar(&o.format, "o", "text", "output `FORMAT`: text or json")
 			fs.StringVar(&o.diff, "diff", "", "compare with `OLD`: a directory, or a git revision of the site")
+			registerEnv(fs, &o.env)
 			return func(ctx context.Context, args []string) error {
 				if len(args) > 0 {
 					return fmt.Errorf("unexpected arguments %q", args)
@@ -64,7 +65,7 @@ Example:
 }
 
 type servicesFlags struct {
-	dir, format, diff string
+	dir, format, diff, env string
 }
 
 // serviceRow is one service in -o json.
@@ -95,7 +96,11 @@ func runServices(ctx context.Context, o servicesFlags, stdout, stderr io.Writer)
 	if o.format != "text" && o.format != "json" {
 		return fmt.Errorf("-o %q: want text or json", o.format)
 	}
-	cur, err := loadServicesSite(o.dir)
+	if o.env != "" && o.dir == "" {
+		return errors.New("--env needs -C SITE: only a site directory has environments")
+	}
+	env := chooseEnv(o.dir, o.env)
+	cur, err := loadServicesSite(o.dir, env)
 	if err != nil {
 		return siteErrors(stderr, err)
 	}
@@ -104,7 +109,7 @@ func runServices(ctx context.Context, o servicesFlags, stdout, stderr io.Writer)
 	}
 	var old *profiles.Site
 	if fi, err := os.Stat(o.diff); err == nil && fi.IsDir() {
-		old, err = profiles.Load(o.diff)
+		old, err = profiles.LoadEnv(o.diff, env)
 		if err != nil {
 			return siteErrors(stderr, err)
 		}
@@ -113,7 +118,7 @@ func runServices(ctx context.Context, o servicesFlags, stdout, stderr io.Writer)
 		if dir == "" {
 			return fmt.Errorf("--diff %s: not a directory, and a git revision needs -C SITE", o.diff)
 		}
-		if old, err = siterev.Load(ctx, dir, o.diff); err != nil {
+		if old, err = siterev.LoadEnv(ctx, dir, o.diff, env); err != nil {
 			return siteErrors(stderr, err)
 		}
 	}
@@ -137,11 +142,11 @@ func runServices(ctx context.Context, o servicesFlags, stdout, stderr io.Writer)
 	return nil
 }
 
-func loadServicesSite(dir string) (*profiles.Site, error) {
+func loadServicesSite(dir, env string) (*profiles.Site, error) {
 	if dir == "" {
 		return profiles.Default(), nil
 	}
-	return profiles.Load(dir)
+	return profiles.LoadEnv(dir, env)
 }
 
 // siteErrors prints a site's problems one per line (exit status 2).

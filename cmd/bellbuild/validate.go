@@ -19,7 +19,7 @@ func init() {
 	register(&command{
 		name:    "validate",
 		summary: "check a site: every profile, override and node, all errors at once",
-		usage:   "[-C SITE | --values FILE]",
+		usage:   "[-C SITE [--env ENV] | --values FILE]",
 		help: `validate loads a site (SITE/profiles/*.yaml, SITE/nodes.yaml,
 SITE/site.yaml and SITE/services.yaml) and checks it the way every other
 command will read it: the files themselves (regular files inside the
@@ -38,18 +38,33 @@ modes client, server or both, extra_san DNS names, a domain to name
 them), and under pki.name_constraints every name and address inside the
 site's domain and subnets.
 
+Secrets: a "!secret NAME" outside a conf, with a bad NAME, on a field that
+is not text, or naming no SITE/secrets/NAME.age is an error at its line
+(the values are not decrypted). A value that is secret whatever its form
+(a user_crypt_passwd, a file with secret: true or a mode others cannot
+read, a debconf password, a private key) written inline is accepted, and
+warned about with the 'bellbuild secret set -C SITE NAME' command that
+moves it into the store and the !secret NAME to write instead.
+
 Every problem is printed on its own line as FILE:LINE:COL: FIELD: MESSAGE,
 sorted. Warnings (FIELD: warning: MESSAGE) do not fail the site: short
-host names left out under name constraints, and a private directory
-(--private, $BELLBUILD_PRIVATE, else SITE/private) inside a git work
-tree that does not ignore it. Exit status: 0 when the site has no
-error, 1 otherwise.
+host names left out under name constraints, secrets written inline, and
+a private directory (--private, $BELLBUILD_PRIVATE, else SITE/private)
+inside a git work tree that does not ignore it. Exit status: 0 when the
+site has no error, 1 otherwise.
+
+A site with environments (SITE/environments/NAME.yaml) is checked for
+one of them, --env NAME (else $BELLBUILD_ENV): its inventory, its vars
+in every file (${NAME}), and every environment's file; a machine that is
+in two environments is a warning when both list it in shared_nodes, an
+error otherwise.
 
 Without -C the site embedded in bellbuild is checked. --values checks a
 Divingbell values file instead (its conf: and conf.overrides).
 
 Example:
   bellbuild validate -C examples/fleet
+  bellbuild validate -C examples/fleet-envs --env prod
   bellbuild validate --values divingbell-values.yaml`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			var o siteFlags
@@ -94,14 +109,15 @@ func (l *labelFlag) Set(s string) error {
 	return nil
 }
 
-// siteFlags choose the site a command reads.
+// siteFlags choose the site a command reads, and its environment.
 type siteFlags struct {
-	dir, values string
+	dir, values, env string
 }
 
 func (o *siteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.dir, "C", "", "site `DIR` (default: the embedded demo site)")
 	fs.StringVar(&o.values, "values", "", "a Divingbell values `FILE`, read as a site with one profile named divingbell")
+	registerEnv(fs, &o.env)
 }
 
 // load returns the site the flags name.
@@ -109,10 +125,12 @@ func (o siteFlags) load() (*profiles.Site, error) {
 	switch {
 	case o.dir != "" && o.values != "":
 		return nil, errors.New("-C and --values contradict each other")
+	case o.env != "" && o.dir == "":
+		return nil, errors.New("--env needs -C SITE: only a site directory has environments")
 	case o.values != "":
 		return profiles.LoadValues(o.values)
 	case o.dir != "":
-		return profiles.Load(o.dir)
+		return profiles.LoadEnv(o.dir, chooseEnv(o.dir, o.env))
 	}
 	return profiles.Default(), nil
 }
@@ -145,6 +163,10 @@ func runValidate(o siteFlags, private string, stdout, stderr io.Writer) error {
 	}
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, w)
+	}
+	if env := s.Environment(); env != "" {
+		fmt.Fprintf(stdout, "ok: %d profiles, %d nodes (environment %s)\n", len(s.ProfileNames()), len(s.Nodes()), env)
+		return nil
 	}
 	fmt.Fprintf(stdout, "ok: %d profiles, %d nodes\n", len(s.ProfileNames()), len(s.Nodes()))
 	return nil

@@ -226,9 +226,10 @@ func TestGiveUp(t *testing.T) {
 // TestDirect writes through O_DIRECT where the file system allows it:
 // a part's last block is padded with zeros.
 func TestDirect(t *testing.T) {
+	// t.TempDir is often a tmpfs, which refuses O_DIRECT.
 	dir, err := os.MkdirTemp("/var/tmp", "fetch-direct-")
 	if err != nil {
-		t.Skip("no /var/tmp")
+		dir = t.TempDir()
 	}
 	defer os.RemoveAll(dir)
 	p := filepath.Join(dir, "disk")

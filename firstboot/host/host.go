@@ -86,7 +86,15 @@ type Host struct {
 	// not one per path component (os.Root walks every component).
 	dirs map[string]*os.Root
 	ids  map[string]idCache
+	// Hold, when set, says which ledger keys of a module belong to items
+	// this run holds: it neither applies nor reverts them (their
+	// configuration waits for a secret value). See Holds.
+	Hold func(module, key string) bool
 }
+
+// Holds reports whether the item the ledger key of module belongs to is
+// held by this run (see Host.Hold).
+func (h *Host) Holds(module, key string) bool { return h.Hold != nil && h.Hold(module, key) }
 
 // Open opens dir as a target root and loads its ledger.
 func Open(opts Options) (*Host, error) {

@@ -52,7 +52,8 @@ type Options struct {
 	// Node is the node serve booted (bellbuild.node=): its node.json
 	// must be that node's.
 	Node string
-	// Arch is this machine's (uname -m).
+	// Arch is this machine's (amd64, arm64: runtime.GOARCH of the
+	// applier, built for it).
 	Arch string
 	// Console gets what the installer says.
 	Console io.Writer
@@ -196,7 +197,7 @@ func (o Options) write(ctx context.Context, node *nodeconf.Node, nodeJSON []byte
 		p := &g.Partitions[i]
 		p.GUID = disk.DeriveGUID("install", node.Node, p.Name, p.SHA256)
 	}
-	if err := disk.WriteGPT(f, g); err != nil {
+	if err := disk.WriteGPT(f, g, m.Disk.Arch); err != nil {
 		return nil, err
 	}
 	if err := f.Sync(); err != nil {

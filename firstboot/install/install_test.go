@@ -81,7 +81,7 @@ func makeImage(t *testing.T) *image {
 	im := &image{raw: raw}
 	m := &im.manifest
 	m.Profile = "inst"
-	m.Disk = &wire.ManifestDisk{Arch: "x86_64", Size: l.Size}
+	m.Disk = &wire.ManifestDisk{Arch: "amd64", Size: l.Size}
 	for _, p := range l.Partitions {
 		m.Disk.Partitions = append(m.Disk.Partitions, wire.DiskPartition{Name: p.Name, Offset: p.Offset, Size: p.Size, GUID: p.GUID, Used: p.Used, SHA256: p.Extent})
 		if p.Name == disk.SlotA {
@@ -112,7 +112,7 @@ func newServe(t *testing.T, im *image, edit func(*nodeconf.Node)) (*fakeServe, *
 	srv.Start()
 	t.Cleanup(srv.Close)
 	n := &nodeconf.Node{Node: "n1", Profile: "inst", Install: &nodeconf.Install{Disk: "first-empty"},
-		Image: &nodeconf.Image{Profile: "inst", Arch: "x86_64", Root: im.manifest.Disk.Root.SHA256, URL: srv.URL + "/image/" + mac}}
+		Image: &nodeconf.Image{Profile: "inst", Arch: "amd64", Root: im.manifest.Disk.Root.SHA256, URL: srv.URL + "/image/" + mac}}
 	if edit != nil {
 		edit(n)
 	}
@@ -207,7 +207,7 @@ func newMachine(t *testing.T, disks map[string]int64) *machine {
 }
 
 func (m *machine) options(srv *httptest.Server, con io.Writer) Options {
-	return Options{Serve: srv.URL, Node: "n1", Arch: "x86_64", Console: con, SysBlock: m.sys, DevDir: m.dev,
+	return Options{Serve: srv.URL, Node: "n1", Arch: "amd64", Console: con, SysBlock: m.sys, DevDir: m.dev,
 		Fetch: fetch.Options{Every: 10 * time.Millisecond}}
 }
 
@@ -328,8 +328,8 @@ func TestRefused(t *testing.T) {
 		is:   ErrManifest,
 	}, {
 		name: "another architecture's image", disks: map[string]int64{"vda": 192 << 20, "vdb": 192 << 20},
-		mani: func(m *wire.ImageManifest) { m.Disk.Arch = "aarch64" },
-		msg:  "bad image: the image is for aarch64, this machine is x86_64",
+		mani: func(m *wire.ImageManifest) { m.Disk.Arch = "arm64" },
+		msg:  "bad image: the image is for arm64, this machine is amd64",
 		is:   ErrManifest,
 	}, {
 		name: "disk.raw's hash does not match", disks: map[string]int64{"vda": 192 << 20, "vdb": 192 << 20},

@@ -101,6 +101,9 @@ type Spec struct {
 	Config *fstree.Tree
 	// ConfigSize is the config volume's size; 0: the smallest FAT32.
 	ConfigSize int64
+	// Arch is the architecture the disk boots ("" is AMD64): the root
+	// partition's GPT type is that architecture's root type.
+	Arch string
 	// DataSize, when > 0, adds the data partition (belldata) of that many
 	// bytes (rounded up to MiB) after the config volume. It is written as
 	// zeros, i.e. not at all: the image file stays sparse.
@@ -254,6 +257,9 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 	if (spec.ESP == nil) == (spec.ESPFunc == nil) {
 		return nil, fmt.Errorf("disk: esp: give exactly one of ESP and ESPFunc")
 	}
+	if _, err := lookupArch(spec.Arch); err != nil {
+		return nil, err
+	}
 	espSize, confSize, err := fatSizes(spec)
 	if err != nil {
 		return nil, err
@@ -323,7 +329,7 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 		}
 	}
 	// 4. The GPT, with GUIDs derived from the content.
-	if err := writeGPT(f, l); err != nil {
+	if err := writeGPT(f, l, spec.Arch); err != nil {
 		return nil, err
 	}
 	if err := f.Sync(); err != nil {
@@ -380,22 +386,27 @@ func writeFAT(f *os.File, p *Partition, t *fstree.Tree, label string) error {
 }
 
 // writeGPT derives every GUID and writes the protective MBR and both GPTs.
-func writeGPT(f *os.File, l *Layout) error {
+func writeGPT(f *os.File, l *Layout, arch string) error {
 	for i := range l.Partitions {
 		p := &l.Partitions[i]
 		p.GUID = DeriveGUID("partition", p.Name, p.SHA256)
 	}
 	l.GUID = ""
-	return WriteGPT(f, l)
+	return WriteGPT(f, l, arch)
 }
 
 // WriteGPT writes the protective MBR and both GPTs of l into f, a disk of
-// l.Size bytes: the primary table in its first 34 sectors, the backup in
-// its last 33. Partitions keep their GUIDs; the disk's, when l.GUID is
-// empty, is derived from the partitions.
-func WriteGPT(f *os.File, l *Layout) error {
-	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: gpt.LinuxRootX86_64,
-		SlotA: gpt.LinuxRootX86_64, SlotB: gpt.LinuxRootX86_64, ConfigName: gpt.LinuxFilesystem, DataName: gpt.LinuxFilesystem}
+// l.Size bytes for architecture arch ("" is AMD64: the root slots' type):
+// the primary table in its first 34 sectors, the backup in its last 33.
+// Partitions keep their GUIDs; the disk's, when l.GUID is empty, is
+// derived from the partitions.
+func WriteGPT(f *os.File, l *Layout, arch string) error {
+	info, err := lookupArch(arch)
+	if err != nil {
+		return err
+	}
+	types := map[string]gpt.Type{ESPName: gpt.EFISystemPartition, RootName: info.rootType,
+		SlotA: info.rootType, SlotB: info.rootType, ConfigName: gpt.LinuxFilesystem, DataName: gpt.LinuxFilesystem}
 	all := sha256.New()
 	table := &gpt.Table{LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true}
 	for i := range l.Partitions {

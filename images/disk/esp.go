@@ -13,10 +13,6 @@ import (
 // x86-64 UEFI boot loader.
 const SystemdBoot = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
-// Arch is the machine the disks boot (uname -m), for the manifest: an
-// upgrader refuses an image for another.
-const Arch = "x86_64"
-
 // Paths of the boot files on the ESP (and in the ISO's EFI image).
 const (
 	BootLoaderPath = "EFI/BOOT/BOOTX64.EFI"
@@ -39,8 +35,11 @@ type Boot struct {
 	// Title is the boot menu title; "" means "bellbuild".
 	Title string
 	// Loader is the UEFI boot loader to install as the removable-media
-	// default EFI/BOOT/BOOTX64.EFI; "" means SystemdBoot.
+	// default (EFI/BOOT/BOOTX64.EFI, BOOTAA64.EFI on arm64); "" means
+	// SystemdBoot on amd64, and is an error on another architecture.
 	Loader string
+	// Arch is the architecture booted ("" is AMD64).
+	Arch string
 	// Epoch is every file's modification time (SOURCE_DATE_EPOCH).
 	Epoch int64
 	// Slot, when set (a or b), makes the ESP of a disk with two root
@@ -57,9 +56,16 @@ type Boot struct {
 // loader.conf that boots the one entry at once, and the entry with the
 // kernel, the initramfs and the command line.
 func ESP(b Boot) (*fstree.Tree, error) {
+	info, err := lookupArch(b.Arch)
+	if err != nil {
+		return nil, err
+	}
 	loader := b.Loader
-	if loader == "" {
+	if loader == "" && info.loaderPath == BootLoaderPath {
 		loader = SystemdBoot
+	}
+	if loader == "" {
+		return nil, fmt.Errorf("disk: no boot loader for %s", b.Arch)
 	}
 	st, err := os.Stat(loader)
 	if err != nil {
@@ -76,7 +82,7 @@ func ESP(b Boot) (*fstree.Tree, error) {
 		return nil, fmt.Errorf("disk: title and command line must be one line each")
 	}
 	t := fstree.New()
-	t.Add(fstree.Entry{Path: BootLoaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
+	t.Add(fstree.Entry{Path: info.loaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
 	if b.Slot != "" {
 		if b.Slot != imagelayout.SlotA && b.Slot != imagelayout.SlotB || b.Initrd == nil {
 			return nil, fmt.Errorf("disk: slot %q: want a or b, with an initramfs", b.Slot)

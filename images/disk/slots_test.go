@@ -171,7 +171,7 @@ func TestGrow(t *testing.T) {
 	for i := range g.Partitions {
 		g.Partitions[i].GUID = DeriveGUID("test", g.Partitions[i].Name)
 	}
-	if err := WriteGPT(f, g); err != nil {
+	if err := WriteGPT(f, g, ""); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command("sgdisk", "-v", target).CombinedOutput()

@@ -48,8 +48,12 @@ type ociIndex struct {
 // ".wh..wh..opq" file empties its directory of everything below. Layers may
 // be plain, gzip or zstd tar; each blob's sha256 digest is checked. Layer
 // contents go to spool files as for FromTar; nothing is extracted.
-func FromOCI(dir string) (*Tree, error) {
-	manifest, err := ociManifest(dir)
+func FromOCI(dir string) (*Tree, error) { return FromOCIArch(dir, "amd64") }
+
+// FromOCIArch is FromOCI choosing the index's linux/ARCH manifest (ARCH as
+// OCI names it: amd64, arm64), or its only one.
+func FromOCIArch(dir, arch string) (*Tree, error) {
+	manifest, err := ociManifest(dir, arch)
 	if err != nil {
 		return nil, fmt.Errorf("oci %s: %w", dir, err)
 	}
@@ -63,7 +67,7 @@ func FromOCI(dir string) (*Tree, error) {
 }
 
 // ociManifest follows index.json (and nested indexes) to one image manifest.
-func ociManifest(dir string) (*ociIndex, error) {
+func ociManifest(dir, arch string) (*ociIndex, error) {
 	var idx ociIndex
 	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
 	if err != nil {
@@ -73,7 +77,7 @@ func ociManifest(dir string) (*ociIndex, error) {
 		return nil, fmt.Errorf("index.json: %w: %v", ErrOCI, err)
 	}
 	for depth := 0; depth < 8; depth++ {
-		d, err := pickManifest(idx.Manifests)
+		d, err := pickManifest(idx.Manifests, arch)
 		if err != nil {
 			return nil, err
 		}
@@ -104,23 +108,23 @@ func ociManifest(dir string) (*ociIndex, error) {
 	return nil, fmt.Errorf("indexes nested too deep: %w", ErrOCI)
 }
 
-// pickManifest chooses the linux/amd64 entry of an index, or its only one.
-func pickManifest(ds []ociDescriptor) (ociDescriptor, error) {
-	var amd64 []ociDescriptor
+// pickManifest chooses the linux/ARCH entry of an index, or its only one.
+func pickManifest(ds []ociDescriptor, arch string) (ociDescriptor, error) {
+	var match []ociDescriptor
 	for _, d := range ds {
-		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == "amd64" {
-			amd64 = append(amd64, d)
+		if d.Platform != nil && d.Platform.OS == "linux" && d.Platform.Architecture == arch {
+			match = append(match, d)
 		}
 	}
 	switch {
-	case len(amd64) == 1:
-		return amd64[0], nil
+	case len(match) == 1:
+		return match[0], nil
 	case len(ds) == 1:
 		return ds[0], nil
 	case len(ds) == 0:
 		return ociDescriptor{}, fmt.Errorf("index lists no manifest: %w", ErrOCI)
 	}
-	return ociDescriptor{}, fmt.Errorf("index lists %d manifests, %d for linux/amd64: %w", len(ds), len(amd64), ErrOCI)
+	return ociDescriptor{}, fmt.Errorf("index lists %d manifests, %d for linux/%s: %w", len(ds), len(match), arch, ErrOCI)
 }
 
 // blobPath is where the layout keeps the blob named by digest.

@@ -65,8 +65,9 @@ func TestValidateCredentials(t *testing.T) {
 }
 
 // TestSecretNeverShown: a Secret, alone or inside the types that hold it,
-// formats as <secret NAME> with every verb and in slog; JSON and YAML
-// carry the value and read it back.
+// formats as <secret NAME> with every verb and in slog; a Secret alone
+// encodes as <secret NAME> in JSON and YAML, while a node's own document
+// (an IssuedCert in a Conf) carries the key's value and reads it back.
 func TestSecretNeverShown(t *testing.T) {
 	const value = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n"
 	s := NewSecret("key of service/n1/etcd/server", []byte(value))
@@ -89,6 +90,12 @@ func TestSecretNeverShown(t *testing.T) {
 	}
 	if strings.Contains(logged.String(), "MIGH") || !strings.Contains(logged.String(), "<secret key of") {
 		t.Errorf("slog shows the value or not the name:\n%s", logged.String())
+	}
+	for _, enc := range []func(any) ([]byte, error){json.Marshal, yaml.Marshal} {
+		data, err := enc(struct{ Key Secret }{s})
+		if err != nil || strings.Contains(string(data), "MIGH") || !strings.Contains(string(data), "secret key of") {
+			t.Errorf("a Secret alone encodes as %s (%v)", data, err)
+		}
 	}
 	// The node's own configuration carries the value.
 	for _, enc := range []struct {

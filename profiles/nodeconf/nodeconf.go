@@ -44,6 +44,9 @@ type Node struct {
 	Containers []Container `json:"containers,omitempty" yaml:"containers,omitempty"`
 	// Conf is the host configuration to enforce.
 	Conf Conf `json:"conf" yaml:"conf"`
+	// Secrets are the secret values of Conf, each by its path, and
+	// whether this document withholds it (see SecretRef).
+	Secrets []SecretRef `json:"secrets,omitempty" yaml:"secrets,omitempty"`
 	// Certificates are the certificates the site's PKI gives the node,
 	// described (never their keys): what render shows. Conf.X509 carries
 	// the issued material.
@@ -224,6 +227,10 @@ type File struct {
 	Mode    string `json:"mode,omitempty" yaml:"mode,omitempty"` // octal, default "0644"
 	Owner   string `json:"owner,omitempty" yaml:"owner,omitempty"`
 	Group   string `json:"group,omitempty" yaml:"group,omitempty"`
+	// Secret makes the content a secret whatever the mode (a mode that
+	// others cannot read does too): kept out of every public
+	// configuration, never shown in a plan.
+	Secret bool `json:"secret,omitempty" yaml:"secret,omitempty"`
 }
 
 // Unit is a systemd unit (beyond Divingbell). The map key in Conf.Units is

@@ -111,6 +111,10 @@ type Options struct {
 	// Private is the private directory (default SITE/private); the CA
 	// keys and the log go to PRIVATE/pki.
 	Private string
+	// Env, when set, is the site's environment whose own CA hierarchy
+	// this is: its files go to SITE/pki/ENV and PRIVATE/pki/ENV, and its
+	// CAs are named "SITE ENV".
+	Env string
 	// Name is the site's name in the CAs' subjects (default: the site
 	// directory's base name).
 	Name string
@@ -153,6 +157,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, err
 		}
 		o.Name = filepath.Base(abs)
+		if o.Env != "" {
+			o.Name += " " + o.Env
+		}
 	}
 	var err error
 	if o.Algorithm, err = ParseAlgorithm(string(o.Algorithm)); err != nil {

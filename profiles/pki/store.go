@@ -53,8 +53,12 @@ func (s *Store) keyPath(k Kind) string  { return filepath.Join(s.privDir, string
 const RootKeyFile = "root.key"
 
 func dirsOf(o Options) (pub, priv string) {
-	return filepath.Join(o.Site, "pki"), filepath.Join(o.Private, "pki")
+	return PublicDir(o), filepath.Join(o.Private, "pki", o.Env)
 }
+
+// PublicDir is where the PKI of o keeps its certificates and CRLs:
+// SITE/pki, or SITE/pki/ENV for an environment's own.
+func PublicDir(o Options) string { return filepath.Join(o.Site, "pki", o.Env) }
 
 // Init makes a site's PKI:
 //  1. check that there is none (unless force) and that rootOut lies
@@ -192,6 +196,10 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 		logData = append(logData, line...)
 	}
 	privFiles[logFile] = logData
+	// An environment's hierarchy lies one level down: PRIVATE/pki/ENV.
+	if err := os.MkdirAll(filepath.Dir(priv), 0o700); err != nil {
+		return nil, err
+	}
 	if err := writeDir(priv, privFiles, 0o700, 0o600); err != nil {
 		return nil, err
 	}
@@ -199,6 +207,9 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 	for _, k := range Kinds {
 		pubFiles[string(k)+".pem"] = certPEM(certs[k])
 		pubFiles[string(k)+".crl.pem"] = crls[k]
+	}
+	if err := os.MkdirAll(filepath.Dir(pub), 0o755); err != nil {
+		return nil, err
 	}
 	if err := writeDir(pub, pubFiles, 0o755, 0o644); err != nil {
 		return nil, err

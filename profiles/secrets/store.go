@@ -4,8 +4,9 @@
 //
 // The ciphertext is safe to commit with the site; only an identity (a
 // private key file) named by --identity or $BELLBUILD_AGE_IDENTITY can read
-// a value. A decrypted value is a Value, which prints as "<secret NAME>"
-// everywhere; no error or log line of this package holds a value.
+// a value. A decrypted value is a nodeconf.Secret, which prints as
+// "<secret NAME>" everywhere; no error or log line of this package holds a
+// value.
 //
 // Every write takes the store's lock, goes to a temp file in the same
 // directory, is fsynced and renamed over its name: a value is replaced
@@ -28,6 +29,8 @@ import (
 	"time"
 
 	"filippo.io/age"
+
+	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
 const (
@@ -67,7 +70,7 @@ var (
 type Resolver interface {
 	// Lookup decrypts the secret name: an error wrapping ErrNotFound,
 	// ErrWrongIdentity, ErrNoIdentity or ErrCorrupt otherwise.
-	Lookup(name string) (Value, error)
+	Lookup(name string) (nodeconf.Secret, error)
 	// Has says whether the store holds name (without decrypting it).
 	Has(name string) bool
 }
@@ -187,23 +190,23 @@ func encrypt(value []byte, recs []Recipient) ([]byte, error) {
 }
 
 // Get decrypts the secret name with id.
-func (s *Store) Get(name string, id *Identity) (Value, error) {
+func (s *Store) Get(name string, id *Identity) (nodeconf.Secret, error) {
 	if err := ValidName(name); err != nil {
-		return Value{}, err
+		return nodeconf.Secret{}, err
 	}
 	file := s.path(name)
 	ct, err := readCiphertext(file)
 	if err != nil {
-		return Value{}, err
+		return nodeconf.Secret{}, err
 	}
 	if id == nil {
-		return Value{}, fmt.Errorf("%s: decrypting needs an identity (--identity FILE or $%s): %w", file, IdentityEnv, ErrNoIdentity)
+		return nodeconf.Secret{}, fmt.Errorf("%s: decrypting needs an identity (--identity FILE or $%s): %w", file, IdentityEnv, ErrNoIdentity)
 	}
 	b, err := s.decrypt(file, ct, id)
 	if err != nil {
-		return Value{}, err
+		return nodeconf.Secret{}, err
 	}
-	return NewValue(name, b), nil
+	return nodeconf.NewSecret(name, b), nil
 }
 
 // Has says whether the store holds a secret name.
@@ -525,5 +528,5 @@ type keyring struct {
 	id *Identity
 }
 
-func (k keyring) Lookup(name string) (Value, error) { return k.s.Get(name, k.id) }
-func (k keyring) Has(name string) bool              { return k.s.Has(name) }
+func (k keyring) Lookup(name string) (nodeconf.Secret, error) { return k.s.Get(name, k.id) }
+func (k keyring) Has(name string) bool                        { return k.s.Has(name) }

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"sort"
 	"strings"
 
 	"github.com/bellbuild/bellbuild/profiles"
@@ -32,24 +33,44 @@ var ErrNotGit = errors.New("not in a git work tree")
 // site's errors, if any, are a profiles.ErrorList naming the files as
 // "REV:PATH" relative to the site.
 func Load(ctx context.Context, dir, rev string) (*profiles.Site, error) {
-	tmp, err := os.MkdirTemp("", "bellbuild-site-")
+	return LoadEnv(ctx, dir, rev, "")
+}
+
+// LoadEnv is Load for environment env of a site with environments
+// (profiles.LoadEnv).
+func LoadEnv(ctx context.Context, dir, rev, env string) (*profiles.Site, error) {
+	s, tmp, err := Checkout(ctx, dir, rev, env)
+	if tmp != "" {
+		os.RemoveAll(tmp)
+	}
+	return s, err
+}
+
+// Checkout is LoadEnv that keeps the files: it exports the site at rev
+// into a new temporary directory, tmp, and loads it from there. The
+// caller removes tmp when it is done with the files (tmp is "" when none
+// was made).
+func Checkout(ctx context.Context, dir, rev, env string) (s *profiles.Site, tmp string, err error) {
+	tmp, err = os.MkdirTemp("", "bellbuild-site-")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	defer os.RemoveAll(tmp)
 	if err := Export(ctx, dir, rev, tmp); err != nil {
-		return nil, err
+		return nil, tmp, err
 	}
-	s, err := profiles.Load(tmp)
+	s, err = profiles.LoadEnv(tmp, env)
 	var list profiles.ErrorList
 	if errors.As(err, &list) {
 		for _, e := range list {
 			if rel, ok := strings.CutPrefix(e.Pos.File, tmp+string(os.PathSeparator)); ok {
 				e.Pos.File = rev + ":" + rel
+			} else if e.Pos.File == tmp {
+				e.Pos.File = rev + ":"
 			}
+			e.Msg = strings.ReplaceAll(e.Msg, tmp+string(os.PathSeparator), rev+":")
 		}
 	}
-	return s, err
+	return s, tmp, err
 }
 
 // Export writes the files of the site directory dir as they were at
@@ -100,6 +121,46 @@ func Export(ctx context.Context, dir, rev, out string) error {
 		return fmt.Errorf("revision %s: git archive %s: %s", rev, tree, firstLine(stderr.String(), werr))
 	}
 	return nil
+}
+
+// Describe returns the git revision of the site in directory dir: the
+// commit of its work tree's HEAD and, when the site's files there differ
+// from it (changed, added, deleted or untracked, not ignored), those
+// files relative to the site, sorted. It reads through git without
+// taking git's optional locks (GIT_OPTIONAL_LOCKS=0: `git status` does
+// not refresh the index). A directory outside any work tree is ErrNotGit.
+func Describe(ctx context.Context, dir string) (*profiles.Revision, error) {
+	prefix, err := git(ctx, dir, nil, "rev-parse", "--show-prefix")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (%v)", dir, ErrNotGit, err)
+	}
+	commit, err := git(ctx, dir, nil, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+	if err != nil {
+		return nil, fmt.Errorf("%s: the repository has no commit yet", dir)
+	}
+	cmd := exec.CommandContext(ctx, "git", "-C", dir, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", ".")
+	cmd.Env = append(os.Environ(), "GIT_OPTIONAL_LOCKS=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("git status: %s", firstLine(stderr.String(), err))
+	}
+	rev := &profiles.Revision{Commit: commit}
+	// Each entry is "XY PATH\0", the path from the repository's top.
+	for _, ent := range strings.Split(string(out), "\x00") {
+		if len(ent) < 4 {
+			continue
+		}
+		p, ok := strings.CutPrefix(ent[3:], prefix)
+		if !ok {
+			continue
+		}
+		rev.Changed = append(rev.Changed, p)
+	}
+	sort.Strings(rev.Changed)
+	rev.Dirty = len(rev.Changed) > 0
+	return rev, nil
 }
 
 // git runs git in dir and returns its output's first line.

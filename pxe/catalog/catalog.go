@@ -2,8 +2,9 @@
 // TFTP and HTTP servers alike, and opens it. Its name space is small and
 // fixed:
 //
-//	NAME              an iPXE loader (undionly.kpxe, ipxe.efi, snponly.efi)
+//	NAME              a loader (undionly.kpxe, ipxe.efi, snponly.efi; grubnetaa64.efi)
 //	ipxe/MAC          MAC's boot script
+//	grub/grub.cfg     the GRUB configuration of the asking machine (arm64)
 //	boot/MAC/kernel   the kernel MAC boots
 //	boot/MAC/initrd   the initramfs MAC boots
 //	files/NAME        the asking machine's own file NAME
@@ -27,11 +28,13 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path"
 	"strings"
 	"time"
 
+	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
 	"github.com/bellbuild/bellbuild/pxe/ipxe"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
@@ -156,6 +159,11 @@ func (c *Catalog) Open(ctx context.Context, name string, from netip.Addr, script
 			return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
 		}
 		return c.Script(ctx, mac, scriptBase)
+	case "grub":
+		if name != grub.ConfigPath {
+			return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
+		}
+		return c.grubConfig(ctx, from, scriptBase)
 	case "boot":
 		m, what, _ := strings.Cut(rest, "/")
 		mac, err := net.ParseMAC(m)
@@ -290,6 +298,34 @@ func (c *Catalog) image(ctx context.Context, name, rest string) (*File, error) {
 	}
 	file.ReadSeeker, file.Size = io.NewSectionReader(f, man.Disk.Root.Offset, man.Disk.Root.Size), man.Disk.Root.Size
 	return file, nil
+}
+
+// grubConfig renders the GRUB configuration of the machine the address
+// from is leased to (GRUB asks for one fixed name; TFTP carries no MAC),
+// fetching the kernel and the initramfs from the TFTP server of base
+// ("tftp://192.0.2.1").
+func (c *Catalog) grubConfig(ctx context.Context, from netip.Addr, base string) (*File, error) {
+	if c.owners == nil {
+		return nil, fmt.Errorf("%s: %w", grub.ConfigPath, ErrForbidden)
+	}
+	mac, ok := c.owners.MACFor(from)
+	if !ok {
+		return nil, fmt.Errorf("%s from %s: %w", grub.ConfigPath, from, ErrForbidden)
+	}
+	mach, err := c.lookup(ctx, mac)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(base)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("%s: no server address in %q", grub.ConfigPath, base)
+	}
+	b, err := grub.Config(mach, mac, u.Hostname())
+	if err != nil {
+		return nil, err
+	}
+	return &File{ReadSeeker: bytes.NewReader(b), Closer: io.NopCloser(nil), Size: int64(len(b)),
+		Phase: metrics.PhaseGrub, MAC: mac, Node: mach.Name}, nil
 }
 
 // Lookup returns the machine mac boots (an error wrapping fs.ErrNotExist

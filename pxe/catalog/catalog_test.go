@@ -77,6 +77,14 @@ func TestOpen(t *testing.T) {
 				"kernel tftp://192.0.2.1/boot/52:54:00:00:00:0a/kernel initrd=initrd console=ttyS0 bellbuild.node=alpha\n" +
 				"initrd --name initrd tftp://192.0.2.1/boot/52:54:00:00:00:0a/initrd\nboot\n"},
 		{name: "script of an unknown MAC", file: "ipxe/52:54:00:00:00:ff", from: ipX, err: fs.ErrNotExist},
+		{name: "GRUB configuration of the asking machine", file: "grub/grub.cfg", from: ipA, phase: metrics.PhaseGrub,
+			want: "# bellbuild: node alpha, profile worker\nset timeout=0\n" +
+				"echo 'bellbuild: booting node alpha (profile worker) from tftp://192.0.2.1'\n" +
+				"linux (tftp,192.0.2.1)/boot/52:54:00:00:00:0a/kernel console=ttyS0 bellbuild.node=alpha\n" +
+				"initrd (tftp,192.0.2.1)/boot/52:54:00:00:00:0a/initrd\nboot\n"},
+		{name: "GRUB configuration from an address not leased", file: "grub/grub.cfg", from: ipX, err: ErrForbidden},
+		{name: "GRUB's per-platform configuration", file: "grub/arm64-efi/grub.cfg", from: ipA, err: fs.ErrNotExist},
+		{name: "another name under grub", file: "grub/grubenv", from: ipA, err: fs.ErrNotExist},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,11 +2,13 @@
 // machines of the inventory an address (reserved, or from a pool, kept in a
 // leases.Store) and the PXE fields that start their network boot.
 //
-// A firmware PXE client (option 60 "PXEClient") gets the iPXE loader for
-// its architecture (option 93: BIOS → undionly.kpxe, x86-64 UEFI →
-// ipxe.efi, arm64 UEFI → its own loader) from TFTP; iPXE itself (option 77
-// "iPXE") gets the URL of its boot script instead, so it does not chainload
-// itself forever. Relayed requests (giaddr set) get an address of the pool
+// A firmware PXE client (option 60 "PXEClient") gets the loader for its
+// architecture (option 93: BIOS → undionly.kpxe, x86-64 UEFI → ipxe.efi,
+// arm64 UEFI → GRUB's grubnetaa64.efi, which reads its configuration over
+// TFTP: package grub) from TFTP; iPXE itself (option 77 "iPXE") gets the
+// URL of its boot script instead, so it does not chainload itself forever.
+// A client whose firmware's architecture is not its image's gets no boot
+// file (and a warning in the log). Relayed requests (giaddr set) get an address of the pool
 // whose subnet holds the relay and are answered to the relay. In proxy
 // mode the server answers only the PXE part, beside another DHCP server
 // that hands out the addresses. MAC addresses the Backend does not know are
@@ -69,7 +71,7 @@ type Pool struct {
 type Loaders struct {
 	BIOS  string // option 93 = 0 (default "undionly.kpxe")
 	EFI64 string // 7 and 9: x86-64 UEFI (default "ipxe.efi")
-	ARM64 string // 11: arm64 UEFI (default "ipxe-arm64.efi")
+	ARM64 string // 11: arm64 UEFI (default "grubnetaa64.efi")
 }
 
 // Config configures a Server. Zero values get the defaults named below.
@@ -109,7 +111,7 @@ func (c *Config) fill() {
 		c.Loaders.EFI64 = "ipxe.efi"
 	}
 	if c.Loaders.ARM64 == "" {
-		c.Loaders.ARM64 = "ipxe-arm64.efi"
+		c.Loaders.ARM64 = "grubnetaa64.efi"
 	}
 	if c.Workers == 0 {
 		c.Workers = 256
@@ -447,16 +449,32 @@ func (s *Server) bootFile(req *dhcpv4.DHCPv4, mach *node.Machine) string {
 	if a := req.ClientArch(); len(a) > 0 {
 		arch = a[0]
 	}
+	var file, image string
 	switch arch {
 	case iana.INTEL_X86PC:
-		return s.cfg.Loaders.BIOS
+		file, image = s.cfg.Loaders.BIOS, "amd64"
 	case iana.EFI_X86_64, iana.EFI_BC:
-		return s.cfg.Loaders.EFI64
+		file, image = s.cfg.Loaders.EFI64, "amd64"
 	case iana.EFI_ARM64:
-		return s.cfg.Loaders.ARM64
+		file, image = s.cfg.Loaders.ARM64, "arm64"
+	}
+	if file != "" {
+		if want := orAMD64(mach.Arch); want != image {
+			s.m.Log.Warn("dhcp: the machine's image is for another architecture than its firmware: nothing to boot",
+				"mac", req.ClientHWAddr.String(), "node", mach.Name, "firmware", arch.String(), "image", want)
+			return ""
+		}
+		return file
 	}
 	s.m.Log.Warn("dhcp: no loader for this client architecture", "mac", req.ClientHWAddr.String(), "arch", arch.String())
 	return ""
+}
+
+func orAMD64(a string) string {
+	if a == "" {
+		return "amd64"
+	}
+	return a
 }
 
 func isPXE(req *dhcpv4.DHCPv4) bool {

@@ -29,6 +29,7 @@ var (
 	macA    = mustMAC("52:54:00:00:00:0a")
 	macB    = mustMAC("52:54:00:00:00:0b")
 	macRes  = mustMAC("52:54:00:00:00:0c")
+	macArm  = mustMAC("52:54:00:00:00:0d")
 	macNone = mustMAC("52:54:00:00:00:ff")
 )
 
@@ -46,6 +47,7 @@ func inventory() node.Static {
 		macA.String():   {Name: "alpha", Profile: "worker"},
 		macB.String():   {Name: "beta", Profile: "storage"},
 		macRes.String(): {Name: "gamma", Profile: "worker", IP: net.ParseIP("192.0.2.50")},
+		macArm.String(): {Name: "delta", Profile: "worker-arm64", Arch: "arm64"},
 	}
 }
 
@@ -158,6 +160,11 @@ var pxeBIOS = []dhcpv4.Modifier{
 	dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
 }
 
+var pxeARM64 = []dhcpv4.Modifier{
+	dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00011:UNDI:003000")),
+	dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_ARM64)),
+}
+
 // reply is what a test checks in an answer.
 type reply struct {
 	Type     string
@@ -223,14 +230,21 @@ func TestDORA(t *testing.T) {
 		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe.efi",
 			Opt66: "192.0.2.1", Opt67: "ipxe.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
-		name: "arm64 UEFI gets its own loader",
+		name: "arm64 UEFI booting an arm64 image gets GRUB",
+		mac:  macArm,
+		mods: pxeARM64,
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "grubnetaa64.efi",
+			Opt66: "192.0.2.1", Opt67: "grubnetaa64.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "arm64 UEFI booting an amd64 image gets nothing to boot",
 		mac:  macA,
-		mods: []dhcpv4.Modifier{
-			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00011:UNDI:003000")),
-			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_ARM64)),
-		},
-		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", File: "ipxe-arm64.efi",
-			Opt66: "192.0.2.1", Opt67: "ipxe-arm64.efi", Opt60: "PXEClient", Opt43: "060108ff", Mask: "255.255.255.0", Router: "192.0.2.1"},
+		mods: pxeARM64,
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", Mask: "255.255.255.0", Router: "192.0.2.1"},
+	}, {
+		name: "x86 BIOS booting an arm64 image gets nothing to boot",
+		mac:  macArm,
+		mods: pxeBIOS,
+		want: reply{Type: "ACK", YourIP: "192.0.2.100", ServerIP: "192.0.2.1", Mask: "255.255.255.0", Router: "192.0.2.1"},
 	}, {
 		name: "iPXE gets its script URL, not the loader again",
 		mac:  macB,

@@ -20,6 +20,9 @@ const (
 	PhaseAck    Phase = "dhcp-ack"
 	PhaseLoader Phase = "tftp-loader"
 	PhaseScript Phase = "ipxe-script"
+	// PhaseGrub is an arm64 machine's GRUB configuration (package grub),
+	// its counterpart of the iPXE script.
+	PhaseGrub   Phase = "grub-config"
 	PhaseKernel Phase = "kernel"
 	PhaseInitrd Phase = "initrd"
 	PhaseFile   Phase = "node-file"

@@ -30,6 +30,10 @@ type Machine struct {
 	// Cmdline is the profile's kernel command line, without
 	// bellbuild.node= (the server adds it).
 	Cmdline string
+	// Arch is the architecture of the image the machine boots ("amd64",
+	// "arm64"; "" is amd64): DHCP gives a client whose firmware says
+	// another one (option 93) nothing to boot.
+	Arch string
 	// Files are the node's own files (its configuration and anything secret
 	// in it): a name a client asks for (no slashes) → a path relative to
 	// the node's own directory, FILES/NAME/ in the server's files

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/pin/tftp/v3"
@@ -97,8 +98,13 @@ func (s *Server) Serve(ctx context.Context, conn net.PacketConn) error {
 }
 
 // Open resolves a read request for name from the client at from: what the
-// server sends, or why not.
+// server sends, or why not. Names are relative to the server's root; one
+// leading slash names the same file (GRUB asks for /grub/grub.cfg, its
+// prefix being /grub), as a TFTP server confined to its directory reads it.
 func (s *Server) Open(ctx context.Context, name string, from netip.Addr) (*catalog.File, error) {
+	if rest, ok := strings.CutPrefix(name, "/"); ok && !strings.HasPrefix(rest, "/") {
+		name = rest
+	}
 	return s.cat.Open(ctx, name, from, s.cfg.ScriptBase)
 }
 

@@ -103,7 +103,13 @@ func TestPinClient(t *testing.T) {
 		{name: "own node file", file: "files/node.json", want: []byte(`{"node":"alpha"}`)},
 		{name: "other node's file", file: "files/secret", err: "files/secret: not-found"},
 		{name: "dot-dot", file: "../outside", err: "../outside: bad-name"},
-		{name: "absolute", file: "/etc/passwd", err: "/etc/passwd: bad-name"},
+		{name: "absolute: the same name under the root", file: "/etc/passwd", err: "/etc/passwd: not-found"},
+		{name: "a loader by its absolute name", file: "/undionly.kpxe", want: []byte("LOADER")},
+		{name: "two leading slashes", file: "//undionly.kpxe", err: "//undionly.kpxe: bad-name"},
+		{name: "GRUB's configuration, as GRUB asks for it", file: "/grub/grub.cfg", want: []byte("# bellbuild: node alpha, profile worker\nset timeout=0\n" +
+			"echo 'bellbuild: booting node alpha (profile worker) from tftp://127.0.0.1'\n" +
+			"linux (tftp,127.0.0.1)/boot/52:54:00:00:00:0a/kernel console=ttyS0 bellbuild.node=alpha\n" +
+			"initrd (tftp,127.0.0.1)/boot/52:54:00:00:00:0a/initrd\nboot\n")},
 		{name: "symlink escape", file: "files/escape", err: "files/escape: forbidden"},
 		{name: "absolute symlink", file: "boot/52:54:00:00:00:0c/kernel", err: "boot/52:54:00:00:00:0c/kernel: forbidden"},
 	}

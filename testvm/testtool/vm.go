@@ -20,11 +20,28 @@ const BootTimeout = 180 * time.Second
 // without qemu-system-x86_64 (a failure under BELLBUILD_REQUIRE_TOOLS=1).
 func SkipVM(t testing.TB) {
 	t.Helper()
+	SkipVMArch(t, testvm.AMD64)
+}
+
+// SkipVMArch is SkipVM for VMs of architecture arch: arm64 needs
+// qemu-system-aarch64 (package qemu-system-arm) and its UEFI firmware,
+// AAVMF (package qemu-efi-aarch64).
+func SkipVMArch(t testing.TB, arch string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a QEMU VM: skipped under -short")
 	}
-	if _, err := exec.LookPath(testvm.QEMU); err != nil {
-		Skipf(t, "VM test: %s not found in PATH (Debian package qemu-system-x86)", testvm.QEMU)
+	emu, pkg := testvm.Emulator(arch), "qemu-system-x86"
+	if arch == testvm.ARM64 {
+		pkg = "qemu-system-arm"
+	}
+	if _, err := exec.LookPath(emu); err != nil {
+		Skipf(t, "VM test: %s not found in PATH (Debian package %s)", emu, pkg)
+	}
+	if arch == testvm.ARM64 {
+		for _, f := range []string{testvm.AAVMF, testvm.AAVMFVars} {
+			Stat(t, f, "qemu-efi-aarch64")
+		}
 	}
 }
 
@@ -39,7 +56,7 @@ type VM struct {
 // t's temporary directory unless c.LogFile is set.
 func NewVM(t testing.TB, c testvm.Config) *VM {
 	t.Helper()
-	SkipVM(t)
+	SkipVMArch(t, c.Arch)
 	if c.LogFile == "" {
 		c.LogFile = filepath.Join(t.TempDir(), "console.log")
 	}

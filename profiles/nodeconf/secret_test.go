@@ -1,4 +1,4 @@
-package secrets
+package nodeconf
 
 import (
 	"bytes"
@@ -12,17 +12,17 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// TestValueRedacted: every way of printing or encoding a Value, alone or
+// TestSecretRedacted: every way of printing or encoding a Secret, alone or
 // inside other values, shows "<secret NAME>" and never the bytes.
-func TestValueRedacted(t *testing.T) {
+func TestSecretRedacted(t *testing.T) {
 	const marker = "S3CR3T-MARKER-value"
-	v := NewValue("db", []byte(marker))
+	v := NewSecret("db", []byte(marker))
 	type exported struct {
-		Password Value
+		Password Secret
 		Name     string
 	}
 	type unexported struct {
-		password Value
+		password Secret
 		name     string
 	}
 	ptr := &v
@@ -66,9 +66,9 @@ func TestValueRedacted(t *testing.T) {
 		{"GoString", v.GoString(), "<secret db>"},
 		{"error %v", fmt.Errorf("writing %v: %w", v, errors.New("boom")).Error(), "writing <secret db>: boom"},
 		{"struct %+v", fmt.Sprintf("%+v", exported{v, "x"}), "{Password:<secret db> Name:x}"},
-		{"struct %#v", fmt.Sprintf("%#v", exported{v, "x"}), "secrets.exported{Password:<secret db>, Name:\"x\"}"},
+		{"struct %#v", fmt.Sprintf("%#v", exported{v, "x"}), "nodeconf.exported{Password:<secret db>, Name:\"x\"}"},
 		{"map %v", fmt.Sprintf("%v", in), "map[db:<secret db>]"},
-		{"slice %v", fmt.Sprintf("%v", []Value{v, v}), "[<secret db> <secret db>]"},
+		{"slice %v", fmt.Sprintf("%v", []Secret{v, v}), "[<secret db> <secret db>]"},
 		{"json", jsonOf(v), `"\u003csecret db\u003e"`}, // json.Marshal escapes < and >
 		{"json struct", jsonOf(exported{v, "x"}), `{"Password":"\u003csecret db\u003e","Name":"x"}`},
 		{"json map", jsonOf(in), `{"db":"\u003csecret db\u003e"}`},
@@ -76,7 +76,7 @@ func TestValueRedacted(t *testing.T) {
 		{"yaml", yamlOf(exported{v, "x"}), "password: <secret db>\nname: x\n"},
 		{"slog text", slogText.String()[strings.Index(slogText.String(), "msg=msg"):], "msg=msg value=\"<secret db>\" ptr=\"<secret db>\" group.v=\"<secret db>\"\n"},
 		{"slog json", slogJSON.String()[strings.Index(slogJSON.String(), `"msg"`):], `"msg":"msg","value":"<secret db>","struct":{"Password":"\u003csecret db\u003e","Name":"x"}}` + "\n"},
-		{"zero", fmt.Sprintf("%v %s", Value{}, jsonOf(Value{})), `<secret> "\u003csecret\u003e"`},
+		{"zero", fmt.Sprintf("%v %s", Secret{}, jsonOf(Secret{})), `<secret> "\u003csecret\u003e"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,12 +86,12 @@ func TestValueRedacted(t *testing.T) {
 		})
 	}
 	// Held in an unexported field, fmt prints by reflection without calling
-	// Value's methods: it must still not reach the bytes.
+	// Secret's methods: it must still not reach the bytes.
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%q"} {
 		got := fmt.Sprintf(verb, unexported{v, "x"})
 		if strings.Contains(got, marker) || strings.Contains(got, fmt.Sprintf("%x", marker)) ||
 			strings.Contains(got, "83 51 67") /* the bytes as decimals */ {
-			t.Errorf("%s of a struct with an unexported Value leaks it: %s", verb, got)
+			t.Errorf("%s of a struct with an unexported Secret leaks it: %s", verb, got)
 		}
 	}
 	if string(v.Reveal()) != marker || v.Len() != len(marker) {
