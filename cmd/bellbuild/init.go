@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/bellbuild/bellbuild/firstboot/boot"
 )
@@ -66,6 +67,11 @@ See docs/boot-media.md.`,
 				err := boot.Main(ctx)
 				if errors.Is(err, boot.ErrReboot) {
 					fmt.Fprintf(os.Stderr, "bellbuild: %v\n", err)
+					return boot.Reboot()
+				}
+				if errors.Is(err, boot.ErrInstallAgain) {
+					fmt.Fprintf(os.Stderr, "bellbuild: install: %v; rebooting in 30 s\n", err)
+					time.Sleep(30 * time.Second)
 					return boot.Reboot()
 				}
 				fmt.Fprintf(os.Stderr, "bellbuild: %v; powering off\n", err)

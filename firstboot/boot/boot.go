@@ -267,6 +267,13 @@ func Run(ctx context.Context, opts Options) *Result {
 	res := &Result{}
 	var errs []string
 	cmdline := readCmdline(root)
+	if opts.Config != "" {
+		// An installed disk: what the installer's command line said
+		// that its boots need too (the enrolment endpoint, the NIC).
+		if extra, err := os.ReadFile(filepath.Join(root, layout.ConfigMount, layout.ConfigCmdline)); err == nil {
+			cmdline += " " + strings.Join(strings.Fields(string(extra)), " ")
+		}
+	}
 	var node *nodeconf.Node
 	var by string
 	config := "/" + layout.Bundle // the file the node came from

@@ -17,6 +17,9 @@ import (
 // Main is the init: Run, then exec the stage's init as PID 1. It returns
 // only when there is nothing to exec; the caller then powers off.
 //
+// With bellbuild.install=1 on the command line, it is the installer
+// (InstallMain) instead.
+//
 // With bellbuild.root= on the command line (a disk or an ISO), the
 // initramfs only finds the root: MountMedia switches to an overlay of the
 // root image before the applier runs there with the config volume's
@@ -30,6 +33,9 @@ func Main(ctx context.Context) error {
 	opts := Options{Mount: true, LoadModules: true, Enrol: EnrolOptions{Net: true}}
 	mountEssentials("/") // Run reports what failed
 	cmdline, _ := os.ReadFile("/proc/cmdline")
+	if v, _ := Param(string(cmdline), layout.InstallParam); v == "1" {
+		return InstallMain(ctx, strings.TrimSpace(string(cmdline)))
+	}
 	if _, ok := Param(string(cmdline), layout.RootParam); ok {
 		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
 		opts.Enrol = EnrolOptions{Net: true}

@@ -41,6 +41,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/confvol"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fat"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
 )
@@ -64,6 +65,10 @@ type Options struct {
 	Fetch fetch.Options
 	// Client makes the small requests (default: 30 s timeout).
 	Client *http.Client
+	// BootParams are kernel command line parameters the installed
+	// disk's boots add to theirs (layout.ConfigCmdline on the
+	// configuration volume): the enrolment endpoint, the NIC's settings.
+	BootParams []string
 }
 
 // Result is what an install did.
@@ -76,6 +81,9 @@ type Result struct {
 // ErrManifest is returned (wrapped) for a manifest or a configuration the
 // installer cannot use.
 var ErrManifest = errors.New("bad image")
+
+// ErrTooSmall is returned (wrapped) for a disk too small for the image.
+var ErrTooSmall = disk.ErrTooSmall
 
 // Run installs (steps 1–7 of the package doc). It reports install-start,
 // and install-failed with the reason when it stops after that.
@@ -185,7 +193,12 @@ func (o Options) write(ctx context.Context, node *nodeconf.Node, nodeJSON []byte
 	// 5. The configuration volume.
 	conf := g.Partition(wire.PartConfig)
 	w := io.NewOffsetWriter(f, conf.Offset)
-	if err := fat.Write(w, confvol.Tree(nodeJSON, 0), fat.Options{Label: confvol.Label, Size: conf.Size, HiddenSectors: uint32(conf.Offset / 512)}); err != nil {
+	tree := confvol.Tree(nodeJSON, 0)
+	if len(o.BootParams) > 0 {
+		tree.AddFile(layout.ConfigCmdline, []byte(strings.Join(o.BootParams, " ")+"\n"), 0o644, 0, 0)
+		tree.Reproducible(0)
+	}
+	if err := fat.Write(w, tree, fat.Options{Label: confvol.Label, Size: conf.Size, HiddenSectors: uint32(conf.Offset / 512)}); err != nil {
 		return nil, fmt.Errorf("the configuration volume: %w", err)
 	}
 	if err := f.Sync(); err != nil {

@@ -44,6 +44,11 @@ const (
 	ConfigNode = "bellbuild/node.json"
 	// ConfigBundle is the bake's bundle on the volume.
 	ConfigBundle = "bellbuild/bundle.json"
+	// ConfigCmdline holds kernel command line parameters (one line) that
+	// the init adds to its own: what the installer's command line said
+	// that the installed disk's boots need too (the enrolment endpoint,
+	// the boot NIC's settings).
+	ConfigCmdline = "bellbuild/cmdline"
 	// ConfigMount is where the init mounts the volume (read-only) in the
 	// booted system.
 	ConfigMount = "run/bellbuild/config"
@@ -104,6 +109,8 @@ const (
 	// system; ServeParam is the URL of the serve that booted it.
 	InstallParam = "bellbuild.install"
 	ServeParam   = "bellbuild.serve"
+	// NodeParam names the node a machine boots as (serve's scripts).
+	NodeParam = "bellbuild.node"
 	// DefaultTries is how many boots a new slot gets before systemd-boot
 	// gives up on it (boot counting) and boots the other slot.
 	DefaultTries = 3
