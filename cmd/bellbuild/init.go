@@ -65,6 +65,9 @@ See docs/boot-media.md.`,
 					return fmt.Errorf("init must run as PID 1 (it mounts filesystems and execs the system's init)")
 				}
 				err := boot.Main(ctx)
+				if errors.Is(err, boot.ErrInstalled) {
+					return boot.Reboot()
+				}
 				if errors.Is(err, boot.ErrReboot) {
 					fmt.Fprintf(os.Stderr, "bellbuild: %v\n", err)
 					return boot.Reboot()

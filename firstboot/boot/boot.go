@@ -374,7 +374,14 @@ func Run(ctx context.Context, opts Options) *Result {
 		rep.Slot = slot
 		rep.Image, _ = Param(cmdline, layout.ImageParam)
 		if opts.Mount {
-			res.Reboot = SlotBoot(con, slot, rep.Image, len(rep.Errors) == 0 && node != nil && res.Init != "", MountESP)
+			ok := len(rep.Errors) == 0 && node != nil && res.Init != ""
+			res.Reboot = SlotBoot(con, slot, rep.Image, ok, MountESP)
+			// A good boot upgrades (package upgrade), when serve has
+			// another image for the node.
+			if ok && !res.Reboot {
+				u := Upgrade(ctx, con, cmdline, res.Node, UpgradeOptions{NetUp: opts.Enrol.Net})
+				res.Reboot, rep.Reboot = u.Reboot, u.Pending
+			}
 		}
 	}
 

@@ -19,6 +19,10 @@ import (
 // image is bad): the machine powers off rather than reinstall in a loop.
 var ErrInstallRefused = errors.New("the install is refused")
 
+// ErrInstalled is InstallMain's error when the install is done: the
+// machine reboots, from its disk this time.
+var ErrInstalled = errors.New("installed: rebooting from the disk")
+
 // ErrInstallAgain is InstallMain's error when the install stopped for
 // something that may pass (serve unreachable, the copy given up): the
 // machine reboots after a pause and installs again.
@@ -35,7 +39,7 @@ var ErrInstallAgain = errors.New("the install stopped; installing again after a 
 //     enrol (the enrolment endpoint, the NIC's settings), the partition
 //     tables last, install-done told to serve.
 //
-// It returns ErrReboot when the install is done (the machine then boots
+// It returns ErrInstalled when the install is done (the machine then boots
 // from its disk), an error wrapping ErrInstallRefused when trying again
 // cannot help (the caller powers off), and one wrapping ErrInstallAgain
 // when it may (the caller reboots after a pause, and the next boot
@@ -81,7 +85,7 @@ func InstallMain(ctx context.Context, cmdline string) error {
 	switch {
 	case err == nil:
 		printf("rebooting from the disk")
-		return ErrReboot
+		return ErrInstalled
 	case errors.Is(err, install.ErrRefused), errors.Is(err, install.ErrNoDisk), errors.Is(err, install.ErrManifest), errors.Is(err, install.ErrTooSmall):
 		return fmt.Errorf("%w: %v", ErrInstallRefused, err)
 	}
@@ -89,13 +93,13 @@ func InstallMain(ctx context.Context, cmdline string) error {
 }
 
 // DiskBootParams are the parameters of an installer's command line that
-// the installed disk's boots need as well (the enrolment endpoint, its
-// CA's pin, the boot NIC's settings): the installer writes them to the
+// the installed disk's boots need as well (serve's URL, the enrolment
+// endpoint, its CA's pin, the boot NIC's settings): the installer writes them to the
 // configuration volume (layout.ConfigCmdline), the init adds them to the
 // command line it reads.
 func DiskBootParams(cmdline string) []string {
 	var out []string
-	for _, k := range []string{wire.ParamURL, wire.ParamCA, wire.ParamNet} {
+	for _, k := range []string{layout.ServeParam, wire.ParamURL, wire.ParamCA, wire.ParamNet} {
 		if v, ok := Param(cmdline, k); ok {
 			out = append(out, k+"="+v)
 		}
