@@ -89,6 +89,11 @@ type RunOptions struct {
 	// once the node is enrolled; else the node as it is) and the
 	// enrolment's state for the summary line.
 	Enrol func(ctx context.Context, node *nodeconf.Node) (*nodeconf.Node, string)
+	// Upgrade, when set, runs after an apply without errors (not a
+	// plan): the upgrader of an installed disk (firstboot/upgrade),
+	// given the node applied. It returns the summary's reboot= ("" or
+	// "pending").
+	Upgrade func(ctx context.Context, node *nodeconf.Node) string
 }
 
 var (
@@ -102,7 +107,7 @@ var (
 //
 //  1. load the node (Source.Load), and with Enrol, have it enrolled
 //     and replaced by its whole configuration;
-//  2. apply it (Apply);
+//  2. apply it (Apply), then with Upgrade, upgrade an installed disk;
 //  3. print each error on Stderr, one per line ("bellbuild apply: ..."),
 //     then the plan (with Options.Plan) and the summary line on Stdout.
 //
@@ -139,6 +144,8 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	if o.Options.Plan {
 		fmt.Fprint(stdout, PlanText(rep))
+	} else if o.Upgrade != nil && len(rep.Errors) == 0 {
+		rep.Reboot = o.Upgrade(ctx, node)
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)

@@ -268,11 +268,7 @@ func Run(ctx context.Context, opts Options) *Result {
 	var errs []string
 	cmdline := readCmdline(root)
 	if opts.Config != "" {
-		// An installed disk: what the installer's command line said
-		// that its boots need too (the enrolment endpoint, the NIC).
-		if extra, err := os.ReadFile(filepath.Join(root, layout.ConfigMount, layout.ConfigCmdline)); err == nil {
-			cmdline += " " + strings.Join(strings.Fields(string(extra)), " ")
-		}
+		cmdline = WithDiskParams(root, cmdline)
 	}
 	var node *nodeconf.Node
 	var by string
@@ -402,6 +398,21 @@ func Run(ctx context.Context, opts Options) *Result {
 	}
 	return res
 }
+
+// WithDiskParams adds to cmdline what an installed disk's configuration
+// volume (mounted under root) says its boots need too: the parameters of
+// the installer's command line (serve's URL, the enrolment endpoint, the
+// NIC's settings; DiskBootParams).
+func WithDiskParams(root, cmdline string) string {
+	if extra, err := os.ReadFile(filepath.Join(root, layout.ConfigMount, layout.ConfigCmdline)); err == nil {
+		cmdline = strings.TrimSpace(cmdline + " " + strings.Join(strings.Fields(string(extra)), " "))
+	}
+	return cmdline
+}
+
+// Cmdline is the kernel command line of the system at root, with
+// WithDiskParams' additions.
+func Cmdline(root string) string { return WithDiskParams(root, readCmdline(root)) }
 
 func readCmdline(root string) string {
 	data, _ := os.ReadFile(filepath.Join(root, "proc/cmdline"))
