@@ -52,8 +52,9 @@ func Main(ctx context.Context) error {
 }
 
 // ErrReboot is Main's way to say the machine must reboot: the slot it
-// booted failed on trial (SlotBoot).
-var ErrReboot = errors.New("rebooting to try the slot again or fall back")
+// booted failed on trial (SlotBoot: to try it again or fall back), or an
+// upgrade was written with reboot: now. Why was said on the console.
+var ErrReboot = errors.New("rebooting")
 
 // Reboot restarts the machine (at once: nothing else runs yet).
 func Reboot() error {
