@@ -58,7 +58,16 @@ tmpfs, or the belldata partition of a persist: true disk), the config volume
 (bellbuild.config=LABEL=BELLCONF) read-only at /run/bellbuild/config, and
 switches to that root; the node comes from the volume's node.json, else its
 bundle.json, and 'bellbuild apply --watch' is left rerunning on its changes.
-See docs/boot-media.md.`,
+Booted from a slot of an installed disk (bellbuild.slot=), a good boot marks
+the slot good, and when serve names another image for the node and its
+upgrade: is auto, writes it into the other slot (then reboots, with reboot:
+now). See docs/boot-media.md.
+
+With bellbuild.install=1 (serve boots a node with install: so until it is
+installed) it is the installer instead: it brings the boot NIC up, picks the
+disk, copies the node's disk.raw from serve (bellbuild.serve=) onto it,
+writes its configuration volume and partition tables, tells serve and
+reboots; a refused install powers the machine off.`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			return func(ctx context.Context, _ []string) error {
 				if os.Getpid() != 1 {
