@@ -198,9 +198,9 @@ func TestARM64(t *testing.T) {
 			node.Node, node.Profile = "a1", "arm64"
 			boot := func(t *testing.T, want string) {
 				vm := testtool.NewVM(t, testvm.Config{Arch: testvm.ARM64, Firmware: testvm.AAVMF, Drives: []testvm.Drive{{Path: img}}})
-				waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/`)
+				waitLong(t, vm, `^bellbuild: root PARTLABEL=root-a, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/`)
 				waitLong(t, vm, `check: swappiness=`+want+`$`)
-				waitLong(t, vm, `^bellbuild: node=\S+ profile=arm64 changes=[1-9]\d* errors=0$`)
+				waitLong(t, vm, `^bellbuild: node=\S+ profile=arm64 slot=a image=[0-9a-f]{12} changes=[1-9]\d* errors=0$`)
 				waitLong(t, vm, `^bellbuild: busybox init: shell on ttyAMA0$`)
 				waitLong(t, vm, `^bellbuild:/# `)
 				vm.Send("sync; poweroff -f\n")
