@@ -71,3 +71,16 @@ func TestNodeListInstalls(t *testing.T) {
 		t.Errorf("reinstall of a stranger: exit %d\n%s", code, errOut)
 	}
 }
+
+// TestApplyUpgradeNotInstalled: apply --upgrade on a root that did not
+// boot from a slot of an installed disk says there is nothing to upgrade,
+// and applies as usual.
+func TestApplyUpgradeNotInstalled(t *testing.T) {
+	site := installSite(t)
+	root := applyRoot(t)
+	code, out, errOut := runCmd(t, "apply", "--config", site, "--node", "i1", "--root", root, "--offline", "--upgrade")
+	if code != 0 || !strings.HasPrefix(out, "bellbuild: node=i1 profile=inst changes=") || strings.Contains(out, "reboot=") ||
+		!strings.Contains(errOut, "bellbuild apply: --upgrade: this system did not boot from a slot of an installed disk (no bellbuild.slot= on its command line): nothing to upgrade\n") {
+		t.Errorf("exit %d\n%s%s", code, out, errOut)
+	}
+}
