@@ -151,8 +151,8 @@ func TestARM64(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := table.Partitions[1]; got.Name != disk.RootName || got.Type != gpt.LinuxRootArm64 {
-			t.Errorf("partition 2: %s type %s, want %s type %s (root, arm64)", got.Name, got.Type, disk.RootName, gpt.LinuxRootArm64)
+		if got := table.Partitions[1]; got.Name != disk.SlotA || got.Type != gpt.LinuxRootArm64 {
+			t.Errorf("partition 2: %s type %s, want %s type %s (root slot a, arm64)", got.Name, got.Type, disk.SlotA, gpt.LinuxRootArm64)
 		}
 		parts := partitions(t, img)
 		loader := mtoolsType(t, img, parts[disk.ESPName][0], "EFI/BOOT/BOOTAA64.EFI")
@@ -198,9 +198,9 @@ func TestARM64(t *testing.T) {
 			node.Node, node.Profile = "a1", "arm64"
 			boot := func(t *testing.T, want string) {
 				vm := testtool.NewVM(t, testvm.Config{Arch: testvm.ARM64, Firmware: testvm.AAVMF, Drives: []testvm.Drive{{Path: img}}})
-				waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/`)
+				waitLong(t, vm, `^bellbuild: root PARTLABEL=root-a, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/`)
 				waitLong(t, vm, `check: swappiness=`+want+`$`)
-				waitLong(t, vm, `^bellbuild: node=\S+ profile=arm64 changes=[1-9]\d* errors=0$`)
+				waitLong(t, vm, `^bellbuild: node=\S+ profile=arm64 slot=a image=[0-9a-f]{12} changes=[1-9]\d* errors=0$`)
 				waitLong(t, vm, `^bellbuild: busybox init: shell on ttyAMA0$`)
 				waitLong(t, vm, `^bellbuild:/# `)
 				vm.Send("sync; poweroff -f\n")

@@ -177,6 +177,9 @@ type Manifest struct {
 	Inputs        []Input    `json:"inputs"`
 	Segments      []Artifact `json:"segments"`
 	Artifacts     []Artifact `json:"artifacts"`
+	// Disk describes disk.raw (outputs: [raw]) for an installer and an
+	// upgrader; nil without one.
+	Disk *DiskInfo `json:"disk,omitempty"`
 
 	// Stats says what this particular run did; it is not written.
 	Stats Stats `json:"-"`

@@ -23,7 +23,53 @@ import (
 const (
 	DiskFile = "disk.raw"
 	ISOFile  = "image.iso"
+	// DiskInitrdFile is the initramfs disk.raw's ESP boots (the applier
+	// as /init, the boot modules, the bundle; not the stage): what an
+	// upgrade fetches with the kernel and the root image.
+	DiskInitrdFile = "disk-initrd.cpio.zst"
 )
+
+// DiskInfo is the manifest's description of disk.raw: what an installer
+// copies (each partition's extent, the rest being zeros) and what an
+// upgrader fetches (the root image, the kernel and DiskInitrdFile).
+type DiskInfo struct {
+	// Arch is the architecture the image boots (amd64, arm64: Go's and
+	// Debian's names, the manifest's arch).
+	Arch string `json:"arch"`
+	// Root is the root image, a squashfs at the start of slot root-a:
+	// its SHA-256 names the image (a slot's bellbuild.image=, a node's
+	// image.root).
+	Root DiskRoot `json:"root"`
+	// SlotSize is the size of each root slot.
+	SlotSize int64 `json:"slot_size"`
+	// Size is disk.raw's size.
+	Size int64 `json:"size"`
+	// Partitions are disk.raw's partitions, in order.
+	Partitions []DiskPartition `json:"partitions"`
+}
+
+// DiskRoot is where the root image is in disk.raw.
+type DiskRoot struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	Offset int64  `json:"offset"`
+}
+
+// DiskPartition is one partition of disk.raw.
+type DiskPartition struct {
+	Name   string `json:"name"`
+	Offset int64  `json:"offset"`
+	Size   int64  `json:"size"`
+	GUID   string `json:"guid"`
+	// Used is how many bytes from its start hold data (the rest are
+	// zeros); SHA256 is their hash.
+	Used   int64  `json:"used"`
+	SHA256 string `json:"sha256"`
+}
+
+// ESPMinSize is the smallest ESP of a disk with slots: it holds two
+// slots' kernels and initramfs, and an upgrade's may be larger.
+const ESPMinSize = 256 << 20
 
 // Where the media keep the root image and the configuration
 // (images/layout, where the init looks). The config volume (LABEL=BELLCONF,
@@ -126,7 +172,13 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 
 	if slices.Contains(im.spec.Outputs, "raw") {
 		b.p.begin("disk " + DiskFile)
-		t, err := esp(DiskRootArg)
+		// The ESP boots slot a, whose entry names the root image by its
+		// hash: it is made once the root is written.
+		kst, err := os.Stat(kernel)
+		if err != nil {
+			return fmt.Errorf("disk: %w", err)
+		}
+		ist, err := os.Stat(initrd)
 		if err != nil {
 			return fmt.Errorf("disk: %w", err)
 		}
@@ -134,10 +186,24 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 		conf.AddFile(ConfigBundlePath, bundle, 0o600, 0, 0)
 		conf.Reproducible(epoch)
 		l, err := disk.WriteFile(filepath.Join(dir, DiskFile), disk.Spec{
-			ESP: t,
+			ESPFunc: func(sum string) (*fstree.Tree, error) {
+				return disk.ESP(disk.Boot{
+					Kernel: fstree.File(kernel), KernelSize: kst.Size(),
+					Initrd: fstree.File(initrd), InitrdSize: ist.Size(),
+					Cmdline: layout.SlotCmdline(m.Cmdline, layout.SlotA, sum),
+					Title:   "bellbuild " + im.spec.Profile + " (slot a)",
+					Epoch:   epoch,
+					Loader:  loader,
+					Arch:    im.arch,
+					Slot:    layout.SlotA, Tries: layout.DefaultTries,
+				})
+			},
+			ESPSize: max(ESPMinSize, 4*(kst.Size()+ist.Size())),
 			RootFunc: func(w io.WriteSeeker) (int64, error) {
 				return squashfs.Write(w, root, sqOpts)
 			},
+			Slots:    true,
+			SlotSize: im.spec.SlotSize,
 			Config:   conf,
 			Arch:     im.arch,
 			DataSize: dataSize(im),
@@ -150,6 +216,16 @@ func (b *baker) writeMedia(ctx context.Context, im *image, dir string, m *Manife
 			return err
 		}
 		m.Artifacts = append(m.Artifacts, a)
+		// The ESP's initramfs, for upgrades.
+		if err := copyFileSync(initrd, filepath.Join(dir, DiskInitrdFile)); err != nil {
+			return fmt.Errorf("disk: %w", err)
+		}
+		a, err = fileArtifact(dir, DiskInitrdFile)
+		if err != nil {
+			return err
+		}
+		m.Artifacts = append(m.Artifacts, a)
+		m.Disk = diskInfo(l, im.arch)
 		b.log.Debug("disk written", "size", l.Size, "guid", l.GUID)
 	}
 
@@ -241,6 +317,40 @@ func addISOLINUX(files *fstree.Tree, kernel, initrd, cmdline, profile string) er
 		"LABEL bellbuild\n  KERNEL /" + isoKernel + "\n  INITRD /" + isoInitrd + "\n  APPEND " + cmdline + "\n"
 	files.AddFile("isolinux/isolinux.cfg", []byte(cfg), 0o444, 0, 0)
 	return nil
+}
+
+// diskInfo is the manifest's description of a written disk.
+func diskInfo(l *disk.Layout, arch string) *DiskInfo {
+	d := &DiskInfo{Arch: arch, Size: l.Size}
+	for _, p := range l.Partitions {
+		d.Partitions = append(d.Partitions, DiskPartition{Name: p.Name, Offset: p.Offset, Size: p.Size, GUID: p.GUID, Used: p.Used, SHA256: p.Extent})
+		if p.Name == disk.SlotA {
+			d.Root = DiskRoot{SHA256: p.SHA256, Size: p.Used, Offset: p.Offset}
+			d.SlotSize = p.Size
+		}
+	}
+	return d
+}
+
+// copyFileSync copies src to dst (mode artifactMode), synced.
+func copyFileSync(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, artifactMode)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func dataSize(im *image) int64 {

@@ -100,8 +100,14 @@ func TestDiskBoot(t *testing.T) {
 	writeNode(t, img, node)
 
 	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
-	waitLong(t, vm, `^bellbuild: node=d1 profile=immutable changes=[1-9]\d* errors=0$`)
+	waitLong(t, vm, `^bellbuild: root PARTLABEL=root-a, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
+	waitLong(t, vm, `^bellbuild: slot a marked good \(image [0-9a-f]{12}\)$`)
+	waitLong(t, vm, `^bellbuild: node=d1 profile=immutable slot=a image=`+m.Disk.Root.SHA256[:12]+` changes=[1-9]\d* errors=0$`)
+	// The entry's boot counter is gone: systemd-boot counted this boot
+	// (+3 became +2-1), the init marked the slot good after its apply.
+	if got := mtoolsDir(t, img, partitions(t, img)[disk.ESPName][0], "loader/entries"); got != "bellbuild-1-a.conf" {
+		t.Errorf("ESP entries after the boot: %q, want bellbuild-1-a.conf", got)
+	}
 	// The script's lines came before the summary, in /proc/mounts' order.
 	console := vm.Console()
 	for _, want := range []string{
@@ -137,6 +143,23 @@ func TestDiskBoot(t *testing.T) {
 	waitLong(t, vm, `^now=41$`)
 }
 
+// mtoolsDir lists a directory of the FAT volume at off in img, names
+// separated by spaces.
+func mtoolsDir(t *testing.T, img string, off int64, dir string) string {
+	t.Helper()
+	cmd := exec.Command("mdir", "-b", "-i", fmt.Sprintf("%s@@%d", img, off), "::/"+dir)
+	cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mdir %s: %v\n%s", dir, err, out)
+	}
+	var names []string
+	for _, l := range strings.Fields(string(out)) {
+		names = append(names, strings.TrimPrefix(l, "::/"+dir+"/"))
+	}
+	return strings.Join(names, " ")
+}
+
 // TestDiskDay2 boots a disk with a data partition twice. Between the boots
 // the machine is powered off and its config volume rewritten (one sysctl
 // changed, one removed, a user removed, a file added), as `bellbuild
@@ -162,10 +185,10 @@ func TestDiskDay2(t *testing.T) {
 
 	boot := func(t *testing.T, want ...string) {
 		vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-		if got := waitLong(t, vm, `^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=bellroot, writable layer /dev/vda4, configuration /run/bellbuild/config/bellbuild/node.json" {
+		if got := waitLong(t, vm, `^bellbuild: root .*, configuration .*\.json$`)[0]; got != "bellbuild: root PARTLABEL=root-a, writable layer /dev/vda5, configuration /run/bellbuild/config/bellbuild/node.json" {
 			t.Fatalf("init: %q, want the data partition as the writable layer", got)
 		}
-		waitLong(t, vm, `^bellbuild: node=p1 profile=persistent changes=[1-9]\d* errors=0$`)
+		waitLong(t, vm, `^bellbuild: node=p1 profile=persistent slot=a image=[0-9a-f]{12} changes=[1-9]\d* errors=0$`)
 		console := vm.Console()
 		for _, w := range want {
 			if !strings.Contains(console, "[020-state.sh] check: "+w+"\n") && !strings.Contains(console, "[010-report.sh] check: "+w+"\n") {
@@ -260,9 +283,9 @@ func TestDiskSystemd(t *testing.T) {
 	writeNode(t, img, &node)
 
 	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
-	waitLong(t, vm, `^bellbuild: root PARTLABEL=bellroot, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
+	waitLong(t, vm, `^bellbuild: root PARTLABEL=root-a, writable layer tmpfs, configuration /run/bellbuild/config/bellbuild/node.json$`)
 	waitLong(t, vm, `^bellbuild: deferred: sysctl: `+regexp.QuoteMeta(noSuchKey)+`: not in the running kernel \(no /proc/sys/net/bellbuild_test/no_such_key\), even with the modules of modules-load.d loaded: deferred to systemd-sysctl`)
-	waitLong(t, vm, `^bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0 deferred=1$`)
+	waitLong(t, vm, `^bellbuild: node=s1 profile=systemd slot=a image=[0-9a-f]{12} changes=[1-9]\d* errors=0 deferred=1$`)
 	waitLong(t, vm, `Reached target .*multi-user\.target`)
 	waitLong(t, vm, `root@[-\w]+:~# $`)
 	// check runs cmd in the console's shell and compares its output; the
@@ -285,7 +308,7 @@ func TestDiskSystemd(t *testing.T) {
 	// The service also ran once after network-online.target: strict
 	// again, it finds the deferred key still missing (and, the checks
 	// failing, changes nothing).
-	check(`for i in $(seq 60); do n=$(journalctl -b -u bellbuild-apply.service -o cat | grep -c '^bellbuild: node=s1 profile=systemd changes=0 errors=1$'); [ "$n" = 1 ] && break; sleep 1; done; echo $n`, "1")
+	check(`for i in $(seq 60); do n=$(journalctl -b -u bellbuild-apply.service -o cat | grep -c '^bellbuild: node=s1 profile=systemd slot=a image=[0-9a-f]* changes=0 errors=1$'); [ "$n" = 1 ] && break; sleep 1; done; echo $n`, "1")
 	check(`journalctl -b -u bellbuild-apply.service -o cat | grep -c '^bellbuild apply: sysctl: `+noSuchKey+`: unknown key: the running kernel has no /proc/sys/net/bellbuild_test/no_such_key$'`, "1")
 	check("systemctl show -p Result --value bellbuild-apply.service", "exit-code")
 	check("findmnt -no FSTYPE,OPTIONS / | cut -d, -f1", "overlay rw")
@@ -316,7 +339,7 @@ func TestDiskSystemd(t *testing.T) {
 		`-e '/"bb-gone.service": {/,/}/d' -e '/"bb-off.service": {/,/}/s/"enabled": true/"enabled": false/' -e '/"bb-on.service": {/,/}/s/"enabled": false/"enabled": true/' ` +
 		`/run/bellbuild/config/bellbuild/node.json && sync && echo ed""ited` + "\n")
 	waitLong(t, vm, `edited$`)
-	waitLong(t, vm, `bellbuild: node=s1 profile=systemd changes=[1-9]\d* errors=0`)
+	waitLong(t, vm, `bellbuild: node=s1 profile=systemd slot=a image=[0-9a-f]{12} changes=[1-9]\d* errors=0`)
 	check("cat /proc/sys/vm/swappiness", "41")
 	check("id -un ops2", "ops2")
 	// The unit that left is stopped and gone, the disabled one stopped,
@@ -376,7 +399,7 @@ func stageListedIn(t *testing.T, root, img string) {
 		t.Fatalf("mksquashfs: %v\n%s", err, out)
 	}
 	want := listing(t, ref, 0)
-	got := listing(t, img, partitions(t, img)[disk.RootName][0])
+	got := listing(t, img, partitions(t, img)[disk.SlotA][0])
 	var missing []string
 	for l := range want {
 		if !got[l] && !strings.HasSuffix(l, " /") { // the root directory's own mode is the image's

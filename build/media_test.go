@@ -1,7 +1,10 @@
 package build
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fstree"
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/images/squashfs"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -96,7 +100,7 @@ func TestMedia(t *testing.T) {
 			t.Errorf("%s: manifest says %d %s, file is %d %s", a.Name, a.Size, a.SHA256, size, sum)
 		}
 	}
-	for _, want := range []string{KernelFile, InitramfsFile, DiskFile, ISOFile} {
+	for _, want := range []string{KernelFile, InitramfsFile, DiskFile, DiskInitrdFile, ISOFile} {
 		if !names[want] {
 			t.Errorf("no %s among the artifacts %v", want, m.Artifacts)
 		}
@@ -108,7 +112,8 @@ func TestMedia(t *testing.T) {
 		t.Errorf("sgdisk -v: %v\n%s", err, out)
 	}
 	parts := partitions(t, img)
-	out, err := exec.Command("unsquashfs", "-lln", "-o", fmt.Sprint(parts[disk.RootName][0]), img).CombinedOutput()
+	checkDiskInfo(t, m, img, parts)
+	out, err := exec.Command("unsquashfs", "-lln", "-o", fmt.Sprint(parts[disk.SlotA][0]), img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("unsquashfs: %v\n%s", err, out)
 	}
@@ -126,14 +131,14 @@ func TestMedia(t *testing.T) {
 	if !strings.Contains(conf, `"profile": "fleet"`) {
 		t.Errorf("config volume %s:\n%s", ConfigBundlePath, conf)
 	}
-	entry := mtoolsType(t, img, parts[disk.ESPName][0], disk.EntryPath)
-	if want := "options " + m.Cmdline + " " + DiskRootArg + " " + ConfigArg + "\n"; !strings.Contains(entry, want) {
+	entry := mtoolsType(t, img, parts[disk.ESPName][0], "loader/entries/bellbuild-1-a+3.conf")
+	if want := "options " + layout.SlotCmdline(m.Cmdline, layout.SlotA, m.Disk.Root.SHA256) + "\n"; !strings.Contains(entry, want) {
 		t.Errorf("loader entry:\n%s\nwant line %q", entry, want)
 	}
 	// The ESP's initramfs only finds the root: the applier, the modules
 	// and the bundle, not the stage (which is the squashfs).
 	esp := filepath.Join(t.TempDir(), "initrd.img")
-	if err := os.WriteFile(esp, []byte(mtoolsType(t, img, parts[disk.ESPName][0], disk.InitrdPath)), 0o600); err != nil {
+	if err := os.WriteFile(esp, []byte(mtoolsType(t, img, parts[disk.ESPName][0], layout.SlotInitrd(layout.SlotA))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	small := unpack(t, esp)
@@ -196,7 +201,8 @@ func TestMediaBoot(t *testing.T) {
 			}
 			// The exec script's report comes before the summary line.
 			vm.Wait(`check: swappiness=21$`)
-			got := vm.Wait(`bellbuild: node=(\S*) profile=(\S+) changes=\d+ errors=(\d+)`)
+			// A disk names its slot and image; an ISO has none.
+			got := vm.Wait(`bellbuild: node=(\S*) profile=(\S+) (?:slot=a image=[0-9a-f]{12} )?changes=\d+ errors=(\d+)`)
 			if got[2] != "fleet" || got[3] != "0" {
 				t.Errorf("summary line %q: want profile fleet and no errors", got[0])
 			}
@@ -331,7 +337,7 @@ func TestStageKernelMedia(t *testing.T) {
 	}
 	img := filepath.Join(m.Stats.Dir, DiskFile)
 	esp := filepath.Join(t.TempDir(), "initrd.img")
-	if err := os.WriteFile(esp, []byte(mtoolsType(t, img, partitions(t, img)[disk.ESPName][0], disk.InitrdPath)), 0o600); err != nil {
+	if err := os.WriteFile(esp, []byte(mtoolsType(t, img, partitions(t, img)[disk.ESPName][0], layout.SlotInitrd(layout.SlotA))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	small := unpack(t, esp)
@@ -352,8 +358,42 @@ func TestStageKernelMedia(t *testing.T) {
 	vm := testtool.NewVM(t, testvm.Config{Firmware: testvm.OVMF, Drives: []testvm.Drive{{Path: img}}})
 	vm.Wait(`^\[010-report.sh\] check: bridge-nf-call-iptables=0$`)
 	vm.Wait(`^bellbuild: error: sysctl: ` + regexp.QuoteMeta(noSuchKey) + `: unknown key: the running kernel has no /proc/sys/net/bellbuild_test/no_such_key, even with the modules of modules-load.d loaded, and nothing in this system \(no systemd-sysctl\) sets it later$`)
-	vm.Wait(`^bellbuild: node=\S* profile=own changes=\d+ errors=1$`)
+	vm.Wait(`^bellbuild: node=\S* profile=own slot=a image=[0-9a-f]{12} changes=\d+ errors=1$`)
 	if c := vm.Console(); strings.Count(c, "bellbuild: error:") != 1 || strings.Contains(c, "bellbuild: warn") || strings.Contains(c, "bellbuild: deferred") {
 		t.Errorf("want one error (the unknown key), no warning (br_netfilter loaded), nothing deferred; console:\n%s", c)
+	}
+}
+
+// checkDiskInfo checks the manifest's description of disk.raw against the
+// file: each partition where the GPT has it, its extent's hash, zeros
+// past every extent, and the root image's hash and place.
+func checkDiskInfo(t *testing.T, m *Manifest, img string, parts map[string][2]int64) {
+	t.Helper()
+	d := m.Disk
+	if d == nil {
+		t.Fatal("the manifest has no disk")
+	}
+	data := mustRead(t, img)
+	if d.Arch != "amd64" || d.Size != int64(len(data)) || len(d.Partitions) != len(parts) {
+		t.Errorf("disk: arch %q size %d (file %d), %d partitions (GPT %d)", d.Arch, d.Size, len(data), len(d.Partitions), len(parts))
+	}
+	sum := func(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+	for _, p := range d.Partitions {
+		if g := parts[p.Name]; g != [2]int64{p.Offset, p.Size} {
+			t.Errorf("%s: manifest says %d+%d, GPT %v", p.Name, p.Offset, p.Size, g)
+		}
+		if got := sum(data[p.Offset : p.Offset+p.Used]); got != p.SHA256 {
+			t.Errorf("%s: extent hash %s, manifest %s", p.Name, got, p.SHA256)
+		}
+		if bytes.ContainsFunc(data[p.Offset+p.Used:p.Offset+p.Size], func(r rune) bool { return r != 0 }) {
+			t.Errorf("%s: non-zero bytes past its extent", p.Name)
+		}
+	}
+	r := d.Root
+	if r.Offset != parts[disk.SlotA][0] || sum(data[r.Offset:r.Offset+r.Size]) != r.SHA256 || d.SlotSize != parts[disk.SlotB][1] {
+		t.Errorf("root %+v, slot size %d", r, d.SlotSize)
+	}
+	if string(data[r.Offset:r.Offset+4]) != "hsqs" {
+		t.Error("the root is not a squashfs")
 	}
 }

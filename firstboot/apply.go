@@ -60,6 +60,13 @@ type Report struct {
 	// Deferred are the items a boot run left to the system's own init
 	// (see ErrDeferred), each with the reason; never an error.
 	Deferred []string `json:"deferred,omitempty"`
+	// Slot and Image say what a machine installed on a disk with two
+	// root slots runs: the slot it booted (a or b) and its root image's
+	// hash (bellbuild.slot= and bellbuild.image= on its command line).
+	Slot  string `json:"slot,omitempty"`
+	Image string `json:"image,omitempty"`
+	// Reboot is "pending" when an upgrade waits for a reboot to run.
+	Reboot string `json:"reboot,omitempty"`
 }
 
 // pendingError is what a module returns for an item that waits (see
@@ -78,17 +85,37 @@ func (e *pendingError) Error() string { return e.item + ": pending (" + e.why + 
 // then is an error.
 var ErrDeferred = errors.New("deferred")
 
-// Summary is the one line a run prints; pending=N and deferred=N only
-// when there are such items.
+// Summary is the one line a run prints:
+//
+//	bellbuild: node=N profile=P [slot=S image=HASH12] changes=C errors=E [pending=N] [deferred=D] [reboot=pending]
+//
+// slot= and image= on a machine booted from a disk's root slot, the
+// others only when there are such items.
 func (r *Report) Summary() string {
-	s := fmt.Sprintf("bellbuild: node=%s profile=%s changes=%d errors=%d", orDash(r.Node), orDash(r.Profile), len(r.Changes), len(r.Errors))
+	s := fmt.Sprintf("bellbuild: node=%s profile=%s", orDash(r.Node), orDash(r.Profile))
+	if r.Slot != "" {
+		s += fmt.Sprintf(" slot=%s image=%s", r.Slot, ShortImage(r.Image))
+	}
+	s += fmt.Sprintf(" changes=%d errors=%d", len(r.Changes), len(r.Errors))
 	if len(r.Pending) > 0 {
 		s += fmt.Sprintf(" pending=%d", len(r.Pending))
 	}
 	if len(r.Deferred) > 0 {
 		s += fmt.Sprintf(" deferred=%d", len(r.Deferred))
 	}
+	if r.Reboot != "" {
+		s += " reboot=" + r.Reboot
+	}
 	return s
+}
+
+// ShortImage is how an image (a root hash) is printed: its first 12 hex
+// digits ("-" for none).
+func ShortImage(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return orDash(h)
 }
 
 func orDash(s string) string {

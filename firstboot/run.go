@@ -95,6 +95,11 @@ type RunOptions struct {
 	// started and how long it took: cmd sends it to serve (package
 	// firstboot/report), within a short timeout.
 	Report func(ctx context.Context, node *nodeconf.Node, rep *Report, start time.Time, took time.Duration)
+	// Upgrade, when set, runs after an apply without errors (not a
+	// plan): the upgrader of an installed disk (firstboot/upgrade),
+	// given the node applied. It returns the summary's reboot= ("" or
+	// "pending").
+	Upgrade func(ctx context.Context, node *nodeconf.Node) string
 }
 
 var (
@@ -108,7 +113,7 @@ var (
 //
 //  1. load the node (Source.Load), and with Enrol, have it enrolled
 //     and replaced by its whole configuration;
-//  2. apply it (Apply);
+//  2. apply it (Apply), then with Upgrade, upgrade an installed disk;
 //  3. print each error on Stderr, one per line ("bellbuild apply: ..."),
 //     then the plan (with Options.Plan) and the summary line on Stdout;
 //  4. hand the report to Report (not a plan's).
@@ -140,6 +145,9 @@ func Run(ctx context.Context, o RunOptions) error {
 	if o.Report != nil && !o.Options.Plan {
 		defer func() { o.Report(ctx, node, rep, start, time.Since(start)) }()
 	}
+	if rep != nil && o.Options.RootDir == "/" {
+		rep.Slot, rep.Image = Running("/")
+	}
 	if err != nil {
 		printErrors(stderr, err)
 		fmt.Fprintln(stdout, summary(rep))
@@ -147,6 +155,8 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	if o.Options.Plan {
 		fmt.Fprint(stdout, PlanText(rep))
+	} else if o.Upgrade != nil && len(rep.Errors) == 0 {
+		rep.Reboot = o.Upgrade(ctx, node)
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)

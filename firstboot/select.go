@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -51,6 +53,29 @@ func CmdlineNode(cmdline string) string {
 		}
 	}
 	return ""
+}
+
+// CmdlineParam returns the value of key= on a kernel command line (the
+// last one wins, as in the kernel; "" when there is none).
+func CmdlineParam(cmdline, key string) string {
+	v := ""
+	for _, f := range strings.Fields(cmdline) {
+		if x, ok := strings.CutPrefix(f, key+"="); ok {
+			v = x
+		}
+	}
+	return v
+}
+
+// Running says what the machine booted, from /proc/cmdline under root:
+// the disk's root slot and its image (bellbuild.slot= and
+// bellbuild.image=), both "" for a machine that did not boot a slot.
+func Running(root string) (slot, image string) {
+	data, err := os.ReadFile(filepath.Join(root, "proc/cmdline"))
+	if err != nil {
+		return "", ""
+	}
+	return CmdlineParam(string(data), layout.SlotParam), CmdlineParam(string(data), layout.ImageParam)
 }
 
 // ErrNoSuchNode means an explicitly named node is not in the inventory.

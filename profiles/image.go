@@ -31,6 +31,9 @@ type ImageSpec struct {
 	// the system change survives a reboot; without it the layer is in
 	// memory and every boot starts from the image.
 	Persist bool
+	// SlotSize is the size of each of a disk's two root slots
+	// (install.slot_size); 0: twice the root image.
+	SlotSize int64
 	// Bundle carries the rendered configuration: Default is
 	// RenderProfile(Profile, nil, ""), Nodes every inventory node that
 	// boots Profile, sorted by name.
@@ -357,6 +360,7 @@ func (s *Site) ImageSettings(profile string) (*ImageSpec, error) {
 	if v := r.fields["persist"]; v != nil {
 		spec.Persist, _ = scalarBool(v)
 	}
+	spec.SlotSize = slotSize(r)
 	if len(errs) > 0 {
 		return nil, errs.Err()
 	}

@@ -323,6 +323,7 @@ func (s *Site) renderResolved(r *resolved, profile string, labels map[string]str
 		return nil, errs.Err()
 	}
 	n := &nodeconf.Node{Profile: profile, Profiles: slices.Clone(r.chain), Conf: conf, Enrol: renderEnrol(r, nil)}
+	renderInstall(r, nil, n)
 	if len(labels) > 0 {
 		n.Labels = maps.Clone(labels)
 	}
@@ -354,6 +355,9 @@ func (s *Site) renderNode(name string) (*rendered, error) {
 	out.node.MACs = slices.Clone(n.MACs)
 	if n.enrol != nil {
 		out.node.Enrol = renderEnrol(s.resolved[n.Profile], n.enrol)
+	}
+	if n.install != nil {
+		renderInstall(s.resolved[n.Profile], n.install, out.node)
 	}
 	return out, nil
 }

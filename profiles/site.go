@@ -139,10 +139,12 @@ type node struct {
 	services nodeServices
 	// enrol is the entry's enrol policy (nil: its profile's).
 	enrol *value
+	// install is the entry's install (nil: its profile's).
+	install *value
 }
 
 // scalarFields are the profile fields that inherit by replacement.
-var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait", "arch"}
+var scalarFields = []string{"description", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "enrol", "enrol_wait", "arch", "install", "upgrade", "reboot"}
 
 var (
 	nameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
@@ -435,7 +437,7 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
-var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait"}
+var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait", "install", "upgrade", "reboot"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
 	p := &profile{name: name, pos: Pos{File: file}, fields: map[string]*value{}}
@@ -512,6 +514,21 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 		case "enrol_wait":
 			if v.kind != kNull {
 				parseEnrolWait(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "install":
+			if v.kind != kNull {
+				parseInstall(v, e.key, false, errs)
+			}
+			p.fields[e.key] = v
+		case "upgrade":
+			if v.kind != kNull {
+				parseUpgrade(v, e.key, errs)
+			}
+			p.fields[e.key] = v
+		case "reboot":
+			if v.kind != kNull {
+				parseReboot(v, e.key, errs)
 			}
 			p.fields[e.key] = v
 		case "conf":
@@ -735,7 +752,7 @@ func parseHostOverrides(v *value, path, module string, errs *ErrorList) []hostOv
 	return out
 }
 
-var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf", "services", "enrol"}
+var nodeKeys = []string{"name", "mac", "macs", "profile", "labels", "fqdn", "ips", "conf", "services", "enrol", "install"}
 
 func (s *Site) parseNodes(root *value, errs *ErrorList) {
 	if root.kind == kNull {
@@ -829,6 +846,10 @@ func (s *Site) parseNodeList(list *value, errs *ErrorList) {
 			case "enrol":
 				if _, _, good := parseEnrol(e.val, fp, errs); good {
 					n.enrol = e.val
+				}
+			case "install":
+				if _, _, good := parseInstall(e.val, fp, true, errs); good {
+					n.install = e.val
 				}
 			default:
 				errs.Add(e.kpos, fp, "unknown key %q%s", e.key, suggestList(e.key, nodeKeys))

@@ -37,6 +37,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
+	"github.com/bellbuild/bellbuild/pxe/install"
 	"github.com/bellbuild/bellbuild/pxe/leases"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
 	"github.com/bellbuild/bellbuild/pxe/node"
@@ -45,6 +46,9 @@ import (
 
 // Machine is what one MAC address boots (see package node).
 type Machine = node.Machine
+
+// Image is the image a machine installs and upgrades to (see package node).
+type Image = node.Image
 
 // Backend says what a MAC address boots (see package node).
 type Backend = node.Backend
@@ -118,6 +122,11 @@ type Config struct {
 	Status http.Handler
 	// Collectors are registered with the server's metrics (/metrics).
 	Collectors []prometheus.Collector
+	// Installs, when set, keeps the nodes' installs (package install):
+	// a node whose Machine says Install boots the installer until it is
+	// recorded installed, then from its disk; machines POST their
+	// reports to /report (over HTTP, which must be on).
+	Installs *install.Store
 }
 
 // DefaultLoaders returns the iPXE loaders found in dir, by name, with
@@ -191,7 +200,19 @@ func New(cfg Config, b Backend) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	s.cat, err = catalog.New(catalog.Config{Loaders: cfg.Loaders, Artifacts: cfg.Artifacts, Files: cfg.Files, Cmdline: extra}, b, owners)
+	httpBase := ""
+	if cfg.HTTPAddr != "off" {
+		if s.httpLn, err = net.Listen("tcp4", cfg.HTTPAddr); err != nil {
+			return nil, fmt.Errorf("pxe: http: %w", err)
+		}
+		port := s.httpLn.Addr().(*net.TCPAddr).Port
+		httpBase = fmt.Sprintf("http://%s:%d", cfg.ServerIP, port)
+	}
+	cc := catalog.Config{Loaders: cfg.Loaders, Artifacts: cfg.Artifacts, Files: cfg.Files, Cmdline: extra, ServeURL: httpBase}
+	if cfg.Installs != nil {
+		cc.Installs = cfg.Installs
+	}
+	s.cat, err = catalog.New(cc, b, owners)
 	if err != nil {
 		return nil, fmt.Errorf("pxe: %w", err)
 	}
@@ -201,14 +222,16 @@ func New(cfg Config, b Backend) (_ *Server, err error) {
 		}
 		s.tftp = tftp.New(withDefault(cfg.TFTP, "tftp://"+cfg.ServerIP.String()), s.cat, s.metrics)
 	}
-	httpBase := ""
-	if cfg.HTTPAddr != "off" {
-		if s.httpLn, err = net.Listen("tcp4", cfg.HTTPAddr); err != nil {
-			return nil, fmt.Errorf("pxe: http: %w", err)
+	if s.httpLn != nil {
+		hc := httpboot.Config{Base: httpBase, Gatherer: s.reg}
+		if cfg.Installs != nil {
+			var o install.Owners
+			if s.leases != nil {
+				o = s.leases
+			}
+			hc.Report = install.Handler(cfg.Installs, o, b, s.metrics)
 		}
-		port := s.httpLn.Addr().(*net.TCPAddr).Port
-		httpBase = fmt.Sprintf("http://%s:%d", cfg.ServerIP, port)
-		s.http = httpboot.New(httpboot.Config{Base: httpBase, Gatherer: s.reg}, s.cat, s.metrics)
+		s.http = httpboot.New(hc, s.cat, s.metrics)
 	}
 	if cfg.DHCP != DHCPOff {
 		mode := dhcp.Full

@@ -89,6 +89,10 @@ type Config struct {
 	// Binary overrides the emulator's path (default: Emulator(Arch) from
 	// PATH).
 	Binary string
+	// Reboot lets a guest that reboots start again in the same VM (its
+	// console continues); by default (-no-reboot) a reboot ends the VM.
+	// Boot counting needs it: each try is a reboot.
+	Reboot bool
 	// Arch is the guest's architecture: "" or "amd64" (a PC), or "arm64"
 	// (QEMU's virt machine; Firmware is then flash: AAVMF, with
 	// FirmwareVars as its variable store; CD-ROMs are SCSI disks on a
@@ -114,6 +118,10 @@ type Drive struct {
 	// Snapshot sends the guest's writes to a temporary overlay: the file
 	// is left as it was.
 	Snapshot bool
+	// BootIndex, when > 0, puts the drive in the firmware's boot order
+	// (a virtio-blk device with bootindex=N; OVMF follows it, lowest
+	// first). Interface must be "" or "virtio".
+	BootIndex int
 }
 
 // NIC is a network interface.
@@ -127,6 +135,10 @@ type NIC struct {
 	// Model defaults to "virtio-net-pci"; "e1000" works with SeaBIOS's PXE
 	// ROM as well.
 	Model string
+	// BootIndex, when > 0, puts the NIC in the firmware's boot order
+	// (bootindex=N): with a drive's at a higher index, the machine boots
+	// from the network first and from the disk when that fails or exits.
+	BootIndex int
 }
 
 // Args returns QEMU's argument list for c (without the binary). The
@@ -151,7 +163,9 @@ func (c Config) Args() []string {
 		"-display", "none",
 		"-monitor", "none",
 		"-serial", "stdio",
-		"-no-reboot",
+	}
+	if !c.Reboot {
+		a = append(a, "-no-reboot")
 	}
 	if c.Firmware != "" {
 		a = append(a, "-bios", c.Firmware)
@@ -184,6 +198,11 @@ func (c Config) Args() []string {
 		if d.Snapshot {
 			opt += ",snapshot=on"
 		}
+		if d.BootIndex > 0 && iface == "virtio" {
+			opt = strings.Replace(opt, ",if=virtio,", fmt.Sprintf(",if=none,id=drive%d,", i), 1)
+			a = append(a, "-drive", opt, "-device", fmt.Sprintf("virtio-blk-pci,drive=drive%d,bootindex=%d", i, d.BootIndex))
+			continue
+		}
 		a = append(a, "-drive", opt)
 	}
 	for i, n := range c.NICs {
@@ -203,6 +222,9 @@ func (c Config) Args() []string {
 		dev := model + ",netdev=" + id
 		if n.MAC != "" {
 			dev += ",mac=" + n.MAC
+		}
+		if n.BootIndex > 0 {
+			dev += fmt.Sprintf(",bootindex=%d", n.BootIndex)
 		}
 		a = append(a, "-device", dev)
 	}
@@ -224,7 +246,9 @@ func (c Config) argsARM64(mem, cpus int) []string {
 		"-display", "none",
 		"-monitor", "none",
 		"-serial", "stdio",
-		"-no-reboot",
+	}
+	if !c.Reboot {
+		a = append(a, "-no-reboot")
 	}
 	if c.Firmware != "" {
 		a = append(a, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+strings.ReplaceAll(c.Firmware, ",", ",,"))

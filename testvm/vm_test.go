@@ -29,6 +29,9 @@ func TestArgs(t *testing.T) {
 			append(base[:len(base):len(base)], "-bios", OVMF, "-netdev", "tap,id=net0,ifname=tap0,script=no,downscript=no", "-device", "e1000,netdev=net0,mac=52:54:00:00:00:01", "-boot", "n")},
 		{"user nic", Config{CPUs: 2, NICs: []NIC{{}}},
 			append(replace(base, "1", "2"), "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0")},
+		{"network first, then the disk, reboots kept", Config{Reboot: true, Drives: []Drive{{Path: "a.raw", BootIndex: 2}}, NICs: []NIC{{BootIndex: 1}}},
+			append(base[:len(base)-1:len(base)-1], "-drive", "file=a.raw,format=raw,if=none,id=drive0,index=0", "-device", "virtio-blk-pci,drive=drive0,bootindex=2",
+				"-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,bootindex=1")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

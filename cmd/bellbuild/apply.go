@@ -20,7 +20,7 @@ func init() {
 	register(&command{
 		name:    "apply",
 		summary: "enforce a node's host configuration on a root (first boot and day 2)",
-		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan | --watch [--interval D] [--resync D]] [--offline | --live]",
+		usage:   "--config SRC --root DIR [--node NAME | --hostname H [--profile P] --label k=v ...] [--plan | --watch [--interval D] [--resync D]] [--offline | --live] [--upgrade]",
 		help: `apply enforces one node's configuration — sysctl, limits, perm, mounts,
 ethtool, uamlite, apt, files, units, exec, apparmor, in that order — on a
 root filesystem, idempotently: a second run with the same configuration
@@ -71,6 +71,16 @@ long each time (at most 5m), or at once when SRC changes.
 --resync D also applies again D after the last run with no change, which
 undoes drift (a sysctl set by hand, a managed file's mode changed).
 
+On a machine booted from a slot of an installed disk (--root /), an
+apply without errors then upgrades: when the configuration (serve's
+node.json for this machine, else SRC) names another image than the one
+running and the node's upgrade: is auto, or with --upgrade, the new root
+image, kernel and initramfs are fetched from serve, checked against the
+image's manifest and written into the other slot with a boot entry of
+three tries; reboot: now reboots into it, reboot: manual (or a window)
+leaves it waiting, and the summary says reboot=pending. An image that
+failed to come up before is not written again. See docs/boot-media.md.
+
 Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
 pending changes. One summary line goes to stdout.
 
@@ -100,6 +110,7 @@ Examples:
 			registerPrivate(fs, &o.private)
 			registerIdentity(fs, &o.identities, "from a site")
 			registerEnv(fs, &o.env)
+			fs.BoolVar(&o.upgrade, "upgrade", false, "on an installed disk, write the image the configuration names into the other slot whatever its upgrade: says")
 			watch := fs.Bool("watch", false, "apply again whenever SRC's content changes, until stopped")
 			var w firstboot.WatchOptions
 			fs.DurationVar(&w.Interval, "interval", firstboot.DefaultWatchInterval, "how often --watch looks at SRC")
@@ -137,7 +148,7 @@ type applyFlags struct {
 	private, env                          string
 	identities                            []string
 	labels                                map[string]string
-	plan, offline, live                   bool
+	plan, offline, live, upgrade          bool
 	// trigger names the run in its report ("apply", "watch").
 	trigger string
 }
@@ -161,8 +172,9 @@ func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error
 		Options: firstboot.Options{RootDir: o.root, Live: (o.root == "/" || o.live) && !o.offline,
 			Plan: o.plan, Log: slog.Default()},
 		Stdout: os.Stdout, Stderr: os.Stderr,
-		Enrol:  dayTwoEnrol(o.root, os.Stderr),
-		Report: dayTwoReport(o.root, o.trigger, os.Stderr),
+		Enrol:   dayTwoEnrol(o.root, os.Stderr),
+		Report:  dayTwoReport(o.root, o.trigger, os.Stderr),
+		Upgrade: dayTwoUpgrade(o.root, o.upgrade, os.Stderr),
 	}, nil
 }
 

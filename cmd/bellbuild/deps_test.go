@@ -35,17 +35,23 @@ var allowed = map[string][]string{
 	// reader the bake chose them with, and finds what the bake put in the
 	// image where images/layout says.
 	// The enrolment client speaks serve's protocol (pxe/enrol/wire).
-	// The report client speaks serve's report protocol (pxe/fleet/wire).
-	"firstboot":        {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout", "pxe/enrol/wire", "pxe/fleet/wire"},
-	"firstboot/vmtest": {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
-	"pxe":              {"pxe"},
+	// The report client speaks serve's report protocol (pxe/fleet/wire),
+	// the installer and the upgrader serve's install protocol
+	// (pxe/install/wire).
+	"firstboot": {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout", "pxe/enrol/wire", "pxe/fleet/wire", "pxe/install/wire"},
+	// The installer lays disk.raw out on a disk (images/disk's GPT) and
+	// writes the node's configuration volume (images/confvol, fat).
+	"firstboot/install": {"firstboot", "profiles/nodeconf", "images/layout", "images/disk", "images/confvol", "images/fat", "images/fstree", "pxe/install/wire"},
+	"firstboot/vmtest":  {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
+	"pxe":               {"pxe"},
 	// The enrolment protocol, spoken by serve and by the applier: it
 	// imports nothing of ours.
 	"pxe/enrol/wire": {},
-	// The report protocol, spoken by serve and by the applier's report
-	// client: it imports nothing of ours.
-	"pxe/fleet/wire": {},
-	"testvm":         {"testvm"},
+	// The report protocol and the install and upgrade protocol,
+	// likewise.
+	"pxe/fleet/wire":   {},
+	"pxe/install/wire": {},
+	"testvm":           {"testvm"},
 	// Test helpers (they import testing; only test files import them).
 	"images/internal/fixture": {"images", "testvm/testtool"},
 	"pxe/internal/pxetest":    {"pxe", "testvm/testtool"},

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/bellbuild/bellbuild/firstboot/boot"
 )
@@ -56,13 +58,34 @@ tmpfs, or the belldata partition of a persist: true disk), the config volume
 (bellbuild.config=LABEL=BELLCONF) read-only at /run/bellbuild/config, and
 switches to that root; the node comes from the volume's node.json, else its
 bundle.json, and 'bellbuild apply --watch' is left rerunning on its changes.
-See docs/boot-media.md.`,
+Booted from a slot of an installed disk (bellbuild.slot=), a good boot marks
+the slot good, and when serve names another image for the node and its
+upgrade: is auto, writes it into the other slot (then reboots, with reboot:
+now). See docs/boot-media.md.
+
+With bellbuild.install=1 (serve boots a node with install: so until it is
+installed) it is the installer instead: it brings the boot NIC up, picks the
+disk, copies the node's disk.raw from serve (bellbuild.serve=) onto it,
+writes its configuration volume and partition tables, tells serve and
+reboots; a refused install powers the machine off.`,
 		setup: func(fs *flag.FlagSet) func(context.Context, []string) error {
 			return func(ctx context.Context, _ []string) error {
 				if os.Getpid() != 1 {
 					return fmt.Errorf("init must run as PID 1 (it mounts filesystems and execs the system's init)")
 				}
 				err := boot.Main(ctx)
+				if errors.Is(err, boot.ErrInstalled) {
+					return boot.Reboot()
+				}
+				if errors.Is(err, boot.ErrReboot) {
+					fmt.Fprintf(os.Stderr, "bellbuild: %v\n", err)
+					return boot.Reboot()
+				}
+				if errors.Is(err, boot.ErrInstallAgain) {
+					fmt.Fprintf(os.Stderr, "bellbuild: install: %v; rebooting in 30 s\n", err)
+					time.Sleep(30 * time.Second)
+					return boot.Reboot()
+				}
 				fmt.Fprintf(os.Stderr, "bellbuild: %v; powering off\n", err)
 				return boot.PowerOff()
 			}

@@ -18,14 +18,15 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/profiles/pki"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
+	pxeinstall "github.com/bellbuild/bellbuild/pxe/install"
 	pxestate "github.com/bellbuild/bellbuild/pxe/state"
 )
 
 func init() {
 	register(&command{
 		name:    "node",
-		summary: "enrolment: list nodes' keys, approve, deny or retire a node",
-		usage:   "list|approve|deny|retire [NAME] -C SITE [--state DIR] [--private DIR] [--fingerprint FP]",
+		summary: "enrolment and installs: list nodes, approve, deny or retire a node's key, reinstall a node",
+		usage:   "list|approve|deny|retire|reinstall [NAME] -C SITE [--state DIR] [--private DIR] [--fingerprint FP]",
 		help: `A node enrols with 'bellbuild serve' before it gets anything secret: at
 boot it makes a key pair (ECDSA P-256; kept on its data partition when it
 has one, new on each boot of a diskless node), prints
@@ -52,7 +53,11 @@ node's next request:
 
   node list -C SITE           every inventory node: unknown, pending (each
                               key's fingerprint and the address it came
-                              from), approved (its key), retired
+                              from), approved (its key), retired; and for
+                              a node installed on its disk (install: in
+                              the site), the disk and when, the slot and
+                              image it runs, an upgrade waiting for a
+                              reboot or one that failed
   node approve NAME --fingerprint FP
                               signs NAME's pending CSR with the hosts CA;
                               the fingerprint must be a pending CSR's (the
@@ -64,6 +69,9 @@ node's next request:
   node retire NAME            revokes every certificate of NAME (host and
                               services), publishes the CRLs and forgets its
                               key: the node gets nothing but the CRL
+  node reinstall NAME         forgets NAME's install: its next network
+                              boot installs its disk again (serve boots an
+                              installed node from its disk until then)
 
 approve and retire sign with the site's PKI: they need its private
 directory (--private, $BELLBUILD_PRIVATE, else SITE/private).
@@ -108,7 +116,7 @@ type nodeFlags struct {
 
 func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("missing subcommand: list, approve, deny or retire (see 'bellbuild help node')")
+		return errors.New("missing subcommand: list, approve, deny, retire or reinstall (see 'bellbuild help node')")
 	}
 	sub, args := args[0], args[1:]
 	want := 1
@@ -136,8 +144,8 @@ func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) 
 	defer closeState()
 	switch sub {
 	case "list":
-		return nodeList(ctx, site, enrol.NewRegistry(st, nil, enrol.Options{}), o.output, stdout)
-	case "approve", "deny", "retire":
+		return nodeList(ctx, site, enrol.NewRegistry(st, nil, enrol.Options{}), pxeinstall.New(st, nil), o.output, stdout)
+	case "approve", "deny", "retire", "reinstall":
 		name := args[0]
 		if !inInventory(site, name) {
 			return fmt.Errorf("node %s is not in the site's inventory (%s)", name, o.site.dir)
@@ -154,11 +162,22 @@ func runNode(ctx context.Context, o nodeFlags, args []string, stdout io.Writer) 
 				fmt.Fprintf(stdout, "denied node %s key %s\n", name, fp)
 			}
 			return nil
+		case "reinstall":
+			was, err := pxeinstall.New(st, nil).Reinstall(ctx, name)
+			if err != nil {
+				return err
+			}
+			if !was {
+				fmt.Fprintf(stdout, "node %s is not installed: nothing to clear\n", name)
+				return nil
+			}
+			fmt.Fprintf(stdout, "node %s: install cleared: its next network boot installs its disk again\n", name)
+			return nil
 		default:
 			return nodeRetire(ctx, site, st, o, name, stdout)
 		}
 	}
-	return fmt.Errorf("unknown subcommand %q: want list, approve, deny or retire", sub)
+	return fmt.Errorf("unknown subcommand %q: want list, approve, deny, retire or reinstall", sub)
 }
 
 func inInventory(site *profiles.Site, name string) bool {
@@ -179,13 +198,24 @@ type nodeRow struct {
 	From        string    `json:"from,omitempty"`
 	MAC         string    `json:"mac,omitempty"`
 	Since       time.Time `json:"since,omitzero"`
+	// Disk and Installed say where and when the node was installed (zero
+	// when it is not); Slot and Image what it last said it runs; Pending
+	// an upgrade written and waiting for a reboot (Reboot its policy);
+	// Failed the last upgrade that did not come up.
+	Disk      string    `json:"disk,omitempty"`
+	Installed time.Time `json:"installed,omitzero"`
+	Slot      string    `json:"slot,omitempty"`
+	Image     string    `json:"image,omitempty"`
+	Pending   string    `json:"pending,omitempty"`
+	Reboot    string    `json:"reboot,omitempty"`
+	Failed    string    `json:"failed,omitempty"`
 	// Note says more: another key waits, the node is not in the site.
 	Note string `json:"note,omitempty"`
 }
 
 // nodeList prints every inventory node's state, and the state's nodes the
 // inventory no longer has.
-func nodeList(ctx context.Context, site *profiles.Site, reg *enrol.Registry, format string, w io.Writer) error {
+func nodeList(ctx context.Context, site *profiles.Site, reg *enrol.Registry, installs *pxeinstall.Store, format string, w io.Writer) error {
 	if format != "text" && format != "json" {
 		return fmt.Errorf("-o %q: want text or json", format)
 	}
@@ -196,6 +226,14 @@ func nodeList(ctx context.Context, site *profiles.Site, reg *enrol.Registry, for
 	byName := map[string]*enrol.Record{}
 	for _, r := range recs {
 		byName[r.Node] = r
+	}
+	irecs, err := installs.List(ctx)
+	if err != nil {
+		return err
+	}
+	installed := map[string]*pxeinstall.Record{}
+	for _, r := range irecs {
+		installed[r.Node] = r
 	}
 	var rows []nodeRow
 	seen := map[string]bool{}
@@ -249,21 +287,59 @@ func nodeList(ctx context.Context, site *profiles.Site, reg *enrol.Registry, for
 	for _, name := range gone {
 		add(name, "-", byName[name], "not in the site's inventory")
 	}
+	for i := range rows {
+		if r := installed[rows[i].Node]; r != nil {
+			withInstall(&rows[i], r)
+		}
+	}
 	if format == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tPOLICY\tFINGERPRINT\tFROM\tSINCE\tNOTE")
-	for _, r := range rows {
-		since := "-"
-		if !r.Since.IsZero() {
-			since = r.Since.UTC().Format(time.RFC3339)
+	fmt.Fprintln(tw, "NODE\tSTATE\tPOLICY\tFINGERPRINT\tFROM\tSINCE\tDISK\tINSTALLED\tSLOT\tNOTE")
+	stamp := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.State, r.Policy, dash(r.Fingerprint), dash(r.From), since, r.Note)
+		return t.UTC().Format(time.RFC3339)
+	}
+	for _, r := range rows {
+		slot := "-"
+		if r.Slot != "" {
+			slot = r.Slot + ":" + shortHash(r.Image)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.State, r.Policy, dash(r.Fingerprint), dash(r.From), stamp(r.Since),
+			dash(r.Disk), stamp(r.Installed), slot, r.Note)
 	}
 	return tw.Flush()
+}
+
+// withInstall adds what serve knows of the node's disk to its row.
+func withInstall(row *nodeRow, r *pxeinstall.Record) {
+	row.Disk, row.Installed = r.Disk, r.Installed
+	if r.Installed.IsZero() {
+		row.Disk = ""
+	}
+	row.Slot, row.Image, row.Pending, row.Reboot, row.Failed = r.Slot, r.Running, r.Pending, r.Reboot, r.Failed
+	var notes []string
+	switch {
+	case r.Installed.IsZero() && r.Phase == "install-failed":
+		notes = append(notes, "install failed: "+r.Error)
+	case r.Installed.IsZero() && r.Phase != "":
+		notes = append(notes, "install: "+r.Phase)
+	}
+	if r.Pending != "" {
+		notes = append(notes, fmt.Sprintf("upgrade to %s written: reboot pending (%s)", shortHash(r.Pending), dash(r.Reboot)))
+	}
+	if r.Failed != "" {
+		notes = append(notes, fmt.Sprintf("upgrade to %s failed", shortHash(r.Failed)))
+	}
+	if row.Note != "" {
+		notes = append([]string{row.Note}, notes...)
+	}
+	row.Note = strings.Join(notes, "; ")
 }
 
 func dash(s string) string {

@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,6 +28,8 @@ import (
 	fwire "github.com/bellbuild/bellbuild/pxe/fleet/wire"
 	"github.com/bellbuild/bellbuild/pxe/grub"
 	"github.com/bellbuild/bellbuild/pxe/httpboot"
+	"github.com/bellbuild/bellbuild/pxe/install"
+	"github.com/bellbuild/bellbuild/pxe/install/wire"
 	"github.com/bellbuild/bellbuild/pxe/leases"
 	"github.com/bellbuild/bellbuild/pxe/state/etcd"
 	"github.com/bellbuild/bellbuild/pxe/tftp"
@@ -245,10 +245,14 @@ func runServe(ctx context.Context, o serveFlags) error {
 		}
 	}
 	cfg.Files = filepath.Join(o.state, "nodes")
-	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile)
+	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile, backendOptions{serveURL: o.serveURL(nw.Server)})
 	if err != nil {
 		return err
 	}
+	// Installs: which nodes boot from their disks, in the state (as
+	// enrolment's, shared when it is; bellbuild node list and reinstall
+	// read it).
+	cfg.Installs = install.New(st, nil)
 	if backend.arm64 {
 		p, err := arm64Loader(ctx, o.loaderARM64, o.cache)
 		if err != nil {
@@ -272,6 +276,19 @@ func runServe(ctx context.Context, o serveFlags) error {
 		return err
 	}
 	return srv.Run(ctx)
+}
+
+// serveURL is serve's HTTP URL as the machines reach it ("" with HTTP
+// off): what a node's configuration names its image at.
+func (o serveFlags) serveURL(server netip.Addr) string {
+	if o.httpAddr == "off" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(o.httpAddr)
+	if err != nil || port == "0" {
+		return ""
+	}
+	return "http://" + net.JoinHostPort(server.String(), port)
 }
 
 // network is the boot network serve works with: site.yaml's network
@@ -395,8 +412,28 @@ type siteBackend struct {
 // (/files/node.json, tftp files/node.json).
 const NodeFile = "node.json"
 
-func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string) (*siteBackend, error) {
+// backendOptions are newSiteBackend's optional settings.
+type backendOptions struct {
+	// serveURL is serve's HTTP URL: each node's configuration names its
+	// profile's image there (nodeconf.Image), when the profile has a disk.
+	serveURL string
+}
+
+func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string, opts ...backendOptions) (*siteBackend, error) {
+	var bo backendOptions
+	if len(opts) > 0 {
+		bo = opts[0]
+	}
 	b := &siteBackend{byMAC: map[string]*pxe.Machine{}}
+	images := map[string]*wire.ImageManifest{}
+	image := func(profile string) *wire.ImageManifest {
+		m, ok := images[profile]
+		if !ok {
+			m = readImage(out, profile)
+			images[profile] = m
+		}
+		return m
+	}
 	cmdlines := map[string]bakedInfo{}
 	baked := func(profile string) bakedInfo {
 		c, ok := cmdlines[profile]
@@ -432,6 +469,20 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		return nil, err
 	}
 	for i, n := range infos {
+		// The image the node installs and upgrades to: its profile's
+		// current bake, named by its root hash.
+		im := image(n.Profile)
+		if im != nil && bo.serveURL != "" && len(n.MACs) > 0 {
+			hw, err := net.ParseMAC(n.MACs[0])
+			if err != nil {
+				return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			}
+			nodes[i].Image = &nodeconf.Image{Profile: im.Profile, Arch: im.Disk.Arch, Root: im.Disk.Root.SHA256, URL: wire.ImageURL(bo.serveURL, hw)}
+		}
+		if nodes[i].Install != nil && im == nil {
+			slog.Warn("node installs onto its disk, but its profile has no disk image: it boots the installer, which stops", "node", n.Name,
+				"profile", n.Profile, "fix", "outputs: [raw] in profile "+n.Profile+", then bellbuild image "+n.Profile+" -o "+out)
+		}
 		data, err := nodeconf.Marshal(nodes[i], nodeconf.JSON)
 		if err != nil {
 			return nil, err
@@ -447,6 +498,13 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 			Arch:    baked(n.Profile).Arch,
 			Files:   map[string]string{NodeFile: NodeFile},
 			Enrol:   machineEnrol(nodes[i].Enrol),
+			Install: nodes[i].Install != nil,
+		}
+		if im != nil {
+			m.Image = &pxe.Image{
+				Manifest: filepath.Join(n.Profile, build.ManifestFile), Disk: filepath.Join(n.Profile, build.DiskFile),
+				Kernel: filepath.Join(n.Profile, build.KernelFile), Initrd: filepath.Join(n.Profile, build.DiskInitrdFile),
+			}
 		}
 		if n.IP.IsValid() { // its "ip" label, checked by profiles
 			m.IP = n.IP.AsSlice()
@@ -496,6 +554,25 @@ func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Mach
 	return nil, pxe.ErrUnknown
 }
 
+// readImage reads OUT/PROFILE/manifest.json's description of the image a
+// node installs and upgrades to; nil when the profile is not baked, or
+// not with a disk of this bellbuild's (two root slots, a root hash).
+func readImage(out, profile string) *wire.ImageManifest {
+	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
+	if err != nil {
+		return nil
+	}
+	var m wire.ImageManifest
+	if err := json.Unmarshal(data, &m); err != nil || m.Disk == nil {
+		return nil
+	}
+	if err := m.Check(); err != nil {
+		slog.Warn("the profile's disk cannot be installed", "profile", profile, "err", err)
+		return nil
+	}
+	return &m
+}
+
 // bakedInfo is what serve reads of a bake's manifest.
 type bakedInfo struct {
 	Cmdline string `json:"cmdline"`
@@ -517,8 +594,7 @@ func readBaked(out, profile string) bakedInfo {
 		slog.Warn("unreadable manifest", "profile", profile, "err", err)
 		return bakedInfo{}
 	}
-	sum := sha256.Sum256(data)
-	m.ID = "sha256:" + hex.EncodeToString(sum[:])
+	m.ID = manifestID(data)
 	return m
 }
 

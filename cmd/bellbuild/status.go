@@ -316,7 +316,7 @@ type siteWants struct {
 
 func (s siteWants) Wants(ctx context.Context) ([]fleet.Want, error) {
 	var out []fleet.Want
-	images := map[string]string{}
+	images := map[string]bakedImage{}
 	for _, n := range s.site.Nodes() {
 		w := fleet.Want{Node: n.Name, Profile: n.Profile, Labels: n.Labels}
 		rn, err := s.site.RenderNode(n.Name)
@@ -329,31 +329,63 @@ func (s siteWants) Wants(ctx context.Context) ([]fleet.Want, error) {
 		if s.artifacts != "" {
 			img, ok := images[n.Profile]
 			if !ok {
-				img, err = imageID(filepath.Join(s.artifacts, n.Profile, build.ManifestFile))
+				img, err = readBakedImage(filepath.Join(s.artifacts, n.Profile, build.ManifestFile))
 				if err != nil {
 					return nil, err
 				}
 				images[n.Profile] = img
 			}
-			w.Image = img
+			w.Image, w.ImageRoot = img.ID, img.Root
 		}
 		out = append(out, w)
 	}
 	return out, nil
 }
 
-// imageID names a baked image: the SHA-256 of its manifest ("" when it
-// was not baked).
-func imageID(manifest string) (string, error) {
+// bakedImage names a baked image as its machines report it.
+type bakedImage struct {
+	// ID is the SHA-256 of its manifest (manifestID): what serve puts on
+	// a network boot's command line.
+	ID string
+	// Root is the SHA-256 of its disk's root image: what a slot of an
+	// installed disk boots with ("" without outputs: [raw]).
+	Root string
+}
+
+// readBakedImage reads a bake's manifest (a zero bakedImage when it was not
+// baked).
+func readBakedImage(manifest string) (bakedImage, error) {
 	data, err := os.ReadFile(manifest)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+		return bakedImage{}, nil
 	}
 	if err != nil {
-		return "", err
+		return bakedImage{}, err
 	}
+	var m struct {
+		Disk *build.DiskInfo `json:"disk"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return bakedImage{}, fmt.Errorf("%s: %w", manifest, err)
+	}
+	img := bakedImage{ID: manifestID(data)}
+	if m.Disk != nil {
+		img.Root = m.Disk.Root.SHA256
+	}
+	return img, nil
+}
+
+// manifestID is the ID of the image a manifest describes.
+func manifestID(data []byte) string {
 	sum := sha256.Sum256(data)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// imageID is the ID of the image a manifest describes ("" when it was
+// not baked).
+func imageID(manifest string) (string, error) {
+	img, err := readBakedImage(manifest)
+	return img.ID, err
 }
 
 // registryEnrolments is serve's enrolment registry as fleet.Enrolments.

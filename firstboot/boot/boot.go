@@ -217,6 +217,9 @@ type Result struct {
 	Report *firstboot.Report
 	// Init is the program to exec next ("" when none was found).
 	Init string
+	// Reboot says to reboot rather than hand over: the slot booted is on
+	// trial, failed, and systemd-boot has another to fall back to.
+	Reboot bool
 }
 
 // Run does steps 1–5 of the package doc and returns the init to exec.
@@ -264,6 +267,9 @@ func Run(ctx context.Context, opts Options) *Result {
 	res := &Result{}
 	var errs []string
 	cmdline := readCmdline(root)
+	if opts.Config != "" {
+		cmdline = WithDiskParams(root, cmdline)
+	}
 	var node *nodeconf.Node
 	var by string
 	config := "/" + layout.Bundle // the file the node came from
@@ -357,6 +363,25 @@ func Run(ctx context.Context, opts Options) *Result {
 	}
 	res.Report = rep
 
+	res.Init = findInit(root, InitParam(cmdline))
+
+	// A disk's root slot: the summary names it; the real init keeps its
+	// boot entry (marked good, or rebooted from to try again).
+	if slot, ok := Param(cmdline, layout.SlotParam); ok {
+		rep.Slot = slot
+		rep.Image, _ = Param(cmdline, layout.ImageParam)
+		if opts.Mount {
+			ok := len(rep.Errors) == 0 && node != nil && res.Init != ""
+			res.Reboot = SlotBoot(con, slot, rep.Image, ok, MountESP)
+			// A good boot upgrades (package upgrade), when serve has
+			// another image for the node.
+			if ok && !res.Reboot {
+				u := Upgrade(ctx, con, cmdline, res.Node, UpgradeOptions{NetUp: opts.Enrol.Net})
+				res.Reboot, rep.Reboot = u.Reboot, u.Pending
+			}
+		}
+	}
+
 	// 5. One line, after the errors and what was deferred.
 	for _, e := range rep.Errors {
 		printf("error: %s", e)
@@ -375,13 +400,26 @@ func Run(ctx context.Context, opts Options) *Result {
 	if enrolState != "" && res.Node != nil {
 		sendReport(ctx, root, res.Node, rep, start, con)
 	}
-
-	res.Init = findInit(root, InitParam(cmdline))
 	if res.Init == "" {
 		printf("error: no init to hand over to (tried init=, %s)", strings.Join(inits, ", "))
 	}
 	return res
 }
+
+// WithDiskParams adds to cmdline what an installed disk's configuration
+// volume (mounted under root) says its boots need too: the parameters of
+// the installer's command line (serve's URL, the enrolment endpoint, the
+// NIC's settings; DiskBootParams).
+func WithDiskParams(root, cmdline string) string {
+	if extra, err := os.ReadFile(filepath.Join(root, layout.ConfigMount, layout.ConfigCmdline)); err == nil {
+		cmdline = strings.TrimSpace(cmdline + " " + strings.Join(strings.Fields(string(extra)), " "))
+	}
+	return cmdline
+}
+
+// Cmdline is the kernel command line of the system at root, with
+// WithDiskParams' additions.
+func Cmdline(root string) string { return WithDiskParams(root, readCmdline(root)) }
 
 func readCmdline(root string) string {
 	data, _ := os.ReadFile(filepath.Join(root, "proc/cmdline"))

@@ -17,6 +17,9 @@ import (
 // Main is the init: Run, then exec the stage's init as PID 1. It returns
 // only when there is nothing to exec; the caller then powers off.
 //
+// With bellbuild.install=1 on the command line, it is the installer
+// (InstallMain) instead.
+//
 // With bellbuild.root= on the command line (a disk or an ISO), the
 // initramfs only finds the root: MountMedia switches to an overlay of the
 // root image before the applier runs there with the config volume's
@@ -30,16 +33,33 @@ func Main(ctx context.Context) error {
 	opts := Options{Mount: true, LoadModules: true, Enrol: EnrolOptions{Net: true}}
 	mountEssentials("/") // Run reports what failed
 	cmdline, _ := os.ReadFile("/proc/cmdline")
+	if v, _ := Param(string(cmdline), layout.InstallParam); v == "1" {
+		return InstallMain(ctx, strings.TrimSpace(string(cmdline)))
+	}
 	if _, ok := Param(string(cmdline), layout.RootParam); ok {
 		opts = mediaBoot(strings.TrimSpace(string(cmdline)))
 		opts.Enrol = EnrolOptions{Net: true}
 	}
 	res := Run(ctx, opts)
+	if res.Reboot {
+		return ErrReboot
+	}
 	if res.Init == "" {
 		return errors.New("no init to hand over to")
 	}
 	err := unix.Exec(res.Init, []string{res.Init}, os.Environ())
 	return fmt.Errorf("exec %s: %w", res.Init, err)
+}
+
+// ErrReboot is Main's way to say the machine must reboot: the slot it
+// booted failed on trial (SlotBoot: to try it again or fall back), or an
+// upgrade was written with reboot: now. Why was said on the console.
+var ErrReboot = errors.New("rebooting")
+
+// Reboot restarts the machine (at once: nothing else runs yet).
+func Reboot() error {
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 }
 
 // PowerOff stops the machine (the last resort of an init with nowhere to

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -260,7 +261,11 @@ func MountMedia(cmdline string, log func(format string, args ...any)) (*MediaRoo
 	res := &MediaRoot{Upper: "tmpfs"}
 	data := Source{By: "PARTLABEL", Name: layout.DataPartition}
 	if d, err := Find(data, "/sys/class/block", "/dev", 0, nil); err == nil {
-		if err := mountData(d, log); err != nil {
+		if err := mountData(d, log); errors.Is(err, errNoFormatter) {
+			// An installed disk always has a data partition; an image
+			// baked without persist: true carries no formatter for it.
+			log("data partition %s: %v (the image is not persist: true); the writable layer is in memory", d.Dev, err)
+		} else if err != nil {
 			log("error: %v; the writable layer is in memory", err)
 		} else {
 			res.Upper = d.Dev
@@ -370,6 +375,9 @@ func mountConfig(arg string, log func(string, ...any)) error {
 // busybox mke2fs from the image) when it holds no filesystem yet.
 func mountData(d Device, log func(string, ...any)) error {
 	if d.FSType == "" {
+		if !slices.ContainsFunc(mke2fs, func(p string) bool { _, err := os.Stat(p); return err == nil }) {
+			return errNoFormatter
+		}
 		log("formatting the data partition %s", d.Dev)
 		if err := mkfs(d.Dev); err != nil {
 			return err
@@ -382,6 +390,10 @@ func mountData(d Device, log func(string, ...any)) error {
 	}
 	return fmt.Errorf("mount %s on %s: not an ext2/ext4 filesystem", d.Dev, rwDir)
 }
+
+// errNoFormatter is mountData's error for a data partition with no
+// filesystem in an initramfs with no mke2fs.
+var errNoFormatter = errors.New("no filesystem, and no mke2fs in the initramfs to make one")
 
 // mke2fs are the places a formatter for the data partition may be in the
 // initramfs (the bake adds busybox's when a disk has a data partition).

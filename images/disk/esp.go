@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/bellbuild/bellbuild/images/fstree"
+	imagelayout "github.com/bellbuild/bellbuild/images/layout"
 )
 
 // SystemdBoot is where Debian's systemd-boot-efi package installs the
@@ -41,6 +42,13 @@ type Boot struct {
 	Arch string
 	// Epoch is every file's modification time (SOURCE_DATE_EPOCH).
 	Epoch int64
+	// Slot, when set (a or b), makes the ESP of a disk with two root
+	// slots: the kernel and initramfs under bellbuild/SLOT/, one entry
+	// bellbuild-1-SLOT+TRIES.conf (systemd's boot counting, see
+	// layout.Entry) and a loader.conf that boots the newest entry.
+	Slot string
+	// Tries is the slot entry's boot counter (0: none, a good entry).
+	Tries int
 }
 
 // ESP returns the tree of an EFI System Partition that boots b with
@@ -75,6 +83,18 @@ func ESP(b Boot) (*fstree.Tree, error) {
 	}
 	t := fstree.New()
 	t.Add(fstree.Entry{Path: info.loaderPath, Type: fstree.Regular, Mode: 0o644, Size: st.Size(), Data: fstree.File(loader)})
+	if b.Slot != "" {
+		if b.Slot != imagelayout.SlotA && b.Slot != imagelayout.SlotB || b.Initrd == nil {
+			return nil, fmt.Errorf("disk: slot %q: want a or b, with an initramfs", b.Slot)
+		}
+		t.AddFile(LoaderConfPath, []byte(imagelayout.LoaderConfText), 0o644, 0, 0)
+		t.Add(fstree.Entry{Path: imagelayout.SlotKernel(b.Slot), Type: fstree.Regular, Mode: 0o644, Size: b.KernelSize, Data: b.Kernel})
+		t.Add(fstree.Entry{Path: imagelayout.SlotInitrd(b.Slot), Type: fstree.Regular, Mode: 0o644, Size: b.InitrdSize, Data: b.Initrd})
+		e := imagelayout.Entry{Gen: 1, Slot: b.Slot, Counting: b.Tries > 0, Left: b.Tries}
+		t.AddFile(e.Path(), []byte(imagelayout.EntryText(title, b.Slot, b.Cmdline)), 0o644, 0, 0)
+		t.Reproducible(b.Epoch)
+		return t, nil
+	}
 	t.AddFile(LoaderConfPath, []byte("timeout 0\ndefault bellbuild.conf\neditor no\nconsole-mode keep\n"), 0o644, 0, 0)
 	entry := "title " + title + "\nlinux /" + KernelPath + "\n"
 	t.Add(fstree.Entry{Path: KernelPath, Type: fstree.Regular, Mode: 0o644, Size: b.KernelSize, Data: b.Kernel})

@@ -44,6 +44,11 @@ const (
 	ConfigNode = "bellbuild/node.json"
 	// ConfigBundle is the bake's bundle on the volume.
 	ConfigBundle = "bellbuild/bundle.json"
+	// ConfigCmdline holds kernel command line parameters (one line) that
+	// the init adds to its own: what the installer's command line said
+	// that the installed disk's boots need too (the enrolment endpoint,
+	// the boot NIC's settings).
+	ConfigCmdline = "bellbuild/cmdline"
 	// ConfigMount is where the init mounts the volume (read-only) in the
 	// booted system.
 	ConfigMount = "run/bellbuild/config"
@@ -84,4 +89,64 @@ const (
 	DiskRootArg = RootParam + "=PARTLABEL=" + RootPartition
 	ISORootArg  = RootParam + "=LABEL=" + ISOLabel + ":/" + ISORoot
 	ConfigArg   = ConfigParam + "=LABEL=" + ConfigLabel
+)
+
+// A disk's two root slots (A/B): the bake writes the image into slot a and
+// leaves slot b empty; an upgrade writes the other slot than the running
+// one, and the ESP holds one boot entry per slot (see Entry).
+const (
+	SlotA = "a"
+	SlotB = "b"
+	// ESPPartition is the GPT name of a disk's EFI System Partition, which
+	// the init mounts to mark its entry good and the upgrader to write
+	// the other slot's kernel, initramfs and entry.
+	ESPPartition = "esp"
+	// SlotParam names the slot a kernel booted from (a or b); ImageParam
+	// the SHA-256 of that slot's root image (the manifest's root hash).
+	SlotParam  = "bellbuild.slot"
+	ImageParam = "bellbuild.image"
+	// InstallParam (=1) makes the init run the installer instead of the
+	// system; ServeParam is the URL of the serve that booted it.
+	InstallParam = "bellbuild.install"
+	ServeParam   = "bellbuild.serve"
+	// NodeParam names the node a machine boots as (serve's scripts).
+	NodeParam = "bellbuild.node"
+	// DefaultTries is how many boots a new slot gets before systemd-boot
+	// gives up on it (boot counting) and boots the other slot.
+	DefaultTries = 3
+)
+
+// Slots are the root slots, in order.
+var Slots = []string{SlotA, SlotB}
+
+// OtherSlot is the slot that is not s.
+func OtherSlot(s string) string {
+	if s == SlotA {
+		return SlotB
+	}
+	return SlotA
+}
+
+// SlotPartition is the GPT name of slot s's root partition (root-a, root-b).
+func SlotPartition(s string) string { return "root-" + s }
+
+// SlotRootArg is the command line argument that makes the init mount slot
+// s's root.
+func SlotRootArg(s string) string { return RootParam + "=PARTLABEL=" + SlotPartition(s) }
+
+// Where a slot's boot files are on the ESP.
+func SlotKernel(s string) string { return "bellbuild/" + s + "/vmlinuz" }
+
+// SlotInitrd: see SlotKernel.
+func SlotInitrd(s string) string { return "bellbuild/" + s + "/initrd.img" }
+
+// Boot loader files on the ESP (systemd-boot).
+const (
+	// EntriesDir holds the boot entries (Boot Loader Specification type 1).
+	EntriesDir = "loader/entries"
+	// LoaderConf is systemd-boot's configuration; it boots the first entry
+	// matching EntryPattern, in systemd-boot's order (see Entry).
+	LoaderConf = "loader/loader.conf"
+	// EntryPattern matches every slot entry's id.
+	EntryPattern = "bellbuild-*"
 )

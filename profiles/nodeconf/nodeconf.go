@@ -53,6 +53,14 @@ type Node struct {
 	Certificates []Certificate `json:"certificates,omitempty" yaml:"certificates,omitempty"`
 	// Enrol is how the node enrols with serve (nil: the defaults).
 	Enrol *Enrol `json:"enrol,omitempty" yaml:"enrol,omitempty"`
+	// Install says the node installs itself onto a disk (nil: it boots
+	// from the network).
+	Install *Install `json:"install,omitempty" yaml:"install,omitempty"`
+	// Upgrade says how an installed node takes a new image.
+	Upgrade *Upgrade `json:"upgrade,omitempty" yaml:"upgrade,omitempty"`
+	// Image is the image the node should run; serve sets it (from its
+	// profile's manifest) on the configuration it hands out.
+	Image *Image `json:"image,omitempty" yaml:"image,omitempty"`
 }
 
 // Certificate describes one certificate of a node: what it is for, the CA

@@ -8,6 +8,8 @@
 //	boot/MAC/kernel   the kernel MAC boots
 //	boot/MAC/initrd   the initramfs MAC boots
 //	files/NAME        the asking machine's own file NAME
+//	image/MAC/FILE    the image MAC installs and upgrades to: manifest.json,
+//	                  disk, root (a range of disk), kernel, initrd
 //
 // Every name is checked before anything is opened (no "..", no absolute
 // path, nothing unclean), artifacts and node files are opened through an
@@ -19,6 +21,7 @@ package catalog
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +35,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/pxe/grub"
+	"github.com/bellbuild/bellbuild/pxe/install/wire"
 	"github.com/bellbuild/bellbuild/pxe/ipxe"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
 	"github.com/bellbuild/bellbuild/pxe/node"
@@ -61,6 +65,16 @@ type Config struct {
 	// Cmdline is appended to every machine's kernel command line (the
 	// enrolment endpoint's parameters).
 	Cmdline string
+	// Installs says which nodes are installed on their disks (nil: none
+	// is); ServeURL is serve's HTTP URL, which an installer reaches it
+	// at.
+	Installs Installs
+	ServeURL string
+}
+
+// Installs says whether a node is installed on its disk.
+type Installs interface {
+	Installed(ctx context.Context, node string) (bool, error)
 }
 
 // Catalog opens what clients ask for. It is safe for concurrent use.
@@ -71,12 +85,14 @@ type Catalog struct {
 	backend   node.Backend
 	owners    Owners
 	cmdline   string
+	installs  Installs
+	serveURL  string
 }
 
 // New opens the directories of cfg. owners may be nil (then no node file is
 // ever served).
 func New(cfg Config, b node.Backend, owners Owners) (*Catalog, error) {
-	c := &Catalog{loaders: cfg.Loaders, backend: b, owners: owners, cmdline: cfg.Cmdline}
+	c := &Catalog{loaders: cfg.Loaders, backend: b, owners: owners, cmdline: cfg.Cmdline, installs: cfg.Installs, serveURL: cfg.ServeURL}
 	var err error
 	if cfg.Artifacts != "" {
 		if c.artifacts, err = os.OpenRoot(cfg.Artifacts); err != nil {
@@ -114,6 +130,8 @@ type File struct {
 	// MAC and Node say whose it is (empty for loaders).
 	MAC  net.HardwareAddr
 	Node string
+	// Mode is what a script boots: network, installer or local-disk.
+	Mode string
 }
 
 // Open opens name for a client at from. Scripts fetch the kernel and
@@ -168,6 +186,8 @@ func (c *Catalog) Open(ctx context.Context, name string, from netip.Addr, script
 			return nil, refused(err)
 		}
 		return regular(f, phase, mac, mach.Name)
+	case "image":
+		return c.image(ctx, name, rest)
 	case "files":
 		if strings.Contains(rest, "/") {
 			return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
@@ -214,12 +234,70 @@ func (c *Catalog) Script(ctx context.Context, mac net.HardwareAddr, base string)
 		m.Cmdline += " " + c.cmdline
 		mach = &m
 	}
-	b, err := ipxe.Script(mach, mac, base)
+	mode := ipxe.Network
+	if mach.Install && mach.Name != "" {
+		mode = ipxe.Installer
+		if c.installs != nil {
+			done, err := c.installs.Installed(ctx, mach.Name)
+			if err != nil {
+				return nil, err
+			}
+			if done {
+				mode = ipxe.Local
+			}
+		}
+	}
+	b, err := ipxe.ScriptFor(mach, mac, base, mode, c.serveURL)
 	if err != nil {
 		return nil, err
 	}
 	return &File{ReadSeeker: bytes.NewReader(b), Closer: io.NopCloser(nil), Size: int64(len(b)),
-		Phase: metrics.PhaseScript, MAC: mac, Node: mach.Name}, nil
+		Phase: metrics.PhaseScript, MAC: mac, Node: mach.Name, Mode: modeNames[mode]}, nil
+}
+
+var modeNames = map[ipxe.Mode]string{ipxe.Network: "network", ipxe.Installer: "installer", ipxe.Local: "local-disk"}
+
+// image opens FILE of image/MAC/FILE: a file of the image MAC installs and
+// upgrades to; root is the manifest's range of disk.raw.
+func (c *Catalog) image(ctx context.Context, name, rest string) (*File, error) {
+	m, what, _ := strings.Cut(rest, "/")
+	mac, err := net.ParseMAC(m)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
+	}
+	mach, err := c.lookup(ctx, mac)
+	if err != nil {
+		return nil, err
+	}
+	im := mach.Image
+	if im == nil || c.artifacts == nil {
+		return nil, fmt.Errorf("%s: node %s has no image: %w", name, mach.Name, fs.ErrNotExist)
+	}
+	p := map[string]string{wire.Manifest: im.Manifest, wire.Disk: im.Disk, wire.Root: im.Disk, wire.Kernel: im.Kernel, wire.Initrd: im.Initrd}[what]
+	if p == "" {
+		return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
+	}
+	f, err := c.artifacts.Open(p)
+	if err != nil {
+		return nil, refused(err)
+	}
+	file, err := regular(f, metrics.PhaseImage, mac, mach.Name)
+	if err != nil || what != wire.Root {
+		return file, err
+	}
+	// The root image: the range of disk.raw the manifest names.
+	data, err := fs.ReadFile(c.artifacts.FS(), im.Manifest)
+	if err != nil {
+		file.Close()
+		return nil, refused(err)
+	}
+	var man wire.ImageManifest
+	if err := json.Unmarshal(data, &man); err != nil || man.Check() != nil || man.Disk.Root.Offset+man.Disk.Root.Size > file.Size {
+		file.Close()
+		return nil, fmt.Errorf("%s: the manifest names no root image in the disk: %w", name, fs.ErrNotExist)
+	}
+	file.ReadSeeker, file.Size = io.NewSectionReader(f, man.Disk.Root.Offset, man.Disk.Root.Size), man.Disk.Root.Size
+	return file, nil
 }
 
 // grubConfig renders the GRUB configuration of the machine the address

@@ -43,6 +43,16 @@ type Want struct {
 	// Image the image it should run ("" when not known).
 	Config string `json:"config"`
 	Image  string `json:"image,omitempty"`
+	// ImageRoot is the SHA-256 (hex) of that image's disk root, which a
+	// machine booted from a slot of its installed disk reports instead
+	// of Image ("" without a disk).
+	ImageRoot string `json:"image_root,omitempty"`
+}
+
+// runs says whether img, a report's image, is the one w wants (or not
+// known on either side).
+func (w Want) runs(img string) bool {
+	return w.Image == "" || img == "" || img == w.Image || w.ImageRoot != "" && img == w.ImageRoot
 }
 
 // Inventory gives what the site wants of every node (cmd adapts the
@@ -143,7 +153,7 @@ func row(w Want, last *Stored, pending bool, now time.Time, stale time.Duration)
 		r.State = StatePending
 	case last.RebootRequired:
 		r.State = StateReboot
-	case last.Config != w.Config || w.Image != "" && last.Image != "" && last.Image != w.Image:
+	case last.Config != w.Config || !w.runs(last.Image):
 		r.State = StateDrifted
 	default:
 		r.State = StateOK

@@ -13,7 +13,8 @@ import (
 
 // TestView1000: 1,000 nodes, each made to be in one state by what it
 // reported (or did not) and its enrolment; the view tells each exactly,
-// and the counts add up.
+// and the counts add up. Half the nodes boot from their installed disks:
+// they report the disk's root hash, which names the same image.
 func TestView1000(t *testing.T) {
 	st, err := state.OpenDir(t.TempDir())
 	if err != nil {
@@ -28,9 +29,12 @@ func TestView1000(t *testing.T) {
 		name := fmt.Sprintf("n%04d", i)
 		s := fleet.States[i%len(fleet.States)]
 		want[name] = s
-		w := fleet.Want{Node: name, Profile: "p", Config: "sha256:good", Image: "sha256:img"}
+		w := fleet.Want{Node: name, Profile: "p", Config: "sha256:good", Image: "sha256:img", ImageRoot: "feed"}
 		inv = append(inv, w)
 		r := wire.Report{Node: name, Profile: "p", Config: w.Config, Image: w.Image, Changes: []wire.Change{}, Errors: []wire.Error{}, Start: now.Add(-time.Hour)}
+		if i%4 >= 2 {
+			r.Image = w.ImageRoot // a slot of its disk
+		}
 		received := now.Add(-time.Minute)
 		switch s {
 		case fleet.StateNeverSeen:
@@ -48,8 +52,10 @@ func TestView1000(t *testing.T) {
 		case fleet.StateDrifted:
 			if i%2 == 0 {
 				r.Config = "sha256:old"
-			} else {
+			} else if i%4 == 1 {
 				r.Image = "sha256:oldimg"
+			} else {
+				r.Image = "beef" // another disk root
 			}
 		}
 		rec := fleet.NewRecorder(st, fleet.Options{Now: func() time.Time { return received }})

@@ -5,6 +5,10 @@
 //	GET /boot/MAC/initrd       its initramfs
 //	GET /files/NAME            the asking machine's own file NAME, only from
 //	                           the address leased to that machine
+//	GET /image/MAC/FILE        the image MAC installs and upgrades to
+//	                           (manifest.json, disk, root, kernel, initrd;
+//	                           Range requests work)
+//	POST /report               a machine's install or upgrade report
 //	GET /NAME                  an iPXE loader (UEFI HTTP boot)
 //	GET /metrics               Prometheus metrics
 //	GET /healthz               "ok"
@@ -44,6 +48,8 @@ type Config struct {
 	Base string
 	// Gatherer serves /metrics (none when nil).
 	Gatherer prometheus.Gatherer
+	// Report serves POST /report (none when nil).
+	Report http.Handler
 }
 
 type handler struct {
@@ -62,6 +68,10 @@ func New(cfg Config, cat *catalog.Catalog, m *metrics.Metrics) http.Handler {
 	mux.Handle("GET /ipxe", h.count("ipxe", http.HandlerFunc(h.script)))
 	mux.Handle("GET /boot/{mac}/{what}", h.count("boot", http.HandlerFunc(h.file)))
 	mux.Handle("GET /files/{name}", h.count("files", http.HandlerFunc(h.file)))
+	mux.Handle("GET /image/{mac}/{what}", h.count("image", http.HandlerFunc(h.file)))
+	if cfg.Report != nil {
+		mux.Handle("POST /report", h.count("report", cfg.Report))
+	}
 	mux.Handle("GET /healthz", h.count("healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
@@ -85,7 +95,11 @@ func (h *handler) script(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	h.m.Boot(f.Phase, mac, "proto", "http", "from", client(r).String(), "node", f.Node)
+	args := []any{"proto", "http", "from", client(r).String(), "node", f.Node}
+	if f.Mode != "" {
+		args = append(args, "boot", f.Mode)
+	}
+	h.m.Boot(f.Phase, mac, args...)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	http.ServeContent(w, r, "", f.ModTime, f)
@@ -100,9 +114,14 @@ func (h *handler) file(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	// One line per phase: not again for every later Range request.
-	if rg := r.Header.Get("Range"); rg == "" || strings.HasPrefix(rg, "bytes=0-") {
+	// One line per phase: not again for every later Range request
+	// (except for an image's, which an installer asks for in a few
+	// ranges, and again when it resumes).
+	if rg := r.Header.Get("Range"); rg == "" || strings.HasPrefix(rg, "bytes=0-") || f.Phase == metrics.PhaseImage {
 		args := []any{"proto", "http", "from", from.String(), "file", name, "size", f.Size}
+		if rg != "" {
+			args = append(args, "range", strings.TrimPrefix(rg, "bytes="))
+		}
 		if f.Node != "" {
 			args = append(args, "node", f.Node)
 		}
@@ -158,7 +177,7 @@ func (h *handler) count(name string, next http.Handler) http.Handler {
 		next.ServeHTTP(cw, r)
 		h.m.HTTPRequests.WithLabelValues(name, strconv.Itoa(cw.code)).Inc()
 		h.m.Bytes.WithLabelValues("http").Add(float64(cw.n))
-		if name == "boot" || name == "files" || name == "loader" {
+		if name == "boot" || name == "files" || name == "loader" || name == "image" {
 			result := "ok"
 			if cw.code >= 400 {
 				result = "error"

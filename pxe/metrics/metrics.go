@@ -26,6 +26,9 @@ const (
 	PhaseKernel Phase = "kernel"
 	PhaseInitrd Phase = "initrd"
 	PhaseFile   Phase = "node-file"
+	// PhaseImage is a file of an image (/image/MAC/...): an installer's
+	// or an upgrader's manifest and ranges.
+	PhaseImage Phase = "image"
 )
 
 // Metrics holds the counters of one server. All methods are safe for

@@ -43,6 +43,21 @@ type Machine struct {
 	// Enrol is how the node's key is approved when it enrols (package
 	// pxe/enrol); the zero value is manual approval.
 	Enrol Enrol
+	// Install says the node installs itself onto its disk: until serve
+	// has recorded its install it boots the installer (the same kernel
+	// and initramfs, with bellbuild.install=1), then from its disk.
+	Install bool
+	// Image is the image the node installs and upgrades to (nil: none).
+	Image *Image
+}
+
+// Image is a bake's files, as artifact paths (like Kernel): what serve
+// hands out under /image/MAC/ (package pxe/install/wire).
+type Image struct {
+	// Manifest is manifest.json, Disk disk.raw (the root image is the
+	// manifest's range of it), Kernel vmlinuz, Initrd the ESP's
+	// initramfs (disk-initrd.cpio.zst).
+	Manifest, Disk, Kernel, Initrd string
 }
 
 // Enrolment policies (Enrol.Policy).

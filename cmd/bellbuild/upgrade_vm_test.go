@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bellbuild/bellbuild/testvm"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
+)
+
+// upgradeProfile is version V of a busybox image that installs itself and
+// upgrades at boot: each version has its own file (so its own root image)
+// and says its version on the kernel command line; extra is more of the
+// command line (v3's makes the kernel panic: no init in the initramfs,
+// no root= to fall back to).
+func upgradeProfile(v, extra string) string {
+	return `stage: {busybox: {}}
+kernel: {path: /vmlinuz}
+cmdline: [console=ttyS0, lab.version=` + v + extra + `]
+outputs: [raw]
+install: {disk: largest, wipe: true}
+upgrade: auto
+reboot: now
+conf:
+  files:
+    /etc/lab-version: {content: "` + v + `\n"}
+`
+}
+
+// TestUpgradeVM installs a node over PXE, then upgrades it A/B, each
+// version served by its own serve (a new bake, as an operator would):
+//
+//  1. v1 installed, the disk boots slot a;
+//  2. v2: the boot of slot a sees its configuration name v2, writes it
+//     into slot b (only the root, kernel and initramfs fetched: no disk),
+//     reboots; slot b comes up with v2's command line, is marked good,
+//     and serve's node list shows it;
+//  3. v3, whose kernel panics: written into slot a, tried three times by
+//     systemd-boot, then slot b boots again by itself, says the upgrade
+//     failed, and does not write v3 again.
+func TestUpgradeVM(t *testing.T) {
+	testtool.SkipVM(t)
+	testtool.Stat(t, testvm.OVMF, "ovmf")
+	ns := newNetns(t, 1)
+	bin := testtool.Binary(t)
+	site := t.TempDir()
+	writeTestFile(t, filepath.Join(site, "site.yaml"), "domain: example.org\n")
+	writeTestFile(t, filepath.Join(site, "nodes.yaml"), "nodes:\n- {name: u1, mac: \"52:54:00:00:00:31\", profile: upg}\n")
+	state := t.TempDir()
+	qemu := ns.qemu(t)
+	disk := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	// version bakes v and returns its root hash, the bytes an upgrade to
+	// it fetches (root, kernel, initramfs), and serve's log.
+	var upgradeBytes int64
+	version := func(t *testing.T, v, extra string) (string, *syncBuffer) {
+		writeTestFile(t, filepath.Join(site, "profiles/upg.yaml"), upgradeProfile(v, extra))
+		out := t.TempDir()
+		if b, err := exec.Command(bin, "image", "upg", "-C", site, "-o", out).CombinedOutput(); err != nil {
+			t.Fatalf("bellbuild image v%s: %v\n%s", v, err, b)
+		}
+		var m struct {
+			Disk struct {
+				Root struct {
+					SHA256 string
+					Size   int64
+				}
+			}
+			Artifacts []struct {
+				Name string
+				Size int64
+			}
+		}
+		data, _ := os.ReadFile(filepath.Join(out, "upg", "manifest.json"))
+		if err := json.Unmarshal(data, &m); err != nil || m.Disk.Root.SHA256 == "" {
+			t.Fatalf("v%s's manifest: %v", v, err)
+		}
+		upgradeBytes = m.Disk.Root.Size
+		for _, a := range m.Artifacts {
+			if a.Name == "vmlinuz" || a.Name == "disk-initrd.cpio.zst" {
+				upgradeBytes += a.Size
+			}
+		}
+		log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state)
+		return m.Disk.Root.SHA256, log
+	}
+	// The disk first: a blank one fails at once and the NIC installs.
+	power := func(t *testing.T) *testtool.VM {
+		return testtool.NewVM(t, testvm.Config{Binary: qemu, Firmware: testvm.OVMF, Reboot: true,
+			NICs:   []testvm.NIC{{Netdev: "tap", Ifname: "tap0", MAC: "52:54:00:00:00:31", BootIndex: 2}},
+			Drives: []testvm.Drive{{Path: disk, BootIndex: 1}}})
+	}
+	wait := func(t *testing.T, vm *testtool.VM, re string) []string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+		defer cancel()
+		m, err := vm.WaitFor(ctx, regexp.MustCompile(re))
+		if err != nil {
+			t.Fatalf("VM: %v", err)
+		}
+		return m
+	}
+	var h1, h2 string
+	if !t.Run("v1 installed", func(t *testing.T) {
+		h1, _ = version(t, "1", "")
+		vm := power(t)
+		wait(t, vm, `bellbuild: install: done: /dev/vda holds image `+h1[:12])
+		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=a image=`+h1[:12]+` changes=\d+ errors=0$`)
+	}) {
+		return
+	}
+	if !t.Run("v2 into slot b", func(t *testing.T) {
+		var log *syncBuffer
+		h2, log = version(t, "2", "")
+		vm := power(t)
+		wait(t, vm, `^bellbuild: upgrade: image `+h2[:12]+` \(profile upg\) into slot b \(/dev/vda3\), running `+h1[:12]+` in slot a$`)
+		m := wait(t, vm, `^bellbuild: upgrade: slot b holds image `+h2[:12]+` \((\d+) bytes fetched\): 3 tries at the next boot \(reboot: now\)$`)
+		wait(t, vm, `^bellbuild: upgrade: rebooting into slot b$`)
+		wait(t, vm, `Command line: .*lab\.version=2 .*bellbuild\.slot=b`)
+		wait(t, vm, `^bellbuild: slot b marked good \(image `+h2[:12]+`\)$`)
+		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=b image=`+h2[:12]+` changes=\d+ errors=0$`)
+		// Only the root, the kernel and the initramfs came: far less than
+		// the disk, and no request for it.
+		if n := m[1]; n != strconv.FormatInt(upgradeBytes, 10) {
+			t.Errorf("the upgrade fetched %s bytes, want %d (root, kernel, initramfs)", n, upgradeBytes)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if l := log.String(); strings.Contains(l, "file=image/52:54:00:00:00:31/disk") || !strings.Contains(l, "file=image/52:54:00:00:00:31/root") {
+			t.Errorf("the upgrade fetched the disk, or not the root:\n%s", l)
+		}
+		o, err := exec.Command(bin, "node", "list", "-C", site, "--state", state).CombinedOutput()
+		if err != nil || !regexpMatch(`(?m)^u1 .* /dev/vda +\S+ +b:`+h2[:12], string(o)) {
+			t.Errorf("node list: %v\n%s", err, o)
+		}
+	}) {
+		return
+	}
+	t.Run("broken v3 falls back", func(t *testing.T) {
+		h3, log := version(t, "3", ", rdinit=/nonexistent")
+		vm := power(t)
+		wait(t, vm, `^bellbuild: upgrade: slot a holds image `+h3[:12])
+		wait(t, vm, `^bellbuild: upgrade: rebooting into slot a$`)
+		// Three tries, each a kernel panic, then slot b by itself.
+		for i := 0; i < 3; i++ {
+			wait(t, vm, `Kernel panic - not syncing`)
+			wait(t, vm, `Rebooting in 10 seconds`)
+		}
+		wait(t, vm, `^bellbuild: upgrade to `+h3+` failed, running `+h2+`$`)
+		wait(t, vm, `^bellbuild: upgrade: upgrade refused: image `+h3[:12]+` failed to come up before: not tried again until the configuration names another`)
+		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=b image=`+h2[:12]+` changes=\d+ errors=0$`)
+		if c := strings.Count(vm.Console(), "Rebooting in 10 seconds"); c != 3 {
+			t.Errorf("%d kernel panics, want 3 (the entry's tries)", c)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if !regexpMatch(`phase=upgrade-failed mac=52:54:00:00:00:31 node=u1 .*image=`+h3[:12], log.String()) {
+			t.Errorf("serve logged no failed upgrade")
+		}
+		o, _ := exec.Command(bin, "node", "list", "-C", site, "--state", state).CombinedOutput()
+		if !regexpMatch(`(?m)^u1 .* b:`+h2[:12]+` +upgrade to `+h3[:12]+` failed$`, string(o)) {
+			t.Errorf("node list:\n%s", o)
+		}
+	})
+}
