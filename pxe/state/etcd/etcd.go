@@ -215,8 +215,10 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	return kv.Value, nil
 }
 
-// maxConflicts bounds the retries of one Update.
-const maxConflicts = 64
+// conflictBudget bounds how long one Update keeps retrying against
+// other writers of its key (a count would give up early on a slow
+// cluster, where each transaction takes a disk's fsync).
+const conflictBudget = 30 * time.Second
 
 // Update implements state.Store: f's result is written by a transaction
 // that compares the key's modification revision with the one f was
@@ -240,11 +242,13 @@ func (s *Store) Update(ctx context.Context, key string, f func(old []byte) ([]by
 		cur, _ = s.guess(key)
 		fresh = true
 	}
-	for try := range maxConflicts {
+	giveUp := time.Now().Add(conflictBudget)
+	for try := 0; try < 2 || time.Now().Before(giveUp); try++ {
 		if try > 1 {
-			// Contended: wait a little, at random, so that the writers
-			// racing for the key do not collide again in lock-step.
-			d := time.Duration(rand.Int64N(int64(min(try, 20)) * int64(time.Millisecond)))
+			// Contended: wait a little, at random and longer each time
+			// (up to 50 ms), so that the writers racing for the key do
+			// not collide again in lock-step.
+			d := time.Duration(rand.Int64N(int64(min(try, 50)) * int64(time.Millisecond)))
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("state %s: %w", key, ctx.Err())
@@ -303,7 +307,7 @@ func (s *Store) Update(ctx context.Context, key string, f func(old []byte) ([]by
 		s.remember(key, cur)
 		fresh = true
 	}
-	return fmt.Errorf("state %s: still conflicting after %d tries", key, maxConflicts)
+	return fmt.Errorf("state %s: still conflicting with other writers after %s", key, conflictBudget)
 }
 
 // List implements state.Store: a ranged read of keys only.
