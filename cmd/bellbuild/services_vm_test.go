@@ -101,10 +101,11 @@ func placementOf(t *testing.T, bin, site string) []string {
 }
 
 // serveProcess is `bellbuild serve` in a namespace, stopped by stop (or
-// when the test ends).
+// when the test ends), or killed (SIGKILL) by kill.
 type serveProcess struct {
 	log  *syncBuffer
 	stop func()
+	kill func()
 }
 
 func startServeProcess(t *testing.T, ns *netns, bin string, args ...string) *serveProcess {
@@ -134,6 +135,14 @@ func startServeProcess(t *testing.T, ns *netns, bin string, args ...string) *ser
 			cmd.Process.Kill()
 			t.Errorf("serve ignored SIGTERM for 30 s")
 		}
+	}
+	p.kill = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Kill()
+		<-done
 	}
 	t.Cleanup(p.stop)
 	deadline := time.Now().Add(30 * time.Second)
