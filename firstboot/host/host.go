@@ -176,18 +176,38 @@ func (h *Host) at(p string) (*os.Root, string) {
 	if dir == "" {
 		return h.root, r
 	}
-	if d, ok := h.dirs[dir]; ok {
-		return d, base
-	}
-	d, err := h.root.OpenRoot(dir)
+	d, err := h.dirRoot(dir)
 	if err != nil {
 		return h.root, r
+	}
+	return d, base
+}
+
+// dirRoot is the os.Root of dir (root-relative, cleaned), from the cache,
+// else opened from its parent's (one openat rather than a walk from the
+// root), else from the root (a symlink that leaves the parent but not
+// the root).
+func (h *Host) dirRoot(dir string) (*os.Root, error) {
+	if d, ok := h.dirs[dir]; ok {
+		return d, nil
+	}
+	var d *os.Root
+	err := errors.ErrUnsupported
+	if parent, base := path.Split(dir); parent != "" {
+		if pr, perr := h.dirRoot(strings.TrimSuffix(parent, "/")); perr == nil {
+			d, err = pr.OpenRoot(base)
+		}
+	}
+	if err != nil {
+		if d, err = h.root.OpenRoot(dir); err != nil {
+			return nil, err
+		}
 	}
 	if h.dirs == nil {
 		h.dirs = map[string]*os.Root{}
 	}
 	h.dirs[dir] = d
-	return d, base
+	return d, nil
 }
 
 // Root is the confined handle, for modules that need an operation this
