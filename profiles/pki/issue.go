@@ -46,8 +46,8 @@ type job struct {
 // Issue signs reqs and records every serial in the log (one fsynced
 // append) before it returns the certificates:
 //  1. check each request and the CA that signs it (not expired);
-//  2. make the keys that are not given;
-//  3. sign (on every core for a large batch);
+//  2. make the keys that are not given, and
+//  3. sign (both on every core for a large batch);
 //  4. append to the log; a serial already there (another process drew
 //     it) fails the whole batch, which the caller may retry.
 func (s *Store) Issue(ctx context.Context, reqs ...Request) ([]*Issued, error) {
@@ -69,7 +69,8 @@ func (s *Store) Issue(ctx context.Context, reqs ...Request) ([]*Issued, error) {
 	return out, nil
 }
 
-// prepare checks reqs (1) and makes the missing keys (2).
+// prepare checks reqs (1); the missing keys are made by the signing
+// workers (2).
 func (s *Store) prepare(reqs []Request, now time.Time) ([]*job, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -84,20 +85,23 @@ func (s *Store) prepare(reqs []Request, now time.Time) ([]*job, error) {
 		}
 		jobs[i] = &job{req: r, ca: ca}
 	}
-	for _, j := range jobs {
-		if j.req.PublicKey != nil {
-			continue
-		}
-		k, err := newKey(s.opts.Algorithm)
-		if err != nil {
-			return nil, err
-		}
-		if j.keyPEM, err = keyPEM(k); err != nil {
-			return nil, err
-		}
-		j.key, j.req.PublicKey = k, k.Public()
-	}
 	return jobs, nil
+}
+
+// makeKey makes j's key pair when its request brought no public key (2).
+func (s *Store) makeKey(j *job) error {
+	if j.req.PublicKey != nil {
+		return nil
+	}
+	k, err := newKey(s.opts.Algorithm)
+	if err != nil {
+		return err
+	}
+	if j.keyPEM, err = keyPEM(k); err != nil {
+		return err
+	}
+	j.key, j.req.PublicKey = k, k.Public()
+	return nil
 }
 
 // allowed checks r and returns it with the names its CA's constraints
@@ -226,6 +230,9 @@ func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificat
 }
 
 func (s *Store) signOne(j *job, now time.Time) error {
+	if err := s.makeKey(j); err != nil {
+		return err
+	}
 	t, err := s.leafTemplate(j.req, j.ca, now)
 	if err != nil {
 		return err
