@@ -62,7 +62,12 @@ start() { # NAME: start the server in the background, PID set
 		ip netns exec $SRV etcd --data-dir "$TMP/etcd" --listen-client-urls http://127.0.0.1:2379 \
 			--advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 >"$TMP/etcd.log" 2>&1 &
 		ETCD=$!
-		sleep 2
+		# Ready when it answers (a first start initialises its data
+		# directory; a fixed wait was sometimes too short).
+		for _ in $(seq 50); do
+			ip netns exec $SRV curl -sf http://127.0.0.1:2379/health >/dev/null 2>&1 && break
+			sleep 0.2
+		done
 		ip netns exec $SRV "$BIN" serve --interface s0 --pool 192.0.2.10-192.0.2.250/24 \
 			--default-profile demo --state etcd+http://127.0.0.1:2379 --work "$TMP/bb" --artifacts "$TMP/out" \
 			--tftp-addr off --http-addr off --https-addr off >"$TMP/server.log" 2>&1 &
