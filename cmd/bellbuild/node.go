@@ -18,6 +18,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/profiles/pki"
 	"github.com/bellbuild/bellbuild/pxe/enrol"
+	"github.com/bellbuild/bellbuild/pxe/fleet"
 	pxeinstall "github.com/bellbuild/bellbuild/pxe/install"
 	pxestate "github.com/bellbuild/bellbuild/pxe/state"
 )
@@ -308,7 +309,7 @@ func nodeList(ctx context.Context, site *profiles.Site, reg *enrol.Registry, ins
 	for _, r := range rows {
 		slot := "-"
 		if r.Slot != "" {
-			slot = r.Slot + ":" + shortHash(r.Image)
+			slot = r.Slot + ":" + fleet.ShortHash(r.Image)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Node, r.State, r.Policy, dash(r.Fingerprint), dash(r.From), stamp(r.Since),
 			dash(r.Disk), stamp(r.Installed), slot, r.Note)
@@ -331,10 +332,10 @@ func withInstall(row *nodeRow, r *pxeinstall.Record) {
 		notes = append(notes, "install: "+r.Phase)
 	}
 	if r.Pending != "" {
-		notes = append(notes, fmt.Sprintf("upgrade to %s written: reboot pending (%s)", shortHash(r.Pending), dash(r.Reboot)))
+		notes = append(notes, fmt.Sprintf("upgrade to %s written: reboot pending (%s)", fleet.ShortHash(r.Pending), dash(r.Reboot)))
 	}
 	if r.Failed != "" {
-		notes = append(notes, fmt.Sprintf("upgrade to %s failed", shortHash(r.Failed)))
+		notes = append(notes, fmt.Sprintf("upgrade to %s failed", fleet.ShortHash(r.Failed)))
 	}
 	if row.Note != "" {
 		notes = append([]string{row.Note}, notes...)

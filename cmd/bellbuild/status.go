@@ -176,7 +176,7 @@ func printFleet(w io.Writer, rows []fleet.Row, now time.Time) {
 	for _, r := range rows {
 		seen := "never"
 		if !r.LastSeen.IsZero() {
-			seen = ago(now.Sub(r.LastSeen))
+			seen = fleet.Ago(now.Sub(r.LastSeen))
 			if !r.Verified {
 				seen += " (unverified)"
 			}
@@ -195,32 +195,9 @@ func printFleet(w io.Writer, rows []fleet.Row, now time.Time) {
 // short hash ("-" when not known).
 func pair(want, have string) string {
 	if want == have {
-		return shortHash(want)
+		return fleet.ShortHash(want)
 	}
-	return shortHash(want) + "/" + shortHash(have)
-}
-
-func shortHash(h string) string {
-	h = strings.TrimPrefix(h, "sha256:")
-	switch {
-	case h == "":
-		return "-"
-	case len(h) > 12:
-		return h[:12]
-	}
-	return h
-}
-
-func ago(d time.Duration) string {
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds ago", int(d.Seconds()))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+	return fleet.ShortHash(want) + "/" + fleet.ShortHash(have)
 }
 
 // statusFromState computes the rows from the site and serve's state.

@@ -48,12 +48,12 @@ type PageConfig struct {
 var pageFS embed.FS
 
 var pageT = template.Must(template.New("page.html").Funcs(template.FuncMap{
-	"short": shortHash,
+	"short": ShortHash,
 	"ago": func(now, t time.Time) string {
 		if t.IsZero() {
 			return "never"
 		}
-		return ago(now.Sub(t))
+		return Ago(now.Sub(t))
 	},
 	"class": func(state string) string { return strings.ReplaceAll(state, " ", "-") },
 	"utc":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
@@ -308,7 +308,9 @@ func (p *page) fail(w http.ResponseWriter, err error) {
 	http.Error(w, "internal error (see serve's log)", http.StatusInternalServerError)
 }
 
-func shortHash(h string) string {
+// ShortHash is how the fleet's views show a hash: its first 12 hex
+// digits, "-" for none.
+func ShortHash(h string) string {
 	h = strings.TrimPrefix(h, "sha256:")
 	switch {
 	case h == "":
@@ -319,7 +321,8 @@ func shortHash(h string) string {
 	return h
 }
 
-func ago(d time.Duration) string {
+// Ago is how the fleet's views show how long ago something was seen.
+func Ago(d time.Duration) string {
 	switch {
 	case d < time.Minute:
 		return fmt.Sprintf("%ds ago", int(d.Seconds()))
