@@ -206,15 +206,8 @@ func (c Config) Args() []string {
 		a = append(a, "-drive", opt)
 	}
 	for i, n := range c.NICs {
-		id := fmt.Sprintf("net%d", i)
-		switch n.Netdev {
-		case "", "user":
-			a = append(a, "-netdev", "user,id="+id)
-		case "tap":
-			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Ifname))
-		default:
-			a = append(a, "-netdev", n.Netdev+",id="+id)
-		}
+		id, netdev := netdevArg(i, n)
+		a = append(a, "-netdev", netdev)
 		model := n.Model
 		if model == "" {
 			model = "virtio-net-pci"
@@ -298,15 +291,8 @@ func (c Config) argsARM64(mem, cpus int) []string {
 		boot++
 	}
 	for i, n := range c.NICs {
-		id := fmt.Sprintf("net%d", i)
-		switch n.Netdev {
-		case "", "user":
-			a = append(a, "-netdev", "user,id="+id)
-		case "tap":
-			a = append(a, "-netdev", fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Ifname))
-		default:
-			a = append(a, "-netdev", n.Netdev+",id="+id)
-		}
+		id, netdev := netdevArg(i, n)
+		a = append(a, "-netdev", netdev)
 		model := n.Model
 		if model == "" {
 			model = "virtio-net-pci"
@@ -632,4 +618,16 @@ func visible(line string) string {
 		return line
 	}
 	return escapes.ReplaceAllString(line, "")
+}
+
+// netdevArg is the -netdev of the i-th NIC n, and its id.
+func netdevArg(i int, n NIC) (id, arg string) {
+	id = fmt.Sprintf("net%d", i)
+	switch n.Netdev {
+	case "", "user":
+		return id, "user,id=" + id
+	case "tap":
+		return id, fmt.Sprintf("tap,id=%s,ifname=%s,script=no,downscript=no", id, n.Ifname)
+	}
+	return id, n.Netdev + ",id=" + id
 }
