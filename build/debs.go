@@ -12,6 +12,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/build/debpkg"
 	"github.com/bellbuild/bellbuild/images/arch"
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/images/kmod"
 	"github.com/bellbuild/bellbuild/images/layout"
 )
@@ -78,7 +79,7 @@ func (b *baker) packageKernel(ctx context.Context, name, a string) (*kernel, []I
 }
 
 // ensureModulesDep writes dir/modules.dep (kmod.Depmod) when it is
-// missing, through a temporary file.
+// missing, whole or not at all.
 func ensureModulesDep(dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "modules.dep")); err == nil {
 		return nil
@@ -89,25 +90,7 @@ func ensureModulesDep(dir string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".modules.dep-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(dep)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), filepath.Join(dir, "modules.dep"))
+	return atomicfile.Write(filepath.Join(dir, "modules.dep"), dep, 0o644)
 }
 
 // busyboxFor returns the static busybox for images of architecture a:

@@ -42,6 +42,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -177,7 +178,7 @@ func (c *Cache) resolve(ctx context.Context, name, arch string) (map[string]stri
 		}
 	}
 	// A memo is an optimisation: failing to write it is not an error.
-	writeAtomic(memo, []byte(b.String()))
+	atomicfile.Write(memo, []byte(b.String()), 0o644)
 	return rec, nil
 }
 
@@ -202,7 +203,7 @@ func verified(deb, sum string) bool {
 
 func markVerified(deb, sum string) {
 	if st, err := os.Stat(deb); err == nil {
-		writeAtomic(deb+".verified", []byte(identity(st, sum)))
+		atomicfile.Write(deb+".verified", []byte(identity(st, sum)), 0o644)
 	}
 }
 
@@ -212,29 +213,6 @@ func identity(st os.FileInfo, sum string) string {
 		ino = s.Ino
 	}
 	return fmt.Sprintf("%s %d %d %d\n", sum, ino, st.Size(), st.ModTime().UnixNano())
-}
-
-// writeAtomic writes a small file through a temporary one.
-func writeAtomic(p string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o644)
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
 }
 
 // show runs apt-cache show for the candidate of name:arch and returns its

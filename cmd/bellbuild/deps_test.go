@@ -27,10 +27,13 @@ var allowed = map[string][]string{
 	// Where things live in an image: the bake writes there and the init
 	// reads there, so it depends on neither.
 	"images/layout": {},
-	"build":         {"build", "profiles", "profiles/nodeconf", "images"},
+	// Replacing a file whole or not at all: used by every side, it
+	// imports nothing of ours.
+	"images/atomicfile": {},
+	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
 	// Debian packages fetched for another architecture (apt-get download,
 	// dpkg-deb -x): it knows nothing of images or the site.
-	"build/debpkg": {},
+	"build/debpkg": {"images/atomicfile"},
 	// firstboot/boot's init loads kernel modules with the modules.dep
 	// reader the bake chose them with, and finds what the bake put in the
 	// image where images/layout says.
@@ -38,12 +41,12 @@ var allowed = map[string][]string{
 	// The report client speaks serve's report protocol (pxe/fleet/wire),
 	// the installer and the upgrader serve's install protocol
 	// (pxe/install/wire).
-	"firstboot": {"firstboot", "profiles/nodeconf", "images/kmod", "images/layout", "pxe/enrol/wire", "pxe/fleet/wire", "pxe/install/wire"},
+	"firstboot": {"firstboot", "profiles/nodeconf", "images/atomicfile", "images/kmod", "images/layout", "pxe/enrol/wire", "pxe/fleet/wire", "pxe/install/wire"},
 	// The installer lays disk.raw out on a disk (images/disk's GPT) and
 	// writes the node's configuration volume (images/confvol, fat).
 	"firstboot/install": {"firstboot", "profiles/nodeconf", "images/layout", "images/disk", "images/confvol", "images/fat", "images/fstree", "pxe/install/wire"},
 	"firstboot/vmtest":  {}, // VM tests of live effects: test files only (they bake with build, boot with testvm)
-	"pxe":               {"pxe"},
+	"pxe":               {"pxe", "images/atomicfile"},
 	// The enrolment protocol, spoken by serve and by the applier: it
 	// imports nothing of ours.
 	"pxe/enrol/wire": {},

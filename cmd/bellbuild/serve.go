@@ -21,6 +21,7 @@ import (
 
 	"github.com/bellbuild/bellbuild/build"
 	"github.com/bellbuild/bellbuild/build/debpkg"
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
@@ -487,7 +488,10 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 		if err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(filepath.Join(files, n.Name, NodeFile), data); err != nil {
+		if err := os.MkdirAll(filepath.Join(files, n.Name), 0o700); err != nil {
+			return nil, err
+		}
+		if err := atomicfile.Write(filepath.Join(files, n.Name, NodeFile), data, 0o600); err != nil {
 			return nil, err
 		}
 		m := &pxe.Machine{
@@ -629,34 +633,4 @@ func arm64Loader(ctx context.Context, path, cache string) (string, error) {
 		return "", fmt.Errorf("%w (or pass --loader-arm64 PATH)", err)
 	}
 	return filepath.Join(p.Root, grubNetImage), nil
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory: readers see the old file or the new one, never half of one.
-func writeFileAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(f.Name(), 0o600)
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

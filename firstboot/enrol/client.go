@@ -38,9 +38,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 )
 
@@ -143,7 +143,7 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(o.Dir, "enrol.json"), append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(o.Dir, "enrol.json"), append(data, '\n'), 0o600); err != nil {
 		return nil, err
 	}
 	tc, err := c.tlsConfig(nil)
@@ -462,7 +462,7 @@ func (c *Client) saveHost(chain string) error {
 	if _, err := c.keyPair([]byte(chain)); err != nil {
 		return fmt.Errorf("serve's answer: %w", err)
 	}
-	return writeAtomic(filepath.Join(c.o.Dir, "host.pem"), []byte(chain), 0o600)
+	return atomicfile.Write(filepath.Join(c.o.Dir, "host.pem"), []byte(chain), 0o600)
 }
 
 // loadOrMakeKey reads a PKCS#8 PEM key, or makes an ECDSA P-256 key and
@@ -483,7 +483,7 @@ func loadOrMakeKey(p string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := atomicfile.Write(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -504,43 +504,6 @@ func parseKey(data []byte, name string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("%s: a key that cannot sign", name)
 	}
 	return s, nil
-}
-
-// writeAtomic replaces p: a temporary file in the same directory (mode
-// from the start), fsync, rename, fsync of the directory.
-func writeAtomic(p string, data []byte, mode fs.FileMode) error {
-	tmp := p + ".tmp"
-	os.Remove(tmp)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	d, err := os.Open(filepath.Dir(p))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
 }
 
 // Post sends in (JSON) to serve's path and decodes the answer into out:

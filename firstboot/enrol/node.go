@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
 )
@@ -49,7 +50,7 @@ func (c *Client) CRL(ctx context.Context) ([]byte, error) {
 	if !strings.Contains(string(data), "-----BEGIN X509 CRL-----") {
 		return nil, errors.New("CRL: serve's answer holds no PEM CRL")
 	}
-	if err := writeAtomic(filepath.Join(c.o.Dir, "crl.pem"), data, 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(c.o.Dir, "crl.pem"), data, 0o644); err != nil {
 		return nil, err
 	}
 	return data, nil
@@ -175,16 +176,16 @@ func (c *Client) Credentials(ctx context.Context, node *nodeconf.Node) (int, err
 			if got.Credential != s.name || got.Side != s.side || !c.fits([]byte(got.Cert), s.key) {
 				return 0, fmt.Errorf("service certificates: serve's answer for %s/%s does not fit its key", s.name, s.side)
 			}
-			if err := writeAtomic(s.file(c.o.Dir, ".pem"), []byte(got.Cert), 0o644); err != nil {
+			if err := atomicfile.Write(s.file(c.o.Dir, ".pem"), []byte(got.Cert), 0o644); err != nil {
 				return 0, err
 			}
 			s.cert = got.Cert
 		}
 		ca, crl = resp.CA, resp.CRL
-		if err := writeAtomic(filepath.Join(c.o.Dir, "ca.pem"), []byte(ca), 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(c.o.Dir, "ca.pem"), []byte(ca), 0o644); err != nil {
 			return 0, err
 		}
-		if err := writeAtomic(filepath.Join(c.o.Dir, "crl.pem"), []byte(crl), 0o644); err != nil {
+		if err := atomicfile.Write(filepath.Join(c.o.Dir, "crl.pem"), []byte(crl), 0o644); err != nil {
 			return 0, err
 		}
 	}

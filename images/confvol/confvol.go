@@ -17,6 +17,7 @@ import (
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/images/disk"
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
@@ -151,29 +152,12 @@ func WriteDir(dir string, files *fstree.Tree) error {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return fmt.Errorf("confvol: %w", err)
 		}
-		if err := writeFileAtomic(dst, e); err != nil {
+		err := atomicfile.WriteFrom(dst, 0o600, func(f *os.File) error {
+			return fstree.CopyContent(f, e.Path, e.Data, e.Size, nil)
+		})
+		if err != nil {
 			return fmt.Errorf("confvol: %s: %w", dst, err)
 		}
 	}
 	return nil
-}
-
-func writeFileAtomic(dst string, e *fstree.Entry) error {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := fstree.CopyContent(tmp, e.Path, e.Data, e.Size, nil); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
 }

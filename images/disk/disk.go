@@ -19,12 +19,12 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/images/fat"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	imagelayout "github.com/bellbuild/bellbuild/images/layout"
@@ -342,24 +342,20 @@ func Write(f *os.File, spec Spec) (*Layout, error) {
 // Used bytes.
 var emptyHash = hex.EncodeToString(sha256.New().Sum(nil))
 
-// WriteFile writes the disk to path atomically: into a temporary file in
-// the same directory, synced, then renamed over path. The file is mode
-// 0600: its config volume carries the node's configuration, password
-// hashes included.
+// WriteFile writes the disk to path whole or not at all (package
+// atomicfile). The file is mode 0600: its config volume carries the node's
+// configuration, password hashes included.
 func WriteFile(path string, spec Spec) (*Layout, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return nil, fmt.Errorf("disk: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	l, err := Write(tmp, spec)
-	if cerr := tmp.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("disk: %w", cerr)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	var l *Layout
+	var werr error
+	err := atomicfile.WriteFrom(path, 0o600, func(f *os.File) error {
+		l, werr = Write(f, spec)
+		return werr
+	})
+	switch {
+	case werr != nil:
+		return nil, werr
+	case err != nil:
 		return nil, fmt.Errorf("disk: %w", err)
 	}
 	return l, nil

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,9 +98,9 @@ func (d *Dir) Update(ctx context.Context, key string, f func(old []byte) ([]byte
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("state %s: %w", key, err)
 		}
-		return syncDir(filepath.Dir(p))
+		return atomicfile.SyncDir(filepath.Dir(p))
 	}
-	if err := writeAtomic(p, val); err != nil {
+	if err := atomicfile.Write(p, val, 0o600); err != nil {
 		return fmt.Errorf("state %s: %w", key, err)
 	}
 	return nil
@@ -169,49 +170,4 @@ func lock(ctx context.Context, file string) (func(), error) {
 		}
 		wait = min(2*wait, 20*time.Millisecond)
 	}
-}
-
-// writeAtomic replaces p with data: a temporary file in the same
-// directory, fsync, rename, fsync of the directory.
-func writeAtomic(p string, data []byte) error {
-	tmp := tempName(p)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(p))
-}
-
-// tempName is p's temporary file: hidden, and p's own, so that only an
-// Update of p (which holds p's lock) writes it, and the next one writes
-// over what a killed one left.
-func tempName(p string) string { return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp") }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
-	}
-	return nil
 }
