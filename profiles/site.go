@@ -437,6 +437,29 @@ func parseCmdline(v *value, path string, errs *ErrorList) {
 	}
 }
 
+// profileFields checks each of a profile's plain fields (those kept as
+// they are written and merged along the inherits chain): a null value
+// (an unset inherited one) is not checked.
+var profileFields = map[string]func(v *value, path string, errs *ErrorList){
+	"description": func(v *value, path string, errs *ErrorList) { scalarString(v, path, errs) },
+	"arch":        func(v *value, path string, errs *ErrorList) { parseArch(v, path, errs) },
+	"stage":       func(v *value, path string, errs *ErrorList) { parseStage(v, path, errs) },
+	"kernel":      func(v *value, path string, errs *ErrorList) { parseKernel(v, path, errs) },
+	"cmdline":     parseCmdline,
+	"outputs":     func(v *value, path string, errs *ErrorList) { parseOutputs(v, path, errs) },
+	"persist": func(v *value, path string, errs *ErrorList) {
+		if _, ok := scalarBool(v); !ok {
+			errs.Add(v.pos, path, "want true or false")
+		}
+	},
+	"domain":     func(v *value, path string, errs *ErrorList) { parseDomainValue(v, path, errs) },
+	"enrol":      func(v *value, path string, errs *ErrorList) { parseEnrol(v, path, errs) },
+	"enrol_wait": func(v *value, path string, errs *ErrorList) { parseEnrolWait(v, path, errs) },
+	"install":    func(v *value, path string, errs *ErrorList) { parseInstall(v, path, false, errs) },
+	"upgrade":    func(v *value, path string, errs *ErrorList) { parseUpgrade(v, path, errs) },
+	"reboot":     func(v *value, path string, errs *ErrorList) { parseReboot(v, path, errs) },
+}
+
 var profileKeys = []string{"inherits", "description", "arch", "stage", "kernel", "cmdline", "outputs", "persist", "domain", "conf", "overrides", "enrol", "enrol_wait", "install", "upgrade", "reboot"}
 
 func parseProfile(name string, root *value, file string, errs *ErrorList) *profile {
@@ -468,75 +491,20 @@ func parseProfile(name string, root *value, file string, errs *ErrorList) *profi
 				p.inherits = append(p.inherits, n)
 				p.inheritsPos = append(p.inheritsPos, pos[i])
 			}
-		case "description":
-			if v.kind != kNull {
-				scalarString(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "arch":
-			if v.kind != kNull {
-				parseArch(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "stage":
-			if v.kind != kNull {
-				parseStage(v, "stage", errs)
-			}
-			p.fields[e.key] = v
-		case "kernel":
-			if v.kind != kNull {
-				parseKernel(v, "kernel", errs)
-			}
-			p.fields[e.key] = v
-		case "cmdline":
-			if v.kind != kNull {
-				parseCmdline(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "outputs":
-			if v.kind != kNull {
-				parseOutputs(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "persist":
-			if _, ok := scalarBool(v); !ok && v.kind != kNull {
-				errs.Add(v.pos, e.key, "want true or false")
-			}
-			p.fields[e.key] = v
-		case "domain":
-			parseDomainValue(v, e.key, errs)
-			p.fields[e.key] = v
-		case "enrol":
-			if v.kind != kNull {
-				parseEnrol(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "enrol_wait":
-			if v.kind != kNull {
-				parseEnrolWait(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "install":
-			if v.kind != kNull {
-				parseInstall(v, e.key, false, errs)
-			}
-			p.fields[e.key] = v
-		case "upgrade":
-			if v.kind != kNull {
-				parseUpgrade(v, e.key, errs)
-			}
-			p.fields[e.key] = v
-		case "reboot":
-			if v.kind != kNull {
-				parseReboot(v, e.key, errs)
-			}
-			p.fields[e.key] = v
 		case "conf":
 			p.conf, p.db = parseConf(v, "conf", true, errs)
 		case "overrides":
 			p.labelOv, p.hostOv = parseNativeOverrides(v, "overrides", errs)
 		default:
-			top.unknown(e, errs)
+			check, ok := profileFields[e.key]
+			if !ok {
+				top.unknown(e, errs)
+				continue
+			}
+			if v.kind != kNull {
+				check(v, e.key, errs)
+			}
+			p.fields[e.key] = v
 		}
 	}
 	return p

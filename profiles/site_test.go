@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -346,3 +347,21 @@ nodes:
 
 // equateAddr lets cmp compare netip.Addr values (NodeInfo.IP).
 var equateAddr = cmp.Comparer(func(a, b netip.Addr) bool { return a == b })
+
+// Every checked profile field is a known key, and every known key is
+// either checked or one of the three read apart (inherits, conf,
+// overrides): a field added to one list and not the other would be
+// refused as unknown, or taken unchecked.
+func TestProfileFieldsKnown(t *testing.T) {
+	apart := map[string]bool{"inherits": true, "conf": true, "overrides": true}
+	for k := range profileFields {
+		if !slices.Contains(profileKeys, k) {
+			t.Errorf("profileFields has %q, profileKeys does not", k)
+		}
+	}
+	for _, k := range profileKeys {
+		if _, ok := profileFields[k]; !ok && !apart[k] {
+			t.Errorf("profileKeys has %q, which nothing checks", k)
+		}
+	}
+}
