@@ -174,7 +174,7 @@ func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error
 		Stdout: os.Stdout, Stderr: os.Stderr,
 		Enrol:   dayTwoEnrol(o.root, os.Stderr),
 		Report:  dayTwoReport(o.root, o.trigger, os.Stderr),
-		Upgrade: dayTwoUpgrade(o.root, o.upgrade, os.Stderr),
+		Upgrade: dayTwoUpgrade(o.root, o.upgrade, o.trigger == "watch", os.Stderr),
 	}, nil
 }
 
