@@ -94,7 +94,9 @@ func (u *Upgrade) Check() error {
 		if err == nil {
 			// A day that never comes (31 2, 30 2, 31 4): a window that
 			// never opens.
-			_, err = c.Next(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC))
+			if _, err = c.Next(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+				err = fmt.Errorf("%w: no day it names exists (the window never opens)", ErrNeverMatches)
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("reboot %q: %w", r, err)
