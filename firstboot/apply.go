@@ -65,8 +65,11 @@ type Report struct {
 	// hash (bellbuild.slot= and bellbuild.image= on its command line).
 	Slot  string `json:"slot,omitempty"`
 	Image string `json:"image,omitempty"`
-	// Reboot is "pending" when an upgrade waits for a reboot to run.
-	Reboot string `json:"reboot,omitempty"`
+	// Reboot is "pending" when an upgrade waits for a reboot to run;
+	// RebootAt when it is due (RFC 3339, UTC: the next minute of the
+	// node's reboot window), when it has a time.
+	Reboot   string `json:"reboot,omitempty"`
+	RebootAt string `json:"reboot_at,omitempty"`
 }
 
 // pendingError is what a module returns for an item that waits (see
@@ -87,7 +90,7 @@ var ErrDeferred = errors.New("deferred")
 
 // Summary is the one line a run prints:
 //
-//	bellbuild: node=N profile=P [slot=S image=HASH12] changes=C errors=E [pending=N] [deferred=D] [reboot=pending]
+//	bellbuild: node=N profile=P [slot=S image=HASH12] changes=C errors=E [pending=N] [deferred=D] [reboot=pending [reboot_at=TIME]]
 //
 // slot= and image= on a machine booted from a disk's root slot, the
 // others only when there are such items.
@@ -105,6 +108,9 @@ func (r *Report) Summary() string {
 	}
 	if r.Reboot != "" {
 		s += " reboot=" + r.Reboot
+	}
+	if r.RebootAt != "" {
+		s += " reboot_at=" + r.RebootAt
 	}
 	return s
 }

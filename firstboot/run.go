@@ -97,9 +97,17 @@ type RunOptions struct {
 	Report func(ctx context.Context, node *nodeconf.Node, rep *Report, start time.Time, took time.Duration)
 	// Upgrade, when set, runs after an apply without errors (not a
 	// plan): the upgrader of an installed disk (firstboot/upgrade),
-	// given the node applied. It returns the summary's reboot= ("" or
-	// "pending").
-	Upgrade func(ctx context.Context, node *nodeconf.Node) string
+	// given the node applied. It returns what waits for a reboot.
+	Upgrade func(ctx context.Context, node *nodeconf.Node) RebootState
+}
+
+// RebootState is what an upgrade left waiting for a reboot.
+type RebootState struct {
+	// Pending is the summary's reboot= ("" or "pending").
+	Pending string
+	// At is when the reboot is due: the next minute of the node's
+	// reboot window (zero: no time is set, as with reboot: manual).
+	At time.Time
 }
 
 var (
@@ -156,7 +164,11 @@ func Run(ctx context.Context, o RunOptions) error {
 	if o.Options.Plan {
 		fmt.Fprint(stdout, PlanText(rep))
 	} else if o.Upgrade != nil && len(rep.Errors) == 0 {
-		rep.Reboot = o.Upgrade(ctx, node)
+		r := o.Upgrade(ctx, node)
+		rep.Reboot = r.Pending
+		if !r.At.IsZero() {
+			rep.RebootAt = r.At.UTC().Format(time.RFC3339)
+		}
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(stderr, "bellbuild apply: %s\n", e)

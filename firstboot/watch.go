@@ -47,7 +47,9 @@ type WatchOptions struct {
 // (nodeconf.Decode). A file caught half-written is waited for; one that
 // stays incomplete or invalid is reported once, never run. A failed run
 // is reported and retried after Interval, then after twice as long each
-// time, up to five minutes, or at once on a change.
+// time, up to five minutes, or at once on a change. An upgrade that waits
+// for its reboot window (RebootState.At) is run again at that minute,
+// which reboots into it.
 func Watch(ctx context.Context, o WatchOptions) error {
 	interval := o.Interval
 	if interval == 0 {
@@ -61,6 +63,16 @@ func Watch(ctx context.Context, o WatchOptions) error {
 	}
 	stderr := orDiscard(o.Run.Stderr)
 	path := o.Run.Source.Path
+	// wake is when the last run's upgrade waits for a reboot window: the
+	// run then, in the window, reboots.
+	var wake time.Time
+	if up := o.Run.Upgrade; up != nil {
+		o.Run.Upgrade = func(ctx context.Context, n *nodeconf.Node) RebootState {
+			r := up(ctx, n)
+			wake = r.At
+			return r
+		}
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var (
@@ -91,11 +103,12 @@ func Watch(ctx context.Context, o WatchOptions) error {
 			say(fmt.Sprintf("%v; not applied: waiting for a complete configuration", bad))
 		case sum != applied,
 			failing && !now.Before(retryAt),
-			o.Resync > 0 && now.Sub(lastRun) >= o.Resync:
+			o.Resync > 0 && now.Sub(lastRun) >= o.Resync,
+			!wake.IsZero() && !now.Before(wake):
 			if sum != applied {
 				wait = interval
 			}
-			said, applied, lastRun = "", sum, now
+			said, applied, lastRun, wake = "", sum, now, time.Time{}
 			err := Run(ctx, o.Run)
 			failing = err != nil
 			if failing {

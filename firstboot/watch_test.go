@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,6 +41,13 @@ type watcher struct {
 
 func startWatch(t *testing.T, conf string, interval time.Duration) *watcher {
 	t.Helper()
+	return startWatchUpgrade(t, conf, interval, nil)
+}
+
+// startWatchUpgrade is startWatch with an upgrade after each run (the
+// hook cmd wires to the upgrader).
+func startWatchUpgrade(t *testing.T, conf string, interval time.Duration, upgrade func(context.Context, *nodeconf.Node) RebootState) *watcher {
+	t.Helper()
 	w := &watcher{t: t, root: t.TempDir(), conf: conf, done: make(chan error, 1)}
 	buildRoot(t, w.root, rootTree{"/etc/motd": fileEntry("0644", "0:0", "Debian original\n")})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -48,6 +56,7 @@ func startWatch(t *testing.T, conf string, interval time.Duration) *watcher {
 			Source:  Source{Path: conf, Machine: Machine{Hostname: "n1"}},
 			Options: Options{RootDir: w.root},
 			Stdout:  &w.stdout, Stderr: &w.stderr,
+			Upgrade: upgrade,
 		}})
 	}()
 	t.Cleanup(func() {
@@ -114,6 +123,38 @@ func TestWatch(t *testing.T) {
 	w.waitFor("the broken file's error", func() bool { return strings.Contains(w.stderr.String(), conf) })
 	replace(t, conf, encodeNode(t, watchNode("third\n")))
 	w.waitFor("the run after the error", func() bool { return w.motd() == "third\n" && w.runs() == 3 })
+}
+
+// TestWatchWakesForRebootWindow: a run whose upgrade waits for a reboot
+// window (RebootState.At) is followed by another at that time, the
+// configuration unchanged (in the window, that run's upgrade reboots),
+// and by no more.
+func TestWatchWakesForRebootWindow(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "node.json")
+	replace(t, conf, encodeNode(t, watchNode("first\n")))
+	var mu sync.Mutex
+	var calls []time.Time
+	at := time.Now().Add(time.Second).Truncate(time.Second)
+	w := startWatchUpgrade(t, conf, 20*time.Millisecond, func(context.Context, *nodeconf.Node) RebootState {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, time.Now())
+		if len(calls) == 1 {
+			return RebootState{Pending: "pending", At: at}
+		}
+		return RebootState{} // rebooted
+	})
+	w.waitFor("the run at the window", func() bool { return w.runs() == 2 })
+	time.Sleep(300 * time.Millisecond) // 15 intervals
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[1].Before(at) {
+		t.Errorf("upgrades at %v, want one before %v and one at it", calls, at)
+	}
+	want := "reboot=pending reboot_at=" + at.UTC().Format(time.RFC3339) + "\n"
+	if first, _, _ := strings.Cut(w.stdout.String(), "\n"); !strings.HasSuffix(first+"\n", want) {
+		t.Errorf("the first summary %q does not end with %q", first, want)
+	}
 }
 
 // TestWatchWaitsForCompleteFile writes a rendered node in place in two

@@ -77,9 +77,14 @@ node.json for this machine, else SRC) names another image than the one
 running and the node's upgrade: is auto, or with --upgrade, the new root
 image, kernel and initramfs are fetched from serve, checked against the
 image's manifest and written into the other slot with a boot entry of
-three tries; reboot: now reboots into it, reboot: manual (or a window)
-leaves it waiting, and the summary says reboot=pending. An image that
-failed to come up before is not written again. See docs/boot-media.md.
+three tries; reboot: now reboots into it, reboot: manual leaves it
+waiting (the summary says reboot=pending). reboot: window CRON reboots
+only in a minute CRON names (UTC): at once when the run is in one, else
+the summary adds reboot_at=TIME, its next minute, and that reboot is
+arranged: --watch runs again then, a one-shot run where systemd runs
+sets a timer (/run/systemd/system/bellbuild-reboot.timer), and
+elsewhere the next run in the window reboots. An image that failed to
+come up before is not written again. See docs/boot-media.md.
 
 Exit status: 0 converged, 1 error (all listed on stderr), 2 --plan found
 pending changes. One summary line goes to stdout.
@@ -174,7 +179,7 @@ func (o applyFlags) runOptions(ctx context.Context) (firstboot.RunOptions, error
 		Stdout: os.Stdout, Stderr: os.Stderr,
 		Enrol:   dayTwoEnrol(o.root, os.Stderr),
 		Report:  dayTwoReport(o.root, o.trigger, os.Stderr),
-		Upgrade: dayTwoUpgrade(o.root, o.upgrade, os.Stderr),
+		Upgrade: dayTwoUpgrade(o.root, o.upgrade, o.trigger == "watch", os.Stderr),
 	}, nil
 }
 

@@ -61,7 +61,9 @@ bundle.json, and 'bellbuild apply --watch' is left rerunning on its changes.
 Booted from a slot of an installed disk (bellbuild.slot=), a good boot marks
 the slot good, and when serve names another image for the node and its
 upgrade: is auto, writes it into the other slot (then reboots, with reboot:
-now). See docs/boot-media.md.
+now or in a minute its reboot window names; outside the window, the
+day-2 applier reboots at the window's next minute). See
+docs/boot-media.md.
 
 With bellbuild.install=1 (serve boots a node with install: so until it is
 installed) it is the installer instead: it brings the boot NIC up, picks the

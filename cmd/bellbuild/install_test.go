@@ -40,7 +40,7 @@ func TestNodeListInstalls(t *testing.T) {
 	for _, r := range []wire.Report{
 		{Event: wire.EventInstallStart, Disk: "/dev/vda", Size: 1 << 30, Image: h1},
 		{Event: wire.EventInstallDone, Disk: "/dev/vda", Size: 1 << 30, Image: h1},
-		{Event: wire.EventUpgradeWritten, Image: h2, Reboot: "manual"},
+		{Event: wire.EventUpgradeWritten, Image: h2, Reboot: "window 0 2 * * *", RebootAt: "2026-12-08T02:00:00Z"},
 	} {
 		if _, err := s.Apply(ctx, "i1", "52:54:00:00:00:21", r); err != nil {
 			t.Fatal(err)
@@ -50,7 +50,7 @@ func TestNodeListInstalls(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("node list: exit %d\n%s%s", code, out, errOut)
 	}
-	if !regexpMatch(`(?m)^i1 +unknown +manual +- +- +- +/dev/vda +2026-12-07T09:00:00Z +a:a1a1a1a1a1a1 +upgrade to b2b2b2b2b2b2 written: reboot pending \(manual\)$`, out) ||
+	if !regexpMatch(`(?m)^i1 +unknown +manual +- +- +- +/dev/vda +2026-12-07T09:00:00Z +a:a1a1a1a1a1a1 +upgrade to b2b2b2b2b2b2 written: reboot pending at 2026-12-08T02:00:00Z \(window 0 2 \* \* \*\)$`, out) ||
 		!regexpMatch(`(?m)^i2 +unknown +manual +- +- +- +- +- +- *$`, out) {
 		t.Errorf("node list:\n%s", out)
 	}

@@ -201,14 +201,16 @@ type nodeRow struct {
 	Since       time.Time `json:"since,omitzero"`
 	// Disk and Installed say where and when the node was installed (zero
 	// when it is not); Slot and Image what it last said it runs; Pending
-	// an upgrade written and waiting for a reboot (Reboot its policy);
-	// Failed the last upgrade that did not come up.
+	// an upgrade written and waiting for a reboot (Reboot its policy,
+	// RebootAt when it is due); Failed the last upgrade that did not
+	// come up.
 	Disk      string    `json:"disk,omitempty"`
 	Installed time.Time `json:"installed,omitzero"`
 	Slot      string    `json:"slot,omitempty"`
 	Image     string    `json:"image,omitempty"`
 	Pending   string    `json:"pending,omitempty"`
 	Reboot    string    `json:"reboot,omitempty"`
+	RebootAt  string    `json:"reboot_at,omitempty"`
 	Failed    string    `json:"failed,omitempty"`
 	// Note says more: another key waits, the node is not in the site.
 	Note string `json:"note,omitempty"`
@@ -323,7 +325,7 @@ func withInstall(row *nodeRow, r *pxeinstall.Record) {
 	if r.Installed.IsZero() {
 		row.Disk = ""
 	}
-	row.Slot, row.Image, row.Pending, row.Reboot, row.Failed = r.Slot, r.Running, r.Pending, r.Reboot, r.Failed
+	row.Slot, row.Image, row.Pending, row.Reboot, row.RebootAt, row.Failed = r.Slot, r.Running, r.Pending, r.Reboot, r.RebootAt, r.Failed
 	var notes []string
 	switch {
 	case r.Installed.IsZero() && r.Phase == "install-failed":
@@ -332,7 +334,11 @@ func withInstall(row *nodeRow, r *pxeinstall.Record) {
 		notes = append(notes, "install: "+r.Phase)
 	}
 	if r.Pending != "" {
-		notes = append(notes, fmt.Sprintf("upgrade to %s written: reboot pending (%s)", fleet.ShortHash(r.Pending), dash(r.Reboot)))
+		at := ""
+		if r.RebootAt != "" {
+			at = " at " + r.RebootAt
+		}
+		notes = append(notes, fmt.Sprintf("upgrade to %s written: reboot pending%s (%s)", fleet.ShortHash(r.Pending), at, dash(r.Reboot)))
 	}
 	if r.Failed != "" {
 		notes = append(notes, fmt.Sprintf("upgrade to %s failed", fleet.ShortHash(r.Failed)))

@@ -20,15 +20,15 @@ import (
 // upgrades at boot: each version has its own file (so its own root image)
 // and says its version on the kernel command line; extra is more of the
 // command line (v3's makes the kernel panic: no init in the initramfs,
-// no root= to fall back to).
-func upgradeProfile(v, extra string) string {
+// no root= to fall back to), and reboot its upgrade.reboot policy.
+func upgradeProfile(v, extra, reboot string) string {
 	return `stage: {busybox: {}}
 kernel: {path: /vmlinuz}
 cmdline: [console=ttyS0, lab.version=` + v + extra + `]
 outputs: [raw]
 install: {disk: largest, wipe: true}
 upgrade: auto
-reboot: now
+reboot: ` + reboot + `
 conf:
   files:
     /etc/lab-version: {content: "` + v + `\n"}
@@ -39,13 +39,17 @@ conf:
 // version served by its own serve (a new bake, as an operator would):
 //
 //  1. v1 installed, the disk boots slot a;
-//  2. v2: the boot of slot a sees its configuration name v2, writes it
+//  2. v2, with a reboot window that opens about two minutes after its
+//     bake: the boot of slot a sees its configuration name v2, writes it
 //     into slot b (only the root, kernel and initramfs fetched: no disk),
-//     reboots; slot b comes up with v2's command line, is marked good,
-//     and serve's node list shows it;
-//  3. v3, whose kernel panics: written into slot a, tried three times by
-//     systemd-boot, then slot b boots again by itself, says the upgrade
-//     failed, and does not write v3 again.
+//     and waits for the window (the applier busybox's init respawns runs
+//     again at its minute) — or, on a machine slow enough to write it
+//     within the window, reboots at once; slot b comes up with v2's
+//     command line, is marked good, and serve's node list shows it;
+//  3. v3 (reboot: now), whose kernel panics: written into slot a,
+//     rebooted into at once, tried three times by systemd-boot, then
+//     slot b boots again by itself, says the upgrade failed, and does
+//     not write v3 again.
 func TestUpgradeVM(t *testing.T) {
 	testtool.SkipVM(t)
 	testtool.Stat(t, testvm.OVMF, "ovmf")
@@ -66,8 +70,8 @@ func TestUpgradeVM(t *testing.T) {
 	// version bakes v and returns its root hash, the bytes an upgrade to
 	// it fetches (root, kernel, initramfs), and serve's log.
 	var upgradeBytes int64
-	version := func(t *testing.T, v, extra string) (string, *syncBuffer) {
-		writeTestFile(t, filepath.Join(site, "profiles/upg.yaml"), upgradeProfile(v, extra))
+	version := func(t *testing.T, v, extra, reboot string) (string, *syncBuffer) {
+		writeTestFile(t, filepath.Join(site, "profiles/upg.yaml"), upgradeProfile(v, extra, reboot))
 		out := t.TempDir()
 		if b, err := exec.Command(bin, "image", "upg", "-C", site, "-o", out).CombinedOutput(); err != nil {
 			t.Fatalf("bellbuild image v%s: %v\n%s", v, err, b)
@@ -115,7 +119,7 @@ func TestUpgradeVM(t *testing.T) {
 	}
 	var h1, h2 string
 	if !t.Run("v1 installed", func(t *testing.T) {
-		h1, _ = version(t, "1", "")
+		h1, _ = version(t, "1", "", "now")
 		vm := power(t)
 		wait(t, vm, `bellbuild: install: done: /dev/vda holds image `+h1[:12])
 		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=a image=`+h1[:12]+` changes=\d+ errors=0$`)
@@ -124,11 +128,42 @@ func TestUpgradeVM(t *testing.T) {
 	}
 	if !t.Run("v2 into slot b", func(t *testing.T) {
 		var log *syncBuffer
-		h2, log = version(t, "2", "")
+		// The window: thirteen minutes of every hour (UTC), the first
+		// two minutes from now.
+		open := time.Now().UTC().Add(2 * time.Minute).Truncate(time.Minute)
+		var minutes []string
+		for i := 0; i < 13; i++ {
+			minutes = append(minutes, strconv.Itoa(open.Add(time.Duration(i)*time.Minute).Minute()))
+		}
+		window := "window " + strings.Join(minutes, ",") + " * * * *"
+		h2, log = version(t, "2", "", window)
 		vm := power(t)
 		wait(t, vm, `^bellbuild: upgrade: image `+h2[:12]+` \(profile upg\) into slot b \(/dev/vda3\), running `+h1[:12]+` in slot a$`)
-		m := wait(t, vm, `^bellbuild: upgrade: slot b holds image `+h2[:12]+` \((\d+) bytes fetched\): 3 tries at the next boot \(reboot: now\)$`)
-		wait(t, vm, `^bellbuild: upgrade: rebooting into slot b$`)
+		m := wait(t, vm, `^bellbuild: upgrade: slot b holds image `+h2[:12]+` \((\d+) bytes fetched\): 3 tries at the next boot \(reboot: `+regexp.QuoteMeta(window)+`\)$`)
+		w := wait(t, vm, `^bellbuild: upgrade: (slot b waits for the window: rebooting at (\S+)|rebooting into slot b: (\S+) is in the window) \(reboot: `+regexp.QuoteMeta(window)+`\)$`)
+		if at := w[2]; at != "" {
+			// Not in the window yet: the summary and serve say when; the
+			// applier left running reboots then, not before.
+			if at != open.Format(time.RFC3339) {
+				t.Errorf("the reboot is at %s, want the window's first minute %s", at, open.Format(time.RFC3339))
+			}
+			wait(t, vm, `^bellbuild: node=u1 profile=upg slot=a image=`+h1[:12]+` changes=\d+ errors=0 reboot=pending reboot_at=`+regexp.QuoteMeta(at)+`$`)
+			wait(t, vm, `^bellbuild: upgrade: rebooting into slot b: `+regexp.QuoteMeta(at)+` is in the window \(reboot: `)
+			opened, _ := time.Parse(time.RFC3339, at)
+			if now := time.Now(); now.Before(opened.Add(-2 * time.Second)) {
+				t.Errorf("rebooted at %s, before the window opened at %s", now.UTC().Format(time.RFC3339), at)
+			}
+			c := vm.Console()
+			if i, j := strings.Index(c, w[0]), strings.LastIndex(c, "is in the window"); i < 0 || j < i || strings.Contains(c[i:j], "Command line:") {
+				t.Errorf("the machine rebooted before its window (console from %q)", w[0])
+			}
+			time.Sleep(300 * time.Millisecond)
+			if !regexpMatch(`phase=upgrade-written mac=52:54:00:00:00:31 node=u1 .*reboot_at=`+regexp.QuoteMeta(at), log.String()) {
+				t.Errorf("serve logged no upgrade-written with reboot_at=%s:\n%s", at, log.String())
+			}
+		} else {
+			t.Logf("the upgrade was written at %s, in the window: rebooted at once (the wait for the window was not exercised)", w[3])
+		}
 		wait(t, vm, `Command line: .*lab\.version=2 .*bellbuild\.slot=b`)
 		wait(t, vm, `^bellbuild: slot b marked good \(image `+h2[:12]+`\)$`)
 		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=b image=`+h2[:12]+` changes=\d+ errors=0$`)
@@ -149,7 +184,7 @@ func TestUpgradeVM(t *testing.T) {
 		return
 	}
 	t.Run("broken v3 falls back", func(t *testing.T) {
-		h3, log := version(t, "3", ", rdinit=/nonexistent")
+		h3, log := version(t, "3", ", rdinit=/nonexistent", "now")
 		vm := power(t)
 		wait(t, vm, `^bellbuild: upgrade: slot a holds image `+h3[:12])
 		wait(t, vm, `^bellbuild: upgrade: rebooting into slot a$`)

@@ -378,6 +378,9 @@ func Run(ctx context.Context, opts Options) *Result {
 			if ok && !res.Reboot {
 				u := Upgrade(ctx, con, cmdline, res.Node, UpgradeOptions{NetUp: opts.Enrol.Net})
 				res.Reboot, rep.Reboot = u.Reboot, u.Pending
+				if !u.At.IsZero() {
+					rep.RebootAt = u.At.Format(time.RFC3339)
+				}
 			}
 		}
 	}

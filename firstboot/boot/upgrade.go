@@ -28,6 +28,18 @@ type UpgradeOptions struct {
 	NetUp bool
 	// Mount mounts the ESP (default MountESP).
 	Mount func() (slots.ESP, func() error, error)
+	// Now is the clock a reboot window is read on, in UTC (nil:
+	// time.Now).
+	Now func() time.Time
+	// Reboot, when set, reboots the machine when the policy says now
+	// (apply wires reboot(8)); a reboot that fails leaves the upgrade
+	// pending. Without it the caller reboots on UpgradeResult.Reboot
+	// (the init, once its summary is printed).
+	Reboot func(ctx context.Context) error
+	// Timer, when set, has systemd reboot at a window's next minute
+	// (a one-shot apply on a systemd machine), and drops a reboot it
+	// arranged before that is no longer wanted.
+	Timer *RebootTimer
 }
 
 // UpgradeResult is what Upgrade did.
@@ -37,6 +49,9 @@ type UpgradeResult struct {
 	// Pending is the summary's reboot= ("pending" when an image waits in
 	// the other slot for a reboot the policy leaves to later).
 	Pending string
+	// At is when that reboot is due: the next minute of the node's
+	// reboot window (zero: no time is set).
+	At time.Time
 }
 
 // Upgrade is the upgrade of a machine that booted slot (running image)
@@ -53,6 +68,19 @@ func Upgrade(ctx context.Context, con io.Writer, cmdline string, node *nodeconf.
 	running, _ := Param(cmdline, layout.ImageParam)
 	if slot == "" || node == nil {
 		return res
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	// The systemd timer of a window's reboot: set when an upgrade waits
+	// for the window, dropped when none waits any more.
+	setTimer := func(at time.Time) {
+		if o.Timer != nil {
+			if err := o.Timer.Set(ctx, at); err != nil {
+				printf("error: %v", err)
+			}
+		}
 	}
 	serve, _ := Param(cmdline, layout.ServeParam)
 	if serve == "" && node.Image != nil {
@@ -97,6 +125,7 @@ func Upgrade(ctx context.Context, con io.Writer, cmdline string, node *nodeconf.
 		install.Report(ctx, client, serve, wire.Report{Event: wire.EventUpgradeFailed, Image: node.Image.Root, Running: running, Slot: slot})
 	}
 	if !upgrade.Pending(node, running) {
+		setTimer(time.Time{})
 		return res
 	}
 	if !o.Force && !node.Upgrade.Auto() {
@@ -104,7 +133,11 @@ func Upgrade(ctx context.Context, con io.Writer, cmdline string, node *nodeconf.
 		return res
 	}
 	r, err := upgrade.Run(ctx, upgrade.Options{Node: node, Slot: slot, Running: running, Arch: runtime.GOARCH, ESP: esp,
-		SysBlock: "/sys/class/block", Serve: serve, Console: con})
+		SysBlock: "/sys/class/block", Serve: serve, Console: con,
+		RebootAt: func() time.Time {
+			at, _, _ := rebootAt(node.Upgrade, now())
+			return at
+		}})
 	if err != nil {
 		if errors.Is(err, upgrade.ErrRefused) {
 			printf("%v", err)
@@ -114,17 +147,55 @@ func Upgrade(ctx context.Context, con io.Writer, cmdline string, node *nodeconf.
 		return res
 	}
 	if !r.Written && !r.Waiting {
+		setTimer(time.Time{})
 		return res
 	}
-	switch p := node.Upgrade.RebootPolicy(); {
+	p := node.Upgrade.RebootPolicy()
+	at, inWindow, err := rebootAt(node.Upgrade, now())
+	switch {
+	case err != nil:
+		printf("error: slot %s waits for a reboot (reboot: %s): %v", r.Slot, p, err)
+		res.Pending = "pending"
 	case p == nodeconf.RebootNow:
 		printf("rebooting into slot %s", r.Slot)
 		res.Reboot = true
+	case inWindow:
+		printf("rebooting into slot %s: %s is in the window (reboot: %s)", r.Slot, at.Format(time.RFC3339), p)
+		res.Reboot = true
+	case !at.IsZero():
+		printf("slot %s waits for the window: rebooting at %s (reboot: %s)", r.Slot, at.Format(time.RFC3339), p)
+		res.Pending, res.At = "pending", at
 	default:
 		printf("slot %s waits for a reboot (reboot: %s)", r.Slot, p)
 		res.Pending = "pending"
 	}
+	if res.Reboot && o.Reboot != nil {
+		if err := o.Reboot(ctx); err != nil {
+			printf("error: reboot: %v", err)
+			res.Reboot, res.Pending, res.At = false, "pending", time.Time{}
+		}
+	}
+	if !res.Reboot {
+		setTimer(res.At)
+	}
 	return res
+}
+
+// rebootAt is when a reboot window reboots a machine into an upgrade
+// waiting in its other slot, seen at now (in UTC): at now's minute when
+// it is in the window (inWindow), else at the window's next minute; zero
+// for the other policies (reboot: now reboots at once, manual never).
+func rebootAt(u *nodeconf.Upgrade, now time.Time) (at time.Time, inWindow bool, err error) {
+	now = now.UTC()
+	c, ok := u.Window()
+	if !ok {
+		return time.Time{}, false, nil
+	}
+	if c.MatchTime(now) {
+		return now.Truncate(time.Minute), true, nil
+	}
+	at, err = c.Next(now)
+	return at, false, err
 }
 
 // freshNode fetches the node's configuration from serve (its own file,

@@ -74,6 +74,9 @@ type Options struct {
 	Fetch fetch.Options
 	// Client makes the other requests (default: 60 s timeout).
 	Client *http.Client
+	// RebootAt, when set, says when the caller will reboot into the
+	// slot written (zero: no time is set), for serve's node list.
+	RebootAt func() time.Time
 }
 
 // Result is what Run did.
@@ -201,7 +204,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	printf("slot %s holds image %s (%d bytes fetched): %d tries at the next boot (reboot: %s)", target, short(want), res.Bytes, layout.DefaultTries, reboot)
 	// 5. serve.
 	if o.Serve != "" {
-		if err := install.Report(ctx, o.Client, o.Serve, wire.Report{Event: wire.EventUpgradeWritten, Image: want, Reboot: reboot}); err != nil {
+		rep := wire.Report{Event: wire.EventUpgradeWritten, Image: want, Reboot: reboot}
+		if o.RebootAt != nil {
+			if at := o.RebootAt(); !at.IsZero() {
+				rep.RebootAt = at.UTC().Format(time.RFC3339)
+			}
+		}
+		if err := install.Report(ctx, o.Client, o.Serve, rep); err != nil {
 			printf("error: telling serve: %v", err)
 		}
 	}

@@ -179,7 +179,8 @@ func TestRun(t *testing.T) {
 			before := mach.files(t)
 			var con bytes.Buffer
 			res, err := Run(context.Background(), Options{Node: n, Slot: "a", Running: strings.Repeat("1", 64), Arch: "amd64",
-				ESP: mach.esp, SysBlock: mach.sys, DevDir: mach.dev, Serve: srv.URL, Console: &con})
+				ESP: mach.esp, SysBlock: mach.sys, DevDir: mach.dev, Serve: srv.URL, Console: &con,
+				RebootAt: func() time.Time { return time.Date(2026, 12, 8, 2, 0, 0, 0, time.UTC) }})
 			if tt.err != "" {
 				want := tt.err
 				if strings.Contains(want, "%s") {
@@ -227,7 +228,7 @@ func TestRun(t *testing.T) {
 			if string(entry) != wantEntry {
 				t.Errorf("entry:\n%s\nwant\n%s", entry, wantEntry)
 			}
-			if len(im.reports) != 1 || im.reports[0] != (wire.Report{Event: wire.EventUpgradeWritten, Image: n.Image.Root, Reboot: "now"}) {
+			if len(im.reports) != 1 || im.reports[0] != (wire.Report{Event: wire.EventUpgradeWritten, Image: n.Image.Root, Reboot: "now", RebootAt: "2026-12-08T02:00:00Z"}) {
 				t.Errorf("reports %+v", im.reports)
 			}
 			for _, r := range im.requests {

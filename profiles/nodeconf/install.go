@@ -1,10 +1,12 @@
 package nodeconf
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Install says that a node installs itself onto one of its disks
@@ -47,8 +49,10 @@ type Upgrade struct {
 	// (the default: only `bellbuild apply --upgrade` does).
 	Mode string `json:"mode,omitempty" yaml:"mode,omitempty"`
 	// Reboot is when the machine reboots into the new image: RebootNow
-	// (the default), "window CRON" (the next minute CRON matches) or
-	// RebootManual (the summary and serve say a reboot is pending).
+	// (the default), "window CRON" (a minute CRON matches, in UTC: at
+	// once when the minute the image is written in matches, else at the
+	// next one; never outside the window) or RebootManual (the summary
+	// and serve say a reboot is pending).
 	Reboot string `json:"reboot,omitempty" yaml:"reboot,omitempty"`
 }
 
@@ -86,13 +90,33 @@ func (u *Upgrade) Check() error {
 	switch r := u.RebootPolicy(); {
 	case r == RebootNow || r == RebootManual:
 	case strings.HasPrefix(r, RebootWindow+" "):
-		if _, err := ParseCron(strings.TrimPrefix(r, RebootWindow+" ")); err != nil {
+		c, err := ParseCron(strings.TrimPrefix(r, RebootWindow+" "))
+		if err == nil {
+			// A day that never comes (31 2, 30 2, 31 4): a window that
+			// never opens.
+			if _, err = c.Next(time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)); err != nil {
+				err = fmt.Errorf("%w: no day it names exists (the window never opens)", ErrNeverMatches)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("reboot %q: %w", r, err)
 		}
 	default:
 		return fmt.Errorf("reboot %q: want now, manual or window CRON (five fields: minute hour day month weekday)", r)
 	}
 	return nil
+}
+
+// Window is u's reboot window: ok is false unless its policy is "window
+// CRON" with a CRON that parses (Check says what is wrong with one that
+// does not).
+func (u *Upgrade) Window() (c Cron, ok bool) {
+	expr, ok := strings.CutPrefix(u.RebootPolicy(), RebootWindow+" ")
+	if !ok {
+		return c, false
+	}
+	c, err := ParseCron(expr)
+	return c, err == nil
 }
 
 // Image names the image a node should run: its profile's current bake,
@@ -181,10 +205,22 @@ func ParseCron(s string) (Cron, error) {
 }
 
 // Match reports whether the minute of (minute, hour, day, month, weekday)
-// is one the expression names (day-of-month and day-of-week both
-// restricted: either matches, as cron does).
+// is one the expression names.
 func (c Cron) Match(minute, hour, day, month, weekday int) bool {
-	if !c[0][minute] || !c[1][hour] || !c[3][month] {
+	return c[0][minute] && c[1][hour] && c.matchDay(day, month, weekday)
+}
+
+// MatchTime reports whether t's minute (in t's location) is one the
+// expression names.
+func (c Cron) MatchTime(t time.Time) bool {
+	return c.Match(t.Minute(), t.Hour(), t.Day(), int(t.Month()), int(t.Weekday()))
+}
+
+// matchDay is the day part of Match, the one rule for days: the month,
+// and day-of-month and day-of-week both restricted: either matches, as
+// cron does (a field is unrestricted when it names every value).
+func (c Cron) matchDay(day, month, weekday int) bool {
+	if !c[3][month] {
 		return false
 	}
 	dayAll, wdAll := len(c[2]) == 31, len(c[4]) >= 7
@@ -197,4 +233,40 @@ func (c Cron) Match(minute, hour, day, month, weekday int) bool {
 		return c[2][day]
 	}
 	return c[2][day] || c[4][weekday]
+}
+
+// NextBound is how far Next looks: eight years, the longest gap between
+// two 29ths of February (2096 to 2104).
+const NextBound = 8 * 366 * 24 * time.Hour
+
+// ErrNeverMatches is returned (wrapped) by Next for an expression that
+// names no minute within NextBound: a day that does not exist, like
+// "0 0 31 2 *".
+var ErrNeverMatches = errors.New("matches no minute")
+
+// Next is the first minute after after (in after's location) that the
+// expression names: its start, strictly later than after.
+func (c Cron) Next(after time.Time) (time.Time, error) {
+	loc := after.Location()
+	from := time.Date(after.Year(), after.Month(), after.Day(), after.Hour(), after.Minute(), 0, 0, loc).Add(time.Minute)
+	day := time.Date(from.Year(), from.Month(), from.Day(), 0, 0, 0, 0, loc)
+	for d := day; d.Sub(day) <= NextBound; d = d.AddDate(0, 0, 1) {
+		if !c.matchDay(d.Day(), int(d.Month()), int(d.Weekday())) {
+			continue
+		}
+		for h := 0; h < 24; h++ {
+			if !c[1][h] {
+				continue
+			}
+			for m := 0; m < 60; m++ {
+				t := time.Date(d.Year(), d.Month(), d.Day(), h, m, 0, 0, loc)
+				// MatchTime again: a local time a clock change skips
+				// lands on another hour.
+				if c[0][m] && !t.Before(from) && c.MatchTime(t) {
+					return t, nil
+				}
+			}
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w in the %d years after %s", ErrNeverMatches, NextBound/(366*24*time.Hour), after.Format(time.RFC3339))
 }

@@ -1,8 +1,10 @@
 package nodeconf
 
 import (
+	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCron(t *testing.T) {
@@ -66,5 +68,74 @@ func TestChecks(t *testing.T) {
 	}
 	if (*Upgrade)(nil).RebootPolicy() != RebootNow || (*Upgrade)(nil).Auto() {
 		t.Error("a nil upgrade: reboot now, not auto")
+	}
+}
+
+func TestCronNext(t *testing.T) {
+	at := func(s string) time.Time {
+		t.Helper()
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// 2026-12-07 is a Monday.
+	for _, tt := range []struct {
+		name, expr, after string
+		want              string // "" : ErrNeverMatches
+	}{
+		{"every minute", "* * * * *", "2026-12-07T10:52:34Z", "2026-12-07T10:53:00Z"},
+		{"later today", "0 2 * * *", "2026-12-07T01:59:59Z", "2026-12-07T02:00:00Z"},
+		{"strictly after a match", "0 2 * * *", "2026-12-07T02:00:00Z", "2026-12-08T02:00:00Z"},
+		{"within a matching minute", "0 2 * * *", "2026-12-07T02:00:30Z", "2026-12-08T02:00:00Z"},
+		{"tomorrow", "0 2 * * *", "2026-12-07T10:52:34Z", "2026-12-08T02:00:00Z"},
+		{"steps", "*/20 */6 * * *", "2026-12-07T10:52:34Z", "2026-12-07T12:00:00Z"},
+		{"range of minutes", "0-29 3 * * *", "2026-12-07T03:29:00Z", "2026-12-08T03:00:00Z"},
+		{"weekday", "30 3 * * 6", "2026-12-07T10:52:34Z", "2026-12-12T03:30:00Z"},
+		{"sunday as 7", "0 12 * * 7", "2026-12-07T10:52:34Z", "2026-12-13T12:00:00Z"},
+		{"day of month", "0 0 15 * *", "2026-12-07T10:52:34Z", "2026-12-15T00:00:00Z"},
+		{"day or weekday: the weekday first", "0 0 15 * 5", "2026-12-07T10:52:34Z", "2026-12-11T00:00:00Z"},
+		{"day or weekday: the day first", "0 0 15 * 5", "2026-12-12T00:00:00Z", "2026-12-15T00:00:00Z"},
+		{"month and year wrap", "0 0 1 1 *", "2026-12-07T10:52:34Z", "2027-01-01T00:00:00Z"},
+		{"29 february", "0 0 29 2 *", "2026-12-07T10:52:34Z", "2028-02-29T00:00:00Z"},
+		{"29 february past 2100", "0 0 29 2 *", "2096-03-01T00:00:00Z", "2104-02-29T00:00:00Z"},
+		{"31 february", "0 0 31 2 *", "2026-12-07T10:52:34Z", ""},
+		{"31 april or june", "0 0 31 4,6 *", "2026-12-07T10:52:34Z", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseCron(tt.expr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.Next(at(tt.after))
+			if tt.want == "" {
+				if !errors.Is(err, ErrNeverMatches) {
+					t.Fatalf("Next(%s) = %v, %v; want ErrNeverMatches", tt.after, got, err)
+				}
+				return
+			}
+			if err != nil || !got.Equal(at(tt.want)) {
+				t.Fatalf("Next(%s) = %v, %v; want %s", tt.after, got, err, tt.want)
+			}
+			if !c.MatchTime(got) {
+				t.Errorf("Next gave %v, which does not match", got)
+			}
+		})
+	}
+}
+
+func TestWindow(t *testing.T) {
+	if c, ok := (&Upgrade{Reboot: "window 0 2 * * *"}).Window(); !ok || !c.Match(0, 2, 1, 1, 1) {
+		t.Errorf("window 0 2 * * *: %v %v", c, ok)
+	}
+	for _, p := range []string{"", "now", "manual", "window x"} {
+		if _, ok := (&Upgrade{Reboot: p}).Window(); ok {
+			t.Errorf("reboot %q: a window", p)
+		}
+	}
+	err := (&Upgrade{Reboot: "window 0 0 31 2 *"}).Check()
+	if !errors.Is(err, ErrNeverMatches) || !strings.HasPrefix(err.Error(), `reboot "window 0 0 31 2 *": matches no minute: no day it names exists (the window never opens)`) {
+		t.Errorf("a window that never opens: %v", err)
 	}
 }

@@ -43,13 +43,14 @@ type Record struct {
 	Error string `json:"error,omitempty"`
 	// Running and Slot are what the machine last said it runs; Pending
 	// an upgrade written to its other slot, waiting for a reboot
-	// (Reboot: its policy); Failed the last image systemd-boot gave up
-	// on.
-	Running string `json:"running,omitempty"`
-	Slot    string `json:"slot,omitempty"`
-	Pending string `json:"pending,omitempty"`
-	Reboot  string `json:"reboot,omitempty"`
-	Failed  string `json:"failed,omitempty"`
+	// (Reboot: its policy, RebootAt: when it is due, RFC 3339); Failed
+	// the last image systemd-boot gave up on.
+	Running  string `json:"running,omitempty"`
+	Slot     string `json:"slot,omitempty"`
+	Pending  string `json:"pending,omitempty"`
+	Reboot   string `json:"reboot,omitempty"`
+	RebootAt string `json:"reboot_at,omitempty"`
+	Failed   string `json:"failed,omitempty"`
 	// Updated is when the record last changed.
 	Updated time.Time `json:"updated"`
 }
@@ -125,18 +126,18 @@ func (s *Store) Apply(ctx context.Context, name, mac string, r wire.Report) (*Re
 		case wire.EventInstallDone:
 			rec.Phase, rec.Error = r.Event, ""
 			rec.Installed, rec.Disk, rec.Size, rec.Image = rec.Updated, r.Disk, r.Size, r.Image
-			rec.Running, rec.Slot, rec.Pending, rec.Reboot, rec.Failed = r.Image, "a", "", "", ""
+			rec.Running, rec.Slot, rec.Pending, rec.Reboot, rec.RebootAt, rec.Failed = r.Image, "a", "", "", "", ""
 		case wire.EventUpgradeWritten:
-			rec.Pending, rec.Reboot = r.Image, r.Reboot
+			rec.Pending, rec.Reboot, rec.RebootAt = r.Image, r.Reboot, r.RebootAt
 		case wire.EventUpgradeFailed:
 			rec.Failed, rec.Running, rec.Slot = r.Image, r.Running, r.Slot
 			if rec.Pending == r.Image {
-				rec.Pending, rec.Reboot = "", ""
+				rec.Pending, rec.Reboot, rec.RebootAt = "", "", ""
 			}
 		case wire.EventRunning:
 			rec.Running, rec.Slot = r.Running, r.Slot
 			if rec.Pending == r.Running {
-				rec.Pending, rec.Reboot = "", ""
+				rec.Pending, rec.Reboot, rec.RebootAt = "", "", ""
 			}
 		}
 		out = rec
@@ -168,7 +169,7 @@ func (s *Store) Reinstall(ctx context.Context, name string) (bool, error) {
 			return nil, state.ErrUnchanged
 		}
 		was = true
-		rec.Installed, rec.Phase, rec.Error, rec.Pending, rec.Reboot = time.Time{}, "reinstall", "", "", ""
+		rec.Installed, rec.Phase, rec.Error, rec.Pending, rec.Reboot, rec.RebootAt = time.Time{}, "reinstall", "", "", "", ""
 		rec.Updated = s.now().UTC()
 		return json.Marshal(rec)
 	})
@@ -242,7 +243,7 @@ func Handler(s *Store, owners Owners, b node.Backend, m *metrics.Metrics) http.H
 		}
 		args := []any{"node", mach.Name, "from", from.String()}
 		for _, kv := range []struct{ k, v string }{{"disk", rep.Disk}, {"image", short(rep.Image)}, {"slot", rep.Slot},
-			{"running", short(rep.Running)}, {"reboot", rep.Reboot}, {"error", rep.Error}} {
+			{"running", short(rep.Running)}, {"reboot", rep.Reboot}, {"reboot_at", rep.RebootAt}, {"error", rep.Error}} {
 			if kv.v != "" {
 				args = append(args, kv.k, kv.v)
 			}

@@ -57,18 +57,21 @@ func TestRecords(t *testing.T) {
 		t.Fatal("installed after install-start")
 	}
 	step(wire.Report{Event: wire.EventInstallDone, Disk: "/dev/vda", Size: 1 << 30, Image: h1})
-	step(wire.Report{Event: wire.EventUpgradeWritten, Image: h2, Reboot: "manual"})
+	step(wire.Report{Event: wire.EventUpgradeWritten, Image: h2, Reboot: "window 0 2 * * *", RebootAt: "2026-03-05T02:00:00Z"})
 	st2, _ := state.OpenDir(dir)
 	r, err := New(st2, nil).Get(ctx, "n1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Record{Node: "n1", MAC: "52:54:00:00:00:01", Installed: time.Date(2026, 3, 4, 5, 8, 7, 0, time.UTC), Disk: "/dev/vda", Size: 1 << 30,
-		Image: h1, Phase: "install-done", Running: h1, Slot: "a", Pending: h2, Reboot: "manual", Updated: time.Date(2026, 3, 4, 5, 9, 7, 0, time.UTC)}
+		Image: h1, Phase: "install-done", Running: h1, Slot: "a", Pending: h2, Reboot: "window 0 2 * * *", RebootAt: "2026-03-05T02:00:00Z", Updated: time.Date(2026, 3, 4, 5, 9, 7, 0, time.UTC)}
 	if *r != want {
 		t.Errorf("record\n%+v\nwant\n%+v", *r, want)
 	}
 	step(wire.Report{Event: wire.EventRunning, Slot: "b", Running: h2})
+	if r, _ := s.Get(ctx, "n1"); r.Pending != "" || r.Reboot != "" || r.RebootAt != "" {
+		t.Errorf("after the reboot into the upgrade: %+v", r)
+	}
 	step(wire.Report{Event: wire.EventUpgradeWritten, Image: h3, Reboot: "now"})
 	step(wire.Report{Event: wire.EventUpgradeFailed, Image: h3, Running: h2, Slot: "b"})
 	r, _ = s.Get(ctx, "n1")

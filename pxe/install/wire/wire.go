@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"time"
 )
 
 // What serve hands out under ImageURL(base, mac): the image of the profile
@@ -79,8 +80,11 @@ type Report struct {
 	// Running and Slot are what the machine runs.
 	Running string `json:"running,omitempty"`
 	Slot    string `json:"slot,omitempty"`
-	// Reboot is the reboot policy of a written upgrade.
-	Reboot string `json:"reboot,omitempty"`
+	// Reboot is the reboot policy of a written upgrade, and RebootAt
+	// when the machine will reboot into it (RFC 3339: a window's next
+	// minute), when it has a time.
+	Reboot   string `json:"reboot,omitempty"`
+	RebootAt string `json:"reboot_at,omitempty"`
 	// Error says why an install stopped.
 	Error string `json:"error,omitempty"`
 }
@@ -114,6 +118,11 @@ func (r *Report) Check() error {
 		return errors.New("report: disk is not a device path")
 	case len(r.Error) > 1000 || len(r.Reboot) > 100:
 		return errors.New("report: text too long")
+	}
+	if r.RebootAt != "" {
+		if _, err := time.Parse(time.RFC3339, r.RebootAt); err != nil {
+			return errors.New("report: reboot_at is not an RFC 3339 time")
+		}
 	}
 	return nil
 }

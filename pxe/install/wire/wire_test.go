@@ -19,6 +19,8 @@ func TestReportCheck(t *testing.T) {
 		{"image not a hash", Report{Event: EventUpgradeFailed, Image: "x"}, "report: image is not a SHA-256"},
 		{"slot", Report{Event: EventRunning, Slot: "c"}, "report: slot is not a or b"},
 		{"disk", Report{Event: EventInstallDone, Disk: "vda; reboot"}, "report: disk is not a device path"},
+		{"reboot window", Report{Event: EventUpgradeWritten, Image: h, Reboot: "window 0 2 * * *", RebootAt: "2026-12-08T02:00:00Z"}, ""},
+		{"reboot_at not a time", Report{Event: EventUpgradeWritten, Image: h, Reboot: "window 0 2 * * *", RebootAt: "at 2"}, "report: reboot_at is not an RFC 3339 time"},
 		{"long error", Report{Event: EventInstallFailed, Error: strings.Repeat("x", 1001)}, "report: text too long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
