@@ -226,7 +226,9 @@ func readRoot(t *testing.T, root, p string) string {
 
 func TestExec(t *testing.T) {
 	oldGrace, oldBoot := execKillGrace, execBootID
-	execKillGrace = 500 * time.Millisecond
+	// Long enough for a polite script's trap to run on a loaded machine
+	// (at 500 ms it was once killed first at a load average of 9).
+	execKillGrace = 2 * time.Second
 	t.Cleanup(func() { execKillGrace, execBootID = oldGrace, oldBoot })
 
 	once := "once_successfully"
