@@ -401,3 +401,138 @@ func TestCredentialsHost(t *testing.T) {
 		t.Errorf("the host certificate's directory is still there: %v", err)
 	}
 }
+
+// TestCredentialsTampered: a credential file or directory changed by hand
+// after a run that found everything in place (and recorded it) is seen on
+// the next run, however the change hides: new content of the same size
+// with the old mtime put back is a conflict, reported and left alone (as
+// for every managed file); a mode, an owner or a deleted file is repaired;
+// a symbolic link in a file's place is refused before anything changes.
+func TestCredentialsTampered(t *testing.T) {
+	f := newCredFixture(t)
+	conf := f.conf("etcd")
+	x := credRoot
+	keyPath, certPath := x+"/etcd/server/private_key.pem", x+"/etcd/server/cert.pem"
+	key := string(f.etcdServer.Key.Reveal())
+	// sameSize is the key with one character of its body changed.
+	sameSize := []byte(key)
+	sameSize[40] ^= 1
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, root string)
+		// wantErr is the run's error (the file is then left as tampered);
+		// without it the run repairs the root, with wantChanges changes.
+		wantErr     string
+		wantChanges int
+		want        rootTree // the tampered paths afterwards
+	}{{
+		name: "content changed, same size, mtime put back",
+		tamper: func(t *testing.T, root string) {
+			full := filepath.Join(root, keyPath)
+			fi, err := os.Lstat(full)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(full, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(full, sameSize, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(full, 0o400); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(full, fi.ModTime(), fi.ModTime()); err != nil {
+				t.Fatal(err)
+			}
+			if now, _ := os.Lstat(full); now.Size() != fi.Size() || !now.ModTime().Equal(fi.ModTime()) {
+				t.Fatalf("the tampered file's size or mtime differs: %d %v, was %d %v", now.Size(), now.ModTime(), fi.Size(), fi.ModTime())
+			}
+		},
+		wantErr: "credentials: " + keyPath + ": changed outside bellbuild",
+		want:    rootTree{keyPath: fileEntry("0400", "1234:1235", string(sameSize))},
+	}, {
+		name:        "mode changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Chmod(filepath.Join(root, keyPath), 0o444)) },
+		wantChanges: 1,
+	}, {
+		name:        "owner changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Lchown(filepath.Join(root, keyPath), 0, 0)) },
+		wantChanges: 1,
+	}, {
+		name:        "deleted",
+		tamper:      func(t *testing.T, root string) { must(t, os.Remove(filepath.Join(root, certPath))) },
+		wantChanges: 1,
+	}, {
+		name: "replaced by a symbolic link to the same content",
+		tamper: func(t *testing.T, root string) {
+			must(t, os.WriteFile(filepath.Join(root, "etc/copy.pem"), []byte(f.etcdServer.Cert), 0o644))
+			must(t, os.Remove(filepath.Join(root, certPath)))
+			must(t, os.Symlink("/etc/copy.pem", filepath.Join(root, certPath)))
+		},
+		wantErr: "credentials: " + certPath + ": exists and is not a regular file (L---------)",
+		want:    rootTree{certPath: linkEntry("/etc/copy.pem")},
+	}, {
+		name:        "directory mode changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Chmod(filepath.Join(root, x, "etcd/server"), 0o755)) },
+		wantChanges: 1,
+	}, {
+		name:        "directory owner changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Lchown(filepath.Join(root, x, "etcd"), 1234, 1235)) },
+		wantChanges: 1,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			buildRoot(t, root)
+			applyConf(t, root, conf, false)
+			// A rerun once the files' times are behind the clock finds
+			// everything in place (and may record so).
+			time.Sleep(tamperSettle)
+			if rep := applyConf(t, root, conf, false); len(rep.Changes) != 0 {
+				t.Fatalf("rerun: %+v", rep.Changes)
+			}
+			applied, _ := snapshot(t, root)
+			tt.tamper(t, root)
+			rep, err := applyNode(root, conf)
+			got, _ := snapshot(t, root)
+			delete(got, "/etc/copy.pem")
+			want := patched(applied, tt.want)
+			if tt.wantErr != "" {
+				all := strings.Join(rep.Errors, "\n")
+				if err != nil {
+					all += "\n" + err.Error()
+				}
+				if !strings.Contains(all, tt.wantErr) {
+					t.Errorf("errors %q, want %q", all, tt.wantErr)
+				}
+			} else {
+				if err != nil || len(rep.Errors) > 0 {
+					t.Fatalf("repairing run: %v %v", err, rep.Errors)
+				}
+				if len(rep.Changes) != tt.wantChanges {
+					t.Errorf("repairing run: %d changes, want %d: %+v", len(rep.Changes), tt.wantChanges, rep.Changes)
+				}
+			}
+			for p, e := range want {
+				if got[p] != e {
+					t.Errorf("%s after the run:\n%q\nwant\n%q", p, got[p], e)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("the root has %d entries after the run, want %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+// tamperSettle is how long TestCredentialsTampered waits after a run
+// that wrote files before the run that finds them in place.
+const tamperSettle = 200 * time.Millisecond
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
