@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -405,9 +406,11 @@ func TestCredentialsHost(t *testing.T) {
 // TestCredentialsTampered: a credential file or directory changed by hand
 // after a run that found everything in place (and recorded it) is seen on
 // the next run, however the change hides: new content of the same size
-// with the old mtime put back is a conflict, reported and left alone (as
-// for every managed file); a mode, an owner or a deleted file is repaired;
-// a symbolic link in a file's place is refused before anything changes.
+// with the old mtime put back, or a symbolic link in the file's place
+// (even to the same content), is a conflict, reported and left alone (as
+// for every managed file); a mode, an owner or a deleted file is
+// repaired; nothing is written through a symbolic link in a directory's
+// place.
 func TestCredentialsTampered(t *testing.T) {
 	f := newCredFixture(t)
 	conf := f.conf("etcd")
@@ -470,8 +473,26 @@ func TestCredentialsTampered(t *testing.T) {
 			must(t, os.Remove(filepath.Join(root, certPath)))
 			must(t, os.Symlink("/etc/copy.pem", filepath.Join(root, certPath)))
 		},
-		wantErr: "credentials: " + certPath + ": exists and is not a regular file (L---------)",
-		want:    rootTree{certPath: linkEntry("/etc/copy.pem")},
+		wantErr: "credentials: " + certPath + ": changed outside bellbuild (now a symbolic link)",
+		want: rootTree{
+			certPath:        linkEntry("/etc/copy.pem"),
+			"/etc/copy.pem": fileEntry("0644", "0:0", f.etcdServer.Cert),
+		},
+	}, {
+		name: "directory replaced by a symbolic link",
+		tamper: func(t *testing.T, root string) {
+			must(t, os.Mkdir(filepath.Join(root, "etc/elsewhere"), 0o755))
+			must(t, os.RemoveAll(filepath.Join(root, x, "etcd/server")))
+			// Relative: it stays inside the root.
+			must(t, os.Symlink("../../../elsewhere", filepath.Join(root, x, "etcd/server")))
+		},
+		wantErr: "credentials: " + x + "/etcd/server: exists and is not a directory",
+		want: rootTree{
+			x + "/etcd/server":                 linkEntry("../../../elsewhere"),
+			x + "/etcd/server/cert.pem":        absent,
+			x + "/etcd/server/private_key.pem": absent,
+			"/etc/elsewhere":                   dirEntry("0755", "0:0"),
+		},
 	}, {
 		name:        "directory mode changed",
 		tamper:      func(t *testing.T, root string) { must(t, os.Chmod(filepath.Join(root, x, "etcd/server"), 0o755)) },
@@ -492,11 +513,21 @@ func TestCredentialsTampered(t *testing.T) {
 			if rep := applyConf(t, root, conf, false); len(rep.Changes) != 0 {
 				t.Fatalf("rerun: %+v", rep.Changes)
 			}
+			// That run recorded the files as it found them: the next one
+			// trusts what still looks the same without reading it.
+			l, err := host.ReadLedger(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{keyPath, certPath} {
+				if rec, _ := l.Get("credentials", p); rec.Seen == "" {
+					t.Fatalf("the ledger records no identity of %s: the case would not test the shortcut", p)
+				}
+			}
 			applied, _ := snapshot(t, root)
 			tt.tamper(t, root)
 			rep, err := applyNode(root, conf)
 			got, _ := snapshot(t, root)
-			delete(got, "/etc/copy.pem")
 			want := patched(applied, tt.want)
 			if tt.wantErr != "" {
 				all := strings.Join(rep.Errors, "\n")
@@ -534,5 +565,41 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCredentialsSwappedAfterInstall: a run that finds a pair installed
+// does not check it again, but a key that does not belong to its
+// certificate is still refused when the certificate or the key changes.
+func TestCredentialsSwappedAfterInstall(t *testing.T) {
+	f := newCredFixture(t)
+	root := t.TempDir()
+	buildRoot(t, root)
+	applyConf(t, root, f.conf("etcd"), false)
+	applied, _ := snapshot(t, root)
+	for _, tc := range []struct {
+		name       string
+		cert       string
+		key        nodeconf.Secret
+		wantErrors bool
+	}{
+		{"the installed pair", f.etcdServer.Cert, f.etcdServer.Key, false},
+		{"the key of another certificate", f.etcdServer.Cert, f.etcdClient.Key, true},
+		{"another certificate for the key", f.etcdClient.Cert, f.etcdServer.Key, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := f.conf("etcd")
+			ic := conf.X509.Credentials["etcd"]
+			ic.Server = &nodeconf.IssuedCert{Cert: tc.cert, Key: tc.key}
+			conf.X509.Credentials["etcd"] = ic
+			_, err := applyNode(root, conf)
+			want := "x509.credentials.etcd.server: the key does not belong to the certificate"
+			if got := err != nil && strings.Contains(err.Error(), want); got != tc.wantErrors {
+				t.Errorf("error %v; want one with %q: %v", err, want, tc.wantErrors)
+			}
+			if got, _ := snapshot(t, root); !rootsEqual(applied, got) {
+				t.Errorf("the root changed")
+			}
+		})
 	}
 }
