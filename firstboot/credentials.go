@@ -69,24 +69,23 @@ type credPlan struct {
 	pairs []credPair
 }
 
-// credPair is a certificate and its key, installed in dir.
+// credPair is a certificate and its key, installed in dir. Its sum
+// (of both) is what the record of the directory keeps (Extra "pair")
+// once both files are in place, so that a later run does not parse them
+// again to check that they belong together.
 type credPair struct {
-	dir       string
-	cert, key []byte
+	dir, sum string
 }
 
-// sum identifies the pair: what the record of its directory keeps
-// (Extra "pair") once both files are in place, so that a later run
-// does not parse them again to check that they belong together.
-func (c credPair) sum() string {
-	return host.Hash(c.cert)[:16] + " " + host.Hash(c.key)[:16]
+func newCredPair(dir string, cert string, key nodeconf.Secret) credPair {
+	return credPair{dir, host.Hash([]byte(cert))[:16] + " " + host.Hash(key.Reveal())[:16]}
 }
 
 // checked reports whether c is the pair installed in its directory: it
 // passed checkPair in the run that installed it.
 func (c credPair) checked(h *host.Host) bool {
 	rec, ok := h.Ledger.Get("credentials", "dir:"+c.dir)
-	return ok && rec.Extra["pair"] == c.sum()
+	return ok && rec.Extra["pair"] == c.sum
 }
 
 // credIDs resolves a credential's owner and group; names uamlite creates
@@ -201,7 +200,7 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 				}
 				continue
 			}
-			pair := credPair{dir, []byte(side.cert.Cert), key.Reveal()}
+			pair := newCredPair(dir, side.cert.Cert, key)
 			if check && !pair.checked(h) {
 				if err := checkPair(side.cert.Cert, key); err != nil {
 					bad("x509.credentials.%s.%s: %w", c.Name, side.name, err)
@@ -263,7 +262,7 @@ func (p *credPlan) hostPlan(h *host.Host, c *nodeconf.IssuedCert, check bool, ba
 		}
 		return
 	}
-	pair := credPair{hostDir, []byte(c.Cert), key.Reveal()}
+	pair := newCredPair(hostDir, c.Cert, key)
 	if check && !pair.checked(h) {
 		if err := checkPair(c.Cert, key); err != nil {
 			bad("x509.host: %w", err)
@@ -442,14 +441,14 @@ func notePairs(h *host.Host, pairs []credPair, ferrs []error) {
 	for _, c := range pairs {
 		key := "dir:" + c.dir
 		rec, ok := h.Ledger.Get("credentials", key)
-		if !ok || failed[path.Join(c.dir, "cert.pem")] || failed[path.Join(c.dir, "private_key.pem")] || rec.Extra["pair"] == c.sum() {
+		if !ok || failed[path.Join(c.dir, "cert.pem")] || failed[path.Join(c.dir, "private_key.pem")] || rec.Extra["pair"] == c.sum {
 			continue
 		}
 		rec.Extra = maps.Clone(rec.Extra)
 		if rec.Extra == nil {
 			rec.Extra = map[string]string{}
 		}
-		rec.Extra["pair"] = c.sum()
+		rec.Extra["pair"] = c.sum
 		h.Ledger.Put("credentials", key, rec)
 	}
 }
