@@ -71,8 +71,8 @@ type credPlan struct {
 
 // credPair is a certificate and its key, installed in dir. Its sum
 // (of both) is what the record of the directory keeps (Extra "pair")
-// once both files are in place, so that a later run does not parse them
-// again to check that they belong together.
+// once the pair passed checkPair, so that a later run does not parse
+// them again to check that they belong together.
 type credPair struct {
 	dir, sum string
 }
@@ -397,7 +397,7 @@ func (credentialsModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.C
 	}
 	_, ferrs := h.EnsureFiles("credentials", files)
 	errs = append(errs, ferrs...)
-	notePairs(h, p.pairs, ferrs)
+	notePairs(h, p.pairs)
 	// 3. What left: files first, then directories, deepest first.
 	var dirs []string
 	for _, k := range h.Ledger.Keys("credentials") {
@@ -424,24 +424,17 @@ func (credentialsModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.C
 	return errs
 }
 
-// notePairs records, in the record of its directory, each pair whose two
-// files are now in place (neither of them failed).
-func notePairs(h *host.Host, pairs []credPair, ferrs []error) {
+// notePairs records each pair in the record of its directory. Every
+// pair Apply gets passed checkPair, in this run's checks or in the run
+// that recorded it (the checks run first and stop the run on an error).
+func notePairs(h *host.Host, pairs []credPair) {
 	if h.Plan {
 		return
-	}
-	failed := map[string]bool{}
-	for _, err := range ferrs {
-		var ie *host.ItemError
-		if !errors.As(err, &ie) {
-			return // not known which: record none
-		}
-		failed[ie.Key] = true
 	}
 	for _, c := range pairs {
 		key := "dir:" + c.dir
 		rec, ok := h.Ledger.Get("credentials", key)
-		if !ok || failed[path.Join(c.dir, "cert.pem")] || failed[path.Join(c.dir, "private_key.pem")] || rec.Extra["pair"] == c.sum {
+		if !ok || rec.Extra["pair"] == c.sum {
 			continue
 		}
 		rec.Extra = maps.Clone(rec.Extra)
