@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,6 +65,27 @@ type credPlan struct {
 	keep map[string]bool
 	// pending name what waits for its key.
 	pending []string
+	// pairs are the certificates installed with their keys.
+	pairs []credPair
+}
+
+// credPair is a certificate and its key, installed in dir. Its sum
+// (of both) is what the record of the directory keeps (Extra "pair")
+// once the pair passed checkPair, so that a later run does not parse
+// them again to check that they belong together.
+type credPair struct {
+	dir, sum string
+}
+
+func newCredPair(dir string, cert string, key nodeconf.Secret) credPair {
+	return credPair{dir, host.Hash([]byte(cert))[:16] + " " + host.Hash(key.Reveal())[:16]}
+}
+
+// checked reports whether c is the pair installed in its directory: it
+// passed checkPair in the run that installed it.
+func (c credPair) checked(h *host.Host) bool {
+	rec, ok := h.Ledger.Get("credentials", "dir:"+c.dir)
+	return ok && rec.Extra["pair"] == c.sum
 }
 
 // credIDs resolves a credential's owner and group; names uamlite creates
@@ -130,9 +153,21 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 	later := uamliteNames(conf)
 	creds := append([]nodeconf.Credential(nil), conf.Credentials...)
 	sort.Slice(creds, func(i, j int) bool { return creds[i].Name < creds[j].Name })
+	// Most credentials share an owner (root): each pair is looked up once.
+	type account struct{ owner, group string }
+	type accountIDs struct {
+		uid, gid int
+		err      error
+	}
+	looked := map[account]accountIDs{}
 	for _, c := range creds {
 		base := path.Join(credRoot, c.Name)
-		uid, gid, err := credIDs(h, c, later, check)
+		ids, ok := looked[account{c.Owner, c.Group}]
+		if !ok {
+			ids.uid, ids.gid, ids.err = credIDs(h, c, later, check)
+			looked[account{c.Owner, c.Group}] = ids
+		}
+		uid, gid, err := ids.uid, ids.gid, ids.err
 		if err != nil {
 			bad("%s: %w", c.Name, err)
 			continue
@@ -165,11 +200,13 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 				}
 				continue
 			}
-			if check {
+			pair := newCredPair(dir, side.cert.Cert, key)
+			if check && !pair.checked(h) {
 				if err := checkPair(side.cert.Cert, key); err != nil {
 					bad("x509.credentials.%s.%s: %w", c.Name, side.name, err)
 				}
 			}
+			p.pairs = append(p.pairs, pair)
 			if !baseDone {
 				p.dirs = append(p.dirs, credDir{base, host.Meta{Mode: 0o750, UID: 0, GID: gid}})
 				baseDone = true
@@ -181,12 +218,22 @@ func credentialsPlan(h *host.Host, conf *nodeconf.Conf, check bool) (*credPlan, 
 		}
 	}
 	if check {
+		// What is not bellbuild's yet must be of the right kind. What the
+		// ledger holds was when it was last applied; Apply sees what
+		// changed since and repairs it (ensureCredDir, host.EnsureFiles),
+		// or reports it and leaves what lies under it alone.
 		for _, d := range p.dirs {
+			if _, owned := h.Ledger.Get("credentials", "dir:"+d.path); owned {
+				continue
+			}
 			if fi, err := h.Lstat(d.path); err == nil && !fi.IsDir() {
 				bad("%s: exists and is not a directory (%s)", d.path, fi.Mode().Type())
 			}
 		}
 		for _, f := range p.files {
+			if _, owned := h.Ledger.Get("credentials", f.Key); owned {
+				continue
+			}
 			if fi, err := h.Lstat(f.Spec.Path); err == nil && !fi.Mode().IsRegular() {
 				bad("%s: exists and is not a regular file (%s)", f.Spec.Path, fi.Mode().Type())
 			}
@@ -215,11 +262,13 @@ func (p *credPlan) hostPlan(h *host.Host, c *nodeconf.IssuedCert, check bool, ba
 		}
 		return
 	}
-	if check {
+	pair := newCredPair(hostDir, c.Cert, key)
+	if check && !pair.checked(h) {
 		if err := checkPair(c.Cert, key); err != nil {
 			bad("x509.host: %w", err)
 		}
 	}
+	p.pairs = append(p.pairs, pair)
 	p.dirs = append(p.dirs, credDir{hostDir, host.Meta{Mode: 0o750}})
 	p.files = append(p.files,
 		host.FileItem{Key: certPath, Spec: host.FileSpec{Path: certPath, Data: []byte(c.Cert), Mode: 0o644}},
@@ -322,19 +371,33 @@ func (credentialsModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.C
 	for k := range p.keep {
 		want[k] = true
 	}
-	// 1. Directories, parents first.
+	// 1. Directories, parents first. Nothing is made or written under
+	// one that failed (no longer a directory: a link may lead elsewhere).
+	var failed []string
+	under := func(p string) bool {
+		return slices.ContainsFunc(failed, func(d string) bool { return strings.HasPrefix(p, d+"/") })
+	}
 	for _, d := range p.dirs {
 		want["dir:"+d.path] = true
+		if under(d.path) {
+			continue
+		}
 		if err := ensureCredDir(h, d); err != nil {
 			errs = append(errs, err)
+			failed = append(failed, d.path)
 		}
 	}
 	// 2. Files.
+	files := make([]host.FileItem, 0, len(p.files))
 	for _, f := range p.files {
 		want[f.Key] = true
+		if !under(f.Spec.Path) {
+			files = append(files, f)
+		}
 	}
-	_, ferrs := h.EnsureFiles("credentials", p.files)
+	_, ferrs := h.EnsureFiles("credentials", files)
 	errs = append(errs, ferrs...)
+	notePairs(h, p.pairs)
 	// 3. What left: files first, then directories, deepest first.
 	var dirs []string
 	for _, k := range h.Ledger.Keys("credentials") {
@@ -361,6 +424,28 @@ func (credentialsModule) Apply(_ context.Context, h *host.Host, conf *nodeconf.C
 	return errs
 }
 
+// notePairs records each pair in the record of its directory. Every
+// pair Apply gets passed checkPair, in this run's checks or in the run
+// that recorded it (the checks run first and stop the run on an error).
+func notePairs(h *host.Host, pairs []credPair) {
+	if h.Plan {
+		return
+	}
+	for _, c := range pairs {
+		key := "dir:" + c.dir
+		rec, ok := h.Ledger.Get("credentials", key)
+		if !ok || rec.Extra["pair"] == c.sum {
+			continue
+		}
+		rec.Extra = maps.Clone(rec.Extra)
+		if rec.Extra == nil {
+			rec.Extra = map[string]string{}
+		}
+		rec.Extra["pair"] = c.sum
+		h.Ledger.Put("credentials", key, rec)
+	}
+}
+
 // ensureCredDir makes d.path a directory with d.meta, recording it first
 // (with the owner and mode it had, when it was there before).
 func ensureCredDir(h *host.Host, d credDir) error {
@@ -376,9 +461,7 @@ func ensureCredDir(h *host.Host, d credDir) error {
 	}
 	var cur host.Meta
 	if exists {
-		if cur, err = h.StatMeta(d.path); err != nil {
-			return fmt.Errorf("%s: %w", d.path, err)
-		}
+		cur = host.MetaOf(fi)
 		if cur == d.meta && owned && rec.Extra["set"] == d.meta.String() {
 			return nil
 		}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bellbuild/bellbuild/firstboot/host"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -399,5 +400,206 @@ func TestCredentialsHost(t *testing.T) {
 	applyConf(t, root, f.conf(), false)
 	if _, err := os.Lstat(filepath.Join(root, x, "host")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the host certificate's directory is still there: %v", err)
+	}
+}
+
+// TestCredentialsTampered: a credential file or directory changed by hand
+// after a run that found everything in place (and recorded it) is seen on
+// the next run, however the change hides: new content of the same size
+// with the old mtime put back, or a symbolic link in the file's place
+// (even to the same content), is a conflict, reported and left alone (as
+// for every managed file); a mode, an owner or a deleted file is
+// repaired; nothing is written through a symbolic link in a directory's
+// place.
+func TestCredentialsTampered(t *testing.T) {
+	f := newCredFixture(t)
+	conf := f.conf("etcd")
+	x := credRoot
+	keyPath, certPath := x+"/etcd/server/private_key.pem", x+"/etcd/server/cert.pem"
+	key := string(f.etcdServer.Key.Reveal())
+	// sameSize is the key with one character of its body changed.
+	sameSize := []byte(key)
+	sameSize[40] ^= 1
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, root string)
+		// wantErr is the run's error (the file is then left as tampered);
+		// without it the run repairs the root, with wantChanges changes.
+		wantErr     string
+		wantChanges int
+		want        rootTree // the tampered paths afterwards
+	}{{
+		name: "content changed, same size, mtime put back",
+		tamper: func(t *testing.T, root string) {
+			full := filepath.Join(root, keyPath)
+			fi, err := os.Lstat(full)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(full, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(full, sameSize, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(full, 0o400); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(full, fi.ModTime(), fi.ModTime()); err != nil {
+				t.Fatal(err)
+			}
+			if now, _ := os.Lstat(full); now.Size() != fi.Size() || !now.ModTime().Equal(fi.ModTime()) {
+				t.Fatalf("the tampered file's size or mtime differs: %d %v, was %d %v", now.Size(), now.ModTime(), fi.Size(), fi.ModTime())
+			}
+		},
+		wantErr: "credentials: " + keyPath + ": changed outside bellbuild",
+		want:    rootTree{keyPath: fileEntry("0400", "1234:1235", string(sameSize))},
+	}, {
+		name:        "mode changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Chmod(filepath.Join(root, keyPath), 0o444)) },
+		wantChanges: 1,
+	}, {
+		name:        "owner changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Lchown(filepath.Join(root, keyPath), 0, 0)) },
+		wantChanges: 1,
+	}, {
+		name:        "deleted",
+		tamper:      func(t *testing.T, root string) { must(t, os.Remove(filepath.Join(root, certPath))) },
+		wantChanges: 1,
+	}, {
+		name: "replaced by a symbolic link to the same content",
+		tamper: func(t *testing.T, root string) {
+			must(t, os.WriteFile(filepath.Join(root, "etc/copy.pem"), []byte(f.etcdServer.Cert), 0o644))
+			must(t, os.Remove(filepath.Join(root, certPath)))
+			must(t, os.Symlink("/etc/copy.pem", filepath.Join(root, certPath)))
+		},
+		wantErr: "credentials: " + certPath + ": changed outside bellbuild (now a symbolic link)",
+		want: rootTree{
+			certPath:        linkEntry("/etc/copy.pem"),
+			"/etc/copy.pem": fileEntry("0644", "0:0", f.etcdServer.Cert),
+		},
+	}, {
+		name: "directory replaced by a symbolic link",
+		tamper: func(t *testing.T, root string) {
+			must(t, os.Mkdir(filepath.Join(root, "etc/elsewhere"), 0o755))
+			must(t, os.RemoveAll(filepath.Join(root, x, "etcd/server")))
+			// Relative: it stays inside the root.
+			must(t, os.Symlink("../../../elsewhere", filepath.Join(root, x, "etcd/server")))
+		},
+		wantErr: "credentials: " + x + "/etcd/server: exists and is not a directory",
+		want: rootTree{
+			x + "/etcd/server":                 linkEntry("../../../elsewhere"),
+			x + "/etcd/server/cert.pem":        absent,
+			x + "/etcd/server/private_key.pem": absent,
+			"/etc/elsewhere":                   dirEntry("0755", "0:0"),
+		},
+	}, {
+		name:        "directory mode changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Chmod(filepath.Join(root, x, "etcd/server"), 0o755)) },
+		wantChanges: 1,
+	}, {
+		name:        "directory owner changed",
+		tamper:      func(t *testing.T, root string) { must(t, os.Lchown(filepath.Join(root, x, "etcd"), 1234, 1235)) },
+		wantChanges: 1,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			buildRoot(t, root)
+			applyConf(t, root, conf, false)
+			// A rerun once the files' times are behind the clock finds
+			// everything in place (and may record so).
+			time.Sleep(tamperSettle)
+			if rep := applyConf(t, root, conf, false); len(rep.Changes) != 0 {
+				t.Fatalf("rerun: %+v", rep.Changes)
+			}
+			// That run recorded the files as it found them: the next one
+			// trusts what still looks the same without reading it.
+			l, err := host.ReadLedger(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{keyPath, certPath} {
+				if rec, _ := l.Get("credentials", p); rec.Seen == "" {
+					t.Fatalf("the ledger records no identity of %s: the case would not test the shortcut", p)
+				}
+			}
+			applied, _ := snapshot(t, root)
+			tt.tamper(t, root)
+			rep, err := applyNode(root, conf)
+			got, _ := snapshot(t, root)
+			want := patched(applied, tt.want)
+			if tt.wantErr != "" {
+				all := strings.Join(rep.Errors, "\n")
+				if err != nil {
+					all += "\n" + err.Error()
+				}
+				if !strings.Contains(all, tt.wantErr) {
+					t.Errorf("errors %q, want %q", all, tt.wantErr)
+				}
+			} else {
+				if err != nil || len(rep.Errors) > 0 {
+					t.Fatalf("repairing run: %v %v", err, rep.Errors)
+				}
+				if len(rep.Changes) != tt.wantChanges {
+					t.Errorf("repairing run: %d changes, want %d: %+v", len(rep.Changes), tt.wantChanges, rep.Changes)
+				}
+			}
+			for p, e := range want {
+				if got[p] != e {
+					t.Errorf("%s after the run:\n%q\nwant\n%q", p, got[p], e)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("the root has %d entries after the run, want %d", len(got), len(want))
+			}
+		})
+	}
+}
+
+// tamperSettle is how long TestCredentialsTampered waits after a run
+// that wrote files before the run that finds them in place.
+const tamperSettle = 200 * time.Millisecond
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCredentialsSwappedAfterInstall: a run that finds a pair installed
+// does not check it again, but a key that does not belong to its
+// certificate is still refused when the certificate or the key changes.
+func TestCredentialsSwappedAfterInstall(t *testing.T) {
+	f := newCredFixture(t)
+	root := t.TempDir()
+	buildRoot(t, root)
+	applyConf(t, root, f.conf("etcd"), false)
+	applied, _ := snapshot(t, root)
+	for _, tc := range []struct {
+		name       string
+		cert       string
+		key        nodeconf.Secret
+		wantErrors bool
+	}{
+		{"the installed pair", f.etcdServer.Cert, f.etcdServer.Key, false},
+		{"the key of another certificate", f.etcdServer.Cert, f.etcdClient.Key, true},
+		{"another certificate for the key", f.etcdClient.Cert, f.etcdServer.Key, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := f.conf("etcd")
+			ic := conf.X509.Credentials["etcd"]
+			ic.Server = &nodeconf.IssuedCert{Cert: tc.cert, Key: tc.key}
+			conf.X509.Credentials["etcd"] = ic
+			_, err := applyNode(root, conf)
+			want := "x509.credentials.etcd.server: the key does not belong to the certificate"
+			if got := err != nil && strings.Contains(err.Error(), want); got != tc.wantErrors {
+				t.Errorf("error %v; want one with %q: %v", err, want, tc.wantErrors)
+			}
+			if got, _ := snapshot(t, root); !rootsEqual(applied, got) {
+				t.Errorf("the root changed")
+			}
+		})
 	}
 }

@@ -128,11 +128,15 @@ func Open(opts Options) (*Host, error) {
 }
 
 // ReloadLedger rereads the ledger from disk (after taking the lock, so that
-// a run that finished meanwhile is seen). It is an error to call it with
+// a run that finished meanwhile is seen); not when its files still have
+// the identity they had when it was read. It is an error to call it with
 // unsaved records.
 func (h *Host) ReloadLedger() error {
 	if h.Ledger.dirty() {
 		return errors.New("ledger: reload with unsaved changes")
+	}
+	if h.js.seen != "" && h.ledgerSeen() == h.js.seen {
+		return nil
 	}
 	l, js, err := loadLedger(h)
 	if err != nil {
@@ -539,8 +543,9 @@ type FileItem struct {
 func (h *Host) EnsureFiles(module string, items []FileItem) (map[string]bool, []error) {
 	var errs []error
 	var writes []FileItem
+	start := time.Now() // the file system's clock, not h.Now
 	for _, it := range items {
-		write, err := h.prepareFile(module, it.Key, it.Spec)
+		write, err := h.prepareFile(module, it.Key, it.Spec, start)
 		if err != nil {
 			errs = append(errs, &ItemError{Key: it.Key, Err: err})
 		} else if write {
@@ -571,28 +576,41 @@ func (h *Host) EnsureFiles(module string, items []FileItem) (map[string]bool, []
 
 // prepareFile decides what EnsureFile does for one file: nothing, adopt it,
 // or write it (reported true), recording the change and putting the ledger
-// record (not yet saved) and any backup of an original.
-func (h *Host) prepareFile(module, key string, spec FileSpec) (bool, error) {
+// record (not yet saved) and any backup of an original. A file that still
+// has the identity a run recorded when it found it as wanted (Record.Seen,
+// seen.go) is not read; start is a time taken before any stat of the batch.
+func (h *Host) prepareFile(module, key string, spec FileSpec, start time.Time) (bool, error) {
 	want := Hash(spec.Data)
+	rec, owned := h.Ledger.Get(module, key)
+	// The stat goes first: a change after it changes the identity it
+	// gives, so what the read then finds can never be recorded under an
+	// identity the file no longer has.
+	fi, statErr := h.Lstat(spec.Path)
+	if statErr == nil && owned && rec.Hash == want && rec.Seen != "" &&
+		fileSeen(fi, want) == rec.Seen && metaIs(fi, spec) {
+		return false, nil
+	}
+	if statErr == nil && owned && !fi.Mode().IsRegular() {
+		// bellbuild only ever renames a regular file into place.
+		return false, fmt.Errorf("%s: %w (now %s)", spec.Path, ErrConflict, kindOf(fi))
+	}
 	cur, err := h.ReadFile(spec.Path)
 	exists := err == nil
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("%s: %w", spec.Path, err)
 	}
-	rec, owned := h.Ledger.Get(module, key)
 	if owned && exists && rec.Hash != "" && Hash(cur) != rec.Hash && Hash(cur) != want && Hash(cur) != rec.Prev {
 		return false, fmt.Errorf("%s: %w", spec.Path, ErrConflict)
 	}
 	contentOK := exists && Hash(cur) == want
-	metaOK := false
-	if exists {
-		if fi, err := h.Lstat(spec.Path); err == nil {
-			st, _ := fi.Sys().(*syscall.Stat_t)
-			metaOK = fi.Mode().Perm()|(fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)) == spec.Mode &&
-				st != nil && int(st.Uid) == spec.UID && int(st.Gid) == spec.GID
-		}
-	}
+	metaOK := exists && statErr == nil && metaIs(fi, spec)
 	if contentOK && metaOK && owned && rec.Hash == want {
+		// As wanted: record its identity, so the next run need not read
+		// it (the record is saved with the batch, or at the end of the run).
+		if seen := settledSeen(fi, want, start); seen != rec.Seen && !h.Plan {
+			rec.Seen = seen
+			h.Ledger.Put(module, key, rec)
+		}
 		return false, nil
 	}
 	if contentOK && metaOK {
@@ -607,7 +625,7 @@ func (h *Host) prepareFile(module, key string, spec FileSpec) (bool, error) {
 				return false, err
 			}
 		}
-		rec.Hash, rec.Prev = want, ""
+		rec.Hash, rec.Prev, rec.Seen = want, "", settledSeen(fi, want, start)
 		h.Ledger.Put(module, key, rec)
 		return false, nil
 	}
@@ -636,9 +654,28 @@ func (h *Host) prepareFile(module, key string, spec FileSpec) (bool, error) {
 	if exists {
 		rec.Prev = Hash(cur)
 	}
-	rec.Hash = want
+	rec.Hash, rec.Seen = want, ""
 	h.Ledger.Put(module, key, rec)
 	return true, nil
+}
+
+// kindOf names what fi is, for a message.
+func kindOf(fi fs.FileInfo) string {
+	switch t := fi.Mode().Type(); {
+	case t&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case t.IsDir():
+		return "a directory"
+	default:
+		return "a " + t.String()
+	}
+}
+
+// metaIs reports whether fi has spec's mode, owner and group.
+func metaIs(fi fs.FileInfo, spec FileSpec) bool {
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	return fi.Mode().Perm()|(fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)) == spec.Mode &&
+		st != nil && int(st.Uid) == spec.UID && int(st.Gid) == spec.GID
 }
 
 // backup saves cur, the original content of p (with its mode and owner),

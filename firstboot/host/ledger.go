@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"strings"
+	"time"
 )
 
 // LedgerPath is where, under the target root, bellbuild records what it
@@ -34,6 +36,11 @@ type Record struct {
 	// the ledger was saved but before the write leaves that content, which
 	// is bellbuild's own and not a conflict.
 	Prev string `json:"prev,omitempty"`
+	// Seen is the identity of the file (see fileSeen) when a run last
+	// read it whole and found it holding Hash, as it was wanted: while the
+	// file keeps that identity and Hash is still wanted, a run trusts it
+	// without reading it. Any write clears it.
+	Seen string `json:"seen,omitempty"`
 	// Extra holds module-specific state (exec's last run, apt's installed
 	// version, ...).
 	Extra map[string]string `json:"extra,omitempty"`
@@ -91,11 +98,16 @@ type journalState struct {
 	valid int64
 	// size is its length on disk (0 when there is none).
 	size int64
+	// seen is the identity of the snapshot and the journal as they were
+	// read (ledgerSeen), "" when not known: while they keep it,
+	// Host.ReloadLedger need not read them again.
+	seen string
 }
 
 func loadLedger(h *Host) (*Ledger, journalState, error) {
 	l := newLedger()
-	var js journalState
+	// The stat goes first: a change after it changes the identity.
+	js := journalState{seen: h.ledgerSeen()}
 	data, err := h.ReadFile(LedgerPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -122,6 +134,29 @@ func loadLedger(h *Host) (*Ledger, journalState, error) {
 	js.size = int64(len(jdata))
 	js.valid, err = l.replay(jdata)
 	return l, js, err
+}
+
+// ledgerSeen is the identity (seen.go) of the ledger's snapshot and
+// journal ("-" for one that is missing), or "" when one of them changed
+// too recently to tell from a later change. Another run that saves
+// anything changes it: a snapshot is replaced by a new file, a journal
+// entry is appended (a new size) and an emptied journal follows a new
+// snapshot.
+func (h *Host) ledgerSeen() string {
+	start := time.Now() // the file system's clock, not h.Now
+	var ids []string
+	for _, p := range []string{LedgerPath, JournalPath} {
+		fi, err := h.Lstat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			ids = append(ids, "-")
+		case err != nil || identity(fi) == "" || !settled(fi, start):
+			return ""
+		default:
+			ids = append(ids, identity(fi))
+		}
+	}
+	return strings.Join(ids, " / ")
 }
 
 // replay applies the journal's whole entries and returns their length. An

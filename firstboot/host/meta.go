@@ -36,6 +36,9 @@ func metaOf(fi fs.FileInfo) Meta {
 	return m
 }
 
+// MetaOf is the Meta of a stat result (of Lstat: a symbolic link's own).
+func MetaOf(fi fs.FileInfo) Meta { return metaOf(fi) }
+
 // parseMeta reads what Meta.String wrote.
 func parseMeta(s string) (Meta, bool) {
 	mode, owner, ok := strings.Cut(s, " ")
