@@ -38,7 +38,7 @@ func keyPEM(k crypto.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+	return pemBlock("PRIVATE KEY", der), nil
 }
 
 // parseKeyPEM reads a PKCS#8 PEM private key. Errors never quote the data.
