@@ -2,7 +2,6 @@ package pki
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -38,8 +38,7 @@ type Issued struct {
 type job struct {
 	req    Request
 	ca     *CA
-	key    crypto.Signer // made here, or nil
-	keyPEM []byte
+	keyPEM []byte // the key made here, or nil
 	out    *Issued
 }
 
@@ -93,14 +92,11 @@ func (s *Store) makeKey(j *job) error {
 	if j.req.PublicKey != nil {
 		return nil
 	}
-	k, err := newKey(s.opts.Algorithm)
+	pub, p, err := newLeafKey(s.opts.Algorithm)
 	if err != nil {
 		return err
 	}
-	if j.keyPEM, err = keyPEM(k); err != nil {
-		return err
-	}
-	j.key, j.req.PublicKey = k, k.Public()
+	j.req.PublicKey, j.keyPEM = pub, p
 	return nil
 }
 
@@ -160,35 +156,36 @@ func ipNets(ns []*net.IPNet) string {
 	return strings.Join(s, ", ")
 }
 
-// sign makes every job's certificate (3), on GOMAXPROCS goroutines.
+// sign makes every job's certificate (3), on GOMAXPROCS goroutines that
+// take the jobs in turn. The first error stops them; it fails the batch.
 func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
-	workers := min(runtime.GOMAXPROCS(0), (len(jobs)+15)/16)
+	workers := max(1, min(runtime.GOMAXPROCS(0), (len(jobs)+15)/16))
 	var (
 		wg    sync.WaitGroup
-		next  = make(chan *job)
+		next  atomic.Int64
 		errMu sync.Mutex
 		first error
 	)
-	for range max(workers, 1) {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := range next {
-				if err := s.signOne(j, now); err != nil {
+			var w signer
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(jobs) || ctx.Err() != nil {
+					return
+				}
+				if err := s.signOne(&w, jobs[i], now); err != nil {
 					errMu.Lock()
 					first = cmpErr(first, err)
 					errMu.Unlock()
+					next.Store(int64(len(jobs))) // the others stop too
+					return
 				}
 			}
 		}()
 	}
-	for _, j := range jobs {
-		if ctx.Err() != nil {
-			break
-		}
-		next <- j
-	}
-	close(next)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return err
@@ -203,8 +200,23 @@ func cmpErr(a, b error) error {
 	return b
 }
 
-// leafTemplate is the certificate r asks for, valid from now.
-func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificate, error) {
+// signer is one signing goroutine's template, reused from certificate to
+// certificate (x509.CreateCertificate only reads it).
+type signer struct {
+	t   x509.Certificate
+	ips []byte // backing of t.IPAddresses
+}
+
+// The extended key usages of each mode, shared by every template.
+var (
+	ekuClient = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	ekuServer = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	ekuBoth   = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+)
+
+// leafTemplate is the certificate r asks for, valid from now, in w's
+// template.
+func (s *Store) leafTemplate(w *signer, r Request, ca *CA, now time.Time) (*x509.Certificate, error) {
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
@@ -213,7 +225,25 @@ func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificat
 	if life == 0 {
 		life = s.opts.Validity.Leaf
 	}
-	t := &x509.Certificate{
+	// The addresses as ip.AsSlice has them, without an allocation each.
+	w.ips = slices.Grow(w.ips[:0], net.IPv6len*len(r.IPs))
+	ips := w.t.IPAddresses[:0]
+	for _, ip := range r.IPs {
+		at := len(w.ips)
+		switch {
+		case ip.Is4():
+			a := ip.As4()
+			w.ips = append(w.ips, a[:]...)
+		case ip.Is6():
+			a := ip.As16()
+			w.ips = append(w.ips, a[:]...)
+		default:
+			ips = append(ips, nil)
+			continue
+		}
+		ips = append(ips, net.IP(w.ips[at:len(w.ips):len(w.ips)]))
+	}
+	w.t = x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: r.CommonName},
 		NotBefore:             now.Add(-backdate),
@@ -222,18 +252,16 @@ func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificat
 		ExtKeyUsage:           extKeyUsage(r.Mode),
 		BasicConstraintsValid: true,
 		DNSNames:              r.DNSNames,
+		IPAddresses:           ips,
 	}
-	for _, ip := range r.IPs {
-		t.IPAddresses = append(t.IPAddresses, ip.AsSlice())
-	}
-	return t, nil
+	return &w.t, nil
 }
 
-func (s *Store) signOne(j *job, now time.Time) error {
+func (s *Store) signOne(w *signer, j *job, now time.Time) error {
 	if err := s.makeKey(j); err != nil {
 		return err
 	}
-	t, err := s.leafTemplate(j.req, j.ca, now)
+	t, err := s.leafTemplate(w, j.req, j.ca, now)
 	if err != nil {
 		return err
 	}
@@ -246,6 +274,7 @@ func (s *Store) signOne(j *job, now time.Time) error {
 		return err
 	}
 	j.out = &Issued{Request: j.req, Serial: serialHex(c.SerialNumber), Cert: c, CertPEM: certPEM(der)}
+	j.out.PublicKey = c.PublicKey // a key made here is an *ecdh.PublicKey: give it as crypto/x509 reads it
 	if j.keyPEM != nil {
 		j.out.Key = nodeconf.NewSecret("key of "+j.req.Slot, j.keyPEM)
 	}
@@ -281,11 +310,11 @@ func (s *Store) record(jobs []*job, now time.Time) error {
 func extKeyUsage(mode string) []x509.ExtKeyUsage {
 	switch mode {
 	case nodeconf.CertModeClient:
-		return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		return ekuClient
 	case nodeconf.CertModeServer:
-		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		return ekuServer
 	}
-	return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	return ekuBoth
 }
 
 // modeOf reads a certificate's mode back from its extended key usage.

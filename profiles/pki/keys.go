@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -30,6 +31,33 @@ func newKey(a Algorithm) (crypto.Signer, error) {
 		return rsa.GenerateKey(rand.Reader, 3072)
 	}
 	return nil, fmt.Errorf("algorithm %q: want one of ecdsa-p256, ed25519, rsa-3072", a)
+}
+
+// newLeafKey makes a leaf's key pair of algorithm a and returns its
+// public key and the private key as PKCS#8 PEM. Nothing here signs with
+// a leaf's key, so a P-256 key is made with crypto/ecdh: its PKCS#8 is
+// the very same as the ecdsa key's (TestLeafKeyPKCS8), without the
+// conversions between ecdsa's big.Int form and the FIPS module's (and
+// the cache that keeps them) that cost ecdsa.GenerateKey and
+// MarshalPKCS8PrivateKey as much as making the key.
+func newLeafKey(a Algorithm) (crypto.PublicKey, []byte, error) {
+	if a != ECDSAP256 && a != "" {
+		k, err := newKey(a)
+		if err != nil {
+			return nil, nil, err
+		}
+		p, err := keyPEM(k)
+		return k.Public(), p, err
+	}
+	k, err := ecdh.P256().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k.PublicKey(), pemBlock("PRIVATE KEY", der), nil
 }
 
 // keyPEM encodes k as PKCS#8 PEM.
