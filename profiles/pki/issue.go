@@ -39,7 +39,10 @@ type job struct {
 	req    Request
 	ca     *CA
 	keyPEM []byte // the key made here, or nil
-	out    *Issued
+	// keyFile is where Ensure keeps the key the worker makes: it
+	// writes it to keyFile.tmp, Ensure puts it in place.
+	keyFile string
+	out     *Issued
 }
 
 // Issue signs reqs and records every serial in the log (one fsynced
@@ -87,7 +90,8 @@ func (s *Store) prepare(reqs []Request, now time.Time) ([]*job, error) {
 	return jobs, nil
 }
 
-// makeKey makes j's key pair when its request brought no public key (2).
+// makeKey makes j's key pair when its request brought no public key (2),
+// and writes it to its temporary file when Ensure keeps it.
 func (s *Store) makeKey(j *job) error {
 	if j.req.PublicKey != nil {
 		return nil
@@ -97,6 +101,9 @@ func (s *Store) makeKey(j *job) error {
 		return err
 	}
 	j.req.PublicKey, j.keyPEM = pub, p
+	if j.keyFile != "" {
+		return writeTemp(j.keyFile, j.keyPEM, 0o600, false)
+	}
 	return nil
 }
 

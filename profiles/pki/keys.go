@@ -208,8 +208,12 @@ func writeFile(p string, data []byte, mode fs.FileMode) error {
 // readable by others, not even while it is written), fsynced when sync.
 func writeTemp(p string, data []byte, mode fs.FileMode, sync bool) error {
 	tmp := p + ".tmp"
-	os.Remove(tmp)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode)
+	if errors.Is(err, fs.ErrExist) {
+		// Left by a writer that died: it was never put in place.
+		os.Remove(tmp)
+		f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode)
+	}
 	if err != nil {
 		return err
 	}
