@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -51,6 +50,23 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 		}
 		seen[r.Slot] = true
 	}
+	// The slots' keys, read on every core before the lock is taken.
+	type kept struct {
+		key crypto.Signer
+		pem []byte
+		err error
+	}
+	keys := make([]kept, len(reqs))
+	err := inParallel(ctx, len(reqs), func(_ *struct{}, i int) error {
+		if reqs[i].PublicKey == nil && reqs[i].Slot != "" {
+			k := &keys[i]
+			k.key, k.pem, k.err = readKey(s.keyFile(reqs[i].Slot))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	s.mu.Lock()
 	for i, r := range reqs {
 		ca, err := s.usable(r.CA, now)
@@ -69,12 +85,12 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 		j := &job{req: r, ca: ca}
 		if r.PublicKey == nil {
 			var key crypto.Signer
-			if !revoked {
-				key, j.keyPEM, err = readKey(s.keyFile(r.Slot))
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if k := keys[i]; !revoked {
+				if k.err != nil && !errors.Is(k.err, fs.ErrNotExist) {
 					s.mu.Unlock()
-					return nil, err
+					return nil, k.err
 				}
+				key, j.keyPEM = k.key, k.pem
 			}
 			if key == nil {
 				// A new key: the signing workers make it and write
@@ -196,31 +212,17 @@ func placeKeys(jobs []*job) error {
 	if err := syncFS(dir); err != nil {
 		return err
 	}
-	// rename(2) itself, two at a time: os.Rename would lstat each
-	// target first (to refuse a directory, which rename refuses too).
-	var (
-		wg    sync.WaitGroup
-		errs  = make([]error, 2)
-		half  = len(jobs) / 2
-		parts = [][]*job{jobs[:half], jobs[half:]}
-	)
-	for i, part := range parts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for _, j := range part {
-				if j.keyFile == "" {
-					continue
-				}
-				if err := syscall.Rename(j.keyFile+".tmp", j.keyFile); err != nil {
-					errs[i] = fmt.Errorf("key %s: %w", j.keyFile, err)
-					return
-				}
+	// rename(2) itself, on every core: os.Rename would lstat each target
+	// first (to refuse a directory, which rename refuses too).
+	err := inParallel(context.Background(), len(jobs), func(_ *struct{}, i int) error {
+		if f := jobs[i].keyFile; f != "" {
+			if err := syscall.Rename(f+".tmp", f); err != nil {
+				return fmt.Errorf("key %s: %w", f, err)
 			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
 	return syncFS(dir)

@@ -163,10 +163,16 @@ func ipNets(ns []*net.IPNet) string {
 	return strings.Join(s, ", ")
 }
 
-// sign makes every job's certificate (3), on GOMAXPROCS goroutines that
-// take the jobs in turn. The first error stops them; it fails the batch.
+// sign makes every job's certificate (3), on every core.
 func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
-	workers := max(1, min(runtime.GOMAXPROCS(0), (len(jobs)+15)/16))
+	return inParallel(ctx, len(jobs), func(w *signer, i int) error { return s.signOne(w, jobs[i], now) })
+}
+
+// inParallel calls f for each i in [0, n) on up to GOMAXPROCS goroutines
+// (one for up to 16 calls), each with a W of its own and taking the next
+// i in turn. The first error stops them all and is returned; so is ctx's.
+func inParallel[W any](ctx context.Context, n int, f func(w *W, i int) error) error {
+	workers := max(1, min(runtime.GOMAXPROCS(0), (n+15)/16))
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64
@@ -177,17 +183,19 @@ func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var w signer
+			var w W
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(jobs) || ctx.Err() != nil {
+				if i >= n || ctx.Err() != nil {
 					return
 				}
-				if err := s.signOne(&w, jobs[i], now); err != nil {
+				if err := f(&w, i); err != nil {
 					errMu.Lock()
-					first = cmpErr(first, err)
+					if first == nil {
+						first = err
+					}
 					errMu.Unlock()
-					next.Store(int64(len(jobs))) // the others stop too
+					next.Store(int64(n)) // the others stop too
 					return
 				}
 			}
@@ -198,13 +206,6 @@ func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
 		return err
 	}
 	return first
-}
-
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // signer is one signing goroutine's template, reused from certificate to
