@@ -180,15 +180,9 @@ func inParallel[W any](ctx context.Context, n int, f func(w *W, i int) error) er
 		first error
 	)
 	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			var w W
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n || ctx.Err() != nil {
-					return
-				}
+			for i := int(next.Add(1)) - 1; i < n && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
 				if err := f(&w, i); err != nil {
 					errMu.Lock()
 					if first == nil {
@@ -199,7 +193,7 @@ func inParallel[W any](ctx context.Context, n int, f func(w *W, i int) error) er
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
