@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -38,9 +39,9 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 	now := s.opts.Now()
 	out := make([]*Issued, len(reqs))
 	var (
-		jobs    []*job
-		idx     []int
-		newKeys = map[string][]byte{}
+		jobs []*job
+		idx  []int
+		dirs = map[string]bool{}
 	)
 	seen := map[string]bool{}
 	for _, r := range reqs {
@@ -48,6 +49,23 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 			return nil, fmt.Errorf("%s: asked for twice in one batch", r.Slot)
 		}
 		seen[r.Slot] = true
+	}
+	// The slots' keys, read on every core before the lock is taken.
+	type kept struct {
+		key crypto.Signer
+		pem []byte
+		err error
+	}
+	keys := make([]kept, len(reqs))
+	err := inParallel(ctx, len(reqs), func(_ *struct{}, i int) error {
+		if reqs[i].PublicKey == nil && reqs[i].Slot != "" {
+			k := &keys[i]
+			k.key, k.pem, k.err = readKey(s.keyFile(reqs[i].Slot))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	for i, r := range reqs {
@@ -64,27 +82,26 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 		if latest != nil {
 			_, revoked = s.st.revoked[latest.rec.Serial]
 		}
-		var key crypto.Signer
-		var kpem []byte
+		j := &job{req: r, ca: ca}
 		if r.PublicKey == nil {
-			if !revoked {
-				key, kpem, err = readKey(s.keyFile(r.Slot))
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			var key crypto.Signer
+			if k := keys[i]; !revoked {
+				if k.err != nil && !errors.Is(k.err, fs.ErrNotExist) {
 					s.mu.Unlock()
-					return nil, err
+					return nil, k.err
 				}
+				key, j.keyPEM = k.key, k.pem
 			}
 			if key == nil {
-				if key, err = newKey(s.opts.Algorithm); err == nil {
-					kpem, err = keyPEM(key)
-				}
-				if err != nil {
-					s.mu.Unlock()
-					return nil, err
-				}
-				newKeys[s.keyFile(r.Slot)] = kpem
+				// A new key: the signing workers make it and write
+				// it beside its file. No certificate can fit it.
+				j.keyFile = s.keyFile(r.Slot)
+				dirs[filepath.Dir(j.keyFile)] = true
+				jobs = append(jobs, j)
+				idx = append(idx, i)
+				continue
 			}
-			r.PublicKey = key.Public()
+			j.req.PublicKey = key.Public()
 		}
 		if latest != nil && !revoked {
 			c, err := latest.parsed()
@@ -92,26 +109,35 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 				s.mu.Unlock()
 				return nil, err
 			}
-			if s.fits(c, r, ca, now) {
-				out[i] = &Issued{Request: r, Serial: latest.rec.Serial, Cert: c, CertPEM: certPEM(c.Raw)}
-				if kpem != nil {
-					out[i].Key = nodeconf.NewSecret("key of "+r.Slot, kpem)
+			if s.fits(c, j.req, ca, now) {
+				out[i] = &Issued{Request: j.req, Serial: latest.rec.Serial, Cert: c, CertPEM: certPEM(c.Raw)}
+				if j.keyPEM != nil {
+					out[i].Key = nodeconf.NewSecret("key of "+r.Slot, j.keyPEM)
 				}
 				continue
 			}
 		}
-		jobs = append(jobs, &job{req: r, ca: ca, keyPEM: kpem})
+		jobs = append(jobs, j)
 		idx = append(idx, i)
 	}
 	s.mu.Unlock()
 	if len(jobs) == 0 {
 		return out, nil
 	}
-	// The keys are on disk before any certificate for them is.
-	if err := writeKeys(newKeys); err != nil {
+	for d := range dirs {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	// The keys are on disk before any certificate for them is: the
+	// workers write each new one to a temporary file, and it is put in
+	// place, durably, before the log records the batch.
+	if err := s.sign(ctx, jobs, now); err != nil {
+		removeKeyTemps(jobs)
 		return nil, err
 	}
-	if err := s.sign(ctx, jobs, now); err != nil {
+	if err := placeKeys(jobs); err != nil {
+		removeKeyTemps(jobs)
 		return nil, err
 	}
 	if err := s.record(jobs, now); err != nil {
@@ -168,33 +194,47 @@ func (s *Store) renewAt(c *x509.Certificate) time.Time {
 	return c.NotAfter.Add(-w)
 }
 
-// writeKeys puts new key files in place (0600): every temporary file is
-// written, one syncfs makes them durable, then each is renamed and a
-// second syncfs makes the names durable — two flushes for any number of
-// keys.
-func writeKeys(keys map[string][]byte) error {
-	if len(keys) == 0 {
-		return nil
-	}
+// placeKeys puts the new keys of jobs in place (0600): the signing
+// workers wrote each to a temporary file beside its own (not fsynced);
+// one syncfs makes them durable, then each is renamed and a second
+// syncfs makes the names durable — two flushes for any number of keys.
+func placeKeys(jobs []*job) error {
 	var dir string
-	for p, data := range keys {
-		dir = filepath.Dir(p)
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return err
+	for _, j := range jobs {
+		if j.keyFile != "" {
+			dir = filepath.Dir(j.keyFile)
+			break
 		}
-		if err := writeTemp(p, data, 0o600, false); err != nil {
-			return err
-		}
+	}
+	if dir == "" {
+		return nil
 	}
 	if err := syncFS(dir); err != nil {
 		return err
 	}
-	for p := range keys {
-		if err := os.Rename(p+".tmp", p); err != nil {
-			return fmt.Errorf("key %s: %w", p, err)
+	// rename(2) itself, on every core: os.Rename would lstat each target
+	// first (to refuse a directory, which rename refuses too).
+	err := inParallel(context.Background(), len(jobs), func(_ *struct{}, i int) error {
+		if f := jobs[i].keyFile; f != "" {
+			if err := syscall.Rename(f+".tmp", f); err != nil {
+				return fmt.Errorf("key %s: %w", f, err)
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return syncFS(dir)
+}
+
+// removeKeyTemps removes what the workers wrote of a batch that failed.
+func removeKeyTemps(jobs []*job) {
+	for _, j := range jobs {
+		if j.keyFile != "" {
+			os.Remove(j.keyFile + ".tmp")
+		}
+	}
 }
 
 // syncFS flushes the file system that holds dir.

@@ -2,7 +2,6 @@ package pki
 
 import (
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -38,9 +38,11 @@ type Issued struct {
 type job struct {
 	req    Request
 	ca     *CA
-	key    crypto.Signer // made here, or nil
-	keyPEM []byte
-	out    *Issued
+	keyPEM []byte // the key made here, or nil
+	// keyFile is where Ensure keeps the key the worker makes: it
+	// writes it to keyFile.tmp, Ensure puts it in place.
+	keyFile string
+	out     *Issued
 }
 
 // Issue signs reqs and records every serial in the log (one fsynced
@@ -88,19 +90,20 @@ func (s *Store) prepare(reqs []Request, now time.Time) ([]*job, error) {
 	return jobs, nil
 }
 
-// makeKey makes j's key pair when its request brought no public key (2).
+// makeKey makes j's key pair when its request brought no public key (2),
+// and writes it to its temporary file when Ensure keeps it.
 func (s *Store) makeKey(j *job) error {
 	if j.req.PublicKey != nil {
 		return nil
 	}
-	k, err := newKey(s.opts.Algorithm)
+	pub, p, err := newLeafKey(s.opts.Algorithm)
 	if err != nil {
 		return err
 	}
-	if j.keyPEM, err = keyPEM(k); err != nil {
-		return err
+	j.req.PublicKey, j.keyPEM = pub, p
+	if j.keyFile != "" {
+		return writeTemp(j.keyFile, j.keyPEM, 0o600, false)
 	}
-	j.key, j.req.PublicKey = k, k.Public()
 	return nil
 }
 
@@ -160,35 +163,38 @@ func ipNets(ns []*net.IPNet) string {
 	return strings.Join(s, ", ")
 }
 
-// sign makes every job's certificate (3), on GOMAXPROCS goroutines.
+// sign makes every job's certificate (3), on every core.
 func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
-	workers := min(runtime.GOMAXPROCS(0), (len(jobs)+15)/16)
+	return inParallel(ctx, len(jobs), func(w *signer, i int) error { return s.signOne(w, jobs[i], now) })
+}
+
+// inParallel calls f for each i in [0, n) on up to GOMAXPROCS goroutines
+// (one for up to 16 calls), each with a W of its own and taking the next
+// i in turn. The first error stops them all and is returned; so is ctx's.
+func inParallel[W any](ctx context.Context, n int, f func(w *W, i int) error) error {
+	workers := max(1, min(runtime.GOMAXPROCS(0), (n+15)/16))
 	var (
 		wg    sync.WaitGroup
-		next  = make(chan *job)
+		next  atomic.Int64
 		errMu sync.Mutex
 		first error
 	)
-	for range max(workers, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range next {
-				if err := s.signOne(j, now); err != nil {
+	for range workers {
+		wg.Go(func() {
+			var w W
+			for i := int(next.Add(1)) - 1; i < n && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
+				if err := f(&w, i); err != nil {
 					errMu.Lock()
-					first = cmpErr(first, err)
+					if first == nil {
+						first = err
+					}
 					errMu.Unlock()
+					next.Store(int64(n)) // the others stop too
+					return
 				}
 			}
-		}()
+		})
 	}
-	for _, j := range jobs {
-		if ctx.Err() != nil {
-			break
-		}
-		next <- j
-	}
-	close(next)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return err
@@ -196,15 +202,23 @@ func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
 	return first
 }
 
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
+// signer is one signing goroutine's template, reused from certificate to
+// certificate (x509.CreateCertificate only reads it).
+type signer struct {
+	t   x509.Certificate
+	ips []byte // backing of t.IPAddresses
 }
 
-// leafTemplate is the certificate r asks for, valid from now.
-func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificate, error) {
+// The extended key usages of each mode, shared by every template.
+var (
+	ekuClient = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	ekuServer = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	ekuBoth   = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+)
+
+// leafTemplate is the certificate r asks for, valid from now, in w's
+// template.
+func (s *Store) leafTemplate(w *signer, r Request, ca *CA, now time.Time) (*x509.Certificate, error) {
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
@@ -213,7 +227,25 @@ func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificat
 	if life == 0 {
 		life = s.opts.Validity.Leaf
 	}
-	t := &x509.Certificate{
+	// The addresses as ip.AsSlice has them, without an allocation each.
+	w.ips = slices.Grow(w.ips[:0], net.IPv6len*len(r.IPs))
+	ips := w.t.IPAddresses[:0]
+	for _, ip := range r.IPs {
+		at := len(w.ips)
+		switch {
+		case ip.Is4():
+			a := ip.As4()
+			w.ips = append(w.ips, a[:]...)
+		case ip.Is6():
+			a := ip.As16()
+			w.ips = append(w.ips, a[:]...)
+		default:
+			ips = append(ips, nil)
+			continue
+		}
+		ips = append(ips, net.IP(w.ips[at:len(w.ips):len(w.ips)]))
+	}
+	w.t = x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: r.CommonName},
 		NotBefore:             now.Add(-backdate),
@@ -222,18 +254,16 @@ func (s *Store) leafTemplate(r Request, ca *CA, now time.Time) (*x509.Certificat
 		ExtKeyUsage:           extKeyUsage(r.Mode),
 		BasicConstraintsValid: true,
 		DNSNames:              r.DNSNames,
+		IPAddresses:           ips,
 	}
-	for _, ip := range r.IPs {
-		t.IPAddresses = append(t.IPAddresses, ip.AsSlice())
-	}
-	return t, nil
+	return &w.t, nil
 }
 
-func (s *Store) signOne(j *job, now time.Time) error {
+func (s *Store) signOne(w *signer, j *job, now time.Time) error {
 	if err := s.makeKey(j); err != nil {
 		return err
 	}
-	t, err := s.leafTemplate(j.req, j.ca, now)
+	t, err := s.leafTemplate(w, j.req, j.ca, now)
 	if err != nil {
 		return err
 	}
@@ -246,6 +276,7 @@ func (s *Store) signOne(j *job, now time.Time) error {
 		return err
 	}
 	j.out = &Issued{Request: j.req, Serial: serialHex(c.SerialNumber), Cert: c, CertPEM: certPEM(der)}
+	j.out.PublicKey = c.PublicKey // a key made here is an *ecdh.PublicKey: give it as crypto/x509 reads it
 	if j.keyPEM != nil {
 		j.out.Key = nodeconf.NewSecret("key of "+j.req.Slot, j.keyPEM)
 	}
@@ -281,11 +312,11 @@ func (s *Store) record(jobs []*job, now time.Time) error {
 func extKeyUsage(mode string) []x509.ExtKeyUsage {
 	switch mode {
 	case nodeconf.CertModeClient:
-		return []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		return ekuClient
 	case nodeconf.CertModeServer:
-		return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		return ekuServer
 	}
-	return []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	return ekuBoth
 }
 
 // modeOf reads a certificate's mode back from its extended key usage.

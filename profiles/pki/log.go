@@ -3,11 +3,13 @@ package pki
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -102,7 +104,7 @@ func (l *serialLog) load(fn func(record) error) error {
 
 // commit takes the log's lock, reads what other processes appended since
 // (fn), lets check refuse the records in the light of it, then appends
-// recs in one write and fsyncs. Only then are the records applied (fn).
+// recs and fsyncs once. Only then are the records applied (fn).
 func (l *serialLog) commit(recs []record, fn func(record) error, check func() error) error {
 	lk, err := os.OpenFile(l.lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -132,16 +134,23 @@ func (l *serialLog) commit(recs []record, fn func(record) error, check func() er
 			return err
 		}
 	}
-	var buf bytes.Buffer
-	for _, r := range recs {
-		data, err := json.Marshal(r)
-		if err != nil {
-			return err
+	// The lines go out a chunk at a time from one reused buffer: a
+	// batch of 25,000 certificates makes 28 MB of them. The commit is
+	// acknowledged by the one fsync after the last chunk, as if written
+	// at once.
+	const chunk = 1 << 20
+	buf := make([]byte, 0, chunk+4<<10)
+	at := l.size
+	for i := range recs {
+		if buf, err = recs[i].appendLine(buf); err == nil && (len(buf) >= chunk || i == len(recs)-1) {
+			_, err = f.WriteAt(buf, at)
+			at += int64(len(buf))
+			buf = buf[:0]
 		}
-		buf.Write(data)
-		buf.WriteByte('\n')
+		if err != nil {
+			break
+		}
 	}
-	_, err = f.WriteAt(buf.Bytes(), l.size)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -152,7 +161,7 @@ func (l *serialLog) commit(recs []record, fn func(record) error, check func() er
 		f.Truncate(l.size)
 		return fmt.Errorf("%s: %w", l.path, err)
 	}
-	l.size += int64(buf.Len())
+	l.size = at
 	l.line += len(recs)
 	for _, r := range recs {
 		if err := fn(r); err != nil {
@@ -160,4 +169,57 @@ func (l *serialLog) commit(recs []record, fn func(record) error, check func() er
 		}
 	}
 	return nil
+}
+
+// appendLine appends r's line of the log to b: what json.Marshal makes of
+// r, and a newline. It writes the JSON itself, not by reflection: an
+// issue of 25,000 certificates appends 25,000 lines under the log's
+// lock. (TestRecordJSON holds it to json.Marshal.)
+func (r *record) appendLine(b []byte) ([]byte, error) {
+	b = append(b, `{"op":`...)
+	b = appendJSONString(b, r.Op)
+	b = append(b, `,"time":"`...)
+	b, err := r.Time.AppendText(b)
+	if err != nil {
+		return nil, fmt.Errorf("log record time: %w", err)
+	}
+	b = append(b, '"')
+	for _, f := range []struct{ name, v string }{{"serial", r.Serial}, {"ca", string(r.CA)}, {"slot", r.Slot}, {"node", r.Node}, {"service", r.Service}} {
+		if f.v != "" {
+			b = append(b, `,"`...)
+			b = append(b, f.name...)
+			b = append(b, `":`...)
+			b = appendJSONString(b, f.v)
+		}
+	}
+	if len(r.Cert) > 0 {
+		b = append(b, `,"cert":"`...)
+		b = base64.StdEncoding.AppendEncode(b, r.Cert)
+		b = append(b, '"')
+	}
+	if r.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = appendJSONString(b, r.Reason)
+	}
+	if r.Number != 0 {
+		b = append(b, `,"number":`...)
+		b = strconv.AppendInt(b, r.Number, 10)
+	}
+	return append(b, '}', '\n'), nil
+}
+
+// appendJSONString appends s as encoding/json quotes it: as it is when
+// every byte is printable ASCII that JSON (with its HTML escaping)
+// leaves alone, which serials, slots, node and service names are;
+// through json.Marshal otherwise.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }

@@ -2,7 +2,6 @@ package pki
 
 import (
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 )
 
@@ -79,12 +78,4 @@ func (st *state) latest(slot string) *entry {
 		return nil
 	}
 	return es[len(es)-1]
-}
-
-func jsonLine(r record) ([]byte, error) {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	return append(data, '\n'), nil
 }

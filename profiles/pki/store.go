@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -188,12 +189,10 @@ func Init(ctx context.Context, o Options, rootOut string, force bool) (*Store, e
 		}
 	}
 	var logData []byte
-	for _, r := range log {
-		line, err := jsonLine(r)
-		if err != nil {
+	for i := range log {
+		if logData, err = log[i].appendLine(logData); err != nil {
 			return nil, err
 		}
-		logData = append(logData, line...)
 	}
 	privFiles[logFile] = logData
 	// An environment's hierarchy lies one level down: PRIVATE/pki/ENV.
@@ -272,8 +271,29 @@ func writeDir(dir string, files map[string][]byte, dirMode, fileMode fs.FileMode
 	return syncDir(filepath.Dir(dir))
 }
 
-func certPEM(der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+func certPEM(der []byte) []byte { return pemBlock("CERTIFICATE", der) }
+
+// pemBlock is pem.EncodeToMemory of a block of type typ without headers,
+// made in one allocation of its exact size: pem's encoder grows a
+// buffer and allocates a base64 encoder for every certificate and key of
+// a batch. (TestPEMBlock holds it to pem.EncodeToMemory.)
+func pemBlock(typ string, der []byte) []byte {
+	const perLine = 48 // bytes of DER in a line of 64 base64 characters
+	lines := (len(der) + perLine - 1) / perLine
+	n := 2*len(typ) + len("-----BEGIN -----\n-----END -----\n") + base64.StdEncoding.EncodedLen(len(der)) + lines
+	b := make([]byte, 0, n)
+	b = append(b, "-----BEGIN "...)
+	b = append(b, typ...)
+	b = append(b, "-----\n"...)
+	for len(der) > 0 {
+		k := min(len(der), perLine)
+		b = base64.StdEncoding.AppendEncode(b, der[:k])
+		b = append(b, '\n')
+		der = der[k:]
+	}
+	b = append(b, "-----END "...)
+	b = append(b, typ...)
+	return append(b, "-----\n"...)
 }
 
 // newSerial is a random positive 128-bit serial number (RFC 5280 allows
