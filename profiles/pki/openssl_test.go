@@ -182,7 +182,9 @@ func handshake(t *testing.T, openssl string, s *opensslSite, server, client pair
 	defer srv.Wait()
 	defer srv.Process.Kill()
 	port := make(chan string, 1)
+	srvRead := make(chan struct{}) // closed when all of s_server's output is in srvOut
 	go func() {
+		defer close(srvRead)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			srvOut.Write([]byte(sc.Text() + "\n"))
@@ -226,11 +228,11 @@ func handshake(t *testing.T, openssl string, s *opensslSite, server, client pair
 	cli.Process.Kill()
 	cli.Wait()
 	in.Close()
-	// Let s_server finish its report of the connection.
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
+	// Let s_server finish its report of the connection: it exits after
+	// one, and its output is read to the end (waiting for the process
+	// alone once lost the last lines, the reason of a refusal).
 	select {
-	case <-done:
+	case <-srvRead:
 	case <-time.After(5 * time.Second):
 	}
 	return got, "--- s_server:\n" + srvOut.String() + "--- s_client:\n" + cliOut.String()
