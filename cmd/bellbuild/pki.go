@@ -278,7 +278,7 @@ func runPKI(ctx context.Context, o pkiFlags, stdout io.Writer) error {
 			return err
 		}
 		for _, is := range res.Certs {
-			fmt.Fprintf(stdout, "renewed %s %s until %s\n", is.Slot, is.Serial, is.Cert.NotAfter.UTC().Format(time.DateOnly))
+			fmt.Fprintf(stdout, "renewed %s %s until %s\n", is.Slot, is.Serial, is.NotAfter.UTC().Format(time.DateOnly))
 		}
 		for _, k := range res.CRLs {
 			fmt.Fprintf(stdout, "CRL of %s republished\n", k)
@@ -353,7 +353,7 @@ func issueUser(ctx context.Context, s *pki.Store, o pkiFlags, stdout io.Writer) 
 	if err := writeNew(certPath, is.CertPEM, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "issued %s for user %s until %s: %s\n", is.Serial, name, is.Cert.NotAfter.UTC().Format(time.DateOnly), certPath)
+	fmt.Fprintf(stdout, "issued %s for user %s until %s: %s\n", is.Serial, name, is.NotAfter.UTC().Format(time.DateOnly), certPath)
 	return nil
 }
 

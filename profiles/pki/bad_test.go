@@ -222,10 +222,10 @@ func TestCSR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !samePublic(is.Cert.PublicKey, good.Public()) || !is.Key.IsZero() || len(is.Cert.DNSNames) != 2 {
-		t.Errorf("signed CSR: key %v, names %q", samePublic(is.Cert.PublicKey, good.Public()), is.Cert.DNSNames)
+	if !samePublic(mustCert(t, is).PublicKey, good.Public()) || !is.Key.IsZero() || len(mustCert(t, is).DNSNames) != 2 {
+		t.Errorf("signed CSR: key %v, names %q", samePublic(mustCert(t, is).PublicKey, good.Public()), mustCert(t, is).DNSNames)
 	}
-	if err := verify(t, s, is.Cert, x509.ExtKeyUsageServerAuth); err != nil {
+	if err := verify(t, s, mustCert(t, is), x509.ExtKeyUsageServerAuth); err != nil {
 		t.Error(err)
 	}
 
@@ -244,7 +244,7 @@ func TestCSR(t *testing.T) {
 		{"P-224", csrFor(t, p224, "", nil, nil), "weak or unsupported key: ECDSA curve P-224"},
 		{"bad signature", badSig, "CSR: bad signature"},
 		{"oversized", make([]byte, MaxCSR+1), "larger than"},
-		{"not a CSR", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: is.Cert.Raw}), `PEM block "CERTIFICATE": not a CERTIFICATE REQUEST`},
+		{"not a CSR", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: mustCert(t, is).Raw}), `PEM block "CERTIFICATE": not a CERTIFICATE REQUEST`},
 		{"garbage", []byte("hello"), "CSR: "},
 	}
 	for _, tt := range tests {

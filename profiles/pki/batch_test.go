@@ -50,7 +50,7 @@ func TestEnsureBatch(t *testing.T) {
 	for i, is := range out {
 		r := reqs[i]
 		e := st.st.latest(r.Slot)
-		if e == nil || e.rec.Serial != is.Serial || !bytes.Equal(e.rec.Cert, is.Cert.Raw) {
+		if e == nil || e.rec.Serial != is.Serial || !bytes.Equal(e.rec.Cert, mustCert(t, is).Raw) {
 			t.Fatalf("%s: the log does not hold the certificate Ensure returned (serial %s)", r.Slot, is.Serial)
 		}
 		c, err := x509.ParseCertificate(e.rec.Cert)

@@ -110,7 +110,7 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 				return nil, err
 			}
 			if s.fits(c, j.req, ca, now) {
-				out[i] = &Issued{Request: j.req, Serial: latest.rec.Serial, Cert: c, CertPEM: certPEM(c.Raw)}
+				out[i] = &Issued{Request: j.req, Serial: latest.rec.Serial, NotAfter: c.NotAfter, DER: c.Raw, CertPEM: certPEM(c.Raw)}
 				if j.keyPEM != nil {
 					out[i].Key = nodeconf.NewSecret("key of "+r.Slot, j.keyPEM)
 				}

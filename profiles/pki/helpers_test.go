@@ -2,6 +2,7 @@ package pki
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/x509"
 	"net/netip"
 	"os"
@@ -110,4 +111,22 @@ func verify(t testing.TB, s *site, c *x509.Certificate, usage x509.ExtKeyUsage) 
 	}
 	_, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: s.clk.Now(), KeyUsages: []x509.ExtKeyUsage{usage}})
 	return err
+}
+
+// mustCert is is's certificate, parsed, checked against what Issued says
+// of it without parsing: its serial, expiry and public key.
+func mustCert(t *testing.T, is *Issued) *x509.Certificate {
+	t.Helper()
+	c, err := is.Certificate()
+	if err != nil {
+		t.Fatalf("%s: %v", is.Slot, err)
+	}
+	if serialHex(c.SerialNumber) != is.Serial || !c.NotAfter.Equal(is.NotAfter) || !samePublic(c.PublicKey, is.PublicKey) {
+		t.Fatalf("%s: Issued says serial %s, not after %v; its certificate has %s, %v (same public key: %v)",
+			is.Slot, is.Serial, is.NotAfter, serialHex(c.SerialNumber), c.NotAfter, samePublic(c.PublicKey, is.PublicKey))
+	}
+	if _, ok := is.PublicKey.(*ecdh.PublicKey); ok {
+		t.Fatalf("%s: Issued.PublicKey is an *ecdh.PublicKey, not as crypto/x509 reads it", is.Slot)
+	}
+	return c
 }

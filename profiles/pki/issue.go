@@ -2,6 +2,7 @@ package pki
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -26,8 +27,11 @@ type Issued struct {
 	Request
 	// Serial is the certificate's serial number, lower-case hex.
 	Serial string
-	Cert   *x509.Certificate
-	// CertPEM is Cert, PEM.
+	// NotAfter is when the certificate expires.
+	NotAfter time.Time
+	// DER is the certificate; Certificate parses it.
+	DER []byte
+	// CertPEM is the certificate, PEM.
 	CertPEM []byte
 	// Key is the private key (PKCS#8 PEM) when it was made here; zero
 	// when the request brought its public key.
@@ -246,10 +250,12 @@ func (s *Store) leafTemplate(w *signer, r Request, ca *CA, now time.Time) (*x509
 		ips = append(ips, net.IP(w.ips[at:len(w.ips):len(w.ips)]))
 	}
 	w.t = x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: r.CommonName},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              clampEnd(now.Add(life), ca.Cert),
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: r.CommonName},
+		// Whole seconds in UTC, as the certificate encodes them and
+		// Issued.NotAfter reports them.
+		NotBefore:             now.Add(-backdate).UTC().Truncate(time.Second),
+		NotAfter:              clampEnd(now.Add(life), ca.Cert).UTC().Truncate(time.Second),
 		KeyUsage:              keyUsage(r.PublicKey),
 		ExtKeyUsage:           extKeyUsage(r.Mode),
 		BasicConstraintsValid: true,
@@ -271,12 +277,15 @@ func (s *Store) signOne(w *signer, j *job, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", j.req.Slot, err)
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		return err
+	// Not parsed back: what the caller needs of it is in the template
+	// (a certificate's times are whole seconds, as the template's are).
+	j.out = &Issued{Request: j.req, Serial: serialHex(t.SerialNumber), NotAfter: t.NotAfter, DER: der, CertPEM: certPEM(der)}
+	if pub, ok := j.req.PublicKey.(*ecdh.PublicKey); ok {
+		// A key made here: give it as crypto/x509 reads it.
+		if j.out.PublicKey, err = ecdsaPublic(pub); err != nil {
+			return fmt.Errorf("%s: %w", j.req.Slot, err)
+		}
 	}
-	j.out = &Issued{Request: j.req, Serial: serialHex(c.SerialNumber), Cert: c, CertPEM: certPEM(der)}
-	j.out.PublicKey = c.PublicKey // a key made here is an *ecdh.PublicKey: give it as crypto/x509 reads it
 	if j.keyPEM != nil {
 		j.out.Key = nodeconf.NewSecret("key of "+j.req.Slot, j.keyPEM)
 	}
@@ -288,7 +297,7 @@ func (s *Store) record(jobs []*job, now time.Time) error {
 	recs := make([]record, len(jobs))
 	for i, j := range jobs {
 		recs[i] = record{Op: "issue", Time: now, Serial: j.out.Serial, CA: j.req.CA, Slot: j.req.Slot,
-			Node: j.req.Node, Service: j.req.Service, Cert: j.out.Cert.Raw}
+			Node: j.req.Node, Service: j.req.Service, Cert: j.out.DER}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -392,4 +401,9 @@ func (s *Store) SignCSR(ctx context.Context, r Request, csr *x509.CertificateReq
 		return nil, err
 	}
 	return out[0], nil
+}
+
+// Certificate parses the certificate.
+func (i *Issued) Certificate() (*x509.Certificate, error) {
+	return x509.ParseCertificate(i.DER)
 }

@@ -61,6 +61,15 @@ func newLeafKey(a Algorithm) (crypto.PublicKey, []byte, error) {
 	return k.PublicKey(), pemBlock("PRIVATE KEY", der), nil
 }
 
+// ecdsaPublic is a P-256 key made by newLeafKey as crypto/x509 gives it
+// when it parses a certificate: an *ecdsa.PublicKey.
+func ecdsaPublic(k *ecdh.PublicKey) (*ecdsa.PublicKey, error) {
+	if k.Curve() != ecdh.P256() {
+		return nil, fmt.Errorf("a leaf key on an unexpected curve %v", k.Curve())
+	}
+	return ecdsa.ParseUncompressedPublicKey(elliptic.P256(), k.Bytes())
+}
+
 // keyPEM encodes k as PKCS#8 PEM.
 func keyPEM(k crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k)

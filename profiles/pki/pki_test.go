@@ -129,7 +129,7 @@ func TestChains(t *testing.T) {
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					c := tt.is.Cert
+					c := mustCert(t, tt.is)
 					for _, u := range tt.eku {
 						if err := verify(t, s, c, u); err != nil {
 							t.Errorf("verify for %v: %v", u, err)
@@ -177,10 +177,10 @@ func TestChains(t *testing.T) {
 				})
 			}
 			// Wrong usages fail: a client-only certificate cannot serve.
-			if err := verify(t, s, client.Cert, x509.ExtKeyUsageServerAuth); err == nil {
+			if err := verify(t, s, mustCert(t, client), x509.ExtKeyUsageServerAuth); err == nil {
 				t.Errorf("a client certificate verified for server auth")
 			}
-			if err := verify(t, s, server.Cert, x509.ExtKeyUsageClientAuth); err == nil {
+			if err := verify(t, s, mustCert(t, server), x509.ExtKeyUsageClientAuth); err == nil {
 				t.Errorf("a server certificate verified for client auth")
 			}
 		})
@@ -221,15 +221,15 @@ func TestCertModes(t *testing.T) {
 			for _, is := range out {
 				switch {
 				case strings.HasSuffix(is.Slot, "/client"):
-					gotClient = is.Cert.ExtKeyUsage
-					if has := len(is.Cert.DNSNames) > 0; has != tt.clientSANs {
-						t.Errorf("client certificate SANs %q, want SANs: %v", is.Cert.DNSNames, tt.clientSANs)
+					gotClient = mustCert(t, is).ExtKeyUsage
+					if has := len(mustCert(t, is).DNSNames) > 0; has != tt.clientSANs {
+						t.Errorf("client certificate SANs %q, want SANs: %v", mustCert(t, is).DNSNames, tt.clientSANs)
 					}
 				case strings.HasSuffix(is.Slot, "/server"):
-					gotServer = is.Cert.ExtKeyUsage
+					gotServer = mustCert(t, is).ExtKeyUsage
 				}
-				for _, u := range is.Cert.ExtKeyUsage {
-					if err := verify(t, s, is.Cert, u); err != nil {
+				for _, u := range mustCert(t, is).ExtKeyUsage {
+					if err := verify(t, s, mustCert(t, is), u); err != nil {
 						t.Errorf("%s for %v: %v", is.Slot, u, err)
 					}
 				}
@@ -262,8 +262,8 @@ func TestNameConstraints(t *testing.T) {
 		t.Errorf("users CA constrained: %q", c.PermittedDNSDomains)
 	}
 	host := issueOne(t, s.Store, hostReq(t, testHost))
-	if !slices.Equal(host.Cert.DNSNames, []string{"n1.example.org"}) {
-		t.Errorf("host DNS names %q, want the FQDN only", host.Cert.DNSNames)
+	if !slices.Equal(mustCert(t, host).DNSNames, []string{"n1.example.org"}) {
+		t.Errorf("host DNS names %q, want the FQDN only", mustCert(t, host).DNSNames)
 	}
 	reqs, err := ServiceRequests(testHost, nodeconf.Credential{Name: "etcd", ExtraSAN: []string{"api"}})
 	if err != nil {
@@ -273,15 +273,15 @@ func TestNameConstraints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"etcd.example.org", "n1.example.org", "localhost", "api.example.org"}; !slices.Equal(out[1].Cert.DNSNames, want) {
-		t.Errorf("server DNS names %q, want %q", out[1].Cert.DNSNames, want)
+	if want := []string{"etcd.example.org", "n1.example.org", "localhost", "api.example.org"}; !slices.Equal(mustCert(t, out[1]).DNSNames, want) {
+		t.Errorf("server DNS names %q, want %q", mustCert(t, out[1]).DNSNames, want)
 	}
 	for _, is := range []*Issued{host, out[1]} {
-		if err := verify(t, s, is.Cert, x509.ExtKeyUsageServerAuth); err != nil {
+		if err := verify(t, s, mustCert(t, is), x509.ExtKeyUsageServerAuth); err != nil {
 			t.Errorf("%s: %v", is.Slot, err)
 		}
 	}
-	if err := verify(t, s, out[0].Cert, x509.ExtKeyUsageClientAuth); err != nil {
+	if err := verify(t, s, mustCert(t, out[0]), x509.ExtKeyUsageClientAuth); err != nil {
 		t.Errorf("client: %v", err)
 	}
 	outside := testHost
@@ -329,8 +329,8 @@ func TestEnsure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c[0].Serial == a[0].Serial || !samePublic(c[0].Cert.PublicKey, a[0].Cert.PublicKey) {
-		t.Errorf("changed IPs: serial %s (was %s), same key %v", c[0].Serial, a[0].Serial, samePublic(c[0].Cert.PublicKey, a[0].Cert.PublicKey))
+	if c[0].Serial == a[0].Serial || !samePublic(mustCert(t, c[0]).PublicKey, mustCert(t, a[0]).PublicKey) {
+		t.Errorf("changed IPs: serial %s (was %s), same key %v", c[0].Serial, a[0].Serial, samePublic(mustCert(t, c[0]).PublicKey, mustCert(t, a[0]).PublicKey))
 	}
 	// Revoked: a new key.
 	if _, err := s.Revoke(ctx, Selector{Serial: c[0].Serial}, "key-compromise"); err != nil {
@@ -340,7 +340,7 @@ func TestEnsure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if samePublic(d[0].Cert.PublicKey, c[0].Cert.PublicKey) {
+	if samePublic(mustCert(t, d[0]).PublicKey, mustCert(t, c[0]).PublicKey) {
 		t.Errorf("after revocation the slot kept its key")
 	}
 }
@@ -357,7 +357,7 @@ func TestRenewal(t *testing.T) {
 	}
 	user := issueOne(t, s.Store, userReq(t, "alice"))
 	_ = user
-	c := first[0].Cert
+	c := mustCert(t, first[0])
 	window := c.NotAfter.Sub(c.NotBefore) / 3
 	// Just before the window: nothing.
 	s.clk.t = c.NotAfter.Add(-window).Add(-time.Hour)
@@ -384,7 +384,7 @@ func TestRenewal(t *testing.T) {
 	if len(res.Certs) != 1 || res.Certs[0].Slot != hostReq.Slot {
 		t.Fatalf("renewed %d certificates, want the host's", len(res.Certs))
 	}
-	n := res.Certs[0].Cert
+	n := mustCert(t, res.Certs[0])
 	if !samePublic(n.PublicKey, c.PublicKey) || !slices.Equal(n.DNSNames, c.DNSNames) || n.Subject.CommonName != c.Subject.CommonName || !n.NotAfter.After(c.NotAfter) {
 		t.Errorf("renewed certificate differs: %v %q %s", n.NotAfter, n.DNSNames, n.Subject.CommonName)
 	}
@@ -572,8 +572,8 @@ func TestExtend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !leaves[0].Cert.NotAfter.Equal(old.NotAfter) {
-		t.Errorf("a leaf outlives its CA: %v > %v", leaves[0].Cert.NotAfter, old.NotAfter)
+	if !mustCert(t, leaves[0]).NotAfter.Equal(old.NotAfter) {
+		t.Errorf("a leaf outlives its CA: %v > %v", mustCert(t, leaves[0]).NotAfter, old.NotAfter)
 	}
 	s.clk.t = old.NotAfter.Add(time.Hour)
 	_, err = s.Issue(ctx, reqs...)
@@ -601,7 +601,7 @@ func TestExtend(t *testing.T) {
 	roots.AddCert(st.CA(Root).Cert)
 	inter.AddCert(nw)
 	for _, l := range leaves {
-		if _, err := l.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: s.clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		if _, err := mustCert(t, l).Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: s.clk.Now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 			t.Errorf("%s after extend: %v", l.Slot, err)
 		}
 	}
