@@ -22,7 +22,11 @@
 //
 // A replaced bake's files are closed after Config.Grace (the space of a
 // replaced disk.raw is given back to the file system then, and when the
-// last request reading it ends).
+// last request reading it ends). Config.Live names files opened by name
+// instead (a network boot's initramfs, which a re-bake reuses only while
+// nobody holds it). Linux only: a held file is opened anew through
+// /proc/self/fd, and the manifest served is a copy in memory (memfd) of
+// the one checked.
 package bakes
 
 import (
