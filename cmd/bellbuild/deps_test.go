@@ -54,7 +54,10 @@ var allowed = map[string][]string{
 	// likewise.
 	"pxe/fleet/wire":   {},
 	"pxe/install/wire": {},
-	"testvm":           {"testvm"},
+	// Each profile's current bake: OUT's files and the manifest's
+	// install part, nothing of build's.
+	"pxe/bakes": {"pxe/install/wire"},
+	"testvm":    {"testvm"},
 	// Test helpers (they import testing; only test files import them).
 	"images/internal/fixture": {"images", "testvm/testtool"},
 	"pxe/internal/pxetest":    {"pxe", "testvm/testtool"},

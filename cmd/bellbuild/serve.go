@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,12 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
+	"github.com/bellbuild/bellbuild/pxe/bakes"
 	"github.com/bellbuild/bellbuild/pxe/dhcp"
 	fwire "github.com/bellbuild/bellbuild/pxe/fleet/wire"
 	"github.com/bellbuild/bellbuild/pxe/grub"
@@ -57,6 +59,12 @@ into OUT/PROFILE/ (vmlinuz, initramfs.cpio.zst, manifest.json):
   4. the image's init applies the node's configuration. The node's
      rendered configuration is also served, to that node's address only,
      at /files/node.json.
+
+A profile baked again is served from its new bake within a second of the
+next request for it, without a restart: its nodes' node.json name the new
+image, and a request is always answered from one bake (a download begun
+before goes on with the old one). A manifest that is not whole leaves the
+bake served as it was (an error in the log).
 
 With a site PKI, node.json (like the image's bundle) carries the nodes'
 certificates (issued from the private directory: --private,
@@ -246,10 +254,21 @@ func runServe(ctx context.Context, o serveFlags) error {
 		}
 	}
 	cfg.Files = filepath.Join(o.state, "nodes")
-	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile, backendOptions{serveURL: o.serveURL(nw.Server)})
+	// Boot lines go through a buffer flushed every 100 ms: a DHCP storm
+	// logs thousands of lines a second, and one write each would cost
+	// more than answering the packet.
+	logOut := newFlushWriter(os.Stderr, 100*time.Millisecond)
+	defer logOut.Close()
+	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
+	// Each profile's bake is taken again when it is baked again: a new
+	// manifest in OUT/PROFILE is served, with its nodes' configurations,
+	// without a restart.
+	backend, err := newSiteBackend(ctx, site, o.private, o.artifacts, cfg.Files, o.defaultProfile,
+		backendOptions{serveURL: o.serveURL(nw.Server), log: cfg.Log})
 	if err != nil {
 		return err
 	}
+	defer backend.Close()
 	// Installs: which nodes boot from their disks, in the state (as
 	// enrolment's, shared when it is; bellbuild node list and reinstall
 	// read it).
@@ -262,13 +281,7 @@ func runServe(ctx context.Context, o serveFlags) error {
 			cfg.Loaders[grub.Loader] = p
 		}
 	}
-	// 4. Serve until interrupted. Boot lines go through a buffer flushed
-	// every 100 ms: a DHCP storm logs thousands of lines a second, and one
-	// write each would cost more than answering the packet.
-	logOut := newFlushWriter(os.Stderr, 100*time.Millisecond)
-	defer logOut.Close()
-	cfg.Log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: logLevel()}))
-	// The enrolment endpoint (HTTPS), when the site has a PKI.
+	// 4. Serve until interrupted. The enrolment endpoint (HTTPS), when the site has a PKI.
 	if err := o.enrolment(ctx, site, configs, st, &cfg); err != nil {
 		return err
 	}
@@ -400,13 +413,27 @@ func parsePool(s string, subnet netip.Prefix) (profiles.Pool, error) {
 }
 
 // siteBackend answers pxe's Lookup from the inventory and the baked
-// artifacts. Everything is worked out once, at start: a lookup is a map
-// read (DHCP asks for every packet).
+// artifacts. The nodes are rendered once, at start; each profile's
+// machines are made from its current bake (pxe/bakes), again when it is
+// baked again: a lookup is a map read, and at most once a second a look
+// at the profile's manifest (DHCP asks for every packet).
 type siteBackend struct {
-	byMAC map[string]*pxe.Machine
-	def   *pxe.Machine // nil: unknown MACs do not boot
-	// arm64 is set when some machine boots an arm64 image.
+	byMAC map[string]macNode
+	def   string // the default profile ("": unknown MACs do not boot)
+	bakes *bakes.Set[*bakedMachines]
+	// arm64 is set when some machine boots an arm64 image (at start).
 	arm64 bool
+}
+
+// macNode is the node a MAC address boots as.
+type macNode struct{ profile, node string }
+
+// bakedMachines is what serve makes of one bake of a profile: the
+// machines of its nodes (and the default profile's machine), each with
+// the bake's files held open (pxe.Machine.Bake).
+type bakedMachines struct {
+	byNode map[string]*pxe.Machine
+	def    *pxe.Machine
 }
 
 // NodeFile is the name each node's rendered configuration is served as
@@ -418,42 +445,22 @@ type backendOptions struct {
 	// serveURL is serve's HTTP URL: each node's configuration names its
 	// profile's image there (nodeconf.Image), when the profile has a disk.
 	serveURL string
+	// log gets the lines of bakes taken and refused (default
+	// slog.Default()); interval is how often a profile's manifest is
+	// looked at (default bakes.DefaultInterval).
+	log      *slog.Logger
+	interval time.Duration
 }
 
-func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string, opts ...backendOptions) (*siteBackend, error) {
+func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, files, defaultProfile string, opts ...backendOptions) (_ *siteBackend, err error) {
 	var bo backendOptions
 	if len(opts) > 0 {
 		bo = opts[0]
 	}
-	b := &siteBackend{byMAC: map[string]*pxe.Machine{}}
-	images := map[string]*wire.ImageManifest{}
-	image := func(profile string) *wire.ImageManifest {
-		m, ok := images[profile]
-		if !ok {
-			m = readImage(out, profile)
-			images[profile] = m
-		}
-		return m
+	if bo.log == nil {
+		bo.log = slog.Default()
 	}
-	cmdlines := map[string]bakedInfo{}
-	baked := func(profile string) bakedInfo {
-		c, ok := cmdlines[profile]
-		if !ok {
-			c = readBaked(out, profile)
-			cmdlines[profile] = c
-			b.arm64 = b.arm64 || c.Arch == "arm64"
-		}
-		return c
-	}
-	// The machine is told which image it boots (bellbuild.image=, the
-	// manifest's hash), and says so in its reports.
-	cmdline := func(profile string) string {
-		c := baked(profile)
-		if c.ID == "" {
-			return c.Cmdline
-		}
-		return strings.TrimSpace(c.Cmdline + " " + fwire.ParamImage + "=" + c.ID)
-	}
+	b := &siteBackend{byMAC: map[string]macNode{}}
 	infos := site.Nodes()
 	nodes := make([]*nodeconf.Node, len(infos))
 	for i, n := range infos {
@@ -469,112 +476,179 @@ func newSiteBackend(ctx context.Context, site *profiles.Site, private, out, file
 	if err := certify(ctx, site, private, nodes, publicOnly, true); err != nil {
 		return nil, err
 	}
+	byProfile := map[string][]int{}
 	for i, n := range infos {
-		// The image the node installs and upgrades to: its profile's
-		// current bake, named by its root hash.
-		im := image(n.Profile)
-		if im != nil && bo.serveURL != "" && len(n.MACs) > 0 {
-			hw, err := net.ParseMAC(n.MACs[0])
-			if err != nil {
-				return nil, fmt.Errorf("node %s: %w", n.Name, err)
-			}
-			nodes[i].Image = &nodeconf.Image{Profile: im.Profile, Arch: im.Disk.Arch, Root: im.Disk.Root.SHA256, URL: wire.ImageURL(bo.serveURL, hw)}
-		}
-		if nodes[i].Install != nil && im == nil {
-			slog.Warn("node installs onto its disk, but its profile has no disk image: it boots the installer, which stops", "node", n.Name,
-				"profile", n.Profile, "fix", "outputs: [raw] in profile "+n.Profile+", then bellbuild image "+n.Profile+" -o "+out)
-		}
-		data, err := nodeconf.Marshal(nodes[i], nodeconf.JSON)
-		if err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Join(files, n.Name), 0o700); err != nil {
-			return nil, err
-		}
-		if err := atomicfile.Write(filepath.Join(files, n.Name, NodeFile), data, 0o600); err != nil {
-			return nil, err
-		}
-		m := &pxe.Machine{
-			Name: n.Name, Profile: n.Profile,
-			Kernel:  filepath.Join(n.Profile, build.KernelFile),
-			Initrd:  filepath.Join(n.Profile, build.InitramfsFile),
-			Cmdline: cmdline(n.Profile),
-			Arch:    baked(n.Profile).Arch,
-			Files:   map[string]string{NodeFile: NodeFile},
-			Enrol:   machineEnrol(nodes[i].Enrol),
-			Install: nodes[i].Install != nil,
-		}
-		if im != nil {
-			m.Image = &pxe.Image{
-				Manifest: filepath.Join(n.Profile, build.ManifestFile), Disk: filepath.Join(n.Profile, build.DiskFile),
-				Kernel: filepath.Join(n.Profile, build.KernelFile), Initrd: filepath.Join(n.Profile, build.DiskInitrdFile),
-			}
-		}
-		if n.IP.IsValid() { // its "ip" label, checked by profiles
-			m.IP = n.IP.AsSlice()
-		}
+		byProfile[n.Profile] = append(byProfile[n.Profile], i)
 		for _, mac := range n.MACs {
 			hw, err := net.ParseMAC(mac)
 			if err != nil {
 				return nil, fmt.Errorf("node %s: %w", n.Name, err)
 			}
-			b.byMAC[hw.String()] = m
+			b.byMAC[hw.String()] = macNode{profile: n.Profile, node: n.Name}
 		}
 	}
 	if defaultProfile != "" {
 		if !slices.Contains(site.ProfileNames(), defaultProfile) {
 			return nil, fmt.Errorf("--default-profile %s: no such profile in the site", defaultProfile)
 		}
-		b.def = &pxe.Machine{
-			Profile: defaultProfile,
-			Kernel:  filepath.Join(defaultProfile, build.KernelFile),
-			Initrd:  filepath.Join(defaultProfile, build.InitramfsFile),
-			Cmdline: cmdline(defaultProfile),
-			Arch:    baked(defaultProfile).Arch,
-		}
+		b.def = defaultProfile
 	}
-	var missing []string
-	for p := range cmdlines {
+	// What a bake of a profile makes: its nodes' machines, and their
+	// configurations (node.json) naming the bake's image.
+	bakeMachines := func(profile string, bake *bakes.Bake) (*bakedMachines, error) {
+		var baked bakedInfo
+		var im *wire.ImageManifest
+		if bake != nil {
+			baked, im = readBaked(profile, bake.Manifest, bo.log)
+			baked.ID = manifestID(bake.Manifest)
+		}
+		// The machine is told which image it boots (bellbuild.image=,
+		// the manifest's hash), and says so in its reports.
+		cmdline := baked.Cmdline
+		if baked.ID != "" {
+			cmdline = strings.TrimSpace(cmdline + " " + fwire.ParamImage + "=" + baked.ID)
+		}
+		machine := func() *pxe.Machine {
+			m := &pxe.Machine{
+				Profile: profile,
+				Kernel:  filepath.Join(profile, build.KernelFile),
+				Initrd:  filepath.Join(profile, build.InitramfsFile),
+				Cmdline: cmdline,
+				Arch:    baked.Arch,
+			}
+			if bake != nil {
+				m.Bake = bake
+			}
+			return m
+		}
+		bm := &bakedMachines{byNode: map[string]*pxe.Machine{}}
+		if profile == b.def {
+			bm.def = machine()
+		}
+		for _, i := range byProfile[profile] {
+			n := infos[i]
+			// The image the node installs and upgrades to: its
+			// profile's current bake, named by its root hash.
+			rn := *nodes[i]
+			rn.Image = nil
+			if im != nil && bo.serveURL != "" && len(n.MACs) > 0 {
+				hw, err := net.ParseMAC(n.MACs[0])
+				if err != nil {
+					return nil, fmt.Errorf("node %s: %w", n.Name, err)
+				}
+				rn.Image = &nodeconf.Image{Profile: im.Profile, Arch: im.Disk.Arch, Root: im.Disk.Root.SHA256, URL: wire.ImageURL(bo.serveURL, hw)}
+			}
+			if rn.Install != nil && im == nil {
+				bo.log.Warn("node installs onto its disk, but its profile has no disk image: it boots the installer, which stops", "node", n.Name,
+					"profile", n.Profile, "fix", "outputs: [raw] in profile "+n.Profile+", then bellbuild image "+n.Profile+" -o "+out)
+			}
+			data, err := nodeconf.Marshal(&rn, nodeconf.JSON)
+			if err != nil {
+				return nil, err
+			}
+			if err := writeFileChanged(filepath.Join(files, n.Name, NodeFile), data); err != nil {
+				return nil, err
+			}
+			m := machine()
+			m.Name = n.Name
+			m.Files = map[string]string{NodeFile: NodeFile}
+			m.Enrol = machineEnrol(rn.Enrol)
+			m.Install = rn.Install != nil
+			if im != nil {
+				m.Image = &pxe.Image{
+					Manifest: filepath.Join(profile, build.ManifestFile), Disk: filepath.Join(profile, build.DiskFile),
+					Kernel: filepath.Join(profile, build.KernelFile), Initrd: filepath.Join(profile, build.DiskInitrdFile),
+				}
+			}
+			if n.IP.IsValid() { // its "ip" label, checked by profiles
+				m.IP = n.IP.AsSlice()
+			}
+			bm.byNode[n.Name] = m
+		}
+		return bm, nil
+	}
+	b.bakes, err = bakes.New(bakes.Config{
+		Dir: out, Manifest: build.ManifestFile, Interval: bo.interval, Log: bo.log,
+		// What installs and upgrades read, held; the network boot's
+		// initramfs opened by name, so that a re-bake can reuse it
+		// (build/reuse.go).
+		Files: []string{build.KernelFile, build.DiskFile, build.DiskInitrdFile}, Live: []string{build.InitramfsFile},
+	}, bakeMachines)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			b.Close()
+		}
+	}()
+	// Each profile's bake, taken now: the nodes' files are written
+	// before serve answers.
+	used := slices.Sorted(maps.Keys(byProfile))
+	if b.def != "" && byProfile[b.def] == nil {
+		used = append(used, b.def)
+	}
+	for _, p := range used {
+		bm, err := b.bakes.Get(p)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range bm.byNode {
+			b.arm64 = b.arm64 || m.Arch == "arm64"
+		}
+		if bm.def != nil {
+			b.arm64 = b.arm64 || bm.def.Arch == "arm64"
+		}
 		if _, err := os.Stat(filepath.Join(out, p, build.KernelFile)); err != nil {
-			missing = append(missing, p)
+			slog.Warn("profile not baked: its machines will not boot", "profile", p, "want", filepath.Join(out, p, build.KernelFile),
+				"fix", "bellbuild image "+p+" -o "+out)
 		}
-	}
-	sort.Strings(missing)
-	for _, p := range missing {
-		slog.Warn("profile not baked: its machines will not boot", "profile", p, "want", filepath.Join(out, p, build.KernelFile),
-			"fix", "bellbuild image "+p+" -o "+out)
 	}
 	return b, nil
 }
 
-// Lookup implements pxe.Backend.
+// Lookup implements pxe.Backend: the machine of mac's node as its
+// profile's current bake makes it.
 func (b *siteBackend) Lookup(_ context.Context, mac net.HardwareAddr) (*pxe.Machine, error) {
-	if m, ok := b.byMAC[mac.String()]; ok {
-		return m, nil
+	if mn, ok := b.byMAC[mac.String()]; ok {
+		bm, err := b.bakes.Get(mn.profile)
+		if err != nil {
+			return nil, err
+		}
+		return bm.byNode[mn.node], nil
 	}
-	if b.def != nil {
-		return b.def, nil
+	if b.def != "" {
+		bm, err := b.bakes.Get(b.def)
+		if err != nil {
+			return nil, err
+		}
+		return bm.def, nil
 	}
 	return nil, pxe.ErrUnknown
 }
 
-// readImage reads OUT/PROFILE/manifest.json's description of the image a
-// node installs and upgrades to; nil when the profile is not baked, or
-// not with a disk of this bellbuild's (two root slots, a root hash).
-func readImage(out, profile string) *wire.ImageManifest {
-	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
-	if err != nil {
-		return nil
+// Close closes the bakes' files.
+func (b *siteBackend) Close() error { return b.bakes.Close() }
+
+// readBaked reads what serve needs of a bake's manifest: the kernel
+// command line and the architecture, and the description of the image a
+// node installs and upgrades to (nil when the bake has no disk of this
+// bellbuild's: two root slots, a root hash).
+func readBaked(profile string, data []byte, log *slog.Logger) (bakedInfo, *wire.ImageManifest) {
+	var info bakedInfo
+	if err := json.Unmarshal(data, &info); err != nil {
+		log.Warn("unreadable manifest", "profile", profile, "err", err)
+		return bakedInfo{}, nil
 	}
 	var m wire.ImageManifest
 	if err := json.Unmarshal(data, &m); err != nil || m.Disk == nil {
-		return nil
+		return info, nil
 	}
 	if err := m.Check(); err != nil {
-		slog.Warn("the profile's disk cannot be installed", "profile", profile, "err", err)
-		return nil
+		log.Warn("the profile's disk cannot be installed", "profile", profile, "err", err)
+		return info, nil
 	}
-	return &m
+	return info, &m
 }
 
 // bakedInfo is what serve reads of a bake's manifest.
@@ -583,23 +657,6 @@ type bakedInfo struct {
 	Arch    string `json:"arch"`
 	// ID is the image's (imageID: the manifest's SHA-256).
 	ID string `json:"-"`
-}
-
-// readBaked reads the kernel command line and the architecture from
-// OUT/PROFILE/manifest.json (empty when the profile is not baked yet: its
-// machines fail at the kernel, and the start-up warning says why).
-func readBaked(out, profile string) bakedInfo {
-	var m bakedInfo
-	data, err := os.ReadFile(filepath.Join(out, profile, build.ManifestFile))
-	if err != nil {
-		return m
-	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		slog.Warn("unreadable manifest", "profile", profile, "err", err)
-		return bakedInfo{}
-	}
-	m.ID = manifestID(data)
-	return m
 }
 
 // GRUBPackage ships grubnetaa64.efi, which arm64 machines boot from the
@@ -633,4 +690,16 @@ func arm64Loader(ctx context.Context, path, cache string) (string, error) {
 		return "", fmt.Errorf("%w (or pass --loader-arm64 PATH)", err)
 	}
 	return filepath.Join(p.Root, grubNetImage), nil
+}
+
+// writeFileChanged replaces path with data (mode 0600, its directory
+// made 0700), whole or not at all, unless path holds data already.
+func writeFileChanged(path string, data []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.Write(path, data, 0o600)
 }

@@ -35,8 +35,9 @@ conf:
 `
 }
 
-// TestUpgradeVM installs a node over PXE, then upgrades it A/B, each
-// version served by its own serve (a new bake, as an operator would):
+// TestUpgradeVM installs a node over PXE, then upgrades it A/B, with one
+// serve throughout: each version is a new bake of the profile into the
+// OUT it serves, taken without a restart (and logged):
 //
 //  1. v1 installed, the disk boots slot a;
 //  2. v2, with a reboot window that opens about two minutes after its
@@ -67,12 +68,12 @@ func TestUpgradeVM(t *testing.T) {
 	if err := os.Truncate(disk, 4<<30); err != nil {
 		t.Fatal(err)
 	}
-	// version bakes v and returns its root hash, the bytes an upgrade to
-	// it fetches (root, kernel, initramfs), and serve's log.
+	// version bakes v into out and returns its root hash, and sets the
+	// bytes an upgrade to it fetches (root, kernel, initramfs).
 	var upgradeBytes int64
-	version := func(t *testing.T, v, extra, reboot string) (string, *syncBuffer) {
+	out := t.TempDir()
+	version := func(t *testing.T, v, extra, reboot string) string {
 		writeTestFile(t, filepath.Join(site, "profiles/upg.yaml"), upgradeProfile(v, extra, reboot))
-		out := t.TempDir()
 		if b, err := exec.Command(bin, "image", "upg", "-C", site, "-o", out).CombinedOutput(); err != nil {
 			t.Fatalf("bellbuild image v%s: %v\n%s", v, err, b)
 		}
@@ -98,8 +99,21 @@ func TestUpgradeVM(t *testing.T) {
 				upgradeBytes += a.Size
 			}
 		}
-		log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state)
-		return m.Disk.Root.SHA256, log
+		return m.Disk.Root.SHA256
+	}
+	h1 := version(t, "1", "", "now")
+	log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state)
+	// since is serve's log from now on.
+	since := func() func() string {
+		n := len(log.String())
+		return func() string { return log.String()[n:] }
+	}
+	// taken checks that serve logged the new bake's root.
+	taken := func(t *testing.T, from, to string) {
+		t.Helper()
+		if want := `msg="bake: new bake served" profile=upg root="` + from + " → " + to + `"`; !strings.Contains(log.String(), want) {
+			t.Errorf("serve's log lacks %s", want)
+		}
 	}
 	// The disk first: a blank one fails at once and the NIC installs.
 	power := func(t *testing.T) *testtool.VM {
@@ -117,9 +131,8 @@ func TestUpgradeVM(t *testing.T) {
 		}
 		return m
 	}
-	var h1, h2 string
+	var h2 string
 	if !t.Run("v1 installed", func(t *testing.T) {
-		h1, _ = version(t, "1", "", "now")
 		vm := power(t)
 		wait(t, vm, `bellbuild: install: done: /dev/vda holds image `+h1[:12])
 		wait(t, vm, `^bellbuild: node=u1 profile=upg slot=a image=`+h1[:12]+` changes=\d+ errors=0$`)
@@ -127,7 +140,6 @@ func TestUpgradeVM(t *testing.T) {
 		return
 	}
 	if !t.Run("v2 into slot b", func(t *testing.T) {
-		var log *syncBuffer
 		// The window: thirteen minutes of every hour (UTC), the first
 		// two minutes from now.
 		open := time.Now().UTC().Add(2 * time.Minute).Truncate(time.Minute)
@@ -136,7 +148,8 @@ func TestUpgradeVM(t *testing.T) {
 			minutes = append(minutes, strconv.Itoa(open.Add(time.Duration(i)*time.Minute).Minute()))
 		}
 		window := "window " + strings.Join(minutes, ",") + " * * * *"
-		h2, log = version(t, "2", "", window)
+		h2 = version(t, "2", "", window)
+		log := since()
 		vm := power(t)
 		wait(t, vm, `^bellbuild: upgrade: image `+h2[:12]+` \(profile upg\) into slot b \(/dev/vda3\), running `+h1[:12]+` in slot a$`)
 		m := wait(t, vm, `^bellbuild: upgrade: slot b holds image `+h2[:12]+` \((\d+) bytes fetched\): 3 tries at the next boot \(reboot: `+regexp.QuoteMeta(window)+`\)$`)
@@ -158,8 +171,8 @@ func TestUpgradeVM(t *testing.T) {
 				t.Errorf("the machine rebooted before its window (console from %q)", w[0])
 			}
 			time.Sleep(300 * time.Millisecond)
-			if !regexpMatch(`phase=upgrade-written mac=52:54:00:00:00:31 node=u1 .*reboot_at=`+regexp.QuoteMeta(at), log.String()) {
-				t.Errorf("serve logged no upgrade-written with reboot_at=%s:\n%s", at, log.String())
+			if !regexpMatch(`phase=upgrade-written mac=52:54:00:00:00:31 node=u1 .*reboot_at=`+regexp.QuoteMeta(at), log()) {
+				t.Errorf("serve logged no upgrade-written with reboot_at=%s:\n%s", at, log())
 			}
 		} else {
 			t.Logf("the upgrade was written at %s, in the window: rebooted at once (the wait for the window was not exercised)", w[3])
@@ -173,7 +186,8 @@ func TestUpgradeVM(t *testing.T) {
 			t.Errorf("the upgrade fetched %s bytes, want %d (root, kernel, initramfs)", n, upgradeBytes)
 		}
 		time.Sleep(300 * time.Millisecond)
-		if l := log.String(); strings.Contains(l, "file=image/52:54:00:00:00:31/disk") || !strings.Contains(l, "file=image/52:54:00:00:00:31/root") {
+		taken(t, h1, h2)
+		if l := log(); strings.Contains(l, "file=image/52:54:00:00:00:31/disk") || !strings.Contains(l, "file=image/52:54:00:00:00:31/root") {
 			t.Errorf("the upgrade fetched the disk, or not the root:\n%s", l)
 		}
 		o, err := exec.Command(bin, "node", "list", "-C", site, "--state", state).CombinedOutput()
@@ -184,7 +198,8 @@ func TestUpgradeVM(t *testing.T) {
 		return
 	}
 	t.Run("broken v3 falls back", func(t *testing.T) {
-		h3, log := version(t, "3", ", rdinit=/nonexistent", "now")
+		h3 := version(t, "3", ", rdinit=/nonexistent", "now")
+		log := since()
 		vm := power(t)
 		wait(t, vm, `^bellbuild: upgrade: slot a holds image `+h3[:12])
 		wait(t, vm, `^bellbuild: upgrade: rebooting into slot a$`)
@@ -200,7 +215,8 @@ func TestUpgradeVM(t *testing.T) {
 			t.Errorf("%d kernel panics, want 3 (the entry's tries)", c)
 		}
 		time.Sleep(300 * time.Millisecond)
-		if !regexpMatch(`phase=upgrade-failed mac=52:54:00:00:00:31 node=u1 .*image=`+h3[:12], log.String()) {
+		taken(t, h2, h3)
+		if !regexpMatch(`phase=upgrade-failed mac=52:54:00:00:00:31 node=u1 .*image=`+h3[:12], log()) {
 			t.Errorf("serve logged no failed upgrade")
 		}
 		o, _ := exec.Command(bin, "node", "list", "-C", site, "--state", state).CombinedOutput()

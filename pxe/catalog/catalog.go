@@ -16,6 +16,9 @@
 // os.Root (a symlink cannot lead out of their directory; a node's files
 // not even out of FILES/NODE/), only regular files are served, and a node's
 // files are served only to the address currently leased to that node's MAC.
+// A machine's artifacts come from its Bake when it has one (package
+// pxe/bakes: the files of the bake its script names, held open), so one
+// request never mixes two bakes.
 package catalog
 
 import (
@@ -178,10 +181,10 @@ func (c *Catalog) Open(ctx context.Context, name string, from netip.Addr, script
 		if what == "initrd" {
 			p, phase = mach.Initrd, metrics.PhaseInitrd
 		}
-		if c.artifacts == nil || p == "" {
+		if p == "" {
 			return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
 		}
-		f, err := c.artifacts.Open(p)
+		f, err := c.artifact(mach, p)
 		if err != nil {
 			return nil, refused(err)
 		}
@@ -270,14 +273,14 @@ func (c *Catalog) image(ctx context.Context, name, rest string) (*File, error) {
 		return nil, err
 	}
 	im := mach.Image
-	if im == nil || c.artifacts == nil {
+	if im == nil || c.artifacts == nil && mach.Bake == nil {
 		return nil, fmt.Errorf("%s: node %s has no image: %w", name, mach.Name, fs.ErrNotExist)
 	}
 	p := map[string]string{wire.Manifest: im.Manifest, wire.Disk: im.Disk, wire.Root: im.Disk, wire.Kernel: im.Kernel, wire.Initrd: im.Initrd}[what]
 	if p == "" {
 		return nil, fmt.Errorf("%s: %w", name, fs.ErrNotExist)
 	}
-	f, err := c.artifacts.Open(p)
+	f, err := c.artifact(mach, p)
 	if err != nil {
 		return nil, refused(err)
 	}
@@ -285,8 +288,9 @@ func (c *Catalog) image(ctx context.Context, name, rest string) (*File, error) {
 	if err != nil || what != wire.Root {
 		return file, err
 	}
-	// The root image: the range of disk.raw the manifest names.
-	data, err := fs.ReadFile(c.artifacts.FS(), im.Manifest)
+	// The root image: the range of disk.raw the manifest names (the
+	// manifest of the same bake, with mach.Bake).
+	data, err := c.readArtifact(mach, im.Manifest)
 	if err != nil {
 		file.Close()
 		return nil, refused(err)
@@ -298,6 +302,28 @@ func (c *Catalog) image(ctx context.Context, name, rest string) (*File, error) {
 	}
 	file.ReadSeeker, file.Size = io.NewSectionReader(f, man.Disk.Root.Offset, man.Disk.Root.Size), man.Disk.Root.Size
 	return file, nil
+}
+
+// artifact opens p, a path relative to the artifacts directory, of the
+// bake mach boots: through mach.Bake when it holds one, else by name.
+func (c *Catalog) artifact(mach *node.Machine, p string) (*os.File, error) {
+	if mach.Bake != nil {
+		return mach.Bake.Open(p)
+	}
+	if c.artifacts == nil {
+		return nil, fmt.Errorf("%s: no artifacts directory: %w", p, fs.ErrNotExist)
+	}
+	return c.artifacts.Open(p)
+}
+
+// readArtifact reads a small artifact (a manifest) whole.
+func (c *Catalog) readArtifact(mach *node.Machine, p string) ([]byte, error) {
+	f, err := c.artifact(mach, p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 16<<20))
 }
 
 // grubConfig renders the GRUB configuration of the machine the address

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/bellbuild/bellbuild/pxe/bakes"
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
 	"github.com/bellbuild/bellbuild/pxe/internal/pxetest"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
@@ -121,5 +122,80 @@ func TestImageFiles(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "manifest.json"), data, 0o644)
 	if _, err := c.Open(context.Background(), "image/52:54:00:00:00:0a/root", ipX, ""); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a root past the disk: %v", err)
+	}
+}
+
+// TestImageFromBake: a machine with a Bake gets its kernel and its image
+// from that bake, the root as the range its own manifest names, whatever
+// is in the artifacts directory since; without one, by name.
+func TestImageFromBake(t *testing.T) {
+	s := pxetest.New(t)
+	h := strings.Repeat("ab", 32)
+	writeBake := func(kernel, disk string, rootAt int64) {
+		t.Helper()
+		dir := filepath.Join(s.Artifacts, "img")
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(dir, 0o755)
+		m := wire.ImageManifest{Profile: "img", Disk: &wire.ManifestDisk{Arch: "x86_64", Size: 2 << 20, SlotSize: 1 << 20,
+			Root: wire.ManifestRoot{SHA256: h, Offset: rootAt, Size: 10},
+			Partitions: []wire.DiskPartition{
+				{Name: "esp", Offset: 0, Size: rootAt, Used: rootAt, SHA256: h},
+				{Name: "root-a", Offset: rootAt, Size: 1 << 20, Used: 10, SHA256: h},
+				{Name: "root-b", Offset: rootAt + 1<<20, Size: 4096, SHA256: h},
+				{Name: "bellconf", Offset: rootAt + 4096 + 1<<20, Size: 4096, SHA256: h},
+			}}}
+		data, _ := json.Marshal(m)
+		os.WriteFile(filepath.Join(dir, "manifest.json"), data, 0o644)
+		os.WriteFile(filepath.Join(dir, "disk.raw"), []byte(disk), 0o644)
+		os.WriteFile(filepath.Join(dir, "vmlinuz"), []byte(kernel), 0o644)
+	}
+	writeBake("KERNEL one", strings.Repeat("d", 4096)+"ROOT-ONE-1", 4096)
+	set, err := bakes.New(bakes.Config{Dir: s.Artifacts, Manifest: "manifest.json", Files: []string{"vmlinuz", "disk.raw"}},
+		func(_ string, b *bakes.Bake) (*bakes.Bake, error) { return b, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+	bake, err := set.Get("img")
+	if err != nil || bake == nil {
+		t.Fatalf("bake: %v", err)
+	}
+	alpha := *s.Backend[pxetest.MACA.String()]
+	alpha.Kernel = "img/vmlinuz"
+	alpha.Image = &node.Image{Manifest: "img/manifest.json", Disk: "img/disk.raw", Kernel: "img/vmlinuz", Initrd: "img/initrd"}
+	alpha.Bake = bake
+	s.Backend[pxetest.MACA.String()] = &alpha
+	beta := alpha
+	beta.Bake = nil
+	s.Backend[pxetest.MACB.String()] = &beta
+	c, err := New(Config{Artifacts: s.Artifacts}, s.Backend, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Baked again since: another root, at another offset.
+	writeBake("KERNEL two", strings.Repeat("e", 8192)+"ROOT-TWO-2", 8192)
+	for _, tc := range []struct{ file, want string }{
+		{"image/52:54:00:00:00:0a/root", "ROOT-ONE-1"},
+		{"boot/52:54:00:00:00:0a/kernel", "KERNEL one"},
+		{"image/52:54:00:00:00:0a/kernel", "KERNEL one"},
+		{"image/52:54:00:00:00:0b/root", "ROOT-TWO-2"},
+		{"boot/52:54:00:00:00:0b/kernel", "KERNEL two"},
+	} {
+		f, err := c.Open(context.Background(), tc.file, ipX, "")
+		if err != nil {
+			t.Errorf("%s: %v", tc.file, err)
+			continue
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if string(b) != tc.want || f.Size != int64(len(tc.want)) {
+			t.Errorf("%s: %q (size %d), want %q", tc.file, b, f.Size, tc.want)
+		}
+	}
+	if _, err := c.Open(context.Background(), "image/52:54:00:00:00:0a/initrd", ipX, ""); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a file the bake does not hold: %v", err)
 	}
 }

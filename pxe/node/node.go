@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 )
 
 // ErrUnknown is returned by a Backend for a MAC address that must not
@@ -49,6 +50,19 @@ type Machine struct {
 	Install bool
 	// Image is the image the node installs and upgrades to (nil: none).
 	Image *Image
+	// Bake, when set, holds the files of the bake the machine boots,
+	// open: Kernel, Initrd and Image's files are opened through it, so
+	// that whatever is baked since, they are those of the bake Cmdline
+	// and Image name. Without it they are opened by name.
+	Bake Bake
+}
+
+// Bake opens the files of one bake of a profile (package pxe/bakes).
+type Bake interface {
+	// Open opens name, a path relative to the artifacts directory
+	// ("worker/vmlinuz"), anew: a file of its own, of this bake. A name
+	// the bake does not hold wraps fs.ErrNotExist.
+	Open(name string) (*os.File, error)
 }
 
 // Image is a bake's files, as artifact paths (like Kernel): what serve
