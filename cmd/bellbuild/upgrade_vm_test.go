@@ -40,17 +40,17 @@ conf:
 // OUT it serves, taken without a restart (and logged):
 //
 //  1. v1 installed, the disk boots slot a;
-//  2. v2, with a reboot window that opens about two minutes after its
-//     bake: the boot of slot a sees its configuration name v2, writes it
+//  2. v2, with a reboot window that opens a few minutes after the test
+//     starts: the boot of slot a sees its configuration name v2, writes it
 //     into slot b (only the root, kernel and initramfs fetched: no disk),
 //     and waits for the window (the applier busybox's init respawns runs
 //     again at its minute) — or, on a machine slow enough to write it
 //     within the window, reboots at once; slot b comes up with v2's
 //     command line, is marked good, and serve's node list shows it;
-//  3. v3 (reboot: now), whose kernel panics: written into slot a,
-//     rebooted into at once, tried three times by systemd-boot, then
-//     slot b boots again by itself, says the upgrade failed, and does
-//     not write v3 again.
+//  3. v3, whose kernel panics: written into slot a, rebooted into at
+//     once (the window is open by then), tried three times by
+//     systemd-boot, then slot b boots again by itself, says the upgrade
+//     failed, and does not write v3 again.
 func TestUpgradeVM(t *testing.T) {
 	testtool.SkipVM(t)
 	testtool.Stat(t, testvm.OVMF, "ovmf")
@@ -101,7 +101,18 @@ func TestUpgradeVM(t *testing.T) {
 		}
 		return m.Disk.Root.SHA256
 	}
-	h1 := version(t, "1", "", "now")
+	// The reboot window, the site's from the start (serve renders the
+	// nodes' configuration once; a new bake changes only the image): 30
+	// minutes of every hour (UTC), the first about four minutes from now,
+	// after v1's install and v2's write, so that v2 waits for it and v3,
+	// later, reboots at once.
+	open := time.Now().UTC().Add(4 * time.Minute).Truncate(time.Minute)
+	var minutes []string
+	for i := 0; i < 30; i++ {
+		minutes = append(minutes, strconv.Itoa(open.Add(time.Duration(i)*time.Minute).Minute()))
+	}
+	window := "window " + strings.Join(minutes, ",") + " * * * *"
+	h1 := version(t, "1", "", window)
 	log := startServe(t, ns, bin, "-C", site, "--pool", "192.0.2.100-192.0.2.199", "--artifacts", out, "--state", state)
 	// since is serve's log from now on.
 	since := func() func() string {
@@ -140,14 +151,6 @@ func TestUpgradeVM(t *testing.T) {
 		return
 	}
 	if !t.Run("v2 into slot b", func(t *testing.T) {
-		// The window: thirteen minutes of every hour (UTC), the first
-		// two minutes from now.
-		open := time.Now().UTC().Add(2 * time.Minute).Truncate(time.Minute)
-		var minutes []string
-		for i := 0; i < 13; i++ {
-			minutes = append(minutes, strconv.Itoa(open.Add(time.Duration(i)*time.Minute).Minute()))
-		}
-		window := "window " + strings.Join(minutes, ",") + " * * * *"
 		h2 = version(t, "2", "", window)
 		log := since()
 		vm := power(t)
@@ -198,11 +201,11 @@ func TestUpgradeVM(t *testing.T) {
 		return
 	}
 	t.Run("broken v3 falls back", func(t *testing.T) {
-		h3 := version(t, "3", ", rdinit=/nonexistent", "now")
+		h3 := version(t, "3", ", rdinit=/nonexistent", window)
 		log := since()
 		vm := power(t)
 		wait(t, vm, `^bellbuild: upgrade: slot a holds image `+h3[:12])
-		wait(t, vm, `^bellbuild: upgrade: rebooting into slot a$`)
+		wait(t, vm, `^bellbuild: upgrade: rebooting into slot a: \S+ is in the window \(reboot: `+regexp.QuoteMeta(window)+`\)$`)
 		// Three tries, each a kernel panic, then slot b by itself.
 		for i := 0; i < 3; i++ {
 			wait(t, vm, `Kernel panic - not syncing`)
