@@ -21,7 +21,7 @@ const module = "github.com/bellbuild/bellbuild"
 // matching prefix wins.
 var allowed = map[string][]string{
 	"profiles/nodeconf": {},
-	"profiles/secrets":  {"profiles/nodeconf"},                                                 // the site's secret store (age files), whose values are nodeconf.Secrets; the site model reads it through secrets.Resolver
+	"profiles/secrets":  {"profiles/nodeconf", "images/atomicfile"},                            // the site's secret store (age files), whose values are nodeconf.Secrets; the site model reads it through secrets.Resolver
 	"profiles":          {"profiles", "profiles/nodeconf", "profiles/secrets", "profiles/pki"}, // pki: its settings and certificate shapes
 	"images":            {"images"},
 	// Where things live in an image: the bake writes there and the init
@@ -65,7 +65,7 @@ var allowed = map[string][]string{
 	"cmd":                     {""}, // anything
 	// The site's PKI: the schema's types (credentials, secrets), nothing
 	// of the site model.
-	"profiles/pki": {"profiles/nodeconf"},
+	"profiles/pki": {"profiles/nodeconf", "images/atomicfile"},
 	// Rendezvous placement of services: pure, nothing of ours.
 	"profiles/placement": {},
 	// A site at a git revision: git archive, unpacked, loaded.

@@ -15,8 +15,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"syscall"
+
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 )
 
 // newKey makes a private key of algorithm a.
@@ -201,17 +202,10 @@ func checkPrivateDir(dir string) error {
 	return nil
 }
 
-// writeFile replaces p atomically: a temporary file in the same
-// directory, fsync, rename, fsync of the directory.
+// writeFile replaces p whole or not at all (package atomicfile), with
+// mode: a key is never readable by others, not even while it is written.
 func writeFile(p string, data []byte, mode fs.FileMode) error {
-	if err := writeTemp(p, data, mode, true); err != nil {
-		return err
-	}
-	if err := os.Rename(p+".tmp", p); err != nil {
-		os.Remove(p + ".tmp")
-		return err
-	}
-	return syncDir(filepath.Dir(p))
+	return atomicfile.Write(p, data, mode)
 }
 
 // writeTemp writes data to p+".tmp" (mode from the start: a key is never
@@ -240,18 +234,6 @@ func writeTemp(p string, data []byte, mode fs.FileMode, sync bool) error {
 	if werr != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", p, werr)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return err
 	}
 	return nil
 }

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 )
 
 // CA is one certificate authority of the site.
@@ -243,7 +245,7 @@ func aside(p, stamp string) (string, error) {
 		if err := os.Rename(p, to); err != nil {
 			return "", fmt.Errorf("keeping %s aside: %w", p, err)
 		}
-		return to, syncDir(filepath.Dir(p))
+		return to, atomicfile.SyncDir(filepath.Dir(p))
 	}
 }
 
@@ -268,7 +270,7 @@ func writeDir(dir string, files map[string][]byte, dirMode, fileMode fs.FileMode
 	if err := os.Rename(tmp, dir); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dir))
+	return atomicfile.SyncDir(filepath.Dir(dir))
 }
 
 func certPEM(der []byte) []byte { return pemBlock("CERTIFICATE", der) }

@@ -8,11 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 )
 
 // tmpMark is in the name of every temp file the store writes (a dot file
 // next to its target, so List never sees it).
-const tmpMark = ".tmp-"
+const tmpMark = atomicfile.TempMark
 
 // rename is os.Rename; tests make it fail to interrupt a rekey.
 var rename = os.Rename
@@ -20,26 +22,10 @@ var rename = os.Rename
 // writeTemp writes data to a new temp file in dir named after base, with
 // mode perm, fsynced and closed; it returns its path.
 func writeTemp(dir, base string, data []byte, perm fs.FileMode) (string, error) {
-	f, err := os.CreateTemp(dir, "."+base+tmpMark+"*")
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	err = f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
+	return atomicfile.Temp(dir, base, perm, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
 }
 
 // writeFile replaces file with data whole or not at all: temp file in the
@@ -54,21 +40,7 @@ func writeFile(file string, data []byte, perm fs.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(dir)
-}
-
-// syncDir makes a directory's entries (a rename, a new or removed name)
-// durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return atomicfile.SyncDir(dir)
 }
 
 // lock takes the store's lock: an exclusive flock on the secrets directory

@@ -14,6 +14,7 @@ import (
 
 	"filippo.io/age"
 	"filippo.io/age/agessh"
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -190,5 +191,5 @@ func writeNew(file string, data []byte, perm fs.FileMode) error {
 		}
 		return err
 	}
-	return syncDir(dir)
+	return atomicfile.SyncDir(dir)
 }

@@ -30,6 +30,7 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -402,7 +403,7 @@ func (s *Store) Remove(name string) error {
 	} else if err != nil {
 		return err
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 // Rekey re-encrypts every secret to the current recipients.txt, after a
@@ -482,7 +483,7 @@ func (s *Store) Rekey(id *Identity) ([]string, error) {
 		}
 		it.tmp = ""
 	}
-	if err := syncDir(s.dir); err != nil {
+	if err := atomicfile.SyncDir(s.dir); err != nil {
 		return nil, err
 	}
 	names := make([]string, len(items))
