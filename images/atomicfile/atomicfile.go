@@ -33,11 +33,33 @@ func Write(path string, data []byte, perm fs.FileMode) error {
 // fails, path is untouched and fill's error is returned as it is; other
 // errors name path.
 func WriteFrom(path string, perm fs.FileMode, fill func(*os.File) error) error {
+	return replace(path, perm, fill, func() (*os.File, error) {
+		return os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+TempMark+"*")
+	})
+}
+
+// WriteHeld is Write for a writer that holds a lock on path, so that no
+// other writes it at the same time: its temporary file has one name,
+// ".NAME.tmp", and what a writer killed midway left there is written
+// over by the next one instead of staying behind.
+func WriteHeld(path string, data []byte, perm fs.FileMode) error {
+	fill := func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	}
+	return replace(path, perm, fill, func() (*os.File, error) {
+		return os.OpenFile(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp"),
+			os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, perm&0o600)
+	})
+}
+
+// replace fills the temporary file create makes and renames it over path.
+func replace(path string, perm fs.FileMode, fill func(*os.File) error, create func() (*os.File, error)) error {
 	var fillErr error
-	tmp, err := Temp(filepath.Dir(path), filepath.Base(path), perm, func(f *os.File) error {
+	tmp, err := temp(perm, func(f *os.File) error {
 		fillErr = fill(f)
 		return fillErr
-	})
+	}, create)
 	if fillErr != nil {
 		return fillErr
 	}
@@ -59,7 +81,13 @@ func WriteFrom(path string, perm fs.FileMode, fill func(*os.File) error) error {
 // caller that renames several files into place together. On an error
 // nothing is left behind.
 func Temp(dir, base string, perm fs.FileMode, fill func(*os.File) error) (string, error) {
-	f, err := os.CreateTemp(dir, "."+base+TempMark+"*")
+	return temp(perm, fill, func() (*os.File, error) {
+		return os.CreateTemp(dir, "."+base+TempMark+"*")
+	})
+}
+
+func temp(perm fs.FileMode, fill func(*os.File) error, create func() (*os.File, error)) (string, error) {
+	f, err := create()
 	if err != nil {
 		return "", err
 	}

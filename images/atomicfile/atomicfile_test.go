@@ -86,3 +86,23 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 		}
 	}
 }
+
+// What a killed WriteHeld left is written over by the next one: nothing
+// stays behind.
+func TestWriteHeldOverLeftover(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "n")
+	if err := os.WriteFile(filepath.Join(dir, ".n.tmp"), []byte("half of a killed write"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteHeld(p, []byte("whole"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(p); err != nil || string(got) != "whole" {
+		t.Fatalf("content %q, %v", got, err)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	assertOnly(t, dir, "n")
+}

@@ -100,7 +100,7 @@ func (d *Dir) Update(ctx context.Context, key string, f func(old []byte) ([]byte
 		}
 		return atomicfile.SyncDir(filepath.Dir(p))
 	}
-	if err := atomicfile.Write(p, val, 0o600); err != nil {
+	if err := atomicfile.WriteHeld(p, val, 0o600); err != nil {
 		return fmt.Errorf("state %s: %w", key, err)
 	}
 	return nil
