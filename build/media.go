@@ -17,6 +17,7 @@ import (
 	"github.com/bellbuild/bellbuild/images/iso"
 	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/images/squashfs"
+	"github.com/bellbuild/bellbuild/pxe/install/wire"
 )
 
 // Boot media artifacts inside OUT/PROFILE (outputs: [raw, iso]).
@@ -31,41 +32,20 @@ const (
 
 // DiskInfo is the manifest's description of disk.raw: what an installer
 // copies (each partition's extent, the rest being zeros) and what an
-// upgrader fetches (the root image, the kernel and DiskInitrdFile).
-type DiskInfo struct {
-	// Arch is the architecture the image boots (amd64, arm64: Go's and
-	// Debian's names, the manifest's arch).
-	Arch string `json:"arch"`
-	// Root is the root image, a squashfs at the start of slot root-a:
-	// its SHA-256 names the image (a slot's bellbuild.image=, a node's
-	// image.root).
-	Root DiskRoot `json:"root"`
-	// SlotSize is the size of each root slot.
-	SlotSize int64 `json:"slot_size"`
-	// Size is disk.raw's size.
-	Size int64 `json:"size"`
-	// Partitions are disk.raw's partitions, in order.
-	Partitions []DiskPartition `json:"partitions"`
-}
+// upgrader fetches (the root image, the kernel and DiskInitrdFile). Its
+// types are the install protocol's (package wire), which the installer,
+// the upgrader and serve read: the manifest's disk section is defined
+// once.
+type DiskInfo = wire.ManifestDisk
 
-// DiskRoot is where the root image is in disk.raw.
-type DiskRoot struct {
-	SHA256 string `json:"sha256"`
-	Size   int64  `json:"size"`
-	Offset int64  `json:"offset"`
-}
+// DiskRoot is where the root image is in disk.raw: a squashfs at the
+// start of slot root-a, whose SHA-256 names the image (a slot's
+// bellbuild.image=, a node's image.root).
+type DiskRoot = wire.ManifestRoot
 
-// DiskPartition is one partition of disk.raw.
-type DiskPartition struct {
-	Name   string `json:"name"`
-	Offset int64  `json:"offset"`
-	Size   int64  `json:"size"`
-	GUID   string `json:"guid"`
-	// Used is how many bytes from its start hold data (the rest are
-	// zeros); SHA256 is their hash.
-	Used   int64  `json:"used"`
-	SHA256 string `json:"sha256"`
-}
+// DiskPartition is one partition of disk.raw: its place, and its extent
+// (Used bytes from its start, with their SHA256; the rest are zeros).
+type DiskPartition = wire.DiskPartition
 
 // ESPMinSize is the smallest ESP of a disk with slots: it holds two
 // slots' kernels and initramfs, and an upgrade's may be larger.

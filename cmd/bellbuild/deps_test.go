@@ -30,7 +30,7 @@ var allowed = map[string][]string{
 	// Replacing a file whole or not at all: used by every side, it
 	// imports nothing of ours.
 	"images/atomicfile": {},
-	"build":             {"build", "profiles", "profiles/nodeconf", "images"},
+	"build":             {"build", "profiles", "profiles/nodeconf", "images", "pxe/install/wire"}, // wire: the manifest's disk section, which the installer reads
 	// Debian packages fetched for another architecture (apt-get download,
 	// dpkg-deb -x): it knows nothing of images or the site.
 	"build/debpkg": {"images/atomicfile"},

@@ -145,7 +145,8 @@ type Artifact struct {
 	SHA256 string `json:"sha256"`
 }
 
-// ManifestDisk is disk.raw's description in the manifest (build.DiskInfo).
+// ManifestDisk is disk.raw's description in the manifest (build.DiskInfo,
+// an alias: the bake writes this type).
 type ManifestDisk struct {
 	Arch       string          `json:"arch"`
 	Root       ManifestRoot    `json:"root"`
