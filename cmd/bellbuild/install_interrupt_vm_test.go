@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"syscall"
 	"testing"
@@ -69,18 +67,11 @@ func TestInstallInterruptedVM(t *testing.T) {
 		return testtool.NewVM(t, testvm.Config{Binary: qemu, Firmware: testvm.OVMF, Reboot: true,
 			NICs:   []testvm.NIC{{Netdev: "tap", Ifname: tap, MAC: mac, BootIndex: netBoot}},
 			Drives: []testvm.Drive{{Path: disk, BootIndex: diskBoot}},
-			Extra: []string{"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
-				"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n"}})
+			Extra:  ovmfIPv4Only})
 	}
 	wait := func(vm *testtool.VM, re string) []string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
-		defer cancel()
-		m, err := vm.WaitForLine(ctx, regexp.MustCompile(re))
-		if err != nil {
-			t.Fatalf("VM: %v", err)
-		}
-		return m
+		return waitInstall(t, vm.WaitForLine, re)
 	}
 	shape := func(args ...string) {
 		t.Helper()

@@ -35,6 +35,25 @@ const installVMNodes = `nodes:
 // TCG and OVMF on a shared machine.
 const installTimeout = 6 * time.Minute
 
+// ovmfIPv4Only turns off OVMF's IPv6 PXE and HTTP boot, which wait long
+// for nothing on these IPv4 labs: after iPXE exits, the disk is the next
+// boot that works.
+var ovmfIPv4Only = []string{"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
+	"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n"}
+
+// waitInstall waits up to installTimeout for what wait (a VM's WaitFor or
+// WaitForLine) looks for, and returns the match; a timeout fails t.
+func waitInstall(t *testing.T, wait func(context.Context, *regexp.Regexp) ([]string, error), re string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	m, err := wait(ctx, regexp.MustCompile(re))
+	if err != nil {
+		t.Fatalf("VM: %v", err)
+	}
+	return m
+}
+
 // TestInstallVM installs a node over PXE in a namespace, under OVMF:
 //
 //  1. a VM with a blank disk boots the installer from serve (network
@@ -81,20 +100,11 @@ func TestInstallVM(t *testing.T) {
 		return testtool.NewVM(t, testvm.Config{Binary: qemu, Firmware: testvm.OVMF, Reboot: true,
 			NICs:   []testvm.NIC{{Netdev: "tap", Ifname: tap, MAC: mac, BootIndex: 1}},
 			Drives: []testvm.Drive{{Path: disk, BootIndex: 2}},
-			// OVMF's IPv6 PXE and HTTP boot wait long for nothing on this
-			// IPv4 lab: after iPXE exits, the disk is the next that works.
-			Extra: []string{"-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n",
-				"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=n"}})
+			Extra:  ovmfIPv4Only})
 	}
 	wait := func(vm *testtool.VM, re string) []string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
-		defer cancel()
-		m, err := vm.WaitFor(ctx, regexp.MustCompile(re))
-		if err != nil {
-			t.Fatalf("VM: %v", err)
-		}
-		return m
+		return waitInstall(t, vm.WaitFor, re)
 	}
 	// serveLines is serve's log from mark on (serve flushes every 100 ms).
 	serveLines := func(mark int) string {

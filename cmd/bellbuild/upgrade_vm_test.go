@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -134,13 +133,7 @@ func TestUpgradeVM(t *testing.T) {
 	}
 	wait := func(t *testing.T, vm *testtool.VM, re string) []string {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
-		defer cancel()
-		m, err := vm.WaitFor(ctx, regexp.MustCompile(re))
-		if err != nil {
-			t.Fatalf("VM: %v", err)
-		}
-		return m
+		return waitInstall(t, vm.WaitFor, re)
 	}
 	var h2 string
 	if !t.Run("v1 installed", func(t *testing.T) {
