@@ -97,15 +97,7 @@ var ackRE = regexp.MustCompile(`phase=dhcp-ack mac=(\S+) .*ip=(\S+)`)
 // no address ACKed to two MACs, whatever either server ACKed; one server
 // is killed during its storm, and the other's completes.
 func TestServeSharedStorm(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two serve processes, an etcd cluster and perfdhcp: skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		testtool.Skipf(t, "needs root for network namespaces")
-	}
-	testtool.LookPath(t, "ip", "iproute2")
-	perf := testtool.LookPath(t, "perfdhcp", "kea-admin")
-	bin := testtool.Binary(t)
+	perf, bin := stormTools(t)
 	srv, cli := bareNetns(t, "bbss-"), bareNetns(t, "bbsc-")
 	// Link i: server s_i (198.51.10i.1) — relay c_i (198.51.10i.2, giaddr
 	// 192.0.2.i).
@@ -243,15 +235,7 @@ func TestNetworkBootPair(t *testing.T) {
 // the clients go on with the other; no address is ACKed to two MACs by
 // either.
 func TestServeSharedStormBridge(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two serve processes, an etcd cluster and perfdhcp: skipped under -short")
-	}
-	if os.Geteuid() != 0 {
-		testtool.Skipf(t, "needs root for network namespaces")
-	}
-	testtool.LookPath(t, "ip", "iproute2")
-	perf := testtool.LookPath(t, "perfdhcp", "kea-admin")
-	bin := testtool.Binary(t)
+	perf, bin := stormTools(t)
 	srv, cli := bareNetns(t, "bbsb-"), bareNetns(t, "bbsd-")
 	ipIn(t, srv, "link", "add", "br0", "type", "bridge")
 	ipIn(t, srv, "link", "set", "br0", "up")
@@ -349,4 +333,18 @@ func TestServeSharedStormBridge(t *testing.T) {
 		l := servers[1].log.String()
 		t.Errorf("the survivor's log does not say why new machines get nothing:\n%s", l[max(0, len(l)-3000):])
 	}
+}
+
+// stormTools skips a storm test under -short, needs root, ip and
+// perfdhcp, and returns perfdhcp's path and the bellbuild binary.
+func stormTools(t *testing.T) (perf, bin string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("two serve processes, an etcd cluster and perfdhcp: skipped under -short")
+	}
+	if os.Geteuid() != 0 {
+		testtool.Skipf(t, "needs root for network namespaces")
+	}
+	testtool.LookPath(t, "ip", "iproute2")
+	return testtool.LookPath(t, "perfdhcp", "kea-admin"), testtool.Binary(t)
 }
