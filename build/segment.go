@@ -26,7 +26,7 @@ import (
 // segmentFormat changes whenever the bytes a segment is written as change
 // for the same tree (writer or compressor settings): cached segments of an
 // older format are then never reused.
-const segmentFormat = "bellbuild-segment-v3 cpio-newc zstd-default-w8M-c2 usrmerge-modules size-hinted-frames"
+const segmentFormat = "bellbuild-segment-v4 cpio-newc zstd-default-w8M-c2 usrmerge-modules size-hinted-frames one-job-per-frame"
 
 // segment is one cpio.zst piece of an initramfs: the kernel unpacks
 // concatenated archives one after the other, later entries over earlier

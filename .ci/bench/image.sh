@@ -8,6 +8,12 @@
 #   pipeline   cd ROOT && find . | sort | cpio -o -H newc | zstd -3 -T2
 #   zstd       zstd -3 -T2 of that pipeline's cpio bytes (made once before the
 #              runs, read from the page cache): the compressor's limit
+#   writer     bellbuild's own compressor (compress.ZstdWriter, built from
+#              .ci/bench/zstd_writer.go) on the same cpio bytes, as zstd
+#              takes them: the bake's stage segment without the walk, the
+#              8,000 reads, the hashing and the second copy, so that
+#              bellbuild / writer is what the bake adds and writer / zstd
+#              what our encoder costs against C zstd's
 #
 #   .ci/bench/image.sh [RUNS]    (default 5; needs root only to make the root)
 #
@@ -46,6 +52,7 @@ for t in find sort cpio zstd; do command -v $t >/dev/null || { echo "image.sh: $
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
+go build -o "$TMP/zstd-writer" .ci/bench/zstd_writer.go
 
 # The root.
 ROOT=${BELLBUILD_BENCH_ROOT:-}
@@ -101,7 +108,7 @@ TIMEFORMAT='%3R %3U %3S'
 # timed NAME: runs the contender NAME once, cold, and prints "wall cpu size"
 # (seconds, seconds, bytes of output).
 timed() {
-	rm -rf "$TMP/out" "$TMP/cache" "$TMP/pipe.zst" "$TMP/bare.zst"
+	rm -rf "$TMP/out" "$TMP/cache" "$TMP/pipe.zst" "$TMP/bare.zst" "$TMP/writer.zst"
 	mkdir "$TMP/out" "$TMP/cache"
 	sync
 	local t size bin=$BIN
@@ -123,21 +130,26 @@ timed() {
 		t=$({ time zstd -3 -T2 -q -f "$TMP/root.cpio" -o "$TMP/bare.zst"; } 2>&1)
 		size=$(stat -c %s "$TMP/bare.zst")
 		;;
+	writer)
+		t=$({ time "$TMP/zstd-writer" "$TMP/root.cpio" "$TMP/writer.zst" >/dev/null; } 2>&1)
+		size=$(stat -c %s "$TMP/writer.zst")
+		;;
 	esac
 	echo "$t" | awk -v size="$size" '{printf "%.3f %.3f %s\n", $1, $2 + $3, size}'
 }
 
-names=(bellbuild pipeline zstd)
-[ -n "${BELLBUILD_BASE:-}" ] && names=(bellbuild base pipeline zstd)
+names=(bellbuild pipeline zstd writer)
+[ -n "${BELLBUILD_BASE:-}" ] && names=(bellbuild base pipeline zstd writer)
 # Warm-up round, untimed: page cache, the binaries, the cpio tool.
 for n in "${names[@]}"; do timed $n >/dev/null; done
 rm -f "$TMP"/*.sums
 echo "# image.sh $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty') bellbuild=$BIN${BELLBUILD_BASE:+ base=$BELLBUILD_BASE}"
 echo "# root: $ROOT ($entries entries, $(stat -c %s "$TMP/root.cpio") bytes of newc)"
 echo "# machine: $(nproc) CPUs, $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-# The ratios reported: bellbuild (and base) to pipeline and to zstd, and
-# bellbuild to base.
-pairs=("bellbuild pipeline" "bellbuild zstd")
+# The ratios reported: bellbuild (and base) to pipeline and to zstd,
+# bellbuild to base, and the goal's ratio split in two: bellbuild to
+# writer (what the bake adds) and writer to zstd (the encoders).
+pairs=("bellbuild pipeline" "bellbuild zstd" "bellbuild writer" "writer zstd")
 [ -n "${BELLBUILD_BASE:-}" ] && pairs+=("base pipeline" "base zstd" "bellbuild base")
 header="| run | order |"
 for n in "${names[@]}"; do header+=" $n wall / CPU s |"; done
@@ -170,7 +182,7 @@ for p in "${pairs[@]}"; do
 	f=$TMP/ratio.${p/ /.}
 	printf '  %-22s wall %s   CPU %s\n' "${p/ / / }" "$(cut -d' ' -f1 "$f" | stats)" "$(cut -d' ' -f2 "$f" | stats)"
 done
-echo "bytes out: bellbuild ${size[bellbuild]} (initramfs: stage with modules, applier, configuration)${BELLBUILD_BASE:+, base ${size[base]}}, pipeline ${size[pipeline]}, zstd ${size[zstd]}"
+echo "bytes out: bellbuild ${size[bellbuild]} (initramfs: stage with modules, applier, configuration)${BELLBUILD_BASE:+, base ${size[base]}}, pipeline ${size[pipeline]}, zstd ${size[zstd]}, writer ${size[writer]} (the stage's cpio alone)"
 for n in bellbuild base; do
 	[ -f "$TMP/$n.sums" ] && echo "$n initramfs sha256 over the runs: $(sort -u "$TMP/$n.sums" | tr '\n' ' ')"
 done

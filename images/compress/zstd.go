@@ -25,19 +25,6 @@ const ZstdFrameSize = 16 << 20
 // taken from the machine, though the output would not change with it.
 const zstdWorkers = 2
 
-// bigEntry is the size from which an entry near the end of a stream of
-// known size (SizeHint) gets a frame of its own, compressed by an encoder
-// that splits it into jobs on two goroutines. A frame cannot end inside an
-// entry, so otherwise one big file near the end (an apt package list of
-// 50 MB, in var/lib, sorts late) is compressed on one core while the
-// other idles, for a quarter of a second.
-const bigEntry = ZstdFrameSize
-
-// bigWindow is the window of a big entry's frame; the encoder's jobs are
-// four windows (8 MiB), each but the first starting with an eighth of a
-// window of the job before as history. (+0.1% of size on an apt list.)
-const bigWindow = 2 << 20
-
 // tailFrame is the least a frame near the end of the stream holds before
 // it may end (see SizeHint).
 const tailFrame = 1 << 20
@@ -77,10 +64,15 @@ const (
 // kernel unpacks an initramfs made of compressed members only if each ends
 // between entries. Any other stream is cut every ZstdFrameSize bytes.
 // Told the stream's size first (SizeHint, which cpio.Write calls), the
-// writer also makes the last frames smaller and gives a big entry near the
-// end a frame of its own compressed on both cores, so that both workers
-// finish together. So the output depends only on the input and the hint,
+// writer also makes the last frames smaller, so that both workers finish
+// together. So the output depends only on the input and the hint,
 // never on write sizes, timing or the number of CPUs.
+//
+// A frame holds an entry whole however big it is, on one worker: one
+// 50 MB file near the end leaves the other core idle for its last part.
+// Splitting such a frame into jobs on both cores (klauspost's concurrent
+// blocks) cost more than that idle core saved: its job buffers added ~80
+// MB of fresh memory a bake (docs/benchmarks.md).
 //
 // Memory stays bounded: at most 64 MiB of input is queued, in 1 MiB
 // blocks, and a frame's output streams out as soon as the frames before it
@@ -95,26 +87,21 @@ type ZstdWriter struct {
 	frameSize int64
 	// target is the least input the current frame holds before it may
 	// end: frameSize, less near the end of a stream of known size.
-	target  int64
-	pos     int64 // input bytes taken (fed, or held as a header)
-	hint    int64 // the whole input's size (SizeHint); 0 if not known
-	frames  int   // frames started
-	bigNext bool  // the next frame holds a big entry
-	// lastBig is the last entry of bigEntry bytes or more: where it
-	// ends, and its size.
-	lastBig struct{ end, size int64 }
-	scan    cpioScanner
-	jobs    chan *frame
-	order   chan *frame
-	wg      sync.WaitGroup
-	done    chan error    // the ordered writer's result
-	budget  chan struct{} // one token per input block not yet compressed
-	closed  bool
-	err     error
+	target int64
+	pos    int64 // input bytes taken (fed, or held as a header)
+	hint   int64 // the whole input's size (SizeHint); 0 if not known
+	frames int   // frames started
+	scan   cpioScanner
+	jobs   chan *frame
+	order  chan *frame
+	wg     sync.WaitGroup
+	done   chan error    // the ordered writer's result
+	budget chan struct{} // one token per input block not yet compressed
+	closed bool
+	err    error
 }
 
 type frame struct {
-	big bool // holds a big entry near the end: compressed on two goroutines
 	in  chan []byte
 	out chan []byte
 	err error // set by the worker before it closes out
@@ -168,20 +155,6 @@ func newEncoder() (*zstd.Encoder, error) {
 	return enc, nil
 }
 
-func newBigEncoder() (*zstd.Encoder, error) {
-	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(zstd.SpeedDefault),
-		zstd.WithEncoderConcurrency(2),
-		zstd.WithConcurrentBlocks(true),
-		zstd.WithWindowSize(bigWindow),
-		zstd.WithEncoderCRC(true),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("zstd: %w", err)
-	}
-	return enc, nil
-}
-
 // Write implements io.Writer.
 func (z *ZstdWriter) Write(p []byte) (int, error) {
 	if z.closed {
@@ -215,59 +188,22 @@ func (z *ZstdWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// header passes on an entry header once the scanner holds all of it. A
-// big entry near the end gets a frame of its own, compressed on two
-// goroutines (see bigEntry): the frame before it ends here, where the last
-// entry ended (unless NUL padding came between them).
+// header passes on an entry header once the scanner holds all of it.
 func (z *ZstdWriter) header() error {
-	h, size, whole := z.scan.header()
+	h, whole := z.scan.header()
 	if !whole {
 		return nil
 	}
-	// The entry starts where the header does; the header's bytes are
-	// counted in pos already.
-	start := z.pos - int64(len(h))
-	// The frame starts on its first send: until then (under a block
-	// of input) it can still be made the big entry's.
-	if z.concurrent(start, size) && (z.cur == nil || !z.scan.padded) {
-		if z.cur != nil {
-			if err := z.endFrame(); err != nil {
-				return err
-			}
-		}
-		z.bigNext = true
-	}
-	if size >= bigEntry {
-		z.lastBig.end, z.lastBig.size = start+size, size
-	}
-	z.scan.padded = false
-	z.pos = start // feed counts the header again
+	// The header's bytes are counted in pos already; feed counts them
+	// again.
+	z.pos -= int64(len(h))
 	return z.feed(h)
-}
-
-// concurrent reports whether an entry of size bytes at offset start gets a
-// frame of its own compressed on two goroutines: when it is big, and what
-// the other worker can do meanwhile is less — what follows it in the
-// stream (of the size SizeHint gave), and a big entry just before it
-// (within the input budget), likely still being compressed. Splitting the
-// work costs about a third more CPU time, so it is worth it only when a
-// core would idle.
-func (z *ZstdWriter) concurrent(start, size int64) bool {
-	if size < bigEntry || z.hint <= 0 {
-		return false
-	}
-	other := z.hint - (start + size)
-	if z.lastBig.end > 0 && start-z.lastBig.end < inputBudget*blockSize {
-		other += z.lastBig.size
-	}
-	return other < size
 }
 
 // SizeHint tells the writer how many bytes it will be given in all, before
 // the first Write. Near the end of the stream frames then get smaller (a
 // quarter of what is left, down to tailFrame), so that the two workers
-// finish together; and a big entry near the end is compressed on both
-// (see bigEntry). The output depends on the hint (and stays correct, only
+// finish together. The output depends on the hint (and stays correct, only
 // framed differently, if the hint is wrong); a hint given after the first
 // Write is ignored.
 func (z *ZstdWriter) SizeHint(n int64) {
@@ -371,9 +307,8 @@ func (z *ZstdWriter) feed(p []byte) error {
 // needed.
 func (z *ZstdWriter) send() error {
 	if z.cur == nil {
-		z.cur = &frame{big: z.bigNext, in: make(chan []byte, inputBudget), out: make(chan []byte, outAhead)}
+		z.cur = &frame{in: make(chan []byte, inputBudget), out: make(chan []byte, outAhead)}
 		z.frames++
-		z.bigNext = false
 		select {
 		case z.order <- z.cur:
 		case err := <-z.done:
@@ -449,22 +384,9 @@ func (z *ZstdWriter) Close() error {
 // worker compresses whole frames, each with a fresh encoder state.
 func (z *ZstdWriter) worker() {
 	defer z.wg.Done()
-	small, _ := newEncoder()
-	var big *zstd.Encoder
-	defer func() {
-		if big != nil {
-			big.Close()
-		}
-	}()
+	enc, _ := newEncoder()
 	for f := range z.jobs {
 		out := &chanWriter{ch: f.out}
-		enc := small
-		if f.big {
-			if big == nil {
-				big, _ = newBigEncoder()
-			}
-			enc = big
-		}
 		enc.Reset(out)
 		var err error
 		for b := range f.in {
@@ -552,9 +474,6 @@ type cpioScanner struct {
 	hdr    [110]byte
 	nhdr   int   // header bytes collected
 	rest   int64 // bytes of the current entry still to come after its header
-	// padded is set when NUL padding (between concatenated archives)
-	// came after the last entry.
-	padded bool
 }
 
 // next returns how many bytes of p to take next, and what they are: the
@@ -583,7 +502,6 @@ func (s *cpioScanner) next(p []byte, want int64) (n int, canEnd, inHeader bool) 
 		for n < len(p) && p[n] == 0 {
 			n++
 		}
-		s.padded = true
 		return n, false, false
 	}
 	m := copy(s.hdr[s.nhdr:], p)
@@ -599,22 +517,22 @@ func (s *cpioScanner) held() []byte { return s.hdr[:s.nhdr] }
 // archives.
 func (s *cpioScanner) inData() bool { return s.opaque || s.rest > 0 }
 
-// header returns the header next has collected once it is whole, with its
-// entry's length (header, name, data and padding); whole is false while
-// more of it is to come. A header that is not newc makes the scanner cut
-// at fixed sizes from there on (size is then 0).
-func (s *cpioScanner) header() (h []byte, size int64, whole bool) {
+// header returns the header next has collected once it is whole (whole
+// is false while more of it is to come), and from there follows its entry
+// (name, data and padding). A header that is not newc makes the scanner
+// cut at fixed sizes from there on.
+func (s *cpioScanner) header() (h []byte, whole bool) {
 	if s.nhdr < len(s.hdr) {
-		return nil, 0, false
+		return nil, false
 	}
 	s.nhdr = 0
 	size, ok := s.entrySize()
 	if !ok {
 		s.opaque = true
-		return s.hdr[:], 0, true
+		return s.hdr[:], true
 	}
 	s.rest = size - int64(len(s.hdr))
-	return s.hdr[:], size, true
+	return s.hdr[:], true
 }
 
 // entrySize parses the collected header: the whole entry's length,
