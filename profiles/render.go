@@ -1,16 +1,16 @@
 package profiles
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 
+	"github.com/bellbuild/bellbuild/profiles/internal/parallel"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -502,20 +502,15 @@ func (s *Site) validateRendered(errs *ErrorList) {
 	// An inline secret is warned about once per place (warned), in the
 	// first render that meets it.
 	var warned sync.Map
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < len(jobs); i = int(next.Add(1)) - 1 {
-				r, err := jobs[i]()
-				results[i] = err
-				if r != nil {
-					warnings[i] = s.inlineWarnings(&r.node.Conf, r.secrets, &warned)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	// Every node's error is kept: f never stops the others.
+	parallel.Each(context.Background(), len(jobs), 1, func(_ *struct{}, i int) error {
+		r, err := jobs[i]()
+		results[i] = err
+		if r != nil {
+			warnings[i] = s.inlineWarnings(&r.node.Conf, r.secrets, &warned)
+		}
+		return nil
+	})
 	for i, err := range results {
 		var l ErrorList
 		if errors.As(err, &l) {

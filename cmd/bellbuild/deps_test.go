@@ -65,7 +65,10 @@ var allowed = map[string][]string{
 	"cmd":                     {""}, // anything
 	// The site's PKI: the schema's types (credentials, secrets), nothing
 	// of the site model.
-	"profiles/pki": {"profiles/nodeconf", "images/atomicfile"},
+	"profiles/pki": {"profiles/nodeconf", "profiles/internal/parallel", "images/atomicfile"},
+	// The worker loop the renderer, the PKI and the diff share: nothing
+	// of ours.
+	"profiles/internal/parallel": {},
 	// Rendezvous placement of services: pure, nothing of ours.
 	"profiles/placement": {},
 	// A site at a git revision: git archive, unpacked, loaded.
@@ -256,6 +259,8 @@ func TestRuleFor(t *testing.T) {
 		{"profiles", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles/nodeconf", true},
 		{"profiles/pki", "profiles", false},
+		{"profiles/pki", "profiles/internal/parallel", true},
+		{"profiles/internal/parallel", "profiles", false},
 		{"profiles", "profiles/pki", true},
 		{"profiles", "profiles/placement", true},
 		{"profiles/placement", "profiles", false},

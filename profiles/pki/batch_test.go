@@ -5,13 +5,11 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"sync/atomic"
 	"testing"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
@@ -96,55 +94,5 @@ func TestEnsureBatch(t *testing.T) {
 		if again[i].Serial != out[i].Serial {
 			t.Fatalf("%s: second Ensure issued %s, the first %s", reqs[i].Slot, again[i].Serial, out[i].Serial)
 		}
-	}
-}
-
-// TestInParallel: every index is done once, each worker keeps its own
-// state, an error stops the batch and is the one returned, and a
-// cancelled context is reported.
-func TestInParallel(t *testing.T) {
-	boom := errors.New("boom")
-	tests := []struct {
-		name      string
-		n, failAt int // failAt -1: none
-		cancel    bool
-		wantErr   error
-		wantCalls int // -1: any
-	}{
-		{"all", 10000, -1, false, nil, 10000},
-		{"error", 10000, 5000, false, boom, -1},
-		{"error stops (one worker for 16)", 16, 3, false, boom, 4},
-		{"cancelled", 10000, -1, true, context.Canceled, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			if tt.cancel {
-				cancel()
-			}
-			done := make([]atomic.Int32, tt.n)
-			var calls atomic.Int64
-			err := inParallel(ctx, tt.n, func(w *[]int, i int) error {
-				*w = append(*w, i) // a worker's own state: no race between workers
-				calls.Add(1)
-				done[i].Add(1)
-				if i == tt.failAt {
-					return boom
-				}
-				return nil
-			})
-			if !errors.Is(err, tt.wantErr) {
-				t.Fatalf("error %v, want %v", err, tt.wantErr)
-			}
-			for i := range done {
-				if c := done[i].Load(); c > 1 || (tt.wantErr == nil && c != 1) {
-					t.Fatalf("index %d done %d times", i, c)
-				}
-			}
-			if tt.wantCalls >= 0 && calls.Load() != int64(tt.wantCalls) {
-				t.Errorf("%d calls, want %d", calls.Load(), tt.wantCalls)
-			}
-		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bellbuild/bellbuild/profiles/internal/parallel"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -57,7 +58,7 @@ func (s *Store) Ensure(ctx context.Context, reqs ...Request) ([]*Issued, error) 
 		err error
 	}
 	keys := make([]kept, len(reqs))
-	err := inParallel(ctx, len(reqs), func(_ *struct{}, i int) error {
+	err := parallel.Each(ctx, len(reqs), 16, func(_ *struct{}, i int) error {
 		if reqs[i].PublicKey == nil && reqs[i].Slot != "" {
 			k := &keys[i]
 			k.key, k.pem, k.err = readKey(s.keyFile(reqs[i].Slot))
@@ -214,7 +215,7 @@ func placeKeys(jobs []*job) error {
 	}
 	// rename(2) itself, on every core: os.Rename would lstat each target
 	// first (to refuse a directory, which rename refuses too).
-	err := inParallel(context.Background(), len(jobs), func(_ *struct{}, i int) error {
+	err := parallel.Each(context.Background(), len(jobs), 16, func(_ *struct{}, i int) error {
 		if f := jobs[i].keyFile; f != "" {
 			if err := syscall.Rename(f+".tmp", f); err != nil {
 				return fmt.Errorf("key %s: %w", f, err)

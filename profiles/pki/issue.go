@@ -10,13 +10,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/bellbuild/bellbuild/profiles/internal/parallel"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 )
 
@@ -169,41 +167,7 @@ func ipNets(ns []*net.IPNet) string {
 
 // sign makes every job's certificate (3), on every core.
 func (s *Store) sign(ctx context.Context, jobs []*job, now time.Time) error {
-	return inParallel(ctx, len(jobs), func(w *signer, i int) error { return s.signOne(w, jobs[i], now) })
-}
-
-// inParallel calls f for each i in [0, n) on up to GOMAXPROCS goroutines
-// (one for up to 16 calls), each with a W of its own and taking the next
-// i in turn. The first error stops them all and is returned; so is ctx's.
-func inParallel[W any](ctx context.Context, n int, f func(w *W, i int) error) error {
-	workers := max(1, min(runtime.GOMAXPROCS(0), (n+15)/16))
-	var (
-		wg    sync.WaitGroup
-		next  atomic.Int64
-		errMu sync.Mutex
-		first error
-	)
-	for range workers {
-		wg.Go(func() {
-			var w W
-			for i := int(next.Add(1)) - 1; i < n && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
-				if err := f(&w, i); err != nil {
-					errMu.Lock()
-					if first == nil {
-						first = err
-					}
-					errMu.Unlock()
-					next.Store(int64(n)) // the others stop too
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return first
+	return parallel.Each(ctx, len(jobs), 16, func(w *signer, i int) error { return s.signOne(w, jobs[i], now) })
 }
 
 // signer is one signing goroutine's template, reused from certificate to

@@ -13,21 +13,21 @@ package sitediff
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/bellbuild/bellbuild/profiles"
+	"github.com/bellbuild/bellbuild/profiles/internal/parallel"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/profiles/placement"
 	"github.com/bellbuild/bellbuild/profiles/secrets"
@@ -238,11 +238,13 @@ func load(s Side) (*side, error) {
 	specs := make([]*profiles.ImageSpec, len(names))
 	defs := make([]*nodeconf.Node, len(names))
 	errs := make([]error, len(names))
-	parallel(len(names), func(i int) {
+	// Every profile's error is kept: f never stops the others.
+	parallel.Each(context.Background(), len(names), 1, func(_ *struct{}, i int) error {
 		// A profile without a stage or kernel makes no image (a
 		// parent's abstract part): nothing to bake.
 		specs[i], _ = s.Site.ImageSettings(names[i])
 		defs[i], errs[i] = s.Site.RenderProfile(names[i], nil, "")
+		return nil
 	})
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -264,20 +266,6 @@ func load(s Side) (*side, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-// parallel runs fn(0..n-1) on every CPU.
-func parallel(n int, fn func(int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), max(n, 1)) {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				fn(i)
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // readSecrets reads the ciphertexts of the store of the site in dir, by
