@@ -6,9 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,12 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bellbuild/bellbuild/profiles"
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	"github.com/bellbuild/bellbuild/pxe"
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // testBake is a bake of installSite's profile inst, written by hand: its
@@ -62,35 +59,6 @@ func (b testBake) rootHash() string {
 	return hex.EncodeToString(s[:])
 }
 
-// swapBake writes b into OUT/PROFILE as a bake does (build.swapIn): a new
-// directory beside it, exchanged with it in one rename, the old one then
-// removed.
-func swapBake(t *testing.T, out, profile string, b testBake) {
-	t.Helper()
-	tmp, err := os.MkdirTemp(out, "."+profile+".tmp-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, data := range b.files {
-		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	final := filepath.Join(out, profile)
-	if _, err := os.Lstat(final); errors.Is(err, fs.ErrNotExist) {
-		if err := os.Rename(tmp, final); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestServeTakesNewBake: serve (its HTTP server, on a real socket) hands
 // out a profile's new bake without a restart — manifest, root image,
 // the boot script's image and the node's node.json with the new root
@@ -106,7 +74,7 @@ func TestServeTakesNewBake(t *testing.T) {
 	out, state := t.TempDir(), t.TempDir()
 	files := filepath.Join(state, "nodes")
 	v1, v2 := newTestBake("ROOT-ONE-1", "console=ttyS0 v=1"), newTestBake("ROOT-TWO-2", "console=ttyS0 v=2")
-	swapBake(t, out, "inst", v1)
+	testtool.SwapBake(t, out, "inst", v1.files)
 
 	addr := freePort(t)
 	base := "http://" + addr
@@ -185,7 +153,7 @@ func TestServeTakesNewBake(t *testing.T) {
 	}
 
 	// The new bake, served within a few seconds, without a restart.
-	swapBake(t, out, "inst", v2)
+	testtool.SwapBake(t, out, "inst", v2.files)
 	deadline := time.Now().Add(10 * time.Second)
 	for served() != v2.root {
 		if time.Now().After(deadline) {

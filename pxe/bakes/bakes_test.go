@@ -15,9 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/bellbuild/bellbuild/pxe/install/wire"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // bakeFiles is one bake's directory: its manifest names a root hash and
@@ -28,35 +27,6 @@ func bakeFiles(root, disk string) map[string][]byte {
 		Disk:      &wire.ManifestDisk{Root: wire.ManifestRoot{SHA256: root}}}
 	data, _ := json.Marshal(m)
 	return map[string][]byte{"manifest.json": data, "disk.raw": []byte(disk), "vmlinuz": []byte("KERNEL " + root), "initramfs.cpio.zst": []byte("INITRD " + root)}
-}
-
-// swapIn writes files as a bake does (build.swapIn): a new directory
-// beside OUT/PROFILE, exchanged with it in one rename, the old one then
-// removed.
-func swapIn(t *testing.T, out, profile string, files map[string][]byte) {
-	t.Helper()
-	tmp, err := os.MkdirTemp(out, "."+profile+".tmp-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	final := filepath.Join(out, profile)
-	if _, err := os.Lstat(final); errors.Is(err, fs.ErrNotExist) {
-		if err := os.Rename(tmp, final); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // logBuffer collects log lines.
@@ -137,7 +107,7 @@ func read(t *testing.T, b *Bake, name string) string {
 func TestNewBake(t *testing.T) {
 	out := t.TempDir()
 	r1, r2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
-	swapIn(t, out, "p", bakeFiles(r1, "DISK-ONE"))
+	testtool.SwapBake(t, out, "p", bakeFiles(r1, "DISK-ONE"))
 	ts := newTestSet(t, out)
 	b1 := ts.get(t, "p")
 	if b1.Root != r1 || read(t, b1, "p/disk.raw") != "DISK-ONE" || read(t, b1, "p/vmlinuz") != "KERNEL "+r1 {
@@ -159,7 +129,7 @@ func TestNewBake(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	swapIn(t, out, "p", bakeFiles(r2, "DISK-TWO"))
+	testtool.SwapBake(t, out, "p", bakeFiles(r2, "DISK-TWO"))
 	// Within the interval: still the first bake.
 	if b, _ := ts.Get("p"); b != b1 {
 		t.Errorf("a new bake taken within the interval")
@@ -212,17 +182,17 @@ func TestRefused(t *testing.T) {
 		{"disk of another bake", func(t *testing.T, out string) {
 			files := bakeFiles(strings.Repeat("3", 64), "DISK-THREE")
 			files["disk.raw"] = []byte("DISK-ONE")
-			swapIn(t, out, "p", files)
+			testtool.SwapBake(t, out, "p", files)
 		}, `err="p/disk.raw: 8 bytes, the manifest says 10: not the manifest's bake"`},
 		{"not JSON", func(t *testing.T, out string) {
 			files := bakeFiles(strings.Repeat("3", 64), "DISK-THREE")
 			files["manifest.json"] = []byte("profile: p\n")
-			swapIn(t, out, "p", files)
+			testtool.SwapBake(t, out, "p", files)
 		}, `err="p/manifest.json: not whole: invalid character 'p' looking for beginning of value"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := t.TempDir()
-			swapIn(t, out, "p", v1)
+			testtool.SwapBake(t, out, "p", v1)
 			ts := newTestSet(t, out)
 			b1 := ts.get(t, "p")
 			tc.write(t, out)
@@ -240,7 +210,7 @@ func TestRefused(t *testing.T) {
 			}
 			// Once whole, it is taken.
 			r4 := strings.Repeat("4", 64)
-			swapIn(t, out, "p", bakeFiles(r4, "DISK-FOUR"))
+			testtool.SwapBake(t, out, "p", bakeFiles(r4, "DISK-FOUR"))
 			if b := ts.get(t, "p"); b.Root != r4 || read(t, b, "p/disk.raw") != "DISK-FOUR" {
 				t.Errorf("the next whole bake: root %s", b.Root)
 			}
@@ -258,7 +228,7 @@ func TestNotBaked(t *testing.T) {
 	}
 	os.MkdirAll(out, 0o755)
 	r1 := strings.Repeat("1", 64)
-	swapIn(t, out, "p", bakeFiles(r1, "DISK-ONE"))
+	testtool.SwapBake(t, out, "p", bakeFiles(r1, "DISK-ONE"))
 	if b := ts.get(t, "p"); b == nil || b.Root != r1 {
 		t.Fatalf("first bake: %+v", b)
 	}
@@ -277,7 +247,7 @@ func TestNotBaked(t *testing.T) {
 func TestConcurrent(t *testing.T) {
 	out := t.TempDir()
 	root := func(i int) string { return strings.Repeat(string(rune('a'+i%26)), 64) }
-	swapIn(t, out, "p", bakeFiles(root(0), "DISK-"+root(0)))
+	testtool.SwapBake(t, out, "p", bakeFiles(root(0), "DISK-"+root(0)))
 	s, err := New(Config{Dir: out, Manifest: "manifest.json", Files: []string{"disk.raw"}, Interval: time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
 		func(_ string, b *Bake) (*Bake, error) { return b, nil })
@@ -317,7 +287,7 @@ func TestConcurrent(t *testing.T) {
 		})
 	}
 	for i := 1; i <= 30; i++ {
-		swapIn(t, out, "p", bakeFiles(root(i), "DISK-"+root(i)))
+		testtool.SwapBake(t, out, "p", bakeFiles(root(i), "DISK-"+root(i)))
 		time.Sleep(2 * time.Millisecond)
 	}
 	close(stop)
