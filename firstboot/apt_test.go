@@ -134,7 +134,7 @@ func aptFixtureRoot(t *testing.T) string {
 // applyApt runs the apt module's Check, then Apply, on root.
 func applyApt(t *testing.T, root string, conf *nodeconf.Apt, plan bool) ([]host.Change, []string, string) {
 	t.Helper()
-	var logBuf syncBuffer
+	var logBuf testtool.Buffer
 	h, err := host.Open(host.Options{RootDir: root, Plan: plan,
 		Log: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {

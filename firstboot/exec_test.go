@@ -2,7 +2,6 @@ package firstboot
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -118,24 +116,6 @@ func busyboxRoot(t *testing.T) string {
 	return root
 }
 
-// syncBuffer is a log sink the scripts' output goroutines can share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // execStep is one run of the exec module in a scenario.
 type execStep struct {
 	conf map[string]nodeconf.Exec
@@ -159,7 +139,7 @@ var execT0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
 func applyExec(t *testing.T, root string, st execStep) ([]string, []string, string) {
 	t.Helper()
-	var logBuf syncBuffer
+	var logBuf testtool.Buffer
 	boot := st.boot
 	if boot == "" {
 		boot = "boot-1"

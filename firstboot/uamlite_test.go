@@ -195,7 +195,7 @@ type uamStep struct {
 
 func applyUamlite(t *testing.T, root string, st uamStep) ([]host.Change, []string, string) {
 	t.Helper()
-	var logBuf syncBuffer
+	var logBuf testtool.Buffer
 	h, err := host.Open(host.Options{RootDir: root, Plan: st.plan, Now: func() time.Time { return uamNow },
 		Log: slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // watchNode is a node that writes motd.
@@ -35,7 +36,7 @@ func encodeNode(t *testing.T, n *nodeconf.Node) []byte {
 type watcher struct {
 	t              *testing.T
 	root, conf     string
-	stdout, stderr syncBuffer
+	stdout, stderr testtool.Buffer
 	done           chan error
 }
 

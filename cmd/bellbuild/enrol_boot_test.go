@@ -15,6 +15,7 @@ import (
 	"github.com/bellbuild/bellbuild/profiles/nodeconf"
 	pxeenrol "github.com/bellbuild/bellbuild/pxe/enrol"
 	"github.com/bellbuild/bellbuild/pxe/enrol/wire"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 // bootRoot is a root for the init's Run: the node's rendered file, a
@@ -48,7 +49,7 @@ func TestBootEnrols(t *testing.T) {
 
 	t.Run("waits for approval", func(t *testing.T) {
 		root := bootRoot(t, lab, "n1", nil)
-		con := &syncBuffer{}
+		con := &testtool.Buffer{}
 		done := make(chan *boot.Result)
 		go func() {
 			done <- boot.Run(ctx, boot.Options{Root: root, Console: con, Config: "node.json",
@@ -90,7 +91,7 @@ func TestBootEnrols(t *testing.T) {
 
 	t.Run("carries on, day 2 enrols", func(t *testing.T) {
 		root := bootRoot(t, lab, "n4", func(n *nodeconf.Node) { n.Enrol = &nodeconf.Enrol{Wait: "0s"} })
-		con := &syncBuffer{}
+		con := &testtool.Buffer{}
 		boot.Run(ctx, boot.Options{Root: root, Console: con, Config: "node.json"})
 		out := con.String()
 		fp := regexp.MustCompile(`enrolment pending fingerprint=(sha256:[0-9a-f]{64})`).FindStringSubmatch(out)
@@ -121,7 +122,7 @@ func TestBootEnrols(t *testing.T) {
 
 // waitFor waits for a console line matching re and returns its first
 // group.
-func waitFor(t *testing.T, con *syncBuffer, re string) string {
+func waitFor(t *testing.T, con *testtool.Buffer, re string) string {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	deadline := time.Now().Add(30 * time.Second)

@@ -88,7 +88,7 @@ type enrolLab struct {
 	ep                   *enrolEndpoint
 	url                  string
 	clk                  *fakeClock
-	log                  *syncBuffer
+	log                  *testtool.Buffer
 	reg                  *prometheus.Registry
 	pin                  string // pinned key of n3
 	pinKey               *ecdsa.PrivateKey
@@ -119,7 +119,7 @@ func (o *testOwners) MACFor(ip netip.Addr) (net.HardwareAddr, bool) {
 func newEnrolLab(t *testing.T, o enrol.Options) *enrolLab {
 	t.Helper()
 	dir := t.TempDir()
-	lab := &enrolLab{site: filepath.Join(dir, "site"), state: filepath.Join(dir, "state"), clk: &fakeClock{t: time.Now()}, log: &syncBuffer{}}
+	lab := &enrolLab{site: filepath.Join(dir, "site"), state: filepath.Join(dir, "state"), clk: &fakeClock{t: time.Now()}, log: &testtool.Buffer{}}
 	lab.private = filepath.Join(lab.site, "private")
 	lab.pinKey, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	lab.pin, _ = wire.Fingerprint(lab.pinKey.Public())

@@ -78,7 +78,7 @@ func TestServeTakesNewBake(t *testing.T) {
 
 	addr := freePort(t)
 	base := "http://" + addr
-	var log syncBuffer
+	var log testtool.Buffer
 	logger := slog.New(slog.NewTextHandler(&log, nil))
 	backend, err := newSiteBackend(t.Context(), s, "", out, files, "", backendOptions{serveURL: base, log: logger})
 	if err != nil {

@@ -166,29 +166,11 @@ func (ns *netns) qemu(t testing.TB) string {
 	return p
 }
 
-// syncBuffer collects a process's output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startServe runs `bellbuild serve` in ns until the test ends, when it must
 // stop cleanly on SIGTERM.
-func startServe(t testing.TB, ns *netns, bin string, args ...string) *syncBuffer {
+func startServe(t testing.TB, ns *netns, bin string, args ...string) *testtool.Buffer {
 	t.Helper()
-	var log syncBuffer
+	var log testtool.Buffer
 	cmd := ns.command(bin, append([]string{"serve", "--interface", "br0"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

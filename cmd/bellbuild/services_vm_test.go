@@ -103,14 +103,14 @@ func placementOf(t *testing.T, bin, site string) []string {
 // serveProcess is `bellbuild serve` in a namespace, stopped by stop (or
 // when the test ends), or killed (SIGKILL) by kill.
 type serveProcess struct {
-	log  *syncBuffer
+	log  *testtool.Buffer
 	stop func()
 	kill func()
 }
 
 func startServeProcess(t *testing.T, ns *netns, bin string, args ...string) *serveProcess {
 	t.Helper()
-	p := &serveProcess{log: &syncBuffer{}}
+	p := &serveProcess{log: &testtool.Buffer{}}
 	cmd := ns.command(bin, append([]string{"serve", "--interface", "br0"}, args...)...)
 	cmd.Stdout, cmd.Stderr = p.log, p.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

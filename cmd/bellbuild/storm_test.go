@@ -46,7 +46,7 @@ func ipIn(t *testing.T, ns string, args ...string) {
 
 // stormServe is a serve process in a namespace; kill stops it at once.
 type stormServe struct {
-	log    *syncBuffer
+	log    *testtool.Buffer
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once the process is gone
 	err    error         // its exit, once exited is closed
@@ -63,7 +63,7 @@ func (s *stormServe) kill() {
 
 func startStormServe(t *testing.T, ns, bin string, args ...string) *stormServe {
 	t.Helper()
-	s := &stormServe{log: &syncBuffer{}, exited: make(chan struct{})}
+	s := &stormServe{log: &testtool.Buffer{}, exited: make(chan struct{})}
 	s.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, bin, "serve"}, args...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

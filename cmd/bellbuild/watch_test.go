@@ -36,7 +36,7 @@ func TestApplyWatchProcess(t *testing.T) {
 	writeTestFile(t, conf, string(node("first\n")))
 
 	cmd := exec.Command(testtool.Binary(t), "apply", "--config", conf, "--root", root, "--offline", "--watch", "--interval", "50ms")
-	var stdout, stderr syncBuffer
+	var stdout, stderr testtool.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -2,14 +2,12 @@ package pki
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -140,24 +138,6 @@ func TestOpensslHandshake(t *testing.T) {
 	}
 }
 
-// lockedBuffer collects a process's output from a goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // handshake runs s_server (requiring a client certificate from the
 // site's CAs, checking the services CRL, echoing lines reversed) and
 // s_client (trusting the site's CAs, expecting etcd.example.org), sends
@@ -166,7 +146,7 @@ func handshake(t *testing.T, openssl string, s *opensslSite, server, client pair
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var srvOut lockedBuffer
+	var srvOut testtool.Buffer
 	srv := exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-rev",
 		"-cert", server.cert, "-key", server.key, "-CAfile", s.ca,
 		"-Verify", "1", "-verify_return_error", "-crl_check", "-CRL", s.crl)
@@ -198,7 +178,7 @@ func handshake(t *testing.T, openssl string, s *opensslSite, server, client pair
 	if !ok {
 		t.Fatalf("s_server did not start:\n%s", srvOut.String())
 	}
-	var cliOut lockedBuffer
+	var cliOut testtool.Buffer
 	cli := exec.CommandContext(ctx, openssl, "s_client", "-connect", addr, "-quiet", "-ign_eof",
 		"-cert", client.cert, "-key", client.key, "-CAfile", s.ca,
 		"-verify_return_error", "-verify_hostname", "etcd.example.org")

@@ -1,7 +1,6 @@
 package bakes
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -29,36 +28,18 @@ func bakeFiles(root, disk string) map[string][]byte {
 	return map[string][]byte{"manifest.json": data, "disk.raw": []byte(disk), "vmlinuz": []byte("KERNEL " + root), "initramfs.cpio.zst": []byte("INITRD " + root)}
 }
 
-// logBuffer collects log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // made is what the tests make of a bake: the bake itself, and how many
 // were made.
 type testSet struct {
 	*Set[*Bake]
-	log   *logBuffer
+	log   *testtool.Buffer
 	clock time.Time
 	made  int
 }
 
 func newTestSet(t *testing.T, out string) *testSet {
 	t.Helper()
-	ts := &testSet{log: &logBuffer{}, clock: time.Unix(1_800_000_000, 0)}
+	ts := &testSet{log: &testtool.Buffer{}, clock: time.Unix(1_800_000_000, 0)}
 	s, err := New(Config{Dir: out, Manifest: "manifest.json", Files: []string{"disk.raw", "vmlinuz", "disk-initrd.cpio.zst"}, Live: []string{"initramfs.cpio.zst"},
 		Log: slog.New(slog.NewTextHandler(ts.log, &slog.HandlerOptions{Level: slog.LevelDebug}))},
 		func(_ string, b *Bake) (*Bake, error) {

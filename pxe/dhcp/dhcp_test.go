@@ -1,7 +1,6 @@
 package dhcp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/bellbuild/bellbuild/pxe/leases"
 	"github.com/bellbuild/bellbuild/pxe/metrics"
 	"github.com/bellbuild/bellbuild/pxe/node"
+	"github.com/bellbuild/bellbuild/testvm/testtool"
 )
 
 var (
@@ -78,25 +77,7 @@ type fixture struct {
 	leases *leases.Store
 	reg    *prometheus.Registry
 	m      *metrics.Metrics
-	log    *logBuffer
-}
-
-// logBuffer collects the server's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	log    *testtool.Buffer
 }
 
 // start runs a server on 127.0.0.1 (any port) until the test ends.
@@ -118,7 +99,7 @@ func startStoppable(t *testing.T, cfg Config, store *leases.Store) (f *fixture, 
 		}
 	}
 	reg := prometheus.NewRegistry()
-	log := &logBuffer{}
+	log := &testtool.Buffer{}
 	m := metrics.New(reg, slog.New(slog.NewTextHandler(log, nil)))
 	srv, err := New(cfg, inventory(), store, m)
 	if err != nil {
