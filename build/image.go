@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/images/fstree"
 	"github.com/bellbuild/bellbuild/images/layout"
 	"github.com/bellbuild/bellbuild/profiles"
@@ -1119,7 +1120,7 @@ func writeFileSync(file string, data []byte, mode os.FileMode) error {
 // In between, keep is called with where the old content is ("" when there
 // was none), to take what it wants of it.
 func swapIn(tmp, final string, keep func(old string)) error {
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return err
 	}
 	if _, err := os.Lstat(final); errors.Is(err, os.ErrNotExist) {
@@ -1136,14 +1137,5 @@ func swapIn(tmp, final string, keep func(old string)) error {
 			return fmt.Errorf("removing the previous %s: %w", final, err)
 		}
 	}
-	return syncDir(path.Dir(final))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(path.Dir(final))
 }

@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/bellbuild/bellbuild/images/atomicfile"
 	"github.com/bellbuild/bellbuild/images/layout"
 )
 
@@ -180,7 +181,7 @@ func (e ESP) Remove(slot string) error {
 			}
 		}
 	}
-	return syncDir(filepath.Join(e.Dir, layout.EntriesDir))
+	return atomicfile.SyncDir(filepath.Join(e.Dir, layout.EntriesDir))
 }
 
 // Begin starts writing a new image into slot: its entry goes first, so
@@ -247,24 +248,12 @@ func (e ESP) writeFile(rel string, r io.Reader, sum string) error {
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return atomicfile.SyncDir(filepath.Dir(dst))
 }
 
 func (e ESP) rename(from, to string) error {
 	if err := os.Rename(filepath.Join(e.Dir, from), filepath.Join(e.Dir, to)); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(filepath.Join(e.Dir, to)))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
+	return atomicfile.SyncDir(filepath.Dir(filepath.Join(e.Dir, to)))
 }
